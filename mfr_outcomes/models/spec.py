@@ -1,0 +1,155 @@
+"""The contract between formula parsing, fitting engines and MixedFit.
+
+``ModelSpec`` is what a formula becomes on a data frame (y, X, and one ``RandomBlock`` per random
+term). An engine turns a ModelSpec into an ``EngineResult``. Every engine uses lme4's
+parametrisation: the random effects of a block are b = Λθ u with u ~ N(0, σ² I), θ the elements of
+the lower-triangular Λ of each block, column-major (for q = 2: [Λ11, Λ21, Λ22]), blocks in the
+order of ``ModelSpec.blocks``. Diagonal elements of Λ have lower bound 0; off-diagonals are free.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "RandomBlock",
+    "ModelSpec",
+    "EngineResult",
+    "Engine",
+    "ENGINES",
+    "register_engine",
+    "theta_lower_bounds",
+    "theta_start",
+    "block_lambda",
+]
+
+
+@dataclass
+class RandomBlock:
+    """One random-effects term ``(terms | group)``.
+
+    ``(a + b || g)`` is split, as lme4 does, into one uncorrelated block per term.
+    """
+
+    group: str  # grouping factor as written ("patient_id"; "therapist_id:patient_id" when nested)
+    terms: list[str]  # names of Z's columns: "(Intercept)", "post", ...
+    Z: np.ndarray  # (n, q) float64: the raw model matrix of the terms, row-aligned with y
+    codes: np.ndarray  # (n,) int64 in 0 .. n_levels-1: the level of each row
+    levels: pd.Index  # level labels, in code order
+    correlated: bool = True
+
+    @property
+    def q(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def n_theta(self) -> int:
+        return self.q * (self.q + 1) // 2
+
+
+@dataclass
+class ModelSpec:
+    """A formula evaluated on data: everything an engine needs, and what MixedFit needs to explain it."""
+
+    formula: str
+    response: str
+    y: np.ndarray  # (n,)
+    X: np.ndarray  # (n, p)
+    fixed_names: list[str]
+    blocks: list[RandomBlock]
+    data: pd.DataFrame  # the rows used, original index kept, all columns of the input
+    excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row", "reason"]))
+    design: Any = None  # the formula library's spec: rebuilds X for new data (predict, emmeans)
+    fixed_formula: str = ""
+    notes: list[str] = field(default_factory=list)  # cautions found while building (dropped levels…)
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def n_theta(self) -> int:
+        return sum(b.n_theta for b in self.blocks)
+
+
+def theta_lower_bounds(spec: ModelSpec) -> np.ndarray:
+    """0 for diagonal elements of each Λ block, -inf for off-diagonal ones (lme4's lower)."""
+    out = []
+    for b in spec.blocks:
+        for j in range(b.q):  # column-major lower triangle
+            for i in range(j, b.q):
+                out.append(0.0 if i == j else -np.inf)
+    return np.asarray(out, dtype=float)
+
+
+def theta_start(spec: ModelSpec) -> np.ndarray:
+    """lme4's start: identity Λ in every block."""
+    lb = theta_lower_bounds(spec)
+    return np.where(lb == 0.0, 1.0, 0.0)
+
+
+def block_lambda(theta_block: np.ndarray, q: int) -> np.ndarray:
+    """The q×q lower-triangular Λ of one block from its θ elements (column-major)."""
+    lam = np.zeros((q, q))
+    k = 0
+    for j in range(q):
+        for i in range(j, q):
+            lam[i, j] = theta_block[k]
+            k += 1
+    return lam
+
+
+@dataclass
+class EngineResult:
+    """What an engine returns. Everything is on lme4's conventions."""
+
+    engine: str
+    reml: bool
+    theta: np.ndarray
+    beta: np.ndarray
+    sigma: float
+    vcov_beta: np.ndarray  # (p, p)
+    objective: float  # REML criterion when reml, else deviance (-2 log-likelihood)
+    converged: bool
+    messages: list[str] = field(default_factory=list)
+    optimizer: str = ""
+    n_evaluations: int = 0
+    blups: list[np.ndarray] = field(default_factory=list)  # per block: (n_levels, q) modes of b
+    blup_condvar: list[np.ndarray] | None = None  # per block: (n_levels, q, q) conditional covariances
+    # Deviance (REML or ML, as fitted) and Var(β̂) as functions of varpar = (θ..., σ), the inputs of
+    # lmerTest's Satterthwaite df. None: MixedFit uses the general dense implementation.
+    devfun_varpar: Callable[[np.ndarray], float] | None = None
+    vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def supports(self, spec: ModelSpec) -> tuple[bool, str]:
+        """(True, "") when this engine fits *spec* exactly; else (False, the reason in a sentence)."""
+
+    def fit(self, spec: ModelSpec, reml: bool = True, *, start: np.ndarray | None = None,
+            options: dict | None = None) -> EngineResult: ...
+
+
+#: name -> engine instance. engine="auto" tries AUTO_ORDER in order and takes the first that supports.
+ENGINES: dict[str, Engine] = {}
+AUTO_ORDER: list[str] = ["fast", "pls", "statsmodels"]
+
+
+def register_engine(engine: Engine) -> Engine:
+    ENGINES[engine.name] = engine
+    return engine
