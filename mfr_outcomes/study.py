@@ -1,0 +1,426 @@
+"""The validated study: its three tables, the report of what loading found, and analysis frames.
+
+``from_frames`` validates raw tables exactly as files are validated; ``analysis_frame`` is the pure
+join behind :meth:`Study.frame` that simulation loops call without validation.
+"""
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from mfr_outcomes.vocab import TABLES
+
+__all__ = [
+    "Finding",
+    "RowAccount",
+    "ValidationReport",
+    "DataValidationError",
+    "MeasureNotFoundError",
+    "Study",
+    "from_frames",
+    "analysis_frame",
+    "ANALYSIS_COLUMNS",
+]
+
+Action = Literal["excluded", "kept"]
+
+#: Columns of an analysis frame, in order.
+ANALYSIS_COLUMNS = (
+    "patient_id", "site_id", "therapist_id", "session_id", "session_number", "session_date",
+    "weeks", "technique", "target_region", "home_program", "phase", "post", "side", "value",
+    "age_years", "sex", "condition", "affected_side", "symptom_weeks",
+)
+
+_FINDING_COLUMNS = ["table", "file", "line", "column", "value", "rule", "action", "message"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found while loading a table.
+
+    Attributes
+    ----------
+    table : str
+        "patients", "sessions" or "measurements".
+    file : str
+        The file (or sheet, table, frame) the row came from, as named in messages.
+    line : int or None
+        Line in a text editor for CSV (header is line 1), sheet row for XLSX, 1-based row for
+        database tables and frames; None for a finding about a whole column or table.
+    column : str or None
+        The column at fault, None for a whole row.
+    value : str or None
+        The offending value as written in the source.
+    rule : str
+        Reason code: missing_column, unexpected_column, missing_value, not_a_number, wrong_type,
+        not_integer, out_of_range, unknown_category, unknown_measure, duplicate_key,
+        duplicate_reading, orphan, cascade, invalid_date, before_enrolment, session_order,
+        post_without_pre, post_on_assessment.
+    message : str
+        A plain sentence naming file, line and value, ending with what was done.
+    action : {"excluded", "kept"}
+        Whether the row was excluded, or kept with a caution (a bad optional value set missing).
+    """
+
+    table: str
+    file: str
+    line: int | None
+    column: str | None
+    value: str | None
+    rule: str
+    message: str
+    action: Action = "kept"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class RowAccount:
+    """Row accounting of one table: ``read == used + excluded``; ``reasons`` counts exclusions."""
+
+    read: int
+    used: int
+    excluded: int
+    reasons: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.read != self.used + self.excluded:  # an internal bug, never user input
+            raise RuntimeError(f"row accounting broken: {self.read} != {self.used} + {self.excluded}")
+
+
+@dataclass
+class ValidationReport:
+    """Everything loading found, one plain sentence a finding, plus row accounting per table.
+
+    Attributes
+    ----------
+    findings : list of Finding
+    accounting : dict
+        table -> :class:`RowAccount`.
+    source : str
+        What was read.
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    accounting: dict[str, RowAccount] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing at all was found."""
+        return not self.findings
+
+    @property
+    def n_excluded(self) -> int:
+        """Rows excluded over all tables."""
+        return sum(a.excluded for a in self.accounting.values())
+
+    def to_frame(self) -> pd.DataFrame:
+        """Findings as a DataFrame.
+
+        Returns
+        -------
+        DataFrame
+            Columns table, file, line (nullable Int64), column, value, rule, action, message; one
+            row a finding, in the order found.
+        """
+        rows = [{c: getattr(f, c) for c in _FINDING_COLUMNS} for f in self.findings]
+        frame = pd.DataFrame(rows, columns=_FINDING_COLUMNS)
+        frame["line"] = frame["line"].astype("Int64")
+        return frame
+
+    def summary(self) -> pd.DataFrame:
+        """Row accounting per table.
+
+        Returns
+        -------
+        DataFrame
+            Columns table, read, used, excluded, findings, cautions (findings whose row was kept).
+        """
+        rows = []
+        for table in _ordered_tables(self.accounting):
+            acc = self.accounting[table]
+            mine = [f for f in self.findings if f.table == table]
+            rows.append({
+                "table": table, "read": acc.read, "used": acc.used, "excluded": acc.excluded,
+                "findings": len(mine), "cautions": sum(f.action == "kept" for f in mine),
+            })
+        return pd.DataFrame(rows, columns=["table", "read", "used", "excluded", "findings",
+                                           "cautions"])
+
+    def accounting_lines(self) -> list[str]:
+        """One sentence a table: rows read, used and excluded with their reasons."""
+        out = []
+        for table in _ordered_tables(self.accounting):
+            acc = self.accounting[table]
+            text = f"{table}: {acc.read} rows read, {acc.used} used, {acc.excluded} excluded"
+            if acc.reasons:
+                why = ", ".join(f"{n} {rule.replace('_', ' ')}" for rule, n in acc.reasons.items())
+                text += f" ({why})"
+            out.append(text)
+        return out
+
+    def __str__(self) -> str:
+        head = f"Validation of {self.source}: " if self.source else "Validation: "
+        head += "no findings." if self.ok else f"{len(self.findings)} finding(s)."
+        return "\n".join([head, *self.accounting_lines(), *(f.message for f in self.findings)])
+
+    def __repr__(self) -> str:
+        return (f"ValidationReport(source={self.source!r}, findings={len(self.findings)}, "
+                f"excluded={self.n_excluded})")
+
+    def _repr_html_(self) -> str:
+        parts = [f"<p><b>Validation of {html.escape(self.source or 'data')}</b>: "
+                 f"{len(self.findings)} finding(s)</p>",
+                 self.summary().to_html(index=False)]
+        if self.findings:
+            parts.append(self.to_frame()[["message", "action"]].to_html(index=False))
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (for JSON): source, ok, accounting, findings."""
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "accounting": {t: {"read": a.read, "used": a.used, "excluded": a.excluded,
+                               "reasons": dict(a.reasons)}
+                           for t, a in self.accounting.items()},
+            "findings": [{c: getattr(f, c) for c in _FINDING_COLUMNS} for f in self.findings],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text (see :meth:`to_dict`)."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def to_csv(self) -> str:
+        """The findings as CSV text, one row a finding (columns of :meth:`to_frame`)."""
+        return self.to_frame().to_csv(index=False)
+
+
+def _ordered_tables(accounting: Mapping[str, RowAccount]) -> list[str]:
+    return [t for t in TABLES if t in accounting] + [t for t in accounting if t not in TABLES]
+
+
+class DataValidationError(ValueError):
+    """Raised by ``strict=True`` loading when anything was found; carries the report."""
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        n = len(report.findings)
+        first = report.findings[0].message if report.findings else ""
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        super().__init__(f"{n} validation finding(s) in {report.source or 'the data'}: {first}{more}")
+
+
+class MeasureNotFoundError(KeyError, ValueError):
+    """A measure asked for is not in the study (caught as KeyError or ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would quote the sentence
+        return str(self.args[0]) if self.args else ""
+
+
+class Study:
+    """A validated study: three typed tables plus the report of how they were loaded.
+
+    Parameters
+    ----------
+    patients, sessions, measurements : DataFrame
+        Validated frames with the column types of ``docs/internals.md``.
+    report : ValidationReport
+    source : str
+        What was read (path, URL or "<frames>").
+    """
+
+    def __init__(self, patients: pd.DataFrame, sessions: pd.DataFrame,
+                 measurements: pd.DataFrame, report: ValidationReport | None = None,
+                 source: str = "<frames>") -> None:
+        self.patients = patients
+        self.sessions = sessions
+        self.measurements = measurements
+        self.report = report if report is not None else ValidationReport(source=source)
+        self.source = source
+
+    @property
+    def measures(self) -> list[str]:
+        """Codes of the measures present, in registry order (then any others)."""
+        from mfr_outcomes.measures import measure_codes
+
+        present = set(self.measurements["measure"].dropna().astype(str))
+        ordered = [c for c in measure_codes() if c in present]
+        return ordered + sorted(present - set(ordered))
+
+    def frame(self, measure: str, *, side: str | None = None) -> pd.DataFrame:
+        """Analysis-ready long frame of one measure, one row a reading.
+
+        Parameters
+        ----------
+        measure : str
+            A measure code present in the study (see :attr:`measures`).
+        side : {"left", "right", "none"}, optional
+            Keep only readings of this side; all sides when None.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``ANALYSIS_COLUMNS``; see :func:`analysis_frame`.
+
+        Raises
+        ------
+        MeasureNotFoundError
+            (a KeyError and ValueError) when the measure is not in the study.
+        """
+        return analysis_frame(self.patients, self.sessions, self.measurements, measure, side=side)
+
+    def summary(self) -> pd.DataFrame:
+        """Counts and per-measure pre/post means.
+
+        Returns
+        -------
+        DataFrame
+            One row a measure: measure, patients, sessions, readings, pre_n, pre_mean, post_n,
+            post_mean.
+        """
+        m = self.measurements.merge(self.sessions[["session_id", "patient_id"]], on="session_id",
+                                    how="left")
+        rows = []
+        for code in self.measures:
+            sub = m[m["measure"] == code]
+            pre = sub.loc[sub["phase"] == "pre", "value"]
+            post = sub.loc[sub["phase"] == "post", "value"]
+            rows.append({
+                "measure": code, "patients": sub["patient_id"].nunique(),
+                "sessions": sub["session_id"].nunique(), "readings": len(sub),
+                "pre_n": len(pre), "pre_mean": pre.mean() if len(pre) else np.nan,
+                "post_n": len(post), "post_mean": post.mean() if len(post) else np.nan,
+            })
+        return pd.DataFrame(rows, columns=["measure", "patients", "sessions", "readings", "pre_n",
+                                           "pre_mean", "post_n", "post_mean"])
+
+    def __repr__(self) -> str:
+        return (f"Study(source={self.source!r}, patients={len(self.patients)}, "
+                f"sessions={len(self.sessions)}, measurements={len(self.measurements)}, "
+                f"findings={len(self.report.findings)})")
+
+    def _repr_html_(self) -> str:
+        head = (f"<p><b>Study</b> from {html.escape(str(self.source))}: {len(self.patients)} "
+                f"patients, {len(self.sessions)} sessions, {len(self.measurements)} readings; "
+                f"{len(self.report.findings)} validation finding(s)</p>")
+        return head + self.summary().to_html(index=False, float_format=lambda x: f"{x:.2f}")
+
+
+def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame, *,
+                source: str = "<frames>", strict: bool = False, dayfirst: bool = False,
+                decimal: str = ".") -> Study:
+    """Validate three raw tables exactly as files are validated and return a :class:`Study`.
+
+    Parameters
+    ----------
+    patients, sessions, measurements : DataFrame
+        Raw tables with canonical column names (text or typed cells).
+    source : str
+        Name used in the report; findings name rows as "patients row 3" (1-based).
+    strict : bool
+        Raise :class:`DataValidationError` when anything is found.
+    dayfirst : bool
+        Read text dates as day/month/year.
+    decimal : str
+        Decimal mark of text numbers.
+
+    Returns
+    -------
+    Study
+    """
+    from mfr_outcomes.schema import TableInput
+
+    inputs = {}
+    for name, frame in zip(TABLES, (patients, sessions, measurements)):
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+        inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
+    return _study_from_inputs(inputs, source=source, strict=strict, dayfirst=dayfirst,
+                              decimal=decimal)
+
+
+def _study_from_inputs(inputs: dict, *, source: str, strict: bool, dayfirst: bool,
+                       decimal: str) -> Study:
+    from mfr_outcomes.schema import validate_tables
+
+    frames, findings, accounting = validate_tables(inputs, dayfirst=dayfirst, decimal=decimal)
+    report = ValidationReport(findings=findings, accounting=accounting, source=source)
+    if strict and not report.ok:
+        raise DataValidationError(report)
+    return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
+
+
+def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame,
+                   measure: str, *, side: str | None = None) -> pd.DataFrame:
+    """Join the three tables into a long frame of one measure (no validation).
+
+    Parameters
+    ----------
+    patients, sessions, measurements : DataFrame
+        Validated frames (or raw frames with the same columns and types).
+    measure : str
+        Measure code.
+    side : {"left", "right", "none"}, optional
+        Keep only this side; all sides when None.
+
+    Returns
+    -------
+    DataFrame
+        Columns patient_id, site_id, therapist_id, session_id, session_number, session_date,
+        weeks (days since the patient's first session / 7), technique, target_region,
+        home_program, phase, post (int 0/1), side, value, age_years, sex, condition,
+        affected_side, symptom_weeks. Sorted by patient_id, session_number, side, phase.
+
+    Raises
+    ------
+    MeasureNotFoundError
+        When no reading of *measure* (on *side*) is present.
+    """
+    present = sorted(set(measurements["measure"].dropna().astype(str)))
+    if measure not in present:
+        raise MeasureNotFoundError(
+            f"measure {measure!r} is not in this study; measures present: "
+            f"{', '.join(present) if present else 'none'}")
+    m = measurements[measurements["measure"] == measure]
+    if side is not None:
+        m = m[m["side"] == side]
+        if m.empty:
+            sides = sorted(set(measurements.loc[measurements["measure"] == measure, "side"]
+                               .dropna().astype(str)))
+            raise MeasureNotFoundError(
+                f"measure {measure!r} has no readings on side {side!r}; sides present: "
+                f"{', '.join(sides)}")
+    s = sessions.copy()
+    s["session_date"] = pd.to_datetime(s["session_date"])
+    first = s.groupby("patient_id", observed=True)["session_date"].transform("min")
+    s["weeks"] = (s["session_date"] - first).dt.days.astype("float64") / 7.0
+    if "session_number" not in s.columns or s["session_number"].isna().any():
+        s = s.sort_values(["patient_id", "session_date"], kind="stable")
+        s["session_number"] = s.groupby("patient_id", observed=True).cumcount() + 1
+    s_cols = ["session_id", "patient_id", "therapist_id", "session_number", "session_date",
+              "weeks", "technique", "target_region", "home_program"]
+    s = s[[c for c in s_cols if c in s.columns]]
+    p_cols = ["patient_id", "site_id", "age_years", "sex", "condition", "affected_side",
+              "symptom_weeks"]
+    p = patients[[c for c in p_cols if c in patients.columns]]
+    out = m[["session_id", "phase", "side", "value"]].merge(s, on="session_id", how="inner")
+    out = out.merge(p, on="patient_id", how="left")
+    out["post"] = (out["phase"].astype(str) == "post").astype("int64")
+    for col in ANALYSIS_COLUMNS:
+        if col not in out.columns:
+            out[col] = np.nan
+    phase_order = out["phase"].map({"pre": 0, "post": 1})
+    side_key = out["side"].astype(str)
+    out = (out.assign(_phase=phase_order, _side=side_key)
+           .sort_values(["patient_id", "session_number", "_side", "_phase"], kind="stable")
+           .drop(columns=["_phase", "_side"]))
+    return out[list(ANALYSIS_COLUMNS)].reset_index(drop=True)
