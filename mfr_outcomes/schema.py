@@ -8,6 +8,7 @@ that says whether its row was excluded or kept with a caution.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -158,6 +159,11 @@ class TableInput:
         "line" for text files, "row" for sheets, database tables and frames.
     lines : ndarray of int
         Line or row number of each row of *frame*.
+    decimal : str or None
+        Decimal mark of text numbers in this table (None: the caller's default).
+    problems : list of (int, str)
+        Problems met while reading (row index, sentence), e.g. a line with too many fields;
+        reported as cautions.
     """
 
     name: str
@@ -165,12 +171,15 @@ class TableInput:
     file: str
     unit: str = "row"
     lines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    decimal: str | None = None
+    problems: list[tuple[int, str]] = field(default_factory=list)
 
     @classmethod
     def from_frame(cls, name: str, frame: pd.DataFrame, *, file: str, unit: str = "row",
                    first: int = 1, lines: Iterable[int] | None = None) -> TableInput:
         """Wrap a frame; rows are numbered from *first* unless *lines* is given."""
         frame = frame.reset_index(drop=True)
+        frame.columns = unique_names(frame.columns)
         if lines is None:
             arr = np.arange(first, first + len(frame), dtype=np.int64)
         else:
@@ -184,6 +193,18 @@ class TableInput:
 
 
 # ----------------------------------------------------------------------------- text helpers
+
+def unique_names(names: Iterable[object]) -> list[str]:
+    """Column names as text, a repeated name getting ".1", ".2" (as pandas does)."""
+    out: list[str] = []
+    seen: Counter[str] = Counter()
+    for name in names:
+        base = "" if name is None else str(name)
+        new = base if not seen[base] else f"{base}.{seen[base]}"
+        seen[base] += 1
+        out.append(new)
+    return out
+
 
 def cell_text(series: pd.Series) -> pd.Series:
     """Cells as stripped text (object dtype), with missing cells and NA tokens as None."""
@@ -200,9 +221,12 @@ def cell_text(series: pd.Series) -> pd.Series:
             continue
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
-        if isinstance(v, pd.Timestamp):
+        if isinstance(v, (pd.Timestamp, _dt.datetime)):
             t = v.isoformat()
             out.append(t[:10] if t.endswith("T00:00:00") else t)
+            continue
+        if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+            out.append(f"{v:.1f}")
             continue
         t = str(v).strip()
         out.append(None if t.lower() in NA_TOKENS else t)
@@ -323,6 +347,9 @@ def _columns(t: _Table) -> None:
 
 def _coerce(t: _Table, *, decimal: str, dayfirst: bool) -> None:
     """Turn text into typed columns; report text that is not a number, date, flag or label."""
+    decimal = t.inp.decimal or decimal
+    for i, sentence in t.inp.problems:
+        t.add(i, None, None, "malformed_row", sentence, "kept")
     for spec in TABLE_SPECS[t.name]:
         raw = t.raw[spec.name]
         bad_action = "excluded" if _needed(t.name, spec) else "missing"

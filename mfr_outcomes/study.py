@@ -61,7 +61,7 @@ class Finding:
         Reason code: missing_column, unexpected_column, missing_value, not_a_number, wrong_type,
         not_integer, out_of_range, unknown_category, unknown_measure, duplicate_key,
         duplicate_reading, orphan, cascade, invalid_date, before_enrolment, session_order,
-        post_without_pre, post_on_assessment.
+        post_without_pre, post_on_assessment, malformed_row.
     message : str
         A plain sentence naming file, line and value, ending with what was done.
     action : {"excluded", "kept"}

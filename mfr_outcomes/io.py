@@ -1,0 +1,549 @@
+"""Readers of clinic exports, and column maps that rename a clinic's columns and labels.
+
+Sources: a folder of CSV, Parquet or XLSX files named after the tables; one XLSX workbook with a
+sheet per table; a SQLite or DuckDB file; an SQLAlchemy URL (tables, or one query a table); a dict
+of DataFrames. Every cell is read as text first, with the line (CSV) or row (sheet, database) it
+came from, so that validation can name it.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names
+from mfr_outcomes.study import Study, ValidationReport, _study_from_inputs
+from mfr_outcomes.vocab import TABLES
+
+__all__ = [
+    "load_study",
+    "validate",
+    "read_tables",
+    "read_column_map",
+    "apply_column_map",
+    "SourceError",
+    "ColumnMapError",
+]
+
+log = logging.getLogger(__name__)
+
+_TEXT_EXT = (".csv", ".tsv", ".txt")
+_PARQUET_EXT = (".parquet", ".pq")
+_XLSX_EXT = (".xlsx", ".xlsm")
+_CANONICAL_COLUMNS = {s.name for specs in TABLE_SPECS.values() for s in specs}
+
+
+class SourceError(ValueError):
+    """The source cannot be read at all (missing path, unknown kind, a table absent)."""
+
+
+class ColumnMapError(ValueError):
+    """A column map that cannot be used (bad file, unknown key, wrong shape)."""
+
+
+# ----------------------------------------------------------------------------- public verbs
+
+def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
+               = None, strict: bool = False, **read_options: Any) -> Study:
+    """Read, validate and type a study from any supported source.
+
+    Parameters
+    ----------
+    source : path, str, dict of DataFrame
+        A folder of ``patients``/``sessions``/``measurements`` files (``.csv``, ``.parquet`` or
+        ``.xlsx``); an XLSX workbook with a sheet per table; a SQLite or DuckDB file; an
+        SQLAlchemy URL; or a dict ``{"patients": df, "sessions": df, "measurements": df}``.
+    column_map : dict or path, optional
+        Renames a clinic's names to the canonical ones. A key that is a table name maps column
+        names of that table (``{"sessions": {"Therapist": "therapist_id"}}``); a key that is a
+        canonical column maps its category labels (``{"technique": {"DP": "direct_pressure"}}``).
+        A path to a JSON (or, when PyYAML is installed, YAML) file holding such a mapping.
+    strict : bool
+        Raise :class:`~mfr_outcomes.study.DataValidationError` when anything is found.
+    **read_options
+        ``encoding`` (CSV; default: UTF-8 with or without BOM, falling back to Latin-1),
+        ``sep`` (CSV; default: sniffed), ``decimal`` (CSV; default "," when the separator is ";",
+        else "."), ``dayfirst`` (read dates as day/month/year), ``queries`` (with a URL: table ->
+        SQL text).
+
+    Returns
+    -------
+    Study
+        Typed, validated tables and the :class:`~mfr_outcomes.study.ValidationReport`.
+
+    Raises
+    ------
+    SourceError
+        When the source cannot be read at all.
+    DataValidationError
+        With ``strict=True``, when validation found anything.
+
+    Examples
+    --------
+    >>> import mfr_outcomes as mfr
+    >>> study = mfr.load_study("data/synthetic")          # doctest: +SKIP
+    >>> study.report.summary()                              # doctest: +SKIP
+    """
+    dayfirst = bool(read_options.pop("dayfirst", False))
+    decimal_default = read_options.get("decimal") or "."
+    inputs, label = read_tables(source, **read_options)
+    if column_map is not None:
+        inputs = apply_column_map(inputs, column_map)
+    return _study_from_inputs(inputs, source=label, strict=strict, dayfirst=dayfirst,
+                              decimal=decimal_default)
+
+
+def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
+             = None, **read_options: Any) -> ValidationReport:
+    """Check a source and return the report; never raises on data problems.
+
+    Parameters are those of :func:`load_study` (without ``strict``).
+
+    Returns
+    -------
+    ValidationReport
+
+    Raises
+    ------
+    SourceError
+        Only when the source cannot be read at all.
+    """
+    return load_study(source, column_map, strict=False, **read_options).report
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def read_tables(source: Any, *, encoding: str | None = None, sep: str | None = None,
+                decimal: str | None = None,
+                queries: Mapping[str, str] | None = None) -> tuple[dict[str, TableInput], str]:
+    """Read the three raw tables of *source* as text with line/row numbers.
+
+    Returns
+    -------
+    inputs : dict
+        table -> :class:`~mfr_outcomes.schema.TableInput`.
+    label : str
+        How the source is named in the report.
+    """
+    if isinstance(source, Mapping):
+        return _read_frames(source), "<frames>"
+    if isinstance(source, str) and "://" in source:
+        return _read_url(source, queries)
+    if not isinstance(source, (str, os.PathLike)):
+        raise SourceError(f"cannot read a source of type {type(source).__name__}; give a folder, "
+                          f"a file, an SQLAlchemy URL or a dict of DataFrames")
+    path = Path(source)
+    if not path.exists():
+        raise SourceError(f"{path} does not exist")
+    if path.is_dir():
+        return _read_folder(path, encoding=encoding, sep=sep, decimal=decimal), str(path)
+    kind = _file_kind(path)
+    if kind == "xlsx":
+        return _read_workbook(path), str(path)
+    if kind == "sqlite":
+        return _read_sqlite(path), str(path)
+    if kind == "duckdb":
+        return _read_duckdb(path), str(path)
+    raise SourceError(f"{path} is not a recognised source: give a folder of patients/sessions/"
+                      f"measurements files, an .xlsx workbook, a SQLite or DuckDB file, or an "
+                      f"SQLAlchemy URL")
+
+
+def _file_kind(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise SourceError(f"{path} cannot be opened: {exc.strerror or exc}") from None
+    if head.startswith(b"SQLite format 3\x00"):
+        return "sqlite"
+    if head[8:12] == b"DUCK":
+        return "duckdb"
+    if head.startswith(b"PK\x03\x04") and path.suffix.lower() in _XLSX_EXT:
+        return "xlsx"
+    return None
+
+
+def _missing_table(where: str, table: str, looked: str) -> SourceError:
+    return SourceError(f"{where} has no {table} table ({looked})")
+
+
+# ----------------------------------------------------------------------------- frames
+
+def _read_frames(source: Mapping[str, Any]) -> dict[str, TableInput]:
+    lower = {str(k).lower(): k for k in source}
+    out = {}
+    for table in TABLES:
+        if table not in lower:
+            raise SourceError(f"the dict of tables has no {table!r} entry (keys: "
+                              f"{', '.join(map(str, source))})")
+        frame = source[lower[table]]
+        if not isinstance(frame, pd.DataFrame):
+            raise SourceError(f"{table} must be a pandas DataFrame, got {type(frame).__name__}")
+        out[table] = TableInput.from_frame(table, frame, file=table, unit="row")
+    return out
+
+
+# ----------------------------------------------------------------------------- text files
+
+def _decode(path: Path, encoding: str | None) -> str:
+    data = path.read_bytes()
+    if encoding:
+        try:
+            return data.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise SourceError(f"{path.name} cannot be read as {encoding}: {exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        log.info("%s is not UTF-8; reading it as Latin-1", path.name)
+        return data.decode("latin-1")
+
+
+def _sniff_sep(text: str) -> str:
+    sample = "\n".join(text.splitlines()[:20])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        header = text.splitlines()[0] if text else ""
+        counts = {d: header.count(d) for d in ",;\t|"}
+        best = max(counts, key=counts.get)
+        return best if counts[best] else ","
+
+
+def read_csv_text(text: str, table: str, file: str, *, sep: str | None = None,
+                  decimal: str | None = None) -> TableInput:
+    """Parse CSV text into a :class:`TableInput` whose rows carry their editor line numbers.
+
+    A record's line is the line its first field starts on (header is line 1); quoted cells that
+    span lines are counted; blank lines are skipped.
+    """
+    if sep is None:
+        sep = _sniff_sep(text)
+    if decimal is None:
+        decimal = "," if sep == ";" else "."
+    reader = csv.reader(_io.StringIO(text, newline=""), delimiter=sep)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    problems: list[tuple[int, str]] = []
+    last = 0
+    for record in reader:
+        start = last + 1
+        last = reader.line_num
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        if header is None:
+            header = record
+            continue
+        if len(record) > len(header):
+            extra = [c for c in record[len(header):] if c.strip()]
+            if extra:
+                problems.append((len(rows), f"{len(record)} fields but the header has "
+                                 f"{len(header)}; extra values {', '.join(extra)} ignored"))
+            record = record[:len(header)]
+        elif len(record) < len(header):
+            record = record + [""] * (len(header) - len(record))
+        rows.append(record)
+        lines.append(start)
+    if header is None:
+        raise SourceError(f"{file} is empty: no header line")
+    frame = pd.DataFrame(rows, columns=unique_names(header), dtype=object)
+    if not rows:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in unique_names(header)})
+    inp = TableInput.from_frame(table, frame, file=file, unit="line", lines=lines)
+    inp.decimal = decimal
+    inp.problems = problems
+    return inp
+
+
+def _read_csv(path: Path, table: str, *, encoding: str | None, sep: str | None,
+              decimal: str | None) -> TableInput:
+    text = _decode(path, encoding)
+    if sep is None and path.suffix.lower() == ".tsv":
+        sep = "\t"
+    try:
+        return read_csv_text(text, table, path.name, sep=sep, decimal=decimal)
+    except csv.Error as exc:
+        raise SourceError(f"{path.name} is not readable CSV: {exc}") from None
+
+
+def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
+                 decimal: str | None) -> dict[str, TableInput]:
+    files = {f.name.lower(): f for f in path.iterdir() if f.is_file()}
+    out = {}
+    for table in TABLES:
+        found = None
+        for ext in (*_TEXT_EXT, *_PARQUET_EXT, *_XLSX_EXT):
+            if table + ext in files:
+                found = files[table + ext]
+                break
+        if found is None:
+            raise _missing_table(str(path), table,
+                                 f"looked for {table}.csv, {table}.parquet or {table}.xlsx")
+        ext = found.suffix.lower()
+        if ext in _TEXT_EXT:
+            out[table] = _read_csv(found, table, encoding=encoding, sep=sep, decimal=decimal)
+        elif ext in _PARQUET_EXT:
+            try:
+                frame = pd.read_parquet(found)
+            except Exception as exc:  # pyarrow raises many kinds on a bad file
+                raise SourceError(f"{found.name} is not a readable Parquet file: {exc}") from None
+            out[table] = TableInput.from_frame(table, frame, file=found.name, unit="row")
+        else:
+            sheets = _xlsx_sheets(found)
+            name = next(iter(sheets))
+            if table in {s.lower() for s in sheets}:
+                name = next(s for s in sheets if s.lower() == table)
+            out[table] = _sheet_input(found, name, table, file=found.name)
+    return out
+
+
+# ----------------------------------------------------------------------------- workbooks
+
+def _xlsx_sheets(path: Path) -> list[str]:
+    import openpyxl
+
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException
+        raise SourceError(f"{path.name} is not a readable XLSX workbook: {exc}") from None
+    try:
+        return list(wb.sheetnames)
+    finally:
+        wb.close()
+
+
+def _sheet_input(path: Path, sheet: str, table: str, *, file: str) -> TableInput:
+    """One sheet as text cells; rows numbered as the spreadsheet shows them (header row 1)."""
+    import openpyxl
+
+    wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        ws = wb[sheet]
+        header: list[str] | None = None
+        rows: list[list[Any]] = []
+        numbers: list[int] = []
+        for number, values in enumerate(ws.iter_rows(values_only=True), start=1):
+            if all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+                continue
+            if header is None:
+                header = ["" if v is None else str(v) for v in values]
+                while header and not header[-1].strip():
+                    header.pop()
+                continue
+            cells = list(values[:len(header)]) + [None] * (len(header) - len(values))
+            rows.append(cells)
+            numbers.append(number)
+    finally:
+        wb.close()
+    if header is None:
+        raise SourceError(f"{file} is empty: no header row")
+    names = unique_names(header)
+    frame = pd.DataFrame(rows, columns=names, dtype=object) if rows else pd.DataFrame(
+        {c: pd.Series(dtype=object) for c in names})
+    return TableInput.from_frame(table, frame, file=file, unit="row", lines=numbers)
+
+
+def _read_workbook(path: Path) -> dict[str, TableInput]:
+    sheets = {s.lower().strip(): s for s in _xlsx_sheets(path)}
+    out = {}
+    for table in TABLES:
+        if table not in sheets:
+            raise _missing_table(path.name, table,
+                                 f"sheets are {', '.join(sheets.values())}")
+        out[table] = _sheet_input(path, sheets[table], table,
+                                  file=f"{path.name} sheet {sheets[table]}")
+    return out
+
+
+# ----------------------------------------------------------------------------- databases
+
+def _rows_input(table: str, columns: list[str], rows: list[tuple], file: str) -> TableInput:
+    frame = pd.DataFrame([list(r) for r in rows], columns=unique_names(columns), dtype=object)
+    if not rows:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in unique_names(columns)})
+    return TableInput.from_frame(table, frame, file=file, unit="row")
+
+
+def _read_sqlite(path: Path) -> dict[str, TableInput]:
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise SourceError(f"{path.name} cannot be opened as SQLite: {exc}") from None
+    try:
+        names = [r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+        lower = {n.lower(): n for n in names}
+        out = {}
+        for table in TABLES:
+            if table not in lower:
+                raise _missing_table(path.name, table, f"tables are {', '.join(names) or 'none'}")
+            cur = con.execute(f'SELECT * FROM "{lower[table]}" ORDER BY rowid') \
+                if _has_rowid(con, lower[table]) else con.execute(f'SELECT * FROM "{lower[table]}"')
+            cols = [d[0] for d in cur.description]
+            out[table] = _rows_input(table, cols, cur.fetchall(), f"{path.name} table {table}")
+        return out
+    except sqlite3.Error as exc:
+        raise SourceError(f"{path.name} cannot be read as SQLite: {exc}") from None
+    finally:
+        con.close()
+
+
+def _has_rowid(con: Any, name: str) -> bool:
+    try:
+        con.execute(f'SELECT rowid FROM "{name}" LIMIT 1')
+        return True
+    except Exception:  # views and WITHOUT ROWID tables
+        return False
+
+
+def _read_duckdb(path: Path) -> dict[str, TableInput]:
+    import duckdb
+
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except Exception as exc:  # duckdb.IOException, duckdb.Error
+        raise SourceError(f"{path.name} cannot be opened as DuckDB: {exc}") from None
+    try:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+                 .fetchall()]
+        lower = {n.lower(): n for n in names}
+        out = {}
+        for table in TABLES:
+            if table not in lower:
+                raise _missing_table(path.name, table, f"tables are {', '.join(names) or 'none'}")
+            cur = con.execute(f'SELECT * FROM "{lower[table]}"')
+            cols = [d[0] for d in cur.description]
+            out[table] = _rows_input(table, cols, cur.fetchall(), f"{path.name} table {table}")
+        return out
+    finally:
+        con.close()
+
+
+def _read_url(url: str, queries: Mapping[str, str] | None) -> tuple[dict[str, TableInput], str]:
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+    except Exception as exc:  # ArgumentError, NoSuchModuleError, ImportError of a driver
+        raise SourceError(f"{url} is not a usable SQLAlchemy URL: {exc}") from None
+    label = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as con:
+            out = {}
+            if queries is not None:
+                for table in TABLES:
+                    if table not in queries:
+                        raise SourceError(f"queries has no entry for {table}")
+                    res = con.execute(sa.text(queries[table]))
+                    out[table] = _rows_input(table, list(res.keys()), res.fetchall(),
+                                             f"query {table}")
+            else:
+                names = sa.inspect(con).get_table_names()
+                lower = {n.lower(): n for n in names}
+                for table in TABLES:
+                    if table not in lower:
+                        raise _missing_table(label, table,
+                                             f"tables are {', '.join(names) or 'none'}")
+                    quoted = engine.dialect.identifier_preparer.quote(lower[table])
+                    res = con.execute(sa.text(f"SELECT * FROM {quoted}"))
+                    out[table] = _rows_input(table, list(res.keys()), res.fetchall(),
+                                             f"table {table}")
+            return out, label
+    except sa.exc.SQLAlchemyError as exc:
+        raise SourceError(f"{label} cannot be read: {exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+
+
+# ----------------------------------------------------------------------------- column maps
+
+def read_column_map(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """Read a column map from a JSON file (or YAML, when PyYAML is installed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ColumnMapError(f"column map {p} does not exist")
+    text = p.read_text(encoding="utf-8-sig")
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ColumnMapError(f"column map {p.name} is YAML but PyYAML is not installed; "
+                                 f"write it as JSON") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ColumnMapError(f"column map {p.name} is not valid YAML: {exc}") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ColumnMapError(f"column map {p.name} is not valid JSON: line {exc.lineno}: "
+                                 f"{exc.msg}") from None
+    return _check_map(data, p.name)
+
+
+def _check_map(data: Any, where: str) -> dict[str, dict[str, str]]:
+    if not isinstance(data, Mapping):
+        raise ColumnMapError(f"column map {where} must be a mapping of tables and columns")
+    out: dict[str, dict[str, str]] = {}
+    for key, sub in data.items():
+        if key not in TABLES and key not in _CANONICAL_COLUMNS:
+            raise ColumnMapError(
+                f"column map {where}: key {key!r} is neither a table ({', '.join(TABLES)}) nor a "
+                f"canonical column")
+        if not isinstance(sub, Mapping):
+            raise ColumnMapError(f"column map {where}: {key!r} must map names to names")
+        out[str(key)] = {str(a): str(b) for a, b in sub.items()}
+    return out
+
+
+def apply_column_map(inputs: dict[str, TableInput],
+                     column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike
+                     ) -> dict[str, TableInput]:
+    """Rename columns (table keys) and category labels (column keys) of raw tables.
+
+    Labels are matched as written, then ignoring case and surrounding spaces.
+    """
+    if isinstance(column_map, (str, os.PathLike)):
+        cmap = read_column_map(column_map)
+    else:
+        cmap = _check_map(column_map, "")
+    out = {}
+    for table, inp in inputs.items():
+        frame = inp.frame.copy()
+        renames = cmap.get(table, {})
+        if renames:
+            stripped = {str(k).strip(): v for k, v in renames.items()}
+            frame.columns = unique_names(stripped.get(str(c).strip(), c) for c in frame.columns)
+        for col in frame.columns:
+            labels = cmap.get(str(col))
+            if not labels or str(col) in TABLES:
+                continue
+            exact = {str(k): v for k, v in labels.items()}
+            folded = {str(k).strip().lower(): v for k, v in labels.items()}
+
+            def relabel(v: Any, exact=exact, folded=folded) -> Any:
+                if v is None or (isinstance(v, float) and v != v):
+                    return v
+                s = str(v)
+                if s in exact:
+                    return exact[s]
+                return folded.get(s.strip().lower(), v)
+
+            frame[col] = frame[col].astype(object).map(relabel)
+        new = TableInput(inp.name, frame, inp.file, inp.unit, inp.lines, inp.decimal,
+                         list(inp.problems))
+        out[table] = new
+    return out
