@@ -1,0 +1,793 @@
+"""Quality-improvement statistics: per-period aggregates, run charts, XmR charts and p-charts.
+
+Run charts use the median and Anhøj's two rules (Anhøj J, Olesen AV. Run charts revisited: a
+simulation study of run chart rules for detection of non-random variation in health care processes.
+PLoS One 2014;9:e113825; Anhøj J, Wentzel-Larsen T. Sense and sensibility: on the diagnostic value
+of control chart rules for detection of shifts in time series data. BMC Med Res Methodol
+2018;18:100), computed exactly as the qicharts2 R package does (``runs.analysis``): observations on
+the median are not useful; the longest run signals when longer than ``round(log2(n) + 3)``
+(Schilling 2012) and the crossings when fewer than ``qbinom(0.05, n - 1, 0.5)`` (Chen 2010), n the
+number of useful observations.
+
+XmR and p-charts follow NHS England and NHS Improvement, "Making Data Count" (2019), as the
+NHSRplotthedots R package implements it: a point beyond the process limits (mean ± 2.66 × mean
+moving range); seven points in a row on one side of the mean (a shift); seven points in a row each
+higher (or each lower) than the one before (a trend); two of three points beyond two sigma
+(2/3 of the way to a limit) with all three on the same side. The moving-range chart has upper limit
+3.267 × mean moving range (Wheeler, Understanding Variation, 1993). The p-chart has limits
+p̄ ± 3 √(p̄(1 − p̄)/nᵢ) clipped to [0, 1] (Montgomery, Introduction to Statistical Quality
+Control).
+
+Every chart returns a :class:`ChartResult`: a tidy per-point frame plus a list of signals, each
+explained in a sentence, judged as improvement or concern from the measure registry's ``better``.
+"""
+from __future__ import annotations
+
+import html
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mfr_outcomes.measures import get_measure, important_change
+from mfr_outcomes.warnings_ import DataWarning
+
+__all__ = [
+    "Signal",
+    "ChartResult",
+    "aggregate",
+    "run_chart",
+    "xmr_chart",
+    "p_chart",
+    "runs_limits",
+    "XMR_LIMIT",
+    "MR_LIMIT",
+    "MIN_USEFUL_RUNS",
+    "SHIFT_LENGTH",
+    "TREND_LENGTH",
+]
+
+#: Natural-process-limit factor of the individuals chart: 3 / d2 with d2 = 1.128.
+XMR_LIMIT = 2.66
+#: Upper limit factor of the moving-range chart: D4 for subgroups of two.
+MR_LIMIT = 3.267
+#: Fewer useful observations than this and the run rules are not applied (Anhøj's tables start
+#: at 10).
+MIN_USEFUL_RUNS = 10
+#: Making Data Count: a shift is this many points in a row on one side of the mean.
+SHIFT_LENGTH = 7
+#: Making Data Count: a trend is this many points in a row each above (or below) the one before.
+TREND_LENGTH = 7
+
+Better = Literal["lower", "higher"]
+
+
+# --------------------------------------------------------------------------------------------
+# result objects
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One signal of non-random variation.
+
+    Attributes
+    ----------
+    rule : str
+        "longest_run", "crossings" (run chart); "outside_limits", "shift", "trend",
+        "two_of_three" (XmR, p-chart); "mr_outside_limit" (moving-range chart).
+    start, end : int
+        Positions (0-based, in the chart's point order) of the first and last point involved;
+        for "crossings" the whole series.
+    direction : str
+        "up" or "down" (which way the points departed), "none" for crossings.
+    assessment : str
+        "improvement", "concern" or "neutral" (no measure direction given, or a pattern with no
+        direction such as too few crossings).
+    message : str
+        The signal in one sentence.
+    """
+
+    rule: str
+    start: int
+    end: int
+    direction: str
+    assessment: str
+    message: str
+
+
+@dataclass
+class ChartResult:
+    """A run chart, XmR chart or p-chart: the points, the limits and the signals.
+
+    Attributes
+    ----------
+    kind : {"run", "xmr", "p"}
+    points : DataFrame
+        One row a point. Always: label, value, centre, lcl, ucl, signal (any rule), plus a boolean
+        column per rule (see the chart functions).
+    signals : list of Signal
+    notes : list of str
+        Cautions, e.g. run rules not applied for lack of useful observations.
+    stats : dict
+        Chart-level numbers (run chart: n_obs, n_useful, longest_run, longest_run_max,
+        n_crossings, n_crossings_min; XmR: mean, mean_mr, sigma; p-chart: p_bar).
+    measure : str or None
+        Measure code when given.
+    better : {"lower", "higher"} or None
+        Which direction is improvement.
+    """
+
+    kind: str
+    points: pd.DataFrame
+    signals: list[Signal] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    measure: str | None = None
+    better: str | None = None
+
+    @property
+    def has_signal(self) -> bool:
+        """True when any rule signals."""
+        return bool(self.signals)
+
+    def signals_frame(self) -> pd.DataFrame:
+        """The signals as a frame: rule, start, end, direction, assessment, message."""
+        cols = ["rule", "start", "end", "direction", "assessment", "message"]
+        return pd.DataFrame([s.__dict__ for s in self.signals], columns=cols)
+
+    def summary(self) -> str:
+        """A short text for people: what the chart is, its centre and every signal."""
+        title = {"run": "Run chart", "xmr": "XmR chart", "p": "p-chart"}[self.kind]
+        lines = [f"{title} of {len(self.points)} points"
+                 + (f" ({self.measure})" if self.measure else "")]
+        if self.kind == "run":
+            s = self.stats
+            lines.append(f"median {_num(s.get('median'))}; useful observations {s['n_useful']}; "
+                         f"longest run {s['longest_run']} (limit {s['longest_run_max']}); "
+                         f"crossings {s['n_crossings']} (minimum {s['n_crossings_min']})")
+        elif self.kind == "xmr":
+            lines.append(f"mean {_num(self.stats['mean'])}; process limits "
+                         f"{_num(self.stats['lcl'])} to {_num(self.stats['ucl'])}; mean moving "
+                         f"range {_num(self.stats['mean_mr'])}")
+        else:
+            lines.append(f"overall proportion {_num(self.stats['p_bar'])}")
+        lines.extend(f"- {s.message}" for s in self.signals)
+        if not self.signals:
+            lines.append("No signal: the variation is consistent with common causes.")
+        lines.extend(f"Note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        items = "".join(f"<li>{html.escape(s.message)}</li>" for s in self.signals)
+        notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in self.notes)
+        head = html.escape(self.summary().splitlines()[0])
+        return (f"<p><b>{head}</b></p><ul>{items or '<li>No signal.</li>'}</ul>{notes}"
+                + self.points.to_html(index=False, float_format=lambda x: f"{x:.3g}"))
+
+
+def _caution(notes: list[str], message: str) -> None:
+    """Record a statistical caution in the result and raise it as a DataWarning."""
+    notes.append(message)
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def _num(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "NA"
+    return f"{x:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def _resolve_better(measure: str | None, better: str | None) -> str | None:
+    if better is not None:
+        if better not in ("lower", "higher"):
+            raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+        return better
+    if measure is not None:
+        return get_measure(measure).better
+    return None
+
+
+def _as_values(values: Any, dates: Any) -> tuple[np.ndarray, list[str], pd.Index]:
+    """Numbers and their labels (from *dates*, else the Series index, else 1..n)."""
+    if isinstance(values, pd.Series) and dates is None:
+        dates = values.index
+    try:
+        y = np.asarray(pd.to_numeric(pd.Series(values), errors="raise"), dtype="float64")
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"chart values must be numbers: {exc}") from None
+    if y.ndim != 1:
+        raise ValueError(f"chart values must be one-dimensional, got shape {y.shape}")
+    if dates is None:
+        index = pd.RangeIndex(1, len(y) + 1)
+    else:
+        index = pd.Index(dates)
+        if len(index) != len(y):
+            raise ValueError(f"dates has {len(index)} entries but values has {len(y)}")
+    return y, [_label(d) for d in index], index
+
+
+def _label(d: Any) -> str:
+    if isinstance(d, pd.Period):
+        return str(d)
+    if isinstance(d, pd.Timestamp | np.datetime64):
+        ts = pd.Timestamp(d)
+        return ts.strftime("%Y-%m-%d") if (ts.hour, ts.minute, ts.second) == (0, 0, 0) else str(ts)
+    if isinstance(d, int | np.integer):
+        return f"point {int(d)}"
+    return str(d)
+
+
+def _span(labels: Sequence[str], start: int, end: int) -> str:
+    return f"at {labels[start]}" if start == end else f"from {labels[start]} to {labels[end]}"
+
+
+def _assess(direction: str, better: str | None) -> str:
+    if better is None or direction not in ("up", "down"):
+        return "neutral"
+    good = "up" if better == "higher" else "down"
+    return "improvement" if direction == good else "concern"
+
+
+def _verdict(assessment: str) -> str:
+    return {"improvement": "an improvement", "concern": "a concern",
+            "neutral": "a change"}[assessment]
+
+
+# --------------------------------------------------------------------------------------------
+# aggregates
+
+
+def aggregate(study_or_frame: Any, measure: str | None = None, *,
+              period: Literal["month", "quarter"] = "month", by: str | None = None,
+              side: str | None = None, fill_gaps: bool = True) -> pd.DataFrame:
+    """Per-period counts, means and responders of one measure, for QI charts.
+
+    Parameters
+    ----------
+    study_or_frame : Study or DataFrame
+        A :class:`~mfr_outcomes.study.Study`, or an analysis frame from ``Study.frame(measure)``
+        (then *measure* names the measure the frame holds, for its thresholds and direction).
+    measure : str
+        Measure code.
+    period : {"month", "quarter"}
+        Calendar period of the session date.
+    by : {"site_id", "therapist_id"}, optional
+        Aggregate each site (or therapist) separately.
+    side : {"left", "right", "none"}, optional
+        Keep one side; otherwise readings of both sides of a session are averaged.
+    fill_gaps : bool
+        Add periods with no visit (counts 0, means missing) between the first and last period,
+        so a chart's time axis has no silent holes.
+
+    Returns
+    -------
+    DataFrame
+        One row a period (per *by* group, *by* first): period (pandas Period), period_start
+        (Timestamp), n_patients (patients seen), n_sessions (sessions with a reading),
+        n_pre (sessions with a pre reading), mean_pre, n_paired (sessions with pre and post),
+        mean_change (post − pre within a session, measure units), mean_improvement (the same
+        change signed so that positive is better), n_completed (patients whose last recorded
+        visit falls in the period), n_responders (of those, patients whose change from the first
+        reading to the last reading is clinically important, per
+        :func:`mfr_outcomes.measures.important_change`; missing when the measure has no
+        threshold), responder_rate (n_responders / n_completed).
+
+    Examples
+    --------
+    >>> import mfr_outcomes as mfr
+    >>> study, _ = mfr.synthetic.generate(n_patients=30, seed=1)  # doctest: +SKIP
+    >>> mfr.qi.aggregate(study, "pain_nrs", period="quarter").columns[:3].tolist()  # doctest: +SKIP
+    ['period', 'period_start', 'n_patients']
+    """
+    if period not in ("month", "quarter"):
+        raise ValueError(f"period must be 'month' or 'quarter', got {period!r}")
+    if isinstance(study_or_frame, pd.DataFrame):
+        if measure is None:
+            raise ValueError("pass the measure code of the frame, e.g. aggregate(frame, 'pain_nrs')")
+        frame = study_or_frame if side is None else study_or_frame[study_or_frame["side"] == side]
+    elif hasattr(study_or_frame, "frame"):
+        if measure is None:
+            raise ValueError("pass a measure code, e.g. aggregate(study, 'pain_nrs')")
+        frame = study_or_frame.frame(measure, side=side)
+    else:
+        raise TypeError("aggregate() takes a Study or an analysis frame, got "
+                        f"{type(study_or_frame).__name__}")
+    m = get_measure(measure)
+    need = {"patient_id", "session_id", "session_number", "session_date", "phase", "value"}
+    if by is not None:
+        need.add(by)
+    missing = sorted(need - set(frame.columns))
+    if missing:
+        raise ValueError(f"the frame lacks column(s) {', '.join(missing)}; pass Study.frame(...)")
+
+    df = frame.copy()
+    df["phase"] = df["phase"].astype(str)
+    df["session_date"] = pd.to_datetime(df["session_date"])
+    freq = "M" if period == "month" else "Q"
+    df["period"] = df["session_date"].dt.to_period(freq)
+    keys = ([by] if by else [])
+    # one value per session and phase (mean over sides)
+    sess = (df.groupby(keys + ["period", "patient_id", "session_id", "session_number",
+                               "session_date", "phase"], observed=True, dropna=False)["value"]
+            .mean().unstack("phase").reset_index())
+    for ph in ("pre", "post"):
+        if ph not in sess.columns:
+            sess[ph] = np.nan
+    sess["change"] = sess["post"] - sess["pre"]
+
+    # per patient: first and last reading, and the period of the last visit
+    sess = sess.sort_values(keys + ["patient_id", "session_number", "session_date"],
+                            kind="stable")
+    has_threshold = m.threshold_points is not None or m.mcid_percent is not None
+    pat_rows = []
+    for pid, g in sess.groupby("patient_id", sort=False):
+        first = g["pre"].dropna()
+        base = first.iloc[0] if len(first) else np.nan
+        readings = g[["pre", "post"]].to_numpy(dtype="float64").ravel()
+        readings = readings[np.isfinite(readings)]
+        last = readings[-1] if len(readings) else np.nan
+        row = {"patient_id": pid, "period": g["period"].iloc[-1],
+               "completed": bool(pd.notna(base) and pd.notna(last))}
+        if by:
+            row[by] = g[by].iloc[-1]
+        if has_threshold and row["completed"]:
+            row["responder"] = important_change(measure, base, last)
+        else:
+            row["responder"] = np.nan
+        pat_rows.append(row)
+    pats = pd.DataFrame(pat_rows, columns=["patient_id", "period", "completed", "responder"]
+                        + ([by] if by else []))
+
+    groups = sess.groupby(keys + ["period"], observed=True, sort=True)
+    out = groups.agg(n_patients=("patient_id", "nunique"), n_sessions=("session_id", "nunique"),
+                     n_pre=("pre", "count"), mean_pre=("pre", "mean"),
+                     n_paired=("change", "count"), mean_change=("change", "mean"))
+    out["mean_improvement"] = [m.improvement(c) if pd.notna(c) else np.nan
+                               for c in out["mean_change"]]
+    done = pats[pats["completed"]]
+    pg = done.groupby(keys + ["period"], observed=True)
+    out["n_completed"] = pg.size().reindex(out.index).fillna(0).astype("int64")
+    if has_threshold:
+        resp = pg["responder"].apply(lambda s: int(np.nansum(s.astype(float))))
+        out["n_responders"] = resp.reindex(out.index).fillna(0).astype("Int64")
+    else:
+        out["n_responders"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    out = out.reset_index()
+
+    if fill_gaps and len(out):
+        filled = []
+        for key, g in (out.groupby(by, observed=True, sort=True) if by else [(None, out)]):
+            full = pd.period_range(g["period"].min(), g["period"].max(), freq=freq)
+            g = g.set_index("period").reindex(full)
+            g.index.name = "period"
+            if by:
+                g[by] = key
+            for c in ("n_patients", "n_sessions", "n_pre", "n_paired", "n_completed"):
+                g[c] = g[c].fillna(0).astype("int64")
+            filled.append(g.reset_index())
+        out = pd.concat(filled, ignore_index=True)
+        if not has_threshold:
+            out["n_responders"] = pd.array([pd.NA] * len(out), dtype="Int64")
+        else:
+            out["n_responders"] = out["n_responders"].fillna(0).astype("Int64")
+
+    rate = out["n_responders"].astype("Float64") / out["n_completed"].replace(0, np.nan)
+    out["responder_rate"] = rate.astype("float64")
+    out["period_start"] = out["period"].dt.start_time
+    cols = ([by] if by else []) + ["period", "period_start", "n_patients", "n_sessions", "n_pre",
+                                   "mean_pre", "n_paired", "mean_change", "mean_improvement",
+                                   "n_completed", "n_responders", "responder_rate"]
+    return out[cols].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# run chart
+
+
+def runs_limits(n_useful: int) -> tuple[int, int]:
+    """Anhøj's limits for *n_useful* useful observations.
+
+    Returns
+    -------
+    (longest_run_max, n_crossings_min) : tuple of int
+        A longest run above ``round(log2(n) + 3)`` signals; fewer crossings than
+        ``qbinom(0.05, n - 1, 0.5)`` signal (qicharts2's ``runs.analysis``).
+
+    Examples
+    --------
+    >>> runs_limits(20)
+    (7, 6)
+    """
+    n = int(n_useful)
+    if n < 1:
+        raise ValueError("runs_limits needs at least one useful observation")
+    longest_max = int(round(math.log2(n))) + 3
+    # R's qbinom: the smallest x with P(X <= x) >= p; scipy's ppf is the same quantile, with a
+    # tiny tolerance so floating error in the CDF cannot push it one step up.
+    crossings_min = int(stats.binom.ppf(0.05 - 1e-12, max(n - 1, 0), 0.5))
+    return longest_max, crossings_min
+
+
+def _runs(sides: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of equal non-zero signs as (sign, first position, last position), positions into the
+    full series (points on the centre line neither break nor extend a run)."""
+    runs: list[tuple[int, int, int]] = []
+    for i, s in enumerate(sides):
+        if s == 0 or np.isnan(s):
+            continue
+        if runs and runs[-1][0] == s:
+            runs[-1] = (runs[-1][0], runs[-1][1], i)
+        else:
+            runs.append((int(s), i, i))
+    return runs
+
+
+def run_chart(values: Any, dates: Any = None, *, measure: str | None = None,
+              better: Better | None = None, centre: float | None = None,
+              min_useful: int = MIN_USEFUL_RUNS) -> ChartResult:
+    """Run chart on the median with Anhøj's rules.
+
+    Parameters
+    ----------
+    values : array-like or Series
+        The series, in time order; missing values are shown but not analysed.
+    dates : array-like, optional
+        A label per point (Periods, dates, ...); defaults to the Series index or 1..n.
+    measure : str, optional
+        Measure code; its ``better`` judges a long run as improvement or concern.
+    better : {"lower", "higher"}, optional
+        Overrides the measure's direction (e.g. "higher" for a responder rate).
+    centre : float, optional
+        A fixed centre line instead of the median (e.g. a baseline median).
+    min_useful : int
+        Fewer useful observations and the rules are not applied (said in ``notes``).
+
+    Returns
+    -------
+    ChartResult
+        ``points`` columns: label, value, centre, lcl, ucl (missing), side (+1 above, −1 below,
+        0 on the centre line), useful, run_id (run number among useful points), in_long_run,
+        crossings_signal (True on every useful point when crossings are too few), signal.
+        ``stats``: median, n_obs, n_useful, longest_run, longest_run_max, n_crossings,
+        n_crossings_min, runs_applied.
+
+    Examples
+    --------
+    >>> r = run_chart([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    >>> r.stats["n_crossings"], r.stats["n_crossings_min"]
+    (1, 3)
+    """
+    y, labels, _ = _as_values(values, dates)
+    better = _resolve_better(measure, better)
+    finite = np.isfinite(y)
+    cl = float(np.median(y[finite])) if centre is None and finite.any() else (
+        float(centre) if centre is not None else np.nan)
+    sides = np.where(finite, np.sign(y - cl), np.nan)
+    useful = finite & (sides != 0)
+    runs = _runs(sides)
+    n_useful = int(useful.sum())
+    run_id = np.full(len(y), -1)
+    for k, (_, a, b) in enumerate(runs):
+        for i in range(a, b + 1):
+            if useful[i]:
+                run_id[i] = k
+    lengths = [int(useful[a:b + 1].sum()) for _, a, b in runs]
+    longest = max(lengths) if lengths else 0
+    crossings = max(len(runs) - 1, 0)
+    notes: list[str] = []
+    in_long = np.zeros(len(y), dtype=bool)
+    cross_flag = np.zeros(len(y), dtype=bool)
+    signals: list[Signal] = []
+    st: dict[str, Any] = {"median": cl, "n_obs": int(finite.sum()), "n_useful": n_useful,
+                          "longest_run": longest, "n_crossings": crossings,
+                          "longest_run_max": None, "n_crossings_min": None,
+                          "runs_applied": False}
+    if not finite.any():
+        notes.append("No values to chart.")
+    elif n_useful < min_useful:
+        _caution(notes, f"Run rules not applied: {n_useful} useful observation(s) (points not on the "
+                     f"median), fewer than the {min_useful} the rules need.")
+    else:
+        lr_max, cr_min = runs_limits(n_useful)
+        st.update(longest_run_max=lr_max, n_crossings_min=cr_min, runs_applied=True)
+        word = "median" if centre is None else "centre line"
+        for (s, a, b), length in zip(runs, lengths):
+            if length > lr_max:
+                in_long[a:b + 1] = useful[a:b + 1]
+                direction = "up" if s > 0 else "down"
+                assessment = _assess(direction, better)
+                where = "above" if s > 0 else "below"
+                signals.append(Signal(
+                    "longest_run", a, b, direction, assessment,
+                    f"{length} points in a row {where} the {word} {_span(labels, a, b)} (more "
+                    f"than the {lr_max} expected by chance with {n_useful} useful observations): "
+                    f"a shift, {_verdict(assessment)}."))
+        if crossings < cr_min:
+            cross_flag[:] = useful
+            first, last = int(np.flatnonzero(useful)[0]), int(np.flatnonzero(useful)[-1])
+            signals.append(Signal(
+                "crossings", first, last, "none", "neutral",
+                f"The series crosses the {word} {crossings} time(s) {_span(labels, first, last)}, "
+                f"fewer than the {cr_min} expected with {n_useful} useful observations: the "
+                f"process has shifted or clusters."))
+    points = pd.DataFrame({
+        "label": labels, "value": y, "centre": cl, "lcl": np.nan, "ucl": np.nan,
+        "side": sides, "useful": useful, "run_id": run_id, "in_long_run": in_long,
+        "crossings_signal": cross_flag,
+    })
+    points["signal"] = points["in_long_run"] | points["crossings_signal"]
+    return ChartResult("run", points, signals, notes, st, measure, better)
+
+
+# --------------------------------------------------------------------------------------------
+# XmR chart and the Making Data Count rules
+
+
+def _sequences(flags: np.ndarray, length: int) -> list[tuple[int, int]]:
+    """Maximal stretches of True at least *length* long, as (first, last)."""
+    out, start = [], None
+    for i, f in enumerate(list(flags) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            if i - start >= length:
+                out.append((start, i - 1))
+            start = None
+    return out
+
+
+def _shift_runs(side: np.ndarray) -> list[tuple[int, int, int]]:
+    """Stretches of SHIFT_LENGTH or more consecutive points on one side (a point on the mean or a
+    missing value breaks the stretch, as in NHSRplotthedots)."""
+    out = []
+    for s in (1, -1):
+        out.extend((s, a, b) for a, b in _sequences(side == s, SHIFT_LENGTH))
+    return sorted(out, key=lambda t: t[1])
+
+
+def _trend_runs(y: np.ndarray) -> list[tuple[int, int, int]]:
+    """Stretches of TREND_LENGTH or more points each strictly above (or below) the previous."""
+    d = np.sign(np.diff(y))
+    out = []
+    for s in (1, -1):
+        # k consecutive steps of sign s make k + 1 points
+        for a, b in _sequences(d == s, TREND_LENGTH - 1):
+            out.append((s, a, b + 1))
+    return sorted(out, key=lambda t: t[1])
+
+
+def _two_of_three(near: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """Points beyond 2σ that are 2 of a window of 3 consecutive points all on one side."""
+    n = len(near)
+    flag = np.zeros(n, dtype=bool)
+    for i in range(n - 2):
+        window = slice(i, i + 3)
+        s = side[window]
+        if near[window].sum() >= 2 and (np.all(s == 1) or np.all(s == -1)):
+            flag[window] |= near[window]
+    return flag
+
+
+def _spc_rules(y: np.ndarray, cl: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
+               sigma: np.ndarray, labels: list[str], better: str | None,
+               what: str) -> tuple[pd.DataFrame, list[Signal]]:
+    finite = np.isfinite(y)
+    side = np.where(finite, np.sign(y - cl), 0.0)
+    above = finite & np.isfinite(ucl) & (y > ucl)
+    below = finite & np.isfinite(lcl) & (y < lcl)
+    outside = above | below
+    near = finite & ~outside & ((y > cl + 2 * sigma) | (y < cl - 2 * sigma))
+    shift = np.zeros(len(y), dtype=bool)
+    trend = np.zeros(len(y), dtype=bool)
+    signals: list[Signal] = []
+    for i in np.flatnonzero(outside):
+        direction = "up" if above[i] else "down"
+        a = _assess(direction, better)
+        where = "above the upper" if above[i] else "below the lower"
+        signals.append(Signal("outside_limits", int(i), int(i), direction, a,
+                              f"A point {where} process limit {_span(labels, i, i)} "
+                              f"({_num(y[i])}): {_verdict(a)}."))
+    for s, a, b in _shift_runs(side):
+        shift[a:b + 1] = True
+        direction = "up" if s > 0 else "down"
+        asm = _assess(direction, better)
+        signals.append(Signal("shift", a, b, direction, asm,
+                              f"{b - a + 1} points in a row {'above' if s > 0 else 'below'} the "
+                              f"{what} {_span(labels, a, b)}: a shift, {_verdict(asm)}."))
+    yy = np.where(finite, y, np.nan)
+    for s, a, b in _trend_runs(yy):
+        trend[a:b + 1] = True
+        direction = "up" if s > 0 else "down"
+        asm = _assess(direction, better)
+        signals.append(Signal("trend", a, b, direction, asm,
+                              f"{b - a + 1} points in a row each {'higher' if s > 0 else 'lower'} "
+                              f"than the one before {_span(labels, a, b)}: a trend, "
+                              f"{_verdict(asm)}."))
+    two3 = _two_of_three(near, side)
+    idx = np.flatnonzero(two3)
+    # group flagged points that share windows into one signal
+    groups: list[list[int]] = []
+    for i in idx:
+        if groups and i - groups[-1][-1] <= 2 and side[i] == side[groups[-1][-1]]:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    for g in groups:
+        a, b = g[0], g[-1]
+        direction = "up" if side[a] > 0 else "down"
+        asm = _assess(direction, better)
+        signals.append(Signal("two_of_three", a, b, direction, asm,
+                              f"{len(g)} points beyond two sigma {'above' if side[a] > 0 else 'below'}"
+                              f" the {what} within three points {_span(labels, a, b)}: "
+                              f"{_verdict(asm)}."))
+    signals.sort(key=lambda s: (s.start, s.rule))
+    flags = pd.DataFrame({"outside_limits": outside, "shift": shift, "trend": trend,
+                          "two_of_three": two3})
+    return flags, signals
+
+
+def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
+              better: Better | None = None, screen_moving_ranges: bool = False) -> ChartResult:
+    """XmR (individuals and moving range) chart with the Making Data Count rules.
+
+    Parameters
+    ----------
+    values : array-like or Series
+        The series in time order (e.g. ``aggregate(...)["mean_change"]``). Missing values are
+        dropped before the moving ranges are taken and shown as gaps.
+    dates : array-like, optional
+        Labels per point; defaults to the Series index or 1..n.
+    measure : str, optional
+        Measure code whose ``better`` judges signals.
+    better : {"lower", "higher"}, optional
+        Overrides the measure's direction.
+    screen_moving_ranges : bool
+        Drop moving ranges above 3.267 × their mean and recompute the mean before setting the
+        limits (Nelson 1982; NHSRplotthedots' ``screen_outliers``). Off by default: the plain
+        Wheeler limits.
+
+    Returns
+    -------
+    ChartResult
+        ``points`` columns: label, value, centre (the mean), lcl, ucl (mean ∓ 2.66 × mean MR),
+        sigma (2.66/3 × mean MR), mr (moving range; missing on the first point), mr_centre,
+        mr_ucl (3.267 × mean MR), mr_outside_limit, outside_limits, shift, trend, two_of_three,
+        signal. ``stats``: mean, mean_mr, sigma, lcl, ucl, mr_ucl, n.
+
+    Examples
+    --------
+    >>> r = xmr_chart([10, 12, 11, 13, 12])
+    >>> round(r.stats["mean_mr"], 3), round(r.stats["ucl"], 3)
+    (1.5, 15.59)
+    """
+    y, labels, _ = _as_values(values, dates)
+    better = _resolve_better(measure, better)
+    finite = np.isfinite(y)
+    yf = y[finite]
+    notes: list[str] = []
+    mean = float(yf.mean()) if len(yf) else np.nan
+    mr_f = np.abs(np.diff(yf))
+    mr = np.full(len(y), np.nan)
+    pos = np.flatnonzero(finite)
+    mr[pos[1:]] = mr_f
+    mean_mr = float(mr_f.mean()) if len(mr_f) else np.nan
+    if screen_moving_ranges and len(mr_f):
+        kept = mr_f[mr_f < MR_LIMIT * mean_mr]
+        if len(kept):
+            mean_mr = float(kept.mean())
+    if len(yf) < 2:
+        _caution(notes, "Fewer than two values: no moving range, so no process limits.")
+    elif len(yf) < 12:
+        _caution(notes, f"Only {len(yf)} values: limits from fewer than 12 points are provisional "
+                     "(Making Data Count suggests 15–20).")
+    if len(mr_f) and mean_mr == 0:
+        _caution(notes, "Every moving range is zero (the values never change): the process limits "
+                     "collapse onto the mean, so any different future value would signal.")
+    sigma = XMR_LIMIT / 3 * mean_mr
+    lcl, ucl = mean - XMR_LIMIT * mean_mr, mean + XMR_LIMIT * mean_mr
+    n = len(y)
+    cl_a, lcl_a, ucl_a, sig_a = (np.full(n, v) for v in (mean, lcl, ucl, sigma))
+    flags, signals = _spc_rules(y, cl_a, lcl_a, ucl_a, sig_a, labels, better, "mean")
+    mr_ucl = MR_LIMIT * mean_mr
+    mr_out = np.isfinite(mr) & (mr > mr_ucl)
+    for i in np.flatnonzero(mr_out):
+        signals.append(Signal("mr_outside_limit", int(i), int(i), "none", "neutral",
+                              f"The moving range at {labels[i]} ({_num(mr[i])}) is above its "
+                              f"upper limit {_num(mr_ucl)}: an unusually large jump."))
+    signals.sort(key=lambda s: (s.start, s.rule))
+    points = pd.DataFrame({"label": labels, "value": y, "centre": mean, "lcl": lcl, "ucl": ucl,
+                           "sigma": sigma, "mr": mr, "mr_centre": mean_mr, "mr_ucl": mr_ucl,
+                           "mr_outside_limit": mr_out})
+    points = pd.concat([points, flags], axis=1)
+    points["signal"] = flags.any(axis=1).to_numpy()
+    st = {"mean": mean, "mean_mr": mean_mr, "sigma": sigma, "lcl": lcl, "ucl": ucl,
+          "mr_ucl": mr_ucl, "n": int(len(yf))}
+    return ChartResult("xmr", points, signals, notes, st, measure, better)
+
+
+# --------------------------------------------------------------------------------------------
+# p-chart
+
+
+def p_chart(successes: Any, totals: Any, dates: Any = None, *,
+            better: Better | None = "higher", what: str = "responders") -> ChartResult:
+    """p-chart of a proportion (e.g. the responder rate per period), limits varying by subgroup.
+
+    Parameters
+    ----------
+    successes, totals : array-like
+        Counts per subgroup (e.g. ``n_responders`` and ``n_completed`` of :func:`aggregate`).
+        Subgroups with total 0 are shown as gaps and left out of p̄.
+    dates : array-like, optional
+        Labels per subgroup; defaults to the index of *successes* when a Series, else 1..n.
+    better : {"lower", "higher"} or None
+        Which direction of the proportion is improvement ("higher" for responders).
+    what : str
+        What is counted, for the sentences.
+
+    Returns
+    -------
+    ChartResult
+        ``points`` columns: label, successes, totals, value (proportion), centre (p̄), sigma
+        (√(p̄(1 − p̄)/nᵢ)), lcl, ucl (p̄ ∓ 3σ clipped to [0, 1]), outside_limits, shift,
+        trend, two_of_three, signal. ``stats``: p_bar, n_subgroups, total.
+
+    Examples
+    --------
+    >>> r = p_chart([5, 6, 4], [10, 12, 8])
+    >>> round(r.stats["p_bar"], 3)
+    0.5
+    """
+    if dates is None and isinstance(successes, pd.Series):
+        dates = successes.index
+    x = np.asarray(pd.to_numeric(pd.Series(successes), errors="coerce"), dtype="float64")
+    n = np.asarray(pd.to_numeric(pd.Series(totals), errors="coerce"), dtype="float64")
+    if x.shape != n.shape:
+        raise ValueError(f"successes has {len(x)} entries but totals has {len(n)}")
+    bad = np.isfinite(x) & np.isfinite(n) & ((x < 0) | (n < 0) | (x > n))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"p_chart: subgroup {i + 1} has {x[i]:g} {what} out of {n[i]:g}; counts "
+                         "must satisfy 0 <= successes <= totals")
+    y_dummy, labels, _ = _as_values(np.zeros(len(x)), dates)
+    del y_dummy
+    ok = np.isfinite(x) & np.isfinite(n) & (n > 0)
+    notes: list[str] = []
+    if not ok.any():
+        p_bar = np.nan
+        notes.append("No subgroup has a denominator: nothing to chart.")
+    else:
+        p_bar = float(x[ok].sum() / n[ok].sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(ok, x / n, np.nan)
+        sigma = np.where(ok, np.sqrt(p_bar * (1 - p_bar) / n), np.nan)
+    lcl = np.clip(p_bar - 3 * sigma, 0, 1)
+    ucl = np.clip(p_bar + 3 * sigma, 0, 1)
+    if ok.any() and (p_bar in (0.0, 1.0)):
+        _caution(notes, f"Every subgroup has {'no' if p_bar == 0 else 'only'} {what}: the limits "
+                     "collapse onto the centre line.")
+    if better is not None:
+        better = _resolve_better(None, better)
+    cl = np.full(len(x), p_bar)
+    flags, signals = _spc_rules(p, cl, lcl, ucl, sigma, labels, better, "overall proportion")
+    points = pd.DataFrame({"label": labels, "successes": x, "totals": n, "value": p,
+                           "centre": p_bar, "sigma": sigma, "lcl": lcl, "ucl": ucl})
+    points = pd.concat([points, flags], axis=1)
+    points["signal"] = flags.any(axis=1).to_numpy()
+    st = {"p_bar": p_bar, "n_subgroups": int(ok.sum()), "total": float(n[ok].sum())}
+    if ok.any() and ok.sum() < 12:
+        _caution(notes, f"Only {int(ok.sum())} subgroups: p-chart limits from fewer than 12 "
+                 "points are provisional.")
+    return ChartResult("p", points, signals, notes, st, None, better)
