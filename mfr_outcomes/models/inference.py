@@ -1,0 +1,414 @@
+"""Small-sample inference for mixed models: Satterthwaite df (lmerTest), LRT ``compare`` (lme4's anova).
+
+Satterthwaite follows Kuznetsova, Brockhoff & Christensen (2017, JSS 82(13)) and lmerTest's code:
+with varpar = (θ, σ), A = 2 H⁻¹ where H is the Hessian of the (REML or ML) deviance in varpar at
+the optimum, and for a contrast row l the df are 2 (l'Vl)² / (g'Ag) with g the gradient of
+l'V(varpar)l. Derivatives are numDeriv's Richardson extrapolation (``genD`` and ``jacobian``), as
+lmerTest uses.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mfr_outcomes.models.fit import MixedFit
+
+__all__ = [
+    "richardson_hessian",
+    "richardson_jacobian",
+    "SatterthwaiteData",
+    "satterthwaite_data",
+    "satterthwaite_df",
+    "contest_1d",
+    "contest_md",
+    "compare",
+    "confint_variance",
+]
+
+_ZERO_TOL = np.sqrt(np.finfo(float).eps / 7e-7)
+
+
+def richardson_hessian(f: Callable[[np.ndarray], float], x: np.ndarray, *, d: float = 0.1,
+                       eps: float = 1e-4, r: int = 4, v: float = 2.0) -> np.ndarray:
+    """Hessian of a scalar function by numDeriv's ``genD`` (central differences, Richardson)."""
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    f0 = f(x)
+    h0 = np.abs(d * x) + eps * (np.abs(x) < _ZERO_TOL)
+    hdiag = np.zeros(n)
+    H = np.zeros((n, n))
+
+    def extrapolate(a: np.ndarray) -> float:
+        a = a.copy()
+        for m in range(1, r):
+            for k in range(r - m):
+                a[k] = (a[k + 1] * 4.0 ** m - a[k]) / (4.0 ** m - 1)
+        return float(a[0])
+
+    for i in range(n):
+        h = h0.copy()
+        ha = np.zeros(r)
+        for k in range(r):
+            e = np.zeros(n)
+            e[i] = h[i]
+            ha[k] = (f(x + e) - 2 * f0 + f(x - e)) / h[i] ** 2
+            h = h / v
+        hdiag[i] = extrapolate(ha)
+        H[i, i] = hdiag[i]
+    for i in range(n):
+        for j in range(i):
+            h = h0.copy()
+            da = np.zeros(r)
+            for k in range(r):
+                e = np.zeros(n)
+                e[i], e[j] = h[i], h[j]
+                da[k] = (f(x + e) - 2 * f0 + f(x - e) - hdiag[i] * h[i] ** 2
+                         - hdiag[j] * h[j] ** 2) / (2 * h[i] * h[j])
+                h = h / v
+            H[i, j] = H[j, i] = extrapolate(da)
+    return H
+
+
+def richardson_jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, *,
+                        d: float = 1e-4, eps: float = 1e-4, r: int = 4,
+                        v: float = 2.0) -> list[np.ndarray]:
+    """Derivatives of an array-valued function, one array per coordinate of x (numDeriv's
+    ``jacobian`` with Richardson extrapolation)."""
+    x = np.asarray(x, dtype=float)
+    out = []
+    for i in range(x.size):
+        h = abs(d * x[i]) + eps * (abs(x[i]) < _ZERO_TOL)
+        approx = []
+        for _ in range(r):
+            e = np.zeros(x.size)
+            e[i] = h
+            approx.append((np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2 * h))
+            h /= v
+        for m in range(1, r):
+            for k in range(r - m):
+                approx[k] = (approx[k + 1] * 4.0 ** m - approx[k]) / (4.0 ** m - 1)
+        out.append(approx[0])
+    return out
+
+
+class SatterthwaiteData:
+    """What Satterthwaite df need, computed once per fit: A = 2H⁻¹ and ∂Var(β̂)/∂varpar."""
+
+    def __init__(self, vcov: np.ndarray, A: np.ndarray, jac: list[np.ndarray],
+                 messages: list[str]):
+        self.vcov = vcov
+        self.A = A
+        self.jac = jac
+        self.messages = messages
+
+    def df_1d(self, row: np.ndarray) -> float:
+        row = np.asarray(row, dtype=float)
+        var = float(row @ self.vcov @ row)
+        g = np.array([float(row @ J @ row) for J in self.jac])
+        denom = float(g @ self.A @ g)
+        if not np.isfinite(denom) or denom <= 0:
+            return np.inf
+        return 2.0 * var ** 2 / denom
+
+
+def satterthwaite_data(devfun: Callable[[np.ndarray], float],
+                       vcovfun: Callable[[np.ndarray], np.ndarray], varpar: np.ndarray,
+                       vcov: np.ndarray) -> SatterthwaiteData:
+    """Hessian of the deviance in varpar and the Jacobian of Var(β̂), as lmerTest's ``as_lmerModLT``."""
+    messages: list[str] = []
+    H = richardson_hessian(devfun, varpar)
+    H = (H + H.T) / 2
+    ev = np.linalg.eigvalsh(H)
+    tol = 1e-6
+    if np.min(ev) < -tol:
+        messages.append("the Hessian of the deviance in (θ, σ) has negative eigenvalues, so the "
+                        "model may not have converged and the Satterthwaite df are doubtful")
+    if np.min(np.abs(ev)) < tol:
+        messages.append("the Hessian of the deviance in (θ, σ) is near singular, so the "
+                        "Satterthwaite df are doubtful")
+    try:
+        A = 2.0 * np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        A = 2.0 * np.linalg.pinv(H)
+    jac = richardson_jacobian(vcovfun, varpar)
+    return SatterthwaiteData(np.asarray(vcov), A, jac, messages)
+
+
+def satterthwaite_df(sd: SatterthwaiteData, L: np.ndarray) -> np.ndarray:
+    """Satterthwaite df of each row of L."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    return np.array([sd.df_1d(row) for row in L])
+
+
+def _table(L: np.ndarray, beta: np.ndarray, vcov: np.ndarray, df: np.ndarray, names: Sequence[str],
+           level: float) -> pd.DataFrame:
+    est = L @ beta
+    se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", L, vcov, L), 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = est / se
+    df = np.asarray(df, dtype=float)
+    finite = np.isfinite(df)
+    p = np.where(finite, 2 * stats.t.sf(np.abs(stat), np.where(finite, df, 1.0)),
+                 2 * stats.norm.sf(np.abs(stat)))
+    q = np.where(finite, stats.t.ppf(0.5 + level / 2, np.where(finite, df, 1.0)),
+                 stats.norm.ppf(0.5 + level / 2))
+    return pd.DataFrame({"term": list(names), "estimate": est, "std_error": se, "df": df,
+                         "statistic": stat, "p_value": p, "ci_low": est - q * se,
+                         "ci_high": est + q * se})
+
+
+def contest_1d(fit: MixedFit, L: np.ndarray, names: Sequence[str] | None = None,
+               level: float = 0.95) -> pd.DataFrame:
+    """One t test per row of L with the fit's df method (see ``MixedFit.linear_contrast``)."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    if names is None:
+        names = [f"contrast {i + 1}" for i in range(L.shape[0])]
+    df = fit._df_for(L)
+    return _table(L, fit.result.beta, fit.result.vcov_beta, df, names, level)
+
+
+def contest_md(fit: MixedFit, L: np.ndarray, name: str = "") -> dict:
+    """Joint F test of the rows of L (lmerTest's ``contestMD``, Satterthwaite denominator df).
+
+    Returns a dict with term, num_df, den_df, statistic (F) and p_value.
+    """
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    beta, V = fit.result.beta, fit.result.vcov_beta
+    VL = L @ V @ L.T
+    lam, P = np.linalg.eigh(VL)
+    keep = lam > max(lam.max(), 0) * 1e-8
+    lam, P = lam[keep], P[:, keep]
+    qrank = int(keep.sum())
+    PtL = P.T @ L
+    t2 = (PtL @ beta) ** 2 / lam
+    F = float(t2.sum() / qrank)
+    if fit.df_method in ("satterthwaite", "kenward-roger"):
+        nu = fit._df_for(PtL)
+        finite = nu[np.isfinite(nu)]
+        if qrank == 1:
+            den = float(nu[0])
+        else:
+            E = float(np.sum(np.where(nu > 2, nu / np.maximum(nu - 2, 1e-12), 0.0)))
+            den = 2 * E / (E - qrank) if E > qrank else 0.0
+            if den <= 0 or not finite.size:
+                den = float(np.min(nu))
+    else:
+        den = float(fit._df_for(PtL[:1])[0])
+    p = float(stats.f.sf(F, qrank, den)) if np.isfinite(den) else float(stats.chi2.sf(F * qrank,
+                                                                                        qrank))
+    return {"term": name, "num_df": qrank, "den_df": den, "statistic": F, "p_value": p}
+
+
+def compare(*fits: MixedFit, refit: bool = True) -> pd.DataFrame:
+    """Likelihood-ratio tests between nested fits, as lme4's ``anova(m0, m1)``.
+
+    Models fitted by REML are refitted by ML first (``refit=True``, lme4's default), since REML
+    likelihoods of models with different fixed effects are not comparable. Models are ordered by
+    their number of parameters.
+
+    Returns
+    -------
+    DataFrame
+        model, npar, aic, bic, loglik, deviance, chisq, df, p_value (one row a model; the test
+        columns compare each model with the one above it).
+    """
+    if len(fits) < 2:
+        raise ValueError("compare() needs at least two fitted models.")
+    nobs = {f.nobs for f in fits}
+    if len(nobs) > 1:
+        raise ValueError(f"The models were fitted to different numbers of observations "
+                         f"({sorted(nobs)}); a likelihood-ratio test needs the same rows.")
+    use = []
+    for f in fits:
+        if f.reml and refit:
+            f = f.refit_ml()
+        use.append(f)
+    rows = []
+    for i, f in enumerate(use):
+        npar = f.npar
+        rows.append({"model": fits[i].formula, "npar": npar, "aic": f.aic, "bic": f.bic,
+                     "loglik": f.loglik, "deviance": -2 * f.loglik})
+    out = pd.DataFrame(rows)
+    out = out.iloc[np.argsort(out["npar"].to_numpy(), kind="stable")].reset_index(drop=True)
+    chisq = [np.nan]
+    dfs = [np.nan]
+    for i in range(1, len(out)):
+        chisq.append(max(out["deviance"][i - 1] - out["deviance"][i], 0.0))
+        dfs.append(out["npar"][i] - out["npar"][i - 1])
+    out["chisq"] = chisq
+    out["df"] = dfs
+    out["p_value"] = [np.nan] + [float(stats.chi2.sf(c, d)) if d > 0 else np.nan
+                                 for c, d in zip(chisq[1:], dfs[1:])]
+    return out
+
+
+def _varcomp_params(spec, theta: np.ndarray, sigma: float) -> list[float]:
+    """sd of each random term, correlations within blocks, then σ (lme4's .sig01, ... order)."""
+    from mfr_outcomes.models.spec import block_lambda
+
+    out, k = [], 0
+    for b in spec.blocks:
+        lam = block_lambda(theta[k:k + b.n_theta], b.q)
+        k += b.n_theta
+        cov = sigma ** 2 * lam @ lam.T
+        sd = np.sqrt(np.diag(cov))
+        for j in range(b.q):
+            out.append(sd[j])
+            for i in range(j + 1, b.q):
+                out.append(cov[i, j] / (sd[i] * sd[j]) if sd[i] * sd[j] > 0 else np.nan)
+    out.append(sigma)
+    return out
+
+
+def _varcomp_labels(spec) -> list[tuple[str, str | None, str | None, str]]:
+    labels = []
+    for b in spec.blocks:
+        for j in range(b.q):
+            labels.append((b.group, b.terms[j], None, "sd"))
+            for i in range(j + 1, b.q):
+                labels.append((b.group, b.terms[j], b.terms[i], "corr"))
+    labels.append(("Residual", None, None, "sigma"))
+    return labels
+
+
+def _simulate(fit: MixedFit, rng: np.random.Generator) -> np.ndarray:
+    from mfr_outcomes.models.spec import block_lambda
+
+    spec = fit.spec
+    y = spec.X @ fit.result.beta + fit.sigma * rng.standard_normal(spec.n)
+    k = 0
+    for b in spec.blocks:
+        lam = block_lambda(fit.theta[k:k + b.n_theta], b.q)
+        k += b.n_theta
+        u = rng.standard_normal((b.n_levels, b.q))
+        bvals = fit.sigma * u @ lam.T
+        y = y + np.einsum("ij,ij->i", b.Z, bvals[b.codes])
+    return y
+
+
+def _profile_intervals(fit: MixedFit, level: float) -> list[tuple[float, float]]:
+    """Likelihood-profile limits of each variance parameter (sd, corr, σ) of the fitted criterion.
+
+    Parametrised as lme4's profile is, by the sds and correlations themselves: the deviance in
+    (θ, σ) is minimised under the constraint that one parameter is fixed (SLSQP), and the limit is
+    where the profiled deviance exceeds its minimum by the χ²₁ quantile.
+    """
+    from scipy.optimize import brentq, minimize
+
+    from mfr_outcomes.models import pls
+    from mfr_outcomes.models.spec import theta_lower_bounds
+
+    spec, reml = fit.spec, fit.reml
+    devfun = fit.result.devfun_varpar or (lambda vp: pls.deviance_varpar(spec, vp, reml))
+    x_hat = np.append(fit.theta, fit.sigma)
+    d_min = float(devfun(x_hat))
+    crit = stats.chi2.ppf(level, 1)
+    lb = np.append(theta_lower_bounds(spec), 0.0)
+    bounds = [(0.0 if lo == 0.0 else None, None) for lo in lb]
+    est = _varcomp_params(spec, fit.theta, fit.sigma)
+
+    def param(vp, k):
+        return _varcomp_params(spec, vp[:-1], vp[-1])[k]
+
+    def safe_dev(vp):
+        try:
+            val = float(devfun(vp))
+        except (np.linalg.LinAlgError, ValueError):
+            return 1e100
+        return val if np.isfinite(val) else 1e100
+
+    out = []
+    for k, value in enumerate(est):
+        start = {"x": x_hat.copy()}
+
+        def prof(target, k=k, start=start):
+            cons = {"type": "eq", "fun": lambda vp: param(vp, k) - target}
+            res = minimize(safe_dev, start["x"], method="SLSQP", bounds=bounds,
+                           constraints=[cons], options={"maxiter": 300, "ftol": 1e-10})
+            if res.success:
+                start["x"] = res.x
+            return float(res.fun) - d_min - crit
+
+        is_corr = not (np.isnan(value)) and _varcomp_labels(spec)[k][3] == "corr"
+        limits = []
+        for direction in (-1, 1):
+            start["x"] = x_hat.copy()
+            if is_corr:
+                edge = -1.0 if direction < 0 else 1.0
+                step_pts = np.linspace(value, edge * 0.9999, 8)[1:]
+            else:
+                scale = max(abs(value), fit.sigma * 1e-3)
+                step_pts = ([value * f for f in (0.8, 0.6, 0.4, 0.2, 0.05, 0.0)]
+                            if direction < 0 else [value + scale * f for f in
+                                                   (0.25, 0.5, 1, 2, 4, 8, 16)])
+            prev, limit = value, (0.0 if direction < 0 and not is_corr else np.nan)
+            if is_corr and direction < 0:
+                limit = -1.0
+            if is_corr and direction > 0:
+                limit = 1.0
+            for pt in step_pts:
+                if prof(pt) > 0:
+                    try:
+                        limit = brentq(prof, min(prev, pt), max(prev, pt), xtol=1e-6 *
+                                       max(1.0, abs(value)))
+                    except ValueError:
+                        limit = pt
+                    break
+                prev = pt
+            limits.append(float(limit))
+        out.append((limits[0], limits[1]))
+    return out
+
+
+def confint_variance(fit: MixedFit, method: str = "profile", *, level: float = 0.95,
+                     nsim: int = 200, seed: int | np.random.Generator | None = 0) -> pd.DataFrame:
+    """Confidence intervals for the random-effect SDs, correlations and σ of a fit.
+
+    See :meth:`MixedFit.confint_variance`. ``method="boot"`` refits ``nsim`` responses simulated
+    from the fitted model (parametric bootstrap, percentile limits, as lme4's ``bootMer``);
+    ``method="profile"`` inverts the likelihood-ratio test of the fitted criterion.
+
+    Returns
+    -------
+    DataFrame
+        group, term1, term2, parameter, estimate, ci_low, ci_high.
+    """
+    from mfr_outcomes.models.fit import MixedFit  # noqa: F401  (type only)
+    from mfr_outcomes.models.spec import ENGINES
+
+    if method not in ("profile", "boot"):
+        raise ValueError(f"method must be 'profile' or 'boot'; got {method!r}.")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1; got {level}.")
+    labels = _varcomp_labels(fit.spec)
+    est = _varcomp_params(fit.spec, fit.theta, fit.sigma)
+    if method == "boot":
+        import copy
+
+        if int(nsim) < 10:
+            raise ValueError(f"nsim must be at least 10 for bootstrap percentiles; got {nsim}.")
+        rng = np.random.default_rng(seed)
+        eng = ENGINES[fit.engine]
+        draws = []
+        for _ in range(int(nsim)):
+            spec = copy.copy(fit.spec)
+            spec.y = _simulate(fit, rng)
+            res = eng.fit(spec, reml=fit.reml, start=fit.theta)
+            draws.append(_varcomp_params(spec, np.asarray(res.theta), float(res.sigma)))
+        arr = np.asarray(draws, dtype=float)
+        a = (1 - level) / 2
+        lo = np.nanquantile(arr, a, axis=0)
+        hi = np.nanquantile(arr, 1 - a, axis=0)
+        limits = list(zip(lo, hi))
+    else:
+        limits = _profile_intervals(fit, level)
+    rows = [{"group": g, "term1": t1, "term2": t2, "parameter": kind, "estimate": e,
+             "ci_low": lim[0], "ci_high": lim[1]}
+            for (g, t1, t2, kind), e, lim in zip(labels, est, limits)]
+    return pd.DataFrame(rows, columns=["group", "term1", "term2", "parameter", "estimate",
+                                       "ci_low", "ci_high"])
