@@ -1,0 +1,657 @@
+"""The "fast" engine: lme4's profiled deviance computed from per-group sufficient statistics.
+
+One grouping factor (any number of correlated or uncorrelated terms on it), optionally inside a
+second, nesting factor (patients within therapists). The data enter once, as per-group sums of
+cross-products; after that each deviance evaluation costs O(groups × small blocks), whatever the
+number of rows. The algebra is that of Bates, Mächler, Bolker & Walker (2015, JSS 67(1), sec. 3):
+only θ is optimised, β and σ² are profiled out.
+
+Layout: small per-group matrices are stored with the group axis last, ``(k, m, G)``, so that every
+element of the batch of k×k Cholesky factors is one contiguous vector; the factorisations and
+triangular solves are unrolled over k and vectorised over groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import linalg, optimize
+
+from mfr_outcomes.models.spec import (
+    EngineResult,
+    ModelSpec,
+    register_engine,
+    theta_lower_bounds,
+    theta_start,
+)
+
+__all__ = [
+    "Layout",
+    "Stats",
+    "FastEngine",
+    "layout_of",
+    "sufficient_statistics",
+    "combine",
+    "profiled_deviance",
+    "deviance_varpar",
+    "vcov_beta_varpar",
+]
+
+_CHUNK_ROWS = 250_000  # rows per map step: bounds the memory of the row-wise products
+
+
+# ----------------------------------------------------------------------------------------------
+# Structure of the random effects
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Layout:
+    """Where each θ goes, for one factor (``inner``) and an optional nesting factor (``outer``).
+
+    The random-effect columns of all blocks on the inner factor come first (``q_inner`` of them),
+    then those on the outer factor (``q_outer``); ``theta_pos[k] = (level, row, col)`` puts θ_k at
+    Λ_level[row, col] with level 0 = inner, 1 = outer.
+    """
+
+    inner: str
+    outer: str | None
+    q_inner: int
+    q_outer: int
+    block_level: list[int]  # per spec block: 0 inner, 1 outer
+    block_offset: list[int]  # per spec block: first column inside its level
+    block_q: list[int]  # per spec block: its number of columns
+    theta_pos: list[tuple[int, int, int]]
+    inner_codes: np.ndarray
+    outer_codes: np.ndarray | None  # per row
+    n_inner: int
+    n_outer: int
+
+    @property
+    def q_total(self) -> int:
+        return self.q_inner + self.q_outer
+
+    def lambdas(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lg = np.zeros((self.q_inner, self.q_inner))
+        lh = np.zeros((self.q_outer, self.q_outer))
+        for t, (lev, r, c) in zip(theta, self.theta_pos):
+            (lg if lev == 0 else lh)[r, c] = t
+        return lg, lh
+
+
+def _nested_map(inner: np.ndarray, outer: np.ndarray, n_inner: int) -> np.ndarray | None:
+    """The outer level of each inner level, or None when some inner level has several."""
+    m = np.full(n_inner, -1, dtype=np.int64)
+    m[inner] = outer
+    return m if np.array_equal(m[inner], outer) else None
+
+
+def layout_of(spec: ModelSpec) -> tuple[Layout | None, str]:
+    """The Layout of *spec*, or (None, why this engine cannot fit it)."""
+    if not spec.blocks:
+        return None, "the model has no random-effects term"
+    groups: list[str] = []
+    for b in spec.blocks:
+        if b.group not in groups:
+            groups.append(b.group)
+    if len(groups) > 2:
+        return None, (f"{len(groups)} grouping factors ({', '.join(groups)}); the fast engine "
+                      "handles one factor, or one factor nested in another")
+    first = {g: next(b for b in spec.blocks if b.group == g) for g in groups}
+    for b in spec.blocks:
+        f = first[b.group]
+        if b.n_levels != f.n_levels or not np.array_equal(b.codes, f.codes):
+            return None, f"blocks on '{b.group}' disagree about its levels"
+    inner, outer = groups[0], None
+    nmap = None
+    if len(groups) == 2:
+        a, b = first[groups[0]], first[groups[1]]
+        nmap = _nested_map(a.codes, b.codes, a.n_levels)
+        if nmap is not None:
+            inner, outer = groups[0], groups[1]
+        else:
+            nmap = _nested_map(b.codes, a.codes, b.n_levels)
+            if nmap is None:
+                return None, (f"'{groups[0]}' and '{groups[1]}' are crossed (a level of each "
+                              "occurs with several levels of the other); the fast engine needs "
+                              "one nested in the other")
+            inner, outer = groups[1], groups[0]
+    level_of = {inner: 0, outer: 1}
+    offsets = [0, 0]
+    block_level, block_offset, theta_pos = [], [], []
+    for b in spec.blocks:
+        lev = level_of[b.group]
+        block_level.append(lev)
+        block_offset.append(offsets[lev])
+        for j in range(b.q):
+            for i in range(j, b.q):
+                theta_pos.append((lev, offsets[lev] + i, offsets[lev] + j))
+        offsets[lev] += b.q
+    n_re = sum(b.q * b.n_levels for b in spec.blocks)
+    if spec.n <= n_re:
+        return None, (f"number of observations ({spec.n}) is not larger than the number of "
+                      f"random effects ({n_re}): the residual variance is not identifiable")
+    if spec.n <= spec.p:
+        return None, f"{spec.n} observations for {spec.p} fixed effects"
+    lay = Layout(
+        inner=inner, outer=outer, q_inner=offsets[0], q_outer=offsets[1],
+        block_level=block_level, block_offset=block_offset, block_q=[b.q for b in spec.blocks],
+        theta_pos=theta_pos,
+        inner_codes=np.asarray(first[inner].codes, dtype=np.int64),
+        outer_codes=None if outer is None else np.asarray(first[outer].codes, dtype=np.int64),
+        n_inner=first[inner].n_levels, n_outer=0 if outer is None else first[outer].n_levels,
+    )
+    return lay, ""
+
+
+def _z_all(spec: ModelSpec, lay: Layout) -> np.ndarray:
+    """All random-effect columns, inner level first then outer, in Layout order."""
+    cols: list[np.ndarray] = [None] * len(spec.blocks)  # type: ignore[list-item]
+    order = sorted(range(len(spec.blocks)),
+                   key=lambda k: (lay.block_level[k], lay.block_offset[k]))
+    for k in order:
+        cols[k] = np.asarray(spec.blocks[k].Z, dtype=float)
+    return np.column_stack([cols[k] for k in order])
+
+
+# ----------------------------------------------------------------------------------------------
+# Sufficient statistics: map over chunks of rows, reduce by summing
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Stats:
+    """Per-inner-group sums of cross-products, and the global ones.
+
+    ``ZtZ`` (qt, qt, G), ``ZtX`` (qt, p, G), ``Zty`` (qt, G) over all random columns (inner then
+    outer); ``outer_of`` the outer level of each inner level (-1 when it has no rows, or no outer
+    level). Every field is a sum over rows, so statistics of disjoint chunks add up.
+    """
+
+    n: int
+    XtX: np.ndarray
+    Xty: np.ndarray
+    yty: float
+    ZtZ: np.ndarray
+    ZtX: np.ndarray
+    Zty: np.ndarray
+    outer_of: np.ndarray
+    n_outer: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def p(self) -> int:
+        return int(self.XtX.shape[0])
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.Zty.shape[1])
+
+
+def _group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Column sums of *values* (n, m) by group code -> (m, n_groups)."""
+    if values.shape[0] == 0:
+        return np.zeros((values.shape[1], n_groups))
+    if np.all(codes[1:] >= codes[:-1]):
+        order = None
+        sc = codes
+    else:
+        order = np.argsort(codes, kind="stable")
+        sc = codes[order]
+    starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+    v = values if order is None else values[order]
+    sums = np.add.reduceat(v, starts, axis=0)
+    out = np.zeros((n_groups, values.shape[1]))
+    out[sc[starts]] = sums
+    return out.T
+
+
+def sufficient_statistics(spec_or_arrays, rows=None) -> Stats:
+    """Sufficient statistics of the rows *rows* (a slice, index or boolean array; all when None).
+
+    Parameters
+    ----------
+    spec_or_arrays : ModelSpec or dict
+        A ModelSpec, or a dict with ``y`` (n,), ``X`` (n, p), ``Z`` (n, qt: inner columns then
+        outer ones), ``codes`` (n,) inner level codes, ``n_groups``, and optionally
+        ``outer_codes`` (n,) and ``n_outer``.
+    rows : slice, array or None
+        The chunk of rows; the statistics of disjoint chunks ``combine`` into those of their union.
+
+    Returns
+    -------
+    Stats
+    """
+    if isinstance(spec_or_arrays, ModelSpec):
+        lay, why = layout_of(spec_or_arrays)
+        if lay is None:
+            raise ValueError(why)
+        arrays = {"y": spec_or_arrays.y, "X": spec_or_arrays.X, "Z": _z_all(spec_or_arrays, lay),
+                  "codes": lay.inner_codes, "n_groups": lay.n_inner,
+                  "outer_codes": lay.outer_codes, "n_outer": lay.n_outer}
+    else:
+        arrays = spec_or_arrays
+    sel = slice(None) if rows is None else rows
+    y = np.asarray(arrays["y"], dtype=float)[sel]
+    X = np.asarray(arrays["X"], dtype=float)[sel]
+    Z = np.asarray(arrays["Z"], dtype=float)[sel]
+    codes = np.asarray(arrays["codes"], dtype=np.int64)[sel]
+    G = int(arrays["n_groups"])
+    oc = arrays.get("outer_codes")
+    qt, p = Z.shape[1], X.shape[1]
+    tri = [(a, b) for a in range(qt) for b in range(a, qt)]
+    wide = np.empty((y.shape[0], qt * p + len(tri) + qt))
+    for a in range(qt):
+        np.multiply(Z[:, a:a + 1], X, out=wide[:, a * p:(a + 1) * p])
+    for k, (a, b) in enumerate(tri):
+        np.multiply(Z[:, a], Z[:, b], out=wide[:, qt * p + k])
+    np.multiply(Z, y[:, None], out=wide[:, qt * p + len(tri):])
+    sums = _group_sums(wide, codes, G)
+    ZtX = sums[:qt * p].reshape(qt, p, G)
+    ZtZ = np.empty((qt, qt, G))
+    for k, (a, b) in enumerate(tri):
+        ZtZ[a, b] = ZtZ[b, a] = sums[qt * p + k]
+    Zty = sums[qt * p + len(tri):]
+    outer_of = np.full(G, -1, dtype=np.int64)
+    n_outer = 0
+    if oc is not None:
+        oc = np.asarray(oc, dtype=np.int64)[sel]
+        outer_of[codes] = oc
+        n_outer = int(arrays["n_outer"])
+    return Stats(n=int(y.shape[0]), XtX=X.T @ X, Xty=X.T @ y, yty=float(y @ y),
+                 ZtZ=ZtZ, ZtX=ZtX, Zty=Zty, outer_of=outer_of, n_outer=n_outer)
+
+
+def combine(parts: list[Stats]) -> Stats:
+    """The statistics of the union of disjoint chunks of rows (the reduce step)."""
+    if not parts:
+        raise ValueError("nothing to combine")
+    first = parts[0]
+    outer_of = first.outer_of.copy()
+    for s in parts[1:]:
+        both = (outer_of >= 0) & (s.outer_of >= 0)
+        if np.any(outer_of[both] != s.outer_of[both]):
+            raise ValueError("an inner group has rows in two outer groups: not nested")
+        outer_of = np.maximum(outer_of, s.outer_of)
+    return Stats(
+        n=sum(s.n for s in parts), XtX=sum(s.XtX for s in parts), Xty=sum(s.Xty for s in parts),
+        yty=float(sum(s.yty for s in parts)), ZtZ=sum(s.ZtZ for s in parts),
+        ZtX=sum(s.ZtX for s in parts), Zty=sum(s.Zty for s in parts), outer_of=outer_of,
+        n_outer=first.n_outer)
+
+
+def _stats_of_spec(spec: ModelSpec, lay: Layout) -> Stats:
+    arrays = {"y": spec.y, "X": spec.X, "Z": _z_all(spec, lay), "codes": lay.inner_codes,
+              "n_groups": lay.n_inner, "outer_codes": lay.outer_codes, "n_outer": lay.n_outer}
+    n = spec.n
+    if n <= _CHUNK_ROWS:
+        return sufficient_statistics(arrays)
+    parts = [sufficient_statistics(arrays, slice(s, min(s + _CHUNK_ROWS, n)))
+             for s in range(0, n, _CHUNK_ROWS)]
+    return combine(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched small-matrix algebra, group axis last
+# ----------------------------------------------------------------------------------------------
+def _chol(A: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factors of a stack A (k, k, G) of positive-definite matrices."""
+    k = A.shape[0]
+    L = np.zeros_like(A)
+    for j in range(k):
+        d = A[j, j] - sum(L[j, m] ** 2 for m in range(j)) if j else A[j, j].copy()
+        L[j, j] = np.sqrt(d)
+        for i in range(j + 1, k):
+            s = A[i, j] - sum(L[i, m] * L[j, m] for m in range(j)) if j else A[i, j]
+            L[i, j] = s / L[j, j]
+    return L
+
+
+def _fsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve L X = B for lower-triangular stacks; B is (k, G) or (k, m, G)."""
+    k = L.shape[0]
+    X = np.empty_like(B)
+    for i in range(k):
+        s = B[i].copy()
+        for m in range(i):
+            s -= L[i, m] * X[m]
+        X[i] = s / L[i, i]
+    return X
+
+
+def _bsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve Lᵀ X = B for lower-triangular stacks L; B is (k, G) or (k, m, G)."""
+    k = L.shape[0]
+    X = np.empty_like(B)
+    for i in reversed(range(k)):
+        s = B[i].copy()
+        for m in range(i + 1, k):
+            s -= L[m, i] * X[m]
+        X[i] = s / L[i, i]
+    return X
+
+
+def _bmm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Batched product: A (k, l, G) times B (l, G) or (l, m, G)."""
+    if B.ndim == 2:
+        return sum(A[:, j] * B[j] for j in range(A.shape[1]))
+    return sum(A[:, j, None, :] * B[j][None] for j in range(A.shape[1]))
+
+
+def _lt_c_l(lam: np.ndarray, C: np.ndarray, lam2: np.ndarray) -> np.ndarray:
+    """Λᵀ C Λ₂ for a stack C (k, l, G) and fixed Λ (k, k'), Λ₂ (l, l')."""
+    t = np.tensordot(lam.T, C, axes=(1, 0))  # (k', l, G)
+    return np.tensordot(t, lam2, axes=(1, 0)).transpose(0, 2, 1)  # (k', l', G)
+
+
+# ----------------------------------------------------------------------------------------------
+# The profiled deviance
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Eval:
+    theta: np.ndarray
+    logdet: float  # log |L_θ|²
+    RX: np.ndarray  # p×p upper: RXᵀRX = Xᵀ V⁻¹ X (relative V)
+    beta: np.ndarray
+    pwrss: float  # penalised weighted residual sum of squares r²(θ)
+    parts: dict
+
+
+def _evaluate(stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
+    qg, qh = lay.q_inner, lay.q_outer
+    lg, lh = lay.lambdas(theta)
+    C = stats.ZtZ
+    Cgg = C[:qg, :qg]
+    Xg, yg = stats.ZtX[:qg], stats.Zty[:qg]
+    A = _lt_c_l(lg, Cgg, lg)
+    for a in range(qg):
+        A[a, a] += 1.0
+    L = _chol(A)
+    cu = _fsolve(L, np.tensordot(lg.T, yg, axes=(1, 0)))
+    RZX = _fsolve(L, np.tensordot(lg.T, Xg, axes=(1, 0)))
+    XtVX = stats.XtX - np.tensordot(RZX, RZX, axes=([0, 2], [0, 2]))
+    XtVy = stats.Xty - np.tensordot(RZX, cu, axes=([0, 2], [0, 1]))
+    cu2 = float(np.sum(cu * cu))
+    logdet = 2.0 * float(np.sum(np.log(np.diagonal(L, axis1=0, axis2=1))))
+    parts: dict = {"L": L, "cu": cu, "RZX": RZX, "lg": lg, "lh": lh}
+    if qh:
+        H = stats.n_outer
+        og = np.maximum(stats.outer_of, 0)
+        Cgh = C[:qg, qg:]
+        W = _fsolve(L, _lt_c_l(lg, Cgh, lh))  # (qg, qh, G): L_i⁻¹ Λgᵀ Zgᵢᵀ Zhᵢ Λh
+        # Schur complement on each outer group: Σ (Λhᵀ Chh Λh − WᵀW) + I
+        per = _lt_c_l(lh, C[qg:, qg:], lh) - np.einsum("akg,alg->klg", W, W)
+        S = np.zeros((qh, qh, H))
+        _scatter_add(S, per, og)
+        for a in range(qh):
+            S[a, a] += 1.0
+        Lh = _chol(S)
+        ch_in = np.tensordot(lh.T, stats.Zty[qg:], axes=(1, 0)) - np.einsum("akg,ag->kg", W, cu)
+        chx_in = (np.tensordot(lh.T, stats.ZtX[qg:], axes=(1, 0))
+                  - np.einsum("akg,apg->kpg", W, RZX))
+        ch_sum = np.zeros((qh, H))
+        _scatter_add(ch_sum, ch_in, og)
+        chx_sum = np.zeros((qh, stats.p, H))
+        _scatter_add(chx_sum, chx_in, og)
+        cuh = _fsolve(Lh, ch_sum)
+        RZXh = _fsolve(Lh, chx_sum)
+        XtVX -= np.tensordot(RZXh, RZXh, axes=([0, 2], [0, 2]))
+        XtVy -= np.tensordot(RZXh, cuh, axes=([0, 2], [0, 1]))
+        cu2 += float(np.sum(cuh * cuh))
+        logdet += 2.0 * float(np.sum(np.log(np.diagonal(Lh, axis1=0, axis2=1))))
+        parts.update(W=W, Lh=Lh, cuh=cuh, RZXh=RZXh, og=og)
+    try:
+        RX = linalg.cholesky(XtVX, lower=False)
+    except linalg.LinAlgError:  # rank-deficient after profiling: signal with an infinite deviance
+        return _Eval(theta, logdet, np.full_like(XtVX, np.nan), np.full(stats.p, np.nan),
+                     np.inf, parts)
+    cb = linalg.solve_triangular(RX, XtVy, trans="T")
+    beta = linalg.solve_triangular(RX, cb)
+    pwrss = stats.yty - cu2 - float(cb @ cb)
+    pwrss = max(pwrss, 1e-300)
+    return _Eval(theta, logdet, RX, beta, pwrss, parts)
+
+
+def _scatter_add(out: np.ndarray, vals: np.ndarray, idx: np.ndarray) -> None:
+    """out[..., idx[g]] += vals[..., g] (out's last axis is the outer groups)."""
+    flat_out = out.reshape(-1, out.shape[-1])
+    flat_vals = vals.reshape(-1, vals.shape[-1])
+    n_out = out.shape[-1]
+    for r in range(flat_out.shape[0]):
+        flat_out[r] += np.bincount(idx, weights=flat_vals[r], minlength=n_out)
+
+
+def _objective(ev: _Eval, n: int, p: int, reml: bool) -> float:
+    if not np.isfinite(ev.pwrss):
+        return np.inf
+    if reml:
+        nmp = n - p
+        ldrx = 2.0 * float(np.sum(np.log(np.abs(np.diag(ev.RX)))))
+        return ev.logdet + ldrx + nmp * (1.0 + np.log(2.0 * np.pi * ev.pwrss / nmp))
+    return ev.logdet + n * (1.0 + np.log(2.0 * np.pi * ev.pwrss / n))
+
+
+def _modes(ev: _Eval, lay: Layout) -> tuple[np.ndarray, np.ndarray | None]:
+    """Spherical modes û (inner (qg, G); outer (qh, H))."""
+    pt = ev.parts
+    uh = None
+    rhs = pt["cu"] - np.tensordot(pt["RZX"], ev.beta, axes=(1, 0))
+    if lay.q_outer:
+        uh = _bsolve(pt["Lh"], pt["cuh"] - np.tensordot(pt["RZXh"], ev.beta, axes=(1, 0)))
+        rhs = rhs - np.einsum("akg,kg->ag", pt["W"], uh[:, pt["og"]])
+    return _bsolve(pt["L"], rhs), uh
+
+
+def _gradient_single(stats: Stats, lay: Layout, ev: _Eval, reml: bool) -> np.ndarray:
+    """Analytic gradient of the profiled deviance in θ (one grouping factor).
+
+    With V = I + ZΛΛᵀZᵀ (relative to σ²) and θ_k the element (a, b) of Λ:
+    ∂ log|V| = 2 Σ_i (A_i⁻¹ ΛᵀZᵢᵀZᵢ)[b, a];  ∂ r² = -2 Σ_i (Zᵢᵀ r_i)[a] û_i[b] (envelope theorem,
+    r the conditional residual); ∂ log|XᵀV⁻¹X| = -2 (Λᵀ Σ_i B_i (XᵀV⁻¹X)⁻¹ B_iᵀ)[b, a] with
+    B_i = ZᵢᵀV_i⁻¹X_i.
+    """
+    pt = ev.parts
+    L, lam = pt["L"], pt["lg"]
+    C, ZX, Zy = stats.ZtZ, stats.ZtX, stats.Zty
+    n, p = stats.n, stats.p
+    lamC = np.tensordot(lam.T, C, axes=(1, 0))  # ΛᵀC (q, q, G)
+    dlogdet = 2.0 * np.sum(_bsolve(L, _fsolve(L, lamC)), axis=2)  # Σ A⁻¹ΛᵀC
+    u, _ = _modes(ev, lay)
+    b = np.tensordot(lam, u, axes=(1, 0))
+    ztr = Zy - np.tensordot(ZX, ev.beta, axes=(1, 0)) - _bmm(C, b)
+    nn = (n - p) if reml else n
+    dr2 = -2.0 * np.einsum("ag,bg->ab", ztr, u)  # [a, b]
+    grad_m = dlogdet.T + (nn / ev.pwrss) * dr2  # indexed [a, b]
+    if reml:
+        tmp = np.tensordot(lam, _bsolve(L, pt["RZX"]), axes=(1, 0))  # Λ A⁻¹ ΛᵀZᵀX
+        B = ZX - _bmm(C, tmp)
+        RXi = linalg.solve_triangular(ev.RX, np.eye(p))
+        Pinv = RXi @ RXi.T
+        BP = np.tensordot(B, Pinv, axes=(1, 0))  # (q, G, p)
+        M = np.einsum("agp,bpg->ab", BP, B)
+        grad_m = grad_m - 2.0 * (lam.T @ M).T
+    return np.array([grad_m[r, c] for (_, r, c) in lay.theta_pos])
+
+
+def profiled_deviance(stats: Stats, lay: Layout, theta: np.ndarray, reml: bool = True) -> float:
+    """REML criterion (reml=True) or deviance at θ, profiled over β and σ² (lme4's devfun)."""
+    return _objective(_evaluate(stats, lay, np.asarray(theta, float)), stats.n, stats.p, reml)
+
+
+def deviance_varpar(stats: Stats, lay: Layout, varpar: np.ndarray, reml: bool = True) -> float:
+    """Deviance at varpar = (θ..., σ), not profiled in σ (lmerTest's ``devfun_vp``)."""
+    varpar = np.asarray(varpar, dtype=float)
+    sigma2 = varpar[-1] ** 2
+    ev = _evaluate(stats, lay, varpar[:-1])
+    n, p = stats.n, stats.p
+    dev = ev.logdet + ev.pwrss / sigma2 + n * np.log(2.0 * np.pi * sigma2)
+    if not reml:
+        return float(dev)
+    ldrx = 2.0 * float(np.sum(np.log(np.abs(np.diag(ev.RX)))))
+    return float(dev + ldrx - p * np.log(2.0 * np.pi * sigma2))
+
+
+def vcov_beta_varpar(stats: Stats, lay: Layout, varpar: np.ndarray) -> np.ndarray:
+    """Var(β̂) at varpar = (θ..., σ): σ² (XᵀV⁻¹X)⁻¹ (lmerTest's ``get_covbeta``)."""
+    varpar = np.asarray(varpar, dtype=float)
+    ev = _evaluate(stats, lay, varpar[:-1])
+    RXi = linalg.solve_triangular(ev.RX, np.eye(stats.p))
+    return varpar[-1] ** 2 * (RXi @ RXi.T)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------
+class FastEngine:
+    """Engine "fast": one grouping factor (+ one nesting level), REML or ML, exact.
+
+    Options (``options`` dict of ``fit``): ``gtol`` (default 1e-10), ``maxiter`` (1000),
+    ``boundary_tol`` (1e-4: lme4's ``isSingular`` tolerance on diagonal θ).
+    """
+
+    name = "fast"
+
+    def supports(self, spec: ModelSpec) -> tuple[bool, str]:
+        lay, why = layout_of(spec)
+        if lay is None:
+            return False, why
+        if not (np.all(np.isfinite(spec.y)) and np.all(np.isfinite(spec.X))):
+            return False, "the response or the fixed-effects matrix holds non-finite values"
+        return True, ""
+
+    def prepare(self, spec: ModelSpec) -> tuple[Stats, Layout]:
+        """The layout and sufficient statistics of *spec* (one pass over the rows)."""
+        lay, why = layout_of(spec)
+        if lay is None:
+            raise ValueError(why)
+        return _stats_of_spec(spec, lay), lay
+
+    def fit(self, spec: ModelSpec, reml: bool = True, *, start: np.ndarray | None = None,
+            options: dict | None = None) -> EngineResult:
+        stats, lay = self.prepare(spec)
+        return self.fit_stats(stats, lay, reml=reml, start=start, options=options,
+                              lower=theta_lower_bounds(spec),
+                              theta0=theta_start(spec) if start is None else start)
+
+    def fit_stats(self, stats: Stats, lay: Layout, *, reml: bool = True,
+                  start: np.ndarray | None = None, options: dict | None = None,
+                  lower: np.ndarray | None = None, theta0: np.ndarray | None = None,
+                  light: bool = False) -> EngineResult:
+        """Fit from sufficient statistics. ``light=True`` skips modes and conditional variances."""
+        opts = {"gtol": 1e-10, "maxiter": 1000, "boundary_tol": 1e-4}
+        opts.update(options or {})
+        n, p = stats.n, stats.p
+        nth = len(lay.theta_pos)
+        if lower is None:
+            lower = np.array([0.0 if r == c else -np.inf for (_, r, c) in lay.theta_pos])
+        if theta0 is None:
+            theta0 = np.where(lower == 0.0, 1.0, 0.0)
+        theta0 = np.asarray(theta0 if start is None else start, dtype=float)
+        bounds = [(0.0 if lo == 0.0 else None, None) for lo in lower]
+        analytic = lay.q_outer == 0
+        nev = [0]
+
+        def fg(th: np.ndarray):
+            nev[0] += 1
+            ev = _evaluate(stats, lay, th)
+            f = _objective(ev, n, p, reml)
+            if not np.isfinite(f):
+                return 1e300, np.zeros(nth)
+            if analytic:
+                return f, _gradient_single(stats, lay, ev, reml)
+            return f, _fd_gradient(lambda t: _objective(_evaluate(stats, lay, t), n, p, reml),
+                                   th, f, lower)
+
+        res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": 1e-15, "gtol": opts["gtol"],
+                                         "maxiter": opts["maxiter"], "maxcor": 20})
+        theta = np.asarray(res.x, dtype=float)
+        theta = np.where((lower == 0.0) & (theta < 0), 0.0, theta)
+        messages = []
+        ev = _evaluate(stats, lay, theta)
+        f = _objective(ev, n, p, reml)
+        # a projected-gradient check: L-BFGS-B sometimes stops on ftol with a usable optimum
+        _, g = fg(theta)
+        pg = np.where((lower == 0.0) & (theta == 0.0), np.minimum(g, 0.0), g)
+        converged = bool(res.success) or float(np.max(np.abs(pg))) < 1e-3
+        if not converged:
+            messages.append(f"optimizer (L-BFGS-B) did not converge: {res.message}")
+        diag = lower == 0.0
+        singular = bool(np.any(theta[diag] < opts["boundary_tol"]))
+        if singular:
+            messages.append("boundary (singular) fit: a random-effect variance is at or near 0")
+        nn = (n - p) if reml else n
+        sigma = float(np.sqrt(ev.pwrss / nn))
+        RXi = linalg.solve_triangular(ev.RX, np.eye(p))
+        vcov = sigma ** 2 * (RXi @ RXi.T)
+        blups: list[np.ndarray] = []
+        condvar: list[np.ndarray] | None = None
+        if not light:
+            blups, condvar = _blups(ev, lay, sigma)
+
+        def devfun_varpar(varpar: np.ndarray) -> float:
+            return deviance_varpar(stats, lay, varpar, reml)
+
+        def vcov_varpar(varpar: np.ndarray) -> np.ndarray:
+            return vcov_beta_varpar(stats, lay, varpar)
+
+        return EngineResult(
+            engine=self.name, reml=reml, theta=theta, beta=ev.beta.copy(), sigma=sigma,
+            vcov_beta=vcov, objective=float(f), converged=converged, messages=messages,
+            optimizer="L-BFGS-B (" + ("analytic gradient" if analytic else
+                                      "finite-difference gradient") + ")",
+            n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
+            devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar,
+            extra={"singular": singular, "pwrss": ev.pwrss, "stats": stats, "layout": lay,
+                   "optimizer_message": str(res.message), "n_iterations": int(res.nit)})
+
+
+def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:
+    """Central differences, one-sided at a lower bound of 0."""
+    g = np.empty_like(th)
+    for k in range(th.size):
+        h = 1e-6 * max(1.0, abs(th[k]))
+        up = th.copy()
+        up[k] += h
+        if lower[k] == 0.0 and th[k] - h < 0.0:
+            g[k] = (f(up) - f0) / h
+        else:
+            dn = th.copy()
+            dn[k] -= h
+            g[k] = (f(up) - f(dn)) / (2 * h)
+    return g
+
+
+def _blups(ev: _Eval, lay: Layout, sigma: float) -> tuple[list, list]:
+    """Conditional modes b = Λû and conditional covariances σ² Λ (A⁻¹)_blk Λᵀ, per spec block."""
+    pt = ev.parts
+    u, uh = _modes(ev, lay)
+    lg, lh = pt["lg"], pt["lh"]
+    bg = np.tensordot(lg, u, axes=(1, 0))  # (qg, G)
+    L = pt["L"]
+    qg = lay.q_inner
+    eye = np.broadcast_to(np.eye(qg)[:, :, None], (qg, qg, L.shape[2])).copy()
+    Linv = _fsolve(L, eye)  # L⁻¹ (qg, qg, G)
+    Ainv = np.einsum("kag,kbg->abg", Linv, Linv)
+    bh = None
+    Sinv = None
+    if lay.q_outer:
+        Lh = pt["Lh"]
+        qh = lay.q_outer
+        eyeh = np.broadcast_to(np.eye(qh)[:, :, None], (qh, qh, Lh.shape[2])).copy()
+        Lhinv = _fsolve(Lh, eyeh)
+        Sinv = np.einsum("kag,kbg->abg", Lhinv, Lhinv)
+        # (A⁻¹)_ii = L_i⁻ᵀL_i⁻¹ + L_i⁻ᵀ W_i S_h⁻¹ W_iᵀ L_i⁻¹
+        T = _bsolve(L, pt["W"])  # L⁻ᵀ W (qg, qh, G)
+        Sg = Sinv[:, :, pt["og"]]
+        Ainv = Ainv + np.einsum("akg,klg,blg->abg", T, Sg, T)
+        bh = np.tensordot(lh, uh, axes=(1, 0))
+    cv_g = sigma ** 2 * _lt_c_l(lg.T, Ainv, lg.T)  # Λ A⁻¹ Λᵀ
+    cv_h = None if Sinv is None else sigma ** 2 * _lt_c_l(lh.T, Sinv, lh.T)
+    blups, condvar = [], []
+    for k in range(len(lay.block_level)):
+        lev, off, q = lay.block_level[k], lay.block_offset[k], lay.block_q[k]
+        bb, cv = (bg, cv_g) if lev == 0 else (bh, cv_h)
+        sl = slice(off, off + q)
+        blups.append(np.ascontiguousarray(bb[sl].T))
+        condvar.append(np.ascontiguousarray(cv[sl, sl].transpose(2, 0, 1)))
+    return blups, condvar
+
+
+ENGINE = register_engine(FastEngine())
