@@ -493,10 +493,10 @@ def _foreign(child: _Table, parent: _Table, key: str, parent_label: str) -> None
     pkeys = parent.typed[key]
     all_keys = set(pkeys.dropna())
     used_keys = set(pkeys[parent.used].dropna())
-    ckeys = child.typed[key]
+    ckeys = child.typed[key].tolist()
     cascade: dict[str, list[int]] = {}
     for i in range(child.n):
-        k = ckeys.iat[i]
+        k = ckeys[i]
         if k is None or (isinstance(k, float) and np.isnan(k)):
             continue
         if k not in all_keys:
@@ -567,23 +567,21 @@ def _session_dates(s: _Table, p: _Table) -> None:
 
 def _post_checks(m: _Table, s: _Table) -> None:
     tech = dict(zip(s.typed["session_id"][s.used], s.typed["technique"][s.used]))
-    used = m.used
-    typed = m.typed
-    for i in np.flatnonzero(used & (typed["phase"] == "post").to_numpy()):
-        sid = typed["session_id"].iat[i]
-        if tech.get(sid) == "none":
+    sid = m.typed["session_id"].tolist()
+    measure = m.typed["measure"].tolist()
+    side = m.typed["side"].tolist()
+    phase = m.typed["phase"].to_numpy()
+    for i in np.flatnonzero(m.used & (phase == "post")):
+        if tech.get(sid[i]) == "none":
             m.add(int(i), "phase", "post", "post_on_assessment",
-                  f"post reading of {typed['measure'].iat[i]} in session {sid}, an "
-                  f"assessment-only visit (technique none)", "excluded")
+                  f"post reading of {measure[i]} in session {sid[i]}, an assessment-only visit "
+                  f"(technique none)", "excluded")
     used = m.used
-    pre = set(zip(typed["session_id"][used & (typed["phase"] == "pre").to_numpy()],
-                  typed["measure"][used & (typed["phase"] == "pre").to_numpy()],
-                  typed["side"][used & (typed["phase"] == "pre").to_numpy()]))
-    for i in np.flatnonzero(used & (typed["phase"] == "post").to_numpy()):
-        key = (typed["session_id"].iat[i], typed["measure"].iat[i], typed["side"].iat[i])
-        if key not in pre:
+    pre = {(sid[i], measure[i], side[i]) for i in np.flatnonzero(used & (phase == "pre"))}
+    for i in np.flatnonzero(used & (phase == "post")):
+        if (sid[i], measure[i], side[i]) not in pre:
             m.add(int(i), "phase", "post", "post_without_pre",
-                  f"post reading of {key[1]} (side {key[2]}) in session {key[0]} has no "
+                  f"post reading of {measure[i]} (side {side[i]}) in session {sid[i]} has no "
                   f"pre reading", "kept")
 
 
