@@ -468,6 +468,17 @@ def _ids(prefix: str, n: int, width: int | None = None) -> np.ndarray:
     return np.array([f"{prefix}{i:0{width}d}" for i in range(1, n + 1)], dtype=object)
 
 
+def _text(labels: Iterable[str | None], codes: np.ndarray) -> Any:
+    """A pandas string array of ``labels[codes]`` (None gives a missing value).
+
+    Built with Arrow's ``take``: turning millions of Python strings into pandas strings is the
+    slowest step of a large simulation otherwise.
+    """
+    import pyarrow as pa
+
+    return pd.array(pa.array(list(labels), type=pa.string()).take(pa.array(codes)), dtype="str")
+
+
 # ---------------------------------------------------------------------------------------------
 # the simulator
 
@@ -702,47 +713,51 @@ class _Simulation:
     # -- tables -------------------------------------------------------------------------------
     def tables(self, wanted: list[str]) -> dict[str, pd.DataFrame]:
         n, hi, t = self.n, self.kmax, self.t
-        patient_ids = _ids("P", n)
+        width = max(3, len(str(n)))
+        patient_labels = [f"P{i:0{width}d}" for i in range(1, n + 1)]
+        every = np.arange(n)
         patients = pd.DataFrame({
-            "patient_id": patient_ids,
-            "site_id": self.site_ids[self.site],
+            "patient_id": _text(patient_labels, every),
+            "site_id": _text(self.site_ids, self.site),
             "age_years": self.age,
-            "sex": np.array(SEX, dtype=object)[self.sex],
-            "condition": np.array(CONDITION, dtype=object)[self.cond],
-            "affected_side": np.array(AFFECTED_SIDE, dtype=object)[self.side],
+            "sex": _text(SEX, self.sex),
+            "condition": _text(CONDITION, self.cond),
+            "affected_side": _text(AFFECTED_SIDE, self.side),
             "symptom_weeks": self.symptom_weeks,
             "enrolled_on": self.start + self.enrol.astype("timedelta64[D]"),
         })
         present = self.present
-        flat = present.ravel()
-        pi, vi = np.divmod(np.flatnonzero(flat), hi + 1)  # patient index, visit column
+        pi, vi = np.divmod(np.flatnonzero(present.ravel()), hi + 1)  # patient, visit column
         is_fu = vi == hi
         vcol = np.minimum(vi, hi - 1)
         number = np.cumsum(present, 1)[pi, vi]
         days = np.where(is_fu, self.fu_day[pi], self.day[pi, vcol])
-        tech = np.array(TREATMENT_TECHNIQUES + ("none",), dtype=object)[
-            np.where(is_fu, 4, self.tech[pi, vcol])]
-        region = np.array(TARGET_REGION, dtype=object)[self.region[pi, vcol]]
-        region[is_fu] = None
-        width = max(3, len(str(n)))
-        sess_ids = np.array([f"P{p + 1:0{width}d}-{k:02d}" for p, k in zip(pi, number)],
-                            dtype=object)
+        # session ids "P001-01": joined in Arrow, which is much faster than Python strings
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        sess_arrow = pc.binary_join_element_wise(
+            pa.array(patient_labels).take(pa.array(pi)),
+            pa.array([f"{k:02d}" for k in range(hi + 2)]).take(pa.array(number)), "-")
+        sess_ids = pd.array(sess_arrow, dtype="str")
         sessions = pd.DataFrame({
             "session_id": sess_ids,
-            "patient_id": patient_ids[pi],
-            "therapist_id": self.therapist_ids[self.ther[pi]],
+            "patient_id": _text(patient_labels, pi),
+            "therapist_id": _text(self.therapist_ids, self.ther[pi]),
             "session_date": self.start + days.astype("timedelta64[D]"),
             "session_number": number.astype(np.int64),
-            "technique": tech,
-            "target_region": region,
+            "technique": _text(TREATMENT_TECHNIQUES + ("none",),
+                               np.where(is_fu, 4, self.tech[pi, vcol])),
+            # code len(TARGET_REGION) is the missing region of a follow-up visit
+            "target_region": _text(TARGET_REGION + (None,),
+                                   np.where(is_fu, len(TARGET_REGION), self.region[pi, vcol])),
             "duration_min": np.where(is_fu, t.followup_duration_min,
                                      self.duration[pi, vcol]).astype(float),
             "home_program": self.home[pi],
-            "adverse_event": np.array(ADVERSE_EVENT, dtype=object)[
-                np.where(is_fu, 0, self.ae[pi, vcol])],
+            "adverse_event": _text(ADVERSE_EVENT, np.where(is_fu, 0, self.ae[pi, vcol])),
         })
         self._rows = (pi, vi, is_fu, vcol)
-        measurements = self._measurements(wanted, sess_ids)
+        measurements = self._measurements(wanted, sess_arrow)
         return {"patients": patients, "sessions": sessions, "measurements": measurements}
 
     def _latent(self) -> tuple[np.ndarray, np.ndarray]:
@@ -752,7 +767,7 @@ class _Simulation:
         post = np.where(is_fu, np.nan, self.post_lat[pi, vcol])
         return pre, post
 
-    def _measurements(self, wanted: list[str], sess_ids: np.ndarray) -> pd.DataFrame:
+    def _measurements(self, wanted: list[str], sess_ids: Any) -> pd.DataFrame:
         t = self.t
         pi, vi, is_fu, vcol = self._rows
         S = len(pi)
@@ -855,22 +870,17 @@ class _Simulation:
         for (code, side), v in post_cols.items():
             add("post", code, side, v)
         if not slots:
-            return pd.DataFrame({"session_id": pd.Series([], dtype=object),
-                                 "phase": pd.Series([], dtype=object),
-                                 "measure": pd.Series([], dtype=object),
-                                 "side": pd.Series([], dtype=object),
-                                 "value": pd.Series([], dtype=float)})
+            return pd.DataFrame({c: pd.array([], dtype="str")
+                                 for c in ("session_id", "phase", "measure", "side")}
+                                | {"value": np.array([], dtype=float)})
         V = np.column_stack(values)  # S × slots, already in output order
         keep = np.flatnonzero(~np.isnan(V).ravel())
         row, slot = np.divmod(keep, V.shape[1])
-        slot_phase = np.array([s[0] for s in slots], dtype=object)
-        slot_code = np.array([s[1] for s in slots], dtype=object)
-        slot_side = np.array([s[2] for s in slots], dtype=object)
         return pd.DataFrame({
-            "session_id": sess_ids[row],
-            "phase": slot_phase[slot],
-            "measure": slot_code[slot],
-            "side": slot_side[slot],
+            "session_id": pd.array(sess_ids.take(row), dtype="str"),
+            "phase": _text([x[0] for x in slots], slot),
+            "measure": _text([x[1] for x in slots], slot),
+            "side": _text([x[2] for x in slots], slot),
             "value": V.ravel()[keep],
         })
 
