@@ -19,8 +19,8 @@ scale and then rounded to an integer and clipped to 0–10 like a clinic records
 normal with SDs ``patient_sd`` and ``immediate_effect_sd`` and correlation ``patient_corr`` (the
 patient's own level and own response to a release); ``r_i ~ N(course_reduction,
 course_reduction_sd²)`` clipped to [-0.2, 0.95] is the patient's fractional course improvement;
-``v_ik ~ N(0, session_sd²)`` is the day-to-day fluctuation shared by the pre and post readings of
-one visit; ``e ~ N(0, residual_sd²)`` is reading error. With the defaults the SD of baseline pain
+``v_ik ~ N(0, session_sd²)`` is a visit-level fluctuation shared by the pre and post readings of
+one visit (0 by default); ``e ~ N(0, residual_sd²)`` is reading and day-to-day error. With the defaults the SD of baseline pain
 is about 1.8 and the therapist share of pain variance about 5 %.
 
 A follow-up visit (technique ``none``, readings ``pre`` only) comes ``followup_weeks`` after the
@@ -177,7 +177,10 @@ class Truth:
     site_sd, therapist_sd, patient_sd : float
         SDs of the site, therapist and patient random intercepts of pain.
     session_sd : float
-        SD of the visit-to-visit fluctuation shared by the pre and post readings of a visit.
+        SD of a visit-level fluctuation shared by the pre and post readings of a visit. 0 by
+        default, so that lme4's ``value ~ post * technique + (post | patient)`` is the right
+        model; set it > 0 to exercise models with a ``(1 | session)`` term (without that term
+        the random ``post`` slope is then underestimated).
     residual_sd : float
         SD of reading error (independent for pre and post).
     immediate_effect : dict
@@ -278,8 +281,8 @@ class Truth:
     site_sd: float = 0.25
     therapist_sd: float = 0.40
     patient_sd: float = 1.50
-    session_sd: float = 0.70
-    residual_sd: float = 0.50
+    session_sd: float = 0.0
+    residual_sd: float = 0.85
     immediate_effect: dict = _d(direct_pressure=-0.60, stretching=-0.35, massage=-0.50,
                                 combined=-0.75)
     immediate_effect_sd: float = 0.35
