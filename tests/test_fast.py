@@ -282,3 +282,26 @@ def test_supports_rejects_crossed_and_reports_why():
     assert not ok and "nested" in why
     _, single = load_case("sleepstudy_intercept_ml")
     assert ENGINE.supports(single) == (True, "")
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_pooled_classes_equal_per_group_path(reml):
+    """Groups pooled by equal ZᵢᵀZᵢ give the same deviance, gradient and fit as group by group."""
+    ref, spec = load_case("sleepstudy_slope_reml")
+    data = spec.data.iloc[np.r_[0:175]]  # the last subject loses 5 days: two classes
+    spec = spec_from(data, "Reaction", spec.fixed_names, CASES["sleepstudy_slope_reml"])
+    stats, lay = ENGINE.prepare(spec)
+    cl = fast._classes(stats, lay)
+    assert cl is not None and sorted(cl.count) == [1, 17]
+    theta = np.array([0.8, 0.1, 0.3])
+    ev_c = fast._evaluate_classes(cl, stats, lay, theta)
+    ev_g = fast._evaluate(stats, lay, theta)
+    assert fast._objective(ev_c, stats.n, stats.p, reml) == pytest.approx(
+        fast._objective(ev_g, stats.n, stats.p, reml), rel=1e-12)
+    np.testing.assert_allclose(fast._gradient_classes(cl, stats, lay, ev_c, reml),
+                               fast._gradient_single(stats, lay, ev_g, reml), rtol=1e-9)
+    pooled = ENGINE.fit(spec, reml=reml)
+    grouped = ENGINE.fit(spec, reml=reml, options={"compress": False})
+    assert pooled.extra["n_classes"] == 2 and grouped.extra["n_classes"] is None
+    np.testing.assert_allclose(pooled.beta, grouped.beta, rtol=1e-7)
+    assert pooled.objective == pytest.approx(grouped.objective, rel=1e-12)
