@@ -266,7 +266,7 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     by : {"site_id", "therapist_id"}, optional
         Aggregate each site (or therapist) separately.
     side : {"left", "right", "none"}, optional
-        Keep one side; otherwise readings of both sides of a session are averaged.
+        Keep one side; otherwise the affected side is used (see Notes).
     fill_gaps : bool
         Add periods with no visit (counts 0, means missing) between the first and last period,
         so a chart's time axis has no silent holes.
@@ -278,11 +278,19 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
         (Timestamp), n_patients (patients seen), n_sessions (sessions with a reading),
         n_pre (sessions with a pre reading), mean_pre, n_paired (sessions with pre and post),
         mean_change (post − pre within a session, measure units), mean_improvement (the same
-        change signed so that positive is better), n_completed (patients whose last recorded
-        visit falls in the period), n_responders (of those, patients whose change from the first
-        reading to the last reading is clinically important, per
-        :func:`mfr_outcomes.measures.important_change`; missing when the measure has no
-        threshold), responder_rate (n_responders / n_completed).
+        change signed so that positive is better), n_completed (patients whose latest
+        pre-treatment reading, at a visit after their first, falls in the period),
+        n_responders (of those, patients whose change from the first to that latest pre reading
+        is clinically important, per :func:`mfr_outcomes.measures.important_change`: the
+        definition of ``effects.responders(study, measure)`` with its default
+        ``last="last_pre"``; missing when the measure has no threshold), responder_rate
+        (n_responders / n_completed).
+
+    Notes
+    -----
+    A measure read on both sides uses the affected side (the mean of both sides when the patient
+    is bilateral or the side is unknown), as ``effects.responders`` does; pass *side* to chart
+    one side instead.
 
     Examples
     --------
@@ -318,7 +326,13 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     freq = "M" if period == "month" else "Q"
     df["period"] = df["session_date"].dt.to_period(freq)
     keys = ([by] if by else [])
-    # one value per session and phase (mean over sides)
+    # per-side measures: the affected side (both sides averaged when bilateral or unknown), the
+    # rule effects.responders uses, so the two agree
+    sides = set(df["side"].astype(str)) if "side" in df.columns else set()
+    if sides & {"left", "right"} and "affected_side" in df.columns:
+        aff = df["affected_side"].astype(str)
+        df = df[(aff == df["side"].astype(str)) | ~aff.isin(["left", "right"])]
+    # one value per session and phase
     sess = (df.groupby(keys + ["period", "patient_id", "session_id", "session_number",
                                "session_date", "phase"], observed=True, dropna=False)["value"]
             .mean().unstack("phase").reset_index())
@@ -327,25 +341,22 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
             sess[ph] = np.nan
     sess["change"] = sess["post"] - sess["pre"]
 
-    # per patient: first and last reading, and the period of the last visit
+    # per patient, as effects.responders(last="last_pre"): baseline the first pre reading, last
+    # the latest pre reading at a later visit; the patient counts in the period of that visit
     sess = sess.sort_values(keys + ["patient_id", "session_number", "session_date"],
                             kind="stable")
     has_threshold = m.threshold_points is not None or m.mcid_percent is not None
     pat_rows = []
     for pid, g in sess.groupby("patient_id", sort=False):
-        first = g["pre"].dropna()
-        base = first.iloc[0] if len(first) else np.nan
-        readings = g[["pre", "post"]].to_numpy(dtype="float64").ravel()
-        readings = readings[np.isfinite(readings)]
-        last = readings[-1] if len(readings) else np.nan
-        row = {"patient_id": pid, "period": g["period"].iloc[-1],
-               "completed": bool(pd.notna(base) and pd.notna(last))}
+        pre = g[g["pre"].notna()]
+        completed = (len(pre) >= 2
+                     and pre["session_number"].iloc[-1] != pre["session_number"].iloc[0])
+        row = {"patient_id": pid, "period": pre["period"].iloc[-1] if len(pre) else pd.NaT,
+               "completed": bool(completed), "responder": np.nan}
         if by:
-            row[by] = g[by].iloc[-1]
-        if has_threshold and row["completed"]:
-            row["responder"] = important_change(measure, base, last)
-        else:
-            row["responder"] = np.nan
+            row[by] = pre[by].iloc[-1] if len(pre) else g[by].iloc[-1]
+        if has_threshold and completed:
+            row["responder"] = important_change(measure, pre["pre"].iloc[0], pre["pre"].iloc[-1])
         pat_rows.append(row)
     pats = pd.DataFrame(pat_rows, columns=["patient_id", "period", "completed", "responder"]
                         + ([by] if by else []))

@@ -360,3 +360,16 @@ def test_figures_save_without_error(tmp_path, small_study):
     ax.figure.savefig(tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
     plt.close("all")
+
+
+def test_responder_waterfall_from_effects_responders(small_study):
+    from mfr_outcomes import effects
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        resp = effects.responders(small_study, "pain_nrs")
+    ax = plots.responder_waterfall(resp, "pain_nrs")
+    bars = [p for p in ax.patches if p.get_gid() == "waterfall"]
+    assert len(bars) == len(resp)
+    blue = sum(to_rgb(b.get_facecolor()) == plots.COLORS[0] for b in bars)
+    assert blue == int(resp["responder"].sum())

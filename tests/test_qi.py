@@ -340,3 +340,15 @@ def test_result_frames_and_text():
     assert len(f) == 2
     assert "<li>" in r._repr_html_()
     assert str(r).startswith("Run chart of 20 points (pain_nrs)")
+
+
+def test_aggregate_responders_agree_with_effects(small_study):
+    from mfr_outcomes import effects
+
+    for measure in ("pain_nrs", "slr_deg"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            resp = effects.responders(small_study, measure)
+        agg = qi.aggregate(small_study, measure, period="quarter")
+        assert agg["n_completed"].sum() == len(resp)
+        assert agg["n_responders"].sum() == int(resp["responder"].sum())
