@@ -221,26 +221,28 @@ def _time_grid(values: pd.Series, n_grid: int) -> np.ndarray:
 
 
 def _model_curve(fit: Any, time: str, grid: np.ndarray, level: float) -> pd.DataFrame:
-    """Population-average prediction at each time: the mean over the fit's rows of
-    ``predict(rows with time set to t, include_random=False)``, with a CI from the same average
-    of model-matrix rows (a linear combination of β, so ``linear_contrast`` gives its df)."""
-    data = getattr(fit, "data", None)
+    """Population-average prediction at each time: the mean over the rows the fit used of the
+    fixed-effects prediction with the time variable set to t (``predict(...,
+    include_random=False)``). That mean is L β̂ with L the average model-matrix row, so its CI comes
+    from ``fit.linear_contrast(L)`` with the fit's df (else a normal interval from ``fit.vcov``)."""
+    spec = getattr(fit, "spec", None)
+    data = getattr(spec, "data", None)  # the rows used (no missing values)
+    if data is None or time not in getattr(data, "columns", []):
+        data = getattr(fit, "data", None)
     if data is None or time not in data.columns:
         raise ValueError(f"the fit's data has no column {time!r}; pass time= the model's time "
                          "variable")
-    used = data
-    spec = getattr(fit, "spec", None)
-    excluded = getattr(spec, "excluded", None)
-    if excluded is not None and len(excluded) and len(data) != getattr(fit, "nobs", len(data)):
-        keep = ~data.index.isin(getattr(excluded, "index", []))
-        used = data[keep]
     rows, est = [], []
     for t in grid:
-        nd = used.copy()
+        nd = data.copy()
         nd[time] = t
-        est.append(float(np.mean(fit.predict(nd, include_random=False))))
         if hasattr(fit, "model_matrix"):
-            rows.append(np.asarray(fit.model_matrix(nd), dtype=float).mean(axis=0))
+            X = np.asarray(fit.model_matrix(nd), dtype=float)
+            L = X[np.isfinite(X).all(axis=1)].mean(axis=0)
+            rows.append(L)
+            est.append(float(L @ np.asarray(fit.coef, dtype=float)))
+        else:
+            est.append(float(np.nanmean(fit.predict(nd, include_random=False))))
     if len(grid) > 1 and np.allclose(est[0], est[-1]) and (
             not rows or np.allclose(rows[0], rows[-1])):
         raise ValueError(f"the model's fixed part does not depend on {time!r} (formula "

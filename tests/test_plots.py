@@ -373,3 +373,26 @@ def test_responder_waterfall_from_effects_responders(small_study):
     assert len(bars) == len(resp)
     blue = sum(to_rgb(b.get_facecolor()) == plots.COLORS[0] for b in bars)
     assert blue == int(resp["responder"].sum())
+
+
+def test_trajectories_model_mean_averages_over_covariates(small_study, pain):
+    """With a technique term the population mean at t is b0 + b1 t + the average technique
+    effect over the rows the fit used (the observed mix), i.e. the mean of predict()."""
+    import mfr_outcomes as mfr
+
+    pre = pain[pain["phase"] == "pre"].reset_index(drop=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        fit = mfr.fit_mixed(pre, "value ~ weeks + technique + (1 | patient_id)")
+    ax = plots.trajectories(small_study, "pain_nrs", fit=fit, time="weeks", n_grid=5)
+    (line,) = _gid(ax, "mean")
+    t = np.asarray(line.get_xdata(), float)
+    assert len(t) == 5 and t[0] == pytest.approx(pre["weeks"].min())
+    for tv, yv in zip(t, line.get_ydata()):
+        nd = pre.assign(weeks=tv)
+        assert yv == pytest.approx(np.mean(fit.predict(nd, include_random=False)))
+    # the hand formula: b0 + b_weeks t + sum_k b_k × share of technique k
+    share = pre["technique"].astype(str).value_counts(normalize=True)
+    tech = sum(fit.coef.get(f"technique[T.{k}]", 0.0) * v for k, v in share.items())
+    np.testing.assert_allclose(line.get_ydata(),
+                               fit.coef["(Intercept)"] + fit.coef["weeks"] * t + tech)

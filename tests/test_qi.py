@@ -352,3 +352,20 @@ def test_aggregate_responders_agree_with_effects(small_study):
         agg = qi.aggregate(small_study, measure, period="quarter")
         assert agg["n_completed"].sum() == len(resp)
         assert agg["n_responders"].sum() == int(resp["responder"].sum())
+
+
+def test_shift_and_trend_match_nhsrplotthedots_cases():
+    # the cases of NHSRplotthedots' tests (ptd_seven_point_one_side_mean, ptd_seven_point_trend)
+    side = np.array
+    assert qi._shift_runs(side([1] * 6)) == []
+    assert qi._shift_runs(side([1] * 6 + [-1])) == []
+    assert qi._shift_runs(side([1] * 8 + [-1])) == [(1, 0, 7)]
+    assert qi._shift_runs(side([-1] * 8 + [1])) == [(-1, 0, 7)]
+    assert qi._shift_runs(side([-1] + [1] * 8 + [-1])) == [(1, 1, 8)]
+    y = np.array
+    assert qi._trend_runs(y([1, 2, 3, 4, 5, 6], float)) == []
+    assert qi._trend_runs(y([1, 2, 3, 3, 4, 5, 6], float)) == []  # a tie breaks a trend
+    assert qi._trend_runs(y(range(1, 8), float)) == [(1, 0, 6)]
+    assert qi._trend_runs(y([2, 1, 2, 3, 4, 5, 6, 7, 3], float)) == [(1, 1, 7)]
+    assert qi._trend_runs(y(range(7, 0, -1), float)) == [(-1, 0, 6)]
+    assert qi._trend_runs(y([2, 7, 6, 5, 4, 3, 2, 1, 3], float)) == [(-1, 1, 7)]
