@@ -241,8 +241,8 @@ def adjust_p_values(t: np.ndarray, df: np.ndarray, method: str, *, n_means: int 
     if method == "tukey":
         if n_means is None:
             raise ValueError("tukey adjustment needs n_means")
-        if n_means < 2:
-            return raw
+        if n_means <= 2:
+            return raw  # the studentized range of two means is the t test
         return np.array([float(stats.studentized_range.sf(np.sqrt(2.0) * abs(ti), n_means, di))
                          for ti, di in zip(t, df)])
     if method == "bonferroni":
@@ -263,7 +263,7 @@ def adjust_p_values(t: np.ndarray, df: np.ndarray, method: str, *, n_means: int 
 def _critical_values(df: np.ndarray, level: float, method: str, k: int,
                      n_means: int | None) -> np.ndarray:
     df = np.asarray(df, dtype=float)
-    if method == "tukey" and n_means is not None and n_means >= 2:
+    if method == "tukey" and n_means is not None and n_means > 2:
         return np.array([float(stats.studentized_range.ppf(level, n_means, d)) / np.sqrt(2.0)
                          for d in df])
     if method in ("bonferroni", "holm"):

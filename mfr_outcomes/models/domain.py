@@ -1,0 +1,466 @@
+"""The three standard models of an MFR outcomes study, fitted from a Study in one call.
+
+- :func:`fit_prepost`: the immediate within-session change (pre → post on treatment visits);
+- :func:`fit_course`: pre-session readings across the course of care (change over weeks/visits);
+- :func:`fit_followup`: baseline → discharge → follow-up (e.g. ODI, recorded a few times only).
+
+Each builds its formula from ``study.frame(measure)``, fits it with
+:func:`~mfr_outcomes.models.fit.fit_mixed` and returns the MixedFit with ``fit.measure`` (the
+code), ``fit.model`` ("prepost", "course", "followup") and ``fit.notes`` (sentences on what was
+chosen and why: the formula, rows left out, the therapist level) attached.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pandas as pd
+
+from mfr_outcomes.measures import get_measure
+from mfr_outcomes.warnings_ import DataWarning, ModelWarning
+
+__all__ = [
+    "fit_prepost",
+    "fit_course",
+    "fit_followup",
+    "prepost_formula",
+    "MIN_PATIENTS",
+    "WARN_PATIENTS",
+    "MIN_THERAPISTS",
+    "FOLLOWUP_STAGES",
+]
+
+#: Fewer patients than this: no model (a random patient slope needs several patients).
+MIN_PATIENTS = 5
+#: Fewer patients than this: a caution that variance components are poorly estimated.
+WARN_PATIENTS = 20
+#: A therapist level is added only with at least this many therapists.
+MIN_THERAPISTS = 5
+#: Levels of the visit-stage factor of :func:`fit_followup`, in order.
+FOLLOWUP_STAGES = ("baseline", "discharge", "follow_up")
+
+Side = Literal["auto", "factor", "separate", "left", "right"] | None
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def _caution(notes: list[str], text: str, category: type[Warning] = ModelWarning) -> None:
+    notes.append(text)
+    warnings.warn(text, category, stacklevel=4)
+
+
+def _check_measure(measure: str, model: str) -> Any:
+    try:
+        m = get_measure(measure)
+    except KeyError as exc:
+        raise ValueError(str(exc).strip("\"'")) from None
+    if m.binary:
+        raise ValueError(f"{measure!r} is a binary (0/1) measure, so a linear mixed model does not "
+                         f"fit it; use mfr_outcomes.effects.paresthesia_gee (GEE logistic) for it "
+                         f"instead of {model}.")
+    return m
+
+
+def _frame(study: Any, measure: str) -> pd.DataFrame:
+    frame = study.frame(measure)
+    frame = frame.copy()
+    for col in frame.columns:
+        s = frame[col]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            frame[col] = s.cat.remove_unused_categories()
+        elif pd.api.types.is_extension_array_dtype(s.dtype) and \
+                (pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)):
+            frame[col] = s.astype("float64")  # nullable Int64/boolean -> float with NaN
+    return frame
+
+
+def _is_sided(frame: pd.DataFrame) -> bool:
+    sides = set(frame["side"].astype(str).unique())
+    return bool(sides & {"left", "right"})
+
+
+def _resolve_side(frame: pd.DataFrame, side: Side, measure: str, notes: list[str]
+                  ) -> tuple[pd.DataFrame, str | None]:
+    """Return the frame to use and the side handling ("factor", "separate" or None)."""
+    sided = _is_sided(frame)
+    if side == "auto":
+        side = "factor" if sided else None
+    if side in ("left", "right"):
+        sub = frame[frame["side"].astype(str) == side]
+        if sub.empty:
+            present = sorted(frame["side"].astype(str).unique())
+            raise ValueError(f"{measure!r} has no readings on side {side!r}; sides present: "
+                             f"{', '.join(present)}.")
+        notes.append(f"readings of the {side} side only")
+        return sub.copy(), None
+    if side is None:
+        if sided:
+            _caution(notes, f"{measure!r} is recorded per side but side=None pools left and right "
+                            f"readings as repeated measures of the patient; use side='factor' or "
+                            f"'separate' to model sides")
+        return frame, None
+    if side not in ("factor", "separate"):
+        raise ValueError(f"side must be 'auto', 'factor', 'separate', 'left', 'right' or None; "
+                         f"got {side!r}.")
+    if not sided:
+        notes.append(f"{measure!r} has no per-side readings, so side={side!r} was ignored")
+        return frame, None
+    if frame["side"].astype(str).nunique() < 2:
+        notes.append("only one side present; side not modelled")
+        return frame, None
+    return frame, side
+
+
+def _check_patients(frame: pd.DataFrame, measure: str, what: str, notes: list[str]) -> None:
+    n = frame["patient_id"].nunique()
+    if n < MIN_PATIENTS:
+        raise ValueError(f"only {n} patient(s) have {what} of {measure!r}; a mixed model needs at "
+                         f"least {MIN_PATIENTS} (at least {WARN_PATIENTS} for stable variance "
+                         f"estimates).")
+    if n < WARN_PATIENTS:
+        _caution(notes, f"only {n} patients have {what} of {measure!r}; variance components and "
+                        f"Satterthwaite df will be imprecise (at least {WARN_PATIENTS} advised)")
+
+
+def _therapist_term(frame: pd.DataFrame, therapist: bool, notes: list[str]) -> str:
+    if not therapist:
+        return ""
+    if "therapist_id" not in frame.columns or frame["therapist_id"].isna().all():
+        notes.append("no therapist_id recorded, so no therapist level")
+        return ""
+    per_patient = frame.groupby("patient_id", observed=True)["therapist_id"].nunique()
+    n_ther = frame["therapist_id"].nunique()
+    if (per_patient > 1).any():
+        notes.append(f"{int((per_patient > 1).sum())} patient(s) saw more than one therapist, so "
+                     f"patients are not nested in therapists; the therapist level was left out "
+                     f"(fit a crossed model with fit_mixed if you need it)")
+        return ""
+    if n_ther < MIN_THERAPISTS:
+        notes.append(f"only {n_ther} therapist(s), fewer than {MIN_THERAPISTS}: too few to estimate "
+                     f"a therapist variance, so the therapist level was left out")
+        return ""
+    notes.append(f"patients nested in {n_ther} therapists: a therapist random intercept is included")
+    return " + (1 | therapist_id)"
+
+
+def _covariate_terms(frame: pd.DataFrame, covariates: Sequence[str]) -> list[str]:
+    if isinstance(covariates, str):
+        covariates = [covariates]
+    missing = [c for c in covariates if c not in frame.columns]
+    if missing:
+        raise ValueError(f"covariate(s) {missing} are not columns of the analysis frame "
+                         f"(columns: {', '.join(frame.columns)}).")
+    return list(covariates)
+
+
+def _check_by(frame: pd.DataFrame, by: str | None, notes: list[str]) -> str | None:
+    if by is None:
+        return None
+    if by not in frame.columns:
+        raise ValueError(f"by={by!r} is not a column of the analysis frame (columns: "
+                         f"{', '.join(frame.columns)}).")
+    levels = frame[by].dropna()
+    if levels.nunique() < 2:
+        notes.append(f"only one level of {by!r} present, so it was left out of the model")
+        return None
+    counts = frame.dropna(subset=[by]).groupby(by, observed=True)["patient_id"].nunique()
+    thin = counts[counts < 3]
+    if len(thin):
+        _caution(notes, f"level(s) {list(map(str, thin.index))} of {by!r} have fewer than 3 "
+                        f"patients; their estimates rest on very few people")
+    return by
+
+
+def _fit(frame: pd.DataFrame, formula: str, *, reml: bool, engine: str, measure: str,
+         model: str, notes: list[str], df_method: str) -> Any:
+    from mfr_outcomes.models.fit import fit_mixed
+
+    fit = fit_mixed(frame, formula, reml=reml, engine=engine, df_method=df_method)
+    fit.measure = measure
+    fit.model = model
+    fit.notes = [f"formula: {formula}"] + notes
+    warn_list = fit.diagnostics.setdefault("warnings", [])
+    for n in notes:
+        if n not in warn_list and not n.startswith(("patients nested", "readings of", "formula")):
+            warn_list.append(n)
+    return fit
+
+
+def _sided_fits(frame: pd.DataFrame, build, notes: list[str]) -> dict[str, Any]:
+    out = {}
+    for s in ("left", "right"):
+        sub = frame[frame["side"].astype(str) == s]
+        if sub.empty:
+            continue
+        out[s] = build(sub.copy(), notes + [f"readings of the {s} side only"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# within-session change
+# --------------------------------------------------------------------------------------------
+
+def prepost_formula(*, by: str | None = "technique", covariates: Sequence[str] = (),
+                    therapist_term: str = "", side_factor: bool = False,
+                    time: str | None = "session_number") -> str:
+    """The formula :func:`fit_prepost` fits (without looking at data)."""
+    fixed = f"post * {by}" if by else "post"
+    if time:
+        fixed += f" + {time}"
+    for c in covariates:
+        fixed += f" + {c}"
+    if side_factor:
+        fixed += " + side"
+    return f"value ~ {fixed} + (post | patient_id){therapist_term}"
+
+
+def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
+                covariates: Sequence[str] = (), therapist: bool = True, side: Side = "auto",
+                engine: str = "auto", reml: bool = True,
+                df_method: str = "satterthwaite") -> Any:
+    """Mixed model of the immediate within-session change, pre → post, on treatment visits.
+
+    The formula is ``value ~ post * technique + session_number [+ covariates] [+ side] +
+    (post | patient_id) [+ (1 | therapist_id)]``: a patient-specific level and a
+    patient-specific immediate response, the immediate effect allowed to differ by ``by``. Then
+    ``fit.contrasts("post", by="technique")`` gives the post − pre change per technique.
+
+    Parameters
+    ----------
+    study : Study
+    measure : str
+        A measure code with post readings (pain_nrs, leg_pain_nrs, slr_deg, ...).
+    by : str or None
+        Column whose levels may change the immediate effect (default ``technique``; None: one
+        effect).
+    covariates : sequence of str
+        Further columns of the analysis frame added as main effects (age_years, home_program...).
+    therapist : bool
+        Add a therapist random intercept when patients are nested in therapists and there are
+        at least ``MIN_THERAPISTS`` therapists; otherwise a note says why not.
+    side : {"auto", "factor", "separate", "left", "right"} or None
+        Per-side measures (range of motion): "factor" adds side as a fixed factor, "separate"
+        returns ``{"left": fit, "right": fit}``, "left"/"right" keeps one side, None pools the
+        sides (with a caution); "auto" is "factor" for per-side measures and nothing otherwise.
+    engine, reml, df_method
+        Passed to :func:`~mfr_outcomes.models.fit.fit_mixed`.
+
+    Returns
+    -------
+    MixedFit or dict of MixedFit
+        With ``measure``, ``model`` ("prepost") and ``notes`` attached.
+
+    Raises
+    ------
+    ValueError
+        The measure has no post readings (ODI: use :func:`fit_followup`), is binary (use
+        ``effects.paresthesia_gee``), or too few patients have readings.
+
+    Examples
+    --------
+    >>> import mfr_outcomes as mfr
+    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")  # doctest: +SKIP
+    >>> fit.contrasts("post", by="technique")  # doctest: +SKIP
+    """
+    _check_measure(measure, "fit_prepost")
+    notes: list[str] = []
+    frame = _frame(study, measure)
+    n_all = len(frame)
+    frame = frame[frame["technique"].astype(str) != "none"]
+    if frame.empty or not (frame["post"] == 1).any():
+        raise ValueError(f"{measure!r} has no post-treatment readings, so there is no "
+                         f"within-session change to model; use fit_followup(study, {measure!r}) "
+                         f"for baseline → discharge → follow-up, or fit_course for the course of "
+                         f"care.")
+    if len(frame) < n_all:
+        notes.append(f"{n_all - len(frame)} reading(s) from assessment-only visits (technique "
+                     f"none) left out")
+    frame = _frame_clean(frame)
+    with_post = frame.groupby("patient_id", observed=True)["post"].max()
+    _check_patients(frame[frame["patient_id"].isin(with_post[with_post == 1].index)], measure,
+                    "post-treatment readings", notes)
+    covs = _covariate_terms(frame, covariates)
+    by = _check_by(frame, by, notes)
+    ther = _therapist_term(frame, therapist, notes)
+    frame, side_mode = _resolve_side(frame, side, measure, notes)
+
+    def build(sub: pd.DataFrame, extra_notes: list[str], side_factor: bool = False) -> Any:
+        formula = prepost_formula(by=by, covariates=covs, therapist_term=ther,
+                                  side_factor=side_factor)
+        return _fit(sub, formula, reml=reml, engine=engine, measure=measure, model="prepost",
+                    notes=extra_notes, df_method=df_method)
+
+    if side_mode == "separate":
+        return _sided_fits(frame, build, notes)
+    return build(frame, notes, side_factor=side_mode == "factor")
+
+
+def _frame_clean(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for col in frame.columns:
+        if isinstance(frame[col].dtype, pd.CategoricalDtype):
+            frame[col] = frame[col].cat.remove_unused_categories()
+    return frame.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# course of care
+# --------------------------------------------------------------------------------------------
+
+def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None = None,
+               covariates: Sequence[str] = (), therapist: bool = True, side: Side = "auto",
+               random_slope: bool = True, engine: str = "auto", reml: bool = True,
+               df_method: str = "satterthwaite") -> Any:
+    """Mixed model of the pre-session readings across the course of care.
+
+    The formula is ``value ~ time [* by] [+ covariates] [+ side] + (time | patient_id)
+    [+ (1 | therapist_id)]`` on the pre-treatment readings of treatment visits (follow-up visits
+    are left out: see :func:`fit_followup`). The ``time`` coefficient is the change per week (or
+    per visit) of a typical patient.
+
+    Parameters
+    ----------
+    study : Study
+    measure : str
+    time : {"weeks", "session_number"}
+        Weeks since the first visit, or the visit number.
+    by : str, optional
+        A column whose levels may change the slope (``technique``, ``condition``, ``site_id``).
+    covariates, therapist, side, engine, reml, df_method
+        As in :func:`fit_prepost`.
+    random_slope : bool
+        Patient-specific slopes over time (default); False keeps a random intercept only.
+
+    Returns
+    -------
+    MixedFit or dict of MixedFit
+        With ``measure``, ``model`` ("course") and ``notes`` attached.
+    """
+    _check_measure(measure, "fit_course")
+    if time not in ("weeks", "session_number"):
+        raise ValueError(f"time must be 'weeks' or 'session_number'; got {time!r}.")
+    notes: list[str] = []
+    frame = _frame(study, measure)
+    frame = frame[(frame["post"] == 0)]
+    n_pre = len(frame)
+    frame = frame[frame["technique"].astype(str) != "none"]
+    if n_pre > len(frame):
+        notes.append(f"{n_pre - len(frame)} reading(s) from assessment-only (follow-up) visits "
+                     f"left out; fit_followup models them")
+    if frame.empty:
+        raise ValueError(f"{measure!r} has no pre-treatment readings on treatment visits.")
+    frame = _frame_clean(frame)
+    counts = frame.groupby("patient_id", observed=True).size()
+    _check_patients(frame, measure, "pre-treatment readings", notes)
+    if random_slope and counts.median() < 3:
+        _caution(notes, f"patients have a median of {counts.median():g} pre-treatment readings "
+                        f"of {measure!r}; a random slope over {time} is barely identifiable, so "
+                        f"a random intercept only was fitted")
+        random_slope = False
+    covs = _covariate_terms(frame, covariates)
+    by = _check_by(frame, by, notes)
+    ther = _therapist_term(frame, therapist, notes)
+    frame, side_mode = _resolve_side(frame, side, measure, notes)
+    fixed = f"{time} * {by}" if by else time
+    for c in covs:
+        fixed += f" + {c}"
+    rand = f"({time} | patient_id)" if random_slope else "(1 | patient_id)"
+
+    def build(sub: pd.DataFrame, extra_notes: list[str], side_factor: bool = False) -> Any:
+        formula = f"value ~ {fixed}{' + side' if side_factor else ''} + {rand}{ther}"
+        return _fit(sub, formula, reml=reml, engine=engine, measure=measure, model="course",
+                    notes=extra_notes, df_method=df_method)
+
+    if side_mode == "separate":
+        return _sided_fits(frame, build, notes)
+    return build(frame, notes, side_factor=side_mode == "factor")
+
+
+# --------------------------------------------------------------------------------------------
+# baseline -> discharge -> follow-up
+# --------------------------------------------------------------------------------------------
+
+def followup_frame(study: Any, measure: str = "odi") -> pd.DataFrame:
+    """Pre-treatment readings labelled by visit stage: baseline, discharge, follow_up.
+
+    baseline is the patient's first pre reading on a treatment visit, discharge the last pre
+    reading on a later treatment visit, follow_up the last reading on an assessment-only visit
+    (technique ``none``). Readings in between are not used. One row per patient, stage and side.
+    """
+    frame = _frame(study, measure)
+    frame = frame[frame["post"] == 0].copy()
+    treat = frame[frame["technique"].astype(str) != "none"]
+    fu = frame[frame["technique"].astype(str) == "none"]
+    keys = ["patient_id", "side"]
+    first = treat.sort_values("session_number").groupby(keys, observed=True).head(1)
+    last = treat.sort_values("session_number").groupby(keys, observed=True).tail(1)
+    last = last[~last.index.isin(first.index)]
+    follow = fu.sort_values("session_number").groupby(keys, observed=True).tail(1)
+    out = pd.concat([first.assign(stage="baseline"), last.assign(stage="discharge"),
+                     follow.assign(stage="follow_up")])
+    out["stage"] = pd.Categorical(out["stage"], categories=list(FOLLOWUP_STAGES))
+    return _frame_clean(out.sort_values(["patient_id", "side", "session_number"]))
+
+
+def fit_followup(study: Any, measure: str = "odi", *, covariates: Sequence[str] = (),
+                 therapist: bool = True, side: Side = "auto", engine: str = "auto",
+                 reml: bool = True, df_method: str = "satterthwaite") -> Any:
+    """Mixed model of baseline → discharge → follow-up (``value ~ stage + (1 | patient_id)``).
+
+    ``stage`` is a factor with levels baseline, discharge, follow_up (see
+    :func:`followup_frame`); ``fit.emmeans("stage")`` gives the mean at each stage and
+    ``fit.contrasts("stage", method="trt.vs.ctrl")`` the change from baseline. Patients missing
+    a stage still contribute (the model uses every reading, missing at random given the others).
+
+    Parameters
+    ----------
+    study : Study
+    measure : str
+        Default ``odi``, which is recorded at these visits only; any non-binary measure works.
+    covariates, therapist, side, engine, reml, df_method
+        As in :func:`fit_prepost`.
+
+    Returns
+    -------
+    MixedFit or dict of MixedFit
+        With ``measure``, ``model`` ("followup") and ``notes`` attached.
+    """
+    _check_measure(measure, "fit_followup")
+    notes: list[str] = []
+    frame = followup_frame(study, measure)
+    if frame.empty:
+        raise ValueError(f"{measure!r} has no pre-treatment readings.")
+    present = frame.groupby("stage", observed=True)["patient_id"].nunique()
+    stages = pd.Series({s: int(present.get(s, 0)) for s in FOLLOWUP_STAGES})
+    absent = [str(s) for s, n in stages.items() if n == 0]
+    if "baseline" in absent:
+        raise ValueError(f"no baseline readings of {measure!r}.")
+    if len(absent) == 2:
+        raise ValueError(f"{measure!r} has only baseline readings (no discharge or follow-up "
+                         f"visit), so there is no change to model.")
+    if absent:
+        _caution(notes, f"no {', '.join(absent)} readings of {measure!r}; the stage factor has "
+                        f"only {', '.join(str(s) for s, n in stages.items() if n > 0)}",
+                 DataWarning)
+    n_total = frame["patient_id"].nunique()
+    complete = frame.groupby("patient_id", observed=True)["stage"].nunique()
+    n_complete = int((complete == len(stages) - len(absent)).sum())
+    notes.append(f"{n_complete} of {n_total} patients have every stage; the others contribute "
+                 f"the stages they have (missing at random assumed)")
+    _check_patients(frame, measure, "readings", notes)
+    covs = _covariate_terms(frame, covariates)
+    ther = _therapist_term(frame, therapist, notes)
+    frame, side_mode = _resolve_side(frame, side, measure, notes)
+    fixed = "stage" + "".join(f" + {c}" for c in covs)
+
+    def build(sub: pd.DataFrame, extra_notes: list[str], side_factor: bool = False) -> Any:
+        formula = f"value ~ {fixed}{' + side' if side_factor else ''} + (1 | patient_id){ther}"
+        return _fit(sub, formula, reml=reml, engine=engine, measure=measure, model="followup",
+                    notes=extra_notes, df_method=df_method)
+
+    if side_mode == "separate":
+        return _sided_fits(frame, build, notes)
+    return build(frame, notes, side_factor=side_mode == "factor")
