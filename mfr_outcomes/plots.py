@@ -87,8 +87,13 @@ def _tag(container: Any, gid: str) -> Any:
     return container
 
 
-def _frame(study: Any, measure: str, side: str | None = None) -> pd.DataFrame:
-    """An analysis frame from a Study or a frame (which is then used as given)."""
+def _frame(study: Any, measure: str, side: str | None = None, *,
+           affected: bool = False) -> pd.DataFrame:
+    """An analysis frame from a Study or a frame (which is then used as given).
+
+    With *affected* and no *side*, a measure read on both sides keeps the affected side (both
+    sides when bilateral or unknown), the rule ``effects.responders`` and ``qi.aggregate`` use.
+    """
     if isinstance(study, pd.DataFrame):
         frame = study if side is None else study[study["side"] == side]
     elif hasattr(study, "frame"):
@@ -100,6 +105,10 @@ def _frame(study: Any, measure: str, side: str | None = None) -> pd.DataFrame:
         raise ValueError(f"the frame lacks column(s) {', '.join(missing)}; pass Study.frame(...)")
     out = frame.copy()
     out["phase"] = out["phase"].astype(str)
+    if affected and side is None and "side" in out.columns and "affected_side" in out.columns \
+            and set(out["side"].astype(str)) & {"left", "right"}:
+        aff = out["affected_side"].astype(str)
+        out = out[(aff == out["side"].astype(str)) | ~aff.isin(["left", "right"])]
     return out
 
 
@@ -156,7 +165,8 @@ def prepost_slopes(study: Any, measure: str, *, per: str = "patient", side: str 
         One line per patient (mean of their pre and post readings on visits with that technique)
         or one per visit (session).
     side : {"left", "right", "none"}, optional
-        Keep one side; readings of both sides are otherwise averaged within a visit.
+        Keep one side; otherwise a measure read on both sides keeps the affected side (the mean
+        of both sides when bilateral or unknown), as ``effects.responders`` does.
     col_wrap : int, optional
         Facets per row.
     height, aspect : float
@@ -171,7 +181,7 @@ def prepost_slopes(study: Any, measure: str, *, per: str = "patient", side: str 
     """
     if per not in ("patient", "visit"):
         raise ValueError(f"per must be 'patient' or 'visit', got {per!r}")
-    df = _frame(study, measure, side)
+    df = _frame(study, measure, side, affected=True)
     visits = (df.groupby(["patient_id", "session_id", "technique", "phase"], observed=True)
               ["value"].mean().unstack("phase"))
     if not {"pre", "post"} <= set(visits.columns):
@@ -284,7 +294,8 @@ def trajectories(study: Any, measure: str, *, fit: Any = None, time: str = "sess
     phase : {"pre", "post"} or None
         Which readings to draw; None keeps both.
     side : str, optional
-        Keep one side; both sides are otherwise averaged within a visit and phase.
+        Keep one side; otherwise the affected side (both sides averaged when bilateral or
+        unknown).
     level : float
         Confidence level of the band.
     n_grid : int
@@ -299,7 +310,7 @@ def trajectories(study: Any, measure: str, *, fit: Any = None, time: str = "sess
         (``gid="mean"``) and the band (``gid="band"``). ``ax.mfr_curve`` is the DataFrame behind
         the mean (time, estimate, ci_low, ci_high).
     """
-    df = _frame(study, measure, side)
+    df = _frame(study, measure, side, affected=True)
     if time not in df.columns:
         raise ValueError(f"time must be a column of the analysis frame, got {time!r}")
     if phase is not None:

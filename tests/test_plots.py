@@ -396,3 +396,19 @@ def test_trajectories_model_mean_averages_over_covariates(small_study, pain):
     tech = sum(fit.coef.get(f"technique[T.{k}]", 0.0) * v for k, v in share.items())
     np.testing.assert_allclose(line.get_ydata(),
                                fit.coef["(Intercept)"] + fit.coef["weeks"] * t + tech)
+
+
+def test_prepost_slopes_sided_measure_uses_affected_side(small_study):
+    g = plots.prepost_slopes(small_study, "slr_deg")
+    f = small_study.frame("slr_deg")
+    aff = f["affected_side"].astype(str)
+    f = f[(aff == f["side"].astype(str)) | ~aff.isin(["left", "right"])]
+    v = (f.assign(phase=f["phase"].astype(str))
+         .groupby(["patient_id", "session_id", "technique", "phase"], observed=True)["value"]
+         .mean().unstack("phase").dropna(subset=["pre", "post"]).reset_index())
+    pp = v.groupby(["patient_id", "technique"], observed=True)[["pre", "post"]].mean()
+    pp = pp.reset_index()
+    for tech, ax in g.axes_dict.items():
+        sub = pp[pp["technique"].astype(str) == tech]
+        (mean_line,) = _gid(ax, "mean")
+        np.testing.assert_allclose(mean_line.get_ydata(), [sub["pre"].mean(), sub["post"].mean()])
