@@ -9,7 +9,6 @@ that says whether its row was excluded or kept with a caution.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -214,6 +213,13 @@ def cell_text(series: pd.Series) -> pd.Series:
         values = txt.astype(object).where(s.notna(), None)
     else:
         values = s.astype(object)
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind in ("string", "empty", "integer", "boolean") and len(values):
+        # fast path: str() of these is the text a person would write
+        missing = values.isna().to_numpy()
+        txt = values.astype(str).str.strip().astype(object)
+        txt[missing | txt.str.lower().isin(NA_TOKENS).to_numpy()] = None
+        return pd.Series(txt.to_numpy(), index=series.index, dtype=object)
     out = []
     for v in values:
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
@@ -225,16 +231,9 @@ def cell_text(series: pd.Series) -> pd.Series:
             t = v.isoformat()
             out.append(t[:10] if t.endswith("T00:00:00") else t)
             continue
-        if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-            out.append(f"{v:.1f}")
-            continue
         t = str(v).strip()
         out.append(None if t.lower() in NA_TOKENS else t)
     return pd.Series(out, index=series.index, dtype=object)
-
-
-def _category_key(text: str) -> str:
-    return re.sub(r"[\s\-]+", "_", text.strip().lower())
 
 
 def _number(text: pd.Series, decimal: str) -> pd.Series:
@@ -383,7 +382,12 @@ def _coerce(t: _Table, *, decimal: str, dayfirst: bool) -> None:
                       f"{spec.name} = {raw.iat[i]}, not true/false (yes/no, 1/0)", bad_action)
             t.typed[spec.name] = val
         elif spec.kind == "category":
-            t.typed[spec.name] = raw.map(lambda v: _category_key(v) if isinstance(v, str) else v)
+            key = raw.astype(object)
+            present = key.notna().to_numpy()
+            if present.any():
+                key[present] = (key[present].astype(str).str.strip().str.lower()
+                                .str.replace(r"[\s\-]+", "_", regex=True).to_numpy())
+            t.typed[spec.name] = key
         else:
             t.typed[spec.name] = raw
 

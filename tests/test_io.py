@@ -25,6 +25,19 @@ def study(request) -> Study:
     return from_frames(**tiny_frames())
 
 
+@pytest.fixture(scope="module")
+def part(study) -> Study:
+    """The first 15 patients of *study* (keeps the slow writers, XLSX above all, quick)."""
+    keep = sorted(study.patients["patient_id"])[:15]
+    patients = study.patients[study.patients["patient_id"].isin(keep)]
+    sessions = study.sessions[study.sessions["patient_id"].isin(keep)]
+    measurements = study.measurements[study.measurements["session_id"].isin(
+        sessions["session_id"])]
+    sub = from_frames(patients, sessions, measurements)
+    assert sub.report.ok, str(sub.report)
+    return sub
+
+
 def assert_same_study(a: Study, b: Study) -> None:
     for table in TABLES:
         pd.testing.assert_frame_equal(getattr(a, table), getattr(b, table), check_like=False)
@@ -65,37 +78,37 @@ def test_parquet_folder_round_trip(study, tmp_path):
     assert_same_study(loaded, study)
 
 
-def test_xlsx_folder_and_workbook_round_trip(study, tmp_path):
+def test_xlsx_folder_and_workbook_round_trip(part, tmp_path):
     folder = tmp_path / "xlsx"
     folder.mkdir()
     for table in TABLES:
-        getattr(study, table).to_excel(folder / f"{table}.xlsx", index=False)
+        getattr(part, table).to_excel(folder / f"{table}.xlsx", index=False)
     loaded = mfr.load_study(folder)
     assert loaded.report.ok, str(loaded.report)
-    assert_same_study(loaded, study)
+    assert_same_study(loaded, part)
 
     book = tmp_path / "clinic.xlsx"
     with pd.ExcelWriter(book) as writer:
         for table in TABLES:
-            getattr(study, table).to_excel(writer, sheet_name=table, index=False)
+            getattr(part, table).to_excel(writer, sheet_name=table, index=False)
     loaded = mfr.load_study(book)
     assert loaded.report.ok, str(loaded.report)
-    assert_same_study(loaded, study)
+    assert_same_study(loaded, part)
 
 
-def test_sqlite_file_and_url_round_trip(study, tmp_path):
-    path = write_sqlite(study, tmp_path / "clinic.sqlite")
+def test_sqlite_file_and_url_round_trip(part, tmp_path):
+    path = write_sqlite(part, tmp_path / "clinic.sqlite")
     loaded = mfr.load_study(path)
     assert loaded.report.ok, str(loaded.report)
-    assert_same_study(loaded, study)
+    assert_same_study(loaded, part)
     by_url = mfr.load_study(f"sqlite:///{path}")
     assert by_url.report.ok, str(by_url.report)
-    assert_same_study(by_url, study)
+    assert_same_study(by_url, part)
     assert by_url.source.startswith("sqlite:///")
 
 
-def test_url_with_queries(study, tmp_path):
-    path = write_sqlite(study, tmp_path / "clinic.db")
+def test_url_with_queries(part, tmp_path):
+    path = write_sqlite(part, tmp_path / "clinic.db")
     con = sqlite3.connect(path)
     con.execute("ALTER TABLE sessions RENAME COLUMN therapist_id TO clinician")
     con.commit()
@@ -109,15 +122,15 @@ def test_url_with_queries(study, tmp_path):
     }
     loaded = mfr.load_study(f"sqlite:///{path}", queries=queries)
     assert loaded.report.ok, str(loaded.report)
-    assert_same_study(loaded, study)
+    assert_same_study(loaded, part)
 
 
-def test_duckdb_file_round_trip(study, tmp_path):
+def test_duckdb_file_round_trip(part, tmp_path):
     duckdb = pytest.importorskip("duckdb")
     path = tmp_path / "clinic.duckdb"
     con = duckdb.connect(str(path))
     for table in TABLES:
-        frame = getattr(study, table).copy()
+        frame = getattr(part, table).copy()
         for col in frame.columns:
             if str(frame[col].dtype) == "category":
                 frame[col] = frame[col].astype(object)
@@ -127,13 +140,13 @@ def test_duckdb_file_round_trip(study, tmp_path):
     con.close()
     loaded = mfr.load_study(path)
     assert loaded.report.ok, str(loaded.report)
-    assert_same_study(loaded, study)
+    assert_same_study(loaded, part)
 
 
-def test_dict_of_frames_is_a_source(study):
-    loaded = mfr.load_study({t: getattr(study, t) for t in TABLES})
+def test_dict_of_frames_is_a_source(part):
+    loaded = mfr.load_study({t: getattr(part, t) for t in TABLES})
     assert loaded.report.ok
-    assert_same_study(loaded, study)
+    assert_same_study(loaded, part)
 
 
 CLINIC_MAP = {
@@ -164,8 +177,8 @@ def _to_clinic(study: Study) -> dict[str, pd.DataFrame]:
     return out
 
 
-def test_column_mapped_export_gives_same_study(study, tmp_path):
-    clinic = _to_clinic(study)
+def test_column_mapped_export_gives_same_study(part, tmp_path):
+    clinic = _to_clinic(part)
     assert "Technique" in clinic["sessions"].columns
     assert set(clinic["sessions"]["Technique"].dropna()) <= {"DP", "Stretch", "Massage",
                                                              "Combined", "Assessment"}
@@ -175,25 +188,25 @@ def test_column_mapped_export_gives_same_study(study, tmp_path):
         frame.to_csv(folder / f"{table}.csv", index=False, sep=";", decimal=",")
     mapped = mfr.load_study(folder, column_map=CLINIC_MAP)
     assert mapped.report.ok, str(mapped.report)
-    assert_same_study(mapped, study)
+    assert_same_study(mapped, part)
     # the same map from a JSON file (the CLI's --column-map FILE)
     map_file = tmp_path / "map.json"
     map_file.write_text(json.dumps(CLINIC_MAP), encoding="utf-8")
-    assert_same_study(mfr.load_study(folder, column_map=map_file), study)
+    assert_same_study(mfr.load_study(folder, column_map=map_file), part)
     # without the map the export is not usable
     unmapped = mfr.validate(folder)
     assert any(f.rule == "missing_column" for f in unmapped.findings)
 
 
-def test_yaml_column_map(study, tmp_path):
+def test_yaml_column_map(part, tmp_path):
     yaml = pytest.importorskip("yaml")
     folder = tmp_path / "clinic"
     folder.mkdir()
-    for table, frame in _to_clinic(study).items():
+    for table, frame in _to_clinic(part).items():
         frame.to_csv(folder / f"{table}.csv", index=False)
     map_file = tmp_path / "map.yaml"
     map_file.write_text(yaml.safe_dump(CLINIC_MAP), encoding="utf-8")
-    assert_same_study(mfr.load_study(folder, column_map=str(map_file)), study)
+    assert_same_study(mfr.load_study(folder, column_map=str(map_file)), part)
 
 
 def test_bad_column_maps(tmp_path):
