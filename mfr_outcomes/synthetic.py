@@ -33,23 +33,26 @@ single readings are missing completely at random; adverse events depend on techn
 Sources of the defaults
 -----------------------
 - Ajimsha MS, Al-Mudahka NR, Al-Madzhar JA. Effectiveness of myofascial release: systematic review
-  of randomized controlled trials. J Bodyw Mov Ther 2015;19:102-112 — MFR trials report pain
-  reductions over courses of a few weeks; the size and shape chosen here (``course_reduction``
-  0.45 asymptotic, i.e. about 30–45 % by the end of a 4–12 visit course) is illustrative, in that
-  range.
+  of randomized controlled trials. J Bodyw Mov Ther 2015;19:102-112 (doi:10.1016/j.jbmt.2014.06.001)
+  — MFR trials are mixed in quality, with encouraging results on pain over courses of a few weeks.
+  The review gives no pooled effect size, so ``course_reduction`` (0.45 asymptotic, about 30–45 %
+  below baseline by the end of a 4–12 visit course) is an illustrative choice in that spirit.
 - Farrar JT et al. Pain 2001;94:149-158 — about 2 NRS points or 30 % is clinically important; the
-  defaults make a typical completer reach that, while the immediate (single-session) drop of
-  0.35–0.75 points stays below it, as single-session effects usually do.
-- Fishman LM et al. Arch Phys Med Rehabil 2002;83:295-301 — piriformis syndrome, a common
-  presentation of buttock pain with sciatica; it motivates the piriformis target region and the
-  link of leg pain and SLR with sciatica. Its figures are not used directly.
-- Hopper D et al. J Bodyw Mov Ther 2005 — immediate effects of soft-tissue mobilisation on
-  hamstring flexibility: small immediate gains in range of motion; ``rom_immediate_gain_deg``
-  (2°) is an illustrative figure of that order, not taken from the paper.
-- Baseline NRS about 6 ± 1.8, ODI about 36 ± 14, SLR and hip rotation norms, dropout about 20–25 %
-  over a course, adverse-event rates (mostly none, some post-treatment soreness, rare bruising or
-  flare) and every variance component are illustrative choices typical of manual-therapy cohorts,
-  not estimates from a particular study.
+  defaults make a typical completer reach it, while the immediate (single-visit) drop of 0.35–0.75
+  points stays below it. The immediate effects per technique are illustrative.
+- Fishman LM et al. Piriformis syndrome: diagnosis, treatment, and outcome — a 10-year study.
+  Arch Phys Med Rehabil 2002;83:295-301 — piriformis syndrome as a cause of buttock pain with
+  sciatica motivates the piriformis target region and the link of leg pain and SLR with sciatica;
+  its patients reported about 35 % disability before treatment, close to the ODI of about 36 at the
+  first visit here (``odi_per_pain_point`` × 6 points). Its outcomes (injection and physical therapy,
+  10 months) are larger than this course's and are not used.
+- Hopper D et al. Dynamic soft tissue mobilisation increases hamstring flexibility in healthy male
+  subjects. Br J Sports Med 2005;39:594-598 — immediate gains in hip flexion angle of 1.3° (classic)
+  and 4.7° (dynamic soft-tissue mobilisation); ``rom_immediate_gain_deg`` = 2° lies in that range.
+- Baseline NRS about 6 ± 1.8, SLR and hip-rotation norms, dropout about 20–25 % over a course,
+  adverse-event rates (mostly none, some post-treatment soreness, rare bruising or flare), the
+  therapist share of variance (about 5 %) and every other variance component are illustrative
+  choices typical of manual-therapy cohorts, not estimates from a particular study.
 
 Design keys for power loops
 ---------------------------
@@ -66,7 +69,7 @@ import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -79,6 +82,9 @@ from mfr_outcomes.vocab import (
     TARGET_REGION,
     TREATMENT_TECHNIQUES,
 )
+
+if TYPE_CHECKING:
+    from mfr_outcomes.study import Study
 
 __all__ = ["Truth", "generate", "generate_frames", "SIMULATED_MEASURES", "write_csvs", "codebook"]
 
@@ -556,7 +562,7 @@ def generate(
     *,
     measures: Iterable[str] | None = None,
     **effects: Any,
-):
+) -> tuple[Study, Truth]:
     """Simulate a validated :class:`~mfr_outcomes.study.Study` with known truth.
 
     Same arguments as :func:`generate_frames`; the tables go through
