@@ -407,6 +407,21 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
 # run chart
 
 
+def _baseline_mask(n: int, freeze: int | None, centre: Any = None) -> np.ndarray:
+    """Which points set the centre line and limits: all, or the first *freeze*."""
+    if freeze is None:
+        return np.ones(n, dtype=bool)
+    if centre is not None:
+        raise ValueError("pass either centre or freeze, not both")
+    if isinstance(freeze, bool) or not isinstance(freeze, int | np.integer) or freeze < 2:
+        raise ValueError(f"freeze must be a whole number of baseline points ≥ 2, got {freeze!r}")
+    if freeze > n:
+        raise ValueError(f"freeze = {freeze} is more than the {n} points of the series")
+    mask = np.zeros(n, dtype=bool)
+    mask[:freeze] = True
+    return mask
+
+
 def runs_limits(n_useful: int) -> tuple[int, int]:
     """Anhøj's limits for *n_useful* useful observations.
 
@@ -447,7 +462,7 @@ def _runs(sides: np.ndarray) -> list[tuple[int, int, int]]:
 
 def run_chart(values: Any, dates: Any = None, *, measure: str | None = None,
               better: Better | None = None, centre: float | None = None,
-              min_useful: int = MIN_USEFUL_RUNS) -> ChartResult:
+              freeze: int | None = None, min_useful: int = MIN_USEFUL_RUNS) -> ChartResult:
     """Run chart on the median with Anhøj's rules.
 
     Parameters
@@ -461,7 +476,10 @@ def run_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     better : {"lower", "higher"}, optional
         Overrides the measure's direction (e.g. "higher" for a responder rate).
     centre : float, optional
-        A fixed centre line instead of the median (e.g. a baseline median).
+        A fixed centre line instead of the median (e.g. a target or an earlier median).
+    freeze : int, optional
+        Take the median of the first *freeze* points only (a baseline period) and test every
+        point against it (qicharts2's ``freeze``).
     min_useful : int
         Fewer useful observations and the rules are not applied (said in ``notes``).
 
@@ -483,7 +501,8 @@ def run_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     y, labels, _ = _as_values(values, dates)
     better = _resolve_better(measure, better)
     finite = np.isfinite(y)
-    cl = float(np.median(y[finite])) if centre is None and finite.any() else (
+    base = _baseline_mask(len(y), freeze, centre) & finite
+    cl = float(np.median(y[base])) if centre is None and base.any() else (
         float(centre) if centre is not None else np.nan)
     sides = np.where(finite, np.sign(y - cl), np.nan)
     useful = finite & (sides != 0)
@@ -650,7 +669,8 @@ def _spc_rules(y: np.ndarray, cl: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
 
 
 def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
-              better: Better | None = None, screen_moving_ranges: bool = False) -> ChartResult:
+              better: Better | None = None, screen_moving_ranges: bool = False,
+              freeze: int | None = None) -> ChartResult:
     """XmR (individuals and moving range) chart with the Making Data Count rules.
 
     Parameters
@@ -668,6 +688,9 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
         Drop moving ranges above 3.267 × their mean and recompute the mean before setting the
         limits (Nelson 1982; NHSRplotthedots' ``screen_outliers``). Off by default: the plain
         Wheeler limits.
+    freeze : int, optional
+        Compute the mean and the mean moving range from the first *freeze* points only (a
+        baseline period; NHSRplotthedots' ``fix_after_n_points``) and judge every point by them.
 
     Returns
     -------
@@ -686,13 +709,16 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     y, labels, _ = _as_values(values, dates)
     better = _resolve_better(measure, better)
     finite = np.isfinite(y)
-    yf = y[finite]
+    base = _baseline_mask(len(y), freeze)
     notes: list[str] = []
-    mean = float(yf.mean()) if len(yf) else np.nan
-    mr_f = np.abs(np.diff(yf))
-    mr = np.full(len(y), np.nan)
     pos = np.flatnonzero(finite)
-    mr[pos[1:]] = mr_f
+    mr = np.full(len(y), np.nan)
+    mr[pos[1:]] = np.abs(np.diff(y[pos]))
+    # the baseline: its values, and the moving ranges between two of its values
+    yf = y[finite & base]
+    pos_b = np.flatnonzero(finite & base)
+    mr_f = np.abs(np.diff(y[pos_b]))
+    mean = float(yf.mean()) if len(yf) else np.nan
     mean_mr = float(mr_f.mean()) if len(mr_f) else np.nan
     if screen_moving_ranges and len(mr_f):
         kept = mr_f[mr_f < MR_LIMIT * mean_mr]
@@ -724,7 +750,7 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     points = pd.concat([points, flags], axis=1)
     points["signal"] = flags.any(axis=1).to_numpy()
     st = {"mean": mean, "mean_mr": mean_mr, "sigma": sigma, "lcl": lcl, "ucl": ucl,
-          "mr_ucl": mr_ucl, "n": int(len(yf))}
+          "mr_ucl": mr_ucl, "n": int(finite.sum()), "n_baseline": int(len(yf))}
     return ChartResult("xmr", points, signals, notes, st, measure, better)
 
 
@@ -733,7 +759,8 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
 
 
 def p_chart(successes: Any, totals: Any, dates: Any = None, *,
-            better: Better | None = "higher", what: str = "responders") -> ChartResult:
+            better: Better | None = "higher", what: str = "responders",
+            freeze: int | None = None) -> ChartResult:
     """p-chart of a proportion (e.g. the responder rate per period), limits varying by subgroup.
 
     Parameters
@@ -747,6 +774,8 @@ def p_chart(successes: Any, totals: Any, dates: Any = None, *,
         Which direction of the proportion is improvement ("higher" for responders).
     what : str
         What is counted, for the sentences.
+    freeze : int, optional
+        Compute p̄ from the first *freeze* subgroups only (a baseline period).
 
     Returns
     -------
@@ -780,7 +809,8 @@ def p_chart(successes: Any, totals: Any, dates: Any = None, *,
         p_bar = np.nan
         notes.append("No subgroup has a denominator: nothing to chart.")
     else:
-        p_bar = float(x[ok].sum() / n[ok].sum())
+        okb = ok & _baseline_mask(len(x), freeze)
+        p_bar = float(x[okb].sum() / n[okb].sum()) if okb.any() else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(ok, x / n, np.nan)
         sigma = np.where(ok, np.sqrt(p_bar * (1 - p_bar) / n), np.nan)

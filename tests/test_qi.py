@@ -369,3 +369,28 @@ def test_shift_and_trend_match_nhsrplotthedots_cases():
     assert qi._trend_runs(y([2, 1, 2, 3, 4, 5, 6, 7, 3], float)) == [(1, 1, 7)]
     assert qi._trend_runs(y(range(7, 0, -1), float)) == [(-1, 0, 6)]
     assert qi._trend_runs(y([2, 7, 6, 5, 4, 3, 2, 1, 3], float)) == [(-1, 1, 7)]
+
+
+def test_freeze_baseline_period():
+    # run chart: median of the first 10 points 3 7 2 8 5 6 9 7 8 6 -> sorted 2 3 5 6 6 7 7 8 8 9
+    # -> (6 + 7)/2 = 6.5; every one of the 20 points is tested against it
+    r = qi.run_chart(SERIES_20, freeze=10)
+    assert r.stats["median"] == 6.5
+    assert r.stats["n_useful"] == 20  # no point equals 6.5
+    # the last 8 points (positions 13..20: 5 4 3 2 4 1 3 2) are all below 6.5 -> run of 8
+    assert r.stats["longest_run"] == 8
+    # XmR: limits from 10 12 11 13 12 (mean 11.6, mean MR 1.5, UCL 15.59), then three 20's
+    # beyond the UCL; the jump 12 -> 20 is not in the baseline's moving ranges
+    x = _quiet(qi.xmr_chart, [10, 12, 11, 13, 12, 20, 20, 20], freeze=5)
+    assert x.stats["mean"] == pytest.approx(11.6) and x.stats["mean_mr"] == pytest.approx(1.5)
+    assert x.points["outside_limits"].tolist() == [False] * 5 + [True] * 3
+    assert x.points["mr"].iloc[5] == 8
+    # p-chart: p̄ from the first 3 subgroups (5 + 6 + 4)/(10 + 12 + 8) = 0.5
+    p = _quiet(qi.p_chart, [5, 6, 4, 9], [10, 12, 8, 10], freeze=3)
+    assert p.stats["p_bar"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="freeze must be"):
+        qi.run_chart(SERIES_20, freeze=1)
+    with pytest.raises(ValueError, match="either centre or freeze"):
+        qi.run_chart(SERIES_20, freeze=5, centre=3)
+    with pytest.raises(ValueError, match="more than the 8 points"):
+        qi.xmr_chart([1, 2, 3, 4, 5, 6, 7, 8], freeze=9)
