@@ -239,7 +239,10 @@ class MixedFit:
                                  "corr": cov[i, j] / denom if denom > 0 else np.nan})
         rows.append({"group": "Residual", "term1": None, "term2": None,
                      "variance": self.sigma ** 2, "sd": self.sigma, "corr": np.nan})
-        return pd.DataFrame(rows, columns=["group", "term1", "term2", "variance", "sd", "corr"])
+        out = pd.DataFrame(rows, columns=["group", "term1", "term2", "variance", "sd", "corr"])
+        for col in ("term1", "term2"):  # None (not NaN) where lme4's VarCorr has NA
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
+        return out
 
     # ------------------------------------------------------------------ fixed-effect inference
     def _satterthwaite(self) -> inference.SatterthwaiteData:
@@ -252,8 +255,11 @@ class MixedFit:
                 spec, reml = self.spec, self.reml
                 devfun = lambda vp: pls.deviance_varpar(spec, vp, reml)  # noqa: E731
                 vcovfun = lambda vp: pls.vcov_beta_varpar(spec, vp)  # noqa: E731
-            self._satt = inference.satterthwaite_data(devfun, vcovfun, varpar,
-                                                      self.result.vcov_beta)
+            from mfr_outcomes.models.pls import blas_limits
+
+            with blas_limits(self.spec):
+                self._satt = inference.satterthwaite_data(devfun, vcovfun, varpar,
+                                                          self.result.vcov_beta)
             for m in self._satt.messages:
                 self._warn(f"Satterthwaite df: {m}.", ModelWarning, True)
         return self._satt

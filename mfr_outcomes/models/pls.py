@@ -16,7 +16,9 @@ from collections import OrderedDict
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse as sp
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from mfr_outcomes.models.spec import (
     EngineResult,
@@ -34,6 +36,7 @@ __all__ = [
     "profiled_deviance",
     "pls_model",
     "MAX_Q",
+    "blas_limits",
 ]
 
 #: Largest total number of random effects the dense engine accepts.
@@ -74,11 +77,13 @@ class PLSModel:
             k0 = k
             cols.append(b)
         self.Z = Z
+        self.Zs = sp.csr_matrix(Z)
         self.lam_r = np.concatenate(lam_r) if lam_r else np.zeros(0, int)
         self.lam_c = np.concatenate(lam_c) if lam_c else np.zeros(0, int)
         self.lam_k = np.concatenate(lam_k) if lam_k else np.zeros(0, int)
         X, y = spec.X, spec.y
-        self.ZtZ = Z.T @ Z
+        self.ZtZ_s = (self.Zs.T @ self.Zs).tocsr()
+        self.ZtZ = self.ZtZ_s.toarray()
         self.ZtX = Z.T @ X
         self.Zty = Z.T @ y
         self.XtX = X.T @ X
@@ -93,17 +98,22 @@ class PLSModel:
         lam[self.lam_r, self.lam_c] = np.asarray(theta, float)[self.lam_k]
         return lam
 
+    def lambda_sparse(self, theta: np.ndarray) -> sp.csc_matrix:
+        return sp.csc_matrix((np.asarray(theta, float)[self.lam_k], (self.lam_r, self.lam_c)),
+                             shape=(self.q, self.q))
+
     def solve(self, theta: np.ndarray) -> dict:
         """The PLS quantities at θ (cached for the last θ)."""
         theta = np.asarray(theta, dtype=float)
         if self._cache_theta is not None and np.array_equal(theta, self._cache_theta):
             return self._cache
-        lam = self.lambda_matrix(theta)
-        lzzl = lam.T @ self.ZtZ @ lam
+        lam_s = self.lambda_sparse(theta)
+        # Λ is block diagonal with tiny blocks and Z'Z is sparse: sparse products, dense Cholesky.
+        lzzl = (lam_s.T @ self.ZtZ_s @ lam_s).toarray()
         lzzl[np.diag_indices_from(lzzl)] += 1.0
         L = sla.cholesky(lzzl, lower=True, check_finite=False)
-        cu = sla.solve_triangular(L, lam.T @ self.Zty, lower=True, check_finite=False)
-        RZX = sla.solve_triangular(L, lam.T @ self.ZtX, lower=True, check_finite=False)
+        cu = sla.solve_triangular(L, lam_s.T @ self.Zty, lower=True, check_finite=False)
+        RZX = sla.solve_triangular(L, lam_s.T @ self.ZtX, lower=True, check_finite=False)
         RXtRX = self.XtX - RZX.T @ RZX
         RX = sla.cholesky(RXtRX, lower=False, check_finite=False)  # RX'RX
         cbeta = sla.solve_triangular(RX, self.Xty - RZX.T @ cu, trans="T", lower=False,
@@ -112,7 +122,7 @@ class PLSModel:
         prss = max(self.yty - cu @ cu - cbeta @ cbeta, 1e-300)
         ldL2 = 2.0 * float(np.sum(np.log(np.diag(L))))
         ldRX2 = 2.0 * float(np.sum(np.log(np.abs(np.diag(RX)))))
-        out = {"theta": theta.copy(), "lam": lam, "L": L, "cu": cu, "RZX": RZX, "RX": RX,
+        out = {"theta": theta.copy(), "lam": lam_s, "L": L, "cu": cu, "RZX": RZX, "RX": RX,
                "beta": beta, "prss": prss, "ldL2": ldL2, "ldRX2": ldRX2}
         self._cache_theta, self._cache = theta.copy(), out
         return out
@@ -150,10 +160,10 @@ class PLSModel:
         s = self.solve(theta)
         u = sla.solve_triangular(s["L"], s["cu"] - s["RZX"] @ s["beta"], trans="T", lower=True,
                                  check_finite=False)
-        b = s["lam"] @ u
+        b = np.asarray(s["lam"] @ u)
         Linv = sla.solve_triangular(s["L"], np.eye(self.q), lower=True, check_finite=False)
         # Var(b | y) = σ² Λ (L L')⁻¹ Λ'  (lme4's condVar); only the diagonal q×q blocks are needed.
-        half = s["lam"] @ Linv.T  # Λ L'⁻¹
+        half = np.asarray(s["lam"] @ Linv.T)  # Λ L'⁻¹
         blups, condvar = [], []
         for blk, off in zip(self.spec.blocks, self.offsets):
             m = blk.n_levels * blk.q
@@ -165,6 +175,13 @@ class PLSModel:
                 cv[lev] = sigma ** 2 * (h @ h.T)
             condvar.append(cv)
         return blups, condvar
+
+
+def blas_limits(spec: ModelSpec):
+    """One BLAS thread for small problems: threads only add overhead on matrices this size,
+    and on a busy machine they cost 100×."""
+    q = sum(b.q * b.n_levels for b in spec.blocks)
+    return threadpool_limits(limits=1 if q <= 1500 else None, user_api="blas")
 
 
 _MODELS: OrderedDict[int, tuple[ModelSpec, PLSModel]] = OrderedDict()
@@ -287,6 +304,11 @@ class PLSEngine:
 
     def fit(self, spec: ModelSpec, reml: bool = True, *, start: np.ndarray | None = None,
             options: dict | None = None) -> EngineResult:
+        with blas_limits(spec):
+            return self._fit(spec, reml, start, options)
+
+    def _fit(self, spec: ModelSpec, reml: bool, start: np.ndarray | None,
+             options: dict | None) -> EngineResult:
         model = pls_model(spec)
         theta, obj, converged, messages, nev = optimize_theta(spec, reml, start, options)
         s = model.solve(theta)
