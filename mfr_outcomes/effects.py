@@ -532,9 +532,10 @@ def paresthesia_gee(study: Any, by: str | None = "technique", *, measure: str = 
         terms.append(c)
     used = ["value", "patient_id"] + terms
     n0 = len(frame)
+    with_na = [c for c in used if frame[c].isna().any()]
     frame = frame.dropna(subset=used)
     if len(frame) < n0:
-        _caution(notes, f"{n0 - len(frame)} reading(s) with missing {', '.join(terms)} left out")
+        _caution(notes, f"{n0 - len(frame)} reading(s) with missing {', '.join(with_na)} left out")
     for col in frame.columns:
         s = frame[col]
         if isinstance(s.dtype, pd.CategoricalDtype):

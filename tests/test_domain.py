@@ -181,3 +181,18 @@ def test_followup_without_followup_visits_warns(synthetic_study):
             warnings.simplefilter("ignore", ModelWarning)
             fit = fit_followup(study, "odi", therapist=False)
     assert "follow_up" not in set(fit.spec.data["stage"].astype(str))
+
+
+def test_thin_level_of_by_warns(synthetic_study):
+    ses = synthetic_study.sessions.copy()
+    tech = ses["technique"].astype(str)
+    first = ses["patient_id"] == "P001"
+    ses.loc[(tech == "massage") & ~first, "technique"] = "direct_pressure"
+    ses.loc[first & (tech != "none"), "technique"] = "massage"
+    study = _subset(synthetic_study, 20, sessions=ses)
+    with pytest.warns(ModelWarning, match="fewer than 3 patients"):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="^(?!.*fewer than 3).*",
+                                    category=ModelWarning)
+            fit = fit_prepost(study, "pain_nrs", therapist=False)
+    assert any("['massage']" in n for n in fit.notes)

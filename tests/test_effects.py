@@ -271,3 +271,19 @@ def test_paresthesia_gee_cautions_and_errors(small_study, hand_study):
         E.paresthesia_gee(hand_study, measure="pain_nrs")
     with pytest.raises(ValueError, match="is binary"):
         E.responders(small_study, "paresthesia")
+
+
+def test_paresthesia_gee_missing_covariate_rows_are_reported(synthetic_study):
+    from mfr_outcomes.study import Study
+
+    pts = synthetic_study.patients.copy()
+    pts["age_years"] = pts["age_years"].astype("Float64")
+    pts.loc[pts.index[:3], "age_years"] = pd.NA
+    study = Study(pts, synthetic_study.sessions, synthetic_study.measurements)
+    with pytest.warns(DataWarning, match="missing age_years left out"):
+        out = E.paresthesia_gee(study, by=None, covariates=["age_years"])
+    assert "age_years" in set(out["term"])
+    full = synthetic_study.frame("paresthesia")
+    full = full[(full["post"] == 0) & (full["technique"].astype(str) != "none")]
+    dropped = full["patient_id"].isin(set(pts["patient_id"].iloc[:3])).sum()
+    assert out.attrs["n_obs"] == len(full) - dropped
