@@ -307,3 +307,46 @@ def test_generate_frames_is_fast_for_power_loops():
     elapsed = time.perf_counter() - t0
     assert frames["patients"].shape[0] == 20_000
     assert elapsed < 15, f"20 000 patients took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("effects", [
+    {"n_sessions": (1, 1)},
+    {"n_sessions": (12, 16), "sessions_per_week": (3, 3)},
+    {"n_sites": 1, "therapists_per_site": (1, 1)},
+    {"missing_reading_prob": 0.0, "followup_attendance": 0.0, "followup_attendance_dropout": 0.0},
+    {"session_sd": 0.7, "residual_sd": 0.5, "dropout_after_visit": 30},
+])
+def test_design_keys_give_valid_tables(effects):
+    study, truth = generate(n_patients=25, seed=4, **effects)
+    assert study.report.ok and not study.report.findings
+    tx = study.sessions[study.sessions["technique"] != "none"]
+    n_tx = tx.groupby("patient_id", observed=True).size()
+    assert n_tx.max() <= truth.n_sessions[1]
+    assert study.patients["site_id"].nunique() <= truth.n_sites
+    if truth.missing_reading_prob == 0:
+        pain = study.measurements[study.measurements["measure"] == "pain_nrs"]
+        assert len(pain) == 2 * len(tx)  # pre and post at every treatment visit, no follow-up
+
+
+def test_generator_seed_and_no_measures():
+    rng = np.random.default_rng(12)
+    a, _ = generate_frames(10, rng)
+    b, _ = generate_frames(10, rng)  # the generator moves on: a new clinic
+    assert not a["patients"]["age_years"].equals(b["patients"]["age_years"])
+    empty, _ = generate_frames(10, seed=1, measures=[])
+    assert list(empty["measurements"].columns) == ["session_id", "phase", "measure", "side",
+                                                   "value"]
+    assert empty["measurements"].empty
+
+
+def test_odi_at_first_last_and_followup_only(medium):
+    frames, _ = medium
+    j = _joined(frames)
+    s = frames["sessions"]
+    odi = j[j["measure"] == "odi"]
+    last_tx = s[s["technique"] != "none"].groupby("patient_id")["session_number"].max()
+    allowed = (odi["session_number"] == 1) | (odi["technique"] == "none") | \
+        (odi["session_number"].to_numpy() == last_tx.reindex(odi["patient_id"]).to_numpy())
+    assert allowed.all()
+    assert (odi["value"] % 2 == 0).all()
+    assert 28 < odi.loc[odi["session_number"] == 1, "value"].mean() < 44
