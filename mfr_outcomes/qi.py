@@ -807,7 +807,8 @@ def p_chart(successes: Any, totals: Any, dates: Any = None, *,
     notes: list[str] = []
     if not ok.any():
         p_bar = np.nan
-        notes.append("No subgroup has a denominator: nothing to chart.")
+        notes.append(f"No subgroup has both a count of {what} and a denominator above 0: "
+                     "nothing to chart.")
     else:
         okb = ok & _baseline_mask(len(x), freeze)
         p_bar = float(x[okb].sum() / n[okb].sum()) if okb.any() else np.nan

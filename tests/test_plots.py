@@ -412,3 +412,14 @@ def test_prepost_slopes_sided_measure_uses_affected_side(small_study):
         sub = pp[pp["technique"].astype(str) == tech]
         (mean_line,) = _gid(ax, "mean")
         np.testing.assert_allclose(mean_line.get_ydata(), [sub["pre"].mean(), sub["post"].mean()])
+
+
+def test_no_patient_identifier_in_any_text(small_study, pain, course_fit):
+    ids = set(small_study.patients["patient_id"].astype(str))
+    figs = [plots.caterpillar(course_fit).figure,
+            plots.responder_waterfall(_responders(pain, "pain_nrs"), "pain_nrs").figure,
+            plots.trajectories(small_study, "pain_nrs").figure,
+            plots.residual_diagnostics(course_fit)[0].figure]
+    for fig in figs:
+        texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+        assert texts and not any(pid in t for t in texts for pid in ids)
