@@ -184,15 +184,15 @@ class Stats:
         return int(self.Zty.shape[1])
 
 
-def _group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    """Column sums of *values* (n, m) by group code -> (m, n_groups).
+def _group_sums(values_t: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
+    """Row sums of *values_t* (m, n) by the group code of each column -> (m, n_groups).
 
-    A sparse indicator matrix times *values*: one pass, no sorting (an order of magnitude faster
+    A dense-times-sparse-indicator product: one pass, no sorting (an order of magnitude faster
     than ``np.add.reduceat`` over rows of a wide array).
     """
-    n = values.shape[0]
-    ind = sparse.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
-    return np.ascontiguousarray(np.asarray(ind @ values).T)
+    n = values_t.shape[1]
+    ind_t = sparse.csc_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, n_groups))
+    return np.ascontiguousarray(np.asarray(values_t @ ind_t))
 
 
 def sufficient_statistics(spec_or_arrays, rows=None) -> Stats:
@@ -231,12 +231,14 @@ def sufficient_statistics(spec_or_arrays, rows=None) -> Stats:
     oc = arrays.get("outer_codes")
     qt, p = Z.shape[1], X.shape[1]
     tri = [(a, b) for a in range(qt) for b in range(a, qt)]
-    wide = np.empty((y.shape[0], qt * p + len(tri) + qt))
+    # row products laid out one contiguous row per product (column-wise writes are ~10x slower)
+    XT, ZT = X.T, Z.T
+    wide = np.empty((qt * p + len(tri) + qt, y.shape[0]))
     for a in range(qt):
-        np.multiply(Z[:, a:a + 1], X, out=wide[:, a * p:(a + 1) * p])
+        np.multiply(ZT[a], XT, out=wide[a * p:(a + 1) * p])
     for k, (a, b) in enumerate(tri):
-        np.multiply(Z[:, a], Z[:, b], out=wide[:, qt * p + k])
-    np.multiply(Z, y[:, None], out=wide[:, qt * p + len(tri):])
+        np.multiply(ZT[a], ZT[b], out=wide[qt * p + k])
+    np.multiply(ZT, y, out=wide[qt * p + len(tri):])
     sums = _group_sums(wide, codes, G)
     ZtX = sums[:qt * p].reshape(qt, p, G)
     ZtZ = np.empty((qt, qt, G))
@@ -509,6 +511,7 @@ class _Classes:
     C: np.ndarray  # (q, q, K)
     count: np.ndarray  # (K,)
     omega: np.ndarray  # (q, q, K, p + 1, p + 1)
+    omega_x: np.ndarray  # (q q K, p p): the X block of omega, flattened
 
 
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Classes | None:
@@ -525,7 +528,11 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Clas
     if not np.array_equal(uniq[cls.ravel()], flat):
         uniq, cls, count = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
     K = uniq.shape[0]
-    limit = max(8, G // (2 * (p + 1))) if max_classes is None else max_classes
+    # pooled evaluations cost ~K q² (p+1)² against ~30 G q p per group; the pooled outer
+    # products take K q² (p+1)² doubles of memory
+    limit = min(max(8, G // 2), 4_000_000 // (q * q * (p + 1) ** 2))
+    if max_classes is not None:
+        limit = max_classes
     if K > limit:
         return None
     cls = cls.ravel()
@@ -541,7 +548,7 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Clas
                 if b != a:
                     omega[b, a, k] = omega[a, b, k].T
     return _Classes(C=np.ascontiguousarray(uniq.T.reshape(q, q, K)), count=count.astype(float),
-                    omega=omega)
+                    omega=omega, omega_x=omega[:, :, :, :p, :p].reshape(q * q * K, p * p).copy())
 
 
 def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
@@ -561,11 +568,11 @@ def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray
                                                   axis=1)))
     parts = {"L": L, "LiLt": LiLt, "lg": lam}
     try:
-        RX = linalg.cholesky(XtVX, lower=False)
+        RX = linalg.cholesky(XtVX, lower=False, check_finite=False)
     except linalg.LinAlgError:
         return _Eval(theta, logdet, np.full_like(XtVX, np.nan), np.full(p, np.nan), np.inf, parts)
-    cb = linalg.solve_triangular(RX, XtVy, trans="T")
-    beta = linalg.solve_triangular(RX, cb)
+    cb = linalg.solve_triangular(RX, XtVy, trans="T", check_finite=False)
+    beta = linalg.solve_triangular(RX, cb, check_finite=False)
     pwrss = max(stats.yty - float(S[p, p]) - float(cb @ cb), 1e-300)
     return _Eval(theta, logdet, RX, beta, pwrss, parts)
 
@@ -582,14 +589,15 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     for a in range(q):
         F[a, a] += 1.0
     w = np.r_[-ev.beta, 1.0]
-    E = np.einsum("abkij,i,j->abk", cl.omega, w, w)  # Σ e eᵀ with e = Zᵀ(y - Xβ)
+    p1 = p + 1
+    E = ((cl.omega.reshape(-1, p1) @ w).reshape(-1, p1) @ w).reshape(q, q, -1)  # Σ e eᵀ
     FE = _bmm(F, E)
     nn = (n - p) if reml else n
     grad_m -= (2.0 * nn / ev.pwrss) * np.einsum("ack,bck->ab", FE, H)
     if reml:
-        RXi = linalg.solve_triangular(ev.RX, np.eye(p))
+        RXi = linalg.solve_triangular(ev.RX, np.eye(p), check_finite=False)
         Pinv = RXi @ RXi.T
-        Pi = np.einsum("abkij,ji->abk", cl.omega[:, :, :, :p, :p], Pinv)
+        Pi = (cl.omega_x @ Pinv.ravel()).reshape(q, q, -1)  # tr(P⁻¹ Ω) per class
         M = np.einsum("ack,cdk,bdk->ab", F, Pi, F)
         grad_m -= 2.0 * (lam.T @ M).T
     return np.array([grad_m[r, c] for (_, r, c) in lay.theta_pos])
@@ -637,7 +645,8 @@ def vcov_beta_varpar(stats: Stats, lay: Layout, varpar: np.ndarray,
 class FastEngine:
     """Engine "fast": one grouping factor (+ one nesting level), REML or ML, exact.
 
-    Options (``options`` dict of ``fit``): ``gtol`` (default 1e-10), ``maxiter`` (1000),
+    Options (``options`` dict of ``fit``): ``gtol`` (default 1e-7, on the projected gradient of
+    the deviance), ``ftol`` (1e-13, relative change of the deviance), ``maxiter`` (1000),
     ``boundary_tol`` (1e-4: lme4's ``isSingular`` tolerance on diagonal θ), ``compress``
     (default True: pool groups with equal ZᵢᵀZᵢ when that makes evaluations cheaper).
     """
@@ -671,7 +680,7 @@ class FastEngine:
                   lower: np.ndarray | None = None, theta0: np.ndarray | None = None,
                   light: bool = False) -> EngineResult:
         """Fit from sufficient statistics. ``light=True`` skips modes and conditional variances."""
-        opts = {"gtol": 1e-10, "maxiter": 1000, "boundary_tol": 1e-4}
+        opts = {"gtol": 1e-7, "ftol": 1e-13, "maxiter": 1000, "boundary_tol": 1e-4}
         opts.update(options or {})
         n, p = stats.n, stats.p
         nth = len(lay.theta_pos)
@@ -698,9 +707,38 @@ class FastEngine:
             return f, _fd_gradient(
                 lambda t: _objective(_eval_any(stats, lay, t, classes), n, p, reml), th, f, lower)
 
+        lbfgs = {"ftol": opts["ftol"], "gtol": opts["gtol"], "maxiter": opts["maxiter"],
+                 "maxcor": 20}
+
+        def objective_only(th: np.ndarray) -> float:
+            nev[0] += 1
+            return _objective(_eval_any(stats, lay, th, classes), n, p, reml)
+
         res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"ftol": 1e-15, "gtol": opts["gtol"],
-                                         "maxiter": opts["maxiter"], "maxcor": 20})
+                                options=lbfgs)
+        # A diagonal θ at 0 is a stationary point in its own direction (the deviance depends on
+        # it through its square), also when the deviance falls away from it: a gradient method
+        # can stop there. Probe inside the bound and restart from any better point.
+        restarts = 0
+        while restarts < 4:
+            theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)
+            at_bound = np.flatnonzero((lower == 0.0) & (theta == 0.0))
+            if at_bound.size == 0:
+                break
+            best_f, best = float(res.fun), None
+            scale = max(float(np.max(np.abs(theta))), 1.0)
+            for k in at_bound:
+                for delta in (1e-3, 1e-2, 0.1, 0.5):
+                    trial = theta.copy()
+                    trial[k] = delta * scale
+                    ft = objective_only(trial)
+                    if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
+                        best_f, best = ft, trial
+            if best is None:
+                break
+            res = optimize.minimize(fg, best, jac=True, method="L-BFGS-B", bounds=bounds,
+                                    options=lbfgs)
+            restarts += 1
         theta = np.asarray(res.x, dtype=float)
         theta = np.where((lower == 0.0) & (theta < 0), 0.0, theta)
         messages = []
