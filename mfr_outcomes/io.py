@@ -208,14 +208,22 @@ def _decode(path: Path, encoding: str | None) -> str:
 
 
 def _sniff_sep(text: str) -> str:
-    sample = "\n".join(text.splitlines()[:20])
+    """The field separator: the candidate used most in the header line.
+
+    Header names rarely contain separators, while data rows may hold decimal commas, so the
+    header decides; csv.Sniffer breaks ties and handles a header without any candidate.
+    """
+    lines = text.splitlines()
+    header = next((line for line in lines if line.strip()), "")
+    counts = {d: header.count(d) for d in (";", ",", "\t", "|")}
+    best = max(counts.values())
+    winners = [d for d, n in counts.items() if n == best]
+    if best and len(winners) == 1:
+        return winners[0]
     try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+        return csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|").delimiter
     except csv.Error:
-        header = text.splitlines()[0] if text else ""
-        counts = {d: header.count(d) for d in ",;\t|"}
-        best = max(counts, key=counts.get)
-        return best if counts[best] else ","
+        return winners[0] if best else ","
 
 
 def read_csv_text(text: str, table: str, file: str, *, sep: str | None = None,

@@ -291,3 +291,36 @@ def test_unreadable_sources(tmp_path):
         mfr.load_study("nosuchdialect://x/y")
     with pytest.raises(SourceError, match="cannot read a source of type int"):
         mfr.load_study(42)
+
+
+def test_sniffer_prefers_header_over_decimal_commas():
+    text = "session_id;phase;measure;side;value\nS1;pre;odi;none;40,5\nS1;post;odi;none;38,0\n"
+    inp = read_csv_text(text, "measurements", "measurements.csv")
+    assert list(inp.frame.columns) == ["session_id", "phase", "measure", "side", "value"]
+    assert inp.decimal == ","
+    assert inp.frame["value"].tolist() == ["40,5", "38,0"]
+    tabbed = read_csv_text("session_id\tphase\nS1\tpre\n", "measurements", "m.tsv")
+    assert tabbed.frame.loc[0, "phase"] == "pre" and tabbed.decimal == "."
+
+
+def test_xlsx_and_database_findings_name_rows(tmp_path):
+    frames = tiny_frames()
+    frames["sessions"].loc[2, "duration_min"] = "-5"  # third data row
+    book = tmp_path / "clinic.xlsx"
+    with pd.ExcelWriter(book) as writer:
+        for table, frame in frames.items():
+            frame.to_excel(writer, sheet_name=table, index=False)
+    [finding] = mfr.validate(book).findings
+    # sheet rows as the spreadsheet shows them: header row 1, third data row is row 4
+    assert finding.message == ("clinic.xlsx sheet sessions row 4: duration_min = -5, must be "
+                               "5–180 (set to missing; row kept)")
+    db = tmp_path / "clinic.sqlite"
+    con = sqlite3.connect(db)
+    for table, frame in frames.items():
+        frame.to_sql(table, con, index=False)
+    con.close()
+    [finding] = mfr.validate(db).findings
+    # database rows are counted from 1 (no header row)
+    assert finding.message == ("clinic.sqlite table sessions row 3: duration_min = -5, must be "
+                               "5–180 (set to missing; row kept)")
+    assert finding.line == 3
