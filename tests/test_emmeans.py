@@ -186,3 +186,46 @@ def test_nonestimable_cell_warns_and_is_missing():
     assert con.set_index("technique").loc["massage", "estimate"] != \
         con.set_index("technique").loc["massage", "estimate"]
     assert con["estimate"].notna().sum() == 3
+
+
+@pytest.mark.reference
+def test_interaction_contrasts_match_r(fits, ref):
+    fit = fits["slope"]
+    out = contrasts(fit, ["post", "technique"], interaction=["revpairwise", "pairwise"])
+    _compare(out, ref["slope"]["con_interaction"], ["post_revpairwise", "technique_pairwise"])
+    assert (out["adjust"] == "none").all()
+    holm = contrasts(fit, ["post", "technique"], interaction=["revpairwise", "pairwise"],
+                     adjust="holm")
+    _compare(holm, ref["slope"]["con_interaction_holm"],
+             ["post_revpairwise", "technique_pairwise"])
+    with pytest.raises(ValueError, match="interaction needs"):
+        contrasts(fit, ["post", "technique"], interaction=["revpairwise"])
+
+
+@pytest.fixture(scope="module")
+def synthetic_ref() -> dict:
+    return json.loads((REF / "marginal_synthetic.json").read_text())["models"]["domain"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_fit(synthetic_ref):
+    d = pd.read_csv(REF / "data" / "prepost.csv")
+    d["technique"] = pd.Categorical(d["technique"], categories=TECH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        return fit_mixed(d, synthetic_ref["model"]["formula"])
+
+
+@pytest.mark.reference
+def test_synthetic_prepost_boundary_fit_matches_r(synthetic_fit, synthetic_ref):
+    """The shipped pain data under fit_prepost's formula: a boundary fit in lme4 too."""
+    fit = synthetic_fit
+    assert synthetic_ref["model"]["singular"] and fit.diagnostics["singular"]
+    _compare(emmeans(fit, "post", by="technique"), synthetic_ref["emm_post_by_technique"],
+             ["post", "technique"])
+    _compare(contrasts(fit, "post", by="technique"), synthetic_ref["con_post_by_technique"],
+             ["contrast", "technique"])
+    _compare(contrasts(fit, "technique", method="pairwise"), synthetic_ref["con_technique_tukey"],
+             ["contrast"])
+    _compare(contrasts(fit, ["post", "technique"], interaction=["revpairwise", "pairwise"]),
+             synthetic_ref["con_interaction"], ["post_revpairwise", "technique_pairwise"])

@@ -124,3 +124,25 @@ def test_random_slope_not_in_fixed_part_warns(data):
 def test_icc_by_group_with_slopes_warns(fits):
     with pytest.warns(ModelWarning, match="random slopes"):
         icc(fits["slope"], by_group=True)
+
+
+@pytest.mark.reference
+def test_boundary_fit_matches_performance_on_synthetic_data():
+    """performance gives NA ICC and conditional R² for a singular fit, and σ²_f/(σ²_f + σ²_e)."""
+    ref = json.loads((REF / "marginal_synthetic.json").read_text())["models"]["domain"]
+    d = pd.read_csv(REF / "data" / "prepost.csv")
+    d["technique"] = pd.Categorical(d["technique"], categories=TECH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        fit = fit_mixed(d, ref["model"]["formula"])
+    r = ref["icc_r2"]
+    assert r["icc_adjusted"] is None and r["r2_conditional"] is None
+    with pytest.warns(ModelWarning, match="singular"):
+        res = icc(fit)
+    assert np.isnan(res.adjusted)
+    with pytest.warns(ModelWarning, match="singular"):
+        r2 = r2_nakagawa(fit)
+    assert np.isnan(r2.conditional)
+    assert r2.marginal == pytest.approx(r["r2_marginal"], abs=1e-3)
+    assert r2.parts.var_fixed == pytest.approx(r["var_fixed"], rel=1e-3)
+    assert r2.parts.var_residual == pytest.approx(r["var_residual"], rel=1e-3)

@@ -495,10 +495,28 @@ def _contrast_weights(method: str | Mapping[str, Sequence[float]], labels: list[
     return out
 
 
+def _interaction_weights(sub: pd.DataFrame, spec_vars: list[str], values: dict[str, list],
+                         methods: list[str]) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Products of one contrast family per spec variable, over the cells of one by group."""
+    per_var = []
+    for v, m in zip(spec_vars, methods):
+        labels = [_level_label(v, x, False) for x in values[v]]
+        per_var.append(_contrast_weights(m, labels))
+    index = {v: {str(x): i for i, x in enumerate(values[v])} for v in spec_vars}
+    pos = [tuple(index[v][str(r[v])] for v in spec_vars) for _, r in sub.iterrows()]
+    out = []
+    # the first variable's contrasts vary fastest, as emmeans lists them
+    for combo in itertools.product(*per_var[::-1]):
+        combo = combo[::-1]
+        w = np.array([np.prod([combo[k][1][p[k]] for k in range(len(spec_vars))]) for p in pos])
+        out.append((tuple(c[0] for c in combo), w))
+    return out
+
+
 def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None,
               method: str | Mapping[str, Sequence[float]] = "revpairwise",
               adjust: str | None = None, at: Mapping[str, Any] | None = None,
-              level: float = 0.95) -> pd.DataFrame:
+              level: float = 0.95, interaction: Sequence[str] | None = None) -> pd.DataFrame:
     """Contrasts among estimated marginal means, within each ``by`` group.
 
     Parameters
@@ -520,17 +538,33 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
         intervals are Bonferroni's (emmeans does the same).
     level : float
         Confidence level.
+    interaction : sequence of str, optional
+        Interaction contrasts (emmeans' ``contrast(emm, interaction = c(...))``): one contrast
+        family per spec variable, e.g. ``contrasts(fit, ["post", "technique"],
+        interaction=["revpairwise", "pairwise"])`` compares the post − pre change between every
+        pair of techniques. ``method`` is then ignored and the default ``adjust`` is "none", as
+        in emmeans.
 
     Returns
     -------
     DataFrame
         Columns: contrast, the by variables, estimate, std_error, df, statistic, p_value, ci_low,
-        ci_high, adjust; ``.attrs["notes"]`` explains averaging and adjustment changes.
+        ci_high, adjust; ``.attrs["notes"]`` explains averaging and adjustment changes. With
+        ``interaction``, one column ``<variable>_<method>`` per spec variable instead of
+        ``contrast`` (as emmeans labels them).
     """
     _check_level(level)
     cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(fit, specs, by, at)
     numeric = {v: _factor_levels(fit, v) is None for v in spec_vars}
     family_of_cell = _families(cells, by_vars)
+    if interaction is not None:
+        interaction = [interaction] if isinstance(interaction, str) else list(interaction)
+        if len(interaction) != len(spec_vars) or \
+                any(m not in CONTRAST_METHODS for m in interaction):
+            raise ValueError(f"interaction needs one of {', '.join(CONTRAST_METHODS)} for each "
+                             f"spec variable ({', '.join(spec_vars)}); got {interaction!r}")
+        if adjust is None:
+            adjust = "none"
     if adjust is None:
         if isinstance(method, Mapping):
             adjust = "none"
@@ -542,7 +576,8 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
         raise ValueError(f"adjust must be one of {', '.join(ADJUST_METHODS)}; got {adjust!r}")
     notes: list[str] = []
     method_used = adjust
-    if adjust == "tukey" and (isinstance(method, Mapping) or method == "trt.vs.ctrl"):
+    if adjust == "tukey" and (isinstance(method, Mapping) or method == "trt.vs.ctrl"
+                              or (interaction is not None and len(spec_vars) > 1)):
         method_used = "sidak"
         notes.append("adjust='tukey' is only for one set of pairwise comparisons; sidak used "
                      "instead, as emmeans does")
@@ -556,7 +591,9 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
                            for v in spec_vars) for _, r in sub.iterrows()]
         if len(idx) < 2 and not isinstance(method, Mapping):
             continue
-        for name, w in _contrast_weights(method, labels):
+        pairs = _interaction_weights(sub, spec_vars, values, interaction) \
+            if interaction is not None else _contrast_weights(method, labels)
+        for name, w in pairs:
             full = np.zeros(len(cells))
             full[idx] = w
             weights.append(full)
@@ -569,8 +606,13 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
                          f"nothing to contrast")
     W = np.vstack(weights)
     C = W @ L
-    res = _contrast_rows(fit, C, rows, level)
-    out = pd.DataFrame({"contrast": rows})
+    res = _contrast_rows(fit, C, [" : ".join(r) if isinstance(r, tuple) else r for r in rows],
+                         level)
+    if interaction is not None:
+        out = pd.DataFrame({f"{v}_{m}": [r[i] for r in rows]
+                            for i, (v, m) in enumerate(zip(spec_vars, interaction))})
+    else:
+        out = pd.DataFrame({"contrast": rows})
     for v in by_vars:
         out[v] = [b[v] for b in by_values]
     for col in ("estimate", "std_error", "df"):
@@ -597,5 +639,6 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
     out["adjust"] = method_used
     out.attrs.update({"notes": notes, "averaged_over": averaged, "at": held, "level": level,
                       "adjust": method_used, "specs": spec_vars, "by": by_vars,
-                      "method": method if isinstance(method, str) else "custom"})
+                      "method": ("interaction" if interaction is not None else
+                                 method if isinstance(method, str) else "custom")})
     return out

@@ -58,8 +58,9 @@ icc_r2 <- function(m) {
   r2 <- suppressWarnings(performance::r2_nakagawa(m))
   vv <- suppressWarnings(insight::get_variance(m))
   bg <- suppressWarnings(performance::icc(m, by_group = TRUE))
+  bg <- if (is.data.frame(bg)) data.frame(group = as.character(bg$Group), icc = bg$ICC) else NA
   list(
-    icc_by_group = data.frame(group = as.character(bg$Group), icc = bg$ICC),
+    icc_by_group = bg,
     icc_adjusted = if (is.list(ic)) ic$ICC_adjusted else NA,
     icc_unadjusted = if (is.list(ic)) ic$ICC_unadjusted else NA,
     r2_marginal = unname(r2$R2_marginal),
@@ -102,6 +103,12 @@ marginal_prepost <- function(path, name) {
     con_technique_by_post_tukey = tidy_emm(contrast(e_tp, "pairwise", adjust = "tukey")),
     con_technique_custom = tidy_emm(contrast(e_tech, list(dp_vs_rest = c(1, -1/3, -1/3, -1/3)),
                                              adjust = "none")),
+    con_interaction = tidy_emm(contrast(emmeans(m1, ~ post * technique, at = list(post = c(0, 1))),
+                                        interaction = c("revpairwise", "pairwise"))),
+    con_interaction_holm = tidy_emm(contrast(emmeans(m1, ~ post * technique,
+                                                     at = list(post = c(0, 1))),
+                                             interaction = c("revpairwise", "pairwise"),
+                                             adjust = "holm")),
     icc_r2 = icc_r2(m1)
   )
   res$models$slope <- r1
@@ -133,3 +140,33 @@ marginal_prepost <- function(path, name) {
 }
 
 marginal_prepost("tests/reference/data/marginal_prepost.csv", "prepost")
+
+# The shipped synthetic pain frame (written by make_inputs.py as prepost.csv), with fit_prepost's
+# formula: the numbers a user of mfr.fit_prepost(study, "pain_nrs") should see.
+synthetic_prepost <- function(path) {
+  if (!file.exists(path)) {
+    message("skipping ", path, " (not written yet)")
+    return(invisible(NULL))
+  }
+  d <- read.csv(path, stringsAsFactors = FALSE)
+  d$technique <- factor(d$technique, levels = TECH[TECH %in% unique(d$technique)])
+  m <- lmer(value ~ post * technique + session_number + (post | patient_id) + (1 | therapist_id),
+            data = d, REML = TRUE)
+  e <- emmeans(m, ~ post | technique, at = list(post = c(0, 1)))
+  et <- emmeans(m, ~ technique)
+  res <- list(data = basename(path), versions = versions(), models = list(
+    domain = list(
+      model = model_block(m, d),
+      emm_post_by_technique = tidy_emm(e),
+      con_post_by_technique = tidy_emm(contrast(e, "revpairwise")),
+      con_technique_tukey = tidy_emm(contrast(et, "pairwise", adjust = "tukey")),
+      con_interaction = tidy_emm(contrast(emmeans(m, ~ post * technique, at = list(post = c(0, 1))),
+                                          interaction = c("revpairwise", "pairwise"))),
+      icc_r2 = icc_r2(m)
+    )))
+  out <- "tests/reference/marginal_synthetic.json"
+  writeLines(toJSON(res, auto_unbox = TRUE, digits = NA, pretty = TRUE, na = "null"), out)
+  message("wrote ", out)
+}
+
+synthetic_prepost("tests/reference/data/prepost.csv")
