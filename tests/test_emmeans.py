@@ -204,7 +204,14 @@ def test_interaction_contrasts_match_r(fits, ref):
 
 @pytest.fixture(scope="module")
 def synthetic_ref() -> dict:
-    return json.loads((REF / "marginal_synthetic.json").read_text())["models"]["domain"]
+    full = json.loads((REF / "marginal_synthetic.json").read_text())
+    d = pd.read_csv(REF / "data" / "prepost.csv")
+    check = full["data_check"]
+    if (len(d), round(d["value"].sum(), 6), int(d["post"].sum())) != \
+            (check["nrow"], round(check["value_sum"], 6), check["post_sum"]):
+        pytest.fail("tests/reference/data/prepost.csv changed since marginal_synthetic.json was "
+                    "written: rerun `Rscript tests/reference/make_reference_marginal.R`")
+    return full["models"]["domain"]
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,10 @@ marginal_prepost <- function(path, name) {
   d$technique <- factor(d$technique, levels = TECH[TECH %in% unique(d$technique)])
   d$patient_id <- factor(d$patient_id)
   d$therapist_id <- factor(d$therapist_id)
-  res <- list(data = basename(path), versions = versions(), models = list())
+  res <- list(data = basename(path), versions = versions(),
+              data_check = list(nrow = nrow(d), value_sum = sum(d$value),
+                                post_sum = sum(d$post)),
+              models = list())
 
   # Model 1: random intercept and post slope per patient.
   m1 <- lmer(value ~ post * technique + session_number + (post | patient_id), data = d, REML = TRUE)
@@ -154,7 +157,10 @@ synthetic_prepost <- function(path) {
             data = d, REML = TRUE)
   e <- emmeans(m, ~ post | technique, at = list(post = c(0, 1)))
   et <- emmeans(m, ~ technique)
-  res <- list(data = basename(path), versions = versions(), models = list(
+  res <- list(data = basename(path), versions = versions(),
+              data_check = list(nrow = nrow(d), value_sum = sum(d$value),
+                                post_sum = sum(d$post)),
+              models = list(
     domain = list(
       model = model_block(m, d),
       emm_post_by_technique = tidy_emm(e),
