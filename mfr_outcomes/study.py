@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mfr_outcomes.vocab import TABLES
+from mfr_outcomes.warnings_ import DataWarning
 
 __all__ = [
     "Finding",
@@ -356,6 +358,11 @@ def _study_from_inputs(inputs: dict, *, source: str, strict: bool, dayfirst: boo
     report = ValidationReport(findings=findings, accounting=accounting, source=source)
     if strict and not report.ok:
         raise DataValidationError(report)
+    if not report.ok:
+        # rows are never dropped silently: say so once, the details are in the report
+        kept = sum(f.action == "kept" for f in findings)
+        warnings.warn(f"{source}: {report.n_excluded} row(s) excluded and {kept} caution(s) "
+                      f"while loading; see study.report", DataWarning, stacklevel=3)
     return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
 
 

@@ -14,6 +14,9 @@ from mfr_outcomes.io import ColumnMapError, SourceError, read_csv_text
 from mfr_outcomes.study import Study, from_frames
 from mfr_outcomes.vocab import TABLES
 
+# findings here are the point of the tests; their summary warning is expected
+pytestmark = pytest.mark.filterwarnings("ignore::mfr_outcomes.warnings_.DataWarning")
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"
 
 

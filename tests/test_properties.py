@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,9 @@ from mfr_outcomes.io import SourceError, read_csv_text
 from mfr_outcomes.schema import TABLE_SPECS
 from mfr_outcomes.study import from_frames
 from mfr_outcomes.vocab import TABLES
+
+# findings here are the point of the tests; their summary warning is expected
+pytestmark = pytest.mark.filterwarnings("ignore::mfr_outcomes.warnings_.DataWarning")
 
 BASE = Path(__file__).resolve().parent / "data" / "bad" / "base"
 FRAMES = {t: pd.read_csv(BASE / f"{t}.csv", dtype=str, keep_default_na=False) for t in TABLES}

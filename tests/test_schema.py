@@ -17,6 +17,9 @@ from pandera.errors import SchemaErrors
 import mfr_outcomes as mfr
 from mfr_outcomes.schema import TABLE_SPECS, required_columns, table_schema
 
+# findings here are the point of the tests; their summary warning is expected
+pytestmark = pytest.mark.filterwarnings("ignore::mfr_outcomes.warnings_.DataWarning")
+
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
 EXCL, KEPT, CAUT = "(row excluded)", "(set to missing; row kept)", "(row kept with a caution)"

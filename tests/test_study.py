@@ -17,6 +17,7 @@ from mfr_outcomes.study import (
     analysis_frame,
     from_frames,
 )
+from mfr_outcomes.warnings_ import DataWarning
 
 
 def tiny_frames() -> dict[str, pd.DataFrame]:
@@ -144,7 +145,8 @@ def test_strict_raises_with_report():
 def test_report_exports():
     frames = tiny_frames()
     frames["measurements"].loc[1, "value"] = "eleven"
-    study = from_frames(**frames)
+    with pytest.warns(DataWarning, match="1 row"):
+        study = from_frames(**frames)
     report = study.report
     assert isinstance(report, ValidationReport)
     table = report.to_frame()
@@ -184,3 +186,12 @@ def test_empty_tables_give_empty_study():
     assert len(study.patients) == 0 and study.measures == []
     assert study.summary().empty
     assert study.sessions["session_number"].dtype == "int64"
+
+
+def test_findings_raise_one_data_warning():
+    frames = tiny_frames()
+    frames["measurements"].loc[0, "value"] = "99"
+    with pytest.warns(DataWarning, match=r"<frames>: 1 row\(s\) excluded and 1 caution\(s\)"):
+        study = from_frames(**frames)
+    # the post reading of S1 lost its pre: a caution
+    assert [f.rule for f in study.report.findings] == ["out_of_range", "post_without_pre"]

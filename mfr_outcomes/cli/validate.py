@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -40,9 +41,13 @@ def run(args: argparse.Namespace) -> int:
 
     options = {k: getattr(args, k) for k in ("encoding", "sep", "decimal")
                if getattr(args, k, None) is not None}
+    from mfr_outcomes.warnings_ import DataWarning
+
     try:
-        study = load_study(args.source, column_map=args.column_map, strict=False,
-                           dayfirst=args.dayfirst, **options)
+        with warnings.catch_warnings():  # the findings are printed in full below
+            warnings.simplefilter("ignore", DataWarning)
+            study = load_study(args.source, column_map=args.column_map, strict=False,
+                               dayfirst=args.dayfirst, **options)
     except (SourceError, ColumnMapError) as exc:
         raise UserError(str(exc)) from None
     except (OSError, UnicodeError) as exc:
