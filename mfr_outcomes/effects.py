@@ -115,8 +115,12 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> resp = mfr.responders(mfr.load_study("data/synthetic"), "pain_nrs")  # doctest: +SKIP
-    >>> mfr.effects.responder_rate(resp, by="technique")  # doctest: +SKIP
+    >>> resp = mfr.responders(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> rate = mfr.effects.responder_rate(resp, by="technique")
+    >>> list(rate.columns)
+    ['technique', 'n', 'responders', 'rate', 'ci_low', 'ci_high']
+    >>> bool(((rate["ci_low"] <= rate["rate"]) & (rate["rate"] <= rate["ci_high"])).all())
+    True
     """
     m = _measure(measure)
     if m.binary:
@@ -422,6 +426,14 @@ def nnt(resp: pd.DataFrame, a: str, b: str, *, by: str = "technique", level: flo
         nnt_ci_high (the reciprocals of the RD limits, when the RD interval excludes 0),
         nntb_limit and nnth_limit (1/rd_ci_high and 1/|rd_ci_low|, when it includes 0; NaN
         otherwise), ci_includes_infinity, text, method, level.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> resp = pd.DataFrame({"technique": ["a"] * 40 + ["b"] * 40,
+    ...                      "responder": [True] * 30 + [False] * 10 + [True] * 15 + [False] * 25})
+    >>> nnt(resp, "a", "b")["text"]
+    'NNTB 2.7 (95% CI 1.7 to 5.8)'
     """
     _check_level(level)
     if by not in resp.columns:

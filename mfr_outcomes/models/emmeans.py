@@ -380,9 +380,13 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
 
     Examples
     --------
-    >>> import mfr_outcomes as mfr  # doctest: +SKIP
-    >>> fit = mfr.fit_prepost(study, "pain_nrs")  # doctest: +SKIP
-    >>> emmeans(fit, "post", by="technique")  # doctest: +SKIP
+    >>> import mfr_outcomes as mfr
+    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> emm = emmeans(fit, "post", by="technique")
+    >>> list(emm.columns)
+    ['post', 'technique', 'estimate', 'std_error', 'df', 'statistic', 'p_value', 'ci_low', 'ci_high']
+    >>> len(emm)  # pre and post for each of the four techniques
+    8
     """
     _check_level(level)
     cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(fit, specs, by, at)
@@ -552,6 +556,16 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
         ci_high, adjust; ``.attrs["notes"]`` explains averaging and adjustment changes. With
         ``interaction``, one column ``<variable>_<method>`` per spec variable instead of
         ``contrast`` (as emmeans labels them).
+
+    Examples
+    --------
+    >>> import mfr_outcomes as mfr
+    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> change = contrasts(fit, "post", by="technique")  # post − pre per technique
+    >>> change[["contrast", "technique"]].iloc[0].tolist()
+    ['post1 - post0', 'direct_pressure']
+    >>> bool((change["estimate"] < 0).all())  # pain is lower after a session
+    True
     """
     _check_level(level)
     cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(fit, specs, by, at)

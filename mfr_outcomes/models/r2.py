@@ -197,6 +197,14 @@ def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL
         slopes, since these ICCs then ignore them).
     tolerance : float
         Singularity tolerance; a singular fit gives NaN with a :class:`ModelWarning`.
+
+    Examples
+    --------
+    >>> import mfr_outcomes as mfr
+    >>> fit = mfr.fit_course(mfr.load_study("data/synthetic"), "pain_nrs", therapist=False)
+    >>> res = icc(fit)
+    >>> 0 < res.adjusted < 1 and res.unadjusted <= res.adjusted
+    True
     """
     parts = variance_parts(fit, tolerance=tolerance)
     notes = list(parts.notes)
@@ -220,6 +228,14 @@ def r2_nakagawa(fit: Any, *, tolerance: float = SINGULAR_TOL) -> R2Result:
 
     As ``performance::r2_nakagawa``: when random-effect variances are not available (singular
     fit) the marginal R² is σ²_f / (σ²_f + σ²_e) and the conditional R² is NaN.
+
+    Examples
+    --------
+    >>> import mfr_outcomes as mfr
+    >>> fit = mfr.fit_course(mfr.load_study("data/synthetic"), "pain_nrs", therapist=False)
+    >>> r2 = r2_nakagawa(fit)
+    >>> 0 < r2.marginal < r2.conditional < 1
+    True
     """
     parts = variance_parts(fit, tolerance=tolerance)
     notes = list(parts.notes)
