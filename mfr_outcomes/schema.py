@@ -565,6 +565,13 @@ def _session_dates(s: _Table, p: _Table) -> None:
                               f"taken from date order", "kept")
                 elif g.notna().all():
                     final.loc[grp.index] = g.to_numpy()
+                elif g.notna().any():
+                    for j in g.index[g.isna()]:
+                        if pd.isna(s.raw["session_number"].iat[j]):  # else already reported
+                            s.add(int(j), "session_number", None, "session_order",
+                                  f"session_number is empty while other visits of patient "
+                                  f"{pid} are numbered; numbers of this patient are taken "
+                                  f"from date order", "kept")
         derived.loc[final.index] = final.to_numpy()
     s.typed["session_number"] = derived
 

@@ -195,3 +195,24 @@ def test_findings_raise_one_data_warning():
         study = from_frames(**frames)
     # the post reading of S1 lost its pre: a caution
     assert [f.rule for f in study.report.findings] == ["out_of_range", "post_without_pre"]
+
+
+def test_given_session_numbers_kept_when_in_date_order_with_gaps():
+    frames = tiny_frames()
+    frames["sessions"]["session_number"] = ["5", "3", "1", "2"]  # P1: 1 Jan is 3, 15 Jan is 5
+    study = from_frames(**frames)
+    assert study.report.ok, str(study.report)
+    numbers = dict(zip(study.sessions["session_id"], study.sessions["session_number"]))
+    assert numbers == {"S1": 5, "S2": 3, "S3": 1, "S4": 2}
+
+
+def test_partly_numbered_patient_falls_back_to_date_order():
+    frames = tiny_frames()
+    frames["sessions"]["session_number"] = ["5", "", "1", "2"]
+    with pytest.warns(DataWarning):
+        study = from_frames(**frames)
+    assert [f.message for f in study.report.findings] == [
+        "sessions row 2: session_number is empty while other visits of patient P1 are numbered; "
+        "numbers of this patient are taken from date order (row kept with a caution)"]
+    numbers = dict(zip(study.sessions["session_id"], study.sessions["session_number"]))
+    assert numbers == {"S1": 2, "S2": 1, "S3": 1, "S4": 2}
