@@ -236,3 +236,17 @@ def test_synthetic_prepost_boundary_fit_matches_r(synthetic_fit, synthetic_ref):
              ["contrast"])
     _compare(contrasts(fit, ["post", "technique"], interaction=["revpairwise", "pairwise"]),
              synthetic_ref["con_interaction"], ["post_revpairwise", "technique_pairwise"])
+
+
+def test_asymptotic_df_gives_z_based_tukey():
+    d = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        fit = fit_mixed(d, "value ~ post * technique + session_number + (post | patient_id)",
+                        df_method="asymptotic")
+    out = contrasts(fit, "technique", method="pairwise")
+    assert np.isinf(out["df"]).all()
+    q = stats.studentized_range.ppf(0.95, 4, np.inf) / np.sqrt(2)
+    np.testing.assert_allclose(out["ci_high"] - out["estimate"], q * out["std_error"], rtol=1e-8)
+    p = stats.studentized_range.sf(np.sqrt(2) * np.abs(out["statistic"]), 4, np.inf)
+    np.testing.assert_allclose(out["p_value"], p, rtol=1e-8)

@@ -270,12 +270,16 @@ def _qtukey(level: float, n_means: int, df: np.ndarray) -> np.ndarray:
     df = np.asarray(df, dtype=float)
     finite = np.isfinite(df)
     out = np.full(df.shape, np.nan)
-    if not finite.any():
-        return out
-    lo, hi = float(df[finite].min()), float(df[finite].max())
 
     def q(d: float) -> float:
         return float(stats.studentized_range.ppf(level, n_means, d))
+
+    infinite = np.isposinf(df)  # asymptotic (z) inference
+    if infinite.any():
+        out[infinite] = q(np.inf)
+    if not finite.any():
+        return out
+    lo, hi = float(df[finite].min()), float(df[finite].max())
 
     if hi - lo < 1e-9:
         out[finite] = q(lo)
