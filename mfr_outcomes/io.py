@@ -88,8 +88,12 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> study = mfr.load_study("data/synthetic")          # doctest: +SKIP
-    >>> study.report.summary()                              # doctest: +SKIP
+    >>> study = mfr.load_study("data/synthetic")
+    >>> study.report.summary()[["table", "read", "used", "excluded"]]
+              table   read   used  excluded
+    0      patients    120    120         0
+    1      sessions    ...    ...         0
+    2  measurements  ...  ...         0
     """
     dayfirst = bool(read_options.pop("dayfirst", False))
     decimal_default = read_options.get("decimal") or "."

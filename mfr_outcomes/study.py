@@ -277,6 +277,20 @@ class Study:
         ------
         MeasureNotFoundError
             (a KeyError and ValueError) when the measure is not in the study.
+
+        Examples
+        --------
+        >>> import mfr_outcomes as mfr
+        >>> study = mfr.load_study("data/synthetic")
+        >>> pain = study.frame("pain_nrs")
+        >>> list(pain.columns[:6])
+        ['patient_id', 'site_id', 'therapist_id', 'session_id', 'session_number', 'session_date']
+        >>> sorted(pain["phase"].unique())
+        ['post', 'pre']
+        >>> study.frame("vas")
+        Traceback (most recent call last):
+        ...
+        mfr_outcomes.study.MeasureNotFoundError: measure 'vas' is not in this study; measures present: hip_flexion_deg, hip_ir_deg, leg_pain_nrs, odi, pain_nrs, paresthesia, ppt_kgcm2, slr_deg
         """
         return analysis_frame(self.patients, self.sessions, self.measurements, measure, side=side)
 
@@ -338,6 +352,25 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
     Returns
     -------
     Study
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mfr_outcomes.study import from_frames
+    >>> patients = pd.DataFrame({"patient_id": ["P1"], "condition": ["sciatica"]})
+    >>> sessions = pd.DataFrame({"session_id": ["S1"], "patient_id": ["P1"],
+    ...                          "therapist_id": ["T1"], "session_date": ["2024-03-01"],
+    ...                          "technique": ["massage"], "duration_min": ["-5"]})
+    >>> readings = pd.DataFrame({"session_id": ["S1", "S1"], "phase": ["pre", "post"],
+    ...                          "measure": ["pain_nrs", "pain_nrs"], "value": [6, 4]})
+    >>> import warnings; warnings.simplefilter("ignore")
+    >>> study = from_frames(patients, sessions, readings)
+    >>> print(study.report.findings[0])
+    sessions row 1: duration_min = -5, must be 5–180 (set to missing; row kept)
+    >>> study.frame("pain_nrs")[["session_id", "phase", "post", "value", "site_id"]]
+      session_id phase  post  value site_id
+    0         S1   pre     0    6.0  site-1
+    1         S1  post     1    4.0  site-1
     """
     from mfr_outcomes.schema import TableInput
 

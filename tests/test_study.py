@@ -216,3 +216,20 @@ def test_partly_numbered_patient_falls_back_to_date_order():
         "numbers of this patient are taken from date order (row kept with a caution)"]
     numbers = dict(zip(study.sessions["session_id"], study.sessions["session_number"]))
     assert numbers == {"S1": 2, "S2": 1, "S3": 1, "S4": 2}
+
+
+def test_docstring_examples_run(monkeypatch):
+    import doctest
+    import warnings
+    from pathlib import Path
+
+    import mfr_outcomes.io as io_module
+    import mfr_outcomes.study as study_module
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples use data/synthetic
+    for module, n in ((study_module, 8), (io_module, 2)):
+        with warnings.catch_warnings():
+            result = doctest.testmod(module, optionflags=doctest.ELLIPSIS
+                                     | doctest.NORMALIZE_WHITESPACE)
+        assert result.attempted >= n
+        assert result.failed == 0
