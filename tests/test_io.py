@@ -284,6 +284,10 @@ def test_unreadable_sources(tmp_path):
     junk.write_bytes(b"\x00\x01 not data")
     with pytest.raises(SourceError, match="not a recognised source"):
         mfr.validate(junk)
+    single = tmp_path / "sessions.csv"
+    single.write_text("session_id\nS1\n")
+    with pytest.raises(SourceError, match="is a single file; give the folder"):
+        mfr.load_study(single)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SourceError, match="has no patients table"):
