@@ -233,3 +233,18 @@ def test_docstring_examples_run(monkeypatch):
                                      | doctest.NORMALIZE_WHITESPACE)
         assert result.attempted >= n
         assert result.failed == 0
+
+
+def test_analysis_frame_on_raw_simulated_frames_matches_validated_study():
+    from mfr_outcomes.synthetic import generate_frames
+
+    frames, _ = generate_frames(n_patients=12, seed=11)
+    study = from_frames(**frames)
+    assert study.report.ok, str(study.report)
+    raw = analysis_frame(frames["patients"], frames["sessions"], frames["measurements"],
+                         "pain_nrs")
+    typed = study.frame("pain_nrs")
+    assert len(raw) == len(typed) > 0
+    for col in ("patient_id", "session_id", "session_number", "weeks", "post", "value"):
+        assert raw[col].astype(str).tolist() == typed[col].astype(str).tolist(), col
+    assert raw["phase"].astype(str).tolist() == typed["phase"].astype(str).tolist()
