@@ -250,3 +250,17 @@ def test_asymptotic_df_gives_z_based_tukey():
     np.testing.assert_allclose(out["ci_high"] - out["estimate"], q * out["std_error"], rtol=1e-8)
     p = stats.studentized_range.sf(np.sqrt(2) * np.abs(out["statistic"]), 4, np.inf)
     np.testing.assert_allclose(out["p_value"], p, rtol=1e-8)
+
+
+@pytest.mark.reference
+def test_weights_match_r(fits, ref):
+    fit = fits["slope"]
+    _compare(emmeans(fit, "technique", weights="proportional"),
+             ref["slope"]["emm_technique_proportional"], ["technique"])
+    _compare(emmeans(fit, "post", weights="proportional"), ref["slope"]["emm_post_proportional"],
+             ["post"])
+    _compare(emmeans(fit, "post", weights="cells"), ref["slope"]["emm_post_cells"], ["post"])
+    _compare(contrasts(fit, "post", weights="proportional"),
+             ref["slope"]["con_post_proportional"], ["contrast"])
+    with pytest.raises(ValueError, match="weights must be one of"):
+        emmeans(fit, "post", weights="outer")

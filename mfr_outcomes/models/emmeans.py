@@ -24,6 +24,7 @@ __all__ = [
     "adjust_p_values",
     "ADJUST_METHODS",
     "CONTRAST_METHODS",
+    "WEIGHTS",
 ]
 
 ADJUST_METHODS = ("tukey", "holm", "bonferroni", "sidak", "none")
@@ -149,7 +150,8 @@ def _grid_matrix(fit: Any, grid: pd.DataFrame) -> np.ndarray:
     return X
 
 
-def _nonestimable(fit: Any, grid: pd.DataFrame, L: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def _nonestimable(fit: Any, grid: pd.DataFrame, L: np.ndarray, groups: np.ndarray,
+                  wts: np.ndarray) -> np.ndarray:
     """True for rows of L (one a group) that are not estimable because fixed columns were dropped."""
     spec = fit.spec
     design = getattr(spec, "design", None)
@@ -174,12 +176,58 @@ def _nonestimable(fit: Any, grid: pd.DataFrame, L: np.ndarray, groups: np.ndarra
     if null.size == 0:
         return out
     for g in range(L.shape[0]):
-        row = G[groups == g].mean(axis=0)
+        if not np.isfinite(wts[groups == g]).all():
+            continue
+        row = wts[groups == g] @ G[groups == g]
         out[g] = np.abs(row @ null).max() > 1e-6 * max(1.0, np.abs(row).max())
     return out
 
 
-def _emm_design(fit: Any, specs, by, at):
+WEIGHTS = ("equal", "proportional", "cells")
+
+
+def _cell_counts(fit: Any, grid: pd.DataFrame, variables: list[str]) -> np.ndarray:
+    """Number of rows of the fitted data in each grid row, matching on *variables*."""
+    if not variables:
+        return np.full(len(grid), float(len(fit.spec.data)))
+    data = fit.spec.data
+
+    def canon(col: pd.Series) -> list:
+        if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+            return [float(x) for x in col]
+        return [str(x) for x in col]
+
+    data_keys = list(zip(*[canon(data[v]) for v in variables]))
+    counts: dict[tuple, int] = {}
+    for k in data_keys:
+        counts[k] = counts.get(k, 0) + 1
+    grid_keys = zip(*[canon(grid[v]) if not isinstance(data[v].dtype, pd.CategoricalDtype)
+                      and pd.api.types.is_numeric_dtype(data[v]) else
+                      [str(x) for x in grid[v]] for v in variables])
+    return np.asarray([float(counts.get(k, 0)) for k in grid_keys])
+
+
+def _weights(fit: Any, grid: pd.DataFrame, values: dict[str, list], keys: list[str],
+             groups: np.ndarray, n_cells: int, weights: str) -> np.ndarray:
+    """Weight of each grid row within its emmeans cell (rows of a cell sum to 1)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    w = np.ones(len(grid))
+    if weights != "equal":
+        multi = [v for v in values if len(values[v]) > 1]
+        if weights == "cells":
+            w = _cell_counts(fit, grid, multi)
+        else:  # proportional: frequencies of the averaged-over combinations in the whole data
+            w = _cell_counts(fit, grid, [v for v in multi if v not in keys])
+    out = np.zeros(len(grid))
+    for g in range(n_cells):
+        m = groups == g
+        tot = w[m].sum()
+        out[m] = w[m] / tot if tot > 0 else np.nan
+    return out
+
+
+def _emm_design(fit: Any, specs, by, at, weights: str = "equal"):
     spec_vars = _as_list(specs)
     by_vars = _as_list(by)
     if not spec_vars:
@@ -199,8 +247,13 @@ def _emm_design(fit: Any, specs, by, at):
     cell_id = {tuple(str(x) for x in row): i for i, row in enumerate(cells.itertuples(index=False))}
     groups = np.array([cell_id[tuple(str(x) for x in row)]
                        for row in grid[keys].astype(object).itertuples(index=False)])
-    L = np.vstack([X[groups == g].mean(axis=0) for g in range(len(cells))])
-    nonest = _nonestimable(fit, grid, L, groups)
+    wts = _weights(fit, grid, values, keys, groups, len(cells), weights)
+    L = np.vstack([wts[groups == g] @ X[groups == g] for g in range(len(cells))])
+    nonest = _nonestimable(fit, grid, L, groups, wts)
+    empty = ~np.isfinite(L).all(axis=1)
+    if empty.any():
+        nonest = nonest | empty
+        L[empty] = 0.0
     averaged = [v for v in values if v not in keys and len(values[v]) > 1]
     held = {v: values[v][0] for v in values if v not in keys and len(values[v]) == 1}
     return cells, L, spec_vars, by_vars, values, averaged, held, nonest
@@ -346,7 +399,7 @@ def _level_label(var: str, value: Any, numeric_var: bool) -> str:
 
 def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None,
             at: Mapping[str, Any] | None = None, level: float = 0.95,
-            adjust: str | None = None) -> pd.DataFrame:
+            adjust: str | None = None, weights: str = "equal") -> pd.DataFrame:
     """Estimated marginal means (least-squares means) of a mixed model.
 
     Parameters
@@ -366,6 +419,10 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
     adjust : {"none", "bonferroni", "sidak", "holm"}, optional
         Simultaneous intervals and p-values within each ``by`` group (default none; "holm" gives
         Bonferroni intervals, as emmeans does, because Holm has no interval).
+    weights : {"equal", "proportional", "cells"}
+        How grid cells are averaged (emmeans' ``weights``): equally (default); in proportion to
+        how often each combination of the averaged-over factors occurs in the data; or by the
+        number of rows in each cell (the raw cell means' weighting).
 
     Returns
     -------
@@ -393,7 +450,8 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
     8
     """
     _check_level(level)
-    cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(fit, specs, by, at)
+    cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(
+        fit, specs, by, at, weights)
     numeric = {v: _factor_levels(fit, v) is None for v in spec_vars + by_vars}
     names = [", ".join(f"{v}={_level_label('', r[v], False)}" for v in by_vars + spec_vars)
              for _, r in cells.iterrows()]
@@ -424,7 +482,7 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
                      "emmeans")
     if averaged:
         notes.append(f"results are averaged over the levels of: {', '.join(averaged)} "
-                     f"(equal weights)")
+                     f"({weights} weights)")
     if held:
         notes.append("covariates held at: " + ", ".join(f"{k} = {_fmt(v)}"
                                                         for k, v in held.items()))
@@ -524,13 +582,14 @@ def _interaction_weights(sub: pd.DataFrame, spec_vars: list[str], values: dict[s
 def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | None = None,
               method: str | Mapping[str, Sequence[float]] = "revpairwise",
               adjust: str | None = None, at: Mapping[str, Any] | None = None,
-              level: float = 0.95, interaction: Sequence[str] | None = None) -> pd.DataFrame:
+              level: float = 0.95, interaction: Sequence[str] | None = None,
+              weights: str = "equal") -> pd.DataFrame:
     """Contrasts among estimated marginal means, within each ``by`` group.
 
     Parameters
     ----------
     fit : MixedFit
-    specs, by, at
+    specs, by, at, weights
         As in :func:`emmeans`. ``contrasts(fit, "post", by="technique")`` gives post − pre within
         each technique.
     method : {"revpairwise", "pairwise", "trt.vs.ctrl"} or dict
@@ -572,7 +631,8 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
     True
     """
     _check_level(level)
-    cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(fit, specs, by, at)
+    cells, L, spec_vars, by_vars, values, averaged, held, nonest = _emm_design(
+        fit, specs, by, at, weights)
     numeric = {v: _factor_levels(fit, v) is None for v in spec_vars}
     family_of_cell = _families(cells, by_vars)
     if interaction is not None:
@@ -650,7 +710,7 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
         notes.append(inter)
     if averaged:
         notes.append(f"results are averaged over the levels of: {', '.join(averaged)} "
-                     f"(equal weights)")
+                     f"({weights} weights)")
     if held:
         notes.append("covariates held at: " + ", ".join(f"{k} = {_fmt(v)}"
                                                         for k, v in held.items()))
