@@ -264,3 +264,11 @@ def test_weights_match_r(fits, ref):
              ref["slope"]["con_post_proportional"], ["contrast"])
     with pytest.raises(ValueError, match="weights must be one of"):
         emmeans(fit, "post", weights="outer")
+
+
+def test_formula_style_specs(fits):
+    fit = fits["slope"]
+    pd.testing.assert_frame_equal(emmeans(fit, "~ post | technique"),
+                                  emmeans(fit, "post", by="technique"), check_like=False)
+    both = emmeans(fit, "post * technique")
+    assert list(both.columns[:2]) == ["post", "technique"] and len(both) == 8

@@ -228,6 +228,9 @@ def _weights(fit: Any, grid: pd.DataFrame, values: dict[str, list], keys: list[s
 
 
 def _emm_design(fit: Any, specs, by, at, weights: str = "equal"):
+    if isinstance(specs, str) and "|" in specs:  # emmeans' "~ post | technique"
+        specs, extra = specs.split("|", 1)
+        by = _as_list(by) + _as_list(extra)
     spec_vars = _as_list(specs)
     by_vars = _as_list(by)
     if not spec_vars:
@@ -407,7 +410,8 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
     fit : MixedFit
         A fitted model (``mfr_outcomes.models.fit.fit_mixed``).
     specs : str or list of str
-        Variables whose levels are reported ("post", ["post", "technique"], "post * technique").
+        Variables whose levels are reported ("post", ["post", "technique"], "post * technique";
+        "post | technique" is the same as ``specs="post", by="technique"``).
     by : str or list of str, optional
         Variables that split the table into groups (``~ post | technique`` is
         ``specs="post", by="technique"``).
