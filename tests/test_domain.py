@@ -196,3 +196,9 @@ def test_thin_level_of_by_warns(synthetic_study):
                                     category=ModelWarning)
             fit = fit_prepost(study, "pain_nrs", therapist=False)
     assert any("['massage']" in n for n in fit.notes)
+
+
+def test_only_cautions_go_to_diagnostics(prepost_fit):
+    # informational notes stay in fit.notes; only cautions are diagnostics warnings
+    assert not any("assessment-only" in w for w in prepost_fit.diagnostics["warnings"])
+    assert all(type(n) is str for n in prepost_fit.notes)

@@ -47,8 +47,12 @@ Side = Literal["auto", "factor", "separate", "left", "right"] | None
 # helpers
 # --------------------------------------------------------------------------------------------
 
+class _Caution(str):
+    """A note that was also issued as a warning (it goes to ``fit.diagnostics["warnings"]``)."""
+
+
 def _caution(notes: list[str], text: str, category: type[Warning] = ModelWarning) -> None:
-    notes.append(text)
+    notes.append(_Caution(text))
     warnings.warn(text, category, stacklevel=4)
 
 
@@ -184,8 +188,9 @@ def _fit(frame: pd.DataFrame, formula: str, *, reml: bool, engine: str, measure:
     fit.notes = [f"formula: {formula}"] + notes
     warn_list = fit.diagnostics.setdefault("warnings", [])
     for n in notes:
-        if n not in warn_list and not n.startswith(("patients nested", "readings of", "formula")):
-            warn_list.append(n)
+        if isinstance(n, _Caution) and n not in warn_list:
+            warn_list.append(str(n))
+    fit.notes = [str(n) for n in fit.notes]
     return fit
 
 
