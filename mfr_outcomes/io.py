@@ -155,8 +155,7 @@ def read_tables(source: Any, *, encoding: str | None = None, sep: str | None = N
         return _read_sqlite(path), str(path)
     if kind == "duckdb":
         return _read_duckdb(path), str(path)
-    if path.suffix.lower() in (*_TEXT_EXT, *_PARQUET_EXT) or kind is None and \
-            path.stem.lower() in TABLES:
+    if path.stem.lower() in TABLES or path.suffix.lower() in (".csv", ".tsv", *_PARQUET_EXT):
         raise SourceError(f"{path} is a single file; give the folder that holds the patients, "
                           f"sessions and measurements files")
     raise SourceError(f"{path} is not a recognised source: give a folder of patients/sessions/"
