@@ -248,3 +248,16 @@ def test_analysis_frame_on_raw_simulated_frames_matches_validated_study():
     for col in ("patient_id", "session_id", "session_number", "weeks", "post", "value"):
         assert raw[col].astype(str).tolist() == typed[col].astype(str).tolist(), col
     assert raw["phase"].astype(str).tolist() == typed["phase"].astype(str).tolist()
+
+
+def test_labels_are_matched_ignoring_case_spaces_and_hyphens():
+    frames = tiny_frames()
+    frames["sessions"]["technique"] = ["Massage", "Direct pressure", " STRETCHING ", "none"]
+    frames["sessions"]["adverse_event"] = ["None", "Soreness", "symptom-flare", "none"]
+    frames["patients"]["sex"] = ["Female", "MALE"]
+    study = from_frames(**frames)
+    assert study.report.ok, str(study.report)
+    assert list(study.sessions["technique"]) == ["massage", "direct_pressure", "stretching",
+                                                 "none"]
+    assert list(study.sessions["adverse_event"]) == ["none", "soreness", "symptom_flare", "none"]
+    assert list(study.patients["sex"]) == ["female", "male"]
