@@ -98,7 +98,10 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
                          "(lmerTest's default), 'residual' or 'asymptotic'.")
     spec = build_spec(data, formula)
     eng, reason = _choose_engine(spec, engine)
-    result = eng.fit(spec, reml=reml, options=options)
+    from mfr_outcomes.models.pls import blas_limits
+
+    with blas_limits(spec):
+        result = eng.fit(spec, reml=reml, options=options)
     return MixedFit(spec, result, reml=reml, df_method=df_method, engine_reason=reason,
                     data=data, options=options)
 
@@ -310,26 +313,15 @@ class MixedFit:
         return self._fixed_effects.copy()
 
     def anova(self) -> pd.DataFrame:
-        """F tests of each fixed-effect term (columns of X sharing a formula term), lmerTest-style
-        (type III on the coded columns: the joint test that the term's coefficients are 0).
+        """Type III F tests of each fixed-effect term, as lmerTest's ``anova(fit, type = 3)``
+        (Satterthwaite denominator df when that is the fit's df method).
 
         Returns
         -------
         DataFrame
             term, num_df, den_df, statistic, p_value.
         """
-        groups: dict[str, list[int]] = {}
-        for i, name in enumerate(self.spec.fixed_names):
-            if name == "(Intercept)":
-                continue
-            key = ":".join(part.split("[")[0] for part in name.split(":"))
-            groups.setdefault(key, []).append(i)
-        rows = []
-        for term, idx in groups.items():
-            L = np.zeros((len(idx), self.spec.p))
-            L[np.arange(len(idx)), idx] = 1.0
-            rows.append(inference.contest_md(self, L, term))
-        return pd.DataFrame(rows, columns=["term", "num_df", "den_df", "statistic", "p_value"])
+        return inference.anova_type3(self)
 
     # ------------------------------------------------------------------ random effects, prediction
     def random_effects(self) -> pd.DataFrame:

@@ -28,6 +28,7 @@ __all__ = [
     "contest_md",
     "compare",
     "confint_variance",
+    "anova_type3",
 ]
 
 _ZERO_TOL = np.sqrt(np.finfo(float).eps / 7e-7)
@@ -311,6 +312,16 @@ def _profile_intervals(fit: MixedFit, level: float) -> list[tuple[float, float]]
     lb = np.append(theta_lower_bounds(spec), 0.0)
     bounds = [(0.0 if lo == 0.0 else None, None) for lo in lb]
     est = _varcomp_params(spec, fit.theta, fit.sigma)
+    labels = _varcomp_labels(spec)
+    def pls_dev(th):
+        return pls.profiled_deviance(spec, th, reml)
+
+    def _safe(f, x):
+        try:
+            val = float(f(x))
+        except (np.linalg.LinAlgError, ValueError):
+            return 1e100
+        return val if np.isfinite(val) else 1e100
 
     def param(vp, k):
         return _varcomp_params(spec, vp[:-1], vp[-1])[k]
@@ -326,43 +337,89 @@ def _profile_intervals(fit: MixedFit, level: float) -> list[tuple[float, float]]
     for k, value in enumerate(est):
         start = {"x": x_hat.copy()}
 
-        def prof(target, k=k, start=start):
-            cons = {"type": "eq", "fun": lambda vp: param(vp, k) - target}
-            res = minimize(safe_dev, start["x"], method="SLSQP", bounds=bounds,
-                           constraints=[cons], options={"maxiter": 300, "ftol": 1e-10})
-            if res.success:
-                start["x"] = res.x
-            return float(res.fun) - d_min - crit
+        kind = labels[k][3]
 
-        is_corr = not (np.isnan(value)) and _varcomp_labels(spec)[k][3] == "corr"
+        def prof(target, k=k, start=start, kind=kind):
+            if kind == "corr":  # a function of θ only: constrained minimum of the σ-profiled
+                cons = {"type": "eq", "fun": lambda th: param(np.append(th, 1.0), k) - target}
+                res = minimize(lambda th: _safe(pls_dev, th), start["x"][:-1], method="SLSQP",
+                               bounds=bounds[:-1], constraints=[cons],
+                               options={"maxiter": 500, "ftol": 1e-12})
+                if res.success:
+                    start["x"] = np.append(res.x, start["x"][-1])
+                return float(res.fun) - d_min - crit
+            if kind == "sigma":
+                def dev(th):
+                    return safe_dev(np.append(th, target))
+            else:  # sd of a term: σ follows from θ, sd = σ·‖row of Λ‖
+                def dev(th):
+                    norm = param(np.append(th, 1.0), k)
+                    if not norm > 1e-12:
+                        return 1e100
+                    return safe_dev(np.append(th, target / norm))
+            best = minimize(dev, start["x"][:-1], method="L-BFGS-B", bounds=bounds[:-1],
+                            options={"ftol": 1e-13, "gtol": 1e-6, "maxiter": 500})
+            th = np.asarray(best.x)
+            sig = target if kind == "sigma" else target / max(param(np.append(th, 1.0), k),
+                                                              1e-12)
+            start["x"] = np.append(th, sig)
+            return float(best.fun) - d_min - crit
+
+        is_corr = kind == "corr"
+        root_crit = np.sqrt(crit)
+
+        def zeta(t, prof=prof, root_crit=root_crit):
+            # signed-root scale: near linear in the parameter, so the secant steps converge fast
+            return np.sqrt(max(prof(t) + crit, 0.0)) - root_crit
+
         limits = []
         for direction in (-1, 1):
             start["x"] = x_hat.copy()
             if is_corr:
-                edge = -1.0 if direction < 0 else 1.0
-                step_pts = np.linspace(value, edge * 0.9999, 8)[1:]
+                lo_edge, hi_edge = -1.0, 1.0
+                step = 0.25 * direction
             else:
-                scale = max(abs(value), fit.sigma * 1e-3)
-                step_pts = ([value * f for f in (0.8, 0.6, 0.4, 0.2, 0.05, 0.0)]
-                            if direction < 0 else [value + scale * f for f in
-                                                   (0.25, 0.5, 1, 2, 4, 8, 16)])
-            prev, limit = value, (0.0 if direction < 0 and not is_corr else np.nan)
-            if is_corr and direction < 0:
-                limit = -1.0
-            if is_corr and direction > 0:
-                limit = 1.0
-            for pt in step_pts:
-                if prof(pt) > 0:
+                lo_edge, hi_edge = 0.0, np.inf
+                step = direction * 0.3 * max(abs(value), fit.sigma * 1e-3)
+            t_prev, z_prev = value, -root_crit
+            t = float(np.clip(value + step, lo_edge, hi_edge))
+            limit = lo_edge if direction < 0 else hi_edge
+            for _ in range(25):
+                z = zeta(t)
+                if z >= 0:
                     try:
-                        limit = brentq(prof, min(prev, pt), max(prev, pt), xtol=1e-6 *
-                                       max(1.0, abs(value)))
+                        limit = brentq(zeta, min(t_prev, t), max(t_prev, t),
+                                       xtol=2e-5 * max(abs(value), 1e-3), rtol=1e-6)
                     except ValueError:
-                        limit = pt
+                        limit = t
                     break
-                prev = pt
+                edge = lo_edge if direction < 0 else hi_edge
+                if t == edge:
+                    limit = edge
+                    break
+                slope = (z - z_prev) / (t - t_prev) if t != t_prev else 0.0
+                t_prev, z_prev = t, z
+                if slope * direction > 1e-12:
+                    t_new = t + 1.3 * (-z) / slope  # overshoot a little, so one step brackets
+                else:
+                    t_new = t + 2 * (t - value)
+                t = float(np.clip(t_new, lo_edge if not is_corr else -1.0,
+                                  hi_edge if not is_corr else 1.0))
             limits.append(float(limit))
         out.append((limits[0], limits[1]))
     return out
+
+
+def _bootstrap_draws(fit: MixedFit, eng, rng: np.random.Generator, nsim: int) -> list:
+    import copy
+
+    draws = []
+    for _ in range(nsim):
+        spec = copy.copy(fit.spec)
+        spec.y = _simulate(fit, rng)
+        res = eng.fit(spec, reml=fit.reml, start=fit.theta)
+        draws.append(_varcomp_params(spec, np.asarray(res.theta), float(res.sigma)))
+    return draws
 
 
 def confint_variance(fit: MixedFit, method: str = "profile", *, level: float = 0.95,
@@ -371,7 +428,9 @@ def confint_variance(fit: MixedFit, method: str = "profile", *, level: float = 0
 
     See :meth:`MixedFit.confint_variance`. ``method="boot"`` refits ``nsim`` responses simulated
     from the fitted model (parametric bootstrap, percentile limits, as lme4's ``bootMer``);
-    ``method="profile"`` inverts the likelihood-ratio test of the fitted criterion.
+    ``method="profile"`` inverts the likelihood-ratio test of the ML deviance, profiled over the
+    other variance parameters (lme4's ``confint(method="profile")``; a REML fit is refitted by ML
+    for the profile, as lme4 does). The estimate column is the fit's own estimate.
 
     Returns
     -------
@@ -388,27 +447,108 @@ def confint_variance(fit: MixedFit, method: str = "profile", *, level: float = 0
     labels = _varcomp_labels(fit.spec)
     est = _varcomp_params(fit.spec, fit.theta, fit.sigma)
     if method == "boot":
-        import copy
-
         if int(nsim) < 10:
             raise ValueError(f"nsim must be at least 10 for bootstrap percentiles; got {nsim}.")
         rng = np.random.default_rng(seed)
         eng = ENGINES[fit.engine]
-        draws = []
-        for _ in range(int(nsim)):
-            spec = copy.copy(fit.spec)
-            spec.y = _simulate(fit, rng)
-            res = eng.fit(spec, reml=fit.reml, start=fit.theta)
-            draws.append(_varcomp_params(spec, np.asarray(res.theta), float(res.sigma)))
+        from mfr_outcomes.models.pls import blas_limits
+
+        with blas_limits(fit.spec):
+            draws = _bootstrap_draws(fit, eng, rng, int(nsim))
         arr = np.asarray(draws, dtype=float)
         a = (1 - level) / 2
         lo = np.nanquantile(arr, a, axis=0)
         hi = np.nanquantile(arr, 1 - a, axis=0)
         limits = list(zip(lo, hi))
     else:
-        limits = _profile_intervals(fit, level)
+        from mfr_outcomes.models.pls import blas_limits
+
+        # lme4 profiles the ML deviance (devfun2), also for a REML fit, which it refits by ML.
+        with blas_limits(fit.spec):
+            limits = _profile_intervals(fit.refit_ml(), level)
     rows = [{"group": g, "term1": t1, "term2": t2, "parameter": kind, "estimate": e,
              "ci_low": lim[0], "ci_high": lim[1]}
             for (g, t1, t2, kind), e, lim in zip(labels, est, limits)]
     return pd.DataFrame(rows, columns=["group", "term1", "term2", "parameter", "estimate",
                                        "ci_low", "ci_high"])
+
+
+def _factor_columns(spec, expr: str) -> list[tuple[str, np.ndarray]]:
+    """Full (all-level) dummy columns of a categorical variable, or the numeric column(s)."""
+    from formulaic import model_matrix
+
+    data = spec.data
+    cats = spec.design["categories"]
+    if expr in cats:
+        values = data[expr].astype(object).to_numpy()
+        return [(f"{expr}[T.{c}]", (values == c).astype(float)) for c in cats[expr]]
+    mm = model_matrix(f"0 + {expr}", data, na_action="ignore")
+    return [(str(c), np.asarray(mm[c], dtype=float)) for c in mm.columns]
+
+
+def anova_type3(fit: MixedFit) -> pd.DataFrame:
+    """Type III F tests of each fixed-effect term, as lmerTest's ``anova(type = 3)``.
+
+    The hypothesis matrix of each term comes from lmerTest's ``get_contrasts_type3``: the
+    generalised inverse of X applied to the full-dummy ("rank-deficient") design, with the columns
+    of each term made orthogonal to those of the terms containing it. So a main effect contained in
+    an interaction is tested averaged over the other factor's levels, whatever the coding.
+
+    Returns
+    -------
+    DataFrame
+        term, num_df, den_df, statistic (F), p_value.
+    """
+    spec = fit.spec
+    ms = spec.design["model_spec"]
+    names = list(spec.fixed_names)
+    colnames = ["(Intercept)" if c == "Intercept" else c for c in ms.column_names]
+    terms = []  # (label, factor exprs, X column indices)
+    for term, sl in ms.term_slices.items():
+        factors = [f.expr for f in term.factors if f.expr != "1"]
+        if not factors:
+            continue
+        cols = [names.index(c) for c in colnames[sl] if c in names]
+        terms.append((":".join(factors), factors, cols))
+    # the rank-deficient design: intercept + every term with all levels of its factors
+    rd_names, rd_cols = [], []
+    if "(Intercept)" in names:
+        rd_names.append("(Intercept)")
+        rd_cols.append(np.ones(spec.n))
+    for _, factors, _ in terms:
+        parts = [_factor_columns(spec, f) for f in factors]
+        combos = [("", np.ones(spec.n))]
+        for part in parts:
+            combos = [((a + ":" if a else "") + b, va * vb) for a, va in combos for b, vb in part]
+        for nm, v in combos:
+            rd_names.append(nm)
+            rd_cols.append(v)
+    rdX = np.column_stack(rd_cols)
+    L = (np.linalg.pinv(spec.X) @ rdX).T  # (n_rd, p)
+    L[np.abs(L) < 1e-9] = 0.0
+    fsets = [set(f) for _, f, _ in terms]
+    order = sorted(range(len(terms)), key=lambda i: len(terms[i][1]))[::-1]
+    for i in order:
+        containing = [j for j in range(len(terms)) if j != i and fsets[i] < fsets[j]]
+        if not containing or not terms[i][2]:
+            continue
+        cols_c = [c for j in containing for c in terms[j][2]]
+        A = L[:, cols_c]
+        B = L[:, terms[i][2]]
+        coef, *_ = np.linalg.lstsq(A, B, rcond=None)
+        R = B - A @ coef
+        R[np.abs(R) < 1e-9] = 0.0
+        L[:, terms[i][2]] = R
+    keep = [rd_names.index(n) for n in names if n in rd_names]
+    if len(keep) != len(names):
+        raise ValueError("anova() needs treatment-coded factors and plain column names in the "
+                         "fixed part of the formula.")
+    Lk = L[keep]
+    rows = []
+    for label, _, cols in terms:
+        Lt = Lk[:, cols].T
+        Lt = Lt[np.abs(Lt).sum(axis=1) > 1e-8]
+        if Lt.shape[0] == 0:
+            continue
+        rows.append(contest_md(fit, Lt, label))
+    return pd.DataFrame(rows, columns=["term", "num_df", "den_df", "statistic", "p_value"])

@@ -141,8 +141,13 @@ class StatsmodelsEngine:
         ok_dense, _ = pls.PLSEngine().supports(spec)
         if ok_dense:
             m = pls.pls_model(spec)
+            messages.append("objective, Var(β̂) and conditional modes evaluated on lme4's "
+                            "definitions at MixedLM's estimates")
             objective = _objective_at(m, theta, beta, sigma, reml)
             blups, condvar = m.random_modes(theta, sigma)
+            # lme4's Var(β̂) = σ²(R_X'R_X)⁻¹ at θ̂; MixedLM's cov_params inverts the joint observed
+            # information of (β, θ), whose cross terms differ in unbalanced data.
+            vcov = m.vcov_beta(np.append(theta, sigma))
             devf = lambda vp, _m=m, _r=reml: _m.deviance_varpar(vp, _r)  # noqa: E731
             vcf = m.vcov_beta
         else:
