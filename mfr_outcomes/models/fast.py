@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg, optimize, sparse
+from scipy import optimize, sparse
 
 from mfr_outcomes.models.spec import (
     EngineResult,
@@ -422,16 +422,28 @@ def _evaluate(stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
         cu2 += float(np.sum(cuh * cuh))
         logdet += 2.0 * float(np.sum(np.log(np.diagonal(Lh, axis1=0, axis2=1))))
         parts.update(W=W, Lh=Lh, cuh=cuh, RZXh=RZXh, og=og)
+    return _finish(theta, logdet, XtVX, XtVy, stats.yty - cu2, parts)
+
+
+def _finish(theta, logdet, XtVX, XtVy, rest: float, parts: dict) -> _Eval:
+    """β̂(θ), R_X and r²(θ) from XᵀV⁻¹X, XᵀV⁻¹y and yᵀy − |c_u|².
+
+    NumPy's linalg here: scipy.linalg's wrappers cost more than the 10×10 algebra itself.
+    """
     try:
-        RX = linalg.cholesky(XtVX, lower=False)
-    except linalg.LinAlgError:  # rank-deficient after profiling: signal with an infinite deviance
-        return _Eval(theta, logdet, np.full_like(XtVX, np.nan), np.full(stats.p, np.nan),
+        RX = np.linalg.cholesky(XtVX).T
+    except np.linalg.LinAlgError:  # rank-deficient after profiling: an infinite deviance
+        return _Eval(theta, logdet, np.full_like(XtVX, np.nan), np.full(XtVX.shape[0], np.nan),
                      np.inf, parts)
-    cb = linalg.solve_triangular(RX, XtVy, trans="T")
-    beta = linalg.solve_triangular(RX, cb)
-    pwrss = stats.yty - cu2 - float(cb @ cb)
-    pwrss = max(pwrss, 1e-300)
+    beta = np.linalg.solve(XtVX, XtVy)
+    pwrss = max(rest - float(XtVy @ beta), 1e-300)  # |c_β|² = XᵀV⁻¹y · β̂
     return _Eval(theta, logdet, RX, beta, pwrss, parts)
+
+
+def _xtvx_inv(ev: _Eval) -> np.ndarray:
+    """(XᵀV⁻¹X)⁻¹ = R_X⁻¹ R_X⁻ᵀ."""
+    RXi = np.linalg.inv(ev.RX)
+    return RXi @ RXi.T
 
 
 def _scatter_add(out: np.ndarray, vals: np.ndarray, idx: np.ndarray) -> None:
@@ -487,8 +499,7 @@ def _gradient_single(stats: Stats, lay: Layout, ev: _Eval, reml: bool) -> np.nda
     if reml:
         tmp = _lmul(lam, _bsolve(L, pt["RZX"]))  # Λ A⁻¹ ΛᵀZᵀX
         B = ZX - _bmm(C, tmp)
-        RXi = linalg.solve_triangular(ev.RX, np.eye(p))
-        Pinv = RXi @ RXi.T
+        Pinv = _xtvx_inv(ev)
         BP = np.tensordot(B, Pinv, axes=(1, 0))  # (q, G, p)
         M = np.einsum("agp,bpg->ab", BP, B)
         grad_m = grad_m - 2.0 * (lam.T @ M).T
@@ -567,14 +578,7 @@ def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray
     logdet = 2.0 * float(np.sum(cl.count * np.sum(np.log(np.diagonal(L, axis1=0, axis2=1)),
                                                   axis=1)))
     parts = {"L": L, "LiLt": LiLt, "lg": lam}
-    try:
-        RX = linalg.cholesky(XtVX, lower=False, check_finite=False)
-    except linalg.LinAlgError:
-        return _Eval(theta, logdet, np.full_like(XtVX, np.nan), np.full(p, np.nan), np.inf, parts)
-    cb = linalg.solve_triangular(RX, XtVy, trans="T", check_finite=False)
-    beta = linalg.solve_triangular(RX, cb, check_finite=False)
-    pwrss = max(stats.yty - float(S[p, p]) - float(cb @ cb), 1e-300)
-    return _Eval(theta, logdet, RX, beta, pwrss, parts)
+    return _finish(theta, logdet, XtVX, XtVy, stats.yty - float(S[p, p]), parts)
 
 
 def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: bool
@@ -595,8 +599,7 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     nn = (n - p) if reml else n
     grad_m -= (2.0 * nn / ev.pwrss) * np.einsum("ack,bck->ab", FE, H)
     if reml:
-        RXi = linalg.solve_triangular(ev.RX, np.eye(p), check_finite=False)
-        Pinv = RXi @ RXi.T
+        Pinv = _xtvx_inv(ev)
         Pi = (cl.omega_x @ Pinv.ravel()).reshape(q, q, -1)  # tr(P⁻¹ Ω) per class
         M = np.einsum("ack,cdk,bdk->ab", F, Pi, F)
         grad_m -= 2.0 * (lam.T @ M).T
@@ -635,8 +638,7 @@ def vcov_beta_varpar(stats: Stats, lay: Layout, varpar: np.ndarray,
     """Var(β̂) at varpar = (θ..., σ): σ² (XᵀV⁻¹X)⁻¹ (lmerTest's ``get_covbeta``)."""
     varpar = np.asarray(varpar, dtype=float)
     ev = _eval_any(stats, lay, varpar[:-1], classes)
-    RXi = linalg.solve_triangular(ev.RX, np.eye(stats.p))
-    return varpar[-1] ** 2 * (RXi @ RXi.T)
+    return varpar[-1] ** 2 * _xtvx_inv(ev)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -756,8 +758,7 @@ class FastEngine:
             messages.append("boundary (singular) fit: a random-effect variance is at or near 0")
         nn = (n - p) if reml else n
         sigma = float(np.sqrt(ev.pwrss / nn))
-        RXi = linalg.solve_triangular(ev.RX, np.eye(p))
-        vcov = sigma ** 2 * (RXi @ RXi.T)
+        vcov = sigma ** 2 * _xtvx_inv(ev)
         blups: list[np.ndarray] = []
         condvar: list[np.ndarray] | None = None
         if not light:

@@ -1,0 +1,143 @@
+"""Power-simulation speed: the fast engine against lme4 refits in R (simr's way).
+
+One study of 60 patients (6 treatment visits, pre/post pain) is simulated and fitted with
+``value ~ post + session_number + (post | patient_id)``; 1,000 responses are then drawn from the
+fitted model on that fixed design (what simr does) and refitted
+- in Python: sufficient statistics + REML fit by the fast engine, then also with the
+  Satterthwaite df of ``post`` (as in ``mfr_outcomes.power``);
+- in R: ``refit(fit, newresp)`` in a loop (simr's inner loop), then ``lmerTest`` refits with
+  Satterthwaite p-values (on --lmertest-n responses, per-study time reported).
+Finally the whole ``mfr_outcomes.power.simulate`` loop (a new clinic simulated for every study)
+is timed for 1,000 studies on one core.
+
+    python benchmarks/bench_power.py --out benchmarks/results
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--studies", type=int, default=1000)
+    p.add_argument("--patients", type=int, default=60)
+    p.add_argument("--lmertest-n", type=int, default=200,
+                   help="refits timed with lmerTest's Satterthwaite test in R (per-study time)")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--skip-simulate", action="store_true",
+                   help="do not time the whole power.simulate loop")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    import json
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from mfr_outcomes import power
+    from mfr_outcomes.models.fast import FastEngine
+    from mfr_outcomes.models.spec import block_lambda
+
+    formula = power._FORMULAS["post"]
+    cfg = power._Config(parameter="post", formula=formula, measure="pain_nrs", alpha=0.05,
+                        generator=None, lean=True)
+    rng = np.random.default_rng(args.seed)
+    data = power._synthetic_study(cfg, args.patients, 6, -0.5, rng)
+    spec = power._lean_spec(data, formula)
+    engine = FastEngine()
+    base = engine.fit(spec)
+    # responses from the fitted model on this design
+    blk = spec.blocks[0]
+    lam = block_lambda(base.theta, blk.q)
+    X, Z, codes = spec.X, blk.Z, blk.codes
+    mu = X @ base.beta
+    ys = np.empty((spec.n, args.studies))
+    for i in range(args.studies):
+        u = rng.normal(size=(blk.n_levels, blk.q)) * base.sigma
+        b = u @ lam.T
+        ys[:, i] = mu + np.sum(Z * b[codes], axis=1) + rng.normal(0, base.sigma, spec.n)
+    j = spec.fixed_names.index("post")
+    row = np.zeros(spec.p)
+    row[j] = 1.0
+
+    def refit_loop(with_df: bool) -> tuple[float, np.ndarray]:
+        est = np.empty(args.studies)
+        t0 = time.perf_counter()
+        for i in range(args.studies):
+            spec.y = ys[:, i]
+            stats, lay = engine.prepare(spec)
+            res = engine.fit_stats(stats, lay, reml=True, light=True)
+            est[i] = res.beta[j]
+            if with_df:
+                power.satterthwaite_df_1d(res.devfun_varpar, res.vcov_varpar,
+                                          np.r_[res.theta, res.sigma], row)
+        return time.perf_counter() - t0, est
+
+    fast_s, fast_est = refit_loop(False)
+    fast_df_s, _ = refit_loop(True)
+    rows = [{"what": f"fast engine: {args.studies} refits (statistics + REML fit)",
+             "seconds": fast_s, "ms_per_study": 1e3 * fast_s / args.studies},
+            {"what": f"fast engine: {args.studies} refits + Satterthwaite df",
+             "seconds": fast_df_s, "ms_per_study": 1e3 * fast_df_s / args.studies}]
+    note = ""
+    if shutil.which("Rscript"):
+        with tempfile.TemporaryDirectory() as tmp:
+            dpath, ypath, opath = (os.path.join(tmp, f) for f in ("d.csv", "y.csv", "o.json"))
+            data.assign(value=spec.y).to_csv(dpath, index=False)
+            pd.DataFrame(ys).to_csv(ypath, index=False)
+            script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "power_lme4.R")
+            proc = subprocess.run(["Rscript", script, dpath, ypath, opath, formula, "post",
+                                   str(args.lmertest_n)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                with open(opath) as fh:
+                    r = json.load(fh)
+                diff = float(np.max(np.abs(np.asarray(r["estimates"]) - fast_est)))
+                rows += [{"what": f"lme4 refit() loop (simr's way): {r['n']} refits",
+                          "seconds": r["refit_seconds"],
+                          "ms_per_study": 1e3 * r["refit_seconds"] / r["n"]},
+                         {"what": f"lme4 refit + lmerTest Satterthwaite: {r['n_lmertest']} refits",
+                          "seconds": r["lmertest_seconds"],
+                          "ms_per_study": 1e3 * r["lmertest_seconds"] / r["n_lmertest"]}]
+                note = (f"largest |difference| of the {r['n']} estimates of post, fast vs lme4: "
+                        f"{diff:.1e}")
+            else:
+                note = "lme4 failed: " + proc.stderr.strip()[-300:]
+    else:
+        note = "Rscript not found: lme4 not timed"
+    if not args.skip_simulate:
+        t0 = time.perf_counter()
+        res = power.simulate(effect=-0.5, n_patients=[args.patients], sessions=6,
+                             n_sims=args.studies, seed=args.seed, n_jobs=1, progress=False)
+        sim_s = time.perf_counter() - t0
+        rows.append({"what": f"power.simulate: {args.studies} new clinics simulated + fitted + "
+                             "Satterthwaite (1 core)",
+                     "seconds": sim_s, "ms_per_study": 1e3 * sim_s / args.studies})
+        note += f"; simulated power at effect -0.5: {res['power'].iloc[0]:.3f}"
+    t = pd.DataFrame(rows)
+    fast_ms = t["ms_per_study"].iloc[0]
+    t["per_study_vs_fast_refit"] = t["ms_per_study"] / fast_ms
+    os.makedirs(args.out, exist_ok=True)
+    t.to_csv(os.path.join(args.out, "bench_power.csv"), index=False)
+    md = ("| what | seconds | ms per study | × fast refit |\n|---|---:|---:|---:|\n"
+          + "\n".join(f"| {r['what']} | {r['seconds']:.2f} | {r['ms_per_study']:.2f} | "
+                      f"{r['per_study_vs_fast_refit']:.1f} |" for r in t.to_dict("records"))
+          + f"\n\n{args.patients} patients, {spec.n} rows a study. {note}\n")
+    with open(os.path.join(args.out, "bench_power.md"), "w") as fh:
+        fh.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
