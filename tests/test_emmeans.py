@@ -44,7 +44,9 @@ def _compare(ours: pd.DataFrame, theirs: list[dict], keys: list[str]) -> None:
         assert [str(x) for x in ours[k]] == [str(x) for x in r[k]], k
     np.testing.assert_allclose(ours["estimate"], r["estimate"], atol=1e-4)
     np.testing.assert_allclose(ours["std_error"], r["std_error"], atol=1e-3)
-    np.testing.assert_allclose(ours["df"], r["df"], atol=1e-2)
+    # df to 0.01, or 1e-4 relative when df are in the hundreds (optimiser-level differences in
+    # θ move a df of 700 by ~0.02, which changes no t quantile in the 4th digit)
+    np.testing.assert_allclose(ours["df"], r["df"], atol=1e-2, rtol=1e-4)
     np.testing.assert_allclose(ours["ci_low"], r["ci_low"], atol=1e-3)
     np.testing.assert_allclose(ours["ci_high"], r["ci_high"], atol=1e-3)
     if "p_value" in r:
@@ -202,32 +204,27 @@ def test_interaction_contrasts_match_r(fits, ref):
         contrasts(fit, ["post", "technique"], interaction=["revpairwise"])
 
 
-@pytest.fixture(scope="module")
-def synthetic_ref() -> dict:
-    full = json.loads((REF / "marginal_synthetic.json").read_text())
-    d = pd.read_csv(REF / "data" / "prepost.csv")
+def _synthetic_case(name: str) -> tuple[dict, pd.DataFrame]:
+    full = json.loads((REF / f"marginal_{name}.json").read_text())
+    d = pd.read_csv(REF / "data" / f"marginal_{name}.csv")
     check = full["data_check"]
     if (len(d), round(d["value"].sum(), 6), int(d["post"].sum())) != \
             (check["nrow"], round(check["value_sum"], 6), check["post_sum"]):
-        pytest.fail("tests/reference/data/prepost.csv changed since marginal_synthetic.json was "
-                    "written: rerun `Rscript tests/reference/make_reference_marginal.R`")
-    return full["models"]["domain"]
-
-
-@pytest.fixture(scope="module")
-def synthetic_fit(synthetic_ref):
-    d = pd.read_csv(REF / "data" / "prepost.csv")
+        pytest.fail(f"tests/reference/data/marginal_{name}.csv changed since its JSON was "
+                    f"written: rerun `Rscript tests/reference/make_reference_marginal.R`")
     d["technique"] = pd.Categorical(d["technique"], categories=TECH)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ModelWarning)
-        return fit_mixed(d, synthetic_ref["model"]["formula"])
+    return full["models"]["domain"], d
 
 
 @pytest.mark.reference
-def test_synthetic_prepost_boundary_fit_matches_r(synthetic_fit, synthetic_ref):
-    """The shipped pain data under fit_prepost's formula: a boundary fit in lme4 too."""
-    fit = synthetic_fit
-    assert synthetic_ref["model"]["singular"] and fit.diagnostics["singular"]
+@pytest.mark.parametrize("name", ["synthetic", "singular"])
+def test_synthetic_prepost_matches_r(name):
+    """The shipped pain data under fit_prepost's formula, and a boundary (singular) variant."""
+    synthetic_ref, d = _synthetic_case(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        fit = fit_mixed(d, synthetic_ref["model"]["formula"])
+    assert synthetic_ref["model"]["singular"] == fit.diagnostics["singular"] == (name == "singular")
     _compare(emmeans(fit, "post", by="technique"), synthetic_ref["emm_post_by_technique"],
              ["post", "technique"])
     _compare(contrasts(fit, "post", by="technique"), synthetic_ref["con_post_by_technique"],

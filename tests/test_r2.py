@@ -133,8 +133,8 @@ def test_icc_by_group_with_slopes_warns(fits):
 @pytest.mark.reference
 def test_boundary_fit_matches_performance_on_synthetic_data():
     """performance gives NA ICC and conditional R² for a singular fit, and σ²_f/(σ²_f + σ²_e)."""
-    ref = json.loads((REF / "marginal_synthetic.json").read_text())["models"]["domain"]
-    d = pd.read_csv(REF / "data" / "prepost.csv")
+    ref = json.loads((REF / "marginal_singular.json").read_text())["models"]["domain"]
+    d = pd.read_csv(REF / "data" / "marginal_singular.csv")
     d["technique"] = pd.Categorical(d["technique"], categories=TECH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ModelWarning)
@@ -150,3 +150,19 @@ def test_boundary_fit_matches_performance_on_synthetic_data():
     assert r2.marginal == pytest.approx(r["r2_marginal"], abs=1e-3)
     assert r2.parts.var_fixed == pytest.approx(r["var_fixed"], rel=1e-3)
     assert r2.parts.var_residual == pytest.approx(r["var_residual"], rel=1e-3)
+
+
+@pytest.mark.reference
+def test_icc_on_synthetic_data_matches_performance():
+    ref = json.loads((REF / "marginal_synthetic.json").read_text())["models"]["domain"]
+    d = pd.read_csv(REF / "data" / "marginal_synthetic.csv")
+    d["technique"] = pd.Categorical(d["technique"], categories=TECH)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        fit = fit_mixed(d, ref["model"]["formula"])
+    r = ref["icc_r2"]
+    res, r2 = icc(fit), r2_nakagawa(fit)
+    assert res.adjusted == pytest.approx(r["icc_adjusted"], abs=1e-3)
+    assert res.unadjusted == pytest.approx(r["icc_unadjusted"], abs=1e-3)
+    assert r2.marginal == pytest.approx(r["r2_marginal"], abs=1e-3)
+    assert r2.conditional == pytest.approx(r["r2_conditional"], abs=1e-3)

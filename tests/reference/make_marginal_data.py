@@ -1,4 +1,7 @@
-"""Write tests/reference/data/marginal_prepost.csv: the input of make_reference_marginal.R.
+"""Write the inputs of make_reference_marginal.R under tests/reference/data/.
+
+marginal_prepost.csv is simulated here; marginal_synthetic.csv is a snapshot of the shipped
+synthetic pain frame.
 
 A seeded pre/post NRS simulation (4 techniques, random intercept and post slope per patient,
 patients nested in therapists, some post readings missing) so the R fixtures do not depend on the
@@ -44,7 +47,33 @@ def simulate(seed: int = 20261125, n_patients: int = 48, n_sessions: int = 6) ->
     return pd.DataFrame(rows)
 
 
+def synthetic_snapshot(study=None) -> pd.DataFrame:
+    """The synthetic pain frame on treatment visits: what fit_prepost(study, "pain_nrs") fits.
+
+    Default: the shipped data/synthetic. A snapshot of our own, so regenerating data/synthetic
+    does not invalidate the fixture.
+    """
+    import mfr_outcomes as mfr
+
+    if study is None:
+        study = mfr.load_study("data/synthetic")
+    fr = study.frame("pain_nrs")
+    fr = fr[fr["technique"].astype(str) != "none"]
+    cols = ["patient_id", "therapist_id", "session_number", "technique", "post", "value"]
+    out = fr[cols].copy()
+    out["technique"] = out["technique"].astype(str)
+    return out
+
+
 if __name__ == "__main__":
     out = Path("tests/reference/data/marginal_prepost.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     simulate().to_csv(out, index=False)
+    synthetic_snapshot().to_csv(out.with_name("marginal_synthetic.csv"), index=False)
+    # A boundary (singular) case: the simulator with visit-level noise that the (post | patient)
+    # model does not have a term for (the simulator's defaults before 2026-11-25).
+    from mfr_outcomes.synthetic import generate
+
+    study, _ = generate(n_patients=120, seed=2026, session_sd=0.7, residual_sd=0.5,
+                        measures=["pain_nrs"])
+    synthetic_snapshot(study).to_csv(out.with_name("marginal_singular.csv"), index=False)

@@ -1,9 +1,10 @@
 # Reference fixtures for marginal means, contrasts, ICC and R² (mfr_outcomes.models.emmeans / r2).
 #
 # Run from the repository root:  Rscript tests/reference/make_reference_marginal.R
-# Input:  tests/reference/data/marginal_prepost.csv (written by make_marginal_data.py, seeded);
-#         tests/reference/data/prepost.csv too when the models engineer has written it.
-# Output: tests/reference/marginal_<name>.json, one per data set.
+# Input:  tests/reference/data/marginal_prepost.csv and marginal_synthetic.csv (written by
+#         `uv run python tests/reference/make_marginal_data.py`; the first is a seeded simulation,
+#         the second a snapshot of data/synthetic's pain frame).
+# Output: tests/reference/marginal_prepost.json and marginal_synthetic.json.
 # Versions used are written into every JSON (R, lme4, lmerTest, emmeans, performance, insight).
 suppressPackageStartupMessages({
   library(lme4)
@@ -149,9 +150,9 @@ marginal_prepost <- function(path, name) {
 
 marginal_prepost("tests/reference/data/marginal_prepost.csv", "prepost")
 
-# The shipped synthetic pain frame (written by make_inputs.py as prepost.csv), with fit_prepost's
-# formula: the numbers a user of mfr.fit_prepost(study, "pain_nrs") should see.
-synthetic_prepost <- function(path) {
+# A snapshot of the shipped synthetic pain frame (make_marginal_data.py), with fit_prepost's
+# formula: the numbers a user of mfr.fit_prepost(study, "pain_nrs") saw on that data.
+synthetic_prepost <- function(path, name) {
   if (!file.exists(path)) {
     message("skipping ", path, " (not written yet)")
     return(invisible(NULL))
@@ -175,9 +176,11 @@ synthetic_prepost <- function(path) {
                                           interaction = c("revpairwise", "pairwise"))),
       icc_r2 = icc_r2(m)
     )))
-  out <- "tests/reference/marginal_synthetic.json"
+  out <- file.path("tests/reference", paste0("marginal_", name, ".json"))
   writeLines(toJSON(res, auto_unbox = TRUE, digits = NA, pretty = TRUE, na = "null"), out)
   message("wrote ", out)
 }
 
-synthetic_prepost("tests/reference/data/prepost.csv")
+synthetic_prepost("tests/reference/data/marginal_synthetic.csv", "synthetic")
+# The same model on a boundary (singular) case: performance returns NA for the ICC.
+synthetic_prepost("tests/reference/data/marginal_singular.csv", "singular")
