@@ -316,7 +316,8 @@ def _paired_effect(pre: np.ndarray, post: np.ndarray, level: float) -> dict[str,
            "mean_change": float(np.mean(diff)) if n else np.nan}
     if n < 2:
         out.update(sd_change=np.nan, d_z=np.nan, d_z_ci_low=np.nan, d_z_ci_high=np.nan,
-                   d_av=np.nan, d_av_ci_low=np.nan, d_av_ci_high=np.nan, r_pre_post=np.nan)
+                   d_av=np.nan, d_av_ci_low=np.nan, d_av_ci_high=np.nan, g_av=np.nan,
+                   r_pre_post=np.nan)
         return out
     sd_d = float(np.std(diff, ddof=1))
     sd_av = (float(np.std(pre, ddof=1)) + float(np.std(post, ddof=1))) / 2.0
@@ -327,8 +328,11 @@ def _paired_effect(pre: np.ndarray, post: np.ndarray, level: float) -> dict[str,
     # with the observed sd_change / sd_av ratio held fixed.
     scale = sd_d / sd_av if sd_av > 0 else np.nan
     r = float(np.corrcoef(pre, post)[0, 1]) if np.std(pre) > 0 and np.std(post) > 0 else np.nan
+    # Hedges' small-sample correction with df = n - 1 (Lakens 2013, eq. 4 and the g_av he
+    # recommends reporting for within-subject designs)
+    j = 1.0 - 3.0 / (4.0 * (n - 1) - 1.0)
     out.update(sd_change=sd_d, d_z=d_z, d_z_ci_low=lo, d_z_ci_high=hi, d_av=d_av,
-               d_av_ci_low=lo * scale, d_av_ci_high=hi * scale, r_pre_post=r)
+               d_av_ci_low=lo * scale, d_av_ci_high=hi * scale, g_av=d_av * j, r_pre_post=r)
     return out
 
 
@@ -346,14 +350,16 @@ def effect_sizes(study: Any, measure: str, by: str | None = "technique", *,
     - Cohen's d_z = mean change / SD of the changes: the within-subject effect that the paired
       t test sees; its CI inverts the noncentral t (exact);
     - d_av = mean change / mean of the pre and post SDs: comparable with between-group d's; its
-      CI is Algina & Keselman's (2003) approximation (noncentral-t limits rescaled).
+      CI is Algina & Keselman's (2003) approximation (noncentral-t limits rescaled); g_av is d_av
+      with Hedges' small-sample correction 1 − 3/(4(n − 1) − 1), the figure Lakens recommends
+      reporting.
 
     Returns
     -------
     DataFrame
         Columns: by (when given), n (patients), mean_pre, mean_post, mean_change (post − pre, or
-        last − baseline), sd_change, r_pre_post, d_z, d_z_ci_low, d_z_ci_high, d_av,
-        d_av_ci_low, d_av_ci_high. The sign is that of the raw change (negative = pain fell);
+        last − baseline), sd_change, d_z, d_z_ci_low, d_z_ci_high, d_av, d_av_ci_low,
+        d_av_ci_high, g_av, r_pre_post. The sign is that of the raw change (negative = pain fell);
         ``.attrs["better"]`` says which direction is improvement.
     """
     _check_level(level)

@@ -184,6 +184,7 @@ def test_dz_by_hand_and_ci():
     assert row["d_z"] == pytest.approx(diff.mean() / diff.std(ddof=1))
     sd_av = (pre.std(ddof=1) + post.std(ddof=1)) / 2
     assert row["d_av"] == pytest.approx(diff.mean() / sd_av)
+    assert row["g_av"] == pytest.approx(row["d_av"] * (1 - 3 / (4 * 24 - 1)))
     # the CI limits are the ncp whose noncentral t puts the observed t at 2.5 % / 97.5 %
     t = row["d_z"] * 5
     assert stats.nct.cdf(t, 24, row["d_z_ci_low"] * 5) == pytest.approx(0.975, abs=1e-8)

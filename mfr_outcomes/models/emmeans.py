@@ -1,7 +1,8 @@
 """Estimated marginal means and their contrasts on emmeans' reference grid, for a MixedFit.
 
 The numbers agree with R's emmeans (``emm_options(lmer.df = "satterthwaite")``) on an lmerTest fit:
-the grid, the equal weighting of cells, the contrast families and their multiplicity adjustments.
+the grid, the weighting of cells (equal by default), the contrast families and their
+multiplicity adjustments.
 """
 from __future__ import annotations
 
