@@ -131,6 +131,11 @@ def test_prepost_covariates(synthetic_study):
                  covariates=["age_years", "home_program"], therapist=False)
     assert "+ age_years + home_program" in fit.formula
     assert "age_years" in fit.coef.index
+    weeks = _quiet(fit_prepost, _subset(synthetic_study, 20), "pain_nrs", by=None, time="weeks",
+                   therapist=False)
+    assert weeks.formula == "value ~ post + weeks + (post | patient_id)"
+    with pytest.raises(ValueError, match="time must be"):
+        fit_prepost(synthetic_study, "pain_nrs", time="days")
 
 
 def test_course_model(synthetic_study):

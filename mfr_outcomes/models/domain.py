@@ -224,7 +224,7 @@ def prepost_formula(*, by: str | None = "technique", covariates: Sequence[str] =
 
 def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
                 covariates: Sequence[str] = (), therapist: bool = True, side: Side = "auto",
-                engine: str = "auto", reml: bool = True,
+                time: str | None = "session_number", engine: str = "auto", reml: bool = True,
                 df_method: str = "satterthwaite") -> Any:
     """Mixed model of the immediate within-session change, pre → post, on treatment visits.
 
@@ -250,6 +250,9 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
         Per-side measures (range of motion): "factor" adds side as a fixed factor, "separate"
         returns ``{"left": fit, "right": fit}``, "left"/"right" keeps one side, None pools the
         sides (with a caution); "auto" is "factor" for per-side measures and nothing otherwise.
+    time : {"session_number", "weeks"} or None
+        The course-of-care trend adjusted for (pre-session readings fall over the course, so
+        sessions are not exchangeable); None leaves it out.
     engine, reml, df_method
         Passed to :func:`~mfr_outcomes.models.fit.fit_mixed`.
 
@@ -274,6 +277,8 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     ['direct_pressure', 'stretching', 'massage', 'combined']
     """
     _check_measure(measure, "fit_prepost")
+    if time not in ("session_number", "weeks", None):
+        raise ValueError(f"time must be 'session_number', 'weeks' or None; got {time!r}.")
     notes: list[str] = []
     frame = _frame(study, measure)
     n_all = len(frame)
@@ -297,7 +302,7 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
 
     def build(sub: pd.DataFrame, extra_notes: list[str], side_factor: bool = False) -> Any:
         formula = prepost_formula(by=by, covariates=covs, therapist_term=ther,
-                                  side_factor=side_factor)
+                                  side_factor=side_factor, time=time)
         return _fit(sub, formula, reml=reml, engine=engine, measure=measure, model="prepost",
                     notes=extra_notes, df_method=df_method)
 
