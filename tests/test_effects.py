@@ -288,3 +288,16 @@ def test_paresthesia_gee_missing_covariate_rows_are_reported(synthetic_study):
     full = full[(full["post"] == 0) & (full["technique"].astype(str) != "none")]
     dropped = full["patient_id"].isin(set(pts["patient_id"].iloc[:3])).sum()
     assert out.attrs["n_obs"] == len(full) - dropped
+
+
+def test_docstring_examples_run(repo_root, monkeypatch):
+    """The numpydoc examples (on the shipped synthetic data) are tests too."""
+    import doctest
+
+    import mfr_outcomes.effects as module
+
+    monkeypatch.chdir(repo_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -269,3 +269,16 @@ def test_formula_style_specs(fits):
                                   emmeans(fit, "post", by="technique"), check_like=False)
     both = emmeans(fit, "post * technique")
     assert list(both.columns[:2]) == ["post", "technique"] and len(both) == 8
+
+
+def test_docstring_examples_run(repo_root, monkeypatch):
+    """The numpydoc examples (on the shipped synthetic data) are tests too."""
+    import doctest
+
+    import mfr_outcomes.models.emmeans as module
+
+    monkeypatch.chdir(repo_root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
