@@ -5,15 +5,16 @@
 suppressPackageStartupMessages({library(lme4); library(lmerTest); library(jsonlite)
   library(data.table)})
 args <- commandArgs(trailingOnly = TRUE)
-d <- as.data.frame(fread(args[1])); ys <- as.matrix(fread(args[2])); out <- args[3]
+d <- as.data.frame(fread(args[1])); ys <- as.matrix(fread(args[2], header = TRUE)); out <- args[3]
 form <- as.formula(args[4]); term <- args[5]; n_lt <- as.integer(args[6])
 d$patient_id <- factor(d$patient_id)
 fit <- lme4::lmer(form, data = d, REML = TRUE)
 n <- ncol(ys)
-est <- numeric(n)
+est <- numeric(n); crit <- numeric(n)
 t_refit <- system.time(for (i in seq_len(n)) {
   f <- refit(fit, newresp = ys[, i])
   est[i] <- fixef(f)[[term]]
+  crit[i] <- REMLcrit(f)
 })[["elapsed"]]
 # with lmerTest's Satterthwaite df (what the Python loop computes for every study)
 p_lt <- numeric(n_lt)
@@ -21,7 +22,8 @@ t_lt <- system.time(for (i in seq_len(n_lt)) {
   f <- lmerTest::as_lmerModLmerTest(refit(fit, newresp = ys[, i]))
   p_lt[i] <- summary(f)$coefficients[term, "Pr(>|t|)"]
 })[["elapsed"]]
-write_json(list(n = n, refit_seconds = t_refit, estimates = est, n_lmertest = n_lt,
+write_json(list(n = n, refit_seconds = t_refit, estimates = est, reml_criterion = crit,
+                n_lmertest = n_lt,
                 lmertest_seconds = t_lt, p_values = p_lt,
                 lme4_version = as.character(packageVersion("lme4"))),
            out, digits = NA, auto_unbox = TRUE)

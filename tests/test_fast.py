@@ -305,3 +305,12 @@ def test_pooled_classes_equal_per_group_path(reml):
     assert pooled.extra["n_classes"] == 2 and grouped.extra["n_classes"] is None
     np.testing.assert_allclose(pooled.beta, grouped.beta, rtol=1e-7)
     assert pooled.objective == pytest.approx(grouped.objective, rel=1e-12)
+
+
+def test_sleepstudy_published_values():
+    """The numbers in lme4's documentation (Bates et al. 2015, sec. 1): REML criterion 1743.628,
+    fixed effects 251.405 and 10.467."""
+    _, spec = load_case("sleepstudy_slope_reml")
+    res = ENGINE.fit(spec, reml=True)
+    assert round(res.objective, 3) == 1743.628
+    np.testing.assert_array_equal(np.round(res.beta, 3), [251.405, 10.467])

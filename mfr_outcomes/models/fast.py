@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import optimize, sparse
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models.spec import (
     EngineResult,
@@ -68,6 +70,14 @@ class Layout:
     @property
     def q_total(self) -> int:
         return self.q_inner + self.q_outer
+
+    @property
+    def theta_rows(self) -> np.ndarray:
+        return np.array([r for (_, r, _) in self.theta_pos], dtype=np.intp)
+
+    @property
+    def theta_cols(self) -> np.ndarray:
+        return np.array([c for (_, _, c) in self.theta_pos], dtype=np.intp)
 
     def lambdas(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lg = np.zeros((self.q_inner, self.q_inner))
@@ -428,22 +438,21 @@ def _evaluate(stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
 def _finish(theta, logdet, XtVX, XtVy, rest: float, parts: dict) -> _Eval:
     """β̂(θ), R_X and r²(θ) from XᵀV⁻¹X, XᵀV⁻¹y and yᵀy − |c_u|².
 
-    NumPy's linalg here: scipy.linalg's wrappers cost more than the 10×10 algebra itself.
+    LAPACK directly: the checking wrappers of scipy.linalg and numpy.linalg cost more than the
+    10×10 algebra itself.
     """
-    try:
-        RX = np.linalg.cholesky(XtVX).T
-    except np.linalg.LinAlgError:  # rank-deficient after profiling: an infinite deviance
+    RX, info = _potrf(XtVX, lower=0, clean=1)
+    if info != 0:  # rank-deficient after profiling: an infinite deviance
         return _Eval(theta, logdet, np.full_like(XtVX, np.nan), np.full(XtVX.shape[0], np.nan),
                      np.inf, parts)
-    beta = np.linalg.solve(XtVX, XtVy)
+    beta = _potrs(RX, XtVy, lower=0)[0]
     pwrss = max(rest - float(XtVy @ beta), 1e-300)  # |c_β|² = XᵀV⁻¹y · β̂
     return _Eval(theta, logdet, RX, beta, pwrss, parts)
 
 
 def _xtvx_inv(ev: _Eval) -> np.ndarray:
     """(XᵀV⁻¹X)⁻¹ = R_X⁻¹ R_X⁻ᵀ."""
-    RXi = np.linalg.inv(ev.RX)
-    return RXi @ RXi.T
+    return _potrs(ev.RX, np.eye(ev.RX.shape[0]), lower=0)[0]
 
 
 def _scatter_add(out: np.ndarray, vals: np.ndarray, idx: np.ndarray) -> None:
@@ -519,10 +528,10 @@ class _Classes:
     O(groups): a clinic where every patient has the same visits is one class.
     """
 
-    C: np.ndarray  # (q, q, K)
+    Ck: np.ndarray  # (K, q, q): ZᵢᵀZᵢ of each class
     count: np.ndarray  # (K,)
-    omega: np.ndarray  # (q, q, K, p + 1, p + 1)
-    omega_x: np.ndarray  # (q q K, p p): the X block of omega, flattened
+    omega_flat: np.ndarray  # (K q q, (p+1)²): Σ_class (ZᵢᵀXa_i)[a] ⊗ (ZᵢᵀXa_i)[b], (k, a, b) rows
+    omega_x_flat: np.ndarray  # (K q q, p²): its X block
 
 
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Classes | None:
@@ -558,26 +567,33 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Clas
                 omega[a, b, k] = sub[a] @ sub[b].T
                 if b != a:
                     omega[b, a, k] = omega[a, b, k].T
-    return _Classes(C=np.ascontiguousarray(uniq.T.reshape(q, q, K)), count=count.astype(float),
-                    omega=omega, omega_x=omega[:, :, :, :p, :p].reshape(q * q * K, p * p).copy())
+    omega_k = np.ascontiguousarray(omega.transpose(2, 0, 1, 3, 4))  # (K, q, q, p+1, p+1)
+    return _Classes(Ck=np.ascontiguousarray(uniq.reshape(K, q, q)), count=count.astype(float),
+                    omega_flat=omega_k.reshape(K * q * q, (p + 1) ** 2),
+                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy())
 
 
 def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
+    """Profiled-deviance pieces with groups pooled by class; stacks laid out (K, q, q).
+
+    K is small here, so the cost is the number of NumPy calls, not arithmetic: batched matmul
+    and 2×2 inverses on (K, q, q) stacks keep that number at about a dozen.
+    """
     q, p = lay.q_inner, stats.p
     lam, _ = lay.lambdas(theta)
-    A = _lt_c_l(lam, cl.C, lam)
-    for a in range(q):
-        A[a, a] += 1.0
-    L = _chol(A)
-    K = cl.C.shape[2]
-    LiLt = _fsolve(L, np.broadcast_to(lam.T[:, :, None], (q, q, K)).copy())  # L⁻¹Λᵀ
-    N = np.einsum("kag,kbg->abg", LiLt, LiLt)  # Λ A⁻¹ Λᵀ
-    S = np.tensordot(N, cl.omega, axes=([0, 1, 2], [0, 1, 2]))  # (p+1, p+1)
+    C = cl.Ck
+    CL = C @ lam  # (K, q, q)
+    A = lam.T @ CL
+    A[:, range(q), range(q)] += 1.0
+    Ainv = np.linalg.inv(A)
+    _, logdets = np.linalg.slogdet(A)
+    H = Ainv @ lam.T  # A⁻¹Λᵀ
+    N = lam @ H  # Λ A⁻¹ Λᵀ
+    S = (N.reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
     XtVX = stats.XtX - S[:p, :p]
     XtVy = stats.Xty - S[:p, p]
-    logdet = 2.0 * float(np.sum(cl.count * np.sum(np.log(np.diagonal(L, axis1=0, axis2=1)),
-                                                  axis=1)))
-    parts = {"L": L, "LiLt": LiLt, "lg": lam}
+    logdet = float(cl.count @ logdets)
+    parts = {"H": H, "CL": CL, "lg": lam}
     return _finish(theta, logdet, XtVX, XtVy, stats.yty - float(S[p, p]), parts)
 
 
@@ -585,25 +601,23 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
                       ) -> np.ndarray:
     """The gradient of ``_gradient_single`` summed class by class (same formulas)."""
     q, p, n = lay.q_inner, stats.p, stats.n
-    lam, L = ev.parts["lg"], ev.parts["L"]
-    H = _bsolve(L, ev.parts["LiLt"])  # A⁻¹Λᵀ (q, q, K)
-    HC = _bmm(H, cl.C)
-    grad_m = 2.0 * np.einsum("bak,k->ab", HC, cl.count)
-    F = -_bmm(_rmul(cl.C, lam), H)
-    for a in range(q):
-        F[a, a] += 1.0
+    lam, H, CL = ev.parts["lg"], ev.parts["H"], ev.parts["CL"]
+    K = cl.count.size
+    HC = H @ cl.Ck
+    grad_m = 2.0 * (cl.count @ HC.reshape(K, q * q)).reshape(q, q).T
+    F = -(CL @ H)  # I - C Λ A⁻¹ Λᵀ
+    F[:, range(q), range(q)] += 1.0
     w = np.r_[-ev.beta, 1.0]
-    p1 = p + 1
-    E = ((cl.omega.reshape(-1, p1) @ w).reshape(-1, p1) @ w).reshape(q, q, -1)  # Σ e eᵀ
-    FE = _bmm(F, E)
+    E = (cl.omega_flat @ np.outer(w, w).ravel()).reshape(K, q, q)  # Σ e eᵀ, e = Zᵀ(y - Xβ)
+    Ht = H.transpose(0, 2, 1)
     nn = (n - p) if reml else n
-    grad_m -= (2.0 * nn / ev.pwrss) * np.einsum("ack,bck->ab", FE, H)
+    grad_m -= (2.0 * nn / ev.pwrss) * np.sum(F @ E @ Ht, axis=0)
     if reml:
         Pinv = _xtvx_inv(ev)
-        Pi = (cl.omega_x @ Pinv.ravel()).reshape(q, q, -1)  # tr(P⁻¹ Ω) per class
-        M = np.einsum("ack,cdk,bdk->ab", F, Pi, F)
+        Pi = (cl.omega_x_flat @ Pinv.ravel()).reshape(K, q, q)  # tr(P⁻¹ Ω) per class
+        M = np.sum(F @ Pi @ F.transpose(0, 2, 1), axis=0)
         grad_m -= 2.0 * (lam.T @ M).T
-    return np.array([grad_m[r, c] for (_, r, c) in lay.theta_pos])
+    return grad_m[lay.theta_rows, lay.theta_cols]
 
 
 def _eval_any(stats: Stats, lay: Layout, theta: np.ndarray, classes: _Classes | None) -> _Eval:
