@@ -74,8 +74,13 @@ def test_df_methods(sleep: pd.DataFrame) -> None:
     fe = asy.fixed_effects
     assert np.isinf(fe["df"]).all()
     np.testing.assert_allclose(fe["p_value"], 2 * stats.norm.sf(np.abs(fe["statistic"])))
-    with pytest.raises(ValueError, match="kenward-roger"):
-        fit_mixed(sleep, "Reaction ~ Days + (1 | Subject)", df_method="kenward-roger")
+    with pytest.raises(ValueError, match="kenward-roger.*REML"):
+        fit_mixed(sleep, "Reaction ~ Days + (1 | Subject)", reml=False,
+                  df_method="kenward-roger")
+    kr = fit_mixed(sleep, "Reaction ~ Days + (Days | Subject)", df_method="kenward-roger")
+    assert "Kenward-Roger" in kr.summary()
+    # balanced design: KR df equal the Satterthwaite df (17) here, as for lmerTest
+    np.testing.assert_allclose(kr.fixed_effects["df"], 17.0, rtol=1e-6)
     with pytest.raises(ValueError, match="df_method"):
         fit_mixed(sleep, "Reaction ~ Days + (1 | Subject)", df_method="bogus")
 

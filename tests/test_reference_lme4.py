@@ -211,3 +211,34 @@ def test_anova_f_tests_match_lmertest() -> None:
     np.testing.assert_allclose(out["num_df"], ref["num_df"])
     np.testing.assert_allclose(out["statistic"], ref["statistic"], rtol=1e-3)
     np.testing.assert_allclose(out["den_df"], ref["den_df"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("case", ["sleepstudy_slope", "unbalanced", "nested_slope"])
+def test_kenward_roger_matches_pbkrtest(case: str) -> None:
+    ref = pd.DataFrame(json.loads((REF / "lme4_sleepstudy_tests.json").read_text())
+                       ["kenward_roger"][case])
+    formula, reml = CASES[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_mixed(load_data(case), formula, reml=reml, engine="pls",
+                        df_method="kenward-roger")
+    fe = fit.fixed_effects
+    np.testing.assert_allclose(fe["std_error"], ref["std_error"], rtol=1e-3)  # adjusted Φ_A
+    np.testing.assert_allclose(fe["df"], ref["df"], rtol=1e-2)
+    np.testing.assert_allclose(fe["p_value"], ref["p_value"], rtol=2e-2, atol=1e-12)
+
+
+@pytest.mark.parametrize("case, key", [("unbalanced", "anova_unbalanced_kr"),
+                                       ("nested_slope", "anova_nested_kr")])
+def test_kenward_roger_anova_matches_lmertest(case: str, key: str) -> None:
+    ref = pd.DataFrame(json.loads((REF / "lme4_sleepstudy_tests.json").read_text())[key])
+    formula, reml = CASES[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_mixed(load_data(case), formula, reml=reml, engine="pls",
+                        df_method="kenward-roger")
+    out = fit.anova()
+    assert list(out["term"]) == list(ref["term"])
+    np.testing.assert_allclose(out["num_df"], ref["num_df"])
+    np.testing.assert_allclose(out["statistic"], ref["statistic"], rtol=1e-3)
+    np.testing.assert_allclose(out["den_df"], ref["den_df"], rtol=1e-2)

@@ -73,9 +73,10 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
     engine : {"auto", "fast", "pls", "statsmodels"}
         "auto" takes the first engine of ``AUTO_ORDER`` that fits the model exactly; the reason is
         in ``fit.diagnostics["engine_reason"]``.
-    df_method : {"satterthwaite", "residual", "asymptotic"}
-        Degrees of freedom for t tests and CIs: lmerTest's Satterthwaite (default), n − p, or ∞
-        (z tests). "kenward-roger" is not implemented and raises.
+    df_method : {"satterthwaite", "kenward-roger", "residual", "asymptotic"}
+        Degrees of freedom for t tests and CIs: lmerTest's Satterthwaite (default),
+        Kenward-Roger as pbkrtest (with its adjusted covariance of β̂ for the standard errors;
+        REML fits, dense n×n matrices, n ≤ 4000), n − p, or ∞ (z tests).
     options : dict, optional
         Passed to the engine (e.g. ``maxiter``).
 
@@ -93,9 +94,9 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
     """
     if df_method not in DF_METHODS:
         raise ValueError(f"df_method must be one of {', '.join(DF_METHODS)}; got {df_method!r}.")
-    if df_method == "kenward-roger":
-        raise ValueError("df_method='kenward-roger' is not implemented; use 'satterthwaite' "
-                         "(lmerTest's default), 'residual' or 'asymptotic'.")
+    if df_method == "kenward-roger" and not reml:
+        raise ValueError("df_method='kenward-roger' needs a REML fit (reml=True), as pbkrtest "
+                         "does; use 'satterthwaite' for ML fits.")
     spec = build_spec(data, formula)
     eng, reason = _choose_engine(spec, engine)
     from mfr_outcomes.models.pls import blas_limits
@@ -169,7 +170,7 @@ class MixedFit:
     def _warn(self, message: str, category=ModelWarning, emit: bool = True) -> None:
         self.diagnostics["warnings"].append(message)
         if emit:
-            warnings.warn(message, category, stacklevel=4)
+            warnings.warn(message, category, stacklevel=5)
 
     def _check(self, emit: bool) -> None:
         spec = self.spec
@@ -267,8 +268,22 @@ class MixedFit:
                 self._warn(f"Satterthwaite df: {m}.", ModelWarning, True)
         return self._satt
 
+    def _kenward_roger(self) -> inference.KenwardRogerData:
+        if getattr(self, "_kr", None) is None:
+            self._kr = inference.kenward_roger_data(self)
+        return self._kr
+
+    def _vcov_for_tests(self) -> np.ndarray:
+        """Var(β̂) used by t/F tests: pbkrtest's adjusted Φ_A for Kenward-Roger, else lme4's."""
+        if self.df_method == "kenward-roger":
+            return self._kenward_roger().PhiA
+        return np.asarray(self.result.vcov_beta)
+
     def _df_for(self, L: np.ndarray) -> np.ndarray:
         L = np.atleast_2d(np.asarray(L, dtype=float))
+        if self.df_method == "kenward-roger":
+            kr = self._kenward_roger()
+            return np.array([kr.df(row) for row in L])
         if self.df_method == "satterthwaite":
             return inference.satterthwaite_df(self._satterthwaite(), L)
         if self.df_method == "residual":
@@ -455,7 +470,8 @@ class MixedFit:
 
     # ------------------------------------------------------------------ display
     def _df_label(self) -> str:
-        return {"satterthwaite": "Satterthwaite's method", "residual": "residual df (n - p)",
+        return {"satterthwaite": "Satterthwaite's method",
+                "kenward-roger": "Kenward-Roger's method", "residual": "residual df (n - p)",
                 "asymptotic": "normal approximation (z)"}.get(self.df_method, self.df_method)
 
     def summary(self) -> str:

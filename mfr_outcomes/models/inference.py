@@ -29,6 +29,8 @@ __all__ = [
     "compare",
     "confint_variance",
     "anova_type3",
+    "KenwardRogerData",
+    "kenward_roger_data",
 ]
 
 _ZERO_TOL = np.sqrt(np.finfo(float).eps / 7e-7)
@@ -170,7 +172,7 @@ def contest_1d(fit: MixedFit, L: np.ndarray, names: Sequence[str] | None = None,
     if names is None:
         names = [f"contrast {i + 1}" for i in range(L.shape[0])]
     df = fit._df_for(L)
-    return _table(L, fit.result.beta, fit.result.vcov_beta, df, names, level)
+    return _table(L, fit.result.beta, fit._vcov_for_tests(), df, names, level)
 
 
 def contest_md(fit: MixedFit, L: np.ndarray, name: str = "") -> dict:
@@ -179,7 +181,7 @@ def contest_md(fit: MixedFit, L: np.ndarray, name: str = "") -> dict:
     Returns a dict with term, num_df, den_df, statistic (F) and p_value.
     """
     L = np.atleast_2d(np.asarray(L, dtype=float))
-    beta, V = fit.result.beta, fit.result.vcov_beta
+    beta, V = fit.result.beta, fit._vcov_for_tests()
     VL = L @ V @ L.T
     lam, P = np.linalg.eigh(VL)
     keep = lam > max(lam.max(), 0) * 1e-8
@@ -188,7 +190,10 @@ def contest_md(fit: MixedFit, L: np.ndarray, name: str = "") -> dict:
     PtL = P.T @ L
     t2 = (PtL @ beta) ** 2 / lam
     F = float(t2.sum() / qrank)
-    if fit.df_method in ("satterthwaite", "kenward-roger"):
+    if fit.df_method == "kenward-roger":  # lmerTest: pbkrtest's KRmodcomp, scaled F
+        den, scaling = fit._kenward_roger().adjust(L)
+        F *= scaling
+    elif fit.df_method == "satterthwaite":
         nu = fit._df_for(PtL)
         finite = nu[np.isfinite(nu)]
         if qrank == 1:
@@ -552,3 +557,98 @@ def anova_type3(fit: MixedFit) -> pd.DataFrame:
             continue
         rows.append(contest_md(fit, Lt, label))
     return pd.DataFrame(rows, columns=["term", "num_df", "den_df", "statistic", "p_value"])
+
+
+class KenwardRogerData:
+    """Kenward & Roger (1997) as pbkrtest computes it (``vcovAdj``, ``.KR_adjust``): the adjusted
+    covariance Φ_A of β̂ and what the df of a contrast need (P_i, W)."""
+
+    def __init__(self, PhiA: np.ndarray, Phi: np.ndarray, P: list[np.ndarray], W: np.ndarray):
+        self.PhiA, self.Phi, self.P, self.W = PhiA, Phi, P, W
+
+    def df(self, L: np.ndarray) -> float:
+        """df of the t test of one contrast row, as pbkrtest's ``get_Lb_ddf`` (which lmerTest
+        uses): Θ = ll'/(l'Φl) with the unadjusted Φ."""
+        row = np.asarray(L, dtype=float).ravel()
+        return self.adjust(row[None, :])[0]
+
+    def adjust(self, L: np.ndarray) -> tuple[float, float]:
+        """(denominator df, F scaling) as pbkrtest's ``.KR_adjust`` (KRmodcomp); Θ uses the
+        unadjusted Φ, as pbkrtest does."""
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        q = np.linalg.matrix_rank(L)
+        Theta = L.T @ np.linalg.solve(L @ self.Phi @ L.T, L)
+        TP = Theta @ self.Phi
+        U = [TP @ Pi @ self.Phi for Pi in self.P]
+        A1 = A2 = 0.0
+        k = len(self.P)
+        for i in range(k):
+            for j in range(i, k):
+                e = 1.0 if i == j else 2.0
+                A1 += e * self.W[i, j] * np.trace(U[i]) * np.trace(U[j])
+                A2 += e * self.W[i, j] * np.sum(U[i] * U[j].T)
+        B = (A1 + 6 * A2) / (2 * q)
+        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+        den = 3 * q + 2 * (1 - g)
+        c1, c2, c3 = g / den, (q - g) / den, (q + 2 - g) / den
+        V0 = 1 + c1 * B
+        V0 = 0.0 if abs(V0) < 1e-10 else V0
+        V1, V2 = 1 - c2 * B, 1 - c3 * B
+        ratio = (1 - A2 / q) / V1 if V1 != 0 else 0.0
+        rho = ratio ** 2 * V0 / V2 / q
+        df2 = float(4 + (q + 2) / (q * rho - 1))
+        scaling = 1.0 if abs(df2 - 2) < 1e-2 else df2 * (1 - A2 / q) / (df2 - 2)
+        return df2, float(scaling)
+
+
+def kenward_roger_data(fit: MixedFit) -> KenwardRogerData:
+    """Φ_A = Φ + 2Φ U Φ (pbkrtest's ``vcovAdj16_internal``) on dense n×n matrices."""
+    spec = fit.spec
+    n = spec.n
+    if n > 4000:
+        raise ValueError(f"Kenward-Roger needs dense {n}×{n} matrices; use 'satterthwaite' for "
+                         f"more than 4000 observations.")
+    G: list[np.ndarray] = []
+    gamma: list[float] = []
+    for b, (_, _, cov) in zip(spec.blocks, fit.random_covariances):
+        same = (b.codes[:, None] == b.codes[None, :]).astype(float)
+        for j in range(b.q):
+            for i in range(j, b.q):
+                zz = np.outer(b.Z[:, i], b.Z[:, j])
+                Gi = (zz + zz.T) if i != j else zz
+                G.append(Gi * same)
+                gamma.append(cov[i, j])
+    G.append(np.eye(n))
+    gamma.append(fit.sigma ** 2)
+    Sigma = sum(g * Gi for g, Gi in zip(gamma, G))
+    SigmaInv = np.linalg.inv(Sigma)
+    X = spec.X
+    Phi = np.asarray(fit.result.vcov_beta)
+    TT = SigmaInv @ X
+    H = [Gi @ SigmaInv for Gi in G]
+    HX = [Hi @ X for Hi in H]
+    k = len(G)
+    P = [-(Oi.T @ TT) for Oi in HX]
+    P = [(Pi + Pi.T) / 2 for Pi in P]
+    Q = {}
+    for r in range(k):
+        for s in range(r, k):
+            Q[r, s] = HX[r].T @ SigmaInv @ HX[s]
+    IE2 = np.zeros((k, k))
+    for i in range(k):
+        PhiPi = Phi @ P[i]
+        for j in range(i, k):
+            kt = float(np.sum(H[i].T * H[j]))
+            IE2[i, j] = IE2[j, i] = (kt - 2 * np.sum(Phi * Q[i, j])
+                                     + np.sum(PhiPi * (P[j] @ Phi)))
+    ev = np.linalg.eigvalsh(IE2)
+    W = 2 * (np.linalg.inv(IE2) if np.min(np.abs(ev)) > 1e-10 else np.linalg.pinv(IE2))
+    U = np.zeros_like(Phi)
+    for i in range(k - 1):
+        for j in range(i + 1, k):
+            U += W[i, j] * (Q[i, j] - P[i] @ Phi @ P[j])
+    U = U + U.T
+    for i in range(k):
+        U += W[i, i] * (Q[i, i] - P[i] @ Phi @ P[i])
+    PhiA = Phi + 2 * Phi @ U @ Phi
+    return KenwardRogerData(PhiA, Phi, P, W)

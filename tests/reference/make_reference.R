@@ -136,6 +136,23 @@ extra <- list(
                p_value = t3$`Pr(>F)`)
   }
 )
+# Kenward-Roger (pbkrtest through lmerTest): t tests of each coefficient and the type III anova
+kr <- function(m) {
+  cf <- summary(m, ddf = "Kenward-Roger")$coefficients
+  data.frame(term = rownames(cf), estimate = cf[, "Estimate"], std_error = cf[, "Std. Error"],
+             df = cf[, "df"], statistic = cf[, "t value"], p_value = cf[, "Pr(>|t|)"],
+             row.names = NULL)
+}
+extra$kenward_roger <- list(sleepstudy_slope = kr(m_ss), unbalanced = kr(m_ub),
+                            nested_slope = kr(m_ns))
+t3kr <- anova(m_ub, type = 3, ddf = "Kenward-Roger")
+extra$anova_unbalanced_kr <- data.frame(term = rownames(t3kr), num_df = t3kr$NumDF,
+                                        den_df = t3kr$DenDF, statistic = t3kr$`F value`,
+                                        p_value = t3kr$`Pr(>F)`)
+t3krn <- anova(m_ns, type = 3, ddf = "Kenward-Roger")
+extra$anova_nested_kr <- data.frame(term = rownames(t3krn), num_df = t3krn$NumDF,
+                                    den_df = t3krn$DenDF, statistic = t3krn$`F value`,
+                                    p_value = t3krn$`Pr(>F)`)
 writeLines(toJSON(extra, digits = NA, auto_unbox = TRUE, na = "null", pretty = TRUE),
            file.path(dir, "lme4_sleepstudy_tests.json"))
 
