@@ -118,10 +118,11 @@ def main(argv=None) -> int:
                          {"what": f"lme4 refit + lmerTest Satterthwaite: {r['n_lmertest']} refits",
                           "seconds": r["lmertest_seconds"],
                           "ms_per_study": 1e3 * r["lmertest_seconds"] / r["n_lmertest"]}]
-                note = (f"largest |difference| of the {r['n']} estimates of post, fast vs lme4: "
-                        f"{diff:.1e}; REML criterion of the fast fit lower than lme4's (by "
-                        f"> 1e-6) in {lower} refits, higher in {higher} (largest "
-                        f"difference {np.max(np.abs(dcrit)):.1e})")
+                # lme4 1.1-31's refit() reports REML criteria a few units off lmer()'s on the
+                # same response (its devfun disagrees at the same θ), so only estimates compare
+                note = (f"largest |difference| of the {r['n']} estimates of post, fast vs lme4 "
+                        f"refit(): {diff:.1e} (refit() stops at nloptwrap's default ftol)")
+                del lower, higher
             else:
                 note = "lme4 failed: " + proc.stderr.strip()[-300:]
     else:

@@ -627,6 +627,63 @@ def _eval_any(stats: Stats, lay: Layout, theta: np.ndarray, classes: _Classes | 
     return _evaluate(stats, lay, theta)
 
 
+def _gradient_nested(stats: Stats, lay: Layout, ev: _Eval, reml: bool) -> np.ndarray:
+    """Analytic gradient of the profiled deviance for a factor nested in an outer factor.
+
+    The terms of ``_gradient_single`` for both levels: V is block diagonal over outer groups, and
+    the blocks of A⁻¹ needed (inner i, its outer h) come from the block Cholesky factor
+    [[L_i, 0], [W_iᵀ, L_h]]: (A⁻¹)_ii = L_i⁻ᵀL_i⁻¹ + L_i⁻ᵀW_i S_h⁻¹W_iᵀL_i⁻¹,
+    (A⁻¹)_ih = −L_i⁻ᵀW_i S_h⁻¹, (A⁻¹)_hh = S_h⁻¹. With ΛᵀZᵀV⁻¹Z = A⁻¹ΛᵀZᵀZ,
+    ZᵀV⁻¹X = ZᵀX − ZᵀZΛ A⁻¹ΛᵀZᵀX and Zᵀr from the modes, each term is a sum over inner groups.
+    """
+    pt = ev.parts
+    qg, qh = lay.q_inner, lay.q_outer
+    L, Lh, W, og = pt["L"], pt["Lh"], pt["W"], pt["og"]
+    lg, lh = pt["lg"], pt["lh"]
+    C = stats.ZtZ
+    Cgg, Cgh, Chg, Chh = C[:qg, :qg], C[:qg, qg:], C[qg:, :qg], C[qg:, qg:]
+    n, p = stats.n, stats.p
+    G, H = L.shape[2], Lh.shape[2]
+    Linv = _fsolve(L, np.broadcast_to(np.eye(qg)[:, :, None], (qg, qg, G)).copy())
+    Lhinv = _fsolve(Lh, np.broadcast_to(np.eye(qh)[:, :, None], (qh, qh, H)).copy())
+    Sg = np.einsum("kag,kbg->abg", Lhinv, Lhinv)[:, :, og]  # S_h⁻¹ at each inner group
+    T1 = _bsolve(L, W)  # L_i⁻ᵀ W_i
+    Aih = -_bmm(T1, Sg)
+    Aii = np.einsum("kag,kbg->abg", Linv, Linv) - _bmm(Aih, T1.transpose(1, 0, 2))
+    Ahi = Aih.transpose(1, 0, 2)
+    # ∂ log|V|
+    Dg = _bmm(Aii, _lmul(lg.T, Cgg)) + _bmm(Aih, _lmul(lh.T, Chg))
+    Dh = _bmm(Sg, _lmul(lh.T, Chh)) + _bmm(Ahi, _lmul(lg.T, Cgh))
+    grad_g = 2.0 * Dg.sum(axis=2).T
+    grad_h = 2.0 * Dh.sum(axis=2).T
+    # ∂ r²
+    u, uh = _modes(ev, lay)
+    uhg = uh[:, og]
+    bg, bh = _lmul(lg, u), _lmul(lh, uhg)
+    zr_g = (stats.Zty[:qg] - np.matmul(ev.beta, stats.ZtX[:qg]) - _bmm(Cgg, bg)
+            - _bmm(Cgh, bh))
+    zr_h = (stats.Zty[qg:] - np.matmul(ev.beta, stats.ZtX[qg:]) - _bmm(Chg, bg)
+            - _bmm(Chh, bh))
+    nn = (n - p) if reml else n
+    c = 2.0 * nn / ev.pwrss
+    grad_g -= c * np.einsum("ag,bg->ab", zr_g, u)
+    grad_h -= c * np.einsum("ag,bg->ab", zr_h, uhg)
+    # ∂ log|XᵀV⁻¹X|
+    if reml:
+        Th = _bsolve(Lh, pt["RZXh"])[:, :, og]
+        Ti = _bsolve(L, pt["RZX"] - np.einsum("akg,kpg->apg", W, Th))
+        lTi, lTh = _lmul(lg, Ti), _lmul(lh, Th)
+        Bg = stats.ZtX[:qg] - _bmm(Cgg, lTi) - _bmm(Cgh, lTh)
+        Bh = np.zeros((qh, p, H))
+        _scatter_add(Bh, stats.ZtX[qg:] - _bmm(Chg, lTi) - _bmm(Chh, lTh), og)
+        Pinv = _xtvx_inv(ev)
+        Mg = np.einsum("apg,pq,bqg->ab", Bg, Pinv, Bg)
+        Mh = np.einsum("apg,pq,bqg->ab", Bh, Pinv, Bh)
+        grad_g -= 2.0 * (lg.T @ Mg).T
+        grad_h -= 2.0 * (lh.T @ Mh).T
+    return np.array([(grad_g if lev == 0 else grad_h)[r, c_] for (lev, r, c_) in lay.theta_pos])
+
+
 def profiled_deviance(stats: Stats, lay: Layout, theta: np.ndarray, reml: bool = True,
                       classes: _Classes | None = None) -> float:
     """REML criterion (reml=True) or deviance at θ, profiled over β and σ² (lme4's devfun)."""
@@ -706,7 +763,7 @@ class FastEngine:
             theta0 = np.where(lower == 0.0, 1.0, 0.0)
         theta0 = np.asarray(theta0 if start is None else start, dtype=float)
         bounds = [(0.0 if lo == 0.0 else None, None) for lo in lower]
-        analytic = lay.q_outer == 0
+        analytic = bool(opts.get("analytic_gradient", True))
         classes = _classes(stats, lay) if opts.get("compress", True) else None
         nev = [0]
 
@@ -718,8 +775,10 @@ class FastEngine:
                 return 1e300, np.zeros(nth)
             if classes is not None:
                 return f, _gradient_classes(classes, stats, lay, ev, reml)
-            if analytic:
+            if lay.q_outer == 0:
                 return f, _gradient_single(stats, lay, ev, reml)
+            if analytic:
+                return f, _gradient_nested(stats, lay, ev, reml)
             return f, _fd_gradient(
                 lambda t: _objective(_eval_any(stats, lay, t, classes), n, p, reml), th, f, lower)
 
