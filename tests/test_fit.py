@@ -268,3 +268,17 @@ def test_cli_fit_json_and_csv(capsys) -> None:
     assert main(["fit", str(root / "data" / "synthetic"), "--formula",
                  "value ~ post + (1 | nobody)"]) == 2
     assert "nobody" in capsys.readouterr().err
+
+
+def test_satterthwaite_hessian_caution() -> None:
+    """A boundary fit whose deviance Hessian in (θ, σ) has a negative eigenvalue: lmerTest warns
+    ("Model failed to converge with 1 negative eigenvalue"), and so do we, once df are computed."""
+    from test_recovery import simulate
+
+    with pytest.warns(ModelWarning, match="singular"):
+        f = fit_mixed(simulate(9), "value ~ post * technique + (post | patient_id)",
+                      engine="pls")
+    with pytest.warns(ModelWarning, match="negative eigenvalue"):
+        fe = f.fixed_effects
+    assert np.isfinite(fe["df"]).all()
+    assert any("negative eigenvalue" in w for w in f.diagnostics["warnings"])

@@ -126,18 +126,19 @@ def satterthwaite_data(devfun: Callable[[np.ndarray], float],
     messages: list[str] = []
     H = richardson_hessian(devfun, varpar)
     H = (H + H.T) / 2
-    ev = np.linalg.eigvalsh(H)
-    tol = 1e-6
-    if np.min(ev) < -tol:
-        messages.append("the Hessian of the deviance in (θ, σ) has negative eigenvalues, so the "
-                        "model may not have converged and the Satterthwaite df are doubtful")
-    if np.min(np.abs(ev)) < tol:
-        messages.append("the Hessian of the deviance in (θ, σ) is near singular, so the "
-                        "Satterthwaite df are doubtful")
-    try:
-        A = 2.0 * np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        A = 2.0 * np.linalg.pinv(H)
+    # lmerTest (as_lmerModLT, tol = 1e-8): warn on negative or near-zero eigenvalues and invert H
+    # on its positive eigen-space only.
+    tol = 1e-8
+    ev, vec = np.linalg.eigh(H)
+    neg, zero, pos = ev < -tol, np.abs(ev) <= tol, ev > tol
+    if neg.any():
+        messages.append(f"the model may not have converged: the Hessian of the deviance in "
+                        f"(θ, σ) has {int(neg.sum())} negative eigenvalue(s) "
+                        f"({', '.join(f'{v:.1e}' for v in ev[neg])})")
+    if zero.any():
+        messages.append(f"the model may not have converged: the Hessian of the deviance in "
+                        f"(θ, σ) has {int(zero.sum())} eigenvalue(s) close to zero")
+    A = 2.0 * (vec[:, pos] / ev[pos]) @ vec[:, pos].T
     jac = richardson_jacobian(vcovfun, varpar)
     return SatterthwaiteData(np.asarray(vcov), A, jac, messages)
 
