@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mfr_outcomes.models import inference
-from mfr_outcomes.models.formula import build_spec, fixed_matrix
+from mfr_outcomes.models.formula import build_spec, fixed_matrix, prepare_newdata
 from mfr_outcomes.models.spec import (
     AUTO_ORDER,
     ENGINES,
@@ -365,10 +365,7 @@ class MixedFit:
         from formulaic import model_matrix
 
         out = np.zeros(len(newdata))
-        parsed = self.spec.design["parsed"]
-        exprs = {}
-        for rt in parsed.random:
-            exprs.setdefault(rt.expr, None)
+        exprs = self.spec.design.get("random_exprs", {})
         for b, blup in zip(self.spec.blocks, self.result.blups):
             gvars = b.group.split(":")
             if any(g not in newdata.columns for g in gvars):
@@ -379,13 +376,12 @@ class MixedFit:
             known = pos >= 0
             if not known.any():
                 continue
-            nd = newdata.copy()
-            for col, cats in self.spec.design["categories"].items():
-                if col in nd.columns:
-                    nd[col] = pd.Categorical(nd[col].astype(object), categories=cats)
-            expr = " + ".join(t if t != "(Intercept)" else "1" for t in b.terms)
-            if "(Intercept)" not in b.terms:
-                expr = "0 + " + expr
+            nd = prepare_newdata(self.spec, newdata)
+            expr = exprs.get((b.group, tuple(b.terms)))
+            if expr is None:  # a spec built elsewhere: the terms are plain column names
+                expr = " + ".join(t if t != "(Intercept)" else "1" for t in b.terms)
+                if "(Intercept)" not in b.terms:
+                    expr = "0 + " + expr
             zmm = model_matrix(expr, nd, na_action="ignore")
             names = ["(Intercept)" if c == "Intercept" else c for c in zmm.columns]
             Z = pd.DataFrame(np.asarray(zmm, float), columns=names)[b.terms].to_numpy()

@@ -17,7 +17,8 @@ from formulaic import Formula, model_matrix
 
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
 
-__all__ = ["ParsedFormula", "RandomTerm", "parse_formula", "build_spec", "fixed_matrix"]
+__all__ = ["ParsedFormula", "RandomTerm", "parse_formula", "build_spec", "fixed_matrix",
+           "prepare_newdata"]
 
 INTERCEPT = "(Intercept)"
 
@@ -157,11 +158,10 @@ def _expr_variables(expr: str) -> set[str]:
         raise ValueError(f"The model formula part {expr!r} could not be read: {exc}.") from None
 
 
-def fixed_matrix(spec: ModelSpec, newdata: pd.DataFrame) -> np.ndarray:
-    """The fixed-effects model matrix of *spec* evaluated on *newdata* (same columns as ``spec.X``).
+def prepare_newdata(spec: ModelSpec, newdata: pd.DataFrame) -> pd.DataFrame:
+    """New rows coded as the fit's data were: the fit's categories, booleans as 0/1.
 
-    Categorical columns are given the categories seen in the fit, so that a new frame with one level
-    only still produces every column.
+    Raises ValueError naming a level the model was not fitted on.
     """
     nd = newdata.copy()
     for col, cats in spec.design["categories"].items():
@@ -172,6 +172,19 @@ def fixed_matrix(spec: ModelSpec, newdata: pd.DataFrame) -> np.ndarray:
                                  f"fitted on (known: {list(cats)}).")
             nd[col] = pd.Categorical(nd[col].astype(object).where(nd[col].notna()),
                                      categories=cats)
+    for col in spec.design.get("bool_cols", ()):
+        if col in nd.columns:
+            nd[col] = nd[col].astype(float)
+    return nd
+
+
+def fixed_matrix(spec: ModelSpec, newdata: pd.DataFrame) -> np.ndarray:
+    """The fixed-effects model matrix of *spec* evaluated on *newdata* (same columns as ``spec.X``).
+
+    Categorical columns are given the categories seen in the fit, so that a new frame with one level
+    only still produces every column.
+    """
+    nd = prepare_newdata(spec, newdata)
     mm = spec.design["model_spec"].get_model_matrix(nd, na_action="ignore")
     names = _rename_intercept(list(mm.columns))
     frame = pd.DataFrame(np.asarray(mm, dtype=float), columns=names, index=nd.index)
@@ -241,6 +254,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
 
     notes: list[str] = []
     categories: dict[str, list] = {}
+    bool_cols: list[str] = []
     for col in sorted(fixed_vars | random_vars):
         s = df[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
@@ -253,6 +267,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
         elif s.dtype == object or pd.api.types.is_string_dtype(s) or pd.api.types.is_bool_dtype(s):
             if pd.api.types.is_bool_dtype(s):
                 df[col] = s.astype(int)
+                bool_cols.append(col)
                 continue
             df[col] = pd.Categorical(s.astype(str))
             categories[col] = list(df[col].cat.categories)
@@ -282,6 +297,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
             names = [names[i] for i in keep]
 
     blocks: list[RandomBlock] = []
+    random_exprs: dict[tuple[str, tuple[str, ...]], str] = {}
     for rt in parsed.random:
         try:
             zmm = model_matrix(rt.expr, df, na_action="raise")
@@ -302,6 +318,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
             parts = [(Zfull, znames)] if rt.correlated else \
                 [(Zfull[:, [j]], [znames[j]]) for j in range(Zfull.shape[1])]
             for Z, tn in parts:
+                random_exprs[(group, tuple(tn))] = rt.expr
                 blocks.append(RandomBlock(group=group, terms=list(tn), Z=np.ascontiguousarray(Z),
                                           codes=codes.astype(np.int64), levels=pd.Index(levels),
                                           correlated=rt.correlated))
@@ -309,7 +326,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     blocks.sort(key=lambda b: -b.n_levels)
 
     design = {"model_spec": mm.model_spec, "categories": categories, "used": used,
-              "parsed": parsed}
+              "parsed": parsed, "random_exprs": random_exprs, "bool_cols": bool_cols}
     return ModelSpec(formula=formula, response=response, y=y, X=X, fixed_names=names,
                      blocks=blocks, data=df, excluded=excluded, design=design,
                      fixed_formula=parsed.fixed_formula, notes=notes)

@@ -58,14 +58,16 @@ class PLSModel:
             q += b.q * b.n_levels
         self.q = q
         self.offsets = offsets
-        Z = np.zeros((n, q))
         rows = np.arange(n)
+        z_r, z_c, z_v = [], [], []
         # Columns are level-major within a block: level ℓ, term j -> offset + ℓ q_b + j (lme4's order).
         lam_r, lam_c, lam_k = [], [], []
         k0 = 0
         for b, off in zip(spec.blocks, offsets):
             for j in range(b.q):
-                Z[rows, off + b.codes * b.q + j] = b.Z[:, j]
+                z_r.append(rows)
+                z_c.append(off + b.codes * b.q + j)
+                z_v.append(b.Z[:, j])
             k = k0
             for jj in range(b.q):
                 for ii in range(jj, b.q):
@@ -76,16 +78,17 @@ class PLSModel:
                     k += 1
             k0 = k
             cols.append(b)
-        self.Z = Z
-        self.Zs = sp.csr_matrix(Z)
+        # Z is kept sparse: n × q dense would not fit in memory for large n.
+        self.Zs = sp.csr_matrix((np.concatenate(z_v), (np.concatenate(z_r), np.concatenate(z_c))),
+                                shape=(n, q))
         self.lam_r = np.concatenate(lam_r) if lam_r else np.zeros(0, int)
         self.lam_c = np.concatenate(lam_c) if lam_c else np.zeros(0, int)
         self.lam_k = np.concatenate(lam_k) if lam_k else np.zeros(0, int)
         X, y = spec.X, spec.y
         self.ZtZ_s = (self.Zs.T @ self.Zs).tocsr()
         self.ZtZ = self.ZtZ_s.toarray()
-        self.ZtX = Z.T @ X
-        self.Zty = Z.T @ y
+        self.ZtX = np.asarray(self.Zs.T @ X)
+        self.Zty = np.asarray(self.Zs.T @ y)
         self.XtX = X.T @ X
         self.Xty = X.T @ y
         self.yty = float(y @ y)
