@@ -282,3 +282,18 @@ def test_satterthwaite_hessian_caution() -> None:
         fe = f.fixed_effects
     assert np.isfinite(fe["df"]).all()
     assert any("negative eigenvalue" in w for w in f.diagnostics["warnings"])
+
+
+def test_predict_with_factor_slope_and_boolean() -> None:
+    d = sim(n_groups=25, per=8, seed=2)
+    rng = np.random.default_rng(2)
+    d["arm"] = pd.Categorical(rng.choice(["a", "b"], len(d)), categories=["a", "b"])
+    d["home"] = rng.random(len(d)) < 0.5
+    d["y"] = d["y"] + 0.4 * (d["arm"] == "b") + 0.3 * d["home"]
+    with pytest.warns(ModelWarning, match="singular"):  # no true arm-slope variance here
+        f = fit_mixed(d, "y ~ x + arm + home + (arm | g)", engine="pls")
+    assert "home" in f.coef.index and "arm[T.b]" in f.coef.index
+    np.testing.assert_allclose(f.predict(d), f.fitted(), atol=1e-10)
+    np.testing.assert_allclose(f.predict(d, include_random=False), f.fitted(False), atol=1e-10)
+    with pytest.raises(ValueError, match="not fitted on"):
+        f.predict(d.assign(arm=["c"] * len(d)))
