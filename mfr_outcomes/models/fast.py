@@ -721,7 +721,21 @@ class FastEngine:
     Options (``options`` dict of ``fit``): ``gtol`` (default 1e-7, on the projected gradient of
     the deviance), ``ftol`` (1e-13, relative change of the deviance), ``maxiter`` (1000),
     ``boundary_tol`` (1e-4: lme4's ``isSingular`` tolerance on diagonal θ), ``compress``
-    (default True: pool groups with equal ZᵢᵀZᵢ when that makes evaluations cheaper).
+    (default True: pool groups with equal ZᵢᵀZᵢ when that makes evaluations cheaper),
+    ``analytic_gradient`` (default True; False: central differences, for checking).
+
+    Examples
+    --------
+    >>> from mfr_outcomes.models.fast import FastEngine
+    >>> from mfr_outcomes.models.formula import build_spec
+    >>> from mfr_outcomes.synthetic import generate_frames
+    >>> from mfr_outcomes.study import analysis_frame
+    >>> f, _ = generate_frames(n_patients=40, seed=1, measures=["pain_nrs"])
+    >>> d = analysis_frame(f["patients"], f["sessions"], f["measurements"], "pain_nrs")
+    >>> spec = build_spec(d[d["technique"] != "none"], "value ~ post + (post | patient_id)")
+    >>> res = FastEngine().fit(spec)
+    >>> res.engine, len(res.theta)
+    ('fast', 3)
     """
 
     name = "fast"
