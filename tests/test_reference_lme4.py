@@ -242,3 +242,32 @@ def test_kenward_roger_anova_matches_lmertest(case: str, key: str) -> None:
     np.testing.assert_allclose(out["num_df"], ref["num_df"])
     np.testing.assert_allclose(out["statistic"], ref["statistic"], rtol=1e-3)
     np.testing.assert_allclose(out["den_df"], ref["den_df"], rtol=1e-2)
+
+
+def _icc_cases():
+    out = []
+    for c in CASES:
+        if load_fixture(c)["icc_adjusted"] is None:
+            continue
+        marks = []
+        if c == "sleepstudy_uncorrelated":
+            marks.append(pytest.mark.xfail(
+                strict=False, reason="models.r2 (another module) does not yet reproduce "
+                "performance's random-slope variance for lme4's split '||' blocks"))
+        out.append(pytest.param(c, marks=marks, id=c))
+    return out
+
+
+@pytest.mark.parametrize("case", _icc_cases())
+def test_icc_and_r2_through_the_fit_match_performance(case: str) -> None:
+    """fit.icc() / fit.r2() (delegating to models.r2) against performance::icc / r2_nakagawa."""
+    fx = load_fixture(case)
+    fit = fitted(case, "pls")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ic = fit.icc()
+        r2 = fit.r2()
+    np.testing.assert_allclose(ic.adjusted, fx["icc_adjusted"], rtol=1e-3)
+    np.testing.assert_allclose(ic.unadjusted, fx["icc_unadjusted"], rtol=1e-3)
+    np.testing.assert_allclose(r2.marginal, fx["r2_marginal"], rtol=1e-3, atol=1e-12)
+    np.testing.assert_allclose(r2.conditional, fx["r2_conditional"], rtol=1e-3)
