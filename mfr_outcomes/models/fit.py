@@ -86,11 +86,14 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
 
     Examples
     --------
-    >>> import pandas as pd
-    >>> d = pd.read_csv("tests/reference/data/sleepstudy.csv")
-    >>> fit = fit_mixed(d, "Reaction ~ Days + (Days | Subject)")
-    >>> round(fit.reml_criterion, 2)
-    1743.63
+    >>> import mfr_outcomes as mfr
+    >>> frame = mfr.load_study("data/synthetic").frame("pain_nrs")
+    >>> frame = frame[frame["technique"] != "none"]
+    >>> fit = fit_mixed(frame, "value ~ post * technique + session_number + (post | patient_id)")
+    >>> fit.fixed_effects.columns.tolist()
+    ['term', 'estimate', 'std_error', 'df', 'statistic', 'p_value', 'ci_low', 'ci_high']
+    >>> fit.linear_contrast({"post": 1, "post:technique[T.massage]": 1}, names=["post, massage"])
+    ... # doctest: +SKIP
     """
     if df_method not in DF_METHODS:
         raise ValueError(f"df_method must be one of {', '.join(DF_METHODS)}; got {df_method!r}.")
@@ -120,6 +123,11 @@ class MixedFit:
         correlation), and a last row ``Residual``.
     loglik, aic, bic, reml_criterion, deviance, nobs, ngroups, diagnostics
         As lme4 reports them (loglik is the REML log-likelihood for a REML fit).
+    coef, vcov : Series, DataFrame
+        β̂ and lme4's Var(β̂) = σ²(R_X'R_X)⁻¹. With ``df_method="kenward-roger"`` the tests use
+        pbkrtest's adjusted covariance instead (``fit._vcov_for_tests()``); ``vcov`` stays lme4's.
+    theta, sigma : ndarray, float
+        lme4's relative covariance factor elements (block order of ``spec.blocks``) and σ.
     """
 
     def __init__(self, spec: ModelSpec, result: EngineResult, *, reml: bool, df_method: str,
