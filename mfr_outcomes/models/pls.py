@@ -199,7 +199,7 @@ def pls_model(spec: ModelSpec) -> PLSModel:
         return hit[1]
     model = PLSModel(spec)
     _MODELS[key] = (spec, model)
-    while len(_MODELS) > 6:
+    while len(_MODELS) > 3:  # each holds a dense q×q Z'Z
         _MODELS.popitem(last=False)
     return model
 
