@@ -16,6 +16,7 @@ import os
 import sys
 
 FORMULA = "value ~ post * technique + session_number + (post | patient_id)"
+NESTED = FORMULA + " + (1 | therapist_id)"
 SM_FIXED = "value ~ post * technique + session_number"
 LEVELS = ["direct_pressure", "stretching", "massage", "combined"]
 
@@ -33,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=[12_500, 25_000, 50_000, 100_000, 200_000],
                    help="patients for the fast-engine-alone scaling table (empty: skip)")
     p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--nested", type=int, nargs="*", default=[2_000, 10_000],
+                   help="patients for the nested (patients within therapists) table vs lme4 "
+                        "(empty: skip)")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads (default 1: R's reference BLAS is single-threaded too)")
@@ -106,7 +110,7 @@ def _r_name(name: str) -> str:
     return name.replace("[T.", "").replace("]", "")
 
 
-def run_lme4(d, reps: int, workdir: str) -> dict | None:
+def run_lme4(d, reps: int, workdir: str, formula: str = FORMULA) -> dict | None:
     import json
     import shutil
     import subprocess
@@ -117,7 +121,7 @@ def run_lme4(d, reps: int, workdir: str) -> dict | None:
     out = os.path.join(workdir, "lme4.json")
     d.to_csv(csv, index=False)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fit_lme4.R")
-    proc = subprocess.run(["Rscript", script, csv, out, FORMULA, "TRUE", ",".join(LEVELS),
+    proc = subprocess.run(["Rscript", script, csv, out, formula, "TRUE", ",".join(LEVELS),
                            str(reps)], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"note": "lme4 failed: " + proc.stderr.strip().splitlines()[-1]
@@ -208,8 +212,48 @@ def bench(args) -> None:
     with open(os.path.join(args.out, "bench_fit.md"), "w") as fh:
         fh.write(md)
     print(md)
+    if args.nested:
+        nested(args, engine)
     if args.scaling and not args.no_scaling:
         scaling(args, engine)
+
+
+def nested(args, engine) -> None:
+    """Patients within therapists: the per-group path (no pooling) with the nested gradient."""
+    import tempfile
+
+    import numpy as np
+    import pandas as pd
+
+    from mfr_outcomes.models.formula import build_spec
+
+    rows = []
+    for n_pat in args.nested:
+        d = make_data(n_pat, args.seed)
+        spec = build_spec(d, NESTED)
+        fast_s, res = _best(lambda spec=spec: engine.fit(spec, reml=True), args.reps)
+        with tempfile.TemporaryDirectory() as tmp:
+            lm = run_lme4(d, args.reps, tmp, NESTED)
+        row = {"patients": n_pat, "therapists": int(d["therapist_id"].nunique()), "rows": spec.n,
+               "fast_s": fast_s, "fast_evaluations": res.n_evaluations}
+        if lm and "seconds" in lm:
+            row.update(lme4_s=lm["seconds"], lme4_over_fast=lm["seconds"] / fast_s,
+                       max_abs_diff_beta_lme4=float(np.max(np.abs(res.beta - np.asarray(
+                           lm["beta"])))), diff_objective_lme4=res.objective - lm["objective"])
+        rows.append(row)
+        print(f"nested {n_pat} patients: fast {fast_s:.3f} s", file=sys.stderr, flush=True)
+    t = pd.DataFrame(rows)
+    t.to_csv(os.path.join(args.out, "bench_nested.csv"), index=False)
+    md = ("| patients | therapists | rows | fast (s) | lme4 (s) | lme4 / fast | max abs Δβ vs lme4 "
+          "| Δ REML crit vs lme4 |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    md += "\n".join(
+        f"| {r['patients']:,} | {r['therapists']} | {r['rows']:,} | {r['fast_s']:.3f} | "
+        f"{_fmt(r.get('lme4_s'), '.2f')} | {_fmt(r.get('lme4_over_fast'), '.1f')}× | "
+        f"{_fmt(r.get('max_abs_diff_beta_lme4'), '.1e')} | "
+        f"{_fmt(r.get('diff_objective_lme4'), '.1e')} |" for r in t.to_dict("records")) + "\n"
+    with open(os.path.join(args.out, "bench_nested.md"), "w") as fh:
+        fh.write(md)
+    print(md)
 
 
 def _fmt(x, spec: str) -> str:
