@@ -270,14 +270,29 @@ def test_cli_fit_json_and_csv(capsys) -> None:
     assert "nobody" in capsys.readouterr().err
 
 
-def test_satterthwaite_hessian_caution() -> None:
-    """A boundary fit whose deviance Hessian in (θ, σ) has a negative eigenvalue: lmerTest warns
-    ("Model failed to converge with 1 negative eigenvalue"), and so do we, once df are computed."""
-    from test_recovery import simulate
+def test_satterthwaite_hessian_caution(monkeypatch) -> None:
+    """A deviance Hessian in (θ, σ) with a negative eigenvalue (a saddle, not an optimum): lmerTest
+    warns ("Model failed to converge with 1 negative eigenvalue") and inverts H on its positive
+    eigen-space only; so do we, and the caution reaches the fit's warnings."""
+    from mfr_outcomes.models import inference
 
-    with pytest.warns(ModelWarning, match="singular"):
-        f = fit_mixed(simulate(9), "value ~ post * technique + (post | patient_id)",
-                      engine="pls")
+    def devfun(v):  # Hessian diag(2, -1, 2): one negative eigenvalue
+        return v[0] ** 2 - 0.5 * v[1] ** 2 + v[2] ** 2
+
+    def vcovfun(v):
+        return np.array([[1.0 + v[0] + v[1] + v[2]]])
+
+    sd = inference.satterthwaite_data(devfun, vcovfun, np.array([0.3, 0.2, 0.1]),
+                                      np.array([[1.6]]))
+    assert any("1 negative eigenvalue" in m for m in sd.messages)
+    np.testing.assert_allclose(sd.A, np.diag([1.0, 0.0, 1.0]), atol=1e-6)
+    # df = 2 V² / (g' A g) with g = (1, 1, 1): 2 · 1.6² / 2
+    np.testing.assert_allclose(sd.df_1d(np.array([1.0])), 1.6 ** 2, rtol=1e-6)
+
+    real = inference.satterthwaite_data
+    monkeypatch.setattr(inference, "satterthwaite_data",
+                        lambda d, v, vp, vc: real(lambda x: x[0] ** 2 - 0.5 * x[1] ** 2, v, vp, vc))
+    f = fit_mixed(sim(n_groups=20, per=6, seed=4), "y ~ x + (1 | g)", engine="pls")
     with pytest.warns(ModelWarning, match="negative eigenvalue"):
         fe = f.fixed_effects
     assert np.isfinite(fe["df"]).all()

@@ -47,8 +47,6 @@ STATSMODELS_CANNOT = {
 # Cases MixedLM expresses but where its optimiser stops short of lme4's boundary optimum
 # (slope variance 0 with correlation -1): its θ differs, so estimates differ beyond tolerance.
 STATSMODELS_MISSES = {
-    "prepost": "MixedLM's optimiser stops short of the singular boundary optimum (slope sd 0, "
-               "correlation -1) that lme4 reaches",
     "singular": "MixedLM's optimiser stops short of the singular boundary optimum (slope sd 0, "
                 "correlation -1) that lme4 reaches",
 }

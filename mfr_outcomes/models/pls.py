@@ -259,7 +259,7 @@ def optimize_theta(spec: ModelSpec, reml: bool, start: np.ndarray | None = None,
     messages: list[str] = []
     x, fx = x0, f(x0)
     converged = False
-    for _attempt in range(3):
+    for _attempt in range(6):
         res = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": int(options.get("maxiter", 2000)), "ftol": 1e-15,
                                 "gtol": 1e-9, "maxcor": 20})
@@ -267,8 +267,24 @@ def optimize_theta(spec: ModelSpec, reml: bool, start: np.ndarray | None = None,
         if res.fun <= fx:
             x, fx = np.asarray(res.x, float), float(res.fun)
         converged = bool(res.success) or "ABNORMAL" in str(res.message)
-        if not improved:
+        if improved:
+            continue
+        # A diagonal θ at 0 is a stationary point in its own direction (the deviance depends on it
+        # through its square), even when the deviance falls away from it, so a gradient method can
+        # stop there. Probe inside the bound and restart from the best point found.
+        at_bound = np.flatnonzero((lb == 0.0) & (x <= 0.0))
+        scale = max(float(np.max(np.abs(x))), 1.0)
+        best, best_f = None, fx
+        for i in at_bound:
+            for delta in (1e-3, 1e-2, 0.1, 0.5):
+                trial = x.copy()
+                trial[i] = delta * scale
+                ft = f(trial)
+                if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
+                    best, best_f = trial, ft
+        if best is None:
             break
+        x, fx = best, best_f
     if not np.isfinite(fx):
         converged = False
         messages.append("the deviance could not be evaluated at any θ tried")
