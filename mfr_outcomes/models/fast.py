@@ -22,6 +22,7 @@ from scipy.linalg.lapack import dpotrs as _potrs
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
+    probe_inside_bounds,
     register_engine,
     theta_lower_bounds,
     theta_start,
@@ -811,18 +812,7 @@ class FastEngine:
         restarts = 0
         while restarts < 4:
             theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)
-            at_bound = np.flatnonzero((lower == 0.0) & (theta == 0.0))
-            if at_bound.size == 0:
-                break
-            best_f, best = float(res.fun), None
-            scale = max(float(np.max(np.abs(theta))), 1.0)
-            for k in at_bound:
-                for delta in (1e-3, 1e-2, 0.1, 0.5):
-                    trial = theta.copy()
-                    trial[k] = delta * scale
-                    ft = objective_only(trial)
-                    if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
-                        best_f, best = ft, trial
+            best, best_f = probe_inside_bounds(objective_only, theta, float(res.fun), lower)
             if best is None:
                 break
             res = optimize.minimize(fg, best, jac=True, method="L-BFGS-B", bounds=bounds,

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
+    probe_inside_bounds,
     register_engine,
     theta_lower_bounds,
     theta_start,
@@ -269,19 +270,7 @@ def optimize_theta(spec: ModelSpec, reml: bool, start: np.ndarray | None = None,
         converged = bool(res.success) or "ABNORMAL" in str(res.message)
         if improved:
             continue
-        # A diagonal θ at 0 is a stationary point in its own direction (the deviance depends on it
-        # through its square), even when the deviance falls away from it, so a gradient method can
-        # stop there. Probe inside the bound and restart from the best point found.
-        at_bound = np.flatnonzero((lb == 0.0) & (x <= 0.0))
-        scale = max(float(np.max(np.abs(x))), 1.0)
-        best, best_f = None, fx
-        for i in at_bound:
-            for delta in (1e-3, 1e-2, 0.1, 0.5):
-                trial = x.copy()
-                trial[i] = delta * scale
-                ft = f(trial)
-                if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
-                    best, best_f = trial, ft
+        best, best_f = probe_inside_bounds(f, x, fx, lb)
         if best is None:
             break
         x, fx = best, best_f

@@ -25,6 +25,7 @@ __all__ = [
     "theta_lower_bounds",
     "theta_start",
     "block_lambda",
+    "probe_inside_bounds",
 ]
 
 
@@ -153,3 +154,25 @@ AUTO_ORDER: list[str] = ["fast", "pls", "statsmodels"]
 def register_engine(engine: Engine) -> Engine:
     ENGINES[engine.name] = engine
     return engine
+
+
+def probe_inside_bounds(f: Callable[[np.ndarray], float], theta: np.ndarray, f_theta: float,
+                        lower: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """Look for a lower deviance just inside the bound of each diagonal θ that sits at 0.
+
+    A diagonal θ at 0 is a stationary point in its own direction (the deviance depends on it
+    through its square) even when the deviance falls away from it, so a gradient optimiser can
+    stop there. Returns (the best trial point, its deviance), or (None, f_theta) when no trial is
+    lower; the caller restarts its optimiser from the point returned.
+    """
+    at_bound = np.flatnonzero((lower == 0.0) & (theta <= 0.0))
+    scale = max(float(np.max(np.abs(theta))), 1.0) if theta.size else 1.0
+    best, best_f = None, f_theta
+    for k in at_bound:
+        for delta in (1e-3, 1e-2, 0.1, 0.5):
+            trial = theta.copy()
+            trial[k] = delta * scale
+            ft = f(trial)
+            if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
+                best, best_f = trial, ft
+    return best, best_f
