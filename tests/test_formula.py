@@ -113,6 +113,76 @@ def test_rank_deficient_column_dropped_with_note(frame: pd.DataFrame) -> None:
     assert any("rank deficient" in n for n in spec.notes)
 
 
+def _qr_reference_keep(X: np.ndarray) -> list[int]:
+    """The rank check as first written: LAPACK pivoted QR of the full X, lme4-like tolerance."""
+    import scipy.linalg as sla
+
+    _, r, piv = sla.qr(X, mode="economic", pivoting=True)
+    d = np.abs(np.diag(r))
+    rank = int((d > d.max() * max(X.shape) * np.finfo(float).eps * 10).sum())
+    return sorted(piv[:rank].tolist())
+
+
+def test_rank_check_matches_pivoted_qr_of_x() -> None:
+    from mfr_outcomes.models.formula import _full_rank_columns
+
+    rng = np.random.default_rng(7)
+    n = 500
+    one, x1, x2 = np.ones(n), rng.normal(size=n), rng.integers(1, 7, n).astype(float)
+    dummies = np.eye(4)[rng.integers(0, 4, n)]
+    cases = {
+        "full rank": np.column_stack([one, x1, x2, dummies[:, 1:]]),
+        "badly scaled, full rank": np.column_stack([one, x1 * 1e7, x2]),
+        "all dummies with intercept": np.column_stack([one, x1, dummies]),
+        "duplicate scaled": np.column_stack([one, x1, 2.0 * x1, x2]),
+        "sum of columns": np.column_stack([one, x1, x2, x1 + x2, x2 - 3.0]),
+        "zero column": np.column_stack([one, np.zeros(n), x1]),
+    }
+    for name, X in cases.items():
+        keep = _full_rank_columns(X).tolist()
+        assert keep == _qr_reference_keep(X), name
+        assert len(keep) == np.linalg.matrix_rank(X), name
+
+
+def test_rank_check_skips_the_qr_when_the_gram_matrix_is_well_conditioned(monkeypatch) -> None:
+    import scipy.linalg as sla
+
+    from mfr_outcomes.models.formula import _full_rank_columns
+
+    def no_qr(*args, **kwargs):
+        raise AssertionError("QR of the full X should not be needed")
+
+    monkeypatch.setattr(sla, "qr", no_qr)
+    rng = np.random.default_rng(3)
+    X = np.column_stack([np.ones(1000), rng.normal(size=(1000, 3))])
+    assert _full_rank_columns(X).tolist() == [0, 1, 2, 3]
+    with pytest.raises(AssertionError, match="should not be needed"):
+        _full_rank_columns(np.column_stack([X, X[:, 1]]))  # deficient: goes to the QR
+
+
+def test_rank_deficient_design_drops_the_same_columns_with_note(frame: pd.DataFrame) -> None:
+    # 'any_technique' = 1 everywhere = intercept; 'post_and_half' = post + 0.5 * intercept.
+    frame = frame.assign(any_technique=1.0, post_and_half=frame["post"] + 0.5,
+                         technique=frame["technique"].cat.remove_unused_categories())
+    spec = build_spec(frame, "y ~ post + technique + any_technique + post_and_half "
+                             "+ (1 | patient_id)")
+    full = ["(Intercept)", "technique[T.stretching]", "technique[T.massage]", "post",
+            "any_technique", "post_and_half"]
+    from formulaic import model_matrix
+
+    mm = model_matrix("post + technique + any_technique + post_and_half", frame)
+    X = np.asarray(mm, dtype=float)
+    keep = _qr_reference_keep(X)
+    names = ["(Intercept)" if c == "Intercept" else c for c in mm.columns]
+    assert sorted(names) == sorted(full)
+    assert spec.fixed_names == [names[i] for i in keep]
+    assert spec.p == 4
+    dropped = [names[i] for i in range(len(names)) if i not in keep]
+    assert (f"fixed-effect model matrix is rank deficient, so dropping 2 column(s): "
+            f"{', '.join(dropped)}") in spec.notes
+    np.testing.assert_array_equal(spec.X, X[:, keep])
+
+
 @pytest.mark.parametrize("formula, words", [
     ("y ~ post + nothere + (1 | patient_id)", "nothere"),
     ("y ~ post + (1 | nogroup)", "nogroup"),

@@ -191,6 +191,53 @@ def fixed_matrix(spec: ModelSpec, newdata: pd.DataFrame) -> np.ndarray:
     return frame[spec.fixed_names].to_numpy()
 
 
+def _exclusion_reasons(na: pd.DataFrame, any_na: np.ndarray, used: list[str]) -> pd.DataFrame:
+    """One row per excluded observation: its index label and "missing value in a, b"."""
+    rows = np.flatnonzero(any_na)
+    if rows.size == 0:
+        return pd.DataFrame([], columns=["row", "reason"])
+    pattern = na.to_numpy()[rows]
+    # One sentence per distinct pattern of missing columns, not one per row.
+    uniq, inverse = np.unique(pattern, axis=0, return_inverse=True)
+    texts = np.array([f"missing value in {', '.join(c for c, m in zip(used, u) if m)}"
+                      for u in uniq], dtype=object)
+    return pd.DataFrame({"row": list(na.index[rows]), "reason": list(texts[inverse.ravel()])})
+
+
+def _full_rank_columns(X: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the columns of *X* kept by a column-pivoted QR rank check.
+
+    The reference is LAPACK's pivoted QR (``geqp3``) of the n×p matrix *X*: rank = number of
+    |R_kk| above ``max|R_kk| · max(n, p) · eps · 10``, keep the first *rank* pivots. That costs
+    O(n p²) and dominated :func:`build_spec` on large data, so it is only run when needed: first
+    the p×p Gram matrix XᵀX (one BLAS pass) gives the eigenvalues λ of XᵀX = σ(X)². For any QR of
+    a column permutation of X, σ_min(X) ≤ |R_kk| ≤ max |R_kk| ≤ σ_max(X), so when
+    λ_min / λ_max ≥ δ the QR ratio min|R_kk| / max|R_kk| is at least √δ, far above the QR
+    tolerance, and every column is kept: the QR would keep them all. δ = max(1e-8, 1e3 n eps)
+    exceeds the rounding error of the computed Gram eigenvalues (≲ n eps relative to λ_max) by
+    orders of magnitude, so the shortcut is never taken for a matrix the QR would call
+    deficient. Otherwise (rank deficient, ill-conditioned or non-finite) the pivoted QR of X is
+    run as before, so which columns are dropped is unchanged.
+    """
+    n, p = X.shape
+    if p == 0:
+        return np.arange(0)
+    eps = np.finfo(float).eps
+    G = X.T @ X
+    if np.isfinite(G).all():
+        lam = np.linalg.eigvalsh(G)
+        delta = max(1e-8, 1e3 * n * eps)
+        if lam[-1] > 0 and lam[0] >= delta * lam[-1]:
+            return np.arange(p)
+    import scipy.linalg as sla
+
+    _, r, piv = sla.qr(X, mode="economic", pivoting=True)
+    d = np.abs(np.diag(r))
+    tol = d.max() * max(X.shape) * eps * 10 if d.size else 0.0
+    rank = int((d > tol).sum())
+    return np.sort(piv[:rank])
+
+
 def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     """Evaluate an lme4 formula on a data frame.
 
@@ -243,12 +290,9 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
 
     # Rows with missing values in any used variable are excluded, each with its reason.
     na = data[used].isna()
-    reasons = []
-    for idx, row in na[na.any(axis=1)].iterrows():
-        cols = [c for c in used if row[c]]
-        reasons.append((idx, f"missing value in {', '.join(cols)}"))
-    excluded = pd.DataFrame(reasons, columns=["row", "reason"])
-    df = data.loc[~na.any(axis=1)].copy()
+    any_na = na.to_numpy().any(axis=1)
+    excluded = _exclusion_reasons(na, any_na, used)
+    df = data.loc[~any_na].copy()
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
 
@@ -258,7 +302,9 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     for col in sorted(fixed_vars | random_vars):
         s = df[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
-            unused = [c for c in s.cat.categories if not (s == c).any()]
+            codes = s.cat.codes.to_numpy()
+            counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
+            unused = [c for c, k in zip(s.cat.categories, counts) if k == 0]
             if unused:
                 notes.append(f"level(s) {unused} of {col!r} have no data among the rows used and "
                              f"were dropped")
@@ -281,20 +327,14 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     X = np.asarray(mm, dtype=float)
     names = _rename_intercept(list(mm.columns))
     # lme4 drops rank-deficient fixed columns with a message; so do we (pivoted QR).
-    if X.shape[1] > 0:
-        import scipy.linalg as sla
-
-        _, r, piv = sla.qr(X, mode="economic", pivoting=True)
-        d = np.abs(np.diag(r))
-        tol = d.max() * max(X.shape) * np.finfo(float).eps * 10 if d.size else 0.0
-        rank = int((d > tol).sum())
-        if rank < X.shape[1]:
-            keep = np.sort(piv[:rank])
-            dropped = [names[i] for i in range(X.shape[1]) if i not in set(keep)]
-            notes.append(f"fixed-effect model matrix is rank deficient, so dropping "
-                         f"{len(dropped)} column(s): {', '.join(dropped)}")
-            X = X[:, keep]
-            names = [names[i] for i in keep]
+    keep = _full_rank_columns(X)
+    if keep.size < X.shape[1]:
+        kept = set(keep.tolist())
+        dropped = [names[i] for i in range(X.shape[1]) if i not in kept]
+        notes.append(f"fixed-effect model matrix is rank deficient, so dropping "
+                     f"{len(dropped)} column(s): {', '.join(dropped)}")
+        X = X[:, keep]
+        names = [names[i] for i in keep]
 
     blocks: list[RandomBlock] = []
     random_exprs: dict[tuple[str, tuple[str, ...]], str] = {}
