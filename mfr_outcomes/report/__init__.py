@@ -1,0 +1,35 @@
+"""The QI report: one self-contained HTML file per clinic and period, with its tables as CSV.
+
+>>> from mfr_outcomes.report import build_report   # doctest: +SKIP
+>>> result = build_report(study, "build/report", site="site-1", period="2026Q3")  # doctest: +SKIP
+>>> result.html_path  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from mfr_outcomes.report.builder import (
+    SECTION_TITLES,
+    Figure,
+    ReportResult,
+    Section,
+    Table,
+    build_report,
+    parse_period,
+)
+from mfr_outcomes.report.disclosure import (
+    Redactor,
+    neutralise_csv_cell,
+    suppress_counts,
+)
+
+__all__ = [
+    "build_report",
+    "ReportResult",
+    "Section",
+    "Table",
+    "Figure",
+    "SECTION_TITLES",
+    "parse_period",
+    "suppress_counts",
+    "neutralise_csv_cell",
+    "Redactor",
+]
