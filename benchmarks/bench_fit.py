@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=[12_500, 25_000, 50_000, 100_000, 200_000],
                    help="patients for the fast-engine-alone scaling table (empty: skip)")
     p.add_argument("--no-scaling", action="store_true")
-    p.add_argument("--nested", type=int, nargs="*", default=[2_000, 10_000],
+    p.add_argument("--nested", type=int, nargs="*", default=[200, 2_000, 10_000, 100_000],
                    help="patients for the nested (patients within therapists) table vs lme4 "
                         "(empty: skip)")
     p.add_argument("--seed", type=int, default=2026)
@@ -179,12 +179,14 @@ def bench(args) -> None:
             rb = pd.Series(lm["beta"], index=lm["fixed_names"])
             diff = max(abs(beta[k] - rb[_r_name(k)]) for k in beta.index)
             row.update(lme4_s=lm["seconds"], lme4_over_fast=lm["seconds"] / fast_s,
+                       lme4_over_fast_with_formula=lm["seconds"] / total_s,
                        max_abs_diff_beta_lme4=diff,
                        diff_objective_lme4=res.objective - lm["objective"],
                        lme4_peak_mb=lm["peak_mb"], lme4_note="")
             print(f"    lme4 {lm['seconds']:.3f} s, max |Δβ| {diff:.2e}", file=sys.stderr)
         else:
-            row.update(lme4_s=np.nan, lme4_over_fast=np.nan, max_abs_diff_beta_lme4=np.nan,
+            row.update(lme4_s=np.nan, lme4_over_fast=np.nan, lme4_over_fast_with_formula=np.nan,
+                       max_abs_diff_beta_lme4=np.nan,
                        diff_objective_lme4=np.nan, lme4_peak_mb=np.nan,
                        lme4_note=(lm or {}).get("note", ""))
         # statsmodels
@@ -219,7 +221,7 @@ def bench(args) -> None:
 
 
 def nested(args, engine) -> None:
-    """Patients within therapists: the per-group path (no pooling) with the nested gradient."""
+    """Patients within therapists, the second model: pooled path, patient-by-patient path, lme4."""
     import tempfile
 
     import numpy as np
@@ -232,25 +234,49 @@ def nested(args, engine) -> None:
         d = make_data(n_pat, args.seed)
         spec = build_spec(d, NESTED)
         fast_s, res = _best(lambda spec=spec: engine.fit(spec, reml=True), args.reps)
+        total_s, _ = _best(lambda d=d: engine.fit(build_spec(d, NESTED), reml=True), args.reps)
+        grouped_s, _ = _best(lambda spec=spec: engine.fit(spec, reml=True,
+                                                          options={"compress": False}), args.reps)
+        mem = _peak_mb(lambda spec=spec: engine.fit(spec, reml=True))
+        stats, lay = engine.prepare(spec)
+        from mfr_outcomes.models.fast import _classes
+
+        cl = _classes(stats, lay)
         with tempfile.TemporaryDirectory() as tmp:
             lm = run_lme4(d, args.reps, tmp, NESTED)
         row = {"patients": n_pat, "therapists": int(d["therapist_id"].nunique()), "rows": spec.n,
-               "fast_s": fast_s, "fast_evaluations": res.n_evaluations}
+               "fast_s": fast_s, "fast_with_formula_s": total_s,
+               "fast_per_patient_s": grouped_s, "fast_peak_mb": mem,
+               "fast_evaluations": res.n_evaluations, "fast_classes": res.extra.get("n_classes"),
+               "fast_pairs": None if cl is None or not hasattr(cl, "pair_class")
+               else int(cl.pair_class.size)}
         if lm and "seconds" in lm:
             row.update(lme4_s=lm["seconds"], lme4_over_fast=lm["seconds"] / fast_s,
+                       lme4_over_fast_with_formula=lm["seconds"] / total_s,
                        max_abs_diff_beta_lme4=float(np.max(np.abs(res.beta - np.asarray(
-                           lm["beta"])))), diff_objective_lme4=res.objective - lm["objective"])
+                           lm["beta"])))), diff_objective_lme4=res.objective - lm["objective"],
+                       lme4_peak_mb=lm["peak_mb"])
         rows.append(row)
-        print(f"nested {n_pat} patients: fast {fast_s:.3f} s", file=sys.stderr, flush=True)
+        print(f"nested {n_pat} patients: fast {fast_s:.3f} s (with build_spec {total_s:.3f} s, "
+              f"patient by patient {grouped_s:.3f} s), lme4 {row.get('lme4_s', float('nan')):.2f}"
+              " s", file=sys.stderr, flush=True)
     t = pd.DataFrame(rows)
     t.to_csv(os.path.join(args.out, "bench_nested.csv"), index=False)
-    md = ("| patients | therapists | rows | fast (s) | lme4 (s) | lme4 / fast | max abs Δβ vs lme4 "
-          "| Δ REML crit vs lme4 |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    md = ("| patients | therapists | rows | fast (s) | fast incl. build_spec (s) "
+          "| fast, patient by patient (s) | lme4 (s) | lme4 / fast | lme4 / fast incl. build_spec "
+          "| max abs Δβ vs lme4 | Δ REML crit vs lme4 | peak MB fast / lme4 "
+          "| classes / (therapist, class) pairs | deviance evaluations |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n")
     md += "\n".join(
         f"| {r['patients']:,} | {r['therapists']} | {r['rows']:,} | {r['fast_s']:.3f} | "
+        f"{r['fast_with_formula_s']:.3f} | {r['fast_per_patient_s']:.3f} | "
         f"{_fmt(r.get('lme4_s'), '.2f')} | {_fmt(r.get('lme4_over_fast'), '.1f')}× | "
+        f"{_fmt(r.get('lme4_over_fast_with_formula'), '.1f')}× | "
         f"{_fmt(r.get('max_abs_diff_beta_lme4'), '.1e')} | "
-        f"{_fmt(r.get('diff_objective_lme4'), '.1e')} |" for r in t.to_dict("records")) + "\n"
+        f"{_fmt(r.get('diff_objective_lme4'), '.1e')} | "
+        f"{_fmt(r.get('fast_peak_mb'), '.0f')} / {_fmt(r.get('lme4_peak_mb'), '.0f')} | "
+        f"{_fmt(r.get('fast_classes'), '.0f')} / {_fmt(r.get('fast_pairs'), '.0f')} | "
+        f"{r['fast_evaluations']} |" for r in t.to_dict("records")) + "\n"
     with open(os.path.join(args.out, "bench_nested.md"), "w") as fh:
         fh.write(md)
     print(md)
@@ -266,16 +292,19 @@ def _fmt(x, spec: str) -> str:
 
 def fit_markdown(t) -> str:
     head = ("| patients | rows | fast (s) | fast incl. build_spec (s) | lme4 (s) | statsmodels (s) "
-            "| lme4 / fast | statsmodels / fast | max abs Δβ vs lme4 | Δ REML crit vs lme4 "
+            "| lme4 / fast | lme4 / fast incl. build_spec | statsmodels / fast "
+            "| max abs Δβ vs lme4 | Δ REML crit vs lme4 "
             "| max abs Δβ vs statsmodels | peak MB fast / lme4 / statsmodels |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
     lines = []
     for r in t.to_dict("records"):
         sm = _fmt(r["statsmodels_s"], ".2f") if not r["statsmodels_note"] else "skipped"
         lines.append(
             f"| {r['patients']:,} | {r['rows']:,} | {r['fast_s']:.3f} | "
             f"{r['fast_with_formula_s']:.3f} | {_fmt(r['lme4_s'], '.2f')} | {sm} | "
-            f"{_fmt(r['lme4_over_fast'], '.1f')}× | {_fmt(r['statsmodels_over_fast'], '.0f')}× | "
+            f"{_fmt(r['lme4_over_fast'], '.1f')}× | "
+            f"{_fmt(r['lme4_over_fast_with_formula'], '.1f')}× | "
+            f"{_fmt(r['statsmodels_over_fast'], '.0f')}× | "
             f"{_fmt(r['max_abs_diff_beta_lme4'], '.1e')} | {_fmt(r['diff_objective_lme4'], '.1e')} | "
             f"{_fmt(r['max_abs_diff_beta_statsmodels'], '.1e')} | "
             f"{_fmt(r['fast_peak_mb'], '.0f')} / {_fmt(r['lme4_peak_mb'], '.0f')} / "

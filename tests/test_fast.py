@@ -334,3 +334,63 @@ def test_nested_gradient_matches_finite_differences(reml):
     b = ENGINE.fit(spec, reml=reml, options={"analytic_gradient": False})
     assert a.optimizer.endswith("(analytic gradient)")
     assert a.objective == pytest.approx(b.objective, rel=1e-10)
+
+
+def _unbalanced_nested(reml_name: str = "nested_reml"):
+    """The nested fixture with rows dropped so that patients fall in several ZᵢᵀZᵢ classes."""
+    _, spec = load_case(reml_name)
+    d = spec.data
+    which = pd.factorize(d["patient_id"], sort=True)[0] % 3
+    drop = (((which == 1) & (d["session_number"] == 4) & (d["post"] == 1))
+            | ((which == 2) & (d["session_number"] >= 3) & (d["post"] == 0)))
+    data = d.loc[~drop.to_numpy()]
+    return spec_from(data, spec.response, spec.fixed_names, CASES[reml_name])
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_nested_pooled_classes_equal_per_group_path(reml):
+    """Patients pooled by ZᵢᵀZᵢ class and (therapist, class) pair: same deviance (also against
+    the dense V), gradient and fit as patient by patient."""
+    spec = _unbalanced_nested()
+    stats, lay = ENGINE.prepare(spec)
+    cl = fast._classes(stats, lay)
+    assert isinstance(cl, fast._NestedClasses)
+    assert cl.count.size == 3 and cl.pair_class.size <= stats.n_groups // 2
+    assert cl.count.sum() == stats.n_groups == cl.pair_count.sum()
+    for theta in (np.array([1.1, 0.05, 0.9, 0.8]), np.array([0.6, -0.3, 0.4, 1.4]),
+                  np.array([1.2, 0.0, 0.0, 0.3])):
+        ev_c = fast._eval_any(stats, lay, theta, cl)
+        ev_g = fast._evaluate(stats, lay, theta)
+        f_c = fast._objective(ev_c, stats.n, stats.p, reml)
+        assert f_c == pytest.approx(fast._objective(ev_g, stats.n, stats.p, reml), rel=1e-12)
+        assert f_c == pytest.approx(dense_deviance(spec, theta, reml), rel=1e-10)
+        np.testing.assert_allclose(ev_c.beta, ev_g.beta, rtol=1e-10)
+        np.testing.assert_allclose(fast._gradient_nested_classes(cl, stats, lay, ev_c, reml),
+                                   fast._gradient_nested(stats, lay, ev_g, reml),
+                                   rtol=1e-8, atol=1e-8)
+    pooled = ENGINE.fit(spec, reml=reml)
+    grouped = ENGINE.fit(spec, reml=reml, options={"compress": False})
+    assert pooled.extra["n_classes"] == cl.count.size and grouped.extra["n_classes"] is None
+    assert pooled.converged and grouped.converged
+    np.testing.assert_allclose(pooled.beta, grouped.beta, rtol=1e-6)
+    np.testing.assert_allclose(pooled.theta, grouped.theta, rtol=1e-5, atol=1e-6)
+    assert pooled.objective == pytest.approx(grouped.objective, rel=1e-11)
+    # the conditional modes come from the per-group pass at the optimum either way
+    for bp, bg in zip(pooled.blups, grouped.blups):
+        np.testing.assert_allclose(bp, bg, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_nested_pooled_gradient_matches_finite_differences(reml):
+    spec = _unbalanced_nested()
+    stats, lay = ENGINE.prepare(spec)
+    cl = fast._classes(stats, lay)
+    for theta in (np.array([1.1, 0.05, 0.9, 0.8]), np.array([0.6, -0.3, 0.4, 1.4]),
+                  np.array([1.2, 0.0, 0.0, 0.3])):
+        ev = fast._eval_any(stats, lay, theta, cl)
+        g = fast._gradient_nested_classes(cl, stats, lay, ev, reml)
+        h = 1e-5
+        fd = np.array([(fast.profiled_deviance(stats, lay, theta + h * e, reml, cl)
+                        - fast.profiled_deviance(stats, lay, theta - h * e, reml, cl)) / (2 * h)
+                       for e in np.eye(theta.size)])
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)

@@ -535,10 +535,10 @@ class _Classes:
     omega_x_flat: np.ndarray  # (K q q, p²): its X block
 
 
-def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Classes | None:
-    if lay.q_outer:
-        return None
-    q, G, p = lay.q_inner, stats.n_groups, stats.p
+def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
+             ) -> _Classes | _NestedClasses | None:
+    """Groups pooled by class of ZᵢᵀZᵢ, or None when pooling would not make evaluations cheaper."""
+    q, G, p = lay.q_total, stats.n_groups, stats.p
     flat = np.ascontiguousarray(stats.ZtZ.reshape(q * q, G).T)
     # classes by a 1-D key (a fixed random projection), verified exactly; np.unique(axis=0)
     # sorts rows lexicographically and is ~20x slower
@@ -554,24 +554,220 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None) -> _Clas
     limit = min(max(8, G // 2), 4_000_000 // (q * q * (p + 1) ** 2))
     if max_classes is not None:
         limit = max_classes
+    cls = cls.ravel()
+    if lay.q_outer:
+        qg = lay.q_inner
+        limit = min(max(8, G // 2), 4_000_000 // (qg * qg * (p + 1) ** 2))
+        if max_classes is not None:
+            limit = max_classes
+        return _nested_classes(stats, lay, uniq, cls, count, limit)
     if K > limit:
         return None
-    cls = cls.ravel()
     ZXa = np.concatenate([stats.ZtX, stats.Zty[:, None, :]], axis=1)  # (q, p+1, G)
+    omega_k = _pooled_omega(ZXa, cls, count, K)  # (K, q, q, p+1, p+1)
+    return _Classes(Ck=np.ascontiguousarray(uniq.reshape(K, q, q)), count=count.astype(float),
+                    omega_flat=omega_k.reshape(K * q * q, (p + 1) ** 2),
+                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy())
+
+
+@dataclass
+class _NestedClasses:
+    """Inner groups pooled by class of equal ZᵢᵀZᵢ (all random columns, inner and outer) and by
+    (outer group, class) pairs, for a factor nested in an outer factor.
+
+    Every θ-dependent inner-group matrix depends only on ZᵢᵀZᵢ; the data enter through
+    Zᵢᵀ Xa_i (Xa = [X, y]) linearly (the outer Schur complement's right-hand sides, pooled by
+    pair: ``P``) and quadratically only with class coefficients (``omega_flat``, pooled by
+    class over the inner rows, as in :class:`_Classes`). An evaluation then costs
+    O(classes + pairs + outer groups) instead of O(inner groups).
+    """
+
+    Ck: np.ndarray  # (K, qt, qt)
+    count: np.ndarray  # (K,) inner groups per class
+    omega_flat: np.ndarray  # (K qg qg, (p+1)²) Σ_class (ZgᵢᵀXa_i)[a] ⊗ (ZgᵢᵀXa_i)[b]
+    omega_x_flat: np.ndarray  # (K qg qg, p²)
+    pair_class: np.ndarray  # (J,)
+    pair_outer: np.ndarray  # (J,)
+    pair_count: np.ndarray  # (J,) inner groups per (outer, class) pair
+    P: np.ndarray  # (J, qt, p+1): Σ_pair Zᵢᵀ Xa_i
+    to_outer: sparse.csr_matrix  # (H, J) indicator of each pair's outer group
+    b0: np.ndarray  # (p,) least-squares β: y is replaced by y − X b0 in Xa (see _nested_classes)
+    Xty0: np.ndarray  # Xᵀ(y − X b0)
+    yty0: float  # |y − X b0|²
+
+
+def _pooled_omega(ZXa: np.ndarray, cls: np.ndarray, count: np.ndarray, K: int) -> np.ndarray:
+    """Σ over each class of (ZᵢᵀXa_i)[a] (ZᵢᵀXa_i)[b]ᵀ: (K, q, q, m, m) from ZXa (q, m, G)."""
+    q, m = ZXa.shape[0], ZXa.shape[1]
     order = np.argsort(cls, kind="stable")
     bounds = np.r_[0, np.cumsum(count)]
-    omega = np.empty((q, q, K, p + 1, p + 1))
+    omega = np.empty((K, q, q, m, m))
     for k in range(K):
         sub = ZXa[:, :, order[bounds[k]:bounds[k + 1]]]
         for a in range(q):
             for b in range(a, q):
-                omega[a, b, k] = sub[a] @ sub[b].T
+                omega[k, a, b] = sub[a] @ sub[b].T
                 if b != a:
-                    omega[b, a, k] = omega[a, b, k].T
-    omega_k = np.ascontiguousarray(omega.transpose(2, 0, 1, 3, 4))  # (K, q, q, p+1, p+1)
-    return _Classes(Ck=np.ascontiguousarray(uniq.reshape(K, q, q)), count=count.astype(float),
-                    omega_flat=omega_k.reshape(K * q * q, (p + 1) ** 2),
-                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy())
+                    omega[k, b, a] = omega[k, a, b].T
+    return omega
+
+
+def _nested_classes(stats: Stats, lay: Layout, uniq: np.ndarray, cls: np.ndarray,
+                    count: np.ndarray, limit: int) -> _NestedClasses | None:
+    qg, qt, p, G = lay.q_inner, lay.q_total, stats.p, stats.n_groups
+    K = uniq.shape[0]
+    og = np.maximum(stats.outer_of, 0)
+    H = max(stats.n_outer, int(og.max()) + 1 if og.size else 1)
+    pair_key = og * K + cls
+    pairs, pair_idx, pair_count = np.unique(pair_key, return_inverse=True, return_counts=True)
+    pair_idx = pair_idx.ravel()
+    J = pairs.size
+    if K > limit or J > max(8, G // 2):
+        return None
+    # The response enters as y − X b0 (b0 the least-squares β): the same β̂ − b0, residuals and
+    # deviance, but |c_u|² and XᵀV⁻¹y are then of the size of the residuals, not of yᵀy, so
+    # the rounding noise of the deviance in θ is that much smaller (the optimiser's line search
+    # stalls on noise of a few 1e-15 relative otherwise).
+    b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
+    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
+    Xty0 = stats.Xty - stats.XtX @ b0
+    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
+    ZXa = np.concatenate([stats.ZtX, Zty0[:, None, :]], axis=1)  # (qt, p+1, G)
+    P = _group_sums(ZXa.reshape(qt * (p + 1), G), pair_idx, J)
+    P = np.ascontiguousarray(P.reshape(qt, p + 1, J).transpose(2, 0, 1))
+    omega = _pooled_omega(ZXa[:qg], cls, count, K)
+    pair_outer = (pairs // K).astype(np.int64)
+    to_outer = sparse.csr_matrix((np.ones(J), (pair_outer, np.arange(J))), shape=(H, J))
+    return _NestedClasses(
+        Ck=np.ascontiguousarray(uniq.reshape(K, qt, qt)), count=count.astype(float),
+        omega_flat=omega.reshape(K * qg * qg, (p + 1) ** 2),
+        omega_x_flat=omega[..., :p, :p].reshape(K * qg * qg, p * p).copy(),
+        pair_class=(pairs % K).astype(np.int64), pair_outer=pair_outer,
+        pair_count=pair_count.astype(float), P=P, to_outer=to_outer, b0=b0, Xty0=Xty0,
+        yty0=yty0)
+
+
+def _evaluate_nested_classes(cl: _NestedClasses, stats: Stats, lay: Layout, theta: np.ndarray
+                             ) -> _Eval:
+    """``_evaluate`` for the nested model with inner groups pooled by class and (outer, class).
+
+    Per class: A = I + ΛgᵀCggΛg, N = ΛgA⁻¹Λgᵀ, R = A⁻¹ΛgᵀCghΛh; per outer group h:
+    S_h = I + Σ_pairs n (ΛhᵀChhΛh − (CghΛh)ᵀN(CghΛh)) and the right-hand sides
+    c_h = Σ_pairs (Λhᵀ P_h − (CghΛh)ᵀN P_g), so that XaᵀV⁻¹Xa = XaᵀXa − Σ_class ⟨N, Ω⟩
+    − Σ_h c_hᵀ S_h⁻¹ c_h and log|L_θ|² = Σ_class n log|A| + Σ_h log|S_h|.
+    """
+    qg, qh, p = lay.q_inner, lay.q_outer, stats.p
+    lg, lh = lay.lambdas(theta)
+    C = cl.Ck
+    Cgg, Cgh, Chh = C[:, :qg, :qg], C[:, :qg, qg:], C[:, qg:, qg:]
+    A = lg.T @ (Cgg @ lg)
+    A[:, range(qg), range(qg)] += 1.0
+    Ainv = np.linalg.inv(A)
+    _, logdetA = np.linalg.slogdet(A)
+    Q = Ainv @ lg.T  # A⁻¹Λgᵀ
+    N = lg @ Q  # ΛgA⁻¹Λgᵀ
+    CghLh = Cgh @ lh  # (K, qg, qh)
+    CghLh_t = CghLh.transpose(0, 2, 1)
+    R = Q @ CghLh  # A⁻¹ΛgᵀCghΛh
+    Sper = lh.T @ Chh @ lh - CghLh_t @ N @ CghLh  # (K, qh, qh)
+    Mg = -(CghLh_t @ N)  # (K, qh, qg)
+    pk, J = cl.pair_class, cl.pair_class.size
+    chxa_j = Mg[pk] @ cl.P[:, :qg] + lh.T @ cl.P[:, qg:]  # (J, qh, p+1)
+    Hn = cl.to_outer.shape[0]
+    chxa = np.asarray(cl.to_outer @ chxa_j.reshape(J, -1)).reshape(Hn, qh, p + 1)
+    S = np.asarray(cl.to_outer @ (cl.pair_count[:, None, None] * Sper[pk]).reshape(J, -1))
+    S = S.reshape(Hn, qh, qh)
+    S[:, range(qh), range(qh)] += 1.0
+    Sinv = np.linalg.inv(S)
+    _, logdetS = np.linalg.slogdet(S)
+    S1 = (N.reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
+    S2 = np.tensordot(chxa, Sinv @ chxa, axes=([0, 1], [0, 1]))  # Σ_h c_hᵀ S_h⁻¹ c_h
+    St = S1 + S2
+    XtVX = stats.XtX - St[:p, :p]
+    XtVy = cl.Xty0 - St[:p, p]
+    logdet = float(cl.count @ logdetA) + float(np.sum(logdetS))
+    parts = {"lg": lg, "lh": lh, "Ainv": Ainv, "Q": Q, "R": R, "Sinv": Sinv, "chxa": chxa}
+    ev = _finish(theta, logdet, XtVX, XtVy, cl.yty0 - float(St[p, p]), parts)
+    parts["beta0"] = ev.beta  # β̂ − b0, for the centred response
+    ev.beta = ev.beta + cl.b0
+    return ev
+
+
+def _gradient_nested_classes(cl: _NestedClasses, stats: Stats, lay: Layout, ev: _Eval,
+                             reml: bool) -> np.ndarray:
+    """``_gradient_nested`` with inner groups pooled (same terms, summed class and pair-wise).
+
+    With e_i = Zᵢᵀ(y − Xβ̂), the modes are u_i = Q e_g,i − R uh_h (Q = A⁻¹Λgᵀ,
+    uh_h = S_h⁻¹ c_h w, w = [−β̂, 1]) and the residual products are
+    Zgᵢᵀr_i = F e_g,i + G uh_h, Zhᵢᵀr_i = e_h,i − J e_g,i + K uh_h with class matrices
+    F = I − CggΛgQ, G = CggΛgR − CghΛh, J = ChgΛgQ, K = ChgΛgR − ChhΛh. Their products
+    are quadratic in e only through F(Σ e_g e_gᵀ)Qᵀ (pooled by class) and linear otherwise
+    (pooled by pair); the REML term has the same form with ZᵢᵀX in place of e_i.
+    """
+    qg, qh, p, n = lay.q_inner, lay.q_outer, stats.p, stats.n
+    pt = ev.parts
+    lg, lh, Ainv, Q, R, Sinv, chxa = (pt[k] for k in ("lg", "lh", "Ainv", "Q", "R", "Sinv",
+                                                     "chxa"))
+    C = cl.Ck
+    K = C.shape[0]
+    Cgg, Cgh, Chg, Chh = C[:, :qg, :qg], C[:, :qg, qg:], C[:, qg:, :qg], C[:, qg:, qg:]
+    pk, ph, nj = cl.pair_class, cl.pair_outer, cl.pair_count
+    Sj = Sinv[ph]  # (J, qh, qh)
+    Rj, Qj = R[pk], Q[pk]
+    Rt = Rj.transpose(0, 2, 1)
+    # ∂ log|V|
+    LgtCgg = lg.T @ Cgg  # (K, qg, qg)
+    Dg = np.einsum("k,kab->ab", cl.count, Ainv @ LgtCgg)
+    Dg += np.einsum("j,jab->ab", nj, Rj @ Sj @ (Rt @ LgtCgg[pk] - lh.T @ Chg[pk]))
+    Dh = np.einsum("j,jab->ab", nj, Sj @ (lh.T @ Chh[pk] - Rt @ (lg.T @ Cgh[pk])))
+    grad_g, grad_h = 2.0 * Dg.T, 2.0 * Dh.T
+    # ∂ r²
+    w = np.r_[-pt["beta0"], 1.0]  # the data hold y − X b0
+    uh = np.einsum("hab,hb->ha", Sinv, chxa @ w)  # (H, qh)
+    uj = uh[ph]
+    CggLg, ChgLg = Cgg @ lg, Chg @ lg
+    F = -(CggLg @ Q)
+    F[:, range(qg), range(qg)] += 1.0
+    Gm = CggLg @ R - Cgh @ lh  # (K, qg, qh)
+    Jm = ChgLg @ Q  # (K, qh, qg)
+    Km = ChgLg @ R - Chh @ lh  # (K, qh, qh)
+    E2 = (cl.omega_flat @ np.outer(w, w).ravel()).reshape(K, qg, qg)
+    E1 = cl.P[:, :qg] @ w  # (J, qg)
+    Eh1 = cl.P[:, qg:] @ w  # (J, qh)
+    Fj, Gj = F[pk], Gm[pk]
+    a = np.einsum("jab,jb->ja", Fj, E1)
+    ru = np.einsum("jab,jb->ja", Rj, uj)
+    gu = np.einsum("jab,jb->ja", Gj, uj)
+    qe = np.einsum("jab,jb->ja", Qj, E1)
+    sg = np.sum(F @ E2 @ Q.transpose(0, 2, 1), axis=0)
+    sg += -a.T @ ru + gu.T @ qe - (nj[:, None] * gu).T @ ru
+    zh = Eh1 - np.einsum("jab,jb->ja", Jm[pk], E1) + nj[:, None] * np.einsum(
+        "jab,jb->ja", Km[pk], uj)
+    sh = zh.T @ uj
+    nn = (n - p) if reml else n
+    c = 2.0 * nn / ev.pwrss
+    grad_g -= c * sg
+    grad_h -= c * sh
+    # ∂ log|XᵀV⁻¹X|
+    if reml:
+        Pinv = _xtvx_inv(ev)
+        Th = Sinv @ chxa[:, :, :p]  # (H, qh, p)
+        Thj = Th[ph]
+        Xg1, Xh1 = cl.P[:, :qg, :p], cl.P[:, qg:, :p]
+        Pi = (cl.omega_x_flat @ Pinv.ravel()).reshape(K, qg, qg)
+        Mg = np.sum(F @ Pi @ F.transpose(0, 2, 1), axis=0)
+        FX = Fj @ Xg1
+        GT = Gj @ Thj
+        GP = GT @ Pinv
+        cross = np.tensordot(GP, FX, axes=([0, 2], [0, 2]))
+        Mg += cross + cross.T + np.tensordot(nj[:, None, None] * GP, GT, axes=([0, 2], [0, 2]))
+        Bj = Xh1 - Jm[pk] @ Xg1 + nj[:, None, None] * (Km[pk] @ Thj)
+        Hn = Sinv.shape[0]
+        Bh = np.asarray(cl.to_outer @ Bj.reshape(Bj.shape[0], -1)).reshape(Hn, qh, p)
+        Mh = np.tensordot(Bh @ Pinv, Bh, axes=([0, 2], [0, 2]))
+        grad_g -= 2.0 * (lg.T @ Mg).T
+        grad_h -= 2.0 * (lh.T @ Mh).T
+    return np.array([(grad_g if lev == 0 else grad_h)[r, c_] for (lev, r, c_) in lay.theta_pos])
 
 
 def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
@@ -621,8 +817,11 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     return grad_m[lay.theta_rows, lay.theta_cols]
 
 
-def _eval_any(stats: Stats, lay: Layout, theta: np.ndarray, classes: _Classes | None) -> _Eval:
+def _eval_any(stats: Stats, lay: Layout, theta: np.ndarray,
+              classes: _Classes | _NestedClasses | None) -> _Eval:
     theta = np.asarray(theta, dtype=float)
+    if isinstance(classes, _NestedClasses):
+        return _evaluate_nested_classes(classes, stats, lay, theta)
     if classes is not None:
         return _evaluate_classes(classes, stats, lay, theta)
     return _evaluate(stats, lay, theta)
@@ -686,13 +885,13 @@ def _gradient_nested(stats: Stats, lay: Layout, ev: _Eval, reml: bool) -> np.nda
 
 
 def profiled_deviance(stats: Stats, lay: Layout, theta: np.ndarray, reml: bool = True,
-                      classes: _Classes | None = None) -> float:
+                      classes: _Classes | _NestedClasses | None = None) -> float:
     """REML criterion (reml=True) or deviance at θ, profiled over β and σ² (lme4's devfun)."""
     return _objective(_eval_any(stats, lay, theta, classes), stats.n, stats.p, reml)
 
 
 def deviance_varpar(stats: Stats, lay: Layout, varpar: np.ndarray, reml: bool = True,
-                    classes: _Classes | None = None) -> float:
+                    classes: _Classes | _NestedClasses | None = None) -> float:
     """Deviance at varpar = (θ..., σ), not profiled in σ (lmerTest's ``devfun_vp``)."""
     varpar = np.asarray(varpar, dtype=float)
     sigma2 = varpar[-1] ** 2
@@ -706,7 +905,7 @@ def deviance_varpar(stats: Stats, lay: Layout, varpar: np.ndarray, reml: bool = 
 
 
 def vcov_beta_varpar(stats: Stats, lay: Layout, varpar: np.ndarray,
-                     classes: _Classes | None = None) -> np.ndarray:
+                     classes: _Classes | _NestedClasses | None = None) -> np.ndarray:
     """Var(β̂) at varpar = (θ..., σ): σ² (XᵀV⁻¹X)⁻¹ (lmerTest's ``get_covbeta``)."""
     varpar = np.asarray(varpar, dtype=float)
     ev = _eval_any(stats, lay, varpar[:-1], classes)
@@ -788,7 +987,9 @@ class FastEngine:
             f = _objective(ev, n, p, reml)
             if not np.isfinite(f):
                 return 1e300, np.zeros(nth)
-            if classes is not None:
+            if isinstance(classes, _NestedClasses) and analytic:
+                return f, _gradient_nested_classes(classes, stats, lay, ev, reml)
+            if isinstance(classes, _Classes):
                 return f, _gradient_classes(classes, stats, lay, ev, reml)
             if lay.q_outer == 0:
                 return f, _gradient_single(stats, lay, ev, reml)
