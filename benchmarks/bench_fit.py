@@ -270,8 +270,8 @@ def nested(args, engine) -> None:
     md += "\n".join(
         f"| {r['patients']:,} | {r['therapists']} | {r['rows']:,} | {r['fast_s']:.3f} | "
         f"{r['fast_with_formula_s']:.3f} | {r['fast_per_patient_s']:.3f} | "
-        f"{_fmt(r.get('lme4_s'), '.2f')} | {_fmt(r.get('lme4_over_fast'), '.1f')}× | "
-        f"{_fmt(r.get('lme4_over_fast_with_formula'), '.1f')}× | "
+        f"{_fmt(r.get('lme4_s'), '.2f')} | {_fmt(r.get('lme4_over_fast'), '.1f', '×')} | "
+        f"{_fmt(r.get('lme4_over_fast_with_formula'), '.1f', '×')} | "
         f"{_fmt(r.get('max_abs_diff_beta_lme4'), '.1e')} | "
         f"{_fmt(r.get('diff_objective_lme4'), '.1e')} | "
         f"{_fmt(r.get('fast_peak_mb'), '.0f')} / {_fmt(r.get('lme4_peak_mb'), '.0f')} | "
@@ -282,12 +282,12 @@ def nested(args, engine) -> None:
     print(md)
 
 
-def _fmt(x, spec: str) -> str:
+def _fmt(x, spec: str, suffix: str = "") -> str:
     import math
 
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
-    return format(x, spec)
+    return format(x, spec) + suffix
 
 
 def fit_markdown(t) -> str:
@@ -302,9 +302,9 @@ def fit_markdown(t) -> str:
         lines.append(
             f"| {r['patients']:,} | {r['rows']:,} | {r['fast_s']:.3f} | "
             f"{r['fast_with_formula_s']:.3f} | {_fmt(r['lme4_s'], '.2f')} | {sm} | "
-            f"{_fmt(r['lme4_over_fast'], '.1f')}× | "
-            f"{_fmt(r['lme4_over_fast_with_formula'], '.1f')}× | "
-            f"{_fmt(r['statsmodels_over_fast'], '.0f')}× | "
+            f"{_fmt(r['lme4_over_fast'], '.1f', '×')} | "
+            f"{_fmt(r['lme4_over_fast_with_formula'], '.1f', '×')} | "
+            f"{_fmt(r['statsmodels_over_fast'], '.0f', '×')} | "
             f"{_fmt(r['max_abs_diff_beta_lme4'], '.1e')} | {_fmt(r['diff_objective_lme4'], '.1e')} | "
             f"{_fmt(r['max_abs_diff_beta_statsmodels'], '.1e')} | "
             f"{_fmt(r['fast_peak_mb'], '.0f')} / {_fmt(r['lme4_peak_mb'], '.0f')} / "

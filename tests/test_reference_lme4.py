@@ -250,8 +250,10 @@ def _icc_cases():
         marks = []
         if c == "sleepstudy_uncorrelated":
             marks.append(pytest.mark.xfail(
-                strict=False, reason="models.r2 (another module) does not yet reproduce "
-                "performance's random-slope variance for lme4's split '||' blocks"))
+                strict=True, raises=AssertionError,
+                reason="performance 0.10.2 counts only the intercept block of lme4's split '||' "
+                "terms (its ICC equals tau00 / (tau00 + sigma2)); models.r2 counts the slope "
+                "block's variance as Nakagawa et al. 2017 define it"))
         out.append(pytest.param(c, marks=marks, id=c))
     return out
 
