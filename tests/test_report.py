@@ -474,3 +474,14 @@ def test_cli_report_of_a_month(synthetic_dir, synthetic_study, tmp_path, capsys)
     inside = s[(s["site_id"] == "site-2") & (s["session_date"].dt.strftime("%Y-%m") == "2026-07")]
     expected = len(inside)
     assert scope["sessions"] == (str(expected) if expected >= 5 else "<5")
+
+
+def test_withheld_finding_sentence_says_line_for_text_files_and_row_for_sheets():
+    from mfr_outcomes.report.builder import _finding_sentence
+
+    base = {"column": "patient_id", "rule": "orphan", "action": "excluded", "line": 14}
+    csv = _finding_sentence(pd.Series({**base, "file": "sessions.csv"}))
+    xlsx = _finding_sentence(pd.Series({**base, "file": "study.xlsx"}))
+    assert csv.startswith("sessions.csv line 14: patient_id")
+    assert xlsx.startswith("study.xlsx row 14: patient_id")
+    assert "identifier withheld" in csv and "14" in xlsx

@@ -514,7 +514,10 @@ def _data_quality(ctx: _Context, sec: Section) -> None:
 
 
 def _finding_sentence(row: pd.Series) -> str:
-    where = f"{row['file']} line {row['line']}" if not _is_missing(row["line"]) else str(row["file"])
+    # text files number lines; sheets, database tables and frames number rows (as the loader says)
+    unit = "line" if str(row["file"]).lower().endswith((".csv", ".txt", ".tsv")) else "row"
+    where = (f"{row['file']} {unit} {row['line']}" if not _is_missing(row["line"])
+             else str(row["file"]))
     return (f"{where}: {row['column']} ({_label(row['rule'])}); identifier withheld; "
             f"row {row['action']}.")
 
