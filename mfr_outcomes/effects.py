@@ -579,9 +579,9 @@ def paresthesia_gee(study: Any, by: str | None = "technique", *, measure: str = 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = model.fit()
-    for w in caught:
-        if "converge" in str(w.message).lower():
-            _caution(notes, f"GEE: {w.message}", ModelWarning)
+    # every caution statsmodels raised reaches the caller (non-convergence, separation, ...)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        _caution(notes, f"GEE: {message}", ModelWarning)
     z = stats.norm.ppf(1.0 - (1.0 - level) / 2.0)
     est = res.params
     se = res.bse

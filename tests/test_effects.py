@@ -301,3 +301,14 @@ def test_docstring_examples_run(repo_root, monkeypatch):
         warnings.simplefilter("ignore")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_paresthesia_gee_non_convergence_is_a_caution(synthetic_study, monkeypatch):
+    """A GEE stopped before convergence (here: one iteration at an unreachable tolerance) is reported, never swallowed."""
+    from statsmodels.genmod.generalized_estimating_equations import GEE
+
+    real_fit = GEE.fit
+    monkeypatch.setattr(GEE, "fit", lambda self, *a, **k: real_fit(self, maxiter=1, ctol=1e-300))
+    with pytest.warns(ModelWarning, match="GEE: .*converge"):
+        out = E.paresthesia_gee(synthetic_study, by="technique")
+    assert any("converge" in n for n in out.attrs["notes"])
