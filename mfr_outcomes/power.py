@@ -394,7 +394,15 @@ def simulate(effect: float | Sequence[float] = -0.5,
                      "sd_estimate": float(np.std(est[ok], ddof=1)) if m > 1 else np.nan,
                      "mean_std_error": float(np.mean(se[ok])) if m else np.nan,
                      "median_df": float(np.median(df[ok])) if m else np.nan, "alpha": alpha})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    failed, unconverged = int(out["n_failed"].sum()), int(out["n_not_converged"].sum())
+    if failed or unconverged:
+        from mfr_outcomes.warnings_ import ModelWarning
+
+        warnings.warn(f"power: {failed} simulated studies could not be fitted (left out of the "
+                      f"power) and {unconverged} fits did not converge (counted); see the "
+                      f"n_failed and n_not_converged columns", ModelWarning, stacklevel=2)
+    return out
 
 
 def _children(parent: np.random.SeedSequence, n: int) -> list[np.random.SeedSequence]:

@@ -170,3 +170,24 @@ def test_cli_power(tmp_path, capsys):
     assert list(table["n_patients"]) == [10, 14]
     assert (tmp_path / "power_curve.png").stat().st_size > 1000
     assert main(["power", "--patients", "1", "--sims", "2", "--jobs", "1"]) == 2
+
+
+def test_failed_and_unconverged_fits_are_reported(monkeypatch):
+    """Studies that cannot be fitted are left out of the power, counted and warned about."""
+    from mfr_outcomes.warnings_ import ModelWarning
+
+    real = power._fit_one
+    calls = {"n": 0}
+
+    def flaky(cfg, data):
+        calls["n"] += 1
+        if calls["n"] % 4 == 0:  # every fourth study fails
+            return (np.nan, np.nan, np.nan, False)
+        return real(cfg, data)
+
+    monkeypatch.setattr(power, "_fit_one", flaky)
+    with pytest.warns(ModelWarning, match="could not be fitted"):
+        res = power.simulate(effect=-0.5, n_patients=[20], sessions=4, n_sims=20, seed=3,
+                             n_jobs=1, progress=False)
+    row = res.iloc[0]
+    assert row["n_failed"] == 5 and row["n_sims"] == 15
