@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import optimize, stats
 
 from mfr_outcomes.measures import get_measure
+from mfr_outcomes.study import model_dtypes
 from mfr_outcomes.vocab import TECHNIQUE, TREATMENT_TECHNIQUES
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
@@ -554,14 +555,7 @@ def paresthesia_gee(study: Any, by: str | None = "technique", *, measure: str = 
     frame = frame.dropna(subset=used)
     if len(frame) < n0:
         _caution(notes, f"{n0 - len(frame)} reading(s) with missing {', '.join(with_na)} left out")
-    for col in frame.columns:
-        s = frame[col]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            frame[col] = s.cat.remove_unused_categories()
-        elif pd.api.types.is_extension_array_dtype(s.dtype) and \
-                (pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)):
-            frame[col] = s.astype("float64")
-    frame = frame.sort_values(["patient_id", "session_number"]).reset_index(drop=True)
+    frame = model_dtypes(frame).sort_values(["patient_id", "session_number"]).reset_index(drop=True)
     n_clusters = frame["patient_id"].nunique()
     if n_clusters < 2:
         raise ValueError(f"only {n_clusters} patient(s) with {measure!r} readings; GEE needs many "

@@ -27,6 +27,7 @@ __all__ = [
     "Study",
     "from_frames",
     "analysis_frame",
+    "model_dtypes",
     "ANALYSIS_COLUMNS",
 ]
 
@@ -397,6 +398,24 @@ def _study_from_inputs(inputs: dict, *, source: str, strict: bool, dayfirst: boo
         warnings.warn(f"{source}: {report.n_excluded} row(s) excluded and {kept} caution(s) "
                       f"while loading; see study.report", DataWarning, stacklevel=3)
     return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
+
+
+def model_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of *frame* with the dtypes model fitters want.
+
+    Categoricals lose the levels with no rows (the vocabulary keeps them all), and nullable
+    Int64/boolean columns become float64 with NaN for missing, which formula libraries and
+    statsmodels read as numbers.
+    """
+    frame = frame.copy()
+    for col in frame.columns:
+        s = frame[col]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            frame[col] = s.cat.remove_unused_categories()
+        elif pd.api.types.is_extension_array_dtype(s.dtype) and \
+                (pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)):
+            frame[col] = s.astype("float64")
+    return frame
 
 
 def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame,

@@ -56,6 +56,18 @@ def small_truth(_small):
     return _small[1]
 
 
+@pytest.fixture(scope="session")
+def marginal_prepost():
+    """The frozen input of the emmeans/performance fixtures (tests/reference/data); read-only."""
+    import pandas as pd
+
+    from mfr_outcomes.vocab import TREATMENT_TECHNIQUES
+
+    d = pd.read_csv(REPO_ROOT / "tests" / "reference" / "data" / "marginal_prepost.csv")
+    d["technique"] = pd.Categorical(d["technique"], categories=list(TREATMENT_TECHNIQUES))
+    return d
+
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     """Close every matplotlib figure after each test (only when matplotlib was imported)."""

@@ -207,16 +207,3 @@ def test_only_cautions_go_to_diagnostics(prepost_fit):
     # informational notes stay in fit.notes; only cautions are diagnostics warnings
     assert not any("assessment-only" in w for w in prepost_fit.diagnostics["warnings"])
     assert all(type(n) is str for n in prepost_fit.notes)
-
-
-def test_docstring_examples_run(repo_root, monkeypatch):
-    """The numpydoc examples (on the shipped synthetic data) are tests too."""
-    import doctest
-
-    import mfr_outcomes.models.domain as module
-
-    monkeypatch.chdir(repo_root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -290,19 +290,6 @@ def test_paresthesia_gee_missing_covariate_rows_are_reported(synthetic_study):
     assert out.attrs["n_obs"] == len(full) - dropped
 
 
-def test_docstring_examples_run(repo_root, monkeypatch):
-    """The numpydoc examples (on the shipped synthetic data) are tests too."""
-    import doctest
-
-    import mfr_outcomes.effects as module
-
-    monkeypatch.chdir(repo_root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_paresthesia_gee_non_convergence_is_a_caution(synthetic_study, monkeypatch):
     """A GEE stopped before convergence (here: one iteration at an unreachable tolerance) is reported, never swallowed."""
     from statsmodels.genmod.generalized_estimating_equations import GEE

@@ -18,20 +18,14 @@ REF = Path(__file__).parent / "reference"
 TECH = ["direct_pressure", "stretching", "massage", "combined"]
 
 
-def _data() -> pd.DataFrame:
-    d = pd.read_csv(REF / "data" / "marginal_prepost.csv")
-    d["technique"] = pd.Categorical(d["technique"], categories=TECH)
-    return d
-
-
 @pytest.fixture(scope="module")
 def ref() -> dict:
     return json.loads((REF / "marginal_prepost.json").read_text())["models"]
 
 
 @pytest.fixture(scope="module")
-def fits(ref) -> dict:
-    d = _data()
+def fits(ref, marginal_prepost) -> dict:
+    d = marginal_prepost
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ModelWarning)
         return {k: fit_mixed(d, ref[k]["model"]["formula"], reml=True) for k in ref}
@@ -122,11 +116,11 @@ def test_fit_methods_delegate(fits):
                                   contrasts(fit, "post", by="technique"))
 
 
-def test_reference_grid_shape(fits):
+def test_reference_grid_shape(fits, marginal_prepost):
     grid, values = reference_grid(fits["slope"], "technique")
     assert values["technique"] == TECH
     assert values["post"] == [0, 1]
-    assert values["session_number"] == [pytest.approx(_data()["session_number"].mean())]
+    assert values["session_number"] == [pytest.approx(marginal_prepost["session_number"].mean())]
     assert len(grid) == 8
 
 
@@ -171,8 +165,8 @@ def test_tukey_on_treatment_vs_control_becomes_sidak(fits):
     np.testing.assert_allclose(out["p_value"], 1 - (1 - raw["p_value"]) ** 3, rtol=1e-8)
 
 
-def test_nonestimable_cell_warns_and_is_missing():
-    d = _data()
+def test_nonestimable_cell_warns_and_is_missing(marginal_prepost):
+    d = marginal_prepost
     # no post reading for massage: post:technique[T.massage] cannot be estimated
     d = d[~((d["technique"] == "massage") & (d["post"] == 1))].reset_index(drop=True)
     with warnings.catch_warnings():
@@ -235,8 +229,8 @@ def test_synthetic_prepost_matches_r(name):
              synthetic_ref["con_interaction"], ["post_revpairwise", "technique_pairwise"])
 
 
-def test_asymptotic_df_gives_z_based_tukey():
-    d = _data()
+def test_asymptotic_df_gives_z_based_tukey(marginal_prepost):
+    d = marginal_prepost
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ModelWarning)
         fit = fit_mixed(d, "value ~ post * technique + session_number + (post | patient_id)",
@@ -269,16 +263,3 @@ def test_formula_style_specs(fits):
                                   emmeans(fit, "post", by="technique"), check_like=False)
     both = emmeans(fit, "post * technique")
     assert list(both.columns[:2]) == ["post", "technique"] and len(both) == 8
-
-
-def test_docstring_examples_run(repo_root, monkeypatch):
-    """The numpydoc examples (on the shipped synthetic data) are tests too."""
-    import doctest
-
-    import mfr_outcomes.models.emmeans as module
-
-    monkeypatch.chdir(repo_root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -18,10 +18,8 @@ TECH = ["direct_pressure", "stretching", "massage", "combined"]
 
 
 @pytest.fixture(scope="module")
-def data() -> pd.DataFrame:
-    d = pd.read_csv(REF / "data" / "marginal_prepost.csv")
-    d["technique"] = pd.Categorical(d["technique"], categories=TECH)
-    return d
+def data(marginal_prepost):
+    return marginal_prepost
 
 
 @pytest.fixture(scope="module")
@@ -166,16 +164,3 @@ def test_icc_on_synthetic_data_matches_performance():
     assert res.unadjusted == pytest.approx(r["icc_unadjusted"], abs=1e-3)
     assert r2.marginal == pytest.approx(r["r2_marginal"], abs=1e-3)
     assert r2.conditional == pytest.approx(r["r2_conditional"], abs=1e-3)
-
-
-def test_docstring_examples_run(repo_root, monkeypatch):
-    """The numpydoc examples (on the shipped synthetic data) are tests too."""
-    import doctest
-
-    import mfr_outcomes.models.r2 as module
-
-    monkeypatch.chdir(repo_root)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

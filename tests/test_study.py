@@ -218,23 +218,6 @@ def test_partly_numbered_patient_falls_back_to_date_order():
     assert numbers == {"S1": 2, "S2": 1, "S3": 1, "S4": 2}
 
 
-def test_docstring_examples_run(monkeypatch):
-    import doctest
-    import warnings
-    from pathlib import Path
-
-    import mfr_outcomes.io as io_module
-    import mfr_outcomes.study as study_module
-
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # examples use data/synthetic
-    for module, n in ((study_module, 8), (io_module, 2)):
-        with warnings.catch_warnings():
-            result = doctest.testmod(module, optionflags=doctest.ELLIPSIS
-                                     | doctest.NORMALIZE_WHITESPACE)
-        assert result.attempted >= n
-        assert result.failed == 0
-
-
 def test_analysis_frame_on_raw_simulated_frames_matches_validated_study():
     from mfr_outcomes.synthetic import generate_frames
 

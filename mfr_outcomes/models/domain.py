@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from mfr_outcomes.measures import get_measure
+from mfr_outcomes.study import model_dtypes
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 __all__ = [
@@ -69,16 +70,7 @@ def _check_measure(measure: str, model: str) -> Any:
 
 
 def _frame(study: Any, measure: str) -> pd.DataFrame:
-    frame = study.frame(measure)
-    frame = frame.copy()
-    for col in frame.columns:
-        s = frame[col]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            frame[col] = s.cat.remove_unused_categories()
-        elif pd.api.types.is_extension_array_dtype(s.dtype) and \
-                (pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)):
-            frame[col] = s.astype("float64")  # nullable Int64/boolean -> float with NaN
-    return frame
+    return model_dtypes(study.frame(measure))
 
 
 def _is_sided(frame: pd.DataFrame) -> bool:

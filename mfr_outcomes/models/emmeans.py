@@ -482,6 +482,16 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
         method = "sidak"
     family = _families(cells, by_vars)
     out = _finish(out, family, method, level, None)
+    notes += _grid_notes(fit, method, spec_vars, by_vars, averaged, weights, held)
+    out.attrs.update({"notes": notes, "averaged_over": averaged, "at": held, "level": level,
+                      "adjust": method, "specs": spec_vars, "by": by_vars})
+    return out
+
+
+def _grid_notes(fit: Any, method: str, spec_vars: list[str], by_vars: list[str],
+                averaged: Sequence[str], weights: str, held: dict) -> list[str]:
+    """What a reader of marginal means or contrasts must know about how they were formed."""
+    notes = []
     if method == "holm":
         notes.append("holm has no confidence interval; intervals are bonferroni-adjusted, as in "
                      "emmeans")
@@ -494,9 +504,7 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
     inter = _interactions_note(fit, spec_vars + by_vars, list(averaged) + list(held))
     if inter:
         notes.append(inter)
-    out.attrs.update({"notes": notes, "averaged_over": averaged, "at": held, "level": level,
-                      "adjust": method, "specs": spec_vars, "by": by_vars})
-    return out
+    return notes
 
 
 def _interactions_note(fit: Any, shown: list[str], other: list[str]) -> str:
@@ -707,18 +715,7 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
                      f"reported as missing")
     fam_arr = np.asarray(fam_index)
     out = _finish(out, fam_arr, method_used, level, n_means if method_used == "tukey" else None)
-    if method_used == "holm":
-        notes.append("holm has no confidence interval; intervals are bonferroni-adjusted, as in "
-                     "emmeans")
-    inter = _interactions_note(fit, spec_vars + by_vars, list(averaged) + list(held))
-    if inter:
-        notes.append(inter)
-    if averaged:
-        notes.append(f"results are averaged over the levels of: {', '.join(averaged)} "
-                     f"({weights} weights)")
-    if held:
-        notes.append("covariates held at: " + ", ".join(f"{k} = {_fmt(v)}"
-                                                        for k, v in held.items()))
+    notes += _grid_notes(fit, method_used, spec_vars, by_vars, averaged, weights, held)
     out["adjust"] = method_used
     out.attrs.update({"notes": notes, "averaged_over": averaged, "at": held, "level": level,
                       "adjust": method_used, "specs": spec_vars, "by": by_vars,

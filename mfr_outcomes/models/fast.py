@@ -1007,9 +1007,7 @@ class FastEngine:
 
         res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                                 options=lbfgs)
-        # A diagonal θ at 0 is a stationary point in its own direction (the deviance depends on
-        # it through its square), also when the deviance falls away from it: a gradient method
-        # can stop there. Probe inside the bound and restart from any better point.
+        # restart from inside the bound while a probe there beats a diagonal θ stopped at 0
         restarts = 0
         while restarts < 4:
             theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)

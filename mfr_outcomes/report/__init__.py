@@ -1,8 +1,14 @@
 """The QI report: one self-contained HTML file per clinic and period, with its tables as CSV.
 
->>> from mfr_outcomes.report import build_report   # doctest: +SKIP
->>> result = build_report(study, "build/report", site="site-1", period="2026Q3")  # doctest: +SKIP
->>> result.html_path  # doctest: +SKIP
+>>> import tempfile, warnings
+>>> import mfr_outcomes as mfr
+>>> from mfr_outcomes.report import build_report
+>>> study = mfr.load_study("data/synthetic")
+>>> with warnings.catch_warnings():
+...     warnings.simplefilter("ignore")
+...     result = build_report(study, tempfile.mkdtemp(), site="site-1", period="2026Q3")
+>>> result.html_path.name
+'report.html'
 """
 from __future__ import annotations
 
