@@ -32,7 +32,8 @@ notebooks: install
 	$(RUN) python -m mfr_outcomes.notebooks_runner --out build/notebooks
 
 bench: install
-	$(RUN) python benchmarks/bench_fit.py --out benchmarks/results
+	$(UV) sync --locked --group bench
+	$(RUN) --group bench python benchmarks/bench_fit.py --out benchmarks/results
 
 reference:
 	Rscript tests/reference/make_reference.R
