@@ -1,11 +1,12 @@
 """Mixed-effects models: lme4 formulas, fitting engines, MixedFit and lmerTest-style inference.
 
 Importing this package registers the engines: "pls" (dense penalised least squares, any random
-structure), "statsmodels" (MixedLM, one grouping factor) and, when its module is present, "fast".
+structure), "sparse" (blocked sparse Cholesky, any random structure at scale),
+"statsmodels" (MixedLM, one grouping factor) and, when its module is present, "fast".
 """
 from __future__ import annotations
 
-from mfr_outcomes.models import pls, statsmodels_engine  # noqa: F401  (register engines)
+from mfr_outcomes.models import pls, sparse, statsmodels_engine  # noqa: F401  (register engines)
 from mfr_outcomes.models.spec import AUTO_ORDER, ENGINES, ModelSpec, RandomBlock
 
 try:  # the fast engine is written separately; it plugs in when present

@@ -148,7 +148,7 @@ class Engine(Protocol):
 
 #: name -> engine instance. engine="auto" tries AUTO_ORDER in order and takes the first that supports.
 ENGINES: dict[str, Engine] = {}
-AUTO_ORDER: list[str] = ["fast", "pls", "statsmodels"]
+AUTO_ORDER: list[str] = ["fast", "sparse", "pls", "statsmodels"]
 
 
 def register_engine(engine: Engine) -> Engine:

@@ -1,0 +1,220 @@
+"""The fixed structure of the sparse engine: factors, the Gram matrix of [Z X y] and its layout.
+
+Random-effect terms are amalgamated by grouping factor (several ``RandomBlock`` on one group become
+one factor with q columns per level, Λ block diagonal between the blocks). The factor with the most
+random effects comes first: its block of Λ'Z'ZΛ + I is block diagonal (one q×q block per level)
+and is eliminated level by level. Everything else — the other factors' columns, X and y — forms the
+"trailing" part of m = Σ_k ℓ_k q_k + p + 1 columns, which is dense after the elimination.
+
+The elimination's update of the trailing block, Σ_l B_l W_l B_lᵀ (B_l the trailing rows of the
+Gram matrix in the columns of level l, W_l a q×q matrix that depends on θ), is linear in the W_l:
+it is one sparse matrix-vector product ``T @ w`` with a fixed matrix T built here once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from mfr_outcomes.models.spec import ModelSpec
+
+__all__ = ["Factor", "Structure", "build_structure", "factors_of", "trailing_size"]
+
+
+@dataclass
+class Factor:
+    """One grouping factor with all random terms on it amalgamated.
+
+    ``theta_pos[t] = (i, j)`` places the factor's t-th θ (``theta_index[t]`` in the spec's θ) at
+    Λ_k[i, j]; ``blocks`` are the spec blocks on this factor and ``block_offset`` the first column
+    of each inside the factor's q.
+    """
+
+    group: str
+    codes: np.ndarray
+    n_levels: int
+    q: int
+    Z: np.ndarray  # (n, q) the amalgamated raw columns
+    blocks: list[int]
+    block_offset: list[int]
+    theta_index: np.ndarray
+    theta_pos: list[tuple[int, int]]
+
+    @property
+    def size(self) -> int:
+        return self.n_levels * self.q
+
+    def lam(self, theta: np.ndarray) -> np.ndarray:
+        out = np.zeros((self.q, self.q))
+        for t, (i, j) in zip(self.theta_index, self.theta_pos):
+            out[i, j] = theta[t]
+        return out
+
+
+def factors_of(spec: ModelSpec) -> list[Factor]:
+    """The spec's blocks amalgamated by grouping factor, largest (ℓ q) first."""
+    starts = np.cumsum([0] + [b.n_theta for b in spec.blocks])
+    groups: dict[str, list[int]] = {}
+    for k, b in enumerate(spec.blocks):
+        key = b.group
+        if key in groups and not np.array_equal(spec.blocks[groups[key][0]].codes, b.codes):
+            key = f"{b.group}#{k}"  # same name, different coding: keep it a factor of its own
+        groups.setdefault(key, []).append(k)
+    out = []
+    for key, ks in groups.items():
+        first = spec.blocks[ks[0]]
+        offs, tidx, tpos, zs, q = [], [], [], [], 0
+        for k in ks:
+            b = spec.blocks[k]
+            offs.append(q)
+            t = int(starts[k])
+            for j in range(b.q):  # column-major lower triangle, as spec.block_lambda
+                for i in range(j, b.q):
+                    tidx.append(t)
+                    tpos.append((q + i, q + j))
+                    t += 1
+            zs.append(np.asarray(b.Z, dtype=float))
+            q += b.q
+        out.append(Factor(group=key, codes=np.asarray(first.codes, dtype=np.int64),
+                          n_levels=first.n_levels, q=q, Z=np.column_stack(zs), blocks=ks,
+                          block_offset=offs, theta_index=np.asarray(tidx, dtype=np.intp),
+                          theta_pos=tpos))
+    # stable: ties keep lme4's block order (most levels first)
+    out.sort(key=lambda f: -f.size)
+    return out
+
+
+def trailing_size(spec: ModelSpec) -> int:
+    """m: the number of dense trailing columns (all factors but the first, X and y)."""
+    sizes = sorted((f.size for f in factors_of(spec)), reverse=True)
+    return int(sum(sizes[1:]) + spec.p + 1)
+
+
+@dataclass
+class Structure:
+    """Everything about a spec that does not depend on θ.
+
+    ``first`` is eliminated level by level; ``rest`` are the other factors, whose columns start at
+    ``rest_offset`` in the trailing part (mZ columns), followed by X (p) and y (1).
+    """
+
+    n: int
+    p: int
+    first: Factor
+    rest: list[Factor]
+    rest_offset: list[int]
+    mZ: int
+    m: int
+    A11: np.ndarray  # (q1, q1, ℓ1): Z_1ᵀZ_1 per level, level axis last
+    Arr: np.ndarray  # (m, m) dense: [Z_rest X y]ᵀ[Z_rest X y]
+    V: sp.csr_matrix  # (n, m): [Z_rest X y]
+    pat: sp.csc_matrix  # (m, ℓ1): which trailing rows meet each level of the first factor
+    Bdata: np.ndarray  # (nnz(pat), q1): B = Vᵀ Z_1 on pat's pattern, per column a of level l
+    T: sp.csr_matrix  # (n_pairs, ℓ1 · nw): Σ_l B_l W_l B_lᵀ on the pairs = T @ w
+    pair_flat: np.ndarray  # (n_pairs,) flat index r·m + s (r ≥ s) of each pair in an m×m matrix
+    pair_r: np.ndarray
+    pair_s: np.ndarray
+    w_index: list[tuple[int, int]]  # the nw (a, b), a ≤ b, elements of W_l in w
+
+    @property
+    def nw(self) -> int:
+        return len(self.w_index)
+
+
+def _trailing_matrix(spec: ModelSpec, rest: list[Factor], offsets: list[int], mZ: int
+                     ) -> sp.csr_matrix:
+    n, p = spec.n, spec.p
+    rows, cols, vals = [], [], []
+    idx = np.arange(n)
+    for f, off in zip(rest, offsets):
+        for j in range(f.q):
+            rows.append(idx)
+            cols.append(off + f.codes * f.q + j)
+            vals.append(f.Z[:, j])
+    for j in range(p):
+        rows.append(idx)
+        cols.append(np.full(n, mZ + j))
+        vals.append(spec.X[:, j])
+    rows.append(idx)
+    cols.append(np.full(n, mZ + p))
+    vals.append(spec.y)
+    m = mZ + p + 1
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                         shape=(n, m))
+
+
+def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, q1: int,
+                 w_index: list[tuple[int, int]]):
+    """T with T[(r, s), (l, a, b)] = B_rla B_slb + [a < b] B_rlb B_sla over r ≥ s in level l."""
+    nl = pat.shape[1]
+    nw = len(w_index)
+    counts = np.diff(pat.indptr)
+    keys_parts, cols_parts, vals_parts = [], [], []
+    for c in np.unique(counts):
+        if c == 0:
+            continue
+        levels = np.flatnonzero(counts == c)
+        pos = pat.indptr[levels][:, None] + np.arange(c)[None, :]  # (n_c, c)
+        R = pat.indices[pos]
+        Bv = Bdata[pos]  # (n_c, c, q1)
+        ii, jj = np.tril_indices(c)
+        keys_parts.append((R[:, ii] * m + R[:, jj]).ravel())  # rows sorted in a column: r ≥ s
+        cols = np.repeat(levels * nw, ii.size)
+        vals = np.empty((nw, levels.size * ii.size))
+        for comp, (a, b) in enumerate(w_index):
+            v = Bv[:, ii, a] * Bv[:, jj, b]
+            if a != b:
+                v = v + Bv[:, ii, b] * Bv[:, jj, a]
+            vals[comp] = v.ravel()
+        cols_parts.append(cols[None, :] + np.arange(nw)[:, None])
+        vals_parts.append(vals)
+    if not keys_parts:
+        return sp.csr_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64)
+    keys = np.concatenate(keys_parts)
+    pair_flat, ids = np.unique(keys, return_inverse=True)
+    rows = np.concatenate([np.broadcast_to(i, (nw, i.size)) for i in
+                           np.split(ids, np.cumsum([k.size for k in keys_parts])[:-1])], axis=1)
+    T = sp.csr_matrix((np.concatenate(vals_parts, axis=1).ravel(),
+                       (rows.ravel(), np.concatenate(cols_parts, axis=1).ravel())),
+                      shape=(pair_flat.size, nl * nw))
+    return T, pair_flat
+
+
+def build_structure(spec: ModelSpec) -> Structure:
+    """The θ-free part of the sparse engine's computation for *spec* (one pass over the rows)."""
+    factors = factors_of(spec)
+    first, rest = factors[0], factors[1:]
+    offsets, mZ = [], 0
+    for f in rest:
+        offsets.append(mZ)
+        mZ += f.size
+    n, p = spec.n, spec.p
+    m = mZ + p + 1
+    q1, l1 = first.q, first.n_levels
+    V = _trailing_matrix(spec, rest, offsets, mZ)
+    Arr = np.asarray((V.T @ V).toarray())
+    A11 = np.empty((q1, q1, l1))
+    for a in range(q1):
+        for b in range(a, q1):
+            A11[a, b] = A11[b, a] = np.bincount(first.codes, first.Z[:, a] * first.Z[:, b],
+                                                minlength=l1)
+    # the pattern of Vᵀ Z_1 by level, from ones (ones never cancel), then values aligned to it
+    ind = sp.csr_matrix((np.ones(n), (np.arange(n), first.codes)), shape=(n, l1))
+    ones = V.copy()
+    ones.data = np.ones_like(ones.data)
+    pat = (ones.T @ ind).tocsc()
+    pat.sort_indices()
+    pkeys = np.repeat(np.arange(l1, dtype=np.int64), np.diff(pat.indptr)) * m + pat.indices
+    Bdata = np.zeros((pat.nnz, q1))
+    for a in range(q1):
+        za = sp.csr_matrix((first.Z[:, a], (np.arange(n), first.codes)), shape=(n, l1))
+        Ba = (V.T @ za).tocsc()
+        Ba.sort_indices()
+        bkeys = np.repeat(np.arange(l1, dtype=np.int64), np.diff(Ba.indptr)) * m + Ba.indices
+        Bdata[np.searchsorted(pkeys, bkeys), a] = Ba.data
+    w_index = [(a, b) for a in range(q1) for b in range(a, q1)]
+    T, pair_flat = _pair_matrix(pat, Bdata, m, q1, w_index)
+    return Structure(n=n, p=p, first=first, rest=rest, rest_offset=offsets, mZ=mZ, m=m, A11=A11,
+                     Arr=Arr, V=V, pat=pat, Bdata=Bdata, T=T, pair_flat=pair_flat,
+                     pair_r=pair_flat // m, pair_s=pair_flat % m, w_index=w_index)
