@@ -130,8 +130,15 @@ class SparseModel:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        self.st = build_structure(spec)
         self.n, self.p = spec.n, spec.p
+        # The deviance is unchanged when X is replaced by Q = X R⁻¹ (orthonormal columns; log|R_X|²
+        # shifts by the constant log|R|²) and y by its residual from X (β shifts). Both shrink the
+        # cancellation in the trailing block's X and y entries by orders of magnitude.
+        Q, R = np.linalg.qr(spec.X)
+        self._R = R
+        self._beta_ols = sla.solve_triangular(R, Q.T @ spec.y, check_finite=False)
+        self._ldR2 = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
+        self.st = build_structure(spec, X=Q, y=spec.y - Q @ (Q.T @ spec.y))
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
@@ -175,7 +182,7 @@ class SparseModel:
         ev.L1, ev.C = L1, C
         ev.ldL2 = 2.0 * float(np.sum(np.log(np.diagonal(L1, axis1=0, axis2=1)))) + \
             2.0 * float(np.sum(np.log(dg[:mZ])))
-        ev.ldRX2 = 2.0 * float(np.sum(np.log(np.abs(dg[mZ:mZ + p]))))
+        ev.ldRX2 = 2.0 * float(np.sum(np.log(np.abs(dg[mZ:mZ + p])))) + self._ldR2
         ev.pwrss = max(float(dg[-1]) ** 2, 1e-300)
         self._last = ev
         return ev
@@ -207,7 +214,7 @@ class SparseModel:
 
     def _rx(self, ev: _Eval) -> np.ndarray:
         mZ, p = self.st.mZ, self.p
-        return ev.C[mZ:mZ + p, mZ:mZ + p]  # R_Xᵀ (lower)
+        return np.tril(ev.C[mZ:mZ + p, mZ:mZ + p])  # R̃_Xᵀ (dpotrf leaves the upper part)
 
     def vcov_beta(self, varpar: np.ndarray) -> np.ndarray:
         """σ² (R_XᵀR_X)⁻¹ at varpar = (θ, σ) — lmerTest's ``get_covbeta``."""
@@ -215,14 +222,17 @@ class SparseModel:
         ev = self.evaluate(varpar[:-1])
         if not ev.ok:
             return np.full((self.p, self.p), np.nan)
-        Li = sla.solve_triangular(self._rx(ev), np.eye(self.p), lower=True, check_finite=False)
+        # R_X of the original X is R̃_X R (R from X = QR): (R_XᵀR_X)⁻¹ = R⁻¹(R̃_XᵀR̃_X)⁻¹R⁻ᵀ
+        Li = sla.solve_triangular(self._R.T @ self._rx(ev), np.eye(self.p), lower=True,
+                                  check_finite=False)
         return varpar[-1] ** 2 * (Li.T @ Li)
 
     def beta(self, theta: np.ndarray) -> np.ndarray:
         ev = self.evaluate(theta)
         mZ, p = self.st.mZ, self.p
         cb = ev.C[-1, mZ:mZ + p]
-        return sla.solve_triangular(self._rx(ev), cb, lower=True, trans="T", check_finite=False)
+        g = sla.solve_triangular(self._rx(ev), cb, lower=True, trans="T", check_finite=False)
+        return self._beta_ols + sla.solve_triangular(self._R, g, check_finite=False)
 
     # -- once, at the optimum ------------------------------------------------------------
     def random_modes(self, theta: np.ndarray, sigma: float, condvar: bool = True
@@ -364,6 +374,28 @@ def _fd_grad(f, x: np.ndarray, fx: float, lower: np.ndarray, central: bool) -> n
     return g
 
 
+def _grad_and_curvature(f, x: np.ndarray, fx: float, lower: np.ndarray,
+                        delta: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and diagonal second derivatives by central differences (one-sided at a bound)."""
+    g, h = np.empty_like(x), np.empty_like(x)
+    for i in range(x.size):
+        up = x.copy()
+        up[i] += delta
+        if lower[i] == 0.0 and x[i] - delta < 0.0:
+            up2 = x.copy()
+            up2[i] += 2 * delta
+            f1, f2 = f(up), f(up2)
+            g[i] = (-3 * fx + 4 * f1 - f2) / (2 * delta)
+            h[i] = (fx - 2 * f1 + f2) / delta ** 2
+        else:
+            dn = x.copy()
+            dn[i] -= delta
+            f1, f2 = f(up), f(dn)
+            g[i] = (f1 - f2) / (2 * delta)
+            h[i] = (f1 - 2 * fx + f2) / delta ** 2
+    return g, h
+
+
 def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: bool,
                    options: dict) -> tuple[np.ndarray, float, bool, list[str], int]:
     """Minimise the profiled deviance over θ within lme4's bounds (L-BFGS-B, then checks).
@@ -380,13 +412,16 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         n_eval[0] += 1
         return model.objective(th, reml)
 
+    central = options.get("fd", "forward") == "central"
+
     def fg(th: np.ndarray):
         fx = f(th)
         if not np.isfinite(fx):
             return 1e300, np.zeros_like(th)
-        return fx, _fd_grad(f, th, fx, lower, central=True)
+        return fx, _fd_grad(f, th, fx, lower, central=central)
 
-    lbfgs = {"maxiter": int(options.get("maxiter", 2000)), "ftol": 1e-15, "gtol": 1e-9,
+    lbfgs = {"maxiter": int(options.get("maxiter", 2000)),
+             "ftol": float(options.get("ftol", 1e-13)), "gtol": float(options.get("gtol", 1e-6)),
              "maxcor": 20}
     x = np.maximum(np.asarray(x0, float), np.where(np.isfinite(lower), lower, -np.inf))
     fx = f(x)
@@ -413,14 +448,17 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         ft = f(trial)
         if ft <= fx:
             x, fx = trial, ft
-    g = _fd_grad(f, x, fx, lower, central=True)
+    # lme4's checkConv: central differences with step 1e-4 (its deriv12), the gradient scaled by
+    # the (here diagonal) Hessian, min(|scaled|, |raw|) against 0.002 on free coordinates.
+    g, hd = _grad_and_curvature(f, x, fx, lower)
     free = ~((lower == 0.0) & (x <= 0.0) & (g > 0))
-    gmax = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    scaled = np.minimum(np.abs(g) / np.sqrt(np.maximum(hd, 1e-12)), np.abs(g))
+    gmax = float(np.max(scaled[free])) if free.any() else 0.0
     gtol = float(options.get("grad_tol", 2e-3))
     if gmax > gtol:
         converged = False
-        messages.append(f"the optimiser stopped with a gradient of {gmax:.2g} on the deviance "
-                        f"(tolerance {gtol:g})")
+        messages.append(f"the optimiser stopped with a scaled gradient of {gmax:.2g} on the "
+                        f"deviance (tolerance {gtol:g}, as lme4's check)")
     return x, float(fx), converged, messages, n_eval[0]
 
 

@@ -122,9 +122,9 @@ class Structure:
         return len(self.w_index)
 
 
-def _trailing_matrix(spec: ModelSpec, rest: list[Factor], offsets: list[int], mZ: int
-                     ) -> sp.csr_matrix:
-    n, p = spec.n, spec.p
+def _trailing_matrix(X: np.ndarray, y: np.ndarray, rest: list[Factor], offsets: list[int],
+                     mZ: int) -> sp.csr_matrix:
+    n, p = X.shape
     rows, cols, vals = [], [], []
     idx = np.arange(n)
     for f, off in zip(rest, offsets):
@@ -135,10 +135,10 @@ def _trailing_matrix(spec: ModelSpec, rest: list[Factor], offsets: list[int], mZ
     for j in range(p):
         rows.append(idx)
         cols.append(np.full(n, mZ + j))
-        vals.append(spec.X[:, j])
+        vals.append(X[:, j])
     rows.append(idx)
     cols.append(np.full(n, mZ + p))
-    vals.append(spec.y)
+    vals.append(y)
     m = mZ + p + 1
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                          shape=(n, m))
@@ -181,8 +181,15 @@ def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, q1: int,
     return T, pair_flat
 
 
-def build_structure(spec: ModelSpec) -> Structure:
-    """The θ-free part of the sparse engine's computation for *spec* (one pass over the rows)."""
+def build_structure(spec: ModelSpec, X: np.ndarray | None = None, y: np.ndarray | None = None
+                    ) -> Structure:
+    """The θ-free part of the sparse engine's computation for *spec* (one pass over the rows).
+
+    *X* and *y* replace ``spec.X`` and ``spec.y`` (the engine passes a better-conditioned
+    equivalent: orthonormal columns spanning X, and y's least-squares residual).
+    """
+    X = spec.X if X is None else X
+    y = spec.y if y is None else y
     factors = factors_of(spec)
     first, rest = factors[0], factors[1:]
     offsets, mZ = [], 0
@@ -192,7 +199,7 @@ def build_structure(spec: ModelSpec) -> Structure:
     n, p = spec.n, spec.p
     m = mZ + p + 1
     q1, l1 = first.q, first.n_levels
-    V = _trailing_matrix(spec, rest, offsets, mZ)
+    V = _trailing_matrix(X, y, rest, offsets, mZ)
     Arr = np.asarray((V.T @ V).toarray())
     A11 = np.empty((q1, q1, l1))
     for a in range(q1):
