@@ -156,6 +156,7 @@ class SparseModel:
             d = t * t * st.A11[0, 0] + 1.0
             L1 = np.sqrt(d)[None, None, :]
             w = (t * t / d)[:, None]
+            G = (t / L1[0, 0])[None, None, :]
         else:
             L1 = _bchol(_sandwich(lam1.T, st.A11, lam1) + _eye_stack(f1.q, f1.n_levels))
             G = _bfsolve(L1, np.broadcast_to(lam1.T[:, :, None], L1.shape).copy())  # L⁻¹Λᵀ
@@ -167,6 +168,9 @@ class SparseModel:
             return ev
         S = st.Arr.copy()
         S.flat[st.pair_flat] -= st.T @ w.ravel()
+        # X-and-y block: Σ_l B_l G_lᵀ G_l B_lᵀ, one product over all levels
+        H = np.einsum("bal,ajl->bjl", G, st.Bx) if f1.q > 1 else st.Bx * G[0, 0]
+        S[st.mZ:, st.mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
         if self._symmetric:
             il = np.tril_indices(st.m, -1)
             S[il[1], il[0]] = S[il]
@@ -248,7 +252,7 @@ class SparseModel:
         z1r = np.stack([np.bincount(f1.codes, f1.Z[:, a] * resid, minlength=l1)
                         for a in range(q1)])  # (q1, ℓ1)
         r1 = lam1.T @ z1r
-        r2 = np.asarray(st.V[:, :mZ].T @ resid)
+        r2 = np.asarray(st.Vz.T @ resid)
         r2 = _apply_lam(r2, st, lams, transpose=False)
         Bz = _b_matrix(st)  # (mZ, ℓ1 q1), column l q1 + a
         L1 = ev.L1

@@ -108,10 +108,11 @@ class Structure:
     m: int
     A11: np.ndarray  # (q1, q1, ℓ1): Z_1ᵀZ_1 per level, level axis last
     Arr: np.ndarray  # (m, m) dense: [Z_rest X y]ᵀ[Z_rest X y]
-    V: sp.csr_matrix  # (n, m): [Z_rest X y]
+    Vz: sp.csr_matrix  # (n, mZ): Z_rest
     pat: sp.csc_matrix  # (m, ℓ1): which trailing rows meet each level of the first factor
     Bdata: np.ndarray  # (nnz(pat), q1): B = Vᵀ Z_1 on pat's pattern, per column a of level l
-    T: sp.csr_matrix  # (n_pairs, ℓ1 · nw): Σ_l B_l W_l B_lᵀ on the pairs = T @ w
+    Bx: np.ndarray  # (q1, p + 1, ℓ1): [X y]ᵀ Z_1 per level
+    T: sp.csc_matrix  # (n_pairs, ℓ1 · nw): Σ_l B_l W_l B_lᵀ on the pairs = T @ w
     pair_flat: np.ndarray  # (n_pairs,) flat index r·m + s (r ≥ s) of each pair in an m×m matrix
     pair_r: np.ndarray
     pair_s: np.ndarray
@@ -122,62 +123,69 @@ class Structure:
         return len(self.w_index)
 
 
-def _trailing_matrix(X: np.ndarray, y: np.ndarray, rest: list[Factor], offsets: list[int],
-                     mZ: int) -> sp.csr_matrix:
-    n, p = X.shape
-    rows, cols, vals = [], [], []
-    idx = np.arange(n)
+def _rest_matrix(n: int, rest: list[Factor], offsets: list[int], mZ: int) -> sp.csr_matrix:
+    """Z_rest (n × mZ) in CSR, built directly: every row has the same number of entries, in
+    increasing column order (explicit zeros kept, so the pattern is structural)."""
+    if not rest:
+        return sp.csr_matrix((n, 0))
+    idx, val = [], []
     for f, off in zip(rest, offsets):
         for j in range(f.q):
-            rows.append(idx)
-            cols.append(off + f.codes * f.q + j)
-            vals.append(f.Z[:, j])
-    for j in range(p):
-        rows.append(idx)
-        cols.append(np.full(n, mZ + j))
-        vals.append(X[:, j])
-    rows.append(idx)
-    cols.append(np.full(n, mZ + p))
-    vals.append(y)
-    m = mZ + p + 1
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=(n, m))
+            idx.append(off + f.codes * f.q + j)
+            val.append(f.Z[:, j])
+    k = len(idx)
+    return sp.csr_matrix((np.column_stack(val).ravel(), np.column_stack(idx).ravel(),
+                          np.arange(n + 1, dtype=np.int64) * k), shape=(n, mZ))
 
 
-def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, q1: int,
+def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, mZ: int,
                  w_index: list[tuple[int, int]]):
-    """T with T[(r, s), (l, a, b)] = B_rla B_slb + [a < b] B_rlb B_sla over r ≥ s in level l."""
+    """T with T[(r, s), (l, a, b)] = B_rla B_slb + [a < b] B_rlb B_sla over r ≥ s in level l,
+    for the pairs with a random-effect row (s < mZ); the X-and-y block is done densely.
+
+    Built in CSC directly, column (l, a, b) holding level l's pairs: no sort of the entries.
+    """
     nl = pat.shape[1]
     nw = len(w_index)
     counts = np.diff(pat.indptr)
-    keys_parts, cols_parts, vals_parts = [], [], []
+    groups = []
+    kpl = np.zeros(nl, dtype=np.int64)  # pairs per level
     for c in np.unique(counts):
         if c == 0:
             continue
         levels = np.flatnonzero(counts == c)
+        ii, jj = np.tril_indices(c)
         pos = pat.indptr[levels][:, None] + np.arange(c)[None, :]  # (n_c, c)
         R = pat.indices[pos]
-        Bv = Bdata[pos]  # (n_c, c, q1)
-        ii, jj = np.tril_indices(c)
-        keys_parts.append((R[:, ii] * m + R[:, jj]).ravel())  # rows sorted in a column: r ≥ s
-        cols = np.repeat(levels * nw, ii.size)
-        vals = np.empty((nw, levels.size * ii.size))
+        zpair = R[0, jj] < mZ  # X and y rows are the last of every column: same for all levels
+        ii, jj = ii[zpair], jj[zpair]
+        if ii.size == 0:
+            continue
+        kpl[levels] = ii.size
+        groups.append((levels, ii, jj, R, Bdata[pos]))
+    base = np.concatenate([[0], np.cumsum(kpl * nw)])
+    indptr = np.append((base[:-1, None] + np.arange(nw)[None, :] * kpl[:, None]).ravel(),
+                       base[-1])
+    vals = np.empty(base[-1])
+    slots = np.empty(base[-1], dtype=np.int64)  # index into keys, per entry
+    keys_parts, start = [], 0
+    for levels, ii, jj, R, Bv in groups:
+        k = ii.size
+        keys_parts.append((R[:, ii] * m + R[:, jj]).ravel())  # rows sorted: r ≥ s
+        kidx = start + np.arange(levels.size * k).reshape(levels.size, k)
+        start += levels.size * k
         for comp, (a, b) in enumerate(w_index):
             v = Bv[:, ii, a] * Bv[:, jj, b]
             if a != b:
                 v = v + Bv[:, ii, b] * Bv[:, jj, a]
-            vals[comp] = v.ravel()
-        cols_parts.append(cols[None, :] + np.arange(nw)[:, None])
-        vals_parts.append(vals)
+            pos = (base[levels] + comp * k)[:, None] + np.arange(k)[None, :]
+            vals[pos] = v
+            slots[pos] = kidx
     if not keys_parts:
-        return sp.csr_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64)
+        return sp.csc_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64)
     keys = np.concatenate(keys_parts)
     pair_flat, ids = np.unique(keys, return_inverse=True)
-    rows = np.concatenate([np.broadcast_to(i, (nw, i.size)) for i in
-                           np.split(ids, np.cumsum([k.size for k in keys_parts])[:-1])], axis=1)
-    T = sp.csr_matrix((np.concatenate(vals_parts, axis=1).ravel(),
-                       (rows.ravel(), np.concatenate(cols_parts, axis=1).ravel())),
-                      shape=(pair_flat.size, nl * nw))
+    T = sp.csc_matrix((vals, ids[slots], indptr), shape=(pair_flat.size, nl * nw))
     return T, pair_flat
 
 
@@ -199,29 +207,54 @@ def build_structure(spec: ModelSpec, X: np.ndarray | None = None, y: np.ndarray 
     n, p = spec.n, spec.p
     m = mZ + p + 1
     q1, l1 = first.q, first.n_levels
-    V = _trailing_matrix(X, y, rest, offsets, mZ)
-    Arr = np.asarray((V.T @ V).toarray())
+    Vz = _rest_matrix(n, rest, offsets, mZ)
+    XY = np.column_stack([X, y])
+    Arr = np.empty((m, m))
+    Arr[:mZ, :mZ] = (Vz.T @ Vz).toarray()
+    zx = np.asarray(Vz.T @ XY)
+    Arr[:mZ, mZ:], Arr[mZ:, :mZ] = zx, zx.T
+    Arr[mZ:, mZ:] = XY.T @ XY
     A11 = np.empty((q1, q1, l1))
     for a in range(q1):
         for b in range(a, q1):
             A11[a, b] = A11[b, a] = np.bincount(first.codes, first.Z[:, a] * first.Z[:, b],
                                                 minlength=l1)
-    # the pattern of Vᵀ Z_1 by level, from ones (ones never cancel), then values aligned to it
+    # [X y]ᵀ Z_1 per level, dense: the X-and-y block of the update is one matrix product
+    Bx = np.empty((q1, p + 1, l1))
+    for a in range(q1):
+        for j in range(p + 1):
+            Bx[a, j] = np.bincount(first.codes, XY[:, j] * first.Z[:, a], minlength=l1)
+    # which rows of Z_rest meet each level of Z_1 (from ones: ones never cancel), and the
+    # values of Z_restᵀ Z_1 aligned to that pattern
     ind = sp.csr_matrix((np.ones(n), (np.arange(n), first.codes)), shape=(n, l1))
-    ones = V.copy()
+    ones = Vz.copy()
     ones.data = np.ones_like(ones.data)
-    pat = (ones.T @ ind).tocsc()
-    pat.sort_indices()
-    pkeys = np.repeat(np.arange(l1, dtype=np.int64), np.diff(pat.indptr)) * m + pat.indices
-    Bdata = np.zeros((pat.nnz, q1))
+    patz = (ones.T @ ind).tocsc()
+    patz.sort_indices()
+    cz = np.diff(patz.indptr)
+    lev_z = np.repeat(np.arange(l1, dtype=np.int64), cz)
+    pkeys = lev_z * m + patz.indices
+    Bz = np.zeros((patz.nnz, q1))
     for a in range(q1):
         za = sp.csr_matrix((first.Z[:, a], (np.arange(n), first.codes)), shape=(n, l1))
-        Ba = (V.T @ za).tocsc()
+        Ba = (Vz.T @ za).tocsc()
         Ba.sort_indices()
         bkeys = np.repeat(np.arange(l1, dtype=np.int64), np.diff(Ba.indptr)) * m + Ba.indices
-        Bdata[np.searchsorted(pkeys, bkeys), a] = Ba.data
+        Bz[np.searchsorted(pkeys, bkeys), a] = Ba.data
+    # the full pattern: each level's Z_rest rows, then the p + 1 rows of X and y
+    counts = cz + p + 1
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.empty(indptr[-1], dtype=np.int64)
+    Bdata = np.empty((indptr[-1], q1))
+    zpos = np.arange(patz.nnz) + (p + 1) * lev_z
+    indices[zpos] = patz.indices
+    Bdata[zpos] = Bz
+    xpos = (indptr[:-1] + cz)[:, None] + np.arange(p + 1)[None, :]  # (ℓ1, p + 1)
+    indices[xpos] = mZ + np.arange(p + 1)[None, :]
+    Bdata[xpos] = Bx.transpose(2, 1, 0)
+    pat = sp.csc_matrix((np.ones(indptr[-1]), indices, indptr), shape=(m, l1))
     w_index = [(a, b) for a in range(q1) for b in range(a, q1)]
-    T, pair_flat = _pair_matrix(pat, Bdata, m, q1, w_index)
+    T, pair_flat = _pair_matrix(pat, Bdata, m, mZ, w_index)
     return Structure(n=n, p=p, first=first, rest=rest, rest_offset=offsets, mZ=mZ, m=m, A11=A11,
-                     Arr=Arr, V=V, pat=pat, Bdata=Bdata, T=T, pair_flat=pair_flat,
+                     Arr=Arr, Vz=Vz, pat=pat, Bdata=Bdata, Bx=Bx, T=T, pair_flat=pair_flat,
                      pair_r=pair_flat // m, pair_s=pair_flat % m, w_index=w_index)
