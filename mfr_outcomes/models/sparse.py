@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrf
-from scipy.optimize import minimize
+from scipy.optimize import Bounds, minimize
 from threadpoolctl import threadpool_limits
 
 from mfr_outcomes.models.sparse_struct import (
@@ -39,10 +39,12 @@ from mfr_outcomes.models.spec import (
     theta_start,
 )
 
-__all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING"]
+__all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING", "COBYQA_FROM"]
 
 #: Largest dense trailing block (all grouping factors but the largest, X and y) accepted.
 MAX_TRAILING = 4000
+#: From this size of the dense trailing block on, θ is optimised by COBYQA, else by L-BFGS-B.
+COBYQA_FROM = 300
 _LOG2PI = np.log(2.0 * np.pi)
 
 
@@ -430,17 +432,30 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
     x = np.maximum(np.asarray(x0, float), np.where(np.isfinite(lower), lower, -np.inf))
     fx = f(x)
     messages: list[str] = []
+    # A derivative-free trust-region method (COBYQA, Powell's successor to lme4's bobyqa) needs
+    # fewer evaluations than forward differences; it costs more per iteration, which pays only
+    # when one evaluation is expensive: a large dense trailing block.
+    method = options.get("optimizer") or ("cobyqa" if model.st.m >= COBYQA_FROM else "l-bfgs-b")
+    box = Bounds(np.where(lower == 0.0, 0.0, -np.inf), np.inf)
+    cobyqa = {"final_tr_radius": 1e-7,
+              "maxfev": 50 * int(options.get("maxiter", 2000))}
+    def run(start: np.ndarray, radius: float):
+        if method == "cobyqa":
+            return minimize(f, start, method="COBYQA", bounds=box,
+                            options=dict(cobyqa, initial_tr_radius=radius))
+        return minimize(fg, start, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
+
+    radius = 0.5
     for _attempt in range(6):
-        res = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
-        improved = res.fun < fx - 1e-10 * max(1.0, abs(fx))
+        res = run(x, radius)
         if res.fun <= fx:
             x, fx = np.asarray(res.x, float), float(res.fun)
-        if improved:
-            continue
+        if method != "cobyqa" and not res.success and _attempt == 0:
+            continue  # L-BFGS-B stopped in a line search: once more from where it stopped
         best, best_f = probe_inside_bounds(f, x, fx, lower)
         if best is None:
             break
-        x, fx = best, best_f
+        x, fx, radius = best, best_f, 0.05
     converged = bool(np.isfinite(fx))
     if not converged:
         messages.append("the deviance could not be evaluated at any θ tried")
@@ -472,7 +487,9 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
 class SparseEngine:
     """Any random structure (crossed, nested, partially crossed; scalar or vector; ``||``).
 
-    Options (``options`` of ``fit``): ``maxiter`` (2000), ``boundary_tol`` (1e-5),
+    Options (``options`` of ``fit``): ``optimizer`` ("l-bfgs-b" with forward differences, or
+    "cobyqa"; default: COBYQA when the dense trailing block has ≥ ``COBYQA_FROM`` columns),
+    ``maxiter`` (2000), ``boundary_tol`` (1e-5),
     ``grad_tol`` (2e-3, on the largest free component of the deviance's gradient),
     ``condvar`` (True: conditional variances of the modes).
 
@@ -521,6 +538,11 @@ class SparseEngine:
         lower = theta_lower_bounds(spec)
         x0 = theta_start(spec) if start is None else np.asarray(start, float)
         theta, obj, converged, messages, nev = optimize_theta(model, lower, x0, reml, options)
+        optimizer_name = ("COBYQA (scipy, derivative-free)" if
+                          (options.get("optimizer") or ("cobyqa" if model.st.m >= COBYQA_FROM
+                                                        else "l-bfgs-b")) == "cobyqa"
+                          else "L-BFGS-B (scipy, forward-difference gradient)") + \
+            " on the profiled deviance"
         sigma = model.sigma(theta, reml)
         want_cv = bool(options.get("condvar", True))
         blups, condvar = model.random_modes(theta, sigma, condvar=want_cv)
@@ -535,7 +557,7 @@ class SparseEngine:
             engine=self.name, reml=reml, theta=theta, beta=model.beta(theta), sigma=sigma,
             vcov_beta=model.vcov_beta(np.append(theta, sigma)), objective=obj,
             converged=converged, messages=messages,
-            optimizer="L-BFGS-B (scipy, finite-difference gradient) on the profiled deviance",
+            optimizer=optimizer_name,
             n_evaluations=nev, blups=blups, blup_condvar=condvar,
             devfun_varpar=devfun_varpar, vcov_varpar=model.vcov_beta,
         )
