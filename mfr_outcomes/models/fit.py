@@ -101,6 +101,10 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
         raise ValueError("df_method='kenward-roger' needs a REML fit (reml=True), as pbkrtest "
                          "does; use 'satterthwaite' for ML fits.")
     spec = build_spec(data, formula)
+    if spec.weights is not None or spec.offset is not None:
+        raise ValueError(f"{formula!r}: cbind() responses and offset() terms need a generalised "
+                         f"model; a linear fit cannot use them (subtract an offset from the "
+                         f"response instead, as 'value - baseline ~ ...').")
     eng, reason = _choose_engine(spec, engine)
     from mfr_outcomes.models.pls import blas_limits
 

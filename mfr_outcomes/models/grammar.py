@@ -206,7 +206,8 @@ class _Parser:
         if t.kind == "op" and t.text == ")":
             return _refuse(")", t.pos, "it has an unmatched ')'")
         if t.kind == "string":
-            return _refuse(repr(t.text), t.pos, "quoted text is allowed only as a level in "
+            q = self.text[t.pos - 1]
+            return _refuse(q + t.text + q, t.pos, "quoted text is allowed only as a level in "
                            "C(x, Treatment('level'))")
         return _refuse(t.text, t.pos, f"{what} was expected here")
 
