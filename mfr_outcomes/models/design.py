@@ -199,7 +199,7 @@ class Design:
 
     def random_matrix(self, k: int, frame: pd.DataFrame) -> np.ndarray:
         """Z (n × q) of random block *k* on *frame*."""
-        return _matrix(self, self.random[k].columns, frame)
+        return _matrix(self, self.random[k].columns, frame, order="C")
 
     def random_matrices(self, frame: pd.DataFrame) -> list[np.ndarray]:
         """Z of every random block on *frame*, in block order."""
@@ -479,7 +479,7 @@ def _codes(f: Factor, frame: pd.DataFrame) -> np.ndarray:
     return np.where(codes >= 0, pos[np.maximum(codes, 0)], -1).astype(np.int64)
 
 
-def _matrix(design: Design, cols, frame: pd.DataFrame) -> np.ndarray:
+def _matrix(design: Design, cols, frame: pd.DataFrame, order: str = "F") -> np.ndarray:
     n = len(frame)
     cache: dict[str, np.ndarray] = {}
 
@@ -497,19 +497,38 @@ def _matrix(design: Design, cols, frame: pd.DataFrame) -> np.ndarray:
                                          f"model was not fitted on (known: {list(f.levels)}).")
                 cache[key] = codes
             else:
-                cache[key] = _factor_values(f, frame, design.factors)
+                vals = _factor_values(f, frame, design.factors)
+                if not np.isfinite(vals).all():
+                    rows = np.flatnonzero(~np.isfinite(vals).all(axis=1))
+                    raise ValueError(f"The model column {key!r} is not finite (NaN or infinite) "
+                                     f"on {rows.size} row(s), first at row "
+                                     f"{frame.index[rows[0]]!r}; check the transformation (for "
+                                     f"example log of 0 or of a negative value).")
+                cache[key] = vals
         return cache[key]
 
-    X = np.empty((n, len(cols)))
+    # Each column written in place (column-major X; row-major for the narrow Z of an engine).
+    X = np.empty((n, len(cols)), order=order)
+    mask = np.empty(n, dtype=bool)
     for j, col in enumerate(cols):
-        v = np.ones(n)
+        out = X[:, j]
+        if not col.parts:
+            out.fill(1.0)
+            continue
+        first = True
         for key, idx in col.parts:
             arr = get(key)
             if design.factors[key].kind == "categorical":
-                v = v * (arr == idx)
+                np.equal(arr, idx, out=mask)
+                if first:
+                    out[:] = mask
+                else:
+                    out *= mask
+            elif first:
+                out[:] = arr[:, idx]
             else:
-                v = v * arr[:, idx]
-        X[:, j] = v
+                out *= arr[:, idx]
+            first = False
     return X
 
 
@@ -649,7 +668,13 @@ def lme4_kept_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     n, p = X.shape
     if p == 0:
         return np.arange(0)
-    G = X.T @ X
+    if X.flags.f_contiguous and n > 1000:
+        from scipy.linalg.blas import dsyrk
+
+        upper = dsyrk(1.0, X, trans=1)  # XᵀX: half the work of a general product
+        G = np.triu(upper) + np.triu(upper, 1).T
+    else:
+        G = X.T @ X
     d = np.sqrt(np.diag(G))
     if np.isfinite(G).all() and (d > 0).all():
         lam = np.linalg.eigvalsh(G / np.outer(d, d))

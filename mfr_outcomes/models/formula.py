@@ -154,6 +154,23 @@ def _sorted_str_codes(values: np.ndarray, categories: pd.Index | None = None
     return rank[codes], labels[order]
 
 
+def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
+    """Codes and sorted levels of a text column. Rows of one group usually sit together (frames
+    sorted by patient), so the column is cut into runs of equal values first and only the run
+    heads are factorised; when the heads are already strictly increasing they are the levels."""
+    n = len(arr)
+    change = np.ones(n, dtype=bool)
+    if n > 1:
+        change[1:] = np.asarray(arr[1:] != arr[:-1], dtype=bool)
+    starts = np.flatnonzero(change)
+    run = np.cumsum(change, dtype=np.int64) - 1
+    heads = arr.take(starts)
+    if len(heads) < 2 or bool(np.asarray(heads[1:] > heads[:-1], dtype=bool).all()):
+        return run, pd.Index(heads)
+    codes, levels = pd.factorize(heads, sort=True)
+    return codes.astype(np.int64)[run], pd.Index(levels)
+
+
 def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
     """Codes of a grouping factor (levels sorted as text; ``a:b`` labels joined by ':')."""
     parts = []
@@ -161,6 +178,11 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
         s = df[v]
         if isinstance(s.dtype, pd.CategoricalDtype):
             parts.append(_sorted_str_codes(s.cat.codes.to_numpy(), s.cat.categories))
+        elif isinstance(s.dtype, pd.StringDtype):
+            codes, uniq = _text_codes(s.array)
+            if len(gvars) == 1:
+                return codes, uniq
+            parts.append((codes, np.asarray(uniq, dtype=object)))
         else:
             parts.append(_sorted_str_codes(s.to_numpy()))
     if len(parts) == 1:
@@ -281,10 +303,14 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     _check_columns(data, parsed, used)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
-    na = pd.DataFrame({c: data[c].isna().to_numpy() for c in used}, index=data.index)
-    any_na = na.to_numpy().any(axis=1)
-    excluded = _exclusion_reasons(na, any_na, used)
-    df = data.loc[~any_na] if any_na.any() else data
+    na_cols = {c: data[c].isna().to_numpy() for c in used}
+    any_na = np.logical_or.reduce(list(na_cols.values()))
+    if any_na.any():
+        excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
+        df = data.loc[~any_na]
+    else:
+        excluded = pd.DataFrame([], columns=["row", "reason"])
+        df = data
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
     notes: list[str] = []
@@ -293,8 +319,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
 
     design = Design.build(tree, df, fixed_terms=fixed_terms, offsets=offsets,
                           bars=list(parsed.bars))
-    X = design.fixed_matrix(df, full=True)
-    _check_finite(X, design.all_names, df)
+    X = design.fixed_matrix(df, full=True)  # refuses a transformation that is not finite
     # lme4 drops rank-deficient fixed columns with a message (chkRank.drop.cols); so do we.
     keep = lme4_kept_columns(X)
     if keep.size < X.shape[1]:
@@ -321,9 +346,8 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
             codes_cache[layout.group_vars] = _group_codes(df, layout.group_vars)
         codes, levels = codes_cache[layout.group_vars]
         Z = design.random_matrix(k, df)
-        _check_finite(Z, list(layout.terms), df)
         blocks.append(RandomBlock(group=layout.group, terms=list(layout.terms),
-                                  Z=np.ascontiguousarray(Z), codes=codes, levels=levels,
+                                  Z=Z, codes=codes, levels=levels,
                                   correlated=layout.correlated))
     # lme4 (mkReTrms) orders terms by decreasing number of levels; the sort is stable.
     order = sorted(range(len(blocks)), key=lambda i: -blocks[i].n_levels)
@@ -333,13 +357,3 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                      fixed_names=names, blocks=blocks, data=df, excluded=excluded, design=design,
                      fixed_formula=parsed.fixed_formula, notes=notes, offset=offset,
                      weights=weights)
-
-
-def _check_finite(M: np.ndarray, names: list[str], df: pd.DataFrame) -> None:
-    bad = ~np.isfinite(M)
-    if bad.any():
-        j = int(np.flatnonzero(bad.any(axis=0))[0])
-        rows = np.flatnonzero(bad[:, j])
-        raise ValueError(f"The model column {names[j]!r} is not finite (NaN or infinite) on "
-                         f"{rows.size} row(s), first at row {df.index[rows[0]]!r}; check the "
-                         f"transformation (for example log of 0 or of a negative value).")
