@@ -103,6 +103,9 @@ def prepare_newdata(spec: ModelSpec, newdata: pd.DataFrame) -> pd.DataFrame:
 
     Raises ValueError naming a level the model was not fitted on.
     """
+    if spec.design is None:
+        raise ValueError("This model spec was built by hand and has no Design, so it cannot code "
+                         "new rows; build it with build_spec(data, formula).")
     nd = newdata.copy(deep=False)
     for col, cats in spec.design.categories.items():
         if col in nd.columns:
