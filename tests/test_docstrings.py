@@ -23,6 +23,7 @@ MODULES = {
     "mfr_outcomes.models.fit": 1,
     "mfr_outcomes.models.fast": 1,
     "mfr_outcomes.models.formula": 1,
+    "mfr_outcomes.models.grammar": 2,
     "mfr_outcomes.models.domain": 1,
     "mfr_outcomes.models.emmeans": 1,
     "mfr_outcomes.models.r2": 1,

@@ -1,11 +1,16 @@
 """lme4 formula parsing and model specs (mfr_outcomes.models.formula)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from mfr_outcomes.models.design import dqrdc2_rank, lme4_kept_columns
 from mfr_outcomes.models.formula import build_spec, parse_formula
+from mfr_outcomes.warnings_ import ModelWarning
 
 
 @pytest.fixture
@@ -113,74 +118,79 @@ def test_rank_deficient_column_dropped_with_note(frame: pd.DataFrame) -> None:
     assert any("rank deficient" in n for n in spec.notes)
 
 
-def _qr_reference_keep(X: np.ndarray) -> list[int]:
-    """The rank check as first written: LAPACK pivoted QR of the full X, lme4-like tolerance."""
-    import scipy.linalg as sla
-
-    _, r, piv = sla.qr(X, mode="economic", pivoting=True)
-    d = np.abs(np.diag(r))
-    rank = int((d > d.max() * max(X.shape) * np.finfo(float).eps * 10).sum())
-    return sorted(piv[:rank].tolist())
+REF = Path(__file__).parent / "reference"
 
 
-def test_rank_check_matches_pivoted_qr_of_x() -> None:
-    from mfr_outcomes.models.formula import _full_rank_columns
+def _rankdef_ref() -> dict:
+    return json.loads((REF / "lme4_rankdef.json").read_text())
 
-    rng = np.random.default_rng(7)
-    n = 500
-    one, x1, x2 = np.ones(n), rng.normal(size=n), rng.integers(1, 7, n).astype(float)
-    dummies = np.eye(4)[rng.integers(0, 4, n)]
-    cases = {
-        "full rank": np.column_stack([one, x1, x2, dummies[:, 1:]]),
-        "badly scaled, full rank": np.column_stack([one, x1 * 1e7, x2]),
-        "all dummies with intercept": np.column_stack([one, x1, dummies]),
-        "duplicate scaled": np.column_stack([one, x1, 2.0 * x1, x2]),
-        "sum of columns": np.column_stack([one, x1, x2, x1 + x2, x2 - 3.0]),
-        "zero column": np.column_stack([one, np.zeros(n), x1]),
-    }
-    for name, X in cases.items():
-        keep = _full_rank_columns(X).tolist()
-        assert keep == _qr_reference_keep(X), name
-        assert len(keep) == np.linalg.matrix_rank(X), name
+
+@pytest.mark.parametrize("case", ["duplicate_scaled", "sum_of_columns", "zero_column",
+                                  "nearly_dependent_below_tol", "nearly_dependent_above_tol"])
+def test_rank_rule_is_r_qr_dqrdc2(case: str) -> None:
+    """R's qr(X, tol = 1e-7): same rank and the same pivot as R on each matrix."""
+    ref = _rankdef_ref()["qr"][case]
+    long = pd.read_csv(REF / "data" / "rankdef_qr.csv")
+    M = long[long["case"] == case].pivot(index="row", columns="col", values="value").to_numpy()
+    rank, piv = dqrdc2_rank(M, 1e-7)
+    assert rank == ref["rank"]
+    assert piv.tolist() == ref["pivot"]
+    assert lme4_kept_columns(M).tolist() == sorted(ref["pivot"][: ref["rank"]])
 
 
 def test_rank_check_skips_the_qr_when_the_gram_matrix_is_well_conditioned(monkeypatch) -> None:
-    import scipy.linalg as sla
-
-    from mfr_outcomes.models.formula import _full_rank_columns
+    import mfr_outcomes.models.design as design_mod
 
     def no_qr(*args, **kwargs):
         raise AssertionError("QR of the full X should not be needed")
 
-    monkeypatch.setattr(sla, "qr", no_qr)
+    monkeypatch.setattr(design_mod, "dqrdc2_rank", no_qr)
     rng = np.random.default_rng(3)
-    X = np.column_stack([np.ones(1000), rng.normal(size=(1000, 3))])
-    assert _full_rank_columns(X).tolist() == [0, 1, 2, 3]
+    X = np.column_stack([np.ones(1000), rng.normal(size=(1000, 3)) * [1.0, 1e7, 1e-5]])
+    assert lme4_kept_columns(X).tolist() == [0, 1, 2, 3]
     with pytest.raises(AssertionError, match="should not be needed"):
-        _full_rank_columns(np.column_stack([X, X[:, 1]]))  # deficient: goes to the QR
+        lme4_kept_columns(np.column_stack([X, X[:, 1]]))  # deficient: goes to the QR
 
 
-def test_rank_deficient_design_drops_the_same_columns_with_note(frame: pd.DataFrame) -> None:
-    # 'any_technique' = 1 everywhere = intercept; 'post_and_half' = post + 0.5 * intercept.
+def test_rank_deficient_design_drops_what_lme4_drops() -> None:
+    """lme4's fixture: fb:x = 2 fb; lme4 drops fb:x (LAPACK's pivoted QR would drop fb)."""
+    import scipy.linalg as sla
+
+    from mfr_outcomes.models.fit import fit_mixed
+
+    ref = _rankdef_ref()
+    data = pd.read_csv(REF / "data" / ref["data"])
+    spec = build_spec(data, ref["formula"])
+    r_names = [c.replace("f[T.b]", "fb").replace("f[T.c]", "fc") for c in spec.design.all_names]
+    assert r_names == ref["x_columns"]
+    assert spec.design.dropped == ("f[T.b]:x",) and ref["dropped"] == "fb:x"
+    assert f"{ref['message']}: f[T.b]:x" in spec.notes
+    X = spec.design.fixed_matrix(spec.data, full=True)
+    _, r, piv = sla.qr(X, mode="economic", pivoting=True)
+    assert spec.design.all_names[piv[-1]] == "f[T.b]"  # what the old rule dropped
+    with pytest.warns(ModelWarning, match="rank deficient"):
+        fit = fit_mixed(data, ref["formula"])
+    fixef = pd.DataFrame(ref["fixef"])
+    assert [c.replace("f[T.b]", "fb").replace("f[T.c]", "fc") for c in fit.coef.index] == \
+        fixef["term"].tolist()
+    np.testing.assert_allclose(fit.coef.to_numpy(), fixef["estimate"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fit.reml_criterion, ref["reml_criterion"], rtol=1e-6)
+    np.testing.assert_allclose(fit.fixed_effects["std_error"], fixef["std_error"], rtol=1e-4)
+
+
+def test_rank_deficient_design_drops_the_later_columns_with_note(frame: pd.DataFrame) -> None:
+    # 'any_technique' = 1 everywhere = intercept; 'post_and_half' = post + 0.5 * intercept: R's
+    # limited pivoting keeps the earlier columns and drops these two.
     frame = frame.assign(any_technique=1.0, post_and_half=frame["post"] + 0.5,
                          technique=frame["technique"].cat.remove_unused_categories())
     spec = build_spec(frame, "y ~ post + technique + any_technique + post_and_half "
                              "+ (1 | patient_id)")
-    full = ["(Intercept)", "technique[T.stretching]", "technique[T.massage]", "post",
-            "any_technique", "post_and_half"]
-    from formulaic import model_matrix
-
-    mm = model_matrix("post + technique + any_technique + post_and_half", frame)
-    X = np.asarray(mm, dtype=float)
-    keep = _qr_reference_keep(X)
-    names = ["(Intercept)" if c == "Intercept" else c for c in mm.columns]
-    assert sorted(names) == sorted(full)
-    assert spec.fixed_names == [names[i] for i in keep]
-    assert spec.p == 4
-    dropped = [names[i] for i in range(len(names)) if i not in keep]
-    assert (f"fixed-effect model matrix is rank deficient, so dropping 2 column(s): "
-            f"{', '.join(dropped)}") in spec.notes
-    np.testing.assert_array_equal(spec.X, X[:, keep])
+    assert spec.design.all_names == ["(Intercept)", "post", "technique[T.stretching]",
+                                     "technique[T.massage]", "any_technique", "post_and_half"]
+    assert spec.fixed_names == spec.design.all_names[:4]
+    assert ("fixed-effect model matrix is rank deficient so dropping 2 columns / coefficients: "
+            "any_technique, post_and_half") in spec.notes
+    np.testing.assert_array_equal(spec.X, spec.design.fixed_matrix(spec.data))
 
 
 @pytest.mark.parametrize("formula, words", [

@@ -51,11 +51,8 @@ def _fixed_variables(fit: Any) -> list[str]:
     spec = fit.spec
     design = getattr(spec, "design", None)
     names: list[str] = []
-    if isinstance(design, dict) and "model_spec" in design:
-        try:
-            names = sorted(design["model_spec"].required_variables)
-        except Exception:  # a formula library without required_variables: fall back below
-            names = []
+    if design is not None:
+        names = sorted(design.fixed_variables)
     if not names:
         text = getattr(spec, "fixed_formula", "") or fit.formula
         rhs = text.split("~", 1)[-1]
@@ -68,7 +65,7 @@ def _factor_levels(fit: Any, var: str) -> list | None:
     """Levels when *var* enters the fixed part as a factor, else None (a numeric covariate)."""
     spec = fit.spec
     design = getattr(spec, "design", None)
-    cats = design.get("categories", {}) if isinstance(design, dict) else {}
+    cats = design.categories if design is not None else {}
     col = spec.data[var]
     if var in cats:
         present = set(col.dropna().astype(str))
@@ -157,20 +154,14 @@ def _nonestimable(fit: Any, grid: pd.DataFrame, L: np.ndarray, groups: np.ndarra
     spec = fit.spec
     design = getattr(spec, "design", None)
     out = np.zeros(L.shape[0], dtype=bool)
-    if not (isinstance(design, dict) and "model_spec" in design):
+    if design is None or not design.dropped:
         return out
-    try:
-        ms = design["model_spec"]
-        full = np.asarray(ms.get_model_matrix(spec.data, na_action="ignore"), dtype=float)
-        if full.shape[1] == len(fit.coef):
-            return out
-        nd = grid.copy()
-        for col, cats in design.get("categories", {}).items():
-            if col in nd.columns:
-                nd[col] = pd.Categorical(nd[col].astype(object), categories=cats)
-        G = np.asarray(ms.get_model_matrix(nd, na_action="ignore"), dtype=float)
-    except Exception:  # cannot rebuild the full matrix: trust the reduced one
-        return out
+    full = design.fixed_matrix(spec.data, full=True)
+    nd = grid.copy()
+    for col, cats in design.categories.items():
+        if col in nd.columns:
+            nd[col] = pd.Categorical(nd[col].astype(object), categories=list(cats))
+    G = design.fixed_matrix(nd, full=True)
     _, s, vt = np.linalg.svd(full, full_matrices=True)
     rank = int((s > s.max() * max(full.shape) * np.finfo(float).eps * 10).sum())
     null = vt[rank:].T

@@ -101,6 +101,10 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
         raise ValueError("df_method='kenward-roger' needs a REML fit (reml=True), as pbkrtest "
                          "does; use 'satterthwaite' for ML fits.")
     spec = build_spec(data, formula)
+    if spec.weights is not None or spec.offset is not None:
+        raise ValueError(f"{formula!r}: cbind() responses and offset() terms need a generalised "
+                         f"model; a linear fit cannot use them (subtract an offset from the "
+                         f"response instead, as 'value - baseline ~ ...').")
     eng, reason = _choose_engine(spec, engine)
     from mfr_outcomes.models.pls import blas_limits
 
@@ -370,11 +374,9 @@ class MixedFit:
         return fixed_matrix(self.spec, newdata)
 
     def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
-        from formulaic import model_matrix
-
         out = np.zeros(len(newdata))
-        exprs = self.spec.design.get("random_exprs", {})
-        for b, blup in zip(self.spec.blocks, self.result.blups):
+        design = self.spec.design
+        for k, (b, blup) in enumerate(zip(self.spec.blocks, self.result.blups)):
             gvars = b.group.split(":")
             if any(g not in newdata.columns for g in gvars):
                 continue
@@ -384,15 +386,11 @@ class MixedFit:
             known = pos >= 0
             if not known.any():
                 continue
-            nd = prepare_newdata(self.spec, newdata)
-            expr = exprs.get((b.group, tuple(b.terms)))
-            if expr is None:  # a spec built elsewhere: the terms are plain column names
-                expr = " + ".join(t if t != "(Intercept)" else "1" for t in b.terms)
-                if "(Intercept)" not in b.terms:
-                    expr = "0 + " + expr
-            zmm = model_matrix(expr, nd, na_action="ignore")
-            names = ["(Intercept)" if c == "Intercept" else c for c in zmm.columns]
-            Z = pd.DataFrame(np.asarray(zmm, float), columns=names)[b.terms].to_numpy()
+            if design is not None:
+                Z = design.random_matrix(k, prepare_newdata(self.spec, newdata))
+            else:  # a spec built by hand: the terms are plain column names
+                Z = np.column_stack([np.ones(len(newdata)) if t == "(Intercept)" else
+                                     newdata[t].to_numpy(dtype=float) for t in b.terms])
             contrib = np.einsum("ij,ij->i", Z[known], blup[pos[known]])
             out[known] += contrib
         return out

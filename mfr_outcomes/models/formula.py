@@ -1,26 +1,27 @@
 """lme4 formulas on data frames: ``y ~ fixed + (terms | group)`` becomes a :class:`ModelSpec`.
 
-The fixed part goes through formulaic (factor order, ``C()``, interactions, term names such as
-``technique[T.massage]``); the random part is parsed here, as lme4's ``findbars``/``mkReTrms`` do:
-``(a + b | g)`` is one correlated block, ``(a + b || g)`` one uncorrelated block per term,
-``(1 | a/b)`` expands to ``(1 | a) + (1 | a:b)``. Blocks are ordered by decreasing number of levels,
-as lme4 orders them, so that θ has lme4's order.
+The formula is parsed by the package's own grammar (:mod:`mfr_outcomes.models.grammar`: names,
+numbers, formula operators and a fixed allow-list of functions; nothing is evaluated as Python) and
+turned once into a typed :class:`~mfr_outcomes.models.design.Design`, which builds X, the random
+blocks, the response and the offset. The random part follows lme4's ``findbars``/``mkReTrms``:
+``(a + b | g)`` is one correlated block, ``(a + b || g)`` one uncorrelated block per column,
+``(1 | a/b)`` expands to ``(1 | a) + (1 | a:b)``. Blocks are ordered by decreasing number of
+levels, as lme4 orders them, so that θ has lme4's order. Fixed-effect names are formulaic's
+(``technique[T.massage]``); a rank-deficient X loses the columns lme4 drops.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula, model_matrix
 
+from mfr_outcomes.models import grammar as g
+from mfr_outcomes.models.design import Design, lme4_kept_columns
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
 
 __all__ = ["ParsedFormula", "RandomTerm", "parse_formula", "build_spec", "fixed_matrix",
            "prepare_newdata"]
-
-INTERCEPT = "(Intercept)"
 
 
 @dataclass(frozen=True)
@@ -34,41 +35,38 @@ class RandomTerm:
 
 @dataclass(frozen=True)
 class ParsedFormula:
-    """A formula split into response, fixed right-hand side and random terms."""
+    """A formula split into response, fixed right-hand side and random terms.
+
+    ``tree`` is the grammar's :class:`~mfr_outcomes.models.grammar.FormulaTree`; ``fixed_items``
+    the signed fixed items of the right-hand side and ``bars`` the random terms, as nodes.
+    """
 
     formula: str
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
+    tree: g.FormulaTree | None = None
+    fixed_items: tuple = ()
+    bars: tuple = ()
 
     @property
     def fixed_formula(self) -> str:
         return f"{self.response} ~ {self.fixed}"
 
 
-def _split_top_level(text: str, sep: str) -> list[str]:
-    """Split *text* on *sep* outside parentheses (a leading sign of a term stays with it)."""
-    parts, depth, cur = [], 0, []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"The formula has an unmatched ')' in {text!r}.")
-        if ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
+def _render_items(items: list[tuple[str, object]]) -> str:
+    out = ""
+    for i, (sign, node) in enumerate(items):
+        text = g.render(node)
+        if i == 0:
+            out = f"-{text}" if sign == "-" else text
         else:
-            cur.append(ch)
-    if depth != 0:
-        raise ValueError(f"The formula has an unmatched '(' in {text!r}.")
-    parts.append("".join(cur))
-    return parts
+            out += f" {sign} {text}"
+    return out or "1"
 
 
 def parse_formula(formula: str) -> ParsedFormula:
-    """Split an lme4 formula into its response, fixed part and random-effects terms.
+    """Parse an lme4 formula into its response, fixed part and random-effects terms.
 
     Parameters
     ----------
@@ -82,7 +80,8 @@ def parse_formula(formula: str) -> ParsedFormula:
     Raises
     ------
     ValueError
-        When the formula has no ``~``, no response, unbalanced parentheses or an empty random term.
+        A sentence naming what is wrong: no ``~`` or response, unbalanced parentheses, an empty
+        random term, or a token outside the grammar (with its position).
 
     Examples
     --------
@@ -90,72 +89,13 @@ def parse_formula(formula: str) -> ParsedFormula:
     >>> p.fixed, [(t.expr, t.group, t.correlated) for t in p.random]
     ('x', [('1', 'a/b', True), ('x', 'g', False)])
     """
-    if not isinstance(formula, str) or "~" not in formula:
-        raise ValueError(f"A model formula needs a response and '~', as in 'value ~ post + "
-                         f"(1 | patient_id)'; got {formula!r}.")
-    lhs, _, rhs = formula.partition("~")
-    response = lhs.strip()
-    if not response:
-        raise ValueError(f"The formula {formula!r} has no response to the left of '~'.")
-    if "~" in rhs:
-        raise ValueError(f"The formula {formula!r} has more than one '~'.")
-    # A leading '-' in "y ~ x - 1" belongs to the term; turn "- t" into "+ -t" before splitting.
-    rhs_norm = re.sub(r"-\s*", "+-", rhs)
-    terms = [t.strip() for t in _split_top_level(rhs_norm, "+")]
-    fixed_terms: list[str] = []
-    random_terms: list[RandomTerm] = []
-    for term in terms:
-        if not term:
-            continue
-        inner = term
-        if term.startswith("(") and term.endswith(")") and "|" in term:
-            inner = term[1:-1]
-            if "||" in inner:
-                expr, _, group = inner.partition("||")
-                correlated = False
-            else:
-                bits = _split_top_level(inner, "|")
-                if len(bits) != 2:
-                    raise ValueError(f"The random term {term!r} must look like '(terms | group)'.")
-                expr, group = bits
-                correlated = True
-            expr, group = expr.strip().replace("+-", "- "), group.strip()
-            if not expr or not group:
-                raise ValueError(f"The random term {term!r} needs terms before '|' and a grouping "
-                                 f"factor after it.")
-            random_terms.append(RandomTerm(expr, group, correlated))
-        elif "|" in term:
-            raise ValueError(f"The term {term!r} has '|' outside parentheses; write random terms "
-                             f"as '(terms | group)'.")
-        else:
-            fixed_terms.append(term)
-    fixed = " + ".join(fixed_terms).replace("+ -", "- ").replace("+-", "- ") or "1"
-    if fixed.startswith("- "):
-        fixed = "1 " + fixed
-    return ParsedFormula(formula, response, fixed, tuple(random_terms))
-
-
-def _group_parts(group: str) -> list[str]:
-    """Expand ``a/b/c`` to ``[a, a:b, a:b:c]``; a plain or ``a:b`` group stays itself."""
-    pieces = [p.strip() for p in group.split("/")]
-    if any(not p for p in pieces):
-        raise ValueError(f"The grouping factor {group!r} has an empty part around '/'.")
-    return [":".join(pieces[: i + 1]) for i in range(len(pieces))]
-
-
-def _group_variables(group: str) -> list[str]:
-    return [v.strip() for v in re.split(r"[/:]", group) if v.strip()]
-
-
-def _rename_intercept(names: list[str]) -> list[str]:
-    return [INTERCEPT if n == "Intercept" else n for n in names]
-
-
-def _expr_variables(expr: str) -> set[str]:
-    try:
-        return set(Formula(expr).required_variables)
-    except Exception as exc:  # formulaic raises many types for syntax errors
-        raise ValueError(f"The model formula part {expr!r} could not be read: {exc}.") from None
+    tree = g.parse(formula)
+    fixed_items, bars = g.split_random(tree.rhs)
+    g.expand_terms(fixed_items, formula)  # refuses what is not a term (numbers, cbind) early
+    random = tuple(RandomTerm(g.render(b.expr), g.render(b.group).replace(" / ", "/"),
+                              not b.double) for b in bars)
+    return ParsedFormula(formula, g.render_expr(tree.response), _render_items(fixed_items), random,
+                         tree, tuple(fixed_items), tuple(bars))
 
 
 def prepare_newdata(spec: ModelSpec, newdata: pd.DataFrame) -> pd.DataFrame:
@@ -163,16 +103,19 @@ def prepare_newdata(spec: ModelSpec, newdata: pd.DataFrame) -> pd.DataFrame:
 
     Raises ValueError naming a level the model was not fitted on.
     """
-    nd = newdata.copy()
-    for col, cats in spec.design["categories"].items():
+    if spec.design is None:
+        raise ValueError("This model spec was built by hand and has no Design, so it cannot code "
+                         "new rows; build it with build_spec(data, formula).")
+    nd = newdata.copy(deep=False)
+    for col, cats in spec.design.categories.items():
         if col in nd.columns:
             bad = set(pd.Series(nd[col]).dropna().astype(str).unique()) - {str(c) for c in cats}
             if bad:
                 raise ValueError(f"Column {col!r} has level(s) {sorted(bad)} that the model was not "
                                  f"fitted on (known: {list(cats)}).")
             nd[col] = pd.Categorical(nd[col].astype(object).where(nd[col].notna()),
-                                     categories=cats)
-    for col in spec.design.get("bool_cols", ()):
+                                     categories=list(cats))
+    for col in spec.design.bool_columns:
         if col in nd.columns:
             nd[col] = nd[col].astype(float)
     return nd
@@ -184,11 +127,7 @@ def fixed_matrix(spec: ModelSpec, newdata: pd.DataFrame) -> np.ndarray:
     Categorical columns are given the categories seen in the fit, so that a new frame with one level
     only still produces every column.
     """
-    nd = prepare_newdata(spec, newdata)
-    mm = spec.design["model_spec"].get_model_matrix(nd, na_action="ignore")
-    names = _rename_intercept(list(mm.columns))
-    frame = pd.DataFrame(np.asarray(mm, dtype=float), columns=names, index=nd.index)
-    return frame[spec.fixed_names].to_numpy()
+    return spec.design.fixed_matrix(prepare_newdata(spec, newdata))
 
 
 def _exclusion_reasons(na: pd.DataFrame, any_na: np.ndarray, used: list[str]) -> pd.DataFrame:
@@ -204,38 +143,123 @@ def _exclusion_reasons(na: pd.DataFrame, any_na: np.ndarray, used: list[str]) ->
     return pd.DataFrame({"row": list(na.index[rows]), "reason": list(texts[inverse.ravel()])})
 
 
-def _full_rank_columns(X: np.ndarray) -> np.ndarray:
-    """Indices (ascending) of the columns of *X* kept by a column-pivoted QR rank check.
+def _sorted_str_codes(values: np.ndarray, categories: pd.Index | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and levels of *values* as ``pd.factorize(values.astype(str), sort=True)`` gives them,
+    converting only the distinct values to text (*values* are category codes when *categories*)."""
+    codes, uniq = pd.factorize(values)
+    if categories is not None:
+        uniq = categories[np.asarray(uniq, dtype=np.int64)]
+    labels = np.array([str(u) for u in uniq], dtype=object)
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank[codes], labels[order]
 
-    The reference is LAPACK's pivoted QR (``geqp3``) of the n×p matrix *X*: rank = number of
-    |R_kk| above ``max|R_kk| · max(n, p) · eps · 10``, keep the first *rank* pivots. That costs
-    O(n p²) and dominated :func:`build_spec` on large data, so it is only run when needed: first
-    the p×p Gram matrix XᵀX (one BLAS pass) gives the eigenvalues λ of XᵀX = σ(X)². For any QR of
-    a column permutation of X, σ_min(X) ≤ |R_kk| ≤ max |R_kk| ≤ σ_max(X), so when
-    λ_min / λ_max ≥ δ the QR ratio min|R_kk| / max|R_kk| is at least √δ, far above the QR
-    tolerance, and every column is kept: the QR would keep them all. δ = max(1e-8, 1e3 n eps)
-    exceeds the rounding error of the computed Gram eigenvalues (≲ n eps relative to λ_max) by
-    orders of magnitude, so the shortcut is never taken for a matrix the QR would call
-    deficient. Otherwise (rank deficient, ill-conditioned or non-finite) the pivoted QR of X is
-    run as before, so which columns are dropped is unchanged.
-    """
-    n, p = X.shape
-    if p == 0:
-        return np.arange(0)
-    eps = np.finfo(float).eps
-    G = X.T @ X
-    if np.isfinite(G).all():
-        lam = np.linalg.eigvalsh(G)
-        delta = max(1e-8, 1e3 * n * eps)
-        if lam[-1] > 0 and lam[0] >= delta * lam[-1]:
-            return np.arange(p)
-    import scipy.linalg as sla
 
-    _, r, piv = sla.qr(X, mode="economic", pivoting=True)
-    d = np.abs(np.diag(r))
-    tol = d.max() * max(X.shape) * eps * 10 if d.size else 0.0
-    rank = int((d > tol).sum())
-    return np.sort(piv[:rank])
+def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
+    """Codes and sorted levels of a text column. Rows of one group usually sit together (frames
+    sorted by patient), so the column is cut into runs of equal values first and only the run
+    heads are factorised; when the heads are already strictly increasing they are the levels."""
+    n = len(arr)
+    change = np.ones(n, dtype=bool)
+    if n > 1:
+        change[1:] = np.asarray(arr[1:] != arr[:-1], dtype=bool)
+    starts = np.flatnonzero(change)
+    run = np.cumsum(change, dtype=np.int64) - 1
+    heads = arr.take(starts)
+    if len(heads) < 2 or bool(np.asarray(heads[1:] > heads[:-1], dtype=bool).all()):
+        return run, pd.Index(heads)
+    codes, levels = pd.factorize(heads, sort=True)
+    return codes.astype(np.int64)[run], pd.Index(levels)
+
+
+def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, pd.Index]:
+    """Codes of a grouping factor (levels sorted as text; ``a:b`` labels joined by ':')."""
+    parts = []
+    for v in gvars:
+        s = df[v]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            parts.append(_sorted_str_codes(s.cat.codes.to_numpy(), s.cat.categories))
+        elif isinstance(s.dtype, pd.StringDtype):
+            codes, uniq = _text_codes(s.array)
+            if len(gvars) == 1:
+                return codes, uniq
+            parts.append((codes, np.asarray(uniq, dtype=object)))
+        else:
+            parts.append(_sorted_str_codes(s.to_numpy()))
+    if len(parts) == 1:
+        codes, levels = parts[0]
+        return codes.astype(np.int64), pd.Index(levels)
+    combined = np.zeros(len(df), dtype=np.int64)
+    for c, lv in parts:
+        combined = combined * len(lv) + c
+    uniq, inverse = np.unique(combined, return_inverse=True)
+    rest = uniq.copy()
+    pieces = []
+    for _, lv in reversed(parts):
+        pieces.append(lv[rest % len(lv)])
+        rest = rest // len(lv)
+    labels = np.array([":".join(t) for t in zip(*reversed(pieces))], dtype=object)
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank[inverse.ravel()], pd.Index(labels[order])
+
+
+def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str]) -> None:
+    formula = parsed.formula
+    resp = parsed.tree.response
+    if isinstance(resp, g.Name) and resp.name not in data.columns:
+        raise ValueError(f"The response {resp.name!r} is not a column of the data (columns: "
+                         f"{', '.join(map(str, data.columns))}).")
+    missing_cols = [v for v in used if v not in data.columns]
+    if missing_cols:
+        raise ValueError(f"The formula {formula!r} names column(s) {missing_cols} that the data do "
+                         f"not have (columns: {', '.join(map(str, data.columns))}).")
+    for v in g.variables(resp):
+        col = data[v]
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) or \
+                isinstance(col.dtype, pd.CategoricalDtype):
+            what = "response" if isinstance(resp, g.Name) else "response's column"
+            raise ValueError(f"The {what} {v!r} must be numeric; it has type {col.dtype} "
+                             f"(first values: {list(col.head(3))}).")
+
+
+def _split_offsets(terms: list) -> tuple[list, list]:
+    fixed, offsets = [], []
+    for term in terms:
+        calls = [f for f in term if isinstance(f, g.Call) and f.func == "offset"]
+        if calls and len(term) > 1:
+            raise ValueError(f"{g.render_expr(calls[0])} cannot be part of an interaction; write "
+                             f"it as a term of its own.")
+        (offsets if calls else fixed).append(calls[0] if calls else term)
+    return fixed, offsets
+
+
+def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str]) -> pd.DataFrame:
+    """The rows used, with the factor columns coded as the model sees them (no other copy)."""
+    changed: dict[str, object] = {}
+    for col in factor_vars:
+        s = df[col]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            codes = s.cat.codes.to_numpy()
+            counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
+            unused = [c for c, k in zip(s.cat.categories, counts) if k == 0]
+            if unused:
+                notes.append(f"level(s) {unused} of {col!r} have no data among the rows used and "
+                             f"were dropped")
+                changed[col] = s.cat.remove_unused_categories()
+        elif pd.api.types.is_bool_dtype(s):
+            changed[col] = s.astype(int)
+        elif not pd.api.types.is_numeric_dtype(s):
+            codes, levels = _sorted_str_codes(s.to_numpy())
+            changed[col] = pd.Categorical.from_codes(codes, categories=list(levels))
+    if changed:
+        df = df.copy(deep=False)
+        for col, v in changed.items():
+            df[col] = v
+    return df
 
 
 def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
@@ -247,13 +271,16 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
         One row an observation. Categorical columns keep their category order (the first category
         is the reference level); string columns are treated as factors with sorted levels, as R does.
     formula : str
-        lme4 syntax, e.g. ``"value ~ post * technique + session_number + (post | patient_id)"``.
+        lme4 syntax, e.g. ``"value ~ post * technique + session_number + (post | patient_id)"``;
+        see ``docs/formulas.md`` for what the grammar accepts.
 
     Returns
     -------
     ModelSpec
         ``y``, ``X`` and one :class:`RandomBlock` per random term, for the rows without missing
         values in any variable used; the other rows are in ``spec.excluded`` (columns row, reason).
+        ``spec.design`` is the typed :class:`~mfr_outcomes.models.design.Design`; ``spec.offset``
+        the offset and ``spec.weights`` the binomial weights of ``cbind(s, f)`` (else None).
         ``spec.notes`` lists levels dropped because no used row has them and rank-deficient columns.
 
     Raises
@@ -267,106 +294,69 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     if not parsed.random:
         raise ValueError(f"The formula {formula!r} has no random-effects term such as "
                          f"'(1 | patient_id)'; a mixed model needs at least one.")
-    response = parsed.response
-    if response not in data.columns:
-        raise ValueError(f"The response {response!r} is not a column of the data (columns: "
-                         f"{', '.join(map(str, data.columns))}).")
-    fixed_vars = _expr_variables(parsed.fixed)
-    random_vars: set[str] = set()
-    group_vars: list[str] = []
-    for rt in parsed.random:
-        random_vars |= _expr_variables(rt.expr)
-        group_vars += _group_variables(rt.group)
-    used = [response] + sorted((fixed_vars | random_vars | set(group_vars)) - {response})
-    missing_cols = [v for v in used if v not in data.columns]
-    if missing_cols:
-        raise ValueError(f"The formula {formula!r} names column(s) {missing_cols} that the data do "
-                         f"not have (columns: {', '.join(map(str, data.columns))}).")
-    y_col = data[response]
-    if not (pd.api.types.is_numeric_dtype(y_col) or pd.api.types.is_bool_dtype(y_col)) or \
-            isinstance(y_col.dtype, pd.CategoricalDtype):
-        raise ValueError(f"The response {response!r} must be numeric; it has type {y_col.dtype} "
-                         f"(first values: {list(y_col.head(3))}).")
+    tree = parsed.tree
+    fixed_terms, offsets = _split_offsets(g.expand_terms(list(parsed.fixed_items), formula))
+    resp_vars = g.variables(tree.response)
+    group_vars = [v for b in parsed.bars for v in g.variables(b.group)]
+    term_vars = [v for b in parsed.bars for v in g.variables(b.expr)]
+    term_vars += [v for t in fixed_terms for f in t for v in g.variables(f)]
+    term_vars += [v for o in offsets for v in g.variables(o)]
+    rest = set(term_vars) | set(group_vars)
+    used = resp_vars + sorted(rest - set(resp_vars))
+    _check_columns(data, parsed, used)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
-    na = data[used].isna()
-    any_na = na.to_numpy().any(axis=1)
-    excluded = _exclusion_reasons(na, any_na, used)
-    df = data.loc[~any_na].copy()
+    na_cols = {c: data[c].isna().to_numpy() for c in used}
+    any_na = np.logical_or.reduce(list(na_cols.values()))
+    if any_na.any():
+        excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
+        df = data.loc[~any_na]
+    else:
+        excluded = pd.DataFrame([], columns=["row", "reason"])
+        df = data
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
-
     notes: list[str] = []
-    categories: dict[str, list] = {}
-    bool_cols: list[str] = []
-    for col in sorted(fixed_vars | random_vars):
-        s = df[col]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            codes = s.cat.codes.to_numpy()
-            counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
-            unused = [c for c, k in zip(s.cat.categories, counts) if k == 0]
-            if unused:
-                notes.append(f"level(s) {unused} of {col!r} have no data among the rows used and "
-                             f"were dropped")
-                df[col] = s.cat.remove_unused_categories()
-            categories[col] = list(df[col].cat.categories)
-        elif s.dtype == object or pd.api.types.is_string_dtype(s) or pd.api.types.is_bool_dtype(s):
-            if pd.api.types.is_bool_dtype(s):
-                df[col] = s.astype(int)
-                bool_cols.append(col)
-                continue
-            df[col] = pd.Categorical(s.astype(str))
-            categories[col] = list(df[col].cat.categories)
+    factor_vars = sorted(set(term_vars) - set(resp_vars))
+    df = _prepare_columns(df, factor_vars, notes)
 
-    y = df[response].to_numpy(dtype=float)
-    try:
-        mm = model_matrix(parsed.fixed, df, na_action="raise")
-    except Exception as exc:
-        raise ValueError(f"The fixed part {parsed.fixed!r} could not be evaluated on the data: "
-                         f"{exc}.") from None
-    X = np.asarray(mm, dtype=float)
-    names = _rename_intercept(list(mm.columns))
-    # lme4 drops rank-deficient fixed columns with a message; so do we (pivoted QR).
-    keep = _full_rank_columns(X)
+    design = Design.build(tree, df, fixed_terms=fixed_terms, offsets=offsets,
+                          bars=list(parsed.bars))
+    X = design.fixed_matrix(df, full=True)  # refuses a transformation that is not finite
+    # lme4 drops rank-deficient fixed columns with a message (chkRank.drop.cols); so do we.
+    keep = lme4_kept_columns(X)
     if keep.size < X.shape[1]:
-        kept = set(keep.tolist())
-        dropped = [names[i] for i in range(X.shape[1]) if i not in kept]
-        notes.append(f"fixed-effect model matrix is rank deficient, so dropping "
-                     f"{len(dropped)} column(s): {', '.join(dropped)}")
+        design = design.with_kept(keep)
+        k = len(design.dropped)
+        notes.append(f"fixed-effect model matrix is rank deficient so dropping {k} "
+                     f"{'column / coefficient' if k == 1 else 'columns / coefficients'}: "
+                     f"{', '.join(design.dropped)}")
         X = X[:, keep]
-        names = [names[i] for i in keep]
+    names = design.fixed_names
+    y = design.response(df)
+    weights = design.weights(df)
+    offset = design.offset(df)
+    for what, v in (("response", y), ("weights", weights), ("offset", offset)):
+        if v is not None and not np.isfinite(v).all():
+            raise ValueError(f"The {what} of {formula!r} is not finite on "
+                             f"{int((~np.isfinite(v)).sum())} row(s) (first at row "
+                             f"{df.index[np.flatnonzero(~np.isfinite(v))[0]]!r}).")
 
     blocks: list[RandomBlock] = []
-    random_exprs: dict[tuple[str, tuple[str, ...]], str] = {}
-    for rt in parsed.random:
-        try:
-            zmm = model_matrix(rt.expr, df, na_action="raise")
-        except Exception as exc:
-            raise ValueError(f"The random term ({rt.expr} | {rt.group}) could not be evaluated: "
-                             f"{exc}.") from None
-        Zfull = np.asarray(zmm, dtype=float)
-        znames = _rename_intercept(list(zmm.columns))
-        if Zfull.shape[1] == 0:
-            raise ValueError(f"The random term ({rt.expr} | {rt.group}) has no columns.")
-        for group in _group_parts(rt.group):
-            gvars = group.split(":")
-            if len(gvars) == 1:
-                labels = df[gvars[0]].astype(str)
-            else:
-                labels = df[gvars].astype(str).agg(":".join, axis=1)
-            codes, levels = pd.factorize(labels, sort=True)
-            parts = [(Zfull, znames)] if rt.correlated else \
-                [(Zfull[:, [j]], [znames[j]]) for j in range(Zfull.shape[1])]
-            for Z, tn in parts:
-                random_exprs[(group, tuple(tn))] = rt.expr
-                blocks.append(RandomBlock(group=group, terms=list(tn), Z=np.ascontiguousarray(Z),
-                                          codes=codes.astype(np.int64), levels=pd.Index(levels),
-                                          correlated=rt.correlated))
+    codes_cache: dict[tuple[str, ...], tuple[np.ndarray, pd.Index]] = {}
+    for k, layout in enumerate(design.random):
+        if layout.group_vars not in codes_cache:
+            codes_cache[layout.group_vars] = _group_codes(df, layout.group_vars)
+        codes, levels = codes_cache[layout.group_vars]
+        Z = design.random_matrix(k, df)
+        blocks.append(RandomBlock(group=layout.group, terms=list(layout.terms),
+                                  Z=Z, codes=codes, levels=levels,
+                                  correlated=layout.correlated))
     # lme4 (mkReTrms) orders terms by decreasing number of levels; the sort is stable.
-    blocks.sort(key=lambda b: -b.n_levels)
-
-    design = {"model_spec": mm.model_spec, "categories": categories, "used": used,
-              "parsed": parsed, "random_exprs": random_exprs, "bool_cols": bool_cols}
-    return ModelSpec(formula=formula, response=response, y=y, X=X, fixed_names=names,
-                     blocks=blocks, data=df, excluded=excluded, design=design,
-                     fixed_formula=parsed.fixed_formula, notes=notes)
+    order = sorted(range(len(blocks)), key=lambda i: -blocks[i].n_levels)
+    blocks = [blocks[i] for i in order]
+    design = replace(design.with_random_order(order), notes=tuple(notes))
+    return ModelSpec(formula=formula, response=design.response_text, y=y, X=X,
+                     fixed_names=names, blocks=blocks, data=df, excluded=excluded, design=design,
+                     fixed_formula=parsed.fixed_formula, notes=notes, offset=offset,
+                     weights=weights)

@@ -480,16 +480,8 @@ def confint_variance(fit: MixedFit, method: str = "profile", *, level: float = 0
 
 
 def _factor_columns(spec, expr: str) -> list[tuple[str, np.ndarray]]:
-    """Full (all-level) dummy columns of a categorical variable, or the numeric column(s)."""
-    from formulaic import model_matrix
-
-    data = spec.data
-    cats = spec.design["categories"]
-    if expr in cats:
-        values = data[expr].astype(object).to_numpy()
-        return [(f"{expr}[T.{c}]", (values == c).astype(float)) for c in cats[expr]]
-    mm = model_matrix(f"0 + {expr}", data, na_action="ignore")
-    return [(str(c), np.asarray(mm[c], dtype=float)) for c in mm.columns]
+    """Full (all-level) dummy columns of a categorical factor, or the numeric column(s)."""
+    return spec.design.factor_columns(expr, spec.data)
 
 
 def anova_type3(fit: MixedFit) -> pd.DataFrame:
@@ -506,16 +498,12 @@ def anova_type3(fit: MixedFit) -> pd.DataFrame:
         term, num_df, den_df, statistic (F), p_value.
     """
     spec = fit.spec
-    ms = spec.design["model_spec"]
     names = list(spec.fixed_names)
-    colnames = ["(Intercept)" if c == "Intercept" else c for c in ms.column_names]
     terms = []  # (label, factor exprs, X column indices)
-    for term, sl in ms.term_slices.items():
-        factors = [f.expr for f in term.factors if f.expr != "1"]
-        if not factors:
-            continue
-        cols = [names.index(c) for c in colnames[sl] if c in names]
-        terms.append((":".join(factors), factors, cols))
+    for term in spec.design.fixed_terms:
+        factors = list(term.factors)
+        cols = [names.index(c) for c in term.columns if c in names]
+        terms.append((term.label, factors, cols))
     # the rank-deficient design: intercept + every term with all levels of its factors
     rd_names, rd_cols = [], []
     if "(Intercept)" in names:

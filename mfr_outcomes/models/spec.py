@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from mfr_outcomes.models.design import Design
 
 __all__ = [
     "RandomBlock",
@@ -68,9 +71,11 @@ class ModelSpec:
     blocks: list[RandomBlock]
     data: pd.DataFrame  # the rows used, original index kept, all columns of the input
     excluded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row", "reason"]))
-    design: Any = None  # the formula library's spec: rebuilds X for new data (predict, emmeans)
+    design: Design | None = None  # the typed Design: rebuilds X and Z for new data; None by hand
     fixed_formula: str = ""
     notes: list[str] = field(default_factory=list)  # cautions found while building (dropped levels…)
+    offset: np.ndarray | None = None  # (n,) the sum of offset(...) terms, or None
+    weights: np.ndarray | None = None  # (n,) prior weights: s + f of cbind(s, f), or None
 
     @property
     def n(self) -> int:
