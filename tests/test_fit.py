@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mfr_outcomes.models import ENGINES, compare, fit_mixed
+from mfr_outcomes.models import ENGINES, ModelCheckError, compare, fit_mixed
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 REF = Path(__file__).parent / "reference"
@@ -172,9 +172,19 @@ def test_too_few_groups_for_random_slope_warns() -> None:
     assert any("too few groups" in w for w in f.diagnostics["warnings"])
 
 
-def test_fewer_observations_than_random_terms_warns() -> None:
+def test_fewer_observations_than_random_terms_is_refused_as_lme4_does() -> None:
+    """60 rows, 50 patients × (intercept, slope) = 100 random effects: lme4's check.nobs.vs.nRE."""
     d = sim(n_groups=40, per=1)
     d = pd.concat([d, sim(n_groups=10, per=2, seed=3).assign(g=lambda t: t.g + "b")])
+    with pytest.raises(ModelCheckError, match=r"number of observations \(=60\) <= number of "
+                                              r"random effects \(=100\) for term \(x \| g\)"):
+        fit_mixed(d, "y ~ x + (x | g)", engine="pls")
+
+
+def test_fewer_observations_per_level_than_random_terms_warns() -> None:
+    """Enough rows overall, but the median group has one row for two random terms."""
+    d = sim(n_groups=30, per=1)
+    d = pd.concat([d, sim(n_groups=8, per=12, seed=3).assign(g=lambda t: t.g + "b")])
     with pytest.warns(ModelWarning, match="Fewer observations per level of 'g'"):
         fit_mixed(d, "y ~ x + (x | g)", engine="pls")
 
@@ -274,7 +284,7 @@ def test_satterthwaite_hessian_caution(monkeypatch) -> None:
     """A deviance Hessian in (θ, σ) with a negative eigenvalue (a saddle, not an optimum): lmerTest
     warns ("Model failed to converge with 1 negative eigenvalue") and inverts H on its positive
     eigen-space only; so do we, and the caution reaches the fit's warnings."""
-    from mfr_outcomes.models import inference
+    from mfr_outcomes.models import dfmethods
 
     def devfun(v):  # Hessian diag(2, -1, 2): one negative eigenvalue
         return v[0] ** 2 - 0.5 * v[1] ** 2 + v[2] ** 2
@@ -282,16 +292,17 @@ def test_satterthwaite_hessian_caution(monkeypatch) -> None:
     def vcovfun(v):
         return np.array([[1.0 + v[0] + v[1] + v[2]]])
 
-    sd = inference.satterthwaite_data(devfun, vcovfun, np.array([0.3, 0.2, 0.1]),
+    sd = dfmethods.satterthwaite_data(devfun, vcovfun, np.array([0.3, 0.2, 0.1]),
                                       np.array([[1.6]]))
     assert any("1 negative eigenvalue" in m for m in sd.messages)
     np.testing.assert_allclose(sd.A, np.diag([1.0, 0.0, 1.0]), atol=1e-6)
     # df = 2 V² / (g' A g) with g = (1, 1, 1): 2 · 1.6² / 2
     np.testing.assert_allclose(sd.df_1d(np.array([1.0])), 1.6 ** 2, rtol=1e-6)
 
-    real = inference.satterthwaite_data
-    monkeypatch.setattr(inference, "satterthwaite_data",
-                        lambda d, v, vp, vc: real(lambda x: x[0] ** 2 - 0.5 * x[1] ** 2, v, vp, vc))
+    real = dfmethods.satterthwaite_data
+    monkeypatch.setattr(dfmethods, "satterthwaite_data",
+                        lambda d, v, vp, vc, hessian=None: real(
+                            lambda x: x[0] ** 2 - 0.5 * x[1] ** 2, v, vp, vc))
     f = fit_mixed(sim(n_groups=20, per=6, seed=4), "y ~ x + (1 | g)", engine="pls")
     with pytest.warns(ModelWarning, match="negative eigenvalue"):
         fe = f.fixed_effects

@@ -247,14 +247,9 @@ def _icc_cases():
     for c in CASES:
         if load_fixture(c)["icc_adjusted"] is None:
             continue
-        marks = []
-        if c == "sleepstudy_uncorrelated":
-            marks.append(pytest.mark.xfail(
-                strict=True, raises=AssertionError,
-                reason="performance 0.10.2 counts only the intercept block of lme4's split '||' "
-                "terms (its ICC equals tau00 / (tau00 + sigma2)); models.r2 counts the slope "
-                "block's variance as Nakagawa et al. 2017 define it"))
-        out.append(pytest.param(c, marks=marks, id=c))
+        # sleepstudy_uncorrelated: performance 0.10.2 counts only the intercept block of lme4's
+        # split '||' term (its ICC is tau00 / (tau00 + sigma2)); so does the default definition
+        out.append(pytest.param(c, id=c))
     return out
 
 
@@ -271,3 +266,8 @@ def test_icc_and_r2_through_the_fit_match_performance(case: str) -> None:
     np.testing.assert_allclose(ic.unadjusted, fx["icc_unadjusted"], rtol=1e-3)
     np.testing.assert_allclose(r2.marginal, fx["r2_marginal"], rtol=1e-3, atol=1e-12)
     np.testing.assert_allclose(r2.conditional, fx["r2_conditional"], rtol=1e-3)
+    assert ic.definition == r2.definition == "performance"
+    full = fit.icc(definition="nakagawa2017")
+    assert full.definition == "nakagawa2017"
+    if case == "sleepstudy_uncorrelated":  # the slope block's variance counts in Nakagawa 2017
+        assert full.adjusted > ic.adjusted + 0.05
