@@ -50,7 +50,12 @@ def test_prepost_formula_and_metadata(prepost_fit, synthetic_study):
     assert fit.measure == "pain_nrs" and fit.model == "prepost"
     assert fit.notes[0] == f"formula: {fit.formula}"
     assert any("assessment-only" in n for n in fit.notes)
-    assert any("nested in" in n for n in fit.notes)
+    # the shipped data has switching (Truth.p_other_therapist): a crossed therapist term
+    ses = synthetic_study.sessions
+    n_multi = int((ses.groupby("patient_id")["therapist_id"].nunique() > 1).sum())
+    assert n_multi > 0
+    assert any("crossed" in n and f"{n_multi} of 120 patient(s)" in n for n in fit.notes)
+    assert fit.engine == "pls" and "fast: refused" in fit.diagnostics["engine_reason"]
     # treatment visits only
     assert set(fit.spec.data["technique"].astype(str)) == {"direct_pressure", "stretching",
                                                            "massage", "combined"}
