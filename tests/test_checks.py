@@ -204,3 +204,24 @@ def test_factor_slope_icc_and_r2_match_performance_and_nakagawa_on_request() -> 
     assert full.parts.var_random == pytest.approx(by_hand, rel=1e-12)
     assert full.parts.var_random > ic.parts.var_random
     assert any("nakagawa2017" in n for n in full.notes)
+
+
+def test_cli_fit_on_a_constant_outcome_is_a_sentence(tmp_path, capsys) -> None:
+    """Issue 12: `mfr-outcomes fit` on a constant outcome raised LinAlgError; now exit 2 and the
+    sentence."""
+    from mfr_outcomes.cli import main
+
+    src = Path(__file__).resolve().parent.parent / "data" / "synthetic"
+    p = pd.read_csv(src / "patients.csv").head(15)  # a small clinic keeps the test quick
+    s = pd.read_csv(src / "sessions.csv")
+    s = s[s["patient_id"].isin(p["patient_id"])]
+    m = pd.read_csv(src / "measurements.csv")
+    m = m[m["session_id"].isin(s["session_id"]) & (m["measure"] == "pain_nrs")].copy()
+    m["value"] = 5
+    for name, frame in (("patients", p), ("sessions", s), ("measurements", m)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    code = main(["fit", str(tmp_path), "--measure", "pain_nrs", "--formula",
+                 "value ~ post + (1 | patient_id)"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'value' is constant" in err and "Traceback" not in err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,61 @@ def test_predict_with_factor_slope_and_boolean() -> None:
     np.testing.assert_allclose(f.predict(d, include_random=False), f.fitted(False), atol=1e-10)
     with pytest.raises(ValueError, match="not fitted on"):
         f.predict(d.assign(arm=["c"] * len(d)))
+
+
+def test_auto_takes_the_engine_of_highest_priority_and_says_why() -> None:
+    from mfr_outcomes.models.fit import auto_order
+
+    assert auto_order()[:3] == ["fast", "pls", "statsmodels"]
+    d = sim(n_groups=20, per=6, seed=4)
+    f = fit_mixed(d, "y ~ x + (1 | g)")
+    assert f.engine == "fast" and "fast: chosen" in f.diagnostics["engine_reason"]
+    d["h"] = (np.arange(len(d)) % 7).astype(str)  # crossed with g
+    f = fit_mixed(d, "y ~ x + (1 | g) + (1 | h)")
+    assert f.engine == "pls"
+    assert "fast: refused" in f.diagnostics["engine_reason"]
+    assert "pls: chosen" in f.diagnostics["engine_reason"]
+
+
+def test_an_engine_that_cannot_supply_says_so(monkeypatch) -> None:
+    """statsmodels on a model too large for the dense code (MAX_Q lowered here): no deviance
+    function, so the result lists it as unavailable, Satterthwaite df become z tests with a
+    caution, profile CIs refuse; its conditional modes come from MixedLM and match lme4's
+    (the pls engine's) to MixedLM's optimiser tolerance."""
+    from mfr_outcomes.models import pls
+
+    d = sim(n_groups=30, per=8, seed=6)
+    ref = fit_mixed(d, "y ~ x + (x | g)", engine="pls")
+    monkeypatch.setattr(pls, "MAX_Q", 10)
+    with pytest.warns(ModelWarning, match="cannot supply the deviance function"):
+        f = fit_mixed(d, "y ~ x + (x | g)", engine="statsmodels")
+    assert f.result.cannot("deviance_function") is not None
+    assert f.result.cannot("conditional_modes") is None
+    with pytest.warns(ModelWarning, match="normal approximation"):
+        fe = f.fixed_effects
+    assert np.isinf(fe["df"]).all()
+    with pytest.raises(ValueError, match="method='boot'"):
+        f.confint_variance("profile")
+    ours = f.random_effects()["estimate"].to_numpy()
+    theirs = ref.random_effects()["estimate"].to_numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3 * np.abs(theirs).max())
+    np.testing.assert_allclose(f.fitted(), ref.fitted(), rtol=1e-3)
+
+
+def test_fitted_without_conditional_modes_is_a_sentence(monkeypatch) -> None:
+    """Nested intercepts through MixedLM's variance components, too large for the dense code:
+    its modes are not mapped to lme4's blocks, so fitted() with random effects refuses."""
+    from mfr_outcomes.models import pls
+
+    d = sim(n_groups=24, per=8, seed=8)
+    d["site"] = "s" + (d["g"].str[1:].astype(int) % 6).astype(str)
+    monkeypatch.setattr(pls, "MAX_Q", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        f = fit_mixed(d, "y ~ x + (1 | site) + (1 | site:g)", engine="statsmodels")
+    assert f.result.cannot("conditional_modes")
+    with pytest.raises(ValueError, match="cannot supply .*include_random=False"):
+        f.fitted()
+    with pytest.raises(ValueError, match="conditional modes"):
+        f.random_effects()
+    np.testing.assert_allclose(f.fitted(include_random=False), f.spec.X @ f.result.beta)

@@ -37,6 +37,9 @@ __all__ = ["MixedFitBase", "SINGULAR_TOL", "MIN_GROUPS_FOR_SLOPE"]
 SINGULAR_TOL = 1e-4
 #: fewer levels than this for a grouping factor with a random slope earns a warning.
 MIN_GROUPS_FOR_SLOPE = 5
+_CAPABILITY_TEXT = {"conditional_modes": "the conditional modes of the random effects",
+                    "deviance_function": "the deviance function",
+                    "vcov_function": "Var(β̂) as a function of the variance parameters"}
 
 
 class MixedFitBase:
@@ -131,10 +134,13 @@ class MixedFitBase:
             self._warn(f"Factor level without data: {note}." if "no data" in note else
                        f"{note[0].upper()}{note[1:]}.", ModelWarning, emit)
         self._check_convergence(emit)
+        by_reason: dict[str, list[str]] = {}
         for u in self.result.unavailable:
-            self._warn(f"The engine {self.engine!r} cannot supply {u.what.replace('_', ' ')} "
-                       f"for this model ({u.reason}); what needs them says so instead of "
-                       f"guessing.", ModelWarning, emit)
+            by_reason.setdefault(u.reason, []).append(_CAPABILITY_TEXT.get(u.what, u.what))
+        for reason, what in by_reason.items():
+            self._warn(f"The engine {self.engine!r} cannot supply {' or '.join(what)} for this "
+                       f"model ({reason}); what needs them says so instead of guessing.",
+                       ModelWarning, emit)
         if self.diagnostics["singular"]:
             zero = [term_label(b) for b, cov in zip(spec.blocks, self._block_covs())
                     if np.linalg.eigvalsh(cov).min() <= SINGULAR_TOL ** 2 * self.scale ** 2 * 10

@@ -182,10 +182,11 @@ def verify_optimum(spec: ModelSpec, result: EngineResult) -> OptimumCheck:
     """
     f = result.devfun_varpar
     if f is None:
-        why = result.cannot("deviance_function") or "no deviance function"
+        why = result.cannot("deviance_function") or "it returned none"
         return OptimumCheck(converged=bool(result.converged),
                             messages=[f"convergence could not be verified: the engine "
-                                      f"{result.engine!r} supplies {why}"])
+                                      f"{result.engine!r} supplies no deviance function for this "
+                                      f"model ({why})"])
 
     def safe(v: np.ndarray) -> float:
         try:
