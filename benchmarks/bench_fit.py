@@ -166,7 +166,7 @@ def bench(args) -> None:
         beta = pd.Series(res.beta, index=spec.fixed_names)
         row = {"patients": n_pat, "rows": spec.n, "fast_s": fast_s, "fast_with_formula_s": total_s,
                "fast_peak_mb": mem, "fast_evaluations": res.n_evaluations,
-               "fast_classes": res.extra.get("n_classes")}
+               "fast_classes": res.n_classes}
         print(f"{n_pat:>7} patients, {spec.n:>9} rows: fast {fast_s:.3f} s "
               f"(with build_spec {total_s:.3f} s)", file=sys.stderr, flush=True)
         # lme4
@@ -247,7 +247,7 @@ def nested(args, engine) -> None:
         row = {"patients": n_pat, "therapists": int(d["therapist_id"].nunique()), "rows": spec.n,
                "fast_s": fast_s, "fast_with_formula_s": total_s,
                "fast_per_patient_s": grouped_s, "fast_peak_mb": mem,
-               "fast_evaluations": res.n_evaluations, "fast_classes": res.extra.get("n_classes"),
+               "fast_evaluations": res.n_evaluations, "fast_classes": res.n_classes,
                "fast_pairs": None if cl is None or not hasattr(cl, "pair_class")
                else int(cl.pair_class.size)}
         if lm and "seconds" in lm:
@@ -332,7 +332,7 @@ def scaling(args, engine) -> None:
         rows.append({"patients": n_pat, "rows": spec.n, "statistics_s": prep_s,
                      "optimisation_s": opt_s, "fit_s": full_s,
                      "s_per_million_rows": full_s / spec.n * 1e6, "peak_mb": mem,
-                     "classes": res.extra.get("n_classes"), "evaluations": res.n_evaluations})
+                     "classes": res.n_classes, "evaluations": res.n_evaluations})
         print(f"scaling {n_pat} patients {spec.n} rows: {full_s:.3f} s", file=sys.stderr,
               flush=True)
         del spec

@@ -12,10 +12,13 @@ scale and then rounded to an integer and clipped to 0–10 like a clinic records
 
     B_i      = baseline_pain_mean + site_i + therapist_i + a_i          (patient level)
     level_ik = B_i * (1 - r_i * (1 - exp(-k / course_tau_sessions))) + v_ik
+               + therapist_ik - therapist_i                              (visit's therapist)
     pre_ik   = level_ik + e_pre
     post_ik  = level_ik + immediate_effect[technique_ik] + u_i + e_post
 
-``site_i ~ N(0, site_sd²)``, ``therapist_i ~ N(0, therapist_sd²)``; ``(a_i, u_i)`` is bivariate
+``site_i ~ N(0, site_sd²)``, ``therapist_i ~ N(0, therapist_sd²)`` for the patient's own
+therapist; ``therapist_ik`` is the effect of the therapist of visit *k*, another therapist of the
+site with probability ``p_other_therapist`` (patients and therapists partly crossed); ``(a_i, u_i)`` is bivariate
 normal with SDs ``patient_sd`` and ``immediate_effect_sd`` and correlation ``patient_corr`` (the
 patient's own level and own response to a release); ``r_i ~ N(course_reduction,
 course_reduction_sd²)`` clipped to [-0.2, 0.95] is the patient's fractional course improvement;
@@ -124,7 +127,8 @@ _RANGE = {
 _SIDED = ("slr_deg", "hip_ir_deg", "hip_flexion_deg")
 _PRE_ONLY = ("odi", "paresthesia")
 # Random streams: one for the design, one per measure (so restricting measures keeps values).
-_STREAMS = ("design",) + SIMULATED_MEASURES
+# "therapist" last: spawning one more child leaves the earlier streams (and their data) unchanged
+_STREAMS = ("design",) + SIMULATED_MEASURES + ("therapist",)
 
 
 def _d(**kw: Any) -> Any:
@@ -144,9 +148,17 @@ class Truth:
         Number of sites ("site-1", ...).
     therapists_per_site : tuple of int
         (low, high) inclusive range of therapists per site; patients are spread evenly over all
-        therapists, each patient sees one therapist (patients nested in therapists in sites).
+        therapists, each patient has one own therapist (patients nested in therapists in sites).
     n_sessions : tuple of int
         (low, high) inclusive range of planned treatment visits per patient.
+    p_other_therapist : float
+        Probability that a treatment visit after the first is given by another therapist of the
+        patient's site (cover, holidays); that visit carries the other therapist's random
+        intercept, so patients and therapists are partly crossed. 0 gives a nested design.
+    single_session : bool
+        One treatment visit per patient (pre and post readings) and no follow-up visit: the
+        single-visit design (its pre/post model is the paired t-test's); overrides
+        ``n_sessions``.
     sessions_per_week : tuple of int
         (low, high) visits per week; each patient keeps one frequency (1: every 6–8 days,
         2: gaps 3/4 days, 3: gaps 2/2/3 days).
@@ -254,6 +266,8 @@ class Truth:
     sessions_per_week: tuple[int, int] = (1, 3)
     enrol_start: str = "2026-01-05"
     enrol_days: int = 200
+    p_other_therapist: float = 0.15
+    single_session: bool = False
     followup_weeks: tuple[int, int] = (4, 8)
     # patients
     age_mean: float = 47.0
@@ -402,7 +416,9 @@ class Truth:
                 if len(value) != 2:
                     raise ValueError(f"{name} must be a (low, high) pair, got {value!r}")
                 value = (int(value[0]), int(value[1]))
-            elif isinstance(default, bool | int) and not isinstance(default, float):
+            elif isinstance(default, bool):
+                value = bool(value)
+            elif isinstance(default, int) and not isinstance(default, float):
                 value = int(value)
             elif isinstance(default, float):
                 value = float(value)
@@ -436,7 +452,8 @@ class Truth:
             if f.name.endswith("_sd") and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name} must be ≥ 0, got {getattr(self, f.name)}")
         need(-1 <= self.patient_corr <= 1, "patient_corr must lie in [-1, 1]")
-        for name in ("technique_switch_prob", "home_program_prob", "followup_attendance",
+        for name in ("p_other_therapist", "technique_switch_prob", "home_program_prob",
+                     "followup_attendance",
                      "followup_attendance_dropout", "missing_reading_prob", "followup_retention"):
             need(0 <= getattr(self, name) <= 1, f"{name} must lie in [0, 1]")
         for name, vocab in (("sex_probs", SEX), ("condition_probs", CONDITION),
@@ -609,7 +626,7 @@ class _Simulation:
     # -- patients, visits, pain ---------------------------------------------------------------
     def _design(self) -> None:
         t, n, rng = self.t, self.n, self.streams["design"]
-        lo, hi = t.n_sessions
+        lo, hi = (1, 1) if t.single_session else t.n_sessions
         self.kmax = hi
         # sites and therapists
         n_ther = rng.integers(t.therapists_per_site[0], t.therapists_per_site[1] + 1,
@@ -622,6 +639,7 @@ class _Simulation:
         ther = rng.permutation(np.resize(np.arange(n_t), n))
         self.ther = ther
         self.site = ther_site[ther]
+        self.ther_visit = self._visit_therapists(ther, n_ther, hi)
         # patient covariates
         age = np.clip(np.round(rng.normal(t.age_mean, t.age_sd, n)), *t.age_range)
         self.age = age.astype(np.int64)
@@ -679,6 +697,8 @@ class _Simulation:
         h = 1 - np.exp(-np.arange(hi) / t.course_tau_sessions)
         level = self.B[:, None] * (1 - r[:, None] * h[None, :]) + rng.normal(0, t.session_sd,
                                                                               (n, hi))
+        # a visit given by another therapist carries that therapist's effect (crossed design)
+        level = level + ther_re[self.ther_visit] - ther_re[ther][:, None]
         imm = np.array([t.immediate_effect[x] for x in TREATMENT_TECHNIQUES])[tech]
         self.pre_lat = level + rng.normal(0, t.residual_sd, (n, hi))
         self.post_lat = level + imm + u_imm[:, None] + rng.normal(0, t.residual_sd, (n, hi))
@@ -707,6 +727,8 @@ class _Simulation:
         self.completer = self.n_visits == planned
         # follow-up
         p_fu = np.where(self.completer, t.followup_attendance, t.followup_attendance_dropout)
+        if t.single_session:  # one visit, pre and post: no follow-up
+            p_fu = np.zeros(n)
         self.has_fu = rng.random(n) < p_fu
         fu_weeks = rng.integers(t.followup_weeks[0], t.followup_weeks[1] + 1, n)
         last_day = day[np.arange(n), self.n_visits - 1]
@@ -724,6 +746,23 @@ class _Simulation:
         # --- session index: treatment visits (n × hi) then follow-up (n × 1), flattened by
         # patient and visit number
         self.present = np.concatenate([attended, self.has_fu[:, None]], 1)  # n × (hi + 1)
+
+    def _visit_therapists(self, ther: np.ndarray, n_ther: np.ndarray, hi: int) -> np.ndarray:
+        """Therapist of each treatment visit (patients × visits): the patient's own therapist,
+        except that a visit after the first is given by another therapist of the same site with
+        probability ``p_other_therapist`` (cover, holidays). Drawn from its own stream."""
+        trng = self.streams["therapist"]
+        n = ther.size
+        start = np.concatenate([[0], np.cumsum(n_ther)[:-1]])
+        site = np.repeat(np.arange(n_ther.size), n_ther)[ther]
+        size = n_ther[site][:, None]
+        switch = trng.random((n, hi)) < self.t.p_other_therapist
+        switch[:, 0] = False
+        switch &= size > 1
+        offset = trng.integers(1, np.maximum(size, 2), (n, hi))
+        local = (ther - start[site])[:, None]
+        other = start[site][:, None] + (local + offset) % size
+        return np.where(switch, other, ther[:, None])
 
     # -- tables -------------------------------------------------------------------------------
     def tables(self, wanted: list[str]) -> dict[str, pd.DataFrame]:
@@ -758,7 +797,8 @@ class _Simulation:
         sessions = pd.DataFrame({
             "session_id": sess_ids,
             "patient_id": _text(patient_labels, pi),
-            "therapist_id": _text(self.therapist_ids, self.ther[pi]),
+            "therapist_id": _text(self.therapist_ids,
+                                  np.where(is_fu, self.ther[pi], self.ther_visit[pi, vcol])),
             "session_date": self.start + days.astype("timedelta64[D]"),
             "session_number": number.astype(np.int64),
             "technique": _text(TREATMENT_TECHNIQUES + ("none",),
@@ -947,9 +987,11 @@ _COLUMNS = {
         ("session_id", "string", "", "P001-01…", "patient id and visit number"),
         ("patient_id", "string", "", "in patients", ""),
         ("therapist_id", "string", "", "T01…",
-         "one therapist per patient, nested in a site ({therapists_per_site[0]}–"
-         "{therapists_per_site[1]} per site); therapist random intercept of pain (SD "
-         "therapist_sd)"),
+         "the patient's own therapist, nested in a site ({therapists_per_site[0]}–"
+         "{therapists_per_site[1]} per site); a treatment visit after the first is given by "
+         "another therapist of the site with probability p_other_therapist, "
+         "so patients and therapists are partly crossed; the visit's therapist carries a random "
+         "intercept of pain (SD therapist_sd)"),
         ("session_date", "date", "ISO YYYY-MM-DD", "after enrolled_on",
          "sessions_per_week visits a week (1: every 6–8 days; 2: every 3/4 days; 3: every 2/2/3 "
          "days); follow-up followup_weeks after the last treatment ±2 days"),
@@ -1028,7 +1070,11 @@ def codebook(frames: Mapping[str, pd.DataFrame], truth: Truth, *, n_patients: in
         "files are byte-identical on every machine. **Simulated data: no real patient.**",
         "",
         f"{len(p)} patients, {len(s)} sessions, {len(m)} readings; {s['therapist_id'].nunique()} "
-        f"therapists in {p['site_id'].nunique()} sites.",
+        f"therapists in {p['site_id'].nunique()} sites; "
+        f"{int((s.groupby('patient_id')['therapist_id'].nunique() > 1).sum())} patients saw more "
+        f"than one therapist (a visit is given by another therapist of the site with probability "
+        f"p_other_therapist = {_f(t.p_other_therapist)}), so patients and therapists are partly "
+        f"crossed.",
         "",
         "The generative model and the sources of the defaults are in the docstring of "
         "`mfr_outcomes/synthetic.py`. In short: pain of a patient at visit k is a patient level "

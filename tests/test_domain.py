@@ -50,7 +50,12 @@ def test_prepost_formula_and_metadata(prepost_fit, synthetic_study):
     assert fit.measure == "pain_nrs" and fit.model == "prepost"
     assert fit.notes[0] == f"formula: {fit.formula}"
     assert any("assessment-only" in n for n in fit.notes)
-    assert any("nested in" in n for n in fit.notes)
+    # the shipped data has switching (Truth.p_other_therapist): a crossed therapist term
+    ses = synthetic_study.sessions
+    n_multi = int((ses.groupby("patient_id")["therapist_id"].nunique() > 1).sum())
+    assert n_multi > 0
+    assert any("crossed" in n and f"{n_multi} of 120 patient(s)" in n for n in fit.notes)
+    assert fit.engine == "pls" and "fast: refused" in fit.diagnostics["engine_reason"]
     # treatment visits only
     assert set(fit.spec.data["technique"].astype(str)) == {"direct_pressure", "stretching",
                                                            "massage", "combined"}
@@ -95,8 +100,11 @@ def test_therapist_level_rules(synthetic_study):
     ses.loc[second, "therapist_id"] = "T99"
     crossed = _subset(synthetic_study, 20, sessions=ses)
     fit = _quiet(fit_prepost, crossed, "pain_nrs", by=None)
-    assert "therapist_id" not in fit.formula
-    assert any("not nested" in n for n in fit.notes)
+    assert fit.formula.endswith("(post | patient_id) + (1 | therapist_id)")
+    n_multi = int((crossed.sessions.groupby("patient_id")["therapist_id"].nunique() > 1).sum())
+    assert any("crossed" in n and f"{n_multi} of 20 patient(s) saw more than one therapist" in n
+               for n in fit.notes)
+    assert {b.group for b in fit.spec.blocks} == {"patient_id", "therapist_id"}
     ses2 = synthetic_study.sessions.copy()
     ses2["therapist_id"] = np.where(ses2["patient_id"] < "P010", "T01", "T02")
     few = _subset(synthetic_study, 20, sessions=ses2)
@@ -207,3 +215,48 @@ def test_only_cautions_go_to_diagnostics(prepost_fit):
     # informational notes stay in fit.notes; only cautions are diagnostics warnings
     assert not any("assessment-only" in w for w in prepost_fit.diagnostics["warnings"])
     assert all(type(n) is str for n in prepost_fit.notes)
+
+
+def _single_session(study):
+    """Each patient's first treatment visit only (the one-visit pre/post design)."""
+    ses = study.sessions
+    treat = ses[ses["technique"].astype(str) != "none"]
+    first = treat.sort_values("session_number").groupby("patient_id").head(1)
+    return _subset(study, sessions=first)
+
+
+def test_single_session_fits_a_random_intercept_the_paired_t_test(synthetic_study):
+    """One pre/post pair per patient: (post | patient_id) would be refused by lme4 (as many
+    random effects as readings); fit_prepost fits (1 | patient_id) and says why, and on complete
+    pairs its SE and df are the paired t-test's (scipy's ttest_rel)."""
+    from scipy import stats
+
+    one = _single_session(synthetic_study)
+    frame = one.frame("pain_nrs")
+    both = frame.groupby("patient_id")["post"].transform("nunique") == 2
+    keep = set(frame.loc[both, "patient_id"])
+    pts = one.patients[one.patients["patient_id"].isin(keep)]
+    ses = one.sessions[one.sessions["patient_id"].isin(keep)]
+    paired = _subset(Study(pts, ses, one.measurements), sessions=ses)
+    fit = _quiet(fit_prepost, paired, "pain_nrs", by=None, therapist=False)
+    assert fit.formula == "value ~ post + (1 | patient_id)"
+    assert any("one treatment session per patient" in n and "(1 | patient_id)" in n
+               for n in fit.notes)
+    wide = paired.frame("pain_nrs").pivot(index="patient_id", columns="post", values="value")
+    t = stats.ttest_rel(wide[1], wide[0])
+    diff = (wide[1] - wide[0]).to_numpy()
+    fe = fit.fixed_effects.set_index("term").loc["post"]
+    assert fe["estimate"] == pytest.approx(diff.mean(), rel=1e-8)
+    assert fe["std_error"] == pytest.approx(diff.std(ddof=1) / np.sqrt(len(diff)), rel=1e-4)
+    assert fe["statistic"] == pytest.approx(t.statistic, rel=1e-4)
+    assert fe["df"] == pytest.approx(len(diff) - 1, rel=1e-3)
+
+
+def test_single_session_with_therapists_and_techniques_is_never_refused(synthetic_study):
+    """The one-visit design with the default by=technique and a therapist level: a model lme4
+    accepts (random intercepts only), fitted by whatever engine auto picks."""
+    fit = _quiet(fit_prepost, _single_session(synthetic_study), "pain_nrs")
+    assert "(post | patient_id)" not in fit.formula
+    assert "(1 | patient_id)" in fit.formula
+    assert "session_number" not in fit.formula
+    assert fit.diagnostics["converged"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mfr_outcomes.models import ENGINES, compare, fit_mixed
+from mfr_outcomes.models import ENGINES, ModelCheckError, compare, fit_mixed
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 REF = Path(__file__).parent / "reference"
@@ -172,9 +173,19 @@ def test_too_few_groups_for_random_slope_warns() -> None:
     assert any("too few groups" in w for w in f.diagnostics["warnings"])
 
 
-def test_fewer_observations_than_random_terms_warns() -> None:
+def test_fewer_observations_than_random_terms_is_refused_as_lme4_does() -> None:
+    """60 rows, 50 patients × (intercept, slope) = 100 random effects: lme4's check.nobs.vs.nRE."""
     d = sim(n_groups=40, per=1)
     d = pd.concat([d, sim(n_groups=10, per=2, seed=3).assign(g=lambda t: t.g + "b")])
+    with pytest.raises(ModelCheckError, match=r"number of observations \(=60\) <= number of "
+                                              r"random effects \(=100\) for term \(x \| g\)"):
+        fit_mixed(d, "y ~ x + (x | g)", engine="pls")
+
+
+def test_fewer_observations_per_level_than_random_terms_warns() -> None:
+    """Enough rows overall, but the median group has one row for two random terms."""
+    d = sim(n_groups=30, per=1)
+    d = pd.concat([d, sim(n_groups=8, per=12, seed=3).assign(g=lambda t: t.g + "b")])
     with pytest.warns(ModelWarning, match="Fewer observations per level of 'g'"):
         fit_mixed(d, "y ~ x + (x | g)", engine="pls")
 
@@ -274,7 +285,7 @@ def test_satterthwaite_hessian_caution(monkeypatch) -> None:
     """A deviance Hessian in (θ, σ) with a negative eigenvalue (a saddle, not an optimum): lmerTest
     warns ("Model failed to converge with 1 negative eigenvalue") and inverts H on its positive
     eigen-space only; so do we, and the caution reaches the fit's warnings."""
-    from mfr_outcomes.models import inference
+    from mfr_outcomes.models import dfmethods
 
     def devfun(v):  # Hessian diag(2, -1, 2): one negative eigenvalue
         return v[0] ** 2 - 0.5 * v[1] ** 2 + v[2] ** 2
@@ -282,16 +293,17 @@ def test_satterthwaite_hessian_caution(monkeypatch) -> None:
     def vcovfun(v):
         return np.array([[1.0 + v[0] + v[1] + v[2]]])
 
-    sd = inference.satterthwaite_data(devfun, vcovfun, np.array([0.3, 0.2, 0.1]),
+    sd = dfmethods.satterthwaite_data(devfun, vcovfun, np.array([0.3, 0.2, 0.1]),
                                       np.array([[1.6]]))
     assert any("1 negative eigenvalue" in m for m in sd.messages)
     np.testing.assert_allclose(sd.A, np.diag([1.0, 0.0, 1.0]), atol=1e-6)
     # df = 2 V² / (g' A g) with g = (1, 1, 1): 2 · 1.6² / 2
     np.testing.assert_allclose(sd.df_1d(np.array([1.0])), 1.6 ** 2, rtol=1e-6)
 
-    real = inference.satterthwaite_data
-    monkeypatch.setattr(inference, "satterthwaite_data",
-                        lambda d, v, vp, vc: real(lambda x: x[0] ** 2 - 0.5 * x[1] ** 2, v, vp, vc))
+    real = dfmethods.satterthwaite_data
+    monkeypatch.setattr(dfmethods, "satterthwaite_data",
+                        lambda d, v, vp, vc, hessian=None: real(
+                            lambda x: x[0] ** 2 - 0.5 * x[1] ** 2, v, vp, vc))
     f = fit_mixed(sim(n_groups=20, per=6, seed=4), "y ~ x + (1 | g)", engine="pls")
     with pytest.warns(ModelWarning, match="negative eigenvalue"):
         fe = f.fixed_effects
@@ -312,3 +324,61 @@ def test_predict_with_factor_slope_and_boolean() -> None:
     np.testing.assert_allclose(f.predict(d, include_random=False), f.fitted(False), atol=1e-10)
     with pytest.raises(ValueError, match="not fitted on"):
         f.predict(d.assign(arm=["c"] * len(d)))
+
+
+def test_auto_takes_the_engine_of_highest_priority_and_says_why() -> None:
+    from mfr_outcomes.models.fit import auto_order
+
+    assert auto_order()[:3] == ["fast", "pls", "statsmodels"]
+    d = sim(n_groups=20, per=6, seed=4)
+    f = fit_mixed(d, "y ~ x + (1 | g)")
+    assert f.engine == "fast" and "fast: chosen" in f.diagnostics["engine_reason"]
+    d["h"] = (np.arange(len(d)) % 7).astype(str)  # crossed with g
+    f = fit_mixed(d, "y ~ x + (1 | g) + (1 | h)")
+    assert f.engine == "pls"
+    assert "fast: refused" in f.diagnostics["engine_reason"]
+    assert "pls: chosen" in f.diagnostics["engine_reason"]
+
+
+def test_an_engine_that_cannot_supply_says_so(monkeypatch) -> None:
+    """statsmodels on a model too large for the dense code (MAX_Q lowered here): no deviance
+    function, so the result lists it as unavailable, Satterthwaite df become z tests with a
+    caution, profile CIs refuse; its conditional modes come from MixedLM and match lme4's
+    (the pls engine's) to MixedLM's optimiser tolerance."""
+    from mfr_outcomes.models import pls
+
+    d = sim(n_groups=30, per=8, seed=6)
+    ref = fit_mixed(d, "y ~ x + (x | g)", engine="pls")
+    monkeypatch.setattr(pls, "MAX_Q", 10)
+    with pytest.warns(ModelWarning, match="cannot supply the deviance function"):
+        f = fit_mixed(d, "y ~ x + (x | g)", engine="statsmodels")
+    assert f.result.cannot("deviance_function") is not None
+    assert f.result.cannot("conditional_modes") is None
+    with pytest.warns(ModelWarning, match="normal approximation"):
+        fe = f.fixed_effects
+    assert np.isinf(fe["df"]).all()
+    with pytest.raises(ValueError, match="method='boot'"):
+        f.confint_variance("profile")
+    ours = f.random_effects()["estimate"].to_numpy()
+    theirs = ref.random_effects()["estimate"].to_numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3 * np.abs(theirs).max())
+    np.testing.assert_allclose(f.fitted(), ref.fitted(), rtol=1e-3)
+
+
+def test_fitted_without_conditional_modes_is_a_sentence(monkeypatch) -> None:
+    """Nested intercepts through MixedLM's variance components, too large for the dense code:
+    its modes are not mapped to lme4's blocks, so fitted() with random effects refuses."""
+    from mfr_outcomes.models import pls
+
+    d = sim(n_groups=24, per=8, seed=8)
+    d["site"] = "s" + (d["g"].str[1:].astype(int) % 6).astype(str)
+    monkeypatch.setattr(pls, "MAX_Q", 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ModelWarning)
+        f = fit_mixed(d, "y ~ x + (1 | site) + (1 | site:g)", engine="statsmodels")
+    assert f.result.cannot("conditional_modes")
+    with pytest.raises(ValueError, match="cannot supply .*include_random=False"):
+        f.fitted()
+    with pytest.raises(ValueError, match="conditional modes"):
+        f.random_effects()
+    np.testing.assert_allclose(f.fitted(include_random=False), f.spec.X @ f.result.beta)

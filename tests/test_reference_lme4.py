@@ -50,6 +50,12 @@ STATSMODELS_MISSES = {
     "singular": "MixedLM's optimiser stops short of the singular boundary optimum (slope sd 0, "
                 "correlation -1) that lme4 reaches",
 }
+#: misses of the fixed-effects test only
+STATSMODELS_MISSES_FIXEF = {
+    "prepost": "MixedLM stops 5e-7 above lme4's REML criterion on the shipped data (1e-10 "
+               "relative, inside the fit layer's convergence check): on this flat optimum one "
+               "coefficient (-0.0266) sits 5e-6 from lme4's, more than the 1e-4·SE tolerance",
+}
 
 ENGINE_NAMES = ["pls", "statsmodels"] + (["fast"] if "fast" in ENGINES else [])
 
@@ -87,7 +93,8 @@ def _level_key(grp: str, level: str) -> frozenset:
     return frozenset(zip(re.sub(r"\.\d+$", "", grp).split(":"), str(level).split(":")))
 
 
-def _params():
+def _params(misses: dict | None = None):
+    misses = {**STATSMODELS_MISSES, **(misses or {})}
     out = []
     for case in CASES:
         for eng in ENGINE_NAMES:
@@ -95,8 +102,8 @@ def _params():
             if eng == "statsmodels" and case in STATSMODELS_CANNOT:
                 marks.append(pytest.mark.xfail(strict=True, reason=STATSMODELS_CANNOT[case],
                                                raises=ValueError))
-            if eng == "statsmodels" and case in STATSMODELS_MISSES:
-                marks.append(pytest.mark.xfail(strict=True, reason=STATSMODELS_MISSES[case],
+            if eng == "statsmodels" and case in misses:
+                marks.append(pytest.mark.xfail(strict=True, reason=misses[case],
                                                raises=AssertionError))
             out.append(pytest.param(case, eng, marks=marks, id=f"{case}-{eng}"))
     return out
@@ -110,7 +117,7 @@ def _check_supported(case: str, engine: str) -> None:
             pytest.skip(f"the fast engine does not take this structure: {why}")
 
 
-@pytest.mark.parametrize(("case", "engine"), _params())
+@pytest.mark.parametrize(("case", "engine"), _params(STATSMODELS_MISSES_FIXEF))
 def test_fixed_effects_match_lmertest(case: str, engine: str) -> None:
     _check_supported(case, engine)
     fx = load_fixture(case)
@@ -247,14 +254,9 @@ def _icc_cases():
     for c in CASES:
         if load_fixture(c)["icc_adjusted"] is None:
             continue
-        marks = []
-        if c == "sleepstudy_uncorrelated":
-            marks.append(pytest.mark.xfail(
-                strict=True, raises=AssertionError,
-                reason="performance 0.10.2 counts only the intercept block of lme4's split '||' "
-                "terms (its ICC equals tau00 / (tau00 + sigma2)); models.r2 counts the slope "
-                "block's variance as Nakagawa et al. 2017 define it"))
-        out.append(pytest.param(c, marks=marks, id=c))
+        # sleepstudy_uncorrelated: performance 0.10.2 counts only the intercept block of lme4's
+        # split '||' term (its ICC is tau00 / (tau00 + sigma2)); so does the default definition
+        out.append(pytest.param(c, id=c))
     return out
 
 
@@ -271,3 +273,8 @@ def test_icc_and_r2_through_the_fit_match_performance(case: str) -> None:
     np.testing.assert_allclose(ic.unadjusted, fx["icc_unadjusted"], rtol=1e-3)
     np.testing.assert_allclose(r2.marginal, fx["r2_marginal"], rtol=1e-3, atol=1e-12)
     np.testing.assert_allclose(r2.conditional, fx["r2_conditional"], rtol=1e-3)
+    assert ic.definition == r2.definition == "performance"
+    full = fit.icc(definition="nakagawa2017")
+    assert full.definition == "nakagawa2017"
+    if case == "sleepstudy_uncorrelated":  # the slope block's variance counts in Nakagawa 2017
+        assert full.adjusted > ic.adjusted + 0.05

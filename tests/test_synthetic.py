@@ -187,7 +187,15 @@ def test_visits_follow_the_design(medium):
     assert (s.groupby("therapist_id")["patient_id"].nunique() > 0).all()
     ther_site = s.merge(p, on="patient_id").groupby("therapist_id")["site_id"].nunique()
     assert (ther_site == 1).all()
-    assert (s.groupby("patient_id")["therapist_id"].nunique() == 1).all()
+    # another therapist of the same site now and then (p_other_therapist), never at the first
+    # visit nor at follow-up: patients and therapists partly crossed
+    tx = s[s["technique"] != "none"].sort_values(["patient_id", "session_number"])
+    own = tx.groupby("patient_id")["therapist_id"].transform("first")
+    later = tx["session_number"] > 1
+    share = float((tx.loc[later, "therapist_id"] != own[later]).mean())
+    assert 0.5 * truth.p_other_therapist < share < 1.5 * truth.p_other_therapist
+    fu = s[s["technique"] == "none"].set_index("patient_id")["therapist_id"]
+    assert (fu == own.groupby(tx["patient_id"]).first().reindex(fu.index)).all()
     per_site = s.merge(p, on="patient_id").groupby("site_id")["therapist_id"].nunique()
     assert len(per_site) == truth.n_sites
     assert per_site.between(*truth.therapists_per_site).all()
@@ -350,3 +358,29 @@ def test_odi_at_first_last_and_followup_only(medium):
     assert allowed.all()
     assert (odi["value"] % 2 == 0).all()
     assert 28 < odi.loc[odi["session_number"] == 1, "value"].mean() < 44
+
+
+def test_no_switching_gives_nested_therapists_and_the_same_other_data():
+    """p_other_therapist=0: each patient one therapist; every other value is unchanged, since the
+    switching draws come from their own stream."""
+    nested, _ = generate_frames(n_patients=40, seed=5, p_other_therapist=0.0)
+    s = nested["sessions"]
+    assert (s.groupby("patient_id")["therapist_id"].nunique() == 1).all()
+    crossed, _ = generate_frames(n_patients=40, seed=5, p_other_therapist=0.3)
+    assert (crossed["sessions"].groupby("patient_id")["therapist_id"].nunique() > 1).any()
+    cols = ["session_id", "session_date", "technique"]
+    pd.testing.assert_frame_equal(nested["sessions"][cols], crossed["sessions"][cols])
+
+
+def test_single_session_design():
+    """One treatment visit per patient with pre and post readings, no follow-up visit."""
+    frames, truth = generate_frames(n_patients=30, seed=9, single_session=True,
+                                    measures=["pain_nrs"])
+    assert truth.single_session is True
+    s, m = frames["sessions"], frames["measurements"]
+    assert (s.groupby("patient_id").size() == 1).all()
+    assert (s["technique"] != "none").all() and (s["session_number"] == 1).all()
+    phases = m.merge(s, on="session_id").groupby("patient_id")["phase"].nunique()
+    assert (phases == 2).mean() > 0.85  # pre and post (a few readings missing at random)
+    with pytest.raises(ValueError, match="p_other_therapist must lie in"):
+        Truth.build(p_other_therapist=1.5)

@@ -122,6 +122,7 @@ def _check_patients(frame: pd.DataFrame, measure: str, what: str, notes: list[st
 
 
 def _therapist_term(frame: pd.DataFrame, therapist: bool, notes: list[str]) -> str:
+    """`` + (1 | therapist_id)`` (nested or crossed with patients), or "" with a note saying why."""
     if not therapist:
         return ""
     if "therapist_id" not in frame.columns or frame["therapist_id"].isna().all():
@@ -129,17 +130,34 @@ def _therapist_term(frame: pd.DataFrame, therapist: bool, notes: list[str]) -> s
         return ""
     per_patient = frame.groupby("patient_id", observed=True)["therapist_id"].nunique()
     n_ther = frame["therapist_id"].nunique()
-    if (per_patient > 1).any():
-        notes.append(f"{int((per_patient > 1).sum())} patient(s) saw more than one therapist, so "
-                     f"patients are not nested in therapists; the therapist level was left out "
-                     f"(fit a crossed model with fit_mixed if you need it)")
-        return ""
     if n_ther < MIN_THERAPISTS:
         notes.append(f"only {n_ther} therapist(s), fewer than {MIN_THERAPISTS}: too few to estimate "
                      f"a therapist variance, so the therapist level was left out")
         return ""
-    notes.append(f"patients nested in {n_ther} therapists: a therapist random intercept is included")
+    n_multi = int((per_patient > 1).sum())
+    if n_multi:
+        notes.append(f"patients and {n_ther} therapists are crossed: {n_multi} of "
+                     f"{len(per_patient)} patient(s) saw more than one therapist, so a crossed "
+                     f"therapist random intercept (1 | therapist_id) is included")
+    else:
+        notes.append(f"patients nested in {n_ther} therapists: a therapist random intercept is "
+                     f"included")
     return " + (1 | therapist_id)"
+
+
+def _patient_term(frame: pd.DataFrame, slope: str | None, notes: list[str], why: str) -> str:
+    """``(slope | patient_id)``, or ``(1 | patient_id)`` when the slope would give lme4's
+    check.nobs.vs.nRE (no more readings than random effects): never a model lme4 refuses."""
+    if slope is None:
+        return "(1 | patient_id)"
+    n_pat = frame["patient_id"].nunique()
+    if len(frame) <= 2 * n_pat:
+        notes.append(f"{why}: a random {slope} slope per patient would give {2 * n_pat} random "
+                     f"effects for {len(frame)} readings, which lme4 refuses (number of "
+                     f"observations <= number of random effects), so a random intercept "
+                     f"(1 | patient_id) was fitted instead")
+        return "(1 | patient_id)"
+    return f"({slope} | patient_id)"
 
 
 def _covariate_terms(frame: pd.DataFrame, covariates: Sequence[str]) -> list[str]:
@@ -202,7 +220,8 @@ def _sided_fits(frame: pd.DataFrame, build, notes: list[str]) -> dict[str, Any]:
 
 def prepost_formula(*, by: str | None = "technique", covariates: Sequence[str] = (),
                     therapist_term: str = "", side_factor: bool = False,
-                    time: str | None = "session_number") -> str:
+                    time: str | None = "session_number",
+                    patient_term: str = "(post | patient_id)") -> str:
     """The formula :func:`fit_prepost` fits (without looking at data)."""
     fixed = f"post * {by}" if by else "post"
     if time:
@@ -211,7 +230,7 @@ def prepost_formula(*, by: str | None = "technique", covariates: Sequence[str] =
         fixed += f" + {c}"
     if side_factor:
         fixed += " + side"
-    return f"value ~ {fixed} + (post | patient_id){therapist_term}"
+    return f"value ~ {fixed} + {patient_term}{therapist_term}"
 
 
 def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
@@ -223,7 +242,10 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     The formula is ``value ~ post * technique + session_number [+ covariates] [+ side] +
     (post | patient_id) [+ (1 | therapist_id)]``: a patient-specific level and a
     patient-specific immediate response, the immediate effect allowed to differ by ``by``. Then
-    ``fit.contrasts("post", by="technique")`` gives the post − pre change per technique.
+    ``fit.contrasts("post", by="technique")`` gives the post − pre change per technique. With one
+    treatment session per patient (a single pre/post pair each) the model is
+    ``value ~ post [* by] + (1 | patient_id)``, the paired t-test's model (lme4 refuses
+    ``(post | patient_id)`` there: as many random effects as readings), and a note says so.
 
     Parameters
     ----------
@@ -236,8 +258,9 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     covariates : sequence of str
         Further columns of the analysis frame added as main effects (age_years, home_program...).
     therapist : bool
-        Add a therapist random intercept when patients are nested in therapists and there are
-        at least ``MIN_THERAPISTS`` therapists; otherwise a note says why not.
+        Add a therapist random intercept ``(1 | therapist_id)`` when there are at least
+        ``MIN_THERAPISTS`` therapists: nested when each patient saw one therapist, crossed when
+        some saw several (the note counts them); otherwise a note says why not.
     side : {"auto", "factor", "separate", "left", "right"} or None
         Per-side measures (range of motion): "factor" adds side as a fixed factor, "separate"
         returns ``{"left": fit, "right": fit}``, "left"/"right" keeps one side, None pools the
@@ -291,10 +314,19 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     by = _check_by(frame, by, notes)
     ther = _therapist_term(frame, therapist, notes)
     frame, side_mode = _resolve_side(frame, side, measure, notes)
+    visits = frame.groupby("patient_id", observed=True)["session_id"].nunique()
+    single = bool((visits <= 1).all())
+    if single and time is not None:
+        notes.append(f"one treatment session per patient, so {time} is the same for every "
+                     f"reading and was left out")
+        time = None
 
     def build(sub: pd.DataFrame, extra_notes: list[str], side_factor: bool = False) -> Any:
+        why = ("one treatment session per patient (a single pre/post pair each: the paired "
+               "t-test's design)" if single else "too few readings per patient")
+        patient = _patient_term(sub, "post", extra_notes, why)
         formula = prepost_formula(by=by, covariates=covs, therapist_term=ther,
-                                  side_factor=side_factor, time=time)
+                                  side_factor=side_factor, time=time, patient_term=patient)
         return _fit(sub, formula, reml=reml, engine=engine, measure=measure, model="prepost",
                     notes=extra_notes, df_method=df_method)
 
@@ -379,9 +411,9 @@ def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None 
     fixed = f"{time} * {by}" if by else time
     for c in covs:
         fixed += f" + {c}"
-    rand = f"({time} | patient_id)" if random_slope else "(1 | patient_id)"
-
     def build(sub: pd.DataFrame, extra_notes: list[str], side_factor: bool = False) -> Any:
+        rand = _patient_term(sub, time if random_slope else None, extra_notes,
+                             "too few readings per patient")
         formula = f"value ~ {fixed}{' + side' if side_factor else ''} + {rand}{ther}"
         return _fit(sub, formula, reml=reml, engine=engine, measure=measure, model="course",
                     notes=extra_notes, df_method=df_method)

@@ -31,6 +31,7 @@ from mfr_outcomes.models.spec import (
 __all__ = [
     "Layout",
     "Stats",
+    "FastInternals",
     "FastEngine",
     "layout_of",
     "sufficient_statistics",
@@ -380,6 +381,14 @@ def _cross(R: np.ndarray, c: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # The profiled deviance
 # ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FastInternals:
+    """The fast engine's own state behind a result: sufficient statistics and their layout."""
+
+    stats: Stats
+    layout: Layout
+
+
 @dataclass
 class _Eval:
     theta: np.ndarray
@@ -939,6 +948,7 @@ class FastEngine:
     """
 
     name = "fast"
+    priority = 30  # exact where it applies, and the fastest
 
     def supports(self, spec: ModelSpec) -> tuple[bool, str]:
         lay, why = layout_of(spec)
@@ -1053,9 +1063,9 @@ class FastEngine:
                                       "finite-difference gradient") + ")",
             n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
             devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar,
-            extra={"singular": singular, "pwrss": ev.pwrss, "stats": stats, "layout": lay,
-                   "n_classes": None if classes is None else int(classes.count.size),
-                   "optimizer_message": str(res.message), "n_iterations": int(res.nit)})
+            pwrss=float(ev.pwrss), internals=FastInternals(stats, lay),
+            n_classes=None if classes is None else int(classes.count.size),
+            optimizer_message=str(res.message), n_iterations=int(res.nit))
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:

@@ -300,6 +300,7 @@ class PLSEngine:
     """lme4's penalised least squares on dense matrices: any random structure, q ≤ ``MAX_Q``."""
 
     name = "pls"
+    priority = 20  # exact for any structure; dense, so it declines large models
 
     def supports(self, spec: ModelSpec) -> tuple[bool, str]:
         q = sum(b.q * b.n_levels for b in spec.blocks)

@@ -4,9 +4,19 @@ Variance components follow Nakagawa, Johnson & Schielzeth (2017, J R Soc Interfa
 and Johnson (2014, Methods Ecol Evol 5:944-946) for random slopes:
 
 - fixed-effect variance σ²_f = var(Xβ̂) (sample variance, n − 1);
-- random-effect variance σ²_r = Σ_blocks mean_i (z_iᵀ Σ_b z_i), i.e. the mean of diag(Z Σ Zᵀ)
-  over the rows used, which is the intercept variance when a block has only an intercept;
+- random-effect variance σ²_r = Σ_blocks mean_i (z_iᵀ Σ_b z_i), the mean of diag(Z Σ Zᵀ) over the
+  rows used, which is the intercept variance when a block has only an intercept;
 - residual variance σ²_e = σ̂².
+
+Two definitions of σ²_r (``definition=``):
+
+- ``"performance"`` (default; what users compare against): as ``insight::get_variance`` 0.19 /
+  performance 0.10.x compute it. Only the first random term of each grouping factor counts (lme4
+  names the later ones ``g.1``, ``g.2``: the slope term of ``(x || g)``), and within a term only
+  the columns that are also columns of the fixed-effects design X (for ``(0 + f | g)`` the
+  dummies of the non-reference levels of f): the variance of the other random slopes is left out.
+- ``"nakagawa2017"``: the full random-slope variance of Nakagawa et al. (2017), every block and
+  every column of Z.
 
 ICC adjusted = σ²_r / (σ²_r + σ²_e); unadjusted = σ²_r / (σ²_f + σ²_r + σ²_e).
 R² marginal = σ²_f / (σ²_f + σ²_r + σ²_e); conditional = (σ²_f + σ²_r) / (σ²_f + σ²_r + σ²_e).
@@ -23,10 +33,17 @@ import pandas as pd
 from mfr_outcomes.models.spec import block_lambda, theta_lower_bounds
 from mfr_outcomes.warnings_ import ModelWarning
 
-__all__ = ["VarianceParts", "ICCResult", "R2Result", "variance_parts", "icc", "r2_nakagawa"]
+__all__ = ["VarianceParts", "ICCResult", "R2Result", "variance_parts", "icc", "r2_nakagawa",
+           "DEFINITIONS"]
 
 #: performance's default tolerance for a singular fit (lme4::isSingular(tol = 1e-5))
 SINGULAR_TOL = 1e-5
+#: The definitions of the random-effect variance σ²_r (see the module docstring).
+DEFINITIONS = {
+    "performance": ("performance 0.10.x / insight (random slopes of '||' terms and slope columns "
+                    "not in the fixed design left out)"),
+    "nakagawa2017": "Nakagawa et al. (2017) with the full random-slope variance",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,8 @@ class VarianceParts:
         group -> random-intercept variance of each block that has an intercept.
     singular : bool
     notes : list of str
+    definition : str
+        Which σ²_r: "performance" or "nakagawa2017" (see ``DEFINITIONS``).
     """
 
     var_fixed: float
@@ -49,6 +68,7 @@ class VarianceParts:
     var_intercept: dict[str, float] = field(default_factory=dict)
     singular: bool = False
     notes: list[str] = field(default_factory=list)
+    definition: str = "performance"
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,11 @@ class ICCResult:
     unadjusted: float
     parts: VarianceParts
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def definition(self) -> str:
+        """Which σ²_r the ICC uses ("performance" or "nakagawa2017")."""
+        return self.parts.definition
 
     def to_frame(self) -> pd.DataFrame:
         """One row: icc_adjusted, icc_unadjusted, var_fixed, var_random, var_residual."""
@@ -100,6 +125,11 @@ class R2Result:
     conditional: float
     parts: VarianceParts
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def definition(self) -> str:
+        """Which σ²_r the R² uses ("performance" or "nakagawa2017")."""
+        return self.parts.definition
 
     def to_frame(self) -> pd.DataFrame:
         """One row: r2_marginal, r2_conditional, var_fixed, var_random, var_residual."""
@@ -140,37 +170,74 @@ def _caution(notes: list[str], text: str, warn: bool) -> None:
         warnings.warn(text, ModelWarning, stacklevel=4)
 
 
-def variance_parts(fit: Any, *, tolerance: float = SINGULAR_TOL, warn: bool = True
-                   ) -> VarianceParts:
+def _base(name: str) -> str:
+    """``f[T.b]`` / ``f[b]`` -> ``f``: the variable behind a factor column."""
+    return name.split("[", 1)[0] if name.endswith("]") else name
+
+
+def _level(name: str) -> str:
+    """``f[T.b]`` / ``f[b]`` -> ``f[b]``: one spelling for a factor level column."""
+    return name.replace("[T.", "[")
+
+
+def _block_variance(b: Any, S: np.ndarray, X: np.ndarray, fixed_names: list[str],
+                    definition: str) -> float:
+    """mean_i z_iᵀ S z_i over the rows, with z the columns the definition counts."""
+    if definition == "nakagawa2017":
+        Z, S_use = np.asarray(b.Z, dtype=float), S
+    else:  # insight: the random terms that are also columns of X, with X's values
+        pos = {_level(n): j for j, n in enumerate(fixed_names)}
+        keep = [i for i, t in enumerate(b.terms) if _level(t) in pos]
+        if not keep:
+            return 0.0
+        Z = X[:, [pos[_level(b.terms[i])] for i in keep]]
+        S_use = S[np.ix_(keep, keep)]
+    return float(np.einsum("ij,jk,ik->", Z, S_use, Z)) / Z.shape[0]
+
+
+def variance_parts(fit: Any, *, tolerance: float = SINGULAR_TOL, warn: bool = True,
+                   definition: str = "performance") -> VarianceParts:
     """σ²_f, σ²_r and σ²_e of a linear mixed model, as ``insight::get_variance``.
 
     Blocks with one level per observation (an observation-level random effect) are left out of
     σ²_r, as insight does. A singular fit (a variance parameter within *tolerance* of 0) gives
-    σ²_r = NaN with a caution, as performance does.
+    σ²_r = NaN with a caution, as performance does. *definition* chooses σ²_r: "performance"
+    (default) or "nakagawa2017" (the full random-slope variance); see the module docstring.
     """
+    if definition not in DEFINITIONS:
+        raise ValueError(f"definition must be one of {', '.join(DEFINITIONS)}; got "
+                         f"{definition!r}.")
     spec = fit.spec
     X = np.asarray(spec.X, dtype=float)
     beta = np.asarray(fit.coef, dtype=float)
     eta = X @ beta
     var_fixed = float(np.var(eta, ddof=1)) if eta.size > 1 else 0.0
     var_residual = float(fit.sigma) ** 2
-    notes: list[str] = []
+    notes: list[str] = [f"σ²_r by the {definition} definition: {DEFINITIONS[definition]}"]
     singular = _is_singular(fit, tolerance)
     covs = _covariances(fit)
     var_intercept: dict[str, float] = {}
     total = 0.0
     fixed_names = list(getattr(spec, "fixed_names", []))
-    missing_slopes = set()
+    fixed_vars = {_base(n) for n in fixed_names}
+    missing_slopes, seen_groups, left_out = set(), set(), []
     for b, S in zip(spec.blocks, covs):
         if b.terms and b.terms[0] == "(Intercept)":
             var_intercept.setdefault(b.group, float(S[0, 0]))
         for t in b.terms:
-            if t != "(Intercept)" and t not in fixed_names:
+            if t != "(Intercept)" and _base(t) not in fixed_vars:
                 missing_slopes.add(t)
         if b.n_levels == spec.n:
             continue
-        Z = np.asarray(b.Z, dtype=float)
-        total += float(np.einsum("ij,jk,ik->", Z, S, Z)) / spec.n
+        if definition == "performance" and b.group in seen_groups:
+            left_out.append(f"({' + '.join(b.terms)} | {b.group})")
+            continue
+        seen_groups.add(b.group)
+        total += _block_variance(b, S, X, fixed_names, definition)
+    if left_out:
+        notes.append(f"as performance does, the variance of the later term(s) "
+                     f"{', '.join(left_out)} of a grouping factor is left out of σ²_r; "
+                     f"definition='nakagawa2017' counts it")
     if missing_slopes:
         _caution(notes, f"random slope(s) {sorted(missing_slopes)} are not fixed effects too; "
                         f"this inflates the conditional R² and ICC", warn)
@@ -180,11 +247,12 @@ def variance_parts(fit: Any, *, tolerance: float = SINGULAR_TOL, warn: bool = Tr
                         "simplify the random-effects structure", warn)
         total = float("nan")
     return VarianceParts(var_fixed=var_fixed, var_random=total, var_residual=var_residual,
-                         var_intercept=var_intercept, singular=singular, notes=notes)
+                         var_intercept=var_intercept, singular=singular, notes=notes,
+                         definition=definition)
 
 
-def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL
-        ) -> ICCResult | pd.DataFrame:
+def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL,
+        definition: str = "performance") -> ICCResult | pd.DataFrame:
     """Intraclass correlation of a linear mixed model (``performance::icc``).
 
     Parameters
@@ -197,6 +265,9 @@ def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL
         slopes, since these ICCs then ignore them).
     tolerance : float
         Singularity tolerance; a singular fit gives NaN with a :class:`ModelWarning`.
+    definition : {"performance", "nakagawa2017"}
+        Which random-effect variance (see the module docstring); the result's ``definition``
+        and notes say which was used.
 
     Examples
     --------
@@ -206,7 +277,7 @@ def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL
     >>> 0 < res.adjusted < 1 and res.unadjusted <= res.adjusted
     True
     """
-    parts = variance_parts(fit, tolerance=tolerance)
+    parts = variance_parts(fit, tolerance=tolerance, definition=definition)
     notes = list(parts.notes)
     denom_adj = parts.var_random + parts.var_residual
     if by_group:
@@ -223,11 +294,14 @@ def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL
                      notes=notes)
 
 
-def r2_nakagawa(fit: Any, *, tolerance: float = SINGULAR_TOL) -> R2Result:
+def r2_nakagawa(fit: Any, *, tolerance: float = SINGULAR_TOL,
+                definition: str = "performance") -> R2Result:
     """Marginal and conditional R² of Nakagawa, Johnson & Schielzeth (2017).
 
     As ``performance::r2_nakagawa``: when random-effect variances are not available (singular
     fit) the marginal R² is σ²_f / (σ²_f + σ²_e) and the conditional R² is NaN.
+    ``definition="nakagawa2017"`` counts the full random-slope variance (see the module
+    docstring); the result's ``definition`` says which was used.
 
     Examples
     --------
@@ -237,7 +311,7 @@ def r2_nakagawa(fit: Any, *, tolerance: float = SINGULAR_TOL) -> R2Result:
     >>> 0 < r2.marginal < r2.conditional < 1
     True
     """
-    parts = variance_parts(fit, tolerance=tolerance)
+    parts = variance_parts(fit, tolerance=tolerance, definition=definition)
     notes = list(parts.notes)
     if not np.isfinite(parts.var_random):
         marginal = parts.var_fixed / (parts.var_fixed + parts.var_residual)

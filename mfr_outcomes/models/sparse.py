@@ -507,6 +507,7 @@ class SparseEngine:
     """
 
     name = "sparse"
+    priority = 25  # any structure at scale; below "fast" where that applies, above dense "pls"
 
     def supports(self, spec: ModelSpec) -> tuple[bool, str]:
         if not spec.blocks:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,8 @@ __all__ = [
     "RandomBlock",
     "ModelSpec",
     "EngineResult",
+    "Unavailable",
+    "Capability",
     "Engine",
     "ENGINES",
     "register_engine",
@@ -117,9 +119,26 @@ def block_lambda(theta_block: np.ndarray, q: int) -> np.ndarray:
     return lam
 
 
+#: What an engine result may be unable to supply (see ``EngineResult.unavailable``).
+Capability = Literal["conditional_modes", "deviance_function", "vcov_function"]
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Something an engine result cannot supply, and why (a sentence)."""
+
+    what: Capability
+    reason: str
+
+
 @dataclass
 class EngineResult:
-    """What an engine returns. Everything is on lme4's conventions."""
+    """What an engine returns. Everything is on lme4's conventions.
+
+    An engine that cannot supply conditional modes or the deviance/Var(β̂) closures says so in
+    ``unavailable`` (one :class:`Unavailable` per missing capability); the fit layer then refuses
+    or cautions instead of degrading silently.
+    """
 
     engine: str
     reml: bool
@@ -135,14 +154,32 @@ class EngineResult:
     blups: list[np.ndarray] = field(default_factory=list)  # per block: (n_levels, q) modes of b
     blup_condvar: list[np.ndarray] | None = None  # per block: (n_levels, q, q) conditional covariances
     # Deviance (REML or ML, as fitted) and Var(β̂) as functions of varpar = (θ..., σ), the inputs of
-    # lmerTest's Satterthwaite df. None: MixedFit uses the general dense implementation.
+    # lmerTest's Satterthwaite df, of profile intervals and of the convergence check. None: the
+    # engine cannot supply them (say why in ``unavailable``).
     devfun_varpar: Callable[[np.ndarray], float] | None = None
     vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
-    extra: dict = field(default_factory=dict)
+    unavailable: list[Unavailable] = field(default_factory=list)
+    n_iterations: int = 0  # optimiser iterations (0: not reported)
+    optimizer_message: str = ""  # the optimiser's own last message
+    pwrss: float | None = None  # penalised residual sum of squares at the optimum, when known
+    n_classes: int | None = None  # fast engine: patterns of equal sufficient statistics pooled
+    objective_source: str = ""  # how ``objective`` was obtained, when not the engine's own deviance
+    internals: object | None = None  # the engine's own state (opaque to the fit layer)
+
+    def cannot(self, what: Capability) -> str | None:
+        """The reason this result cannot supply *what*, or None when it can."""
+        for u in self.unavailable:
+            if u.what == what:
+                return u.reason
+        return None
 
 
 class Engine(Protocol):
+    """A fitting engine. ``priority``: higher is preferred by ``engine="auto"`` among the engines
+    whose ``supports`` accepts the model (engines without one rank by ``AUTO_ORDER``)."""
+
     name: str
+    priority: int
 
     def supports(self, spec: ModelSpec) -> tuple[bool, str]:
         """(True, "") when this engine fits *spec* exactly; else (False, the reason in a sentence)."""

@@ -10,7 +10,8 @@ exactly the lme4 model:
 
 θ is the Cholesky factor of cov_re / σ² (lme4's relative covariance factor); the REML criterion or
 deviance is evaluated on lme4's scale from that θ by the dense PLS code when the model is small
-enough, else from MixedLM's log-likelihood.
+enough, else from MixedLM's log-likelihood; then the result says that it has no deviance
+function (``EngineResult.unavailable``) and takes the conditional modes from MixedLM.
 """
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ import warnings
 
 import numpy as np
 
-from mfr_outcomes.models.spec import EngineResult, ModelSpec, RandomBlock, register_engine
+from mfr_outcomes.models.spec import (
+    EngineResult,
+    ModelSpec,
+    RandomBlock,
+    Unavailable,
+    register_engine,
+)
 
 __all__ = ["StatsmodelsEngine"]
 
@@ -63,6 +70,7 @@ class StatsmodelsEngine:
     """statsmodels' MixedLM for the structures it can express exactly."""
 
     name = "statsmodels"
+    priority = 10  # an option: slower, and expresses fewer structures
 
     def supports(self, spec: ModelSpec) -> tuple[bool, str]:
         kind, why, _ = _structure(spec)
@@ -138,7 +146,8 @@ class StatsmodelsEngine:
 
         blups: list[np.ndarray] = []
         condvar = None
-        ok_dense, _ = pls.PLSEngine().supports(spec)
+        unavailable: list[Unavailable] = []
+        ok_dense, why_dense = pls.PLSEngine().supports(spec)
         if ok_dense:
             m = pls.pls_model(spec)
             messages.append("objective, Var(β̂) and conditional modes evaluated on lme4's "
@@ -152,15 +161,45 @@ class StatsmodelsEngine:
             vcf = m.vcov_beta
         else:
             objective = -2.0 * float(res.llf)
-            messages.append("objective taken from MixedLM's log-likelihood")
             devf = vcf = None
+            reason = (f"lme4's deviance is evaluated by the dense code, and {why_dense}; MixedLM "
+                      f"exposes no deviance function of lme4's (θ, σ)")
+            unavailable += [Unavailable("deviance_function", reason),
+                            Unavailable("vcov_function", reason)]
+            if kind == "single":
+                blups, condvar = _mixedlm_modes(res, blocks)
+            else:
+                unavailable.append(Unavailable(
+                    "conditional_modes", f"MixedLM's variance-component modes are not mapped to "
+                                         f"lme4's blocks, and {why_dense}"))
         return EngineResult(
             engine=self.name, reml=reml, theta=theta, beta=beta, sigma=float(sigma),
             vcov_beta=vcov, objective=float(objective), converged=bool(res.converged),
             messages=messages, optimizer="statsmodels MixedLM (lbfgs/bfgs/nm)",
             n_evaluations=0, blups=blups, blup_condvar=condvar, devfun_varpar=devf,
-            vcov_varpar=vcf, extra={"statsmodels_llf": float(res.llf)},
+            vcov_varpar=vcf, unavailable=unavailable,
+            objective_source=("lme4's criterion at MixedLM's estimates" if ok_dense else
+                              "MixedLM's log-likelihood (-2 llf)"),
         )
+
+
+def _mixedlm_modes(res, blocks: list[RandomBlock]) -> tuple[list, list]:
+    """Conditional modes and covariances from MixedLM (groups coded 0..G-1), split by block."""
+    n_levels = blocks[0].n_levels
+    q_all = sum(b.q for b in blocks)
+    modes = np.zeros((n_levels, q_all))
+    covs = np.zeros((n_levels, q_all, q_all))
+    re, re_cov = res.random_effects, res.random_effects_cov
+    for g in range(n_levels):
+        if g in re:
+            modes[g] = np.asarray(re[g], dtype=float)[:q_all]
+            covs[g] = np.asarray(re_cov[g], dtype=float)[:q_all, :q_all]
+    blups, condvar, k = [], [], 0
+    for b in blocks:
+        blups.append(np.ascontiguousarray(modes[:, k:k + b.q]))
+        condvar.append(np.ascontiguousarray(covs[:, k:k + b.q, k:k + b.q]))
+        k += b.q
+    return blups, condvar
 
 
 def _objective_at(model, theta: np.ndarray, beta: np.ndarray, sigma: float, reml: bool) -> float:

@@ -74,6 +74,7 @@ if __name__ == "__main__":
     # model does not have a term for (the simulator's defaults before 2026-11-25).
     from mfr_outcomes.synthetic import generate
 
+    # (p_other_therapist=0: patients nested in therapists, as the simulator had it then)
     study, _ = generate(n_patients=120, seed=2026, session_sd=0.7, residual_sd=0.5,
-                        measures=["pain_nrs"])
+                        p_other_therapist=0.0, measures=["pain_nrs"])
     synthetic_snapshot(study).to_csv(out.with_name("marginal_singular.csv"), index=False)
