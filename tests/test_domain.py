@@ -55,7 +55,7 @@ def test_prepost_formula_and_metadata(prepost_fit, synthetic_study):
     n_multi = int((ses.groupby("patient_id")["therapist_id"].nunique() > 1).sum())
     assert n_multi > 0
     assert any("crossed" in n and f"{n_multi} of 120 patient(s)" in n for n in fit.notes)
-    assert fit.engine == "pls" and "fast: refused" in fit.diagnostics["engine_reason"]
+    assert fit.engine == "sparse" and "fast: refused" in fit.diagnostics["engine_reason"]
     # treatment visits only
     assert set(fit.spec.data["technique"].astype(str)) == {"direct_pressure", "stretching",
                                                            "massage", "combined"}

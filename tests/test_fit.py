@@ -329,15 +329,15 @@ def test_predict_with_factor_slope_and_boolean() -> None:
 def test_auto_takes_the_engine_of_highest_priority_and_says_why() -> None:
     from mfr_outcomes.models.fit import auto_order
 
-    assert auto_order()[:3] == ["fast", "pls", "statsmodels"]
+    assert auto_order()[:4] == ["fast", "sparse", "pls", "statsmodels"]
     d = sim(n_groups=20, per=6, seed=4)
     f = fit_mixed(d, "y ~ x + (1 | g)")
     assert f.engine == "fast" and "fast: chosen" in f.diagnostics["engine_reason"]
     d["h"] = (np.arange(len(d)) % 7).astype(str)  # crossed with g
     f = fit_mixed(d, "y ~ x + (1 | g) + (1 | h)")
-    assert f.engine == "pls"
+    assert f.engine == "sparse"
     assert "fast: refused" in f.diagnostics["engine_reason"]
-    assert "pls: chosen" in f.diagnostics["engine_reason"]
+    assert "sparse: chosen" in f.diagnostics["engine_reason"]
 
 
 def test_an_engine_that_cannot_supply_says_so(monkeypatch) -> None:
