@@ -382,3 +382,19 @@ def test_fitted_without_conditional_modes_is_a_sentence(monkeypatch) -> None:
     with pytest.raises(ValueError, match="conditional modes"):
         f.random_effects()
     np.testing.assert_allclose(f.fitted(include_random=False), f.spec.X @ f.result.beta)
+
+
+def test_auto_order_falls_back_to_auto_order_list_for_engines_without_priority(monkeypatch
+                                                                               ) -> None:
+    from mfr_outcomes.models import spec
+    from mfr_outcomes.models.fit import auto_order
+
+    class Plain:  # registered the older way: no priority attribute
+        name = "plain"
+
+    monkeypatch.setitem(spec.ENGINES, "plain", Plain())
+    monkeypatch.setattr(spec, "AUTO_ORDER", ["fast", "plain", "pls", "statsmodels"])
+    import mfr_outcomes.models.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "AUTO_ORDER", spec.AUTO_ORDER)
+    assert auto_order() == ["fast", "plain", "pls", "statsmodels"]

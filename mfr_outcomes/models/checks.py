@@ -207,14 +207,18 @@ def verify_optimum(spec: ModelSpec, result: EngineResult) -> OptimumCheck:
     H = (H + H.T) / 2
     # coordinates held at a bound by the gradient are not free (KKT), as lme4 leaves them out
     free = ~((lower == 0.0) & (x <= 1e-8) & (g >= -1e-8))
-    out = OptimumCheck(converged=True, hessian=H)
-    if not free.any() or not np.all(np.isfinite(g[free])) or not np.all(np.isfinite(H)):
-        if not np.all(np.isfinite(g[free])):
-            out.converged = False
-            out.messages.append("the gradient of the deviance cannot be evaluated")
+    finite_h = bool(np.all(np.isfinite(H)))
+    out = OptimumCheck(converged=True, hessian=H if finite_h else None)
+    if not free.any():
         return out
-    gf, Hf = g[free], H[np.ix_(free, free)]
+    if not np.all(np.isfinite(g[free])):
+        out.converged = False
+        out.messages.append("the gradient of the deviance cannot be evaluated")
+        return out
+    gf, Hf = g[free], (H[np.ix_(free, free)] if finite_h else np.eye(int(free.sum())))
     try:
+        if not finite_h:
+            raise np.linalg.LinAlgError("the Hessian cannot be evaluated")
         R = np.linalg.cholesky(Hf).T  # H = R'R, as R's chol()
         scgrad = np.linalg.solve(R, gf)
         step = -np.linalg.solve(Hf, gf)

@@ -33,17 +33,17 @@ class ModelFitError(ValueError):
     """The engine failed numerically on this model and data (the message says where)."""
 
 
-def _priority(name: str, eng: Engine) -> float:
-    """An engine's priority; engines registered without one rank by their place in AUTO_ORDER."""
-    p = getattr(eng, "priority", None)
-    if p is not None:
-        return float(p)
-    return float(-AUTO_ORDER.index(name)) if name in AUTO_ORDER else -1e9
-
-
 def auto_order() -> list[str]:
-    """Registered engines, best first: by ``priority`` (highest first), then by name."""
-    return sorted(ENGINES, key=lambda n: (-_priority(n, ENGINES[n]), n))
+    """Registered engines, best first: by ``priority`` (highest first, then by name). When some
+    registered engine has no priority, the order is ``AUTO_ORDER``'s (engines not listed there
+    come after it, by priority), so an engine registered the older way is never ranked last."""
+    prio = {n: getattr(e, "priority", None) for n, e in ENGINES.items()}
+    if all(p is not None for p in prio.values()):
+        return sorted(ENGINES, key=lambda n: (-float(prio[n]), n))
+    listed = [n for n in AUTO_ORDER if n in ENGINES]
+    rest = sorted((n for n in ENGINES if n not in listed),
+                  key=lambda n: (-float(prio[n] if prio[n] is not None else -1e9), n))
+    return listed + rest
 
 
 def choose_engine(spec: ModelSpec, engine: str) -> tuple[Engine, str]:
