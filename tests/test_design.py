@@ -166,7 +166,7 @@ def _beta(spec) -> np.ndarray:
 
 def test_lean_path_equals_formulaic_on_every_formula_of_the_suite(frames) -> None:
     formulas = list(dict.fromkeys(FORMULAS + _scan_formulas()))
-    compared = []
+    compared, refitted = [], []
     for formula in formulas:
         frame = _frame_for(formula, frames)
         if frame is None:
@@ -182,12 +182,19 @@ def test_lean_path_equals_formulaic_on_every_formula_of_the_suite(frames) -> Non
         for b, z in zip(spec.blocks, zs):
             np.testing.assert_allclose(b.Z, z, rtol=1e-12, atol=1e-12, err_msg=formula)
         keep = [names.index(c) for c in spec.fixed_names]
-        beta_lean = _beta(spec)
-        beta_ref = _beta(dataclasses.replace(spec, X=np.ascontiguousarray(X[:, keep])))
-        # X agrees to 1e-12; the optimiser then stops within its own tolerance
-        np.testing.assert_allclose(beta_lean, beta_ref, rtol=1e-6, atol=1e-6, err_msg=formula)
+        X_ref = np.ascontiguousarray(X[:, keep])
+        if not np.array_equal(spec.X, X_ref):
+            # bit-identical inputs give identical estimates (the engines are deterministic);
+            # where X differs in the last bits (poly, scale, I()), refit with formulaic's X.
+            beta_lean = _beta(spec)
+            beta_ref = _beta(dataclasses.replace(spec, X=X_ref))
+            # X agrees to 1e-12; the optimiser then stops within its own tolerance
+            np.testing.assert_allclose(beta_lean, beta_ref, rtol=1e-6, atol=1e-6,
+                                       err_msg=formula)
+            refitted.append(formula)
         compared.append(formula)
     assert len(compared) >= len(FORMULAS) - 3, sorted(set(FORMULAS) - set(compared))
+    assert refitted  # the transformations' columns do differ in the last bits
 
 
 def test_factor_is_c(frames) -> None:

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mfr_outcomes.models.design import dqrdc2_rank, lme4_kept_columns
-from mfr_outcomes.models.formula import build_spec, parse_formula
+from mfr_outcomes.models.formula import build_spec, dqrdc2_rank, lme4_kept_columns, parse_formula
 from mfr_outcomes.warnings_ import ModelWarning
 
 
@@ -139,12 +138,12 @@ def test_rank_rule_is_r_qr_dqrdc2(case: str) -> None:
 
 
 def test_rank_check_skips_the_qr_when_the_gram_matrix_is_well_conditioned(monkeypatch) -> None:
-    import mfr_outcomes.models.design as design_mod
+    import mfr_outcomes.models.formula as formula_mod
 
     def no_qr(*args, **kwargs):
         raise AssertionError("QR of the full X should not be needed")
 
-    monkeypatch.setattr(design_mod, "dqrdc2_rank", no_qr)
+    monkeypatch.setattr(formula_mod, "dqrdc2_rank", no_qr)
     rng = np.random.default_rng(3)
     X = np.column_stack([np.ones(1000), rng.normal(size=(1000, 3)) * [1.0, 1e7, 1e-5]])
     assert lme4_kept_columns(X).tolist() == [0, 1, 2, 3]

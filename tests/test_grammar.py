@@ -168,3 +168,28 @@ def test_random_terms_nested_in_parentheses_as_lme4_findbars() -> None:
 def test_malformed_formulas_are_sentences(formula: str, words: str) -> None:
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         parse_formula(formula)
+
+
+def test_the_path_from_formula_to_fit_calls_no_eval_and_no_formula_library(
+        frame: pd.DataFrame, monkeypatch) -> None:
+    """With eval/exec/compile and formulaic made unusable, formulas still build and fit."""
+    import builtins
+    import sys
+
+    from mfr_outcomes.models.formula import fixed_matrix
+
+    formula = "value ~ post * technique + log(x) + poly(x, 2) + (post | patient_id)"
+    fit_mixed(frame, formula)  # warm: every lazy import done before the ban
+
+    def banned(*args, **kwargs):
+        raise AssertionError("eval/exec/compile called on the formula path")
+
+    for name in ("eval", "exec", "compile"):
+        monkeypatch.setattr(builtins, name, banned)
+    monkeypatch.setitem(sys.modules, "formulaic", None)  # any import of it fails
+    spec = build_spec(frame, formula)
+    assert spec.design.builder == "lean"
+    np.testing.assert_array_equal(fixed_matrix(spec, frame), spec.X)
+    assert spec.p == 7
+    fit = fit_mixed(frame, formula)
+    np.testing.assert_allclose(fit.predict(frame.head(5)), fit.fitted()[:5], rtol=1e-10)

@@ -26,8 +26,8 @@ import pandas as pd
 
 from mfr_outcomes.models import grammar as g
 
-__all__ = ["Factor", "Column", "FixedTerm", "RandomLayout", "Design", "lme4_kept_columns", "dqrdc2_rank",
-           "poly_coefs", "poly_matrix", "INTERCEPT"]
+__all__ = ["Factor", "Column", "FixedTerm", "RandomLayout", "Design", "poly_coefs", "poly_matrix",
+           "INTERCEPT"]
 
 INTERCEPT = "(Intercept)"
 _MATH = {"log": np.log, "log10": np.log10, "log2": np.log2, "log1p": np.log1p, "exp": np.exp,
@@ -574,7 +574,7 @@ def _sql_part(f: Factor, j: int, quote) -> str:
     return _sql_numeric(node, quote)
 
 
-# ------------------------------------------------------------------------- poly and rank
+# ------------------------------------------------------------------------------------ poly
 def poly_coefs(x: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:
     """R's ``poly(x, degree)`` coefficients (``alpha``, ``norm2``) by the three-term recurrence.
 
@@ -606,79 +606,3 @@ def poly_matrix(x: np.ndarray, alpha: np.ndarray, norm2: np.ndarray) -> np.ndarr
     for i in range(1, degree):
         Z[:, i + 1] = (x - alpha[i]) * Z[:, i] - (norm2[i + 1] / norm2[i]) * Z[:, i - 1]
     return Z[:, 1:] / np.sqrt(norm2[2:])
-
-
-def dqrdc2_rank(X: np.ndarray, tol: float) -> tuple[int, np.ndarray]:
-    """R's LINPACK ``dqrdc2`` (``qr(X, tol)``): Householder QR that moves a column to the end only
-    when its remaining norm falls below tol × its original norm. Returns (rank, pivot)."""
-    x = np.array(X, dtype=float, order="F")
-    n, p = x.shape
-    qraux = np.sqrt((x * x).sum(axis=0))
-    work1 = qraux.copy()
-    work2 = np.where(qraux == 0.0, 1.0, qraux)
-    piv = np.arange(p)
-    k = p + 1  # 1-based, as the Fortran
-    for l0 in range(min(n, p)):
-        lnum = l0 + 1
-        while lnum < k and qraux[l0] < work2[l0] * tol:
-            order = list(range(l0)) + list(range(l0 + 1, p)) + [l0]
-            x, piv = x[:, order], piv[order]
-            qraux, work1, work2 = qraux[order], work1[order], work2[order]
-            k -= 1
-        if lnum == n:
-            break
-        col = x[l0:, l0]
-        nrmxl = float(np.sqrt(col @ col))
-        if nrmxl == 0.0:
-            continue
-        if col[0] != 0.0:
-            nrmxl = np.copysign(nrmxl, col[0])
-        col = col / nrmxl
-        col[0] += 1.0
-        x[l0:, l0] = col
-        if l0 + 1 < p:
-            rest = x[l0:, l0 + 1:]
-            t = -(col @ rest) / col[0]
-            rest += np.outer(col, t)
-            x[l0:, l0 + 1:] = rest
-            for j in range(l0 + 1, p):
-                if qraux[j] == 0.0:
-                    continue
-                tt = max(1.0 - (abs(x[l0, j]) / qraux[j]) ** 2, 0.0)
-                if abs(tt) < 1e-6:
-                    qraux[j] = float(np.sqrt(x[l0 + 1:, j] @ x[l0 + 1:, j]))
-                    work1[j] = qraux[j]
-                else:
-                    qraux[j] *= np.sqrt(tt)
-        qraux[l0] = x[l0, l0]
-        x[l0, l0] = -nrmxl
-    return min(k - 1, n), piv
-
-
-def lme4_kept_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
-    """Indices (ascending) of the fixed columns lme4 keeps (``chkRank.drop.cols``).
-
-    lme4 runs R's default ``qr(X, tol = 1e-7)`` (LINPACK ``dqrdc2``) and keeps the first *rank*
-    pivots. That pivoting only moves a column whose remaining norm is below tol × its original
-    norm, and the decision does not depend on column scale, so when the Gram matrix of the
-    norm-scaled columns has λ_min / λ_max ≥ δ (every remaining norm is then at least √δ of the
-    original, far above tol) every column is kept without the O(n p²) QR. δ = max(1e-9,
-    1e3 n eps) exceeds the rounding of the computed eigenvalues by orders of magnitude.
-    """
-    n, p = X.shape
-    if p == 0:
-        return np.arange(0)
-    if X.flags.f_contiguous and n > 1000:
-        from scipy.linalg.blas import dsyrk
-
-        upper = dsyrk(1.0, X, trans=1)  # XᵀX: half the work of a general product
-        G = np.triu(upper) + np.triu(upper, 1).T
-    else:
-        G = X.T @ X
-    d = np.sqrt(np.diag(G))
-    if np.isfinite(G).all() and (d > 0).all():
-        lam = np.linalg.eigvalsh(G / np.outer(d, d))
-        if lam[0] >= max(1e-9, 1e3 * n * np.finfo(float).eps) * lam[-1]:
-            return np.arange(p)
-    rank, piv = dqrdc2_rank(X, tol)
-    return np.sort(piv[:rank])
