@@ -22,6 +22,7 @@ MODULES = {
     "mfr_outcomes.report": 1,
     "mfr_outcomes.models.fit": 1,
     "mfr_outcomes.models.fast": 1,
+    "mfr_outcomes.models.sparse": 1,
     "mfr_outcomes.models.formula": 1,
     "mfr_outcomes.models.grammar": 2,
     "mfr_outcomes.models.domain": 1,

@@ -35,7 +35,7 @@ STRUCTURES = [
     ("crossed", "y ~ x + (1 | a) + (0 + x | a) + (1 | b)"),
     ("single", "y ~ x + (x | a)"),
 ]
-N_CASES = 56
+N_CASES = 50
 
 
 def _design(kind: str, rng: np.random.Generator) -> pd.DataFrame:
