@@ -19,6 +19,7 @@ from scipy import optimize, sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
+from mfr_outcomes.models import block_inference
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -27,6 +28,7 @@ from mfr_outcomes.models.spec import (
     theta_lower_bounds,
     theta_start,
 )
+from mfr_outcomes.models.threads import blas_threads
 
 __all__ = [
     "Layout",
@@ -966,7 +968,18 @@ class FastEngine:
                   start: np.ndarray | None = None, options: dict | None = None,
                   lower: np.ndarray | None = None, theta0: np.ndarray | None = None,
                   light: bool = False) -> EngineResult:
-        """Fit from sufficient statistics. ``light=True`` skips modes and conditional variances."""
+        """Fit from sufficient statistics. ``light=True`` skips modes and conditional variances.
+
+        BLAS runs on one thread for the fit (every block is small; see
+        :mod:`mfr_outcomes.models.threads`), restored after.
+        """
+        with blas_threads():
+            return self._fit_stats(stats, lay, reml=reml, start=start, options=options,
+                                   lower=lower, theta0=theta0, light=light)
+
+    def _fit_stats(self, stats: Stats, lay: Layout, *, reml: bool, start: np.ndarray | None,
+                   options: dict | None, lower: np.ndarray | None, theta0: np.ndarray | None,
+                   light: bool) -> EngineResult:
         opts = {"gtol": 1e-7, "ftol": 1e-13, "maxiter": 1000, "boundary_tol": 1e-4}
         opts.update(options or {})
         n, p = stats.n, stats.p
@@ -1046,13 +1059,24 @@ class FastEngine:
         def vcov_varpar(varpar: np.ndarray) -> np.ndarray:
             return vcov_beta_varpar(stats, lay, varpar, classes)
 
+        hess = jac = None
+        if block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
+            def hess(varpar: np.ndarray) -> np.ndarray:
+                with blas_threads():
+                    return block_inference.hessian_varpar(stats, lay, varpar, reml)
+
+            def jac(varpar: np.ndarray) -> np.ndarray:
+                with blas_threads():
+                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar)
+
         return EngineResult(
             engine=self.name, reml=reml, theta=theta, beta=ev.beta.copy(), sigma=sigma,
             vcov_beta=vcov, objective=float(f), converged=converged, messages=messages,
             optimizer="L-BFGS-B (" + ("analytic gradient" if analytic else
                                       "finite-difference gradient") + ")",
             n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
-            devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar,
+            devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar, hessian_varpar=hess,
+            jacobian_vcov_varpar=jac,
             extra={"singular": singular, "pwrss": ev.pwrss, "stats": stats, "layout": lay,
                    "n_classes": None if classes is None else int(classes.count.size),
                    "optimizer_message": str(res.message), "n_iterations": int(res.nit)})

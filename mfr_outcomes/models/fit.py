@@ -270,8 +270,10 @@ class MixedFit:
             from mfr_outcomes.models.pls import blas_limits
 
             with blas_limits(self.spec):
-                self._satt = inference.satterthwaite_data(devfun, vcovfun, varpar,
-                                                          self.result.vcov_beta)
+                self._satt = inference.satterthwaite_data(
+                    devfun, vcovfun, varpar, self.result.vcov_beta,
+                    hessian=getattr(self.result, "hessian_varpar", None),
+                    jacobian=getattr(self.result, "jacobian_vcov_varpar", None))
             for m in self._satt.messages:
                 self._warn(f"Satterthwaite df: {m}.", ModelWarning, True)
         return self._satt

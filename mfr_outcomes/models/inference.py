@@ -121,10 +121,18 @@ class SatterthwaiteData:
 
 def satterthwaite_data(devfun: Callable[[np.ndarray], float],
                        vcovfun: Callable[[np.ndarray], np.ndarray], varpar: np.ndarray,
-                       vcov: np.ndarray) -> SatterthwaiteData:
-    """Hessian of the deviance in varpar and the Jacobian of Var(β̂), as lmerTest's ``as_lmerModLT``."""
+                       vcov: np.ndarray, *,
+                       hessian: Callable[[np.ndarray], np.ndarray] | None = None,
+                       jacobian: Callable[[np.ndarray], np.ndarray] | None = None
+                       ) -> SatterthwaiteData:
+    """Hessian of the deviance in varpar and the Jacobian of Var(β̂), as lmerTest's ``as_lmerModLT``.
+
+    *hessian* and *jacobian*, when given (an engine's closed forms, ``EngineResult.hessian_varpar``
+    and ``jacobian_vcov_varpar``), replace the finite differences of *devfun* and *vcovfun*.
+    """
     messages: list[str] = []
-    H = richardson_hessian(devfun, varpar)
+    H = (richardson_hessian(devfun, varpar) if hessian is None
+         else np.asarray(hessian(varpar), dtype=float))
     H = (H + H.T) / 2
     # lmerTest (as_lmerModLT, tol = 1e-8): warn on negative or near-zero eigenvalues and invert H
     # on its positive eigen-space only.
@@ -139,7 +147,8 @@ def satterthwaite_data(devfun: Callable[[np.ndarray], float],
         messages.append(f"the model may not have converged: the Hessian of the deviance in "
                         f"(θ, σ) has {int(zero.sum())} eigenvalue(s) close to zero")
     A = 2.0 * (vec[:, pos] / ev[pos]) @ vec[:, pos].T
-    jac = richardson_jacobian(vcovfun, varpar)
+    jac = (richardson_jacobian(vcovfun, varpar) if jacobian is None
+           else list(np.asarray(jacobian(varpar), dtype=float)))
     return SatterthwaiteData(np.asarray(vcov), A, jac, messages)
 
 

@@ -134,6 +134,10 @@ class EngineResult:
     devfun_varpar: Callable[[np.ndarray], float] | None = None
     vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
     extra: dict = field(default_factory=dict)
+    # Closed forms at varpar = (θ..., σ): the Hessian of devfun_varpar (k, k) and the Jacobian of
+    # Var(β̂), (k, p, p). None: Satterthwaite uses finite differences of the two functions above.
+    hessian_varpar: Callable[[np.ndarray], np.ndarray] | None = None
+    jacobian_vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 class Engine(Protocol):
