@@ -8,12 +8,12 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from test_reference_lme4 import CASES, load_data
 
 from mfr_outcomes.models import block_inference, fit_mixed
 from mfr_outcomes.models.fast import FastEngine
 from mfr_outcomes.models.inference import richardson_hessian, richardson_jacobian
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
-from test_reference_lme4 import CASES, load_data
 
 ONE_FACTOR = ["sleepstudy_slope", "sleepstudy_intercept_ml", "sleepstudy_uncorrelated",
               "prepost", "unbalanced", "singular"]
