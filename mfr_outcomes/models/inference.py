@@ -31,6 +31,7 @@ __all__ = [
     "anova_type3",
     "KenwardRogerData",
     "kenward_roger_data",
+    "kenward_roger_dense",
 ]
 
 _ZERO_TOL = np.sqrt(np.finfo(float).eps / 7e-7)
@@ -612,6 +613,19 @@ class KenwardRogerData:
 
 
 def kenward_roger_data(fit: MixedFit) -> KenwardRogerData:
+    """Φ_A = Φ + 2Φ U Φ (pbkrtest's ``vcovAdj16_internal``): from per-group blocks when the fit
+    is the fast engine's on one grouping factor (any size), else on dense n×n matrices."""
+    from mfr_outcomes.models import block_inference
+
+    stats, lay = fit.result.extra.get("stats"), fit.result.extra.get("layout")
+    if stats is not None and block_inference.supports(lay):
+        from mfr_outcomes.models.kr_blocks import kenward_roger_blocks
+
+        return kenward_roger_blocks(stats, lay, fit.theta, fit.sigma)
+    return kenward_roger_dense(fit)
+
+
+def kenward_roger_dense(fit: MixedFit) -> KenwardRogerData:
     """Φ_A = Φ + 2Φ U Φ (pbkrtest's ``vcovAdj16_internal``) on dense n×n matrices."""
     spec = fit.spec
     n = spec.n
