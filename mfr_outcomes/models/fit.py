@@ -270,10 +270,12 @@ class MixedFit:
             from mfr_outcomes.models.pls import blas_limits
 
             with blas_limits(self.spec):
-                self._satt = inference.satterthwaite_data(
-                    devfun, vcovfun, varpar, self.result.vcov_beta,
-                    hessian=getattr(self.result, "hessian_varpar", None),
-                    jacobian=getattr(self.result, "jacobian_vcov_varpar", None))
+                # the engine's closed forms, when it has them, replace finite differences
+                closed = {k: f for k, f in (("hessian", self.result.hessian_varpar),
+                                            ("jacobian", self.result.jacobian_vcov_varpar))
+                          if f is not None}
+                self._satt = inference.satterthwaite_data(devfun, vcovfun, varpar,
+                                                          self.result.vcov_beta, **closed)
             for m in self._satt.messages:
                 self._warn(f"Satterthwaite df: {m}.", ModelWarning, True)
         return self._satt
