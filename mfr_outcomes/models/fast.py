@@ -12,6 +12,7 @@ triangular solves are unrolled over k and vectorised over groups.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -924,6 +925,8 @@ class FastEngine:
     the deviance), ``ftol`` (1e-13, relative change of the deviance), ``maxiter`` (1000),
     ``boundary_tol`` (1e-4: lme4's ``isSingular`` tolerance on diagonal θ), ``compress``
     (default True: pool groups with equal ZᵢᵀZᵢ when that makes evaluations cheaper),
+    ``blas_one_thread`` (default True: BLAS on one thread during the fit; False leaves BLAS's
+    own thread count, for measuring what the scope saves),
     ``analytic_gradient`` (default True; False: central differences, for checking).
 
     Examples
@@ -973,7 +976,8 @@ class FastEngine:
         BLAS runs on one thread for the fit (every block is small; see
         :mod:`mfr_outcomes.models.threads`), restored after.
         """
-        with blas_threads():
+        scope = blas_threads() if (options or {}).get("blas_one_thread", True) else nullcontext()
+        with scope:
             return self._fit_stats(stats, lay, reml=reml, start=start, options=options,
                                    lower=lower, theta0=theta0, light=light)
 
