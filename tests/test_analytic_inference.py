@@ -85,3 +85,20 @@ def test_nested_layout_keeps_finite_differences() -> None:
     assert not block_inference.supports(fit.result.extra["layout"])
     assert fit.result.hessian_varpar is None and fit.result.jacobian_vcov_varpar is None
     assert np.all(np.isfinite(fit.fixed_effects["df"]))
+
+
+def test_pooled_classes_give_the_per_group_sums() -> None:
+    """The engine's closures sum over classes of equal ZᵢᵀZᵢ when groups are pooled; the
+    per-group sums give the same Hessian and Jacobian."""
+    formula, reml = CASES["prepost"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_mixed(load_data("prepost"), formula, reml=reml, engine="fast")
+    assert fit.result.extra["n_classes"] is not None
+    st, lay = fit.result.extra["stats"], fit.result.extra["layout"]
+    varpar = np.append(fit.theta, fit.sigma) * 1.1
+    np.testing.assert_allclose(fit.result.hessian_varpar(varpar),
+                               block_inference.hessian_varpar(st, lay, varpar, reml), rtol=1e-10)
+    np.testing.assert_allclose(fit.result.jacobian_vcov_varpar(varpar),
+                               block_inference.jacobian_vcov_varpar(st, lay, varpar),
+                               rtol=1e-10, atol=1e-16)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupBlocks", "group_blocks", "hessian_varpar", "jacobian_vcov_varpar",
-           "supports"]
+__all__ = ["GroupBlocks", "ClassBlocks", "group_blocks", "class_blocks", "pair_terms",
+           "hessian_varpar", "jacobian_vcov_varpar", "supports"]
 
 
 @dataclass
@@ -52,6 +52,92 @@ class GroupBlocks:
     def bb(self, E: np.ndarray) -> np.ndarray:
         """Σ_g B_gᵀ E B_g."""
         return np.tensordot(E, self.BB, axes=([0, 1], [0, 1]))
+
+    def pair(self, Ei: np.ndarray, Ej: np.ndarray) -> tuple[float, np.ndarray]:
+        """Σ_g tr(M_g E_i M_g E_j) and Σ_g B_gᵀ E_i M_g E_j B_g."""
+        tr = float(np.einsum("gab,gba->", self.M @ Ei, self.M @ Ej))
+        Q = np.tensordot(np.matmul(Ei, self.B), self.M @ np.matmul(Ej, self.B),
+                         axes=([0, 1], [0, 1]))
+        return tr, Q
+
+    def s_pair(self, Ei: np.ndarray, Ej: np.ndarray) -> float:
+        """Σ_g s_gᵀ E_i M_g E_j s_g."""
+        return float(np.sum((self.s @ Ei.T) * np.einsum("gab,gb->ga", self.M, self.s @ Ej.T)))
+
+    def u(self, E: np.ndarray) -> np.ndarray:
+        """Σ_g B_gᵀ E s_g."""
+        return np.einsum("gap,ga->p", self.B, self.s @ E.T)
+
+
+@dataclass
+class ClassBlocks:
+    """The same sums from groups pooled by class of ZᵢᵀZᵢ (the fast engine's compression): M and
+    F = (I − ZᵀZ N)/σ² per class, B_g = F Zᵢᵀ X_g and s_g = F Zᵢᵀr_g, so every sum over groups
+    is a sum over classes against the pooled second moments Ω (O(classes), not O(groups))."""
+
+    count: np.ndarray  # (K,)
+    Mk: np.ndarray  # (K, q, q)
+    F: np.ndarray  # (K, q, q)
+    Oxx: np.ndarray  # (K, q, q, p, p): Σ_class ZX_g[a] ZX_g[b]ᵀ
+    Oxe: np.ndarray  # (K, q, q, p): Σ_class ZX_g[a] e_g[b], e = Zᵀ(y − Xβ̂)
+    E2: np.ndarray  # (K, q, q): Σ_class e_g e_gᵀ
+    Phi: np.ndarray
+    Phi_inv: np.ndarray
+    rKr: float
+    n: int
+    p: int
+    lam: np.ndarray
+    sigma: float
+    Ss: np.ndarray
+    Msum: np.ndarray
+
+    def _ftf(self, W: np.ndarray) -> np.ndarray:
+        return self.F.transpose(0, 2, 1) @ W @ self.F
+
+    def bb(self, E: np.ndarray) -> np.ndarray:
+        return np.einsum("kab,kabpr->pr", self._ftf(np.broadcast_to(E, self.F.shape)), self.Oxx)
+
+    def pair(self, Ei: np.ndarray, Ej: np.ndarray) -> tuple[float, np.ndarray]:
+        W = Ei @ self.Mk @ Ej
+        tr = float(self.count @ np.einsum("kab,kba->k", self.Mk @ Ei, self.Mk @ Ej))
+        return tr, np.einsum("kab,kabpr->pr", self._ftf(W), self.Oxx)
+
+    def s_pair(self, Ei: np.ndarray, Ej: np.ndarray) -> float:
+        return float(np.einsum("kab,kab->", self._ftf(Ei @ self.Mk @ Ej), self.E2))
+
+    def u(self, E: np.ndarray) -> np.ndarray:
+        return np.einsum("kab,kabp->p", self._ftf(np.broadcast_to(E, self.F.shape)), self.Oxe)
+
+
+def class_blocks(count: np.ndarray, Ck: np.ndarray, omega: np.ndarray, XtX: np.ndarray,
+                 Xty: np.ndarray, yty: float, n: int, lay, varpar: np.ndarray) -> ClassBlocks:
+    """:class:`ClassBlocks` at varpar from classes: counts (K,), ZᵢᵀZᵢ (K, q, q) and the pooled
+    Ω (K, q, q, p+1, p+1) of Zᵢᵀ[X, y] (``omega[k, a, b] = Σ_class ZXa_g[a] ZXa_g[b]ᵀ``)."""
+    varpar = np.asarray(varpar, dtype=float)
+    theta, sigma = varpar[:-1], float(varpar[-1])
+    s2 = sigma * sigma
+    q, p = lay.q_inner, XtX.shape[0]
+    lam, _ = lay.lambdas(theta)
+    A = lam.T @ Ck @ lam
+    A[:, range(q), range(q)] += 1.0
+    N = lam @ np.linalg.solve(A, np.broadcast_to(lam.T, A.shape))
+    Oxx, Oxy = omega[..., :p, :p], omega[..., :p, p]
+    XtKX = XtX - np.einsum("kab,kabpr->pr", N, Oxx)
+    XtKy = Xty - np.einsum("kab,kabp->p", N, Oxy)
+    beta = np.linalg.solve(XtKX, XtKy)
+    w = np.r_[-beta, 1.0]
+    E2 = np.einsum("kabij,i,j->kab", omega, w, w)
+    Oxe = np.einsum("kabpj,j->kabp", omega[..., :p, :], w)
+    rr = float(yty - 2.0 * beta @ Xty + beta @ XtX @ beta)
+    rKr = (rr - float(np.einsum("kab,kab->", N, E2))) / s2
+    CN = Ck @ N
+    Mk = (Ck - CN @ Ck) / s2
+    F = (np.eye(q) - CN) / s2
+    Phi_inv = XtKX / s2
+    return ClassBlocks(count=count, Mk=Mk, F=F, Oxx=Oxx, Oxe=Oxe, E2=E2, Phi=np.linalg.inv(Phi_inv),
+                       Phi_inv=Phi_inv, rKr=rKr, n=int(n), p=int(p), lam=lam, sigma=sigma,
+                       Ss=np.einsum("kaA,kAB,kbB->ab", F, E2, F), Msum=np.einsum("k,kab->ab",
+                                                                                  count, Mk))
 
 
 def supports(lay) -> bool:
@@ -135,47 +221,42 @@ class _Pair:
     Q: np.ndarray  # XᵀK V_i K V_j K X
 
 
-def _pair(gb: GroupBlocks, di, dj, MEj: np.ndarray, EBi: np.ndarray, MEBj: np.ndarray,
-          MEi: np.ndarray) -> _Pair:
-    (Ei, ci), (Ej, cj) = di, dj
-    tr_me_i, tr_me_j = float(np.sum(gb.Msum * Ei.T)), float(np.sum(gb.Msum * Ej.T))
-    trKK = (float(np.einsum("gab,gba->", MEi, MEj)) + cj * tr_me_i + ci * tr_me_j
-            + ci * cj * gb.n)
-    Q = np.tensordot(EBi, MEBj, axes=([0, 1], [0, 1]))
-    Q = Q + cj * gb.bb(Ei) + ci * gb.bb(Ej) + ci * cj * gb.Phi_inv
-    return _Pair(trKK, Q)
+def pair_terms(gb, derivs: list[tuple[np.ndarray, float]]):
+    """P_i = XᵀKV_iKX per derivative and, per pair i ≤ j, tr(KV_iKV_j) and XᵀKV_iKV_jKX.
 
-
-def pair_terms(gb: GroupBlocks, derivs: list[tuple[np.ndarray, float]]):
-    """P_i = XᵀKV_iKX per derivative and, per pair i ≤ j, tr(KV_iKV_j) and XᵀKV_iKV_jKX."""
-    EB = [np.matmul(E, gb.B) for E, _ in derivs]  # (G, q, p)
-    ME = [gb.M @ E for E, _ in derivs]  # (G, q, q)
-    MEB = [gb.M @ eb for eb in EB]
+    *gb* is a :class:`GroupBlocks` or a :class:`ClassBlocks`.
+    """
     P = [gb.bb(E) + c * gb.Phi_inv for E, c in derivs]
+    trME = [float(np.sum(gb.Msum * E.T)) for E, _ in derivs]
     pairs = {}
     k = len(derivs)
     for i in range(k):
+        (Ei, ci) = derivs[i]
         for j in range(i, k):
-            pairs[i, j] = _pair(gb, derivs[i], derivs[j], ME[j], EB[i], MEB[j], ME[i])
+            (Ej, cj) = derivs[j]
+            tr, Q = gb.pair(Ei, Ej)
+            trKK = tr + cj * trME[i] + ci * trME[j] + ci * cj * gb.n
+            Q = Q + cj * gb.bb(Ei) + ci * gb.bb(Ej) + ci * cj * gb.Phi_inv
+            pairs[i, j] = _Pair(trKK, Q)
     return P, pairs
 
 
-def hessian_varpar(stats, lay, varpar: np.ndarray, reml: bool = True) -> np.ndarray:
+def hessian_varpar(stats, lay, varpar: np.ndarray, reml: bool = True,
+                   blocks=None) -> np.ndarray:
     """Hessian of the REML (or ML) deviance in varpar = (θ..., σ), in closed form.
 
     The deviance is lmerTest's ``devfun_vp`` (profiled over β, not over σ); see the module
-    docstring for the formulas.
+    docstring for the formulas. *blocks*: a function varpar -> :class:`ClassBlocks` (pooled
+    groups) to use instead of the per-group sums of *stats*.
     """
-    gb = group_blocks(stats, lay, varpar)
+    gb = group_blocks(stats, lay, varpar) if blocks is None else blocks(varpar)
     d1 = _first(gb, lay)
     d2 = _second(gb, lay, d1)
     P, pairs = pair_terms(gb, d1)
     k = len(d1)
     Phi = gb.Phi
-    Es = [gb.s @ E.T for E, _ in d1]  # rows E_i s_g
-    MEs = [np.einsum("gab,gb->ga", gb.M, es) for es in Es]
     sEs = [float(np.sum(gb.Ss * E)) for E, _ in d1]  # Σ sᵀE_is
-    u = [np.einsum("gap,ga->p", gb.B, es) for es in Es]  # Σ BᵀE_is
+    u = [gb.u(E) for E, _ in d1]  # Σ BᵀE_is
     H = np.empty((k, k))
     for i in range(k):
         for j in range(i, k):
@@ -190,14 +271,14 @@ def hessian_varpar(stats, lay, varpar: np.ndarray, reml: bool = True) -> np.ndar
                 tr2 += (-2.0 * float(np.sum(Phi * pr.Q))
                         + float(np.sum((Phi @ P[i]) * (P[j] @ Phi))))
             # quadratic forms in Py = Kr
-            q2 = (float(np.sum(Es[i] * MEs[j])) + cj * sEs[i] + ci * sEs[j] + ci * cj * gb.rKr
+            q2 = (gb.s_pair(d1[i][0], d1[j][0]) + cj * sEs[i] + ci * sEs[j] + ci * cj * gb.rKr
                   - float(u[i] @ Phi @ u[j]))
             q1 = float(np.sum(gb.Ss * Eij)) + cij * gb.rKr
             H[i, j] = H[j, i] = tr1 - tr2 + 2.0 * q2 - q1
     return H
 
 
-def jacobian_vcov_varpar(stats, lay, varpar: np.ndarray) -> np.ndarray:
+def jacobian_vcov_varpar(stats, lay, varpar: np.ndarray, blocks=None) -> np.ndarray:
     """∂Var(β̂)/∂varpar_i = Φ XᵀK V_i K X Φ, stacked (k, p, p)."""
-    gb = group_blocks(stats, lay, varpar)
+    gb = group_blocks(stats, lay, varpar) if blocks is None else blocks(varpar)
     return np.stack([gb.Phi @ (gb.bb(E) + c * gb.Phi_inv) @ gb.Phi for E, c in _first(gb, lay)])

@@ -1065,13 +1065,15 @@ class FastEngine:
 
         hess = jac = None
         if block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
+            pooled = _class_blocks(classes, stats, lay)
+
             def hess(varpar: np.ndarray) -> np.ndarray:
                 with blas_threads():
-                    return block_inference.hessian_varpar(stats, lay, varpar, reml)
+                    return block_inference.hessian_varpar(stats, lay, varpar, reml, pooled)
 
             def jac(varpar: np.ndarray) -> np.ndarray:
                 with blas_threads():
-                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar)
+                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar, pooled)
 
         return EngineResult(
             engine=self.name, reml=reml, theta=theta, beta=ev.beta.copy(), sigma=sigma,
@@ -1084,6 +1086,20 @@ class FastEngine:
             extra={"singular": singular, "pwrss": ev.pwrss, "stats": stats, "layout": lay,
                    "n_classes": None if classes is None else int(classes.count.size),
                    "optimizer_message": str(res.message), "n_iterations": int(res.nit)})
+
+
+def _class_blocks(classes, stats: Stats, lay: Layout):
+    """varpar -> block_inference.ClassBlocks when groups are pooled by class, else None (the
+    closed forms then sum over groups)."""
+    if not isinstance(classes, _Classes):
+        return None
+    K, q, p = classes.count.size, lay.q_inner, stats.p
+    omega = classes.omega_flat.reshape(K, q, q, p + 1, p + 1)
+
+    def blocks(varpar: np.ndarray):
+        return block_inference.class_blocks(classes.count, classes.Ck, omega, stats.XtX,
+                                            stats.Xty, stats.yty, stats.n, lay, varpar)
+    return blocks
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:
