@@ -58,15 +58,11 @@ def blas_threads(dim: int = 0, *, threaded_dim: int = THREADED_DIM) -> Iterator[
     int or None
         1 when BLAS runs on one thread in the scope, None when left alone.
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mfr_outcomes.models.threads import blas_threads, current_limit
-    >>> with blas_threads():
-    ...     inner = current_limit()
-    ...     _ = np.ones((50, 50)) @ np.ones((50, 50))
-    >>> inner, current_limit()
-    (1, None)
+    Notes
+    -----
+    Use as ``with blas_threads(): ...``; inside, :func:`current_limit` is 1 and NumPy's matrix
+    products run on one thread; after the block BLAS has its previous thread count again
+    (``tests/test_startup.py`` and the engines' tests exercise it).
     """
     if dim > threaded_dim or current_limit() == 1:
         # large blocks keep BLAS's threads; an enclosing one-thread scope already holds
