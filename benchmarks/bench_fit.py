@@ -1,13 +1,17 @@
-"""Speed and scale of the "fast" engine against statsmodels MixedLM and lme4 (R).
+"""End-to-end speed against the Python peers (glmm, mixedlm) and lme4/lmerTest, in one run.
 
-Fits ``value ~ post * technique + session_number + (post | patient_id)`` (REML) to simulated clinic
-data of several sizes (6 treatment visits a patient, a pain reading before and after each) with the
-three engines in one run, and writes a markdown and a CSV table: rows, seconds (best of --reps, fit
-only, no file I/O), ratios, the largest difference in the fixed effects, peak memory. Then times the
-fast engine alone up to millions of rows.
+``value ~ post * technique + session_number + (post | patient_id)`` by REML on simulated clinic
+data (6 treatment visits a patient, pain before and after each), from a pandas frame to the table
+of fixed effects, best of --reps: mfr_outcomes fit only (df = residual) and with Satterthwaite
+df; glmm (Rust) without and with its Satterthwaite df; mixedlm (Rust) lmer and lmer +
+``satterthwaite_df``; lme4 and lmerTest (Rscript subprocess, timed inside R). Then
+Kenward-Roger against pbkrtest, the busy-core row (a CPU-burning process on one core during the
+fit: NumPy's default BLAS threads against our one-thread scope), and the power benchmark
+(benchmarks/bench_power.py). The machine may be shared: every comparator runs in the same run,
+and the tables report ratios.
 
     python benchmarks/bench_fit.py --out benchmarks/results
-    python benchmarks/bench_fit.py --sizes 200 2000 --skip-statsmodels-above 2000 --no-scaling
+    python benchmarks/bench_fit.py --sizes 200 2000 --no-power
 """
 from __future__ import annotations
 
@@ -26,20 +30,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results", help="folder for the tables")
     p.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 10_000, 100_000],
                    help="numbers of patients")
-    p.add_argument("--skip-statsmodels-above", type=int, default=10_000, metavar="N",
-                   help="do not run statsmodels above N patients (it takes minutes at 100k)")
+    p.add_argument("--skip-mixedlm-above", type=int, default=10_000, metavar="N",
+                   help="do not run mixedlm above N patients (minutes at 100k)")
     p.add_argument("--skip-lme4-above", type=int, default=10**9, metavar="N")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions (best is reported)")
-    p.add_argument("--scaling", type=int, nargs="*",
-                   default=[12_500, 25_000, 50_000, 100_000, 200_000],
+    p.add_argument("--kr-patients", type=int, nargs="*", default=[200, 2000],
+                   help="patients for Kenward-Roger against pbkrtest (empty: skip)")
+    p.add_argument("--kr-timeout", type=int, default=900,
+                   help="seconds allowed to pbkrtest (its n x n matrices) per size")
+    p.add_argument("--busy-patients", type=int, default=2000,
+                   help="patients for the busy-core row (0: skip)")
+    p.add_argument("--scaling", type=int, nargs="*", default=[],
                    help="patients for the fast-engine-alone scaling table (empty: skip)")
     p.add_argument("--no-scaling", action="store_true")
-    p.add_argument("--nested", type=int, nargs="*", default=[200, 2_000, 10_000, 100_000],
+    p.add_argument("--nested", type=int, nargs="*", default=[],
                    help="patients for the nested (patients within therapists) table vs lme4 "
                         "(empty: skip)")
+    p.add_argument("--no-power", action="store_true", help="skip benchmarks/bench_power.py")
     p.add_argument("--seed", type=int, default=2026)
-    p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads (default 1: R's reference BLAS is single-threaded too)")
     return p.parse_args(argv)
 
 
@@ -110,7 +118,8 @@ def _r_name(name: str) -> str:
     return name.replace("[T.", "").replace("]", "")
 
 
-def run_lme4(d, reps: int, workdir: str, formula: str = FORMULA) -> dict | None:
+def run_lme4(d, reps: int, workdir: str, formula: str = FORMULA, lmertest: bool = False,
+             kr: bool = False, timeout: int | None = None) -> dict | None:
     import json
     import shutil
     import subprocess
@@ -121,8 +130,12 @@ def run_lme4(d, reps: int, workdir: str, formula: str = FORMULA) -> dict | None:
     out = os.path.join(workdir, "lme4.json")
     d.to_csv(csv, index=False)
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fit_lme4.R")
-    proc = subprocess.run(["Rscript", script, csv, out, formula, "TRUE", ",".join(LEVELS),
-                           str(reps)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["Rscript", script, csv, out, formula, "TRUE", ",".join(LEVELS),
+                               str(reps), str(lmertest).upper(), str(kr).upper()],
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"note": f"R did not finish in {timeout} s"}
     if proc.returncode != 0:
         return {"note": "lme4 failed: " + proc.stderr.strip().splitlines()[-1]
                 if proc.stderr.strip() else "lme4 failed"}
@@ -130,19 +143,53 @@ def run_lme4(d, reps: int, workdir: str, formula: str = FORMULA) -> dict | None:
         return json.load(fh)
 
 
-def run_statsmodels(d, reps: int):
+def run_ours(d, reps: int):
     import warnings
 
-    import statsmodels.formula.api as smf
+    from mfr_outcomes.models import fit_mixed
 
-    def fit():
+    def fit(df_method: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = smf.mixedlm(SM_FIXED, d, groups="patient_id", re_formula="~post")
-            return model.fit(reml=True)
+            return fit_mixed(d, FORMULA, df_method=df_method).fixed_effects
 
-    secs, res = _best(fit, reps)
-    return secs, res
+    only, _ = _best(lambda: fit("residual"), reps)
+    with_df, fe = _best(lambda: fit("satterthwaite"), reps)
+    return only, with_df, fe
+
+
+def run_glmm(d, reps: int):
+    import warnings
+
+    import glmm
+
+    def fit(satt: bool):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            f = glmm.fit(d, FORMULA, reml=True, satterthwaite=satt)
+            return f.beta, f.se, f.coef_df
+
+    only, _ = _best(lambda: fit(False), reps)
+    with_df, out = _best(lambda: fit(True), reps)
+    return only, with_df, out
+
+
+def run_mixedlm(d, reps: int):
+    import warnings
+
+    import mixedlm
+    from mixedlm.inference.ddf import satterthwaite_df
+
+    def fit(satt: bool):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = mixedlm.lmer(FORMULA, d, REML=True)
+            return m, (satterthwaite_df(m).df if satt else None)
+
+    fit(False)  # first call: imports and compiled-kernel warm-up, not timed
+    only, _ = _best(lambda: fit(False), reps)
+    with_df, out = _best(lambda: fit(True), reps)
+    return only, with_df, out
 
 
 def bench(args) -> None:
@@ -151,73 +198,163 @@ def bench(args) -> None:
     import numpy as np
     import pandas as pd
 
-    from mfr_outcomes.models.fast import FastEngine
-    from mfr_outcomes.models.formula import build_spec
-
-    engine = FastEngine()
     rows = []
     os.makedirs(args.out, exist_ok=True)
     for n_pat in args.sizes:
         d = make_data(n_pat, args.seed)
-        spec = build_spec(d, FORMULA)
-        fast_s, res = _best(lambda spec=spec: engine.fit(spec, reml=True), args.reps)
-        total_s, _ = _best(lambda d=d: engine.fit(build_spec(d, FORMULA), reml=True), args.reps)
-        mem = _peak_mb(lambda spec=spec: engine.fit(spec, reml=True))
-        beta = pd.Series(res.beta, index=spec.fixed_names)
-        row = {"patients": n_pat, "rows": spec.n, "fast_s": fast_s, "fast_with_formula_s": total_s,
-               "fast_peak_mb": mem, "fast_evaluations": res.n_evaluations,
-               "fast_classes": res.n_classes}
-        print(f"{n_pat:>7} patients, {spec.n:>9} rows: fast {fast_s:.3f} s "
-              f"(with build_spec {total_s:.3f} s)", file=sys.stderr, flush=True)
-        # lme4
+        only, with_df, fe = run_ours(d, args.reps)
+        row = {"patients": n_pat, "rows": len(d), "mfr_fit_s": only, "mfr_fit_df_s": with_df}
+        beta = fe.set_index("term")["estimate"]
+        df_ours = fe.set_index("term")["df"]
+        g_only, g_df, (g_beta, _, g_dfs) = run_glmm(d, args.reps)
+        row.update(glmm_fit_s=g_only, glmm_fit_df_s=g_df,
+                   max_abs_diff_beta_glmm=float(np.max(np.abs(np.asarray(g_beta)
+                                                              - beta.to_numpy()))))
+        if n_pat <= args.skip_mixedlm_above:
+            m_only, m_df, _ = run_mixedlm(d, args.reps)
+            row.update(mixedlm_fit_s=m_only, mixedlm_fit_df_s=m_df)
+        else:
+            row.update(mixedlm_fit_s=np.nan, mixedlm_fit_df_s=np.nan)
         if n_pat <= args.skip_lme4_above:
             with tempfile.TemporaryDirectory() as tmp:
-                lm = run_lme4(d, args.reps, tmp)
+                lm = run_lme4(d, args.reps, tmp, lmertest=True)
         else:
-            lm = {"note": f"skipped (> {args.skip_lme4_above:,} patients)"}
+            lm = {"note": "skipped"}
         if lm and "seconds" in lm:
             rb = pd.Series(lm["beta"], index=lm["fixed_names"])
-            diff = max(abs(beta[k] - rb[_r_name(k)]) for k in beta.index)
-            row.update(lme4_s=lm["seconds"], lme4_over_fast=lm["seconds"] / fast_s,
-                       lme4_over_fast_with_formula=lm["seconds"] / total_s,
-                       max_abs_diff_beta_lme4=diff,
-                       diff_objective_lme4=res.objective - lm["objective"],
-                       lme4_peak_mb=lm["peak_mb"], lme4_note="")
-            print(f"    lme4 {lm['seconds']:.3f} s, max |Δβ| {diff:.2e}", file=sys.stderr)
+            row.update(lme4_s=lm["seconds"], lmertest_s=lm["lmertest_seconds"],
+                       max_abs_diff_beta_lme4=max(abs(beta[k] - rb[_r_name(k)])
+                                                  for k in beta.index),
+                       max_rel_diff_df_lmertest=float(np.max(np.abs(
+                           df_ours.to_numpy() / np.asarray(lm["df"]) - 1))))
         else:
-            row.update(lme4_s=np.nan, lme4_over_fast=np.nan, lme4_over_fast_with_formula=np.nan,
-                       max_abs_diff_beta_lme4=np.nan,
-                       diff_objective_lme4=np.nan, lme4_peak_mb=np.nan,
-                       lme4_note=(lm or {}).get("note", ""))
-        # statsmodels
-        if n_pat <= args.skip_statsmodels_above:
-            sm_s, sm = run_statsmodels(d, args.reps)
-            smb = sm.fe_params
-            diff = max(abs(beta[k] - smb["Intercept" if k == "(Intercept)" else k])
-                       for k in beta.index)
-            sm_mem = _peak_mb(lambda d=d: run_statsmodels(d, 1)) if n_pat <= 2000 else np.nan
-            row.update(statsmodels_s=sm_s, statsmodels_over_fast=sm_s / fast_s,
-                       max_abs_diff_beta_statsmodels=diff, statsmodels_peak_mb=sm_mem,
-                       statsmodels_converged=bool(sm.converged), statsmodels_note="")
-            print(f"    statsmodels {sm_s:.3f} s, max |Δβ| {diff:.2e}", file=sys.stderr)
-        else:
-            row.update(statsmodels_s=np.nan, statsmodels_over_fast=np.nan,
-                       max_abs_diff_beta_statsmodels=np.nan, statsmodels_peak_mb=np.nan,
-                       statsmodels_converged=None,
-                       statsmodels_note=f"skipped: > {args.skip_statsmodels_above:,} patients "
-                       "(--skip-statsmodels-above)")
+            row.update(lme4_s=np.nan, lmertest_s=np.nan, max_abs_diff_beta_lme4=np.nan,
+                       max_rel_diff_df_lmertest=np.nan, lme4_note=(lm or {}).get("note", ""))
+        peers = [row["glmm_fit_df_s"], row["mixedlm_fit_df_s"]]
+        row["fastest_peer_over_mfr"] = np.nanmin(peers) / with_df
+        row["lmertest_over_mfr"] = row["lmertest_s"] / with_df
         rows.append(row)
-        table = pd.DataFrame(rows)
-        table.to_csv(os.path.join(args.out, "bench_fit.csv"), index=False)
+        print(f"{n_pat:>7} patients: mfr {only:.3f}/{with_df:.3f} s, glmm {g_only:.3f}/{g_df:.3f}"
+              f" s, mixedlm {row['mixedlm_fit_s']:.3f}/{row['mixedlm_fit_df_s']:.3f} s, lme4 "
+              f"{row['lme4_s']:.2f}/{row['lmertest_s']:.2f} s", file=sys.stderr, flush=True)
+        pd.DataFrame(rows).to_csv(os.path.join(args.out, "bench_fit.csv"), index=False)
     table = pd.DataFrame(rows)
     md = fit_markdown(table)
     with open(os.path.join(args.out, "bench_fit.md"), "w") as fh:
         fh.write(md)
     print(md)
-    if args.nested:
-        nested(args, engine)
-    if args.scaling and not args.no_scaling:
-        scaling(args, engine)
+
+
+def kenward_roger(args) -> None:
+    """df_method="kenward-roger" (per-group blocks) against lmerTest + pbkrtest."""
+    import tempfile
+    import time
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from mfr_outcomes.models import fit_mixed
+
+    rows = []
+    for n_pat in args.kr_patients:
+        d = make_data(n_pat, args.seed)
+
+        def ours(d=d):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return fit_mixed(d, FORMULA, df_method="kenward-roger").fixed_effects
+
+        secs, fe = _best(ours, args.reps)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            lm = run_lme4(d, 1, tmp, kr=True, timeout=args.kr_timeout)
+            wall = time.perf_counter() - t0
+        row = {"patients": n_pat, "rows": len(d), "mfr_kr_s": secs}
+        if lm and "kr_seconds" in lm:
+            row.update(pbkrtest_s=lm["kr_seconds"], pbkrtest_over_mfr=lm["kr_seconds"] / secs,
+                       max_rel_diff_df=float(np.max(np.abs(fe["df"].to_numpy()
+                                                           / np.asarray(lm["kr_df"]) - 1))),
+                       max_rel_diff_se=float(np.max(np.abs(fe["std_error"].to_numpy()
+                                                           / np.asarray(lm["kr_se"]) - 1))),
+                       note="")
+        else:
+            row.update(pbkrtest_s=np.nan, pbkrtest_over_mfr=np.nan, max_rel_diff_df=np.nan,
+                       max_rel_diff_se=np.nan,
+                       note=(lm or {}).get("note", "") + f" (R ran {wall:.0f} s)")
+        rows.append(row)
+        print(f"KR {n_pat} patients: ours {secs:.3f} s, pbkrtest {row['pbkrtest_s']:.1f} s",
+              file=sys.stderr, flush=True)
+    t = pd.DataFrame(rows)
+    t.to_csv(os.path.join(args.out, "bench_kr.csv"), index=False)
+    md = ("| patients | rows | mfr_outcomes KR (s) | lmerTest + pbkrtest KR (s) | ratio "
+          "| max rel. diff. df | max rel. diff. SE | note |\n|---:|---:|---:|---:|---:|---:|---:|---|\n")
+    md += "\n".join(f"| {r['patients']:,} | {r['rows']:,} | {r['mfr_kr_s']:.3f} | "
+                     f"{_fmt(r['pbkrtest_s'], '.1f')} | {_fmt(r['pbkrtest_over_mfr'], '.0f', '×')} | "
+                     f"{_fmt(r['max_rel_diff_df'], '.1e')} | {_fmt(r['max_rel_diff_se'], '.1e')} "
+                     f"| {r['note']} |" for r in t.to_dict("records")) + "\n"
+    with open(os.path.join(args.out, "bench_kr.md"), "w") as fh:
+        fh.write(md)
+    print(md)
+
+
+_BUSY_CHILD = r"""
+import json, sys, time, warnings
+sys.path.insert(0, {bench_dir!r})
+from bench_fit import make_data, FORMULA
+from mfr_outcomes.models.fast import FastEngine
+from mfr_outcomes.models.formula import build_spec
+warnings.simplefilter("ignore")
+spec = build_spec(make_data({n}, {seed}), FORMULA)
+eng = FastEngine()
+out = {{}}
+for label, opts in (("numpy_default_threads", {{"blas_one_thread": False}}),
+                    ("scoped_one_thread", {{}})):
+    eng.fit(spec, options=opts)
+    ts = []
+    for _ in range({reps}):
+        t0 = time.perf_counter(); eng.fit(spec, options=opts); ts.append(time.perf_counter() - t0)
+    out[label] = min(ts)
+from threadpoolctl import threadpool_info
+out["blas_threads_default"] = max(i["num_threads"] for i in threadpool_info())
+print(json.dumps(out))
+"""
+
+
+def busy_core(args) -> None:
+    """The fit beside a busy core: a CPU-burning process during the timed fits."""
+    import json
+    import subprocess
+
+    if not args.busy_patients:
+        return
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    code = _BUSY_CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)),
+                              n=args.busy_patients, seed=args.seed, reps=max(args.reps, 5))
+    results = {}
+    for busy in (False, True):
+        burner = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                  if busy else None)
+        try:
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  env=env, timeout=1800)
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+        results[busy] = json.loads(proc.stdout.strip().splitlines()[-1])
+    md = ("| machine | fast-engine fit, NumPy's default BLAS threads (s) "
+          "| with the one-thread scope (s) | default / scoped |\n|---|---:|---:|---:|\n")
+    for busy, r in results.items():
+        md += (f"| {'one core busy (a CPU-burning process)' if busy else 'as is'} | "
+               f"{r['numpy_default_threads']:.4f} | {r['scoped_one_thread']:.4f} | "
+               f"{r['numpy_default_threads'] / r['scoped_one_thread']:.1f}× |\n")
+    md += (f"\n{args.busy_patients:,} patients; BLAS default threads in the child: "
+           f"{results[False]['blas_threads_default']}.\n")
+    with open(os.path.join(args.out, "bench_busy.md"), "w") as fh:
+        fh.write(md)
+    print(md)
 
 
 def nested(args, engine) -> None:
@@ -291,27 +428,23 @@ def _fmt(x, spec: str, suffix: str = "") -> str:
 
 
 def fit_markdown(t) -> str:
-    head = ("| patients | rows | fast (s) | fast incl. build_spec (s) | lme4 (s) | statsmodels (s) "
-            "| lme4 / fast | lme4 / fast incl. build_spec | statsmodels / fast "
-            "| max abs Δβ vs lme4 | Δ REML crit vs lme4 "
-            "| max abs Δβ vs statsmodels | peak MB fast / lme4 / statsmodels |\n"
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+    head = ("| patients | rows | mfr_outcomes fit (s) | mfr_outcomes fit + Satterthwaite (s) "
+            "| glmm fit / + df (s) | mixedlm fit / + df (s) | lme4 (s) | lme4 + lmerTest (s) "
+            "| fastest peer (with df) / mfr_outcomes | lmerTest / mfr_outcomes "
+            "| max abs Δβ vs lme4 | max rel. Δ df vs lmerTest |\n"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     lines = []
     for r in t.to_dict("records"):
-        sm = _fmt(r["statsmodels_s"], ".2f") if not r["statsmodels_note"] else "skipped"
         lines.append(
-            f"| {r['patients']:,} | {r['rows']:,} | {r['fast_s']:.3f} | "
-            f"{r['fast_with_formula_s']:.3f} | {_fmt(r['lme4_s'], '.2f')} | {sm} | "
-            f"{_fmt(r['lme4_over_fast'], '.1f', '×')} | "
-            f"{_fmt(r['lme4_over_fast_with_formula'], '.1f', '×')} | "
-            f"{_fmt(r['statsmodels_over_fast'], '.0f', '×')} | "
-            f"{_fmt(r['max_abs_diff_beta_lme4'], '.1e')} | {_fmt(r['diff_objective_lme4'], '.1e')} | "
-            f"{_fmt(r['max_abs_diff_beta_statsmodels'], '.1e')} | "
-            f"{_fmt(r['fast_peak_mb'], '.0f')} / {_fmt(r['lme4_peak_mb'], '.0f')} / "
-            f"{_fmt(r['statsmodels_peak_mb'], '.0f')} |")
-    notes = sorted({n for n in t["statsmodels_note"] if n} | {n for n in t["lme4_note"] if n})
-    foot = "".join(f"\n- {n}" for n in notes)
-    return head + "\n".join(lines) + "\n" + foot + "\n"
+            f"| {r['patients']:,} | {r['rows']:,} | {r['mfr_fit_s']:.3f} | "
+            f"{r['mfr_fit_df_s']:.3f} | {r['glmm_fit_s']:.3f} / {r['glmm_fit_df_s']:.3f} | "
+            f"{_fmt(r['mixedlm_fit_s'], '.3f')} / {_fmt(r['mixedlm_fit_df_s'], '.3f')} | "
+            f"{_fmt(r['lme4_s'], '.2f')} | {_fmt(r['lmertest_s'], '.2f')} | "
+            f"{_fmt(r['fastest_peer_over_mfr'], '.2f', '×')} | "
+            f"{_fmt(r['lmertest_over_mfr'], '.0f', '×')} | "
+            f"{_fmt(r['max_abs_diff_beta_lme4'], '.1e')} | "
+            f"{_fmt(r['max_rel_diff_df_lmertest'], '.1e')} |")
+    return head + "\n".join(lines) + "\n"
 
 
 def scaling(args, engine) -> None:
@@ -353,11 +486,29 @@ def scaling(args, engine) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # before NumPy is imported
     if args.no_scaling:
         args.scaling = []
+    from mfr_outcomes.models.fast import FastEngine
+    from mfr_outcomes.models.threads import blas_threads
+
+    # BLAS threads are left at NumPy's default: the package scopes them itself (the busy-core
+    # table shows what that changes); the peers and R run as they come
     bench(args)
+    if args.kr_patients:
+        kenward_roger(args)
+    busy_core(args)
+    engine = FastEngine()
+    if args.nested:
+        with blas_threads():
+            nested(args, engine)
+    if args.scaling:
+        scaling(args, engine)
+    if not args.no_power:
+        import subprocess
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        subprocess.run([sys.executable, os.path.join(here, "bench_power.py"), "--out", args.out],
+                       check=True)
     return 0
 
 

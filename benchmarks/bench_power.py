@@ -7,8 +7,11 @@ fitted model on that fixed design (what simr does) and refitted
   Satterthwaite df of ``post`` (as in ``mfr_outcomes.power``);
 - in R: ``refit(fit, newresp)`` in a loop (simr's inner loop), then ``lmerTest`` refits with
   Satterthwaite p-values (on --lmertest-n responses, per-study time reported).
-Finally the whole ``mfr_outcomes.power.simulate`` loop (a new clinic simulated for every study)
-is timed for 1,000 studies on one core.
+- batched: ``mfr_outcomes.power.simulate_from`` (simulate + fit + Satterthwaite df of every
+  study, studies side by side, models/batched.py), and the same batched fitter on the very
+  responses R refits (estimates compared).
+Finally the whole ``mfr_outcomes.power.simulate`` loop (a new clinic simulated for every study,
+fitted in batches of one design) is timed on one core. BLAS runs on one thread throughout.
 
     python benchmarks/bench_power.py --out benchmarks/results
 """
@@ -27,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lmertest-n", type=int, default=200,
                    help="refits timed with lmerTest's Satterthwaite test in R (per-study time)")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--simulate-studies", type=int, default=200,
+                   help="studies of the power.simulate loop (new clinics; per-study time)")
     p.add_argument("--skip-simulate", action="store_true",
                    help="do not time the whole power.simulate loop")
     return p.parse_args(argv)
@@ -87,14 +92,41 @@ def main(argv=None) -> int:
                                           np.r_[res.theta, res.sigma], row)
         return time.perf_counter() - t0, est, crit
 
+    import warnings
+
+    from mfr_outcomes.models import batched, fit_mixed
+    from mfr_outcomes.models.spec import theta_start
+
+    spec.y = y_observed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit0 = fit_mixed(data, formula)
+    t0 = time.perf_counter()
+    sf, _ = power.simulate_from(fit0, parameter="post", effect=-0.5, n_sims=args.studies,
+                                seed=args.seed, batch_size=args.studies, return_studies=True)
+    batched_s = time.perf_counter() - t0
+    # the batched fitter on the responses R refits
+    C, ZX, XtX, ind = batched.design_arrays(X, Z, codes, blk.n_levels)
+    bd = batched.BatchDesign(C=C[None], ZX=ZX[None], XtX=XtX[None], n=spec.n,
+                             theta_pos=[(0, 0), (1, 0), (1, 1)], q=2)
+    t0 = time.perf_counter()
+    bf = batched.fit_batch(bd, *batched.response_sums(X, ind, ys, 2), theta_start(spec))
+    batched_df = batched.satterthwaite_df(bf, row)
+    batched_fit_s = time.perf_counter() - t0
+    batched_est = bf.beta[:, j]
     fast_s, fast_est, fast_crit = refit_loop(False, False)
     warm_s, _, _ = refit_loop(False, True)
     fast_df_s, _, _ = refit_loop(True, False)
-    rows = [{"what": f"fast engine: {args.studies} refits (statistics + REML fit), start θ = 1",
+    rows = [{"what": f"batched: power.simulate_from, {args.studies} studies simulated + fitted + "
+                     "Satterthwaite df", "seconds": batched_s,
+             "ms_per_study": 1e3 * batched_s / args.studies},
+            {"what": f"batched: fit + Satterthwaite df of the {args.studies} responses R refits",
+             "seconds": batched_fit_s, "ms_per_study": 1e3 * batched_fit_s / args.studies},
+            {"what": f"fast engine: {args.studies} refits (statistics + REML fit), start θ = 1",
              "seconds": fast_s, "ms_per_study": 1e3 * fast_s / args.studies},
             {"what": f"fast engine: {args.studies} refits started at the fitted θ (as refit())",
              "seconds": warm_s, "ms_per_study": 1e3 * warm_s / args.studies},
-            {"what": f"fast engine: {args.studies} refits + Satterthwaite df",
+            {"what": f"fast engine: {args.studies} refits + Satterthwaite df (differences)",
              "seconds": fast_df_s, "ms_per_study": 1e3 * fast_df_s / args.studies}]
     note = ""
     if shutil.which("Rscript"):
@@ -109,6 +141,8 @@ def main(argv=None) -> int:
                 with open(opath) as fh:
                     r = json.load(fh)
                 diff = float(np.max(np.abs(np.asarray(r["estimates"]) - fast_est)))
+                diff_b = float(np.max(np.abs(np.asarray(r["estimates"]) - batched_est)))
+                diff_bf = float(np.max(np.abs(batched_est - fast_est)))
                 dcrit = fast_crit - np.asarray(r["reml_criterion"])
                 lower = int(np.sum(dcrit < -1e-6))
                 higher = int(np.sum(dcrit > 1e-6))
@@ -120,8 +154,11 @@ def main(argv=None) -> int:
                           "ms_per_study": 1e3 * r["lmertest_seconds"] / r["n_lmertest"]}]
                 # lme4 1.1-31's refit() reports REML criteria a few units off lmer()'s on the
                 # same response (its devfun disagrees at the same θ), so only estimates compare
-                note = (f"largest |difference| of the {r['n']} estimates of post, fast vs lme4 "
-                        f"refit(): {diff:.1e} (refit() stops at nloptwrap's default ftol)")
+                note = (f"largest |difference| of the {r['n']} estimates of post: fast vs lme4 "
+                        f"refit() {diff:.1e}, batched vs lme4 refit() {diff_b:.1e} (refit() "
+                        f"stops at nloptwrap's default ftol), batched vs fast engine "
+                        f"{diff_bf:.1e}; median Satterthwaite df (batched) "
+                        f"{np.median(batched_df):.2f}")
                 del lower, higher
             else:
                 note = "lme4 failed: " + proc.stderr.strip()[-300:]
@@ -130,20 +167,24 @@ def main(argv=None) -> int:
     if not args.skip_simulate:
         t0 = time.perf_counter()
         res = power.simulate(effect=-0.5, n_patients=[args.patients], sessions=6,
-                             n_sims=args.studies, seed=args.seed, n_jobs=1, progress=False)
+                             n_sims=args.simulate_studies, seed=args.seed, n_jobs=1,
+                             progress=False)
         sim_s = time.perf_counter() - t0
-        rows.append({"what": f"power.simulate: {args.studies} new clinics simulated + fitted + "
-                             "Satterthwaite (1 core)",
-                     "seconds": sim_s, "ms_per_study": 1e3 * sim_s / args.studies})
+        rows.append({"what": f"power.simulate: {args.simulate_studies} new clinics simulated "
+                             "(synthetic.generate_frames) + fitted in batches + Satterthwaite",
+                     "seconds": sim_s, "ms_per_study": 1e3 * sim_s / args.simulate_studies})
         note += f"; simulated power at effect -0.5: {res['power'].iloc[0]:.3f}"
+    note += f"; simulate_from power at effect -0.5: {sf['power'].iloc[0]:.3f}"
     t = pd.DataFrame(rows)
-    fast_ms = t["ms_per_study"].iloc[0]
-    t["per_study_vs_fast_refit"] = t["ms_per_study"] / fast_ms
+    lme4_ms = next((r["ms_per_study"] for r in rows if r["what"].startswith("lme4 refit()")),
+                   np.nan)
+    t["lme4_refit_over_this"] = lme4_ms / t["ms_per_study"]
     os.makedirs(args.out, exist_ok=True)
     t.to_csv(os.path.join(args.out, "bench_power.csv"), index=False)
-    md = ("| what | seconds | ms per study | × fast refit |\n|---|---:|---:|---:|\n"
+    md = ("| what | seconds | ms per study | lme4 refit() loop ÷ this (per study) |\n"
+          "|---|---:|---:|---:|\n"
           + "\n".join(f"| {r['what']} | {r['seconds']:.2f} | {r['ms_per_study']:.2f} | "
-                      f"{r['per_study_vs_fast_refit']:.1f} |" for r in t.to_dict("records"))
+                      f"{r['lme4_refit_over_this']:.1f}× |" for r in t.to_dict("records"))
           + f"\n\n{args.patients} patients, {spec.n} rows a study. {note}\n")
     with open(os.path.join(args.out, "bench_power.md"), "w") as fh:
         fh.write(md)

@@ -19,10 +19,12 @@ from itertools import product
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
-__all__ = ["simulate", "minimum_detectable_effect", "plot_power_curve", "wilson_interval",
-           "satterthwaite_df_1d", "TREATMENTS"]
+from mfr_outcomes.models.threads import blas_threads
+
+__all__ = ["simulate", "simulate_from", "minimum_detectable_effect", "plot_power_curve",
+           "wilson_interval", "satterthwaite_df_1d", "TREATMENTS", "BATCH_SIZE"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,15 @@ _FORMULAS = {
 #: a generator of one study: (n_patients, sessions, effect, rng) -> analysis frame or ModelSpec
 Generator = Callable[[int, int, float, np.random.Generator], object]
 
+#: studies fitted side by side (models/batched.py); 0 fits them one at a time with the engine
+BATCH_SIZE = 256
+
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (Monte Carlo error of a power estimate)."""
     if n <= 0:
         return (np.nan, np.nan)
-    z = sps.norm.ppf(0.5 + level / 2)
+    z = float(special.ndtri(0.5 + level / 2))
     phat = successes / n
     den = 1 + z * z / n
     centre = (phat + z * z / (2 * n)) / den
@@ -186,26 +191,35 @@ def _lean_spec(data: pd.DataFrame, formula: str):
                      X=X, fixed_names=names, blocks=[block], data=data)
 
 
-def _fit_one(cfg: _Config, data) -> tuple[float, float, float, bool]:
-    """(estimate, std_error, df, converged) of the tested coefficient; NaNs when it cannot."""
-    from mfr_outcomes.models.fast import FastEngine
+def _spec_of(cfg: _Config, data):
+    """The ModelSpec of one simulated study (lean NumPy path, build_spec, or given)."""
     from mfr_outcomes.models.formula import build_spec
-    from mfr_outcomes.models.spec import ModelSpec, theta_lower_bounds, theta_start
+    from mfr_outcomes.models.spec import ModelSpec
 
-    engine = FastEngine()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if isinstance(data, ModelSpec):
-            spec = data
-        elif cfg.lean:
-            spec = _lean_spec(data, cfg.formula)
-        else:
-            spec = build_spec(data, cfg.formula)
-        if cfg.parameter not in spec.fixed_names:
-            return (np.nan, np.nan, np.nan, False)
-        ok, _ = engine.supports(spec)
-        if not ok:
-            return (np.nan, np.nan, np.nan, False)
+            return data
+        if cfg.lean:
+            return _lean_spec(data, cfg.formula)
+        return build_spec(data, cfg.formula)
+
+
+def _fit_one(cfg: _Config, data) -> tuple[float, float, float, bool]:
+    """(estimate, std_error, df, converged) of the tested coefficient, one study by the fast
+    engine (L-BFGS-B) and finite-difference Satterthwaite df; NaNs when it cannot."""
+    from mfr_outcomes.models.fast import FastEngine
+    from mfr_outcomes.models.spec import theta_lower_bounds, theta_start
+
+    engine = FastEngine()
+    spec = _spec_of(cfg, data)
+    if cfg.parameter not in spec.fixed_names:
+        return (np.nan, np.nan, np.nan, False)
+    ok, _ = engine.supports(spec)
+    if not ok:
+        return (np.nan, np.nan, np.nan, False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         stats, lay = engine.prepare(spec)
         res = engine.fit_stats(stats, lay, reml=True, light=True,
                                lower=theta_lower_bounds(spec), theta0=theta_start(spec))
@@ -238,21 +252,105 @@ def _lean_matches(cfg: _Config, n_patients: int, sessions: int, seed: int) -> bo
     return bool(same)
 
 
-def _run_chunk(cfg: _Config, tasks: list[tuple[int, int, int, int, float, np.random.SeedSequence]]
-               ) -> list[tuple]:
-    out = []
-    for design_id, sim, n_pat, sessions, effect, ss in tasks:
-        rng = np.random.default_rng(ss)
+def _run_chunk(cfg: _Config, tasks: list[tuple[int, int, int, int, float,
+                                                np.random.SeedSequence]],
+               batch_size: int = BATCH_SIZE) -> list[tuple]:
+    """Simulate and fit *tasks*; studies of one design are fitted side by side, *batch_size* at
+    a time (0: one by one with the engine). BLAS runs on one thread here (workers of n_jobs
+    never multiply their processes by BLAS threads)."""
+    with blas_threads():
+        if batch_size <= 0:
+            return [_run_single(cfg, t) for t in tasks]
+        out: list[tuple] = []
+        by_design: dict[int, list] = {}
+        for t in tasks:
+            by_design.setdefault(t[0], []).append(t)
+        for group in by_design.values():
+            for i in range(0, len(group), batch_size):
+                out.extend(_run_batch(cfg, group[i:i + batch_size]))
+        return out
+
+
+def _run_single(cfg: _Config, task) -> tuple:
+    design_id, sim, n_pat, sessions, effect, ss = task
+    rng = np.random.default_rng(ss)
+    try:
+        data = (cfg.generator(n_pat, sessions, effect, rng) if cfg.generator is not None
+                else _synthetic_study(cfg, n_pat, sessions, effect, rng))
+        est, se, df, conv = _fit_one(cfg, data)
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
+        log.debug("simulated study %s/%s failed: %s", design_id, sim, exc)
+        est, se, df, conv = np.nan, np.nan, np.nan, False
+    return (design_id, sim, est, se, df, conv)
+
+
+def _run_batch(cfg: _Config, tasks: list) -> list[tuple]:
+    """Simulate each study with its own seed, then fit those of equal shape side by side."""
+    out: list[tuple] = []
+    groups: dict[tuple, list] = {}
+    for task in tasks:
+        design_id, sim, n_pat, sessions, effect, ss = task
         try:
-            if cfg.generator is not None:
-                data = cfg.generator(n_pat, sessions, effect, rng)
-            else:
-                data = _synthetic_study(cfg, n_pat, sessions, effect, rng)
-            est, se, df, conv = _fit_one(cfg, data)
+            rng = np.random.default_rng(ss)
+            data = (cfg.generator(n_pat, sessions, effect, rng) if cfg.generator is not None
+                    else _synthetic_study(cfg, n_pat, sessions, effect, rng))
+            spec = _spec_of(cfg, data)
+            one = _one_factor(spec)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
             log.debug("simulated study %s/%s failed: %s", design_id, sim, exc)
-            est, se, df, conv = np.nan, np.nan, np.nan, False
-        out.append((design_id, sim, est, se, df, conv))
+            out.append((design_id, sim, np.nan, np.nan, np.nan, False))
+            continue
+        if one is None or cfg.parameter not in spec.fixed_names:
+            out.append(_run_single(cfg, task) if one is None else
+                       (design_id, sim, np.nan, np.nan, np.nan, False))
+            continue
+        key = (tuple(spec.fixed_names), one[2], one[0].shape[1], tuple(one[3]))
+        groups.setdefault(key, []).append((task, spec, one))
+    for (names, *_), members in groups.items():
+        out.extend(_fit_members(cfg, list(names), members))
+    return out
+
+
+def _one_factor(spec):
+    """(Z, codes, n_groups, theta_pos) when the model has one grouping factor, else None."""
+    from mfr_outcomes.models.fast import layout_of
+
+    lay, _ = layout_of(spec)
+    if lay is None or lay.q_outer:
+        return None
+    Z = np.column_stack([np.asarray(b.Z, dtype=float) for b in spec.blocks])
+    return Z, lay.inner_codes, lay.n_inner, [(r, c) for (_, r, c) in lay.theta_pos]
+
+
+def _fit_members(cfg: _Config, names: list[str], members: list) -> list[tuple]:
+    """Fit studies of one shape side by side; a study the batch cannot fit goes to the engine."""
+    from mfr_outcomes.models import batched
+    from mfr_outcomes.models.spec import theta_start
+
+    parts = [batched.design_arrays(spec.X, one[0], one[1], one[2]) for _, spec, one in members]
+    q = members[0][2][0].shape[1]
+    sums = [batched.response_sums(spec.X, p[3], spec.y[:, None], q)
+            for (_, spec, _), p in zip(members, parts)]
+    d = batched.BatchDesign(C=np.stack([p[0] for p in parts]), ZX=np.stack([p[1] for p in parts]),
+                            XtX=np.stack([p[2] for p in parts]),
+                            n=np.array([spec.n for _, spec, _ in members]),
+                            theta_pos=members[0][2][3], q=q)
+    Zy = np.concatenate([s[0] for s in sums])
+    Xty = np.concatenate([s[1] for s in sums])
+    yty = np.concatenate([s[2] for s in sums])
+    with np.errstate(all="ignore"):
+        fit = batched.fit_batch(d, Zy, Xty, yty, theta_start(members[0][1]))
+        row = np.zeros(len(names))
+        j = names.index(cfg.parameter)
+        row[j] = 1.0
+        df = batched.satterthwaite_df(fit, row)
+    out = []
+    for s, (task, _spec, _) in enumerate(members):
+        est, se = float(fit.beta[s, j]), float(np.sqrt(fit.vcov[s, j, j]))
+        if not (fit.converged[s] and np.isfinite(est) and np.isfinite(se)):
+            out.append(_run_single(cfg, task))  # the engine, with its restarts and probes
+            continue
+        out.append((task[0], task[1], est, se, float(df[s]), True))
     return out
 
 
@@ -281,6 +379,7 @@ def simulate(effect: float | Sequence[float] = -0.5,
              formula: str | None = None,
              measure: str = "pain_nrs",
              generator: Generator | None = None,
+             batch_size: int = BATCH_SIZE,
              **truth) -> pd.DataFrame:
     """Power of a mixed-model test by simulating studies, for each design.
 
@@ -318,6 +417,9 @@ def simulate(effect: float | Sequence[float] = -0.5,
         simulator (its frame must hold the formula's columns). It may return a ready
         :class:`~mfr_outcomes.models.spec.ModelSpec` instead, which skips the formula step
         (``formula`` is then only a label).
+    batch_size : int
+        Studies of one design fitted side by side (see :mod:`mfr_outcomes.models.batched`);
+        0 fits them one by one with the fast engine. The answer does not depend on it.
     **truth
         Overrides of :class:`mfr_outcomes.synthetic.Truth` fields (e.g. ``patient_sd=1.0``).
 
@@ -377,32 +479,163 @@ def simulate(effect: float | Sequence[float] = -0.5,
         # fresh SeedSequence objects with the same entropy and spawn keys: identical streams
         for sim, ss in enumerate(_children(size_seeds[(n, s)], n_sims)):
             tasks.append((d_id, sim, n, s, e, ss))
-    results = _execute(cfg, tasks, n_jobs, progress)
+    results = _execute(cfg, tasks, n_jobs, progress, int(batch_size))
     rows = []
     for d_id, (e, n, s) in enumerate(designs):
         r = results[results[:, 0] == d_id]
-        est, se, df, conv = r[:, 2], r[:, 3], r[:, 4], r[:, 5]
-        ok = np.isfinite(est) & np.isfinite(se) & (se > 0) & ~np.isnan(df)
-        t = np.abs(est[ok] / se[ok])
-        p = 2 * sps.t.sf(t, np.where(np.isfinite(df[ok]), df[ok], 1e12))
-        k, m = int(np.sum(p < alpha)), int(ok.sum())
-        lo, hi = wilson_interval(k, m)
-        rows.append({"effect": e, "n_patients": n, "sessions": s, "parameter": parameter,
-                     "power": k / m if m else np.nan, "ci_low": lo, "ci_high": hi, "n_sims": m,
-                     "n_failed": int(len(r) - m), "n_not_converged": int(np.sum(conv[ok] == 0)),
-                     "mean_estimate": float(np.mean(est[ok])) if m else np.nan,
-                     "sd_estimate": float(np.std(est[ok], ddof=1)) if m > 1 else np.nan,
-                     "mean_std_error": float(np.mean(se[ok])) if m else np.nan,
-                     "median_df": float(np.median(df[ok])) if m else np.nan, "alpha": alpha})
+        rows.append({"effect": e, "n_patients": n, "sessions": s, "parameter": parameter}
+                    | _summary(r[:, 2], r[:, 3], r[:, 4], r[:, 5], alpha))
     out = pd.DataFrame(rows)
+    _warn_failures(out)
+    return out
+
+
+def _summary(est: np.ndarray, se: np.ndarray, df: np.ndarray, conv: np.ndarray,
+             alpha: float) -> dict:
+    """Power and its Wilson interval, and the spread of the estimates, of one design's studies."""
+    ok = np.isfinite(est) & np.isfinite(se) & (se > 0) & ~np.isnan(df)
+    t = np.abs(est[ok] / se[ok])
+    p = 2 * special.stdtr(np.where(np.isfinite(df[ok]), df[ok], 1e12), -t)
+    k, m = int(np.sum(p < alpha)), int(ok.sum())
+    lo, hi = wilson_interval(k, m)
+    return {"power": k / m if m else np.nan, "ci_low": lo, "ci_high": hi, "n_sims": m,
+            "n_failed": int(len(est) - m), "n_not_converged": int(np.sum(conv[ok] == 0)),
+            "mean_estimate": float(np.mean(est[ok])) if m else np.nan,
+            "sd_estimate": float(np.std(est[ok], ddof=1)) if m > 1 else np.nan,
+            "mean_std_error": float(np.mean(se[ok])) if m else np.nan,
+            "median_df": float(np.median(df[ok])) if m else np.nan, "alpha": alpha}
+
+
+def _warn_failures(out: pd.DataFrame) -> None:
     failed, unconverged = int(out["n_failed"].sum()), int(out["n_not_converged"].sum())
     if failed or unconverged:
         from mfr_outcomes.warnings_ import ModelWarning
 
         warnings.warn(f"power: {failed} simulated studies could not be fitted (left out of the "
                       f"power) and {unconverged} fits did not converge (counted); see the "
-                      f"n_failed and n_not_converged columns", ModelWarning, stacklevel=2)
-    return out
+                      f"n_failed and n_not_converged columns", ModelWarning, stacklevel=3)
+
+
+def simulate_from(fit, *, parameter: str, effect: float | Sequence[float],
+                  n_sims: int = 1000, seed: int = 2026, alpha: float = 0.05,
+                  batch_size: int = BATCH_SIZE, n_jobs: int = 1,
+                  return_studies: bool = False) -> pd.DataFrame:
+    """Power on the fitted design, simr's way: new responses from the fitted model.
+
+    Each simulated study keeps the rows, X and grouping of *fit* and draws new random effects
+    and residuals from its estimates (θ, σ), with the coefficient *parameter* set to *effect*
+    and the others at their estimates; it is refitted by REML (the fast engine's criterion,
+    studies side by side, see :mod:`mfr_outcomes.models.batched`) and the coefficient tested
+    with Satterthwaite df, as ``simr::powerSim`` with lmerTest does.
+
+    Parameters
+    ----------
+    fit : MixedFit
+        A fit with one grouping factor (any random terms on it).
+    parameter : str
+        The fixed-effect term tested (a name of ``fit.fixed_effects["term"]``).
+    effect : float or list of float
+        Its value in the simulation.
+    n_sims, seed : int
+        Studies per effect; study i draws from child i of ``SeedSequence(seed)`` (the same
+        studies at every effect, whatever *batch_size* and *n_jobs*).
+    alpha : float
+        Two-sided level.
+    batch_size : int
+        Studies fitted side by side (≥ 1).
+    n_jobs : int
+        joblib workers over the batches (each on one BLAS thread).
+    return_studies : bool
+        Also return the per-study table (effect, sim, estimate, std_error, df, converged).
+
+    Returns
+    -------
+    DataFrame
+        One row an effect: ``effect, parameter, power, ci_low, ci_high, n_sims, n_failed,
+        n_not_converged, mean_estimate, sd_estimate, mean_std_error, median_df, alpha``
+        (and the per-study table, when asked).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from mfr_outcomes.models import fit_mixed
+    >>> from mfr_outcomes.power import simulate_from
+    >>> rng = np.random.default_rng(1)
+    >>> g = np.repeat(np.arange(30), 4)
+    >>> d = pd.DataFrame({"g": g, "x": np.tile([0, 1], 60)})
+    >>> d["y"] = 0.5 * d["x"] + rng.normal(size=30)[g] + rng.normal(size=120)
+    >>> res = simulate_from(fit_mixed(d, "y ~ x + (1 | g)"), parameter="x", effect=0.0,
+    ...                     n_sims=50, seed=1)
+    >>> int(res["n_sims"].iloc[0])
+    50
+    """
+    spec = fit.spec
+    one = _one_factor(spec)
+    if one is None:
+        raise ValueError("simulate_from needs a model with one grouping factor; "
+                         f"{fit.formula!r} has more")
+    if parameter not in spec.fixed_names:
+        raise ValueError(f"parameter {parameter!r} is not a fixed effect of the model (terms: "
+                         f"{', '.join(spec.fixed_names)})")
+    if int(n_sims) < 1 or int(batch_size) < 1:
+        raise ValueError(f"n_sims and batch_size must be at least 1, got {n_sims}, {batch_size}")
+    effects = _as_list(effect, "effect")
+    children = _children(np.random.SeedSequence(seed), int(n_sims))
+    jobs = [(e, list(range(i, min(i + int(batch_size), int(n_sims)))))
+            for e in effects for i in range(0, int(n_sims), int(batch_size))]
+    args = (spec, one, np.asarray(fit.result.beta, dtype=float), np.asarray(fit.theta),
+            float(fit.sigma), spec.fixed_names.index(parameter))
+    if n_jobs == 1:
+        parts = [_refit_batch(*args, e, [children[i] for i in sims], sims) for e, sims in jobs]
+    else:
+        from joblib import Parallel, delayed
+
+        parts = Parallel(n_jobs=n_jobs)(delayed(_refit_batch)(*args, e,
+                                                              [children[i] for i in sims], sims)
+                                        for e, sims in jobs)
+    studies = pd.concat(parts, ignore_index=True)
+    rows = []
+    for e in effects:
+        r = studies[studies["effect"] == e]
+        rows.append({"effect": e, "parameter": parameter}
+                    | _summary(r["estimate"].to_numpy(), r["std_error"].to_numpy(),
+                               r["df"].to_numpy(), r["converged"].to_numpy(), alpha))
+    out = pd.DataFrame(rows)
+    _warn_failures(out)
+    return (out, studies) if return_studies else out
+
+
+def _refit_batch(spec, one, beta, theta, sigma, j, effect, seeds, sims) -> pd.DataFrame:
+    """Simulate responses for *seeds* on the design of *spec* and fit them side by side."""
+    from mfr_outcomes.models import batched
+
+    with blas_threads():
+        Z, codes, G, pos = one
+        q = Z.shape[1]
+        lam = np.zeros((q, q))
+        for k, (r, c) in enumerate(pos):
+            lam[r, c] = theta[k]
+        b = beta.copy()
+        b[j] = effect
+        mean = spec.X @ b
+        Y = np.empty((spec.n, len(seeds)))
+        for s, ss in enumerate(seeds):
+            rng = np.random.default_rng(ss)
+            u = rng.standard_normal((G, q)) @ lam.T  # random effects / σ
+            Y[:, s] = mean + sigma * (np.einsum("ij,ij->i", Z, u[codes])
+                                      + rng.standard_normal(spec.n))
+        C, ZX, XtX, ind = batched.design_arrays(spec.X, Z, codes, G)
+        d = batched.BatchDesign(C=C[None], ZX=ZX[None], XtX=XtX[None], n=spec.n,
+                                theta_pos=pos, q=q)
+        Zy, Xty, yty = batched.response_sums(spec.X, ind, Y, q)
+        with np.errstate(all="ignore"):
+            res = batched.fit_batch(d, Zy, Xty, yty, theta)
+            row = np.zeros(spec.p)
+            row[j] = 1.0
+            df = batched.satterthwaite_df(res, row)
+    return pd.DataFrame({"effect": effect, "sim": sims, "estimate": res.beta[:, j],
+                         "std_error": np.sqrt(res.vcov[:, j, j]), "df": df,
+                         "converged": res.converged})
 
 
 def _children(parent: np.random.SeedSequence, n: int) -> list[np.random.SeedSequence]:
@@ -411,7 +644,8 @@ def _children(parent: np.random.SeedSequence, n: int) -> list[np.random.SeedSequ
                                    pool_size=parent.pool_size) for i in range(n)]
 
 
-def _execute(cfg: _Config, tasks: list, n_jobs: int, progress: bool) -> np.ndarray:
+def _execute(cfg: _Config, tasks: list, n_jobs: int, progress: bool,
+             batch_size: int = BATCH_SIZE) -> np.ndarray:
     from joblib import Parallel, delayed, effective_n_jobs
     from tqdm.auto import tqdm
 
@@ -422,11 +656,11 @@ def _execute(cfg: _Config, tasks: list, n_jobs: int, progress: bool) -> np.ndarr
     out: list[tuple] = []
     if workers == 1:
         for c in chunks:
-            out.extend(_run_chunk(cfg, c))
+            out.extend(_run_chunk(cfg, c, batch_size))
             bar.update(len(c))
     else:
         gen = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(_run_chunk)(cfg, c) for c in chunks)
+            delayed(_run_chunk)(cfg, c, batch_size) for c in chunks)
         for c, res in zip(chunks, gen, strict=True):
             out.extend(res)
             bar.update(len(c))

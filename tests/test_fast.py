@@ -394,3 +394,24 @@ def test_nested_pooled_gradient_matches_finite_differences(reml):
                         - fast.profiled_deviance(stats, lay, theta - h * e, reml, cl)) / (2 * h)
                        for e in np.eye(theta.size)])
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)
+
+
+def test_blas_threads_scope_is_one_thread_and_restored() -> None:
+    """models/threads.py: one BLAS thread inside the scope (and inside a fit), the previous
+    count after; large blocks keep BLAS's threads; scopes nest."""
+    from threadpoolctl import threadpool_info
+
+    from mfr_outcomes.models.threads import blas_threads, current_limit
+
+    def counts():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = counts()
+    with blas_threads() as lim:
+        assert lim == 1 and current_limit() == 1 and set(counts()) == {1}
+        with blas_threads():
+            assert set(counts()) == {1}
+        assert current_limit() == 1
+    assert counts() == before and current_limit() is None
+    with blas_threads(dim=5000) as lim:
+        assert lim is None and counts() == before

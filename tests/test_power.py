@@ -188,6 +188,100 @@ def test_failed_and_unconverged_fits_are_reported(monkeypatch):
     monkeypatch.setattr(power, "_fit_one", flaky)
     with pytest.warns(ModelWarning, match="could not be fitted"):
         res = power.simulate(effect=-0.5, n_patients=[20], sessions=4, n_sims=20, seed=3,
-                             n_jobs=1, progress=False)
+                             n_jobs=1, progress=False, batch_size=0)
     row = res.iloc[0]
     assert row["n_failed"] == 5 and row["n_sims"] == 15
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched fits (models/batched.py): the same studies, the same answers, any batch size
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def post_fit():
+    import warnings
+
+    from mfr_outcomes.models import fit_mixed
+
+    cfg = power._Config(parameter="post", formula=power._FORMULAS["post"], measure="pain_nrs",
+                        alpha=0.05, generator=None, lean=True)
+    d = power._synthetic_study(cfg, 40, 4, -0.5, np.random.default_rng(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fit_mixed(d, power._FORMULAS["post"])
+
+
+def test_simulate_from_batched_equals_unbatched(post_fit):
+    kw = dict(parameter="post", effect=[-0.3, 0.0], n_sims=24, seed=9, return_studies=True)
+    _, one = power.simulate_from(post_fit, batch_size=1, **kw)
+    res, many = power.simulate_from(post_fit, batch_size=10, **kw)
+    assert len(one) == len(many) == 48 and many["converged"].all()
+    for col in ("estimate", "std_error", "df"):
+        np.testing.assert_allclose(many[col], one[col], rtol=1e-8)
+    assert list(res["n_sims"]) == [24, 24]
+
+
+def test_simulate_from_matches_the_engine_study_by_study(post_fit):
+    """Rebuild study i from its seed, fit it with the fast engine (L-BFGS-B) and lmerTest-style
+    Satterthwaite df: the batched Newton fit gives the same estimate, SE and df."""
+    import copy
+
+    from mfr_outcomes.models.dfmethods import satterthwaite_data
+    from mfr_outcomes.models.fast import FastEngine
+
+    _, st = power.simulate_from(post_fit, parameter="post", effect=-0.2, n_sims=6, seed=4,
+                                batch_size=6, return_studies=True)
+    spec = post_fit.spec
+    j = spec.fixed_names.index("post")
+    beta = post_fit.result.beta.copy()
+    beta[j] = -0.2
+    lam = np.array([[post_fit.theta[0], 0.0], [post_fit.theta[1], post_fit.theta[2]]])
+    b = spec.blocks[0]
+    for i, ss in enumerate(power._children(np.random.SeedSequence(4), 6)):
+        rng = np.random.default_rng(ss)
+        u = rng.standard_normal((b.n_levels, 2)) @ lam.T
+        y = spec.X @ beta + post_fit.sigma * (np.einsum("ij,ij->i", b.Z, u[b.codes])
+                                              + rng.standard_normal(spec.n))
+        sp = copy.copy(spec)
+        sp.y = y
+        r = FastEngine().fit(sp)
+        sd = satterthwaite_data(r.devfun_varpar, r.vcov_varpar, np.r_[r.theta, r.sigma],
+                                r.vcov_beta)
+        assert st["estimate"].iloc[i] == pytest.approx(r.beta[j], rel=1e-6, abs=1e-8)
+        assert st["std_error"].iloc[i] == pytest.approx(np.sqrt(r.vcov_beta[j, j]), rel=1e-6)
+        assert st["df"].iloc[i] == pytest.approx(sd.df_1d(np.eye(spec.p)[j]), rel=1e-5)
+
+
+def test_simulate_from_zero_effect_gives_alpha(post_fit):
+    sims = 400
+    res = power.simulate_from(post_fit, parameter="post", effect=0.0, n_sims=sims, seed=12)
+    row = res.iloc[0]
+    assert row["n_failed"] == 0 and row["n_not_converged"] == 0
+    assert abs(row["power"] - 0.05) < _mc_band(0.05, sims)
+    assert abs(row["mean_estimate"]) < 4 * row["sd_estimate"] / np.sqrt(sims)
+
+
+def test_simulator_batched_equals_unbatched():
+    """New clinics each time: studies of one design fitted side by side give the same table
+    for any batch size, and the engine's one-by-one fits agree."""
+    kw = dict(effect=-0.4, n_patients=[14], sessions=3, n_sims=12, seed=6, n_jobs=1,
+              progress=False, course_reduction=0.0, course_reduction_sd=0.0)
+    a = power.simulate(batch_size=5, **kw)
+    b = power.simulate(batch_size=64, **kw)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-8)
+    c = power.simulate(batch_size=0, **kw)
+    pd.testing.assert_frame_equal(a.drop(columns="median_df"), c.drop(columns="median_df"),
+                                  rtol=1e-6)
+    # finite differences (engine path) against the closed-form df (batched path)
+    assert a["median_df"].iloc[0] == pytest.approx(c["median_df"].iloc[0], rel=1e-3)
+
+
+@pytest.mark.slow  # two joblib workers
+def test_simulate_from_same_answer_for_any_n_jobs(post_fit):
+    kw = dict(parameter="post", effect=-0.3, n_sims=16, seed=2, batch_size=5)
+    pd.testing.assert_frame_equal(power.simulate_from(post_fit, n_jobs=1, **kw),
+                                  power.simulate_from(post_fit, n_jobs=2, **kw))
+
+
+def test_simulate_from_bad_input(post_fit):
+    with pytest.raises(ValueError, match="not a fixed effect"):
+        power.simulate_from(post_fit, parameter="age", effect=0.1, n_sims=2)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mfr_outcomes.models.kr_blocks import KenwardRogerData, kenward_roger_blocks
 from mfr_outcomes.models.spec import EngineResult, ModelSpec, block_lambda
 
 __all__ = [
@@ -151,10 +152,13 @@ class SatterthwaiteData:
 
 def satterthwaite_data(devfun: Callable[[np.ndarray], float],
                        vcovfun: Callable[[np.ndarray], np.ndarray], varpar: np.ndarray,
-                       vcov: np.ndarray, *, hessian: np.ndarray | None = None
+                       vcov: np.ndarray, *, hessian: np.ndarray | None = None,
+                       jacobian: Callable[[np.ndarray], np.ndarray] | None = None
                        ) -> SatterthwaiteData:
     """Hessian of the deviance in varpar and the Jacobian of Var(β̂), as lmerTest's ``as_lmerModLT``
-    (*hessian*: that Hessian when already computed by :func:`richardson_hessian`)."""
+    (*hessian*: that Hessian when already computed — by :func:`richardson_hessian` or an engine's
+    closed form; *jacobian*: an engine's closed-form Jacobian of Var(β̂), (k, p, p), which then
+    replaces the finite differences of *vcovfun*)."""
     messages: list[str] = []
     H = richardson_hessian(devfun, varpar) if hessian is None else np.asarray(hessian, float)
     H = (H + H.T) / 2
@@ -171,7 +175,8 @@ def satterthwaite_data(devfun: Callable[[np.ndarray], float],
         messages.append(f"the model may not have converged: the Hessian of the deviance in "
                         f"(θ, σ) has {int(zero.sum())} eigenvalue(s) close to zero")
     A = 2.0 * (vec[:, pos] / ev[pos]) @ vec[:, pos].T
-    jac = richardson_jacobian(vcovfun, varpar)
+    jac = (richardson_jacobian(vcovfun, varpar) if jacobian is None
+           else list(np.asarray(jacobian(varpar), dtype=float)))
     return SatterthwaiteData(np.asarray(vcov), A, jac, messages)
 
 
@@ -267,8 +272,11 @@ class SatterthwaiteDf:
         if self._data is None:
             r = self._result
             varpar = np.append(r.theta, r.sigma)
+            # the engine's closed forms, when it has them, replace finite differences
+            hessian = (self._hessian if r.hessian_varpar is None
+                       else np.asarray(r.hessian_varpar(varpar), dtype=float))
             self._data = satterthwaite_data(r.devfun_varpar, r.vcov_varpar, varpar, r.vcov_beta,
-                                            hessian=self._hessian)
+                                            hessian=hessian, jacobian=r.jacobian_vcov_varpar)
             self.cautions.extend(f"Satterthwaite df: {m}." for m in self._data.messages)
         return self._data
 
@@ -299,7 +307,8 @@ class KenwardRogerDf:
     def __init__(self, spec: ModelSpec, result: EngineResult):
         if not result.reml:
             raise DfUnavailable("Kenward-Roger df need a REML fit, as pbkrtest does")
-        if spec.n > KR_MAX_N:
+        self._blocks = _kr_block_source(result)
+        if self._blocks is None and spec.n > KR_MAX_N:
             raise DfUnavailable(f"Kenward-Roger needs dense {spec.n}×{spec.n} matrices; use "
                                 f"'satterthwaite' for more than {KR_MAX_N} observations")
         self._spec, self._result = spec, result
@@ -309,6 +318,10 @@ class KenwardRogerDf:
     def data(self) -> KenwardRogerData:
         if self._data is None:
             r = self._result
+            if self._blocks is not None:
+                stats, lay = self._blocks
+                self._data = kenward_roger_blocks(stats, lay, r.theta, float(r.sigma))
+                return self._data
             self._data = kenward_roger_data(self._spec,
                                             block_covariances(self._spec, r.theta, r.sigma),
                                             float(r.sigma), np.asarray(r.vcov_beta))
@@ -323,6 +336,18 @@ class KenwardRogerDf:
 
     def f_denominator(self, L: np.ndarray, PtL: np.ndarray, qrank: int) -> tuple[float, float]:
         return self.data().adjust(L)
+
+
+def _kr_block_source(result: EngineResult) -> tuple | None:
+    """(stats, layout) when Kenward-Roger can be computed from per-group blocks (the fast engine
+    on one grouping factor: any size), else None (dense n×n matrices)."""
+    from mfr_outcomes.models import block_inference
+
+    internals = result.internals
+    stats, lay = getattr(internals, "stats", None), getattr(internals, "layout", None)
+    if stats is None or lay is None or not block_inference.supports(lay):
+        return None
+    return stats, lay
 
 
 def make_df_method(name: str, spec: ModelSpec, result: EngineResult, *,
@@ -345,48 +370,6 @@ def make_df_method(name: str, spec: ModelSpec, result: EngineResult, *,
     if name == "asymptotic":
         return AsymptoticDf(spec, result)
     raise ValueError(f"df_method must be one of {', '.join(DF_METHODS)}; got {name!r}.")
-
-
-class KenwardRogerData:
-    """Kenward & Roger (1997) as pbkrtest computes it (``vcovAdj``, ``.KR_adjust``): the adjusted
-    covariance Φ_A of β̂ and what the df of a contrast need (P_i, W)."""
-
-    def __init__(self, PhiA: np.ndarray, Phi: np.ndarray, P: list[np.ndarray], W: np.ndarray):
-        self.PhiA, self.Phi, self.P, self.W = PhiA, Phi, P, W
-
-    def df(self, L: np.ndarray) -> float:
-        """df of the t test of one contrast row, as pbkrtest's ``get_Lb_ddf`` (which lmerTest
-        uses): Θ = ll'/(l'Φl) with the unadjusted Φ."""
-        row = np.asarray(L, dtype=float).ravel()
-        return self.adjust(row[None, :])[0]
-
-    def adjust(self, L: np.ndarray) -> tuple[float, float]:
-        """(denominator df, F scaling) as pbkrtest's ``.KR_adjust`` (KRmodcomp); Θ uses the
-        unadjusted Φ, as pbkrtest does."""
-        L = np.atleast_2d(np.asarray(L, dtype=float))
-        q = np.linalg.matrix_rank(L)
-        Theta = L.T @ np.linalg.solve(L @ self.Phi @ L.T, L)
-        TP = Theta @ self.Phi
-        U = [TP @ Pi @ self.Phi for Pi in self.P]
-        A1 = A2 = 0.0
-        k = len(self.P)
-        for i in range(k):
-            for j in range(i, k):
-                e = 1.0 if i == j else 2.0
-                A1 += e * self.W[i, j] * np.trace(U[i]) * np.trace(U[j])
-                A2 += e * self.W[i, j] * np.sum(U[i] * U[j].T)
-        B = (A1 + 6 * A2) / (2 * q)
-        g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
-        den = 3 * q + 2 * (1 - g)
-        c1, c2, c3 = g / den, (q - g) / den, (q + 2 - g) / den
-        V0 = 1 + c1 * B
-        V0 = 0.0 if abs(V0) < 1e-10 else V0
-        V1, V2 = 1 - c2 * B, 1 - c3 * B
-        ratio = (1 - A2 / q) / V1 if V1 != 0 else 0.0
-        rho = ratio ** 2 * V0 / V2 / q
-        df2 = float(4 + (q + 2) / (q * rho - 1))
-        scaling = 1.0 if abs(df2 - 2) < 1e-2 else df2 * (1 - A2 / q) / (df2 - 2)
-        return df2, float(scaling)
 
 
 def kenward_roger_data(spec: ModelSpec, covariances: list[np.ndarray], sigma: float,

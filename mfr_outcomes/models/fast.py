@@ -12,6 +12,7 @@ triangular solves are unrolled over k and vectorised over groups.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from scipy import optimize, sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
+from mfr_outcomes.models import block_inference
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -27,6 +29,7 @@ from mfr_outcomes.models.spec import (
     theta_lower_bounds,
     theta_start,
 )
+from mfr_outcomes.models.threads import blas_threads
 
 __all__ = [
     "Layout",
@@ -931,6 +934,8 @@ class FastEngine:
     the deviance), ``ftol`` (1e-13, relative change of the deviance), ``maxiter`` (1000),
     ``boundary_tol`` (1e-4: lme4's ``isSingular`` tolerance on diagonal θ), ``compress``
     (default True: pool groups with equal ZᵢᵀZᵢ when that makes evaluations cheaper),
+    ``blas_one_thread`` (default True: BLAS on one thread during the fit; False leaves BLAS's
+    own thread count, for measuring what the scope saves),
     ``analytic_gradient`` (default True; False: central differences, for checking).
 
     Examples
@@ -976,7 +981,19 @@ class FastEngine:
                   start: np.ndarray | None = None, options: dict | None = None,
                   lower: np.ndarray | None = None, theta0: np.ndarray | None = None,
                   light: bool = False) -> EngineResult:
-        """Fit from sufficient statistics. ``light=True`` skips modes and conditional variances."""
+        """Fit from sufficient statistics. ``light=True`` skips modes and conditional variances.
+
+        BLAS runs on one thread for the fit (every block is small; see
+        :mod:`mfr_outcomes.models.threads`), restored after.
+        """
+        scope = blas_threads() if (options or {}).get("blas_one_thread", True) else nullcontext()
+        with scope:
+            return self._fit_stats(stats, lay, reml=reml, start=start, options=options,
+                                   lower=lower, theta0=theta0, light=light)
+
+    def _fit_stats(self, stats: Stats, lay: Layout, *, reml: bool, start: np.ndarray | None,
+                   options: dict | None, lower: np.ndarray | None, theta0: np.ndarray | None,
+                   light: bool) -> EngineResult:
         opts = {"gtol": 1e-7, "ftol": 1e-13, "maxiter": 1000, "boundary_tol": 1e-4}
         opts.update(options or {})
         n, p = stats.n, stats.p
@@ -1056,16 +1073,43 @@ class FastEngine:
         def vcov_varpar(varpar: np.ndarray) -> np.ndarray:
             return vcov_beta_varpar(stats, lay, varpar, classes)
 
+        hess = jac = None
+        if block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
+            pooled = _class_blocks(classes, stats, lay)
+
+            def hess(varpar: np.ndarray) -> np.ndarray:
+                with blas_threads():
+                    return block_inference.hessian_varpar(stats, lay, varpar, reml, pooled)
+
+            def jac(varpar: np.ndarray) -> np.ndarray:
+                with blas_threads():
+                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar, pooled)
+
         return EngineResult(
             engine=self.name, reml=reml, theta=theta, beta=ev.beta.copy(), sigma=sigma,
             vcov_beta=vcov, objective=float(f), converged=converged, messages=messages,
             optimizer="L-BFGS-B (" + ("analytic gradient" if analytic else
                                       "finite-difference gradient") + ")",
             n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
-            devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar,
+            devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar, hessian_varpar=hess,
+            jacobian_vcov_varpar=jac,
             pwrss=float(ev.pwrss), internals=FastInternals(stats, lay),
             n_classes=None if classes is None else int(classes.count.size),
             optimizer_message=str(res.message), n_iterations=int(res.nit))
+
+
+def _class_blocks(classes, stats: Stats, lay: Layout):
+    """varpar -> block_inference.ClassBlocks when groups are pooled by class, else None (the
+    closed forms then sum over groups)."""
+    if not isinstance(classes, _Classes):
+        return None
+    K, q, p = classes.count.size, lay.q_inner, stats.p
+    omega = classes.omega_flat.reshape(K, q, q, p + 1, p + 1)
+
+    def blocks(varpar: np.ndarray):
+        return block_inference.class_blocks(classes.count, classes.Ck, omega, stats.XtX,
+                                            stats.Xty, stats.yty, stats.n, lay, varpar)
+    return blocks
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.optimize import minimize
-from threadpoolctl import threadpool_limits
 
 from mfr_outcomes.models.spec import (
     EngineResult,
@@ -28,6 +27,7 @@ from mfr_outcomes.models.spec import (
     theta_lower_bounds,
     theta_start,
 )
+from mfr_outcomes.models.threads import blas_threads
 
 __all__ = [
     "PLSEngine",
@@ -183,9 +183,10 @@ class PLSModel:
 
 def blas_limits(spec: ModelSpec):
     """One BLAS thread for small problems: threads only add overhead on matrices this size,
-    and on a busy machine they cost 100×."""
+    and on a busy machine they cost 100×. (models/threads.py: a cached controller, ~10 µs a
+    scope, where threadpool_limits re-scans the loaded libraries at every call.)"""
     q = sum(b.q * b.n_levels for b in spec.blocks)
-    return threadpool_limits(limits=1 if q <= 1500 else None, user_api="blas")
+    return blas_threads(q, threaded_dim=1500)
 
 
 _MODELS: OrderedDict[int, tuple[ModelSpec, PLSModel]] = OrderedDict()

@@ -165,6 +165,10 @@ class EngineResult:
     n_classes: int | None = None  # fast engine: patterns of equal sufficient statistics pooled
     objective_source: str = ""  # how ``objective`` was obtained, when not the engine's own deviance
     internals: object | None = None  # the engine's own state (opaque to the fit layer)
+    # Closed forms at varpar = (θ..., σ): the Hessian of devfun_varpar (k, k) and the Jacobian of
+    # Var(β̂), (k, p, p). None: Satterthwaite uses finite differences of the two functions above.
+    hessian_varpar: Callable[[np.ndarray], np.ndarray] | None = None
+    jacobian_vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
 
     def cannot(self, what: Capability) -> str | None:
         """The reason this result cannot supply *what*, or None when it can."""
