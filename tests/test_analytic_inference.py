@@ -95,7 +95,7 @@ def test_pooled_classes_give_the_per_group_sums() -> None:
         warnings.simplefilter("ignore")
         fit = fit_mixed(load_data("prepost"), formula, reml=reml, engine="fast")
     assert fit.result.n_classes is not None
-    st, lay = fit.result.extra["stats"], fit.result.internals.layout
+    st, lay = fit.result.internals.stats, fit.result.internals.layout
     varpar = np.append(fit.theta, fit.sigma) * 1.1
     np.testing.assert_allclose(fit.result.hessian_varpar(varpar),
                                block_inference.hessian_varpar(st, lay, varpar, reml), rtol=1e-10)

@@ -302,7 +302,7 @@ def test_satterthwaite_hessian_caution(monkeypatch) -> None:
 
     real = dfmethods.satterthwaite_data
     monkeypatch.setattr(dfmethods, "satterthwaite_data",
-                        lambda d, v, vp, vc, hessian=None: real(
+                        lambda d, v, vp, vc, hessian=None, jacobian=None: real(
                             lambda x: x[0] ** 2 - 0.5 * x[1] ** 2, v, vp, vc))
     f = fit_mixed(sim(n_groups=20, per=6, seed=4), "y ~ x + (1 | g)", engine="pls")
     with pytest.warns(ModelWarning, match="negative eigenvalue"):
@@ -397,4 +397,4 @@ def test_auto_order_falls_back_to_auto_order_list_for_engines_without_priority(m
     import mfr_outcomes.models.fit as fit_module
 
     monkeypatch.setattr(fit_module, "AUTO_ORDER", spec.AUTO_ORDER)
-    assert auto_order() == ["fast", "plain", "pls", "statsmodels"]
+    assert auto_order() == ["fast", "plain", "pls", "statsmodels", "sparse"]
