@@ -151,16 +151,15 @@ def get_family(name: str, link: str | None = None) -> Family:
     return Family(name, link)
 
 
-def latent_variance(family: Family, mean_eta: float | None = None,
-                    random_variance: float = 0.0) -> float:
+def latent_variance(family: Family, null_intercept: float | None = None) -> float:
     """Distribution-specific (level-1) variance on the latent scale, as performance computes it.
 
     Binomial: π²/3 (logit), 1 (probit), π²/6 (cloglog). Poisson with a log link: the lognormal
-    approximation log(1 + 1/λ) with λ = exp(mean η + σ²_random / 2) (``r2_nakagawa``'s default).
+    approximation log(1 + 1/λ), λ = exp(β₀) of the null model (intercept and the same random
+    part), as ``insight::get_variance`` (0.19) computes it for ``r2_nakagawa`` and ``icc``.
     """
     if family.name == "binomial":
         return {"logit": np.pi ** 2 / 3.0, "probit": 1.0, "cloglog": np.pi ** 2 / 6.0}[family.link]
-    if mean_eta is None:
-        raise ValueError("The Poisson latent variance needs the mean of the linear predictor.")
-    lam = np.exp(mean_eta + 0.5 * random_variance)
-    return float(np.log1p(1.0 / lam))
+    if null_intercept is None:
+        raise ValueError("The Poisson latent variance needs the null model's intercept.")
+    return float(np.log1p(np.exp(-null_intercept)))

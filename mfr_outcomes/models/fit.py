@@ -32,6 +32,10 @@ DF_METHODS = ("satterthwaite", "kenward-roger", "residual", "asymptotic")
 SINGULAR_TOL = 1e-4
 #: fewer levels than this for a grouping factor with a random slope earns a warning.
 MIN_GROUPS_FOR_SLOPE = 5
+#: keys the linear engines read from ``options`` (fast: gtol, ftol, maxiter, boundary_tol,
+#: compress, analytic_gradient; pls: maxiter, boundary_tol, grad_tol).
+LINEAR_OPTIONS = frozenset({"gtol", "ftol", "maxiter", "boundary_tol", "compress",
+                            "analytic_gradient", "grad_tol"})
 
 
 def _choose_engine(spec: ModelSpec, engine: str) -> tuple[Any, str]:
@@ -59,7 +63,9 @@ def _choose_engine(spec: ModelSpec, engine: str) -> tuple[Any, str]:
 
 
 def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: str = "auto",
-              df_method: str = "satterthwaite", options: dict | None = None) -> MixedFit:
+              df_method: str = "satterthwaite", options: dict | None = None,
+              family: str = "gaussian", link: str | None = None, nagq: int = 1,
+              weights: Any = None, offset: Any = None) -> MixedFit:
     """Fit a linear mixed model written in lme4's syntax.
 
     Parameters
@@ -78,11 +84,23 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
         Kenward-Roger as pbkrtest (with its adjusted covariance of β̂ for the standard errors;
         REML fits, dense n×n matrices, n ≤ 4000), n − p, or ∞ (z tests).
     options : dict, optional
-        Passed to the engine (e.g. ``maxiter``).
+        Passed to the engine (e.g. ``maxiter``); an unknown key is an error.
+    family : {"gaussian", "binomial", "poisson"}
+        "binomial"/"poisson" fit a generalised mixed model by glmer's method (Laplace, or
+        adaptive Gauss-Hermite quadrature with ``nagq`` > 1) and return a
+        ``GeneralizedMixedFit`` (see ``models/glmm_api.py``); ``reml``, ``engine`` and
+        ``df_method`` do not apply to it.
+    link : str, optional
+        "logit" (default), "probit" or "cloglog" for binomial; "log" for Poisson.
+    nagq : int
+        Quadrature nodes (1 = Laplace; 0 = glmer's fast nAGQ = 0).
+    weights, offset : array-like or column name, optional
+        Binomial trials (the response then a proportion) and an offset of the linear
+        predictor (e.g. log exposure), for generalised fits.
 
     Returns
     -------
-    MixedFit
+    MixedFit or GeneralizedMixedFit
 
     Examples
     --------
@@ -95,12 +113,30 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
     >>> fit.linear_contrast({"post": 1, "post:technique[T.massage]": 1}, names=["post, massage"])
     ... # doctest: +SKIP
     """
+    if family != "gaussian" or link not in (None, "identity"):
+        from mfr_outcomes.models.glmm_api import fit_generalized
+
+        return fit_generalized(data, formula, family=family, link=link, nagq=nagq,
+                               weights=weights, offset=offset, options=options)
+    unknown = sorted(set(options or {}) - LINEAR_OPTIONS)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for a linear mixed model (known: "
+                         f"{', '.join(sorted(LINEAR_OPTIONS))}); for a binomial or Poisson "
+                         f"model use fit_mixed(..., family=...).")
+    if weights is not None or offset is not None or nagq != 1:
+        raise ValueError("weights=, offset= and nagq= apply to family='binomial' or 'poisson'; "
+                         "the linear (gaussian) fit takes none of them.")
     if df_method not in DF_METHODS:
         raise ValueError(f"df_method must be one of {', '.join(DF_METHODS)}; got {df_method!r}.")
     if df_method == "kenward-roger" and not reml:
         raise ValueError("df_method='kenward-roger' needs a REML fit (reml=True), as pbkrtest "
                          "does; use 'satterthwaite' for ML fits.")
     spec = build_spec(data, formula)
+    from mfr_outcomes.models.glmm_api import gaussian_response_caution
+
+    caution = gaussian_response_caution(spec.y, spec.response)
+    if caution:
+        warnings.warn(caution, ModelWarning, stacklevel=2)
     eng, reason = _choose_engine(spec, engine)
     from mfr_outcomes.models.pls import blas_limits
 
