@@ -21,6 +21,7 @@ TECHNIQUES = ["direct_pressure", "stretching", "massage", "combined"]
 
 # case -> (data file, formula as fit here, family, link, weights column, offset)
 CASES = {
+    "cbpp_nagq0": ("cbpp", "prop ~ period + (1 | herd)", "binomial", None, "size", None),
     "cbpp_nagq1": ("cbpp", "prop ~ period + (1 | herd)", "binomial", None, "size", None),
     "cbpp_nagq10": ("cbpp", "prop ~ period + (1 | herd)", "binomial", None, "size", None),
     "cbpp_nagq25": ("cbpp", "prop ~ period + (1 | herd)", "binomial", None, "size", None),

@@ -84,6 +84,10 @@ for (q in c(1, 10, 25)) {
           "cbind(incidence, size - incidence); identical to prop ~ period with weights = size")
 }
 
+m <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp_df, binomial,
+           nAGQ = 0, control = tight)
+fixture("cbpp_nagq0", m, "glmer_cbpp.csv", "nAGQ = 0: beta estimated inside PIRLS")
+
 # ---- logistic model with a correlated random slope (simulated) -----------------------------
 set.seed(20261)
 G <- 60; per <- 12
