@@ -267,3 +267,27 @@ def test_fit_adverse_events_matches_glmer(synthetic_study):
     inside = (ae.table["ci_low"] <= ae.table["probability"]) & \
         (ae.table["probability"] <= ae.table["ci_high"])
     assert inside.all()
+
+
+@pytest.mark.parametrize("family,link", [("binomial", "logit"), ("binomial", "probit"),
+                                         ("binomial", "cloglog"), ("poisson", "log")])
+def test_analytic_laplace_gradient_matches_finite_differences(cbpp, family, link):
+    from mfr_outcomes.models.families import get_family
+    from mfr_outcomes.models.formula import build_spec
+    from mfr_outcomes.models.glmm_pirls import GlmmData, make_backend
+
+    spec = build_spec(cbpp, "prop ~ period + (1 | herd)")
+    y = spec.y if family == "binomial" else spec.data["incidence"].to_numpy(float)
+    w = spec.data["size"].to_numpy(float) if family == "binomial" else np.ones(spec.n)
+    off = np.zeros(spec.n) if family == "binomial" else np.log(w)
+    data = GlmmData(y, spec.X, w if family == "binomial" else np.ones(spec.n), off,
+                    get_family(family, link))
+    be = make_backend(spec, data)
+    x = np.array([0.7, -1.3, -0.9, -1.1, -1.5])
+
+    def f(v):
+        return be.modes(v[:1], v[1:], None).laplace(data.const)
+
+    fd = np.array([(f(x + h) - f(x - h)) / 2e-5 for h in np.eye(5) * 1e-5])
+    exact = be.laplace_gradient(x[:1], be.modes(x[:1], x[1:], None))
+    np.testing.assert_allclose(exact, fd, rtol=1e-5, atol=1e-6)

@@ -85,6 +85,20 @@ class Family:
             return np.maximum(np.exp(e - np.exp(e)), _EPS)
         return np.maximum(np.exp(np.minimum(eta, 700.0)), _EPS)
 
+    def mu_eta_eta(self, eta: np.ndarray, mu: np.ndarray, mu_eta: np.ndarray) -> np.ndarray:
+        """d²μ/dη² (for the analytic gradient of the Laplace approximation)."""
+        if self.link == "logit":
+            return mu_eta * (1.0 - 2.0 * mu)
+        if self.link == "probit":
+            return -eta * mu_eta
+        if self.link == "cloglog":
+            return mu_eta * (1.0 - np.exp(np.minimum(eta, 700.0)))
+        return mu_eta
+
+    def variance_deriv(self, mu: np.ndarray) -> np.ndarray:
+        """dV/dμ."""
+        return 1.0 - 2.0 * mu if self.name == "binomial" else np.ones_like(mu)
+
     # ------------------------------------------------------------------ variance, deviance
     def variance(self, mu: np.ndarray) -> np.ndarray:
         if self.name == "binomial":

@@ -114,6 +114,37 @@ class _Objective:
             return self.backend.agq(x[:self.ntheta], m, self.nagq)
         return m.laplace(self.data.const)
 
+    @property
+    def analytic(self) -> bool:
+        """The exact Laplace gradient is available (one scalar random effect, nagq = 1)."""
+        return self.nagq == 1 and getattr(self.backend, "q", 0) == 1 and \
+            hasattr(self.backend, "laplace_gradient")
+
+    def grad(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        m = self.modes(x)
+        self.u = m.u
+        return self.backend.laplace_gradient(x[:self.ntheta], m)
+
+    def derivs(self, x: np.ndarray, fx: float, delta: float) -> tuple[np.ndarray, np.ndarray]:
+        """(gradient, Hessian): analytic gradient and central differences of it when
+        available, else glmer's deriv12 on the deviance."""
+        if not self.analytic:
+            return deriv12(self.full, x, delta, fx)
+        g = self.grad(x)
+        H = np.zeros((x.size, x.size))
+        h = 1e-5
+        for j in range(x.size):
+            xa, xs = x.copy(), x.copy()
+            xa[j] += h
+            xs[j] -= h
+            H[:, j] = (self.grad(xa) - self.grad(xs)) / (2.0 * h)
+        self.grad(x)  # leave the warm start at x
+        return g, 0.5 * (H + H.T)
+
+    def gradient(self, x: np.ndarray, delta: float) -> np.ndarray:
+        return self.grad(x) if self.analytic else _gradient(self.full, x, delta)
+
 
 def _glm_start(data: GlmmData, maxit: int = 50) -> np.ndarray:
     """β of the GLM without random effects (IRLS from the family's starting μ)."""
@@ -199,7 +230,7 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
     f = obj.full(x)
     messages: list[str] = []
     delta = opts["delta"]
-    g, H = deriv12(obj.full, x, delta, f)
+    g, H = obj.derivs(x, f, delta)
     fresh = True
     for _ in range(int(opts["max_newton"])):
         active = (lower == 0.0) & (x <= 0.0) & (g >= 0.0)
@@ -215,7 +246,7 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
         if decrement < opts["newton_tol"]:
             if fresh:
                 return x, f, g, H, True, messages
-            g, H = deriv12(obj.full, x, delta, f)
+            g, H = obj.derivs(x, f, delta)
             fresh = True
             continue
         t = 1.0
@@ -227,17 +258,17 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
             t *= 0.5
         else:
             if not fresh:
-                g, H = deriv12(obj.full, x, delta, f)
+                g, H = obj.derivs(x, f, delta)
                 fresh = True
                 continue
             messages.append("the Newton line search made no progress")
             return x, f, g, H, False, messages
         x, f = x_try, f_try
         if decrement > 1e-2:  # far from the optimum: a fresh Hessian pays for itself
-            g, H = deriv12(obj.full, x, delta, f)
+            g, H = obj.derivs(x, f, delta)
             fresh = True
         else:
-            g = _gradient(obj.full, x, delta)
+            g = obj.gradient(x, delta)
             fresh = False
     messages.append(f"no convergence within {opts['max_newton']} Newton iterations")
     return x, f, g, H, False, messages
@@ -313,13 +344,15 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     x0 = np.concatenate([theta1, beta1])
     lower_x = np.concatenate([lower, np.full(spec.p, -np.inf)])
     x, f, g, H, ok, msgs = _newton(obj, x0, lower_x, opts)
-    optimizer = "Newton (finite-difference Hessian) over (θ, β)"
+    optimizer = ("Newton over (θ, β): exact Laplace gradient, Hessian by its central differences"
+                 if obj.analytic else
+                 "Newton over (θ, β): Hessian and gradient by central differences (deriv12)")
     if not ok:
         messages += [f"Newton stage: {m}" for m in msgs]
         res = _minimize_bounded(obj.full, x, lower_x, int(opts["maxiter"]))
         x, f = res.x, float(res.fun)
         optimizer = "L-BFGS-B over (θ, β) after Newton"
-        g, H = deriv12(obj.full, x, opts["delta"], f)
+        g, H = obj.derivs(x, f, opts["delta"])
         free = ~((lower_x == 0.0) & (x <= 0.0) & (g >= 0.0))
         ok = bool(res.success) and float(np.max(np.abs(g[free]), initial=0.0)) < 1e-3
         if not ok:
