@@ -188,10 +188,11 @@ def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta:
     return res
 
 
-def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int):
+def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int,
+            xatol: float = 1e-9):
     if theta0.size == 1:  # scalar θ: a bracketed 1-D search is cheaper and as tight
         res = optimize.minimize_scalar(lambda t: obj.stage1(np.array([t])), bounds=(0.0, 50.0),
-                                       method="bounded", options={"xatol": 1e-9,
+                                       method="bounded", options={"xatol": xatol,
                                                                    "maxiter": maxiter})
         theta, fval = np.array([res.x]), float(res.fun)
         f0 = obj.stage1(np.zeros(1))
@@ -219,25 +220,49 @@ def _gradient(fun, x: np.ndarray, delta: float) -> np.ndarray:
     return g
 
 
-def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
-    """Projected Newton on the full deviance; returns x, f, g, H, converged, messages.
+def _start_hessian(obj: _Objective, x: np.ndarray, f: float, delta: float) -> np.ndarray:
+    """A cheap first Hessian for the quasi-Newton path: 2 R_X'R_X for β (the curvature given
+    θ), second differences on the diagonal for θ, no cross terms."""
+    nt = obj.ntheta
+    H = np.zeros((x.size, x.size))
+    m = obj.modes(x)
+    H[nt:, nt:] = 2.0 * obj.backend.schur(x[:nt], m)
+    for j in range(nt):
+        xa, xs = x.copy(), x.copy()
+        xa[j] += delta
+        xs[j] -= delta
+        H[j, j] = max((obj.full(xa) - 2.0 * f + obj.full(xs)) / delta ** 2, 1e-3)
+    return H
 
-    The Hessian (finite differences, the expensive part) is recomputed only when a step was
-    taken with a stale one; between, steps reuse it with a fresh gradient (a chord iteration,
-    which from glmer's nAGQ = 0 start converges in a few steps). The last Hessian is always
-    evaluated at the point returned, because Var(β̂) is read from it.
+
+def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
+    """Projected (quasi-)Newton on the full deviance; returns x, f, g, H, converged, messages.
+
+    With the exact gradient (one scalar random effect), Newton steps on the central-difference
+    Hessian of the gradient. Otherwise the expensive finite-difference Hessian is computed only
+    at the end: steps start from a cheap approximation (:func:`_start_hessian`) updated by BFGS
+    from finite-difference gradients. Either way the Hessian returned is evaluated at the point
+    returned, because Var(β̂) is read from it.
     """
     f = obj.full(x)
     messages: list[str] = []
     delta = opts["delta"]
-    g, H = obj.derivs(x, f, delta)
-    fresh = True
+    if obj.analytic:
+        g, H = obj.derivs(x, f, delta)
+        fresh = True
+    else:
+        g, H = obj.gradient(x, delta), _start_hessian(obj, x, f, delta)
+        fresh = False
     for _ in range(int(opts["max_newton"])):
         active = (lower == 0.0) & (x <= 0.0) & (g >= 0.0)
         free = ~active
         try:
             L = np.linalg.cholesky(H[np.ix_(free, free)])
         except np.linalg.LinAlgError:
+            if not fresh:
+                g, H = obj.derivs(x, f, delta)
+                fresh = True
+                continue
             messages.append("the Hessian is not positive definite along the Newton path")
             return x, f, g, H, False, messages
         step = np.zeros_like(x)
@@ -263,13 +288,18 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
                 continue
             messages.append("the Newton line search made no progress")
             return x, f, g, H, False, messages
-        x, f = x_try, f_try
-        if decrement > 1e-2:  # far from the optimum: a fresh Hessian pays for itself
+        if obj.analytic and decrement > 1e-2:  # far away: a fresh Hessian pays for itself
+            x, f = x_try, f_try
             g, H = obj.derivs(x, f, delta)
             fresh = True
-        else:
-            g = obj.gradient(x, delta)
-            fresh = False
+            continue
+        g_new = obj.gradient(x_try, delta)
+        sx, yv = x_try - x, g_new - g
+        if not obj.analytic and sx @ yv > 1e-12 * np.linalg.norm(sx) * np.linalg.norm(yv):
+            Hs = H @ sx
+            H = H - np.outer(Hs, Hs) / (sx @ Hs) + np.outer(yv, yv) / (sx @ yv)  # BFGS
+        x, f, g = x_try, f_try, g_new
+        fresh = False
     messages.append(f"no convergence within {opts['max_newton']} Newton iterations")
     return x, f, g, H, False, messages
 
@@ -330,7 +360,9 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     ntheta = lower.size
     obj = _Objective(backend, data, nagq, ntheta)
     obj.beta0 = _glm_start(data)
-    theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]))
+    # the first stage only gives the start of the full one, unless it is the fit (nagq = 0)
+    theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
+                         xatol=1e-9 if nagq == 0 else 1e-4)
     beta1 = obj.beta0.copy()
     stage1 = {"theta": theta1, "beta": beta1, "objective": f1, "evaluations": obj.calls}
     messages: list[str] = []

@@ -49,8 +49,15 @@ class GlmmData:
     def __post_init__(self) -> None:
         self.const = self.family.saturated_constant(self.y, self.weights)
         self.sat = self.family.saturated(self.y)
+        # 0/1 responses: d = −2w log P(y | μ), one logarithm instead of two
+        self._binary = self.family.name == "binomial" and bool(np.all((self.y == 0.0) |
+                                                                      (self.y == 1.0)))
+        self._is_one = self.y == 1.0
+        self._w2 = -2.0 * self.weights
 
     def dev_resid(self, mu: np.ndarray) -> np.ndarray:
+        if self._binary:
+            return self._w2 * np.log(np.where(self._is_one, mu, 1.0 - mu))
         return self.family.dev_resid(self.y, mu, self.weights, self.sat)
 
 
@@ -257,7 +264,55 @@ class OneFactorPirls:
                      converged, its)
 
     # ---------------------------------------------------------------- joint (u, β): nAGQ = 0
+    def _joint_scalar(self, theta: np.ndarray, beta0: np.ndarray, u0: np.ndarray | None
+                      ) -> Modes:
+        """Joint PIRLS over (u, β) for one scalar random effect: u eliminated group by group."""
+        d, g, G, X = self.data, self.g, self.G, self.data.X
+        a = self.Z[:, 0] * theta[0]
+        u = np.zeros(G) if u0 is None else u0.copy()
+        beta = beta0.copy()
+        eta = d.offset + X @ beta + a * u[g]
+        mu, W, r = _irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = float(dr.sum() + u @ u)
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            z = eta - d.offset + r
+            Wa = W * a
+            M = 1.0 + np.bincount(g, weights=Wa * a, minlength=G)
+            av = np.bincount(g, weights=Wa * z, minlength=G)
+            C = np.column_stack([np.bincount(g, weights=Wa * X[:, j], minlength=G)
+                                 for j in range(X.shape[1])])  # (G, p)
+            CM = C / M[:, None]
+            XtW = X.T * W
+            S = XtW @ X - C.T @ CM
+            beta_new = np.linalg.solve(S, XtW @ z - CM.T @ av)
+            du = (av - C @ beta_new) / M - u
+            db = beta_new - beta
+            t = 1.0
+            for _ in range(_MAX_HALVINGS):
+                u_try, b_try = u + t * du, beta + t * db
+                eta_try = d.offset + X @ b_try + a * u_try[g]
+                mu_try = d.family.linkinv(eta_try)
+                dr_try = d.dev_resid(mu_try)
+                pdev_try = float(dr_try.sum() + u_try @ u_try)
+                if pdev_try <= pdev + 1e-10 * (1.0 + abs(pdev)):
+                    break
+                t *= 0.5
+            u, beta, eta, pdev, dr = u_try, b_try, eta_try, pdev_try, dr_try
+            mu, W, r = _irls_quantities(d, eta, mu_try)
+            if max(np.max(np.abs(t * du), initial=0.0), np.max(np.abs(t * db))) < PIRLS_TOL \
+                    and t == 1.0:
+                converged = True
+                break
+        M = 1.0 + np.bincount(g, weights=W * a * a, minlength=G)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), float(np.log(M).sum()),
+                     converged, its)
+
     def joint_modes(self, theta: np.ndarray, beta0: np.ndarray, u0: np.ndarray | None) -> Modes:
+        if self.q == 1:
+            return self._joint_scalar(theta, beta0, u0)
         d = self.data
         A = self._A(theta)
         X = d.X
@@ -377,6 +432,36 @@ class _Factor:
         return self.lu.solve(np.asarray(b))
 
 
+class _ElimFactor:
+    """Λ'Z'WZΛ + I when the first (largest) factor has one scalar term: its block is diagonal,
+    so it is eliminated and only the Schur complement of the other factors is factorised
+    (for crossed designs such as respondents × items: a 24×24 matrix instead of 340×340)."""
+
+    def __init__(self, A: _RowSparse, W: np.ndarray, G1: int):
+        c1, v1 = A.cols[:, 0], A.vals[:, 0]
+        c2, v2 = A.cols[:, 1:] - G1, A.vals[:, 1:]
+        Q2 = A.n_re - G1
+        Wv1 = W * v1
+        self.D = 1.0 + np.bincount(c1, weights=Wv1 * v1, minlength=G1)
+        k = c2.shape[1]
+        self.B = np.bincount((c1[:, None] * Q2 + c2).ravel(),
+                             weights=(Wv1[:, None] * v2).ravel(),
+                             minlength=G1 * Q2).reshape(G1, Q2)
+        M22 = _RowSparse(c2, v2, Q2).gram_plus_identity(W, True) if k else np.eye(Q2)
+        S = M22 - self.B.T @ (self.B / self.D[:, None])
+        self.c = sla.cho_factor(S, lower=True, check_finite=False)
+        self.G1 = G1
+        self.logdet = float(np.sum(np.log(self.D)) + 2.0 * np.sum(np.log(np.diag(self.c[0]))))
+        self.dense = True
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b = np.asarray(b, dtype=float)
+        b1, b2 = b[:self.G1], b[self.G1:]
+        D = self.D if b.ndim == 1 else self.D[:, None]
+        y2 = sla.cho_solve(self.c, b2 - self.B.T @ (b1 / D), check_finite=False)
+        return np.concatenate([(b1 - self.B @ y2) / D, y2])
+
+
 class _RowSparse:
     """A = ZΛ with a fixed pattern: each row has k non-zeros at ``cols[row]`` (Z's pattern,
     because Λ is block-diagonal by level and lower triangular within a level)."""
@@ -425,6 +510,10 @@ class GeneralPirls:
         self.n_re = off
         self.dense = off <= DENSE_MAX
         self._cols = np.column_stack(cols)
+        first = spec.blocks[0]
+        rest = off - first.n_levels * first.q
+        self._eliminate = (len(spec.blocks) > 1 and first.q == 1 and rest <= DENSE_MAX
+                           and first.n_levels > rest)
 
     def _A(self, theta: np.ndarray) -> _RowSparse:
         vals, k = [], 0
@@ -434,7 +523,9 @@ class GeneralPirls:
             vals.append(b.Z @ lam)
         return _RowSparse(self._cols, np.column_stack(vals), self.n_re)
 
-    def _factor(self, A: _RowSparse, W: np.ndarray) -> _Factor:
+    def _factor(self, A: _RowSparse, W: np.ndarray):
+        if self._eliminate:
+            return _ElimFactor(A, W, self.blocks[0].n_levels)
         return _Factor(A.gram_plus_identity(W, self.dense), self.dense)
 
     def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
