@@ -291,3 +291,4 @@ def test_analytic_laplace_gradient_matches_finite_differences(cbpp, family, link
     fd = np.array([(f(x + h) - f(x - h)) / 2e-5 for h in np.eye(5) * 1e-5])
     exact = be.laplace_gradient(x[:1], be.modes(x[:1], x[1:], None))
     np.testing.assert_allclose(exact, fd, rtol=1e-5, atol=1e-6)
+

@@ -92,6 +92,7 @@ class _Objective:
         self.u: np.ndarray | None = None
         self.beta0: np.ndarray | None = None
         self.calls = 0
+        self._last: tuple[np.ndarray, Modes] | None = None
         self.pirls_failures = 0
 
     def stage1(self, theta: np.ndarray) -> float:
@@ -103,8 +104,13 @@ class _Objective:
         return m.laplace(self.data.const)
 
     def modes(self, x: np.ndarray) -> Modes:
+        if self._last is not None and np.array_equal(self._last[0], x):
+            return self._last[1]  # f and its gradient at the same point share one PIRLS
         m = self.backend.modes(x[:self.ntheta], x[self.ntheta:], self.u)
         self.pirls_failures += not m.converged
+        if m.converged:
+            self.u = m.u
+        self._last = (x.copy(), m)
         return m
 
     def full(self, x: np.ndarray) -> float:
@@ -123,7 +129,6 @@ class _Objective:
     def grad(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
         m = self.modes(x)
-        self.u = m.u
         return self.backend.laplace_gradient(x[:self.ntheta], m)
 
     def derivs(self, x: np.ndarray, fx: float, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -133,13 +138,12 @@ class _Objective:
             return deriv12(self.full, x, delta, fx)
         g = self.grad(x)
         H = np.zeros((x.size, x.size))
-        h = 1e-5
+        h = 1e-6  # forward differences of the exact gradient: error O(h) relative
         for j in range(x.size):
-            xa, xs = x.copy(), x.copy()
+            xa = x.copy()
             xa[j] += h
-            xs[j] -= h
-            H[:, j] = (self.grad(xa) - self.grad(xs)) / (2.0 * h)
-        self.grad(x)  # leave the warm start at x
+            H[:, j] = (self.grad(xa) - g) / h
+        self.modes(x)  # leave the warm start at x
         return g, 0.5 * (H + H.T)
 
     def gradient(self, x: np.ndarray, delta: float) -> np.ndarray:
@@ -189,9 +193,9 @@ def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta:
 
 
 def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int,
-            xatol: float = 1e-9):
+            xatol: float = 1e-9, upper: float = 50.0):
     if theta0.size == 1:  # scalar θ: a bracketed 1-D search is cheaper and as tight
-        res = optimize.minimize_scalar(lambda t: obj.stage1(np.array([t])), bounds=(0.0, 50.0),
+        res = optimize.minimize_scalar(lambda t: obj.stage1(np.array([t])), bounds=(0.0, upper),
                                        method="bounded", options={"xatol": xatol,
                                                                    "maxiter": maxiter})
         theta, fval = np.array([res.x]), float(res.fun)
@@ -362,7 +366,7 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     obj.beta0 = _glm_start(data)
     # the first stage only gives the start of the full one, unless it is the fit (nagq = 0)
     theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
-                         xatol=1e-9 if nagq == 0 else 1e-4)
+                         xatol=1e-9 if nagq == 0 else 1e-2, upper=50.0 if nagq == 0 else 10.0)
     beta1 = obj.beta0.copy()
     stage1 = {"theta": theta1, "beta": beta1, "objective": f1, "evaluations": obj.calls}
     messages: list[str] = []
