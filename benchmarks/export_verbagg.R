@@ -11,9 +11,4 @@ df <- data.frame(r2 = as.integer(va$r2 == "Y"), Anger = va$Anger, Gender = va$Ge
                  btype = va$btype, situ = va$situ, id = as.character(va$id),
                  item = as.character(va$item))
 write.csv(df, out, row.names = FALSE)
-levels_json <- sprintf('{"Gender": ["%s"], "btype": ["%s"], "situ": ["%s"]}',
-                       paste(levels(va$Gender), collapse = '", "'),
-                       paste(levels(va$btype), collapse = '", "'),
-                       paste(levels(va$situ), collapse = '", "'))
-writeLines(levels_json, sub("\\.csv$", "_levels.json", out))
 cat("wrote", out, nrow(df), "rows\n")

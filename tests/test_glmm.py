@@ -274,7 +274,8 @@ def test_fit_adverse_events_matches_glmer(synthetic_study):
 def test_analytic_laplace_gradient_matches_finite_differences(cbpp, family, link):
     from mfr_outcomes.models.families import get_family
     from mfr_outcomes.models.formula import build_spec
-    from mfr_outcomes.models.glmm_pirls import GlmmData, make_backend
+    from mfr_outcomes.models.glmm import make_backend
+    from mfr_outcomes.models.glmm_pirls import GlmmData
 
     spec = build_spec(cbpp, "prop ~ period + (1 | herd)")
     y = spec.y if family == "binomial" else spec.data["incidence"].to_numpy(float)

@@ -17,10 +17,12 @@ import numpy as np
 from scipy import optimize
 
 from mfr_outcomes.models.families import Family
-from mfr_outcomes.models.glmm_pirls import GlmmData, Modes, make_backend
+from mfr_outcomes.models.glmm_general import GeneralPirls
+from mfr_outcomes.models.glmm_onefactor import OneFactorPirls
+from mfr_outcomes.models.glmm_pirls import GlmmData, Modes
 from mfr_outcomes.models.spec import ModelSpec, probe_inside_bounds, theta_lower_bounds, theta_start
 
-__all__ = ["GlmmResult", "fit_glmm", "GLMM_OPTIONS", "deriv12"]
+__all__ = ["GlmmResult", "fit_glmm", "GLMM_OPTIONS", "deriv12", "make_backend"]
 
 #: keys accepted in ``options`` of a generalised fit, with their defaults.
 GLMM_OPTIONS = {
@@ -82,6 +84,14 @@ def deriv12(fun, x: np.ndarray, delta: float, fx: float | None = None
                 pts.append(fun(xx))
             H[i, j] = H[j, i] = (pts[0] - pts[1] - pts[2] + pts[3]) / (4.0 * delta ** 2)
     return g, H
+
+
+def make_backend(spec: ModelSpec, data: GlmmData, *, force_general: bool = False
+                 ) -> OneFactorPirls | GeneralPirls:
+    """The batched one-factor backend when the model has one random term, else the general one."""
+    if len(spec.blocks) == 1 and not force_general:
+        return OneFactorPirls(spec, data)
+    return GeneralPirls(spec, data)
 
 
 class _Objective:
