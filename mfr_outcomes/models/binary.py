@@ -149,10 +149,12 @@ def fit_binary(study: Any, measure: str = "paresthesia", *, by: str | None = "te
 
     Examples
     --------
-    >>> import mfr_outcomes as mfr
-    >>> res = fit_binary(mfr.load_study("data/synthetic"), "paresthesia")
-    >>> res.odds_ratios.columns[:5].tolist()
-    ['term', 'odds_ratio', 'ci_low', 'ci_high', 'p_value']
+    ::
+
+        import mfr_outcomes as mfr
+        res = mfr.fit_binary(mfr.load_study("data/synthetic"), "paresthesia")
+        res.odds_ratios  # term, odds_ratio, ci_low, ci_high, p_value, gee_odds_ratio, ...
+        print(res.explanation)
     """
     from mfr_outcomes.effects import paresthesia_gee
 
@@ -219,10 +221,11 @@ def fit_adverse_events(study: Any, *, by: str = "technique", level: float = 0.95
 
     Examples
     --------
-    >>> import mfr_outcomes as mfr
-    >>> ae = fit_adverse_events(mfr.load_study("data/synthetic"))  # doctest: +SKIP
-    >>> ae.table.columns.tolist()  # doctest: +SKIP
-    ['technique', 'sessions', 'events', 'rate', 'probability', 'ci_low', 'ci_high']
+    ::
+
+        import mfr_outcomes as mfr
+        ae = mfr.fit_adverse_events(mfr.load_study("data/synthetic"))
+        ae.table  # technique, sessions, events, rate, probability, ci_low, ci_high
     """
     s = study.sessions
     if by not in s.columns:
