@@ -8,6 +8,7 @@ by priority → a verified optimum → ``LinearMixedFit`` (on
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from mfr_outcomes.models.dfmethods import DF_METHODS
 from mfr_outcomes.models.formula import build_spec, fixed_matrix, prepare_newdata
 from mfr_outcomes.models.pls import blas_limits
 from mfr_outcomes.models.spec import AUTO_ORDER, ENGINES, Engine, EngineResult, ModelSpec
+from mfr_outcomes.warnings_ import ModelWarning
 
 __all__ = ["fit_mixed", "LinearMixedFit", "MixedFit", "ModelFitError", "ModelCheckError",
            "DF_METHODS", "SINGULAR_TOL", "MIN_GROUPS_FOR_SLOPE", "auto_order", "choose_engine",
@@ -27,6 +29,12 @@ __all__ = ["fit_mixed", "LinearMixedFit", "MixedFit", "ModelFitError", "ModelChe
 
 #: Numerical failures an engine may raise; they become a :class:`ModelFitError` sentence.
 _NUMERICAL = (np.linalg.LinAlgError, FloatingPointError, ZeroDivisionError, OverflowError)
+#: keys the linear engines read from ``options`` (fast: gtol, ftol, maxiter, boundary_tol,
+#: compress, analytic_gradient, blas_one_thread; sparse: optimizer; pls: maxiter, boundary_tol,
+#: grad_tol).
+LINEAR_OPTIONS = frozenset({"gtol", "ftol", "maxiter", "boundary_tol", "compress",
+                            "analytic_gradient", "grad_tol", "optimizer", "blas_one_thread",
+                            "condvar", "fd"})
 
 
 class ModelFitError(ValueError):
@@ -105,7 +113,9 @@ def fit_engine(eng: Engine, spec: ModelSpec, reml: bool, *, start: np.ndarray | 
 
 
 def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: str = "auto",
-              df_method: str = "satterthwaite", options: dict | None = None) -> MixedFit:
+              df_method: str = "satterthwaite", options: dict | None = None,
+              family: str = "gaussian", link: str | None = None, nagq: int = 1,
+              weights: Any = None, offset: Any = None) -> MixedFit:
     """Fit a linear mixed model written in lme4's syntax.
 
     Parameters
@@ -124,11 +134,23 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
         Kenward-Roger as pbkrtest (with its adjusted covariance of β̂ for the standard errors;
         REML fits, dense n×n matrices, n ≤ 4000), n − p, or ∞ (z tests).
     options : dict, optional
-        Passed to the engine (e.g. ``maxiter``).
+        Passed to the engine (e.g. ``maxiter``); an unknown key is an error.
+    family : {"gaussian", "binomial", "poisson"}
+        "binomial"/"poisson" fit a generalised mixed model by glmer's method (Laplace, or
+        adaptive Gauss-Hermite quadrature with ``nagq`` > 1) and return a
+        ``GeneralizedMixedFit`` (see ``models/glmm_api.py``); ``reml``, ``engine`` and
+        ``df_method`` do not apply to it.
+    link : str, optional
+        "logit" (default), "probit" or "cloglog" for binomial; "log" for Poisson.
+    nagq : int
+        Quadrature nodes (1 = Laplace; 0 = glmer's fast nAGQ = 0).
+    weights, offset : array-like or column name, optional
+        Binomial trials (the response then a proportion) and an offset of the linear
+        predictor (e.g. log exposure), for generalised fits.
 
     Returns
     -------
-    LinearMixedFit
+    LinearMixedFit or GeneralizedMixedFit
 
     Raises
     ------
@@ -149,6 +171,19 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
     >>> fit.linear_contrast({"post": 1, "post:technique[T.massage]": 1}, names=["post, massage"])
     ... # doctest: +SKIP
     """
+    if family != "gaussian" or link not in (None, "identity"):
+        from mfr_outcomes.models.glmm_api import fit_generalized
+
+        return fit_generalized(data, formula, family=family, link=link, nagq=nagq,
+                               weights=weights, offset=offset, options=options)
+    unknown = sorted(set(options or {}) - LINEAR_OPTIONS)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for a linear mixed model (known: "
+                         f"{', '.join(sorted(LINEAR_OPTIONS))}); for a binomial or Poisson "
+                         f"model use fit_mixed(..., family=...).")
+    if weights is not None or offset is not None or nagq != 1:
+        raise ValueError("weights=, offset= and nagq= apply to family='binomial' or 'poisson'; "
+                         "the linear (gaussian) fit takes none of them.")
     if df_method not in DF_METHODS:
         raise ValueError(f"df_method must be one of {', '.join(DF_METHODS)}; got {df_method!r}.")
     if df_method == "kenward-roger" and not reml:
@@ -157,8 +192,14 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
     spec = build_spec(data, formula)
     if spec.weights is not None or spec.offset is not None:
         raise ValueError(f"{formula!r}: cbind() responses and offset() terms need a generalised "
-                         f"model; a linear fit cannot use them (subtract an offset from the "
-                         f"response instead, as 'value - baseline ~ ...').")
+                         f"model (family='binomial' or 'poisson'); a linear fit cannot use them "
+                         f"(subtract an offset from the response instead, as "
+                         f"'value - baseline ~ ...').")
+    from mfr_outcomes.models.glmm_api import gaussian_response_caution
+
+    caution = gaussian_response_caution(spec.y, spec.response)
+    if caution:
+        warnings.warn(caution, ModelWarning, stacklevel=2)
     cautions = check_model(spec)
     eng, reason = choose_engine(spec, engine)
     result, check = fit_engine(eng, spec, reml, options=options)

@@ -1,0 +1,241 @@
+"""Any random structure: PIRLS with a sparse Z and a dense, eliminated or sparse factorisation."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from mfr_outcomes.models.glmm_pirls import (
+    DENSE_MAX,
+    MAX_HALVINGS,
+    PIRLS_MAXIT,
+    PIRLS_TOL,
+    GlmmData,
+    Modes,
+    irls_quantities,
+)
+from mfr_outcomes.models.spec import ModelSpec, block_lambda
+
+__all__ = ["GeneralPirls"]
+
+
+class _Factor:
+    """Cholesky (dense) or LU (sparse) of the SPD matrix Λ'Z'WZΛ + I."""
+
+    def __init__(self, M, dense: bool):
+        self.dense = dense
+        if dense:
+            self.c = sla.cho_factor(M, lower=True, check_finite=False)
+            self.logdet = float(2.0 * np.sum(np.log(np.diag(self.c[0]))))
+        else:
+            self.lu = spla.splu(sp.csc_matrix(M), permc_spec="MMD_AT_PLUS_A",
+                                diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+            self.logdet = float(np.sum(np.log(np.abs(self.lu.U.diagonal()))))
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        if self.dense:
+            return sla.cho_solve(self.c, b, check_finite=False)
+        return self.lu.solve(np.asarray(b))
+
+
+class _ElimFactor:
+    """Λ'Z'WZΛ + I when the first (largest) factor has one scalar term: its block is diagonal,
+    so it is eliminated and only the Schur complement of the other factors is factorised
+    (for crossed designs such as respondents × items: a 24×24 matrix instead of 340×340)."""
+
+    def __init__(self, A: _RowSparse, W: np.ndarray, G1: int):
+        c1, v1 = A.cols[:, 0], A.vals[:, 0]
+        c2, v2 = A.cols[:, 1:] - G1, A.vals[:, 1:]
+        Q2 = A.n_re - G1
+        Wv1 = W * v1
+        self.D = 1.0 + np.bincount(c1, weights=Wv1 * v1, minlength=G1)
+        k = c2.shape[1]
+        self.B = np.bincount((c1[:, None] * Q2 + c2).ravel(),
+                             weights=(Wv1[:, None] * v2).ravel(),
+                             minlength=G1 * Q2).reshape(G1, Q2)
+        M22 = _RowSparse(c2, v2, Q2).gram_plus_identity(W, True) if k else np.eye(Q2)
+        S = M22 - self.B.T @ (self.B / self.D[:, None])
+        self.c = sla.cho_factor(S, lower=True, check_finite=False)
+        self.G1 = G1
+        self.logdet = float(np.sum(np.log(self.D)) + 2.0 * np.sum(np.log(np.diag(self.c[0]))))
+        self.dense = True
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b = np.asarray(b, dtype=float)
+        b1, b2 = b[:self.G1], b[self.G1:]
+        D = self.D if b.ndim == 1 else self.D[:, None]
+        y2 = sla.cho_solve(self.c, b2 - self.B.T @ (b1 / D), check_finite=False)
+        return np.concatenate([(b1 - self.B @ y2) / D, y2])
+
+
+class _RowSparse:
+    """A = ZΛ with a fixed pattern: each row has k non-zeros at ``cols[row]`` (Z's pattern,
+    because Λ is block-diagonal by level and lower triangular within a level)."""
+
+    def __init__(self, cols: np.ndarray, vals: np.ndarray, n_re: int):
+        self.cols, self.vals, self.n_re = cols, vals, n_re
+
+    def matvec(self, u: np.ndarray) -> np.ndarray:
+        return np.einsum("ik,ik->i", self.vals, u[self.cols])
+
+    def rmatvec(self, v: np.ndarray) -> np.ndarray:
+        return np.bincount(self.cols.ravel(), weights=(self.vals * v[:, None]).ravel(),
+                           minlength=self.n_re)
+
+    def rmatmat(self, V: np.ndarray) -> np.ndarray:
+        return np.column_stack([self.rmatvec(V[:, j]) for j in range(V.shape[1])])
+
+    def gram_plus_identity(self, W: np.ndarray, dense: bool):
+        """Λ'Z'WZΛ + I, dense (ndarray) or sparse."""
+        n, k = self.cols.shape
+        ii = np.repeat(self.cols, k, axis=1).ravel()
+        jj = np.tile(self.cols, (1, k)).ravel()
+        vv = (np.repeat(self.vals, k, axis=1) * np.tile(self.vals, (1, k)) * W[:, None]).ravel()
+        if dense:
+            M = np.bincount(ii * self.n_re + jj, weights=vv,
+                            minlength=self.n_re * self.n_re).reshape(self.n_re, self.n_re)
+            M[np.diag_indices(self.n_re)] += 1.0
+            return M
+        return (sp.coo_matrix((vv, (ii, jj)), shape=(self.n_re, self.n_re)).tocsc()
+                + sp.identity(self.n_re, format="csc"))
+
+
+class GeneralPirls:
+    """PIRLS for any random structure (lme4's general sparse algebra)."""
+
+    def __init__(self, spec: ModelSpec, data: GlmmData):
+        self.data = data
+        self.blocks = spec.blocks
+        cols, self._slices = [], []
+        off = 0
+        for b in spec.blocks:
+            for k in range(b.q):
+                cols.append(off + b.codes * b.q + k)
+            self._slices.append((off, b.n_levels * b.q))
+            off += b.n_levels * b.q
+        self.n_re = off
+        self.dense = off <= DENSE_MAX
+        self._cols = np.column_stack(cols)
+        first = spec.blocks[0]
+        rest = off - first.n_levels * first.q
+        self._eliminate = (len(spec.blocks) > 1 and first.q == 1 and rest <= DENSE_MAX
+                           and first.n_levels > rest)
+
+    def _A(self, theta: np.ndarray) -> _RowSparse:
+        vals, k = [], 0
+        for b in self.blocks:
+            lam = block_lambda(theta[k:k + b.n_theta], b.q)
+            k += b.n_theta
+            vals.append(b.Z @ lam)
+        return _RowSparse(self._cols, np.column_stack(vals), self.n_re)
+
+    def _factor(self, A: _RowSparse, W: np.ndarray):
+        if self._eliminate:
+            return _ElimFactor(A, W, self.blocks[0].n_levels)
+        return _Factor(A.gram_plus_identity(W, self.dense), self.dense)
+
+    def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
+        d = self.data
+        A = self._A(theta)
+        fixed = d.offset + d.X @ beta
+        u = np.zeros(self.n_re) if u0 is None else u0.copy()
+        eta = fixed + A.matvec(u)
+        mu, W, r = irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = float(dr.sum() + u @ u)
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            fac = self._factor(A, W)
+            delta = fac.solve(A.rmatvec(W * (eta - fixed + r))) - u
+            t = 1.0
+            for _ in range(MAX_HALVINGS):
+                u_try = u + t * delta
+                eta_try = fixed + A.matvec(u_try)
+                mu_try = d.family.linkinv(eta_try)
+                dr_try = d.dev_resid(mu_try)
+                pdev_try = float(dr_try.sum() + u_try @ u_try)
+                if pdev_try <= pdev + 1e-10 * (1.0 + abs(pdev)):
+                    break
+                t *= 0.5
+            u, eta, pdev, dr = u_try, eta_try, pdev_try, dr_try
+            mu, W, r = irls_quantities(d, eta, mu_try)
+            if np.max(np.abs(t * delta), initial=0.0) < PIRLS_TOL and t == 1.0:
+                converged = True
+                break
+        fac = self._factor(A, W)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its)
+
+    def _joint_solve(self, A: _RowSparse, W: np.ndarray, z: np.ndarray):
+        d = self.data
+        fac = self._factor(A, W)
+        C = A.rmatmat(d.X * W[:, None])
+        Minv_a, Minv_C = fac.solve(A.rmatvec(W * z)), fac.solve(C)
+        S = (d.X * W[:, None]).T @ d.X - C.T @ Minv_C
+        return S, Minv_a, Minv_C, fac
+
+    def joint_modes(self, theta: np.ndarray, beta0: np.ndarray, u0: np.ndarray | None) -> Modes:
+        d = self.data
+        A = self._A(theta)
+        u = np.zeros(self.n_re) if u0 is None else u0.copy()
+        beta = beta0.copy()
+        eta = d.offset + d.X @ beta + A.matvec(u)
+        mu, W, r = irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = float(dr.sum() + u @ u)
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            z = eta - d.offset + r
+            S, Minv_a, Minv_C, _ = self._joint_solve(A, W, z)
+            beta_new = np.linalg.solve(S, d.X.T @ (W * z) - Minv_C.T @ A.rmatvec(W * z))
+            du, db = Minv_a - Minv_C @ beta_new - u, beta_new - beta
+            t = 1.0
+            for _ in range(MAX_HALVINGS):
+                u_try, b_try = u + t * du, beta + t * db
+                eta_try = d.offset + d.X @ b_try + A.matvec(u_try)
+                mu_try = d.family.linkinv(eta_try)
+                dr_try = d.dev_resid(mu_try)
+                pdev_try = float(dr_try.sum() + u_try @ u_try)
+                if pdev_try <= pdev + 1e-10 * (1.0 + abs(pdev)):
+                    break
+                t *= 0.5
+            u, beta, eta, pdev, dr = u_try, b_try, eta_try, pdev_try, dr_try
+            mu, W, r = irls_quantities(d, eta, mu_try)
+            if max(np.max(np.abs(t * du), initial=0.0), np.max(np.abs(t * db))) < PIRLS_TOL \
+                    and t == 1.0:
+                converged = True
+                break
+        fac = self._factor(A, W)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its)
+
+    def schur(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        _, W, _ = irls_quantities(self.data, modes.eta)
+        S, *_ = self._joint_solve(self._A(theta), W, np.zeros_like(W))
+        return S
+
+    def agq(self, theta: np.ndarray, modes: Modes, nagq: int) -> float:
+        raise ValueError("nagq > 1 is only available for models with a single, scalar "
+                         "random-effects term (as in lme4).")
+
+    def blups(self, theta: np.ndarray, modes: Modes) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        A = self._A(theta)
+        _, W, _ = irls_quantities(self.data, modes.eta)
+        fac = self._factor(A, W)
+        blups, condvar, k = [], [], 0
+        for b, (off, size) in zip(self.blocks, self._slices):
+            lam = block_lambda(theta[k:k + b.n_theta], b.q)
+            k += b.n_theta
+            U = modes.u[off:off + size].reshape(b.n_levels, b.q)
+            blups.append(U @ lam.T)
+            if size <= DENSE_MAX:
+                E = np.zeros((self.n_re, size))
+                E[off + np.arange(size), np.arange(size)] = 1.0
+                Minv = np.asarray(fac.solve(E))[off:off + size]
+                cov_u = np.stack([Minv[i * b.q:(i + 1) * b.q, i * b.q:(i + 1) * b.q]
+                                  for i in range(b.n_levels)])
+                condvar.append(np.einsum("ij,gjk,lk->gil", lam, cov_u, lam))
+            else:  # the diagonal blocks of a large sparse inverse are not computed
+                condvar.append(np.full((b.n_levels, b.q, b.q), np.nan))
+        return blups, condvar

@@ -1,0 +1,327 @@
+"""One grouping factor: PIRLS, Laplace and adaptive quadrature batched over its levels."""
+from __future__ import annotations
+
+import numpy as np
+
+from mfr_outcomes.models.glmm_pirls import (
+    MAX_HALVINGS,
+    PIRLS_MAXIT,
+    PIRLS_TOL,
+    GlmmData,
+    Modes,
+    irls_quantities,
+)
+from mfr_outcomes.models.spec import ModelSpec, block_lambda
+
+__all__ = ["OneFactorPirls"]
+
+
+class OneFactorPirls:
+    """PIRLS with one grouping factor and q random terms per level, batched over levels."""
+
+    def __init__(self, spec: ModelSpec, data: GlmmData):
+        (block,) = spec.blocks
+        self.data = data
+        self.Z = block.Z
+        self.g = block.codes
+        self.G = block.n_levels
+        self.q = block.q
+        self.n_re = self.G * self.q
+        self._pairs = [(k, m) for k in range(self.q) for m in range(k, self.q)]
+
+    # ---------------------------------------------------------------- helpers
+    def _A(self, theta: np.ndarray) -> np.ndarray:
+        return self.Z @ block_lambda(theta, self.q) if self.q > 1 else self.Z * theta[0]
+
+    def _gsum(self, v: np.ndarray) -> np.ndarray:
+        return np.bincount(self.g, weights=v, minlength=self.G)
+
+    def _eta_rand(self, A: np.ndarray, u: np.ndarray) -> np.ndarray:
+        U = u.reshape(self.G, self.q)
+        if self.q == 1:
+            return A[:, 0] * U[self.g, 0]
+        return np.einsum("ij,ij->i", A, U[self.g])
+
+    def _M(self, A: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """(G, q, q): I + Σ_rows W A A' per group."""
+        M = np.zeros((self.G, self.q, self.q))
+        for k, m in self._pairs:
+            s = self._gsum(W * A[:, k] * A[:, m])
+            M[:, k, m] = s
+            M[:, m, k] = s
+        M[:, np.arange(self.q), np.arange(self.q)] += 1.0
+        return M
+
+    def _gvec(self, A: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """(G, q): Σ_rows A v per group."""
+        return np.column_stack([self._gsum(A[:, k] * v) for k in range(self.q)])
+
+    def _solve(self, M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+        if self.q == 1:
+            return rhs / M[:, 0, :]
+        return np.linalg.solve(M, rhs[..., None])[..., 0]
+
+    def _logdet(self, M: np.ndarray) -> float:
+        if self.q == 1:
+            return float(np.sum(np.log(M[:, 0, 0])))
+        return float(2.0 * np.sum(np.log(np.diagonal(np.linalg.cholesky(M), axis1=1, axis2=2))))
+
+    def _pdev_groups(self, devres: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return self._gsum(devres) + np.sum(u.reshape(self.G, self.q) ** 2, axis=1)
+
+    # ---------------------------------------------------------------- PIRLS, β fixed
+    def _modes_scalar(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None
+                      ) -> Modes:
+        """PIRLS for one scalar random effect per level: plain 1-D arrays, no q×q blocks."""
+        d, g, G = self.data, self.g, self.G
+        a = self.Z[:, 0] * theta[0]
+        a2 = a * a
+        fixed = d.offset + d.X @ beta
+        u = np.zeros(G) if u0 is None else u0.copy()
+        eta = fixed + a * u[g]
+        mu, W, r = irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = np.bincount(g, weights=dr, minlength=G) + u * u
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            M = 1.0 + np.bincount(g, weights=W * a2, minlength=G)
+            delta = np.bincount(g, weights=W * a * (eta - fixed + r), minlength=G) / M - u
+            step = 1.0
+            for _ in range(MAX_HALVINGS):
+                u_new = u + step * delta
+                eta_new = fixed + a * u_new[g]
+                mu_new = d.family.linkinv(eta_new)
+                dr_new = d.dev_resid(mu_new)
+                pdev_new = np.bincount(g, weights=dr_new, minlength=G) + u_new * u_new
+                worse = pdev_new > pdev + 1e-10 * (1.0 + np.abs(pdev))
+                if not worse.any():
+                    break
+                step = np.where(worse, step * 0.5, step)
+            u, eta, pdev, dr = u_new, eta_new, pdev_new, dr_new
+            mu, W, r = irls_quantities(d, eta, mu_new)
+            if np.max(np.abs(step * delta), initial=0.0) < PIRLS_TOL and np.all(step == 1.0):
+                converged = True
+                break
+        M = 1.0 + np.bincount(g, weights=W * a2, minlength=G)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), float(np.log(M).sum()),
+                     converged, its)
+
+    def laplace_gradient(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """Exact gradient over (θ, β) of the Laplace deviance, one scalar random effect.
+
+        At the mode ∂(Σd + ‖u‖²)/∂u = 0, so (envelope theorem) only log|M| feels û's motion:
+        dF/dx = ∂F/∂x|_u + Σᵢ ∂log Mᵢ/∂uᵢ · dûᵢ/dx, with dûᵢ/dx = −Hᵢ⁻¹ ∂gᵢ/∂x from the mode
+        condition gᵢ = Σⱼ d′ⱼ aⱼ + 2uᵢ = 0 (d the deviance residual, a = θz, Mᵢ = 1 + Σ W a²,
+        Hᵢ = Σ d″ a² + 2; W, d′, d″ and W′ from the family's link derivatives).
+        """
+        d, g, G = self.data, self.g, self.G
+        fam = d.family
+        z = self.Z[:, 0]
+        a = z * theta[0]
+        eta, mu, u = modes.eta, modes.mu, modes.u
+        me = fam.mu_eta(eta)
+        mee = fam.mu_eta_eta(eta, mu, me)
+        V = np.maximum(fam.variance(mu), 1e-300)
+        Vp = fam.variance_deriv(mu)
+        w, res = d.weights, d.y - mu
+        d1 = -2.0 * w * res * me / V
+        d2 = 2.0 * w * me ** 2 / V - 2.0 * w * res * (mee * V - me ** 2 * Vp) / V ** 2
+        W = w * me ** 2 / V
+        W1 = w * (2.0 * me * mee / V - me ** 3 * Vp / V ** 2)
+        M = 1.0 + np.bincount(g, weights=W * a * a, minlength=G)
+        H = 2.0 + np.bincount(g, weights=d2 * a * a, minlength=G)
+        c = W1 * a * a / M[g]
+        sH = np.bincount(g, weights=c * a, minlength=G) / H  # (∂ log M/∂u) / H per group
+        ug = u[g]
+        v = d1 + c - sH[g] * d2 * a
+        grad_beta = d.X.T @ v
+        dg_dlam = np.bincount(g, weights=d2 * z * ug * a + d1 * z, minlength=G)
+        grad_lam = (np.sum((d1 + c) * z * ug)
+                    + np.sum(np.bincount(g, weights=2.0 * W * a * z, minlength=G) / M)
+                    - np.sum(sH * dg_dlam))
+        return np.concatenate([[grad_lam], grad_beta])
+
+    def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
+        if self.q == 1:
+            return self._modes_scalar(theta, beta, u0)
+        d = self.data
+        A = self._A(theta)
+        fixed = d.offset + d.X @ beta
+        u = np.zeros(self.n_re) if u0 is None else u0.copy()
+        eta = fixed + self._eta_rand(A, u)
+        mu, W, r = irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = self._pdev_groups(dr, u)
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            M = self._M(A, W)
+            rhs = self._gvec(A, W * (eta - fixed + r))
+            delta = self._solve(M, rhs).ravel() - u
+            step = np.ones(self.G)
+            for _ in range(MAX_HALVINGS):
+                u_new = u + np.repeat(step, self.q) * delta
+                eta_new = fixed + self._eta_rand(A, u_new)
+                mu_new = d.family.linkinv(eta_new)
+                dr_new = d.dev_resid(mu_new)
+                pdev_new = self._pdev_groups(dr_new, u_new)
+                worse = pdev_new > pdev + 1e-10 * (1.0 + np.abs(pdev))
+                if not worse.any():
+                    break
+                step = np.where(worse, step * 0.5, step)
+            u, eta, pdev, dr = u_new, eta_new, pdev_new, dr_new
+            mu, W, r = irls_quantities(d, eta, mu_new)
+            if np.max(np.abs(delta * np.repeat(step, self.q)), initial=0.0) < PIRLS_TOL and \
+                    np.all(step == 1.0):
+                converged = True
+                break
+        M = self._M(A, W)
+        self._last = (A, W, M)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), self._logdet(M),
+                     converged, its)
+
+    # ---------------------------------------------------------------- joint (u, β): nAGQ = 0
+    def _joint_scalar(self, theta: np.ndarray, beta0: np.ndarray, u0: np.ndarray | None
+                      ) -> Modes:
+        """Joint PIRLS over (u, β) for one scalar random effect: u eliminated group by group."""
+        d, g, G, X = self.data, self.g, self.G, self.data.X
+        a = self.Z[:, 0] * theta[0]
+        u = np.zeros(G) if u0 is None else u0.copy()
+        beta = beta0.copy()
+        eta = d.offset + X @ beta + a * u[g]
+        mu, W, r = irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = float(dr.sum() + u @ u)
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            z = eta - d.offset + r
+            Wa = W * a
+            M = 1.0 + np.bincount(g, weights=Wa * a, minlength=G)
+            av = np.bincount(g, weights=Wa * z, minlength=G)
+            C = np.column_stack([np.bincount(g, weights=Wa * X[:, j], minlength=G)
+                                 for j in range(X.shape[1])])  # (G, p)
+            CM = C / M[:, None]
+            XtW = X.T * W
+            S = XtW @ X - C.T @ CM
+            beta_new = np.linalg.solve(S, XtW @ z - CM.T @ av)
+            du = (av - C @ beta_new) / M - u
+            db = beta_new - beta
+            t = 1.0
+            for _ in range(MAX_HALVINGS):
+                u_try, b_try = u + t * du, beta + t * db
+                eta_try = d.offset + X @ b_try + a * u_try[g]
+                mu_try = d.family.linkinv(eta_try)
+                dr_try = d.dev_resid(mu_try)
+                pdev_try = float(dr_try.sum() + u_try @ u_try)
+                if pdev_try <= pdev + 1e-10 * (1.0 + abs(pdev)):
+                    break
+                t *= 0.5
+            u, beta, eta, pdev, dr = u_try, b_try, eta_try, pdev_try, dr_try
+            mu, W, r = irls_quantities(d, eta, mu_try)
+            if max(np.max(np.abs(t * du), initial=0.0), np.max(np.abs(t * db))) < PIRLS_TOL \
+                    and t == 1.0:
+                converged = True
+                break
+        M = 1.0 + np.bincount(g, weights=W * a * a, minlength=G)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), float(np.log(M).sum()),
+                     converged, its)
+
+    def joint_modes(self, theta: np.ndarray, beta0: np.ndarray, u0: np.ndarray | None) -> Modes:
+        if self.q == 1:
+            return self._joint_scalar(theta, beta0, u0)
+        d = self.data
+        A = self._A(theta)
+        X = d.X
+        p = X.shape[1]
+        u = np.zeros(self.n_re) if u0 is None else u0.copy()
+        beta = beta0.copy()
+        eta = d.offset + X @ beta + self._eta_rand(A, u)
+        mu, W, r = irls_quantities(d, eta)
+        dr = d.dev_resid(mu)
+        pdev = float(dr.sum() + u @ u)
+        converged, its = False, 0
+        for it in range(1, PIRLS_MAXIT + 1):
+            its = it
+            z = eta - d.offset + r
+            M = self._M(A, W)
+            a = self._gvec(A, W * z)  # (G, q)
+            C = np.stack([self._gvec(A, W * X[:, j]) for j in range(p)], axis=2)  # (G, q, p)
+            Minv_a = self._solve(M, a)
+            Minv_C = np.stack([self._solve(M, C[:, :, j]) for j in range(p)], axis=2)
+            XtWX = (X * W[:, None]).T @ X
+            S = XtWX - np.einsum("gqi,gqj->ij", C, Minv_C)
+            rhs = X.T @ (W * z) - np.einsum("gqi,gq->i", C, Minv_a)
+            beta_new = np.linalg.solve(S, rhs)
+            u_new_full = (Minv_a - np.einsum("gqj,j->gq", Minv_C, beta_new)).ravel()
+            du, db = u_new_full - u, beta_new - beta
+            t = 1.0
+            for _ in range(MAX_HALVINGS):
+                u_try, b_try = u + t * du, beta + t * db
+                eta_try = d.offset + X @ b_try + self._eta_rand(A, u_try)
+                mu_try = d.family.linkinv(eta_try)
+                dr_try = d.dev_resid(mu_try)
+                pdev_try = float(dr_try.sum() + u_try @ u_try)
+                if pdev_try <= pdev + 1e-10 * (1.0 + abs(pdev)):
+                    break
+                t *= 0.5
+            u, beta, eta, pdev, dr = u_try, b_try, eta_try, pdev_try, dr_try
+            mu, W, r = irls_quantities(d, eta, mu_try)
+            if max(np.max(np.abs(t * du), initial=0.0), np.max(np.abs(t * db))) < PIRLS_TOL \
+                    and t == 1.0:
+                converged = True
+                break
+        M = self._M(A, W)
+        self._last = (A, W, M)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), self._logdet(M),
+                     converged, its)
+
+    def schur(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """R_X'R_X = X'WX − X'WZΛ (Λ'Z'WZΛ + I)⁻¹ Λ'Z'WX at the modes (Var(β̂)⁻¹ given θ)."""
+        d = self.data
+        A = self._A(theta)
+        _, W, _ = irls_quantities(d, modes.eta)
+        M = self._M(A, W)
+        X = d.X
+        C = np.stack([self._gvec(A, W * X[:, j]) for j in range(X.shape[1])], axis=2)
+        Minv_C = np.stack([self._solve(M, C[:, :, j]) for j in range(X.shape[1])], axis=2)
+        return (X * W[:, None]).T @ X - np.einsum("gqi,gqj->ij", C, Minv_C)
+
+    def cond_cov_u(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """(G, q, q) conditional covariances of u per level: (Λ'Z'WZΛ + I)⁻¹ blocks."""
+        _, W, _ = irls_quantities(self.data, modes.eta)
+        return np.linalg.inv(self._M(self._A(theta), W))
+
+    # ---------------------------------------------------------------- adaptive Gauss–Hermite
+    def agq(self, theta: np.ndarray, modes: Modes, nagq: int) -> float:
+        """−2 log-likelihood by adaptive Gauss–Hermite quadrature with *nagq* nodes (q = 1).
+
+        On glmer's scale: deviance residuals, not the full log-density, so for binomial data
+        with trials (and Poisson) it differs from the Laplace value by the saturated constant.
+        """
+        d = self.data
+        A = self._A(theta)[:, 0]
+        _, W, _ = irls_quantities(d, modes.eta)
+        M = self._M(A[:, None], W)[:, 0, 0]
+        sd = 1.0 / np.sqrt(M)
+        z, w = np.polynomial.hermite_e.hermegauss(nagq)
+        w = w / np.sqrt(2.0 * np.pi)
+        fixed = modes.eta - A * modes.u[self.g]
+        dr0 = d.dev_resid(modes.mu)
+        dev0 = self._gsum(dr0) + modes.u ** 2
+        total = np.zeros(self.G)
+        for zk, wk in zip(z, w):
+            uk = modes.u + zk * sd
+            mu_k = d.family.linkinv(fixed + A * uk[self.g])
+            devk = self._gsum(d.dev_resid(mu_k)) + uk ** 2
+            total += wk * np.exp(-0.5 * (devk - dev0) + 0.5 * zk ** 2)
+        # lme4 (glmerAGQ) leaves the family's saturated constant out of the quadrature value,
+        # unlike its Laplace value; kept so that logLik agrees with glmer's for nAGQ > 1.
+        return float(np.sum(dev0) + np.sum(np.log(M)) - 2.0 * np.sum(np.log(total)))
+
+    def blups(self, theta: np.ndarray, modes: Modes) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        lam = block_lambda(theta, self.q)
+        U = modes.u.reshape(self.G, self.q)
+        cov_u = self.cond_cov_u(theta, modes)
+        return [U @ lam.T], [np.einsum("ij,gjk,lk->gil", lam, cov_u, lam)]
