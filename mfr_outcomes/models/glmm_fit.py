@@ -144,8 +144,11 @@ class GeneralizedMixedFit:
         """(Quasi-)complete separation: factor levels with one outcome only, runaway estimates."""
         spec, out = self.spec, []
         y, data = spec.y, spec.data
-        for col in spec.design.get("categories", {}):
-            if col not in data.columns or col not in spec.design.get("used", []):
+        design = spec.design
+        categories = design.categories if design is not None else {}
+        used = set(design.fixed_variables) if design is not None else set()
+        for col in categories:
+            if col not in data.columns or col not in used:
                 continue
             codes, levels = pd.factorize(data[col].astype(str))
             total = np.bincount(codes, weights=self.weights, minlength=len(levels))
@@ -347,12 +350,9 @@ class GeneralizedMixedFit:
         return pd.concat(rows, ignore_index=True)
 
     def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
-        from formulaic import model_matrix
-
         out = np.zeros(len(newdata))
-        exprs = self.spec.design.get("random_exprs", {})
-        nd = prepare_newdata(self.spec, newdata)
-        for b, blup in zip(self.spec.blocks, self.result.blups):
+        design = self.spec.design
+        for k, (b, blup) in enumerate(zip(self.spec.blocks, self.result.blups)):
             gvars = b.group.split(":")
             if any(g not in newdata.columns for g in gvars):
                 continue
@@ -362,11 +362,11 @@ class GeneralizedMixedFit:
             known = pos >= 0
             if not known.any():
                 continue
-            expr = exprs.get((b.group, tuple(b.terms)),
-                             " + ".join(t if t != "(Intercept)" else "1" for t in b.terms))
-            zmm = model_matrix(expr, nd, na_action="ignore")
-            names = ["(Intercept)" if c == "Intercept" else c for c in zmm.columns]
-            Z = pd.DataFrame(np.asarray(zmm, float), columns=names)[b.terms].to_numpy()
+            if design is not None:
+                Z = design.random_matrix(k, prepare_newdata(self.spec, newdata))
+            else:  # a spec built by hand: the terms are plain column names
+                Z = np.column_stack([np.ones(len(newdata)) if t == "(Intercept)" else
+                                     newdata[t].to_numpy(dtype=float) for t in b.terms])
             out[known] += np.einsum("ij,ij->i", Z[known], blup[pos[known]])
         return out
 
