@@ -12,20 +12,25 @@ import io as _io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names
-from mfr_outcomes.study import Study, ValidationReport, _study_from_inputs
+from mfr_outcomes.findings import DataValidationError, ValidationReport
+from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names, validate_tables
+from mfr_outcomes.study import Study
 from mfr_outcomes.vocab import TABLES
+from mfr_outcomes.warnings_ import DataWarning
 
 __all__ = [
     "load_study",
     "validate",
     "read_tables",
+    "build_study",
+    "from_frames",
     "read_column_map",
     "apply_column_map",
     "SourceError",
@@ -100,8 +105,8 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     inputs, label = read_tables(source, **read_options)
     if column_map is not None:
         inputs = apply_column_map(inputs, column_map)
-    return _study_from_inputs(inputs, source=label, strict=strict, dayfirst=dayfirst,
-                              decimal=decimal_default)
+    return build_study(inputs, source=label, strict=strict, dayfirst=dayfirst,
+                       decimal=decimal_default)
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
@@ -120,6 +125,53 @@ def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os
         Only when the source cannot be read at all.
     """
     return load_study(source, column_map, strict=False, **read_options).report
+
+
+def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool = False,
+                dayfirst: bool = False, decimal: str = ".") -> Study:
+    """Validate raw tables and build a :class:`~mfr_outcomes.study.Study` (the one place that does).
+
+    Parameters
+    ----------
+    inputs : dict
+        "patients", "sessions", "measurements" -> :class:`~mfr_outcomes.schema.TableInput`.
+    source : str
+        How the source is named in the report.
+    strict : bool
+        Raise :class:`~mfr_outcomes.findings.DataValidationError` when anything is found.
+    dayfirst : bool
+        Read non-ISO text dates as day/month/year.
+    decimal : str
+        Decimal mark of text numbers (a table's own mark wins).
+
+    Returns
+    -------
+    Study
+    """
+    frames, findings, accounting = validate_tables(dict(inputs), dayfirst=dayfirst,
+                                                   decimal=decimal)
+    report = ValidationReport(findings=findings, accounting=accounting, source=source)
+    if strict and not report.ok:
+        raise DataValidationError(report)
+    if not report.ok:
+        # rows are never dropped silently: say so once, the details are in the report
+        kept = sum(f.action == "kept" for f in findings)
+        warnings.warn(f"{source}: {report.n_excluded} row(s) excluded and {kept} caution(s) "
+                      f"while loading; see study.report", DataWarning, stacklevel=3)
+    return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
+
+
+def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame, *,
+                source: str = "<frames>", strict: bool = False, dayfirst: bool = False,
+                decimal: str = ".") -> Study:
+    """Validate three raw tables exactly as files are validated (see
+    :func:`mfr_outcomes.study.from_frames`, which calls this)."""
+    inputs = {}
+    for name, frame in zip(TABLES, (patients, sessions, measurements)):
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+        inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
+    return build_study(inputs, source=source, strict=strict, dayfirst=dayfirst, decimal=decimal)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -3,7 +3,7 @@
 Every cell arrives as text. Numbers, dates, flags and category labels are coerced column by column
 first (so one bad cell cannot hide another), pandera then checks ranges, whole numbers and
 vocabularies lazily (all failures in one pass), and the cross-table rules (keys, orphans, dates,
-session order, post without pre) follow. Each problem becomes a :class:`~mfr_outcomes.study.Finding`
+session order, post without pre) follow. Each problem becomes a :class:`~mfr_outcomes.findings.Finding`
 that says whether its row was excluded or kept with a caution.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from mfr_outcomes import vocab
+from mfr_outcomes.findings import Finding, RowAccount
 from mfr_outcomes.measures import MEASURES
-from mfr_outcomes.study import Finding, RowAccount
 
 __all__ = [
     "ColumnSpec",
