@@ -50,7 +50,7 @@ class Finding:
         Reason code: missing_column, unexpected_column, missing_value, not_a_number, wrong_type,
         not_integer, out_of_range, unknown_category, unknown_measure, duplicate_key,
         duplicate_reading, orphan, cascade, invalid_date, before_enrolment, session_order,
-        post_without_pre, post_on_assessment, malformed_row.
+        post_without_pre, post_on_assessment, malformed_row, blank_line, distant_date.
     message : str
         A plain sentence naming file, line and value, ending with what was done.
     action : {"excluded", "kept"}
@@ -72,16 +72,22 @@ class Finding:
 
 @dataclass(frozen=True)
 class RowAccount:
-    """Row accounting of one table: ``read == used + excluded``; ``reasons`` counts exclusions."""
+    """Row accounting of one table: ``read == used + excluded + blank``.
+
+    ``reasons`` counts exclusions by rule; ``blank`` counts the blank or whitespace-only lines of a
+    text file (read, but holding no data).
+    """
 
     read: int
     used: int
     excluded: int
     reasons: Mapping[str, int] = field(default_factory=dict)
+    blank: int = 0
 
     def __post_init__(self) -> None:
-        if self.read != self.used + self.excluded:  # an internal bug, never user input
-            raise RuntimeError(f"row accounting broken: {self.read} != {self.used} + {self.excluded}")
+        if self.read != self.used + self.excluded + self.blank:  # an internal bug, not user input
+            raise RuntimeError(f"row accounting broken: {self.read} != {self.used} + "
+                               f"{self.excluded} + {self.blank}")
 
 
 @dataclass
@@ -131,7 +137,8 @@ class ValidationReport:
         Returns
         -------
         DataFrame
-            Columns table, read, used, excluded, findings, cautions (findings whose row was kept).
+            Columns table, read, used, excluded, findings, cautions (findings whose row was kept),
+            blank (blank lines of a text file, counted in read).
         """
         rows = []
         for table in _ordered_tables(self.accounting):
@@ -140,9 +147,10 @@ class ValidationReport:
             rows.append({
                 "table": table, "read": acc.read, "used": acc.used, "excluded": acc.excluded,
                 "findings": len(mine), "cautions": sum(f.action == "kept" for f in mine),
+                "blank": acc.blank,
             })
         return pd.DataFrame(rows, columns=["table", "read", "used", "excluded", "findings",
-                                           "cautions"])
+                                           "cautions", "blank"])
 
     def accounting_lines(self) -> list[str]:
         """One sentence a table: rows read, used and excluded with their reasons."""
@@ -150,6 +158,8 @@ class ValidationReport:
         for table in _ordered_tables(self.accounting):
             acc = self.accounting[table]
             text = f"{table}: {acc.read} rows read, {acc.used} used, {acc.excluded} excluded"
+            if acc.blank:
+                text += f", {acc.blank} blank"
             if acc.reasons:
                 why = ", ".join(f"{n} {rule.replace('_', ' ')}" for rule, n in acc.reasons.items())
                 text += f" ({why})"
@@ -179,7 +189,7 @@ class ValidationReport:
             "source": self.source,
             "ok": self.ok,
             "accounting": {t: {"read": a.read, "used": a.used, "excluded": a.excluded,
-                               "reasons": dict(a.reasons)}
+                               "blank": a.blank, "reasons": dict(a.reasons)}
                            for t, a in self.accounting.items()},
             "findings": [{c: getattr(f, c) for c in _FINDING_COLUMNS} for f in self.findings],
         }

@@ -8,7 +8,6 @@ came from, so that validation can name it.
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from mfr_outcomes.csvread import CsvReadError, decode_csv, parse_csv, sniff_sep
 from mfr_outcomes.findings import DataValidationError, ValidationReport
 from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names, validate_tables
 from mfr_outcomes.study import Study
@@ -252,94 +252,45 @@ def _read_frames(source: Mapping[str, Any]) -> dict[str, TableInput]:
 
 # ----------------------------------------------------------------------------- text files
 
-def _decode(path: Path, encoding: str | None) -> str:
-    data = path.read_bytes()
-    if encoding:
-        try:
-            return data.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as exc:
-            raise SourceError(f"{path.name} cannot be read as {encoding}: {exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        log.info("%s is not UTF-8; reading it as Latin-1", path.name)
-        return data.decode("latin-1")
-
-
-def _sniff_sep(text: str) -> str:
-    """The field separator: the candidate used most in the header line.
-
-    Header names rarely contain separators, while data rows may hold decimal commas, so the
-    header decides; csv.Sniffer breaks ties and handles a header without any candidate.
-    """
-    lines = text.splitlines()
-    header = next((line for line in lines if line.strip()), "")
-    counts = {d: header.count(d) for d in (";", ",", "\t", "|")}
-    best = max(counts.values())
-    winners = [d for d, n in counts.items() if n == best]
-    if best and len(winners) == 1:
-        return winners[0]
-    try:
-        return csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|").delimiter
-    except csv.Error:
-        return winners[0] if best else ","
-
-
 def read_csv_text(text: str, table: str, file: str, *, sep: str | None = None,
                   decimal: str | None = None) -> TableInput:
     """Parse CSV text into a :class:`TableInput` whose rows carry their editor line numbers.
 
     A record's line is the line its first field starts on (header is line 1); quoted cells that
-    span lines are counted; blank lines are skipped.
+    span lines are counted; blank and whitespace-only lines are counted in ``blank_lines``.
     """
+    return _csv_input(text.lstrip("\ufeff").encode("utf-8"), table, file, sep=sep,
+                      decimal=decimal)
+
+
+def _csv_input(data: bytes, table: str, file: str, *, sep: str | None,
+               decimal: str | None) -> TableInput:
     if sep is None:
-        sep = _sniff_sep(text)
+        sep = sniff_sep(data[:65536].decode("utf-8", "ignore"))
+    if len(sep) != 1:
+        raise SourceError(f"{file}: the separator must be one character, got {sep!r}")
     if decimal is None:
         decimal = "," if sep == ";" else "."
-    reader = csv.reader(_io.StringIO(text, newline=""), delimiter=sep)
-    header: list[str] | None = None
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    problems: list[tuple[int, str]] = []
-    last = 0
-    for record in reader:
-        start = last + 1
-        last = reader.line_num
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        if header is None:
-            header = record
-            continue
-        if len(record) > len(header):
-            extra = [c for c in record[len(header):] if c.strip()]
-            if extra:
-                problems.append((len(rows), f"{len(record)} fields but the header has "
-                                 f"{len(header)}; extra values {', '.join(extra)} ignored"))
-            record = record[:len(header)]
-        elif len(record) < len(header):
-            record = record + [""] * (len(header) - len(record))
-        rows.append(record)
-        lines.append(start)
-    if header is None:
-        raise SourceError(f"{file} is empty: no header line")
-    frame = pd.DataFrame(rows, columns=unique_names(header), dtype=object)
-    if not rows:
-        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in unique_names(header)})
-    inp = TableInput.from_frame(table, frame, file=file, unit="line", lines=lines)
-    inp.decimal = decimal
-    inp.problems = problems
+    try:
+        parsed = parse_csv(data, file, sep=sep)
+    except CsvReadError as exc:
+        raise SourceError(str(exc)) from None
+    except csv.Error as exc:
+        raise SourceError(f"{file} is not readable CSV: {exc}") from None
+    inp = TableInput(table, parsed.frame, file, "line", parsed.lines, decimal,
+                     parsed.problems, parsed.blank_lines)
     return inp
 
 
 def _read_csv(path: Path, table: str, *, encoding: str | None, sep: str | None,
               decimal: str | None) -> TableInput:
-    text = _decode(path, encoding)
+    try:
+        text = decode_csv(path.read_bytes(), encoding, path.name)
+    except (UnicodeError, LookupError) as exc:
+        raise SourceError(f"{path.name} cannot be read as {encoding}: {exc}") from None
     if sep is None and path.suffix.lower() == ".tsv":
         sep = "\t"
-    try:
-        return read_csv_text(text, table, path.name, sep=sep, decimal=decimal)
-    except csv.Error as exc:
-        raise SourceError(f"{path.name} is not readable CSV: {exc}") from None
+    return _csv_input(text.data, table, path.name, sep=sep, decimal=decimal)
 
 
 def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
@@ -611,6 +562,6 @@ def apply_column_map(inputs: dict[str, TableInput],
 
             frame[col] = frame[col].astype(object).map(relabel)
         new = TableInput(inp.name, frame, inp.file, inp.unit, inp.lines, inp.decimal,
-                         list(inp.problems))
+                         list(inp.problems), inp.blank_lines)
         out[table] = new
     return out
