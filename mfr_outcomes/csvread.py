@@ -123,13 +123,30 @@ def shown_lines(lines: np.ndarray | list[int], limit: int = 10) -> str:
 
 @dataclass
 class _Scan:
+    data: bytes
+    sep: str
     starts: np.ndarray       # byte offset of each record (header included)
     ends: np.ndarray         # byte offset one past each record's content (before its newline)
     line_of: np.ndarray      # editor line of each record
     blank: np.ndarray        # record holds nothing but whitespace, separators and quotes
-    nsep: np.ndarray         # separators outside quotes in each record
+    quoted: bool             # the text has quotes
     quoted_newlines: bool
     unclosed: int | None     # byte offset of a quote never closed
+
+    def field_counts(self) -> np.ndarray:
+        """Fields of each record (separators outside quotes + 1); computed only when Arrow found
+        a record with the wrong count."""
+        buf = np.frombuffer(self.data, np.uint8)
+        outside = buf == ord(self.sep)
+        if self.quoted:
+            outside &= np.bitwise_xor.accumulate((buf == _QUOTE).view(np.uint8)) == 0
+        return np.add.reduceat(outside, self.starts, dtype=np.int64) + 1
+
+
+def _blank_table(sep: str) -> np.ndarray:
+    table = np.zeros(256, bool)
+    table[[_SPACE, _TAB, _CR, _QUOTE, _NL, ord(sep)]] = True
+    return table
 
 
 def _scan(data: bytes, sep: str) -> _Scan | None:
@@ -137,48 +154,50 @@ def _scan(data: bytes, sep: str) -> _Scan | None:
     buf = np.frombuffer(data, np.uint8)
     n = len(buf)
     sepb = ord(sep)
+    empty = np.zeros(0, np.int64)
     nl = np.flatnonzero(buf == _NL)
-    line_starts = np.concatenate([[0], nl + 1])
-    is_q = buf == _QUOTE
-    unclosed = None
-    if is_q.any():
-        qpos = np.flatnonzero(is_q)
-        inside = np.bitwise_xor.accumulate(is_q.view(np.uint8))  # 1 inside quotes (and on opener)
+    qpos = np.flatnonzero(buf == _QUOTE)
+    quoted_newlines = False
+    if len(qpos):
+        inside = np.bitwise_xor.accumulate((buf == _QUOTE).view(np.uint8))  # 1 inside quotes
         opener = qpos[inside[qpos] == 1]
         closer = qpos[inside[qpos] == 0]
+        edge = np.zeros(256, bool)
+        edge[[sepb, _NL, _CR, _QUOTE]] = True
         before = np.where(opener > 0, buf[np.maximum(opener - 1, 0)], _NL)
         after = np.where(closer + 1 < n, buf[np.minimum(closer + 1, n - 1)], _NL)
-        ok_open = np.isin(before, [sepb, _NL, _CR, _QUOTE])
-        ok_close = np.isin(after, [sepb, _NL, _CR, _QUOTE])
-        if not (ok_open.all() and ok_close.all()):
+        if not (edge[before].all() and edge[after].all()):
             return None
         if len(qpos) % 2:
-            unclosed = int(qpos[-1])
-            return _Scan(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                         np.zeros(0, bool), np.zeros(0, np.int64), False, unclosed)
+            return _Scan(data, sep, empty, empty, empty, np.zeros(0, bool), True, False,
+                         int(qpos[-1]))
         rec_nl = nl[inside[nl] == 0]
-        outside_sep = (buf == sepb) & (inside == 0)
         quoted_newlines = len(rec_nl) < len(nl)
         del inside
     else:
         rec_nl = nl
-        outside_sep = buf == sepb
-        quoted_newlines = False
     starts = np.concatenate([[0], rec_nl + 1])
     ends = np.concatenate([rec_nl, [n]])
     if starts[-1] >= n:  # text ends with a newline: no record after it
         starts, ends = starts[:-1], ends[:-1]
+    table = _blank_table(sep)
     if not len(starts):
-        return _Scan(starts, ends, starts, np.zeros(0, bool), starts, False, None)
-    content = ~(np.isin(buf, [_SPACE, _TAB, _CR, _QUOTE, _NL]) | (buf == sepb))
-    # each segment [start, next start) holds its newline, so no segment is empty
-    blank = ~np.logical_or.reduceat(content, starts)
-    del content
-    nsep = np.add.reduceat(outside_sep, starts, dtype=np.int64)
-    del outside_sep
-    line_of = np.searchsorted(line_starts, starts) + 1 if quoted_newlines else \
-        np.arange(1, len(starts) + 1, dtype=np.int64)
-    return _Scan(starts, ends, line_of.astype(np.int64), blank, nsep, quoted_newlines, None)
+        return _Scan(data, sep, starts, ends, starts, np.zeros(0, bool), bool(len(qpos)),
+                     False, None)
+    # a blank record starts with a blank byte: look closer only at those
+    cand = np.flatnonzero(table[buf[starts]])
+    if len(cand) <= 50_000:
+        blank = np.zeros(len(starts), bool)
+        for r in cand:
+            blank[r] = bool(table[buf[starts[r]:ends[r]]].all())
+    else:  # every record starts with a quote or a space: one pass over the bytes
+        blank = ~np.logical_or.reduceat(~table[buf], starts)
+    if quoted_newlines:
+        line_starts = np.concatenate([[0], nl + 1])
+        line_of = np.searchsorted(line_starts, starts).astype(np.int64) + 1
+    else:
+        line_of = np.arange(1, len(starts) + 1, dtype=np.int64)
+    return _Scan(data, sep, starts, ends, line_of, blank, bool(len(qpos)), quoted_newlines, None)
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -245,7 +264,14 @@ def parse_csv(data: bytes, file: str, *, sep: str) -> ParsedCsv:
     blank_lines = blank_lines[blank_lines > scan.line_of[head]]
     lines = scan.line_of[body]
     names = _unique(header)
-    bad = body[scan.nsep[body] != ncol - 1]
+    after_head = np.arange(len(scan.starts)) > head
+    special = np.flatnonzero(after_head & scan.blank)
+    text = _assemble(data, scan, head, special, {})
+    frame = _arrow_frame(text, names, sep, len(body), scan.quoted_newlines)
+    if frame is not None:
+        return ParsedCsv(frame, lines, blank_lines.astype(np.int64), problems)
+    # Arrow met records with another field count than the header: mend them and read again
+    bad = body[scan.field_counts()[body] != ncol]
     mended: dict[int, bytes] = {}
     for r in bad:  # rare: mend records whose field count differs from the header
         cells = _split_record(data[scan.starts[r]:scan.ends[r]].decode("utf-8"), sep)
@@ -259,8 +285,6 @@ def parse_csv(data: bytes, file: str, *, sep: str) -> ParsedCsv:
         else:
             cells = cells + [""] * (ncol - len(cells))
         mended[int(r)] = _join_record(cells, sep)
-    after_head = np.arange(len(scan.starts)) > head
-    special = np.flatnonzero(after_head & scan.blank)
     if mended:
         special = np.union1d(special, bad)
     text = _assemble(data, scan, head, special, mended)
@@ -271,8 +295,9 @@ def parse_csv(data: bytes, file: str, *, sep: str) -> ParsedCsv:
 
 
 def _assemble(data: bytes, scan: _Scan, head: int, special: np.ndarray,
-              mended: dict[int, bytes]) -> bytes:
-    """The body records as bytes: blank records left out, mended records replaced."""
+              mended: dict[int, bytes]) -> pa.Buffer:
+    """The body records: blank records left out, mended records replaced (no copy when there is
+    nothing to leave out)."""
     n = len(scan.starts)
 
     def start(r: int) -> int:
@@ -280,7 +305,7 @@ def _assemble(data: bytes, scan: _Scan, head: int, special: np.ndarray,
 
     pos = start(head + 1)
     if not len(special):
-        return data[pos:]
+        return pa.py_buffer(data).slice(pos)
     pieces: list[bytes] = []
     for r in special:
         pieces.append(data[pos:start(r)])
@@ -288,17 +313,17 @@ def _assemble(data: bytes, scan: _Scan, head: int, special: np.ndarray,
             pieces.append(mended[int(r)])
         pos = start(r + 1)
     pieces.append(data[pos:])
-    return b"".join(pieces)
+    return pa.py_buffer(b"".join(pieces))
 
 
-def _arrow_frame(text: bytes, names: list[str], sep: str, n: int,
+def _arrow_frame(text: pa.Buffer, names: list[str], sep: str, n: int,
                  quoted_newlines: bool) -> pd.DataFrame | None:
     cols = [f"f{i}" for i in range(len(names))]
     if n == 0:
         return pd.DataFrame({c: pd.Series([], dtype="str") for c in names})
     try:
         table = pacsv.read_csv(
-            _io.BytesIO(text),
+            pa.BufferReader(text),
             read_options=pacsv.ReadOptions(column_names=cols, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(delimiter=sep, quote_char='"', double_quote=True,
                                               newlines_in_values=quoted_newlines,

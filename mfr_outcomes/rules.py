@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mfr_outcomes.findings import Finding, RowAccount
 
@@ -74,6 +76,18 @@ class TableState:
         self.present: set[str] = set()
         self.extra: list[str] = []
         self.markers: dict[str, pd.Series] = {}   # NA tokens as written ("NaN"), by column
+        self._factors: dict[str, tuple[pd.Series, np.ndarray, int]] = {}
+
+    def factorized(self, name: str) -> tuple[np.ndarray, int]:
+        """Codes of typed column *name* (-1 missing) and the number of distinct values,
+        remembered while the column is unchanged (key columns serve several rules)."""
+        col = self.typed[name]
+        hit = self._factors.get(name)
+        if hit is None or hit[0] is not col:
+            codes, uniques = pd.factorize(col, use_na_sentinel=True)
+            hit = (col, codes, len(uniques))
+            self._factors[name] = hit
+        return hit[1], hit[2]
 
     def where(self, i: int | None) -> str:
         """How row *i* is named in a sentence ("sessions.csv line 14")."""
@@ -119,33 +133,47 @@ class TableState:
         return RowAccount(self.n + self.blank, self.n - excluded, excluded, ordered, self.blank)
 
 
-def _codes(columns: Sequence[pd.Series]) -> np.ndarray:
-    """One integer per distinct combination of the values of *columns* (-1 where any is missing)."""
-    code = np.zeros(len(columns[0]), dtype=np.int64)
-    missing = np.zeros(len(columns[0]), dtype=bool)
-    for col in columns:
-        c, uniques = pd.factorize(col, use_na_sentinel=True)
+def _codes(t: TableState, names: Sequence[str]) -> np.ndarray:
+    """One integer per distinct combination of the typed *names* (-1 where any is missing)."""
+    code = np.zeros(t.n, dtype=np.int64)
+    missing = np.zeros(t.n, dtype=bool)
+    for name in names:
+        c, k = t.factorized(name)
         missing |= c < 0
-        code = code * (len(uniques) + 1) + c
+        code = code * (k + 1) + c
     code[missing] = -1
     return code
+
+
+def _member(code: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """np.isin for non-negative integer codes (-1 never a member), by a lookup table."""
+    top = int(max(code.max(initial=0), allowed.max(initial=0))) + 1
+    if top > 200_000_000:
+        return np.isin(code, allowed) & (code >= 0)
+    table = np.zeros(top, bool)
+    table[allowed[allowed >= 0]] = True
+    return table[np.maximum(code, 0)] & (code >= 0)
 
 
 def duplicates(t: TableState) -> None:
     """Repeated keys: every row after the first with the same key is excluded."""
     keys = list(KEYS[t.name])
     cols = [t.typed[k] for k in keys]
-    code = _codes(cols)
+    code = _codes(t, keys)
     has_key = code >= 0
     if not has_key.any():
         return
     idx = np.flatnonzero(has_key)
-    _, first_pos, inverse = np.unique(code[idx], return_index=True, return_inverse=True)
-    first_row = idx[first_pos][inverse]
-    dup = idx[first_row != idx]
+    keyed = pd.Series(idx, index=code[idx])
+    is_dup = keyed.index.duplicated(keep="first")
+    if not is_dup.any():
+        return
+    first_row = keyed.groupby(level=0, sort=False).transform("first").to_numpy()
+    dup = idx[is_dup]
+    first_of = dict(zip(idx[is_dup], first_row[is_dup]))
     for i in dup:
         row = tuple(c.iat[i] for c in cols)
-        where = f"{t.unit} {int(t.lines[first_row[np.searchsorted(idx, i)]])}"
+        where = f"{t.unit} {int(t.lines[first_of[i]])}"
         if len(keys) == 1:
             t.add(int(i), keys[0], row[0], "duplicate_key",
                   f"{keys[0]} = {row[0]} repeats {where}", "excluded")
@@ -160,8 +188,8 @@ def foreign(child: TableState, parent: TableState, key: str, parent_label: str) 
     pkeys = parent.typed[key]
     ck = child.typed[key]
     present = ck.notna().to_numpy()
-    in_all = ck.isin(pd.unique(pkeys.dropna())).to_numpy()
-    in_used = ck.isin(pd.unique(pkeys[parent.ok].dropna())).to_numpy()
+    in_all = _isin(ck, pkeys)
+    in_used = _isin(ck, pkeys[parent.ok])
     for i in np.flatnonzero(present & ~in_all):
         k = ck.iat[i]
         child.add(int(i), key, k, "orphan", f"{key} = {k} is not in {parent.name}", "excluded")
@@ -184,16 +212,30 @@ def foreign(child: TableState, parent: TableState, key: str, parent_label: str) 
     child.exclude(rows, "cascade")
 
 
+def _arrow(series: pd.Series) -> pa.Array:
+    """A text column as an Arrow string array (zero-copy for Arrow-backed text)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        series = series.astype(object)
+    arr = pa.array(series, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if pa.types.is_string(arr.type) else arr.cast(pa.string())
+
+
+def _isin(values: pd.Series, allowed: pd.Series) -> np.ndarray:
+    """values.isin(allowed) for text columns, in Arrow (missing values are never in)."""
+    hit = pc.is_in(_arrow(values), value_set=_arrow(allowed), skip_nulls=True)
+    return hit.to_numpy(zero_copy_only=False).astype(bool)
+
+
 def _lookup(keys: pd.Series, values: np.ndarray, wanted: pd.Series, missing: Any) -> np.ndarray:
     """values[k] for each wanted key (the first row of a repeated key), *missing* where absent."""
-    index = pd.Index(keys.to_numpy(dtype=object))
-    first = ~index.duplicated()
-    pos = index[first].get_indexer(wanted.to_numpy(dtype=object))
-    vals = values[first]
+    pos = pc.index_in(_arrow(wanted), value_set=_arrow(keys), skip_nulls=True)
+    pos = pos.to_numpy(zero_copy_only=False)
+    found = ~np.isnan(pos) if pos.dtype.kind == "f" else np.ones(len(pos), bool)
     out = np.full(len(wanted), missing, dtype=values.dtype if len(values) else object)
-    found = pos >= 0
     if found.any():
-        out[found] = vals[pos[found]]
+        out[found] = values[pos[found].astype(np.int64)]
     return out
 
 
@@ -333,9 +375,9 @@ def post_checks(m: TableState, s: TableState) -> None:
         m.add(int(i), "phase", "post", "post_on_assessment",
               f"post reading of {measure.iat[i]} in session {sid.iat[i]}, an assessment-only "
               f"visit (technique none)", "excluded")
-    code = _codes([sid.astype(object), measure.astype(object), side.astype(object)])
+    code = _codes(m, ["session_id", "measure", "side"])
     pre = (m.typed["phase"] == "pre").to_numpy() & m.ok
-    lone = m.ok & post & ~np.isin(code, code[pre])
+    lone = m.ok & post & ~_member(code, code[pre])
     for i in np.flatnonzero(lone):
         m.add(int(i), "phase", "post", "post_without_pre",
               f"post reading of {measure.iat[i]} (side {side.iat[i]}) in session {sid.iat[i]} "

@@ -9,6 +9,7 @@ that says whether its row was excluded or kept with a caution.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -250,15 +251,26 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
     return pa_.array(out, type=pa_.string())
 
 
-_NA_SET = pa_.array(sorted(NA_TOKENS), type=pa_.string())
+def _case_variants(token: str) -> set[str]:
+    out = {""}
+    for ch in token:
+        out = {v + c for v in out for c in {ch.lower(), ch.upper()}}
+    return out
+
+
+# every spelling of every NA token, so cells are matched without lowering each one
+_NA_SET = pa_.array(sorted(set().union(*(_case_variants(t) for t in NA_TOKENS))),
+                    type=pa_.string())
 
 
 def _text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     """Stripped text with NA tokens missing, and the NA tokens as written where any was (so a
     finding can show "value = NaN" rather than only "value is empty")."""
-    arr = pc.utf8_trim_whitespace(_arrow_text(series))
-    na = pc.fill_null(pc.is_in(pc.utf8_lower(arr), value_set=_NA_SET), True)
-    text = pc.if_else(na, pa_.scalar(None, pa_.string()), arr)
+    arr = _arrow_text(series)
+    if pc.any(pc.match_substring_regex(arr, r"^\s|\s$")).as_py():
+        arr = pc.utf8_trim_whitespace(arr)
+    na = pc.fill_null(pc.is_in(arr, value_set=_NA_SET), True)
+    text = pc.if_else(na, pa_.scalar(None, pa_.string()), arr) if pc.any(na).as_py() else arr
     written = pc.and_(na, pc.fill_null(pc.greater(pc.utf8_length(arr), 0), False))
     index = series.index
     out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
@@ -268,6 +280,21 @@ def _text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index)
 
 
+def _flag(text: str) -> bool | None:
+    key = text.lower()
+    return True if key in _TRUE else (False if key in _FALSE else None)
+
+
+def _labels(raw: pd.Series) -> pd.Series:
+    """Category labels matched ignoring case, spaces and hyphens, as a pandas Categorical (the
+    work is done once a distinct label, not once a row)."""
+    codes, uniques = pd.factorize(raw)
+    norm = [re.sub(r"[\s\-]+", "_", str(u).strip().lower()) for u in uniques]
+    new_codes, cats = pd.factorize(pd.Series(norm, dtype=object))
+    mapped = np.append(new_codes, -1)[codes] if len(codes) else codes
+    return pd.Series(pd.Categorical.from_codes(mapped, categories=list(cats)), index=raw.index)
+
+
 def _number(text: pd.Series, decimal: str) -> pd.Series:
     t = text
     if decimal != ".":
@@ -275,7 +302,11 @@ def _number(text: pd.Series, decimal: str) -> pd.Series:
         if has.any():
             swapped = t.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)
             t = t.where(~has, swapped)
-    num = pd.to_numeric(t, errors="coerce").astype("float64")
+    try:  # Arrow's parser when every cell is a number (the usual case), else pandas' per cell
+        num = pd.Series(pc.cast(pa_.array(t, type=pa_.string(), from_pandas=True),
+                                pa_.float64()).to_numpy(zero_copy_only=False), index=t.index)
+    except (pa_.ArrowInvalid, pa_.ArrowTypeError):
+        num = pd.to_numeric(t, errors="coerce").astype("float64")
     return num.where(np.isfinite(num), np.nan)
 
 
@@ -394,14 +425,13 @@ def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
             what = "not a valid date" + ("" if dayfirst else " (write YYYY-MM-DD, or pass "
                                          "dayfirst=True for day/month/year)")
         elif spec.kind == "bool":
-            key = raw.str.lower()
-            typed = pd.Series(pd.NA, index=raw.index, dtype="boolean")
-            typed[key.isin(_TRUE).to_numpy()] = True
-            typed[key.isin(_FALSE).to_numpy()] = False
+            codes, uniques = pd.factorize(raw)
+            flags = np.array([_flag(str(u)) for u in uniques] + [None], dtype=object)
+            typed = pd.Series(pd.array(flags[codes], dtype="boolean"), index=raw.index)
             bad = raw.notna() & typed.isna()
             what = "not true/false (yes/no, 1/0)"
         elif spec.kind == "category":
-            typed = raw.str.strip().str.lower().str.replace(r"[\s\-]+", "_", regex=True)
+            typed = _labels(raw)
             bad = None
         else:
             typed = raw
@@ -436,10 +466,9 @@ def _checks(t: TableState) -> None:
                     np.zeros(len(arr), bool)
             fails = [(out, "out_of_range"), (frac & ~out, "not_integer")]
         elif spec.kind == "category":
-            fails = [((v.notna() & ~v.isin(list(spec.categories or ()))).to_numpy(),
-                      "unknown_category")]
+            fails = [(_not_in(v, list(spec.categories or ())), "unknown_category")]
         if t.name == "measurements" and spec.name == "measure":
-            fails = [((v.notna() & ~v.isin(list(MEASURES))).to_numpy(), "unknown_measure")]
+            fails = [(_not_in(v, list(MEASURES)), "unknown_measure")]
         hit = np.zeros(t.n, bool)
         for mask, rule in fails:
             for i in np.flatnonzero(mask):
@@ -451,6 +480,13 @@ def _checks(t: TableState) -> None:
             t.typed[spec.name] = col
     if t.name == "measurements":
         _measure_checks(t, before)
+
+
+def _not_in(v: pd.Series, allowed: list[str]) -> np.ndarray:
+    """Present values not in *allowed*, tested once a distinct value."""
+    codes, uniques = pd.factorize(v)
+    bad = np.append(~pd.Index(uniques, dtype=object).isin(allowed), False)
+    return bad[codes] if len(codes) else np.zeros(0, bool)
 
 
 def _check_finding(t: TableState, spec: ColumnSpec, i: int, rule: str, action: str) -> None:
@@ -474,14 +510,15 @@ def _measure_checks(t: TableState, typed: dict[str, pd.Series]) -> None:
     """Each reading inside its measure's valid range, and whole when the measure is."""
     measure = typed["measure"]
     value = typed["value"].to_numpy(dtype="float64", na_value=np.nan)
-    low = measure.map({c: m.low for c, m in MEASURES.items()}).to_numpy("float64", na_value=np.nan)
-    high = measure.map({c: m.high for c, m in MEASURES.items()}).to_numpy("float64",
-                                                                          na_value=np.nan)
-    whole = measure.map({c: bool(m.integer) for c, m in MEASURES.items()}).fillna(False)
+    codes, uniques = pd.factorize(measure)
+    regs = [MEASURES.get(u) for u in uniques]
+    low = np.array([m.low if m else np.nan for m in regs] + [np.nan])[codes]
+    high = np.array([m.high if m else np.nan for m in regs] + [np.nan])[codes]
+    whole = np.array([bool(m and m.integer) for m in regs] + [False])[codes]
     with np.errstate(invalid="ignore"):
         known = ~np.isnan(value) & ~np.isnan(low)
         out = known & ((value < low) | (value > high))
-        frac = known & whole.to_numpy(bool) & (value != np.round(value)) & ~out
+        frac = known & whole & (value != np.round(value)) & ~out
     raw = t.raw["value"]
     for i in np.flatnonzero(out | frac):
         m = MEASURES[measure.iat[i]]
@@ -511,14 +548,18 @@ def _range_text(low: float | None, high: float | None) -> str:
 def _final(t: TableState, frame: pd.DataFrame) -> pd.DataFrame:
     """Used rows with the column types of docs/internals.md, extra columns after."""
     used = t.ok
+    everything = bool(used.all())
     cols: dict[str, Any] = {}
     for spec in TABLE_SPECS[t.name]:
-        col = t.typed[spec.name][used].reset_index(drop=True)
+        col = t.typed[spec.name]
+        col = col.reset_index(drop=True) if everything else col[used].reset_index(drop=True)
         if spec.kind in ("id", "str"):
             col = col.astype("str")
         elif spec.kind == "category":
-            col = pd.Categorical(col.where(col.isin(list(spec.categories or ()))),
-                                 categories=list(spec.categories or ()))
+            cats = list(spec.categories or ())
+            if not isinstance(col.dtype, pd.CategoricalDtype):
+                col = col.astype(object).astype("category")
+            col = pd.Categorical(col.cat.set_categories(cats))
         elif spec.kind == "int":
             if t.name == "sessions" and spec.name == "session_number":
                 col = col.astype("int64")
