@@ -89,6 +89,11 @@ class TableState:
             self._factors[name] = hit
         return hit[1], hit[2]
 
+    def text(self, column: str, i: int) -> str | None:
+        """Cell *i* of raw *column* as written (numbers read as numbers shown as Python does)."""
+        v = self.raw[column].iat[i]
+        return None if pd.isna(v) else str(v)
+
     def where(self, i: int | None) -> str:
         """How row *i* is named in a sentence ("sessions.csv line 14")."""
         if i is None:
@@ -303,7 +308,7 @@ def _given_numbers(s: TableState, sub: pd.DataFrame, out: np.ndarray) -> np.ndar
     empty = partial & sub["given"].isna().to_numpy() & ~sub["pid"].isin(bad_pids).to_numpy()
     for k in np.flatnonzero(empty):
         row = int(sub["row"].iat[k])
-        if pd.isna(s.raw["session_number"].iat[row]):  # else already reported as not a number
+        if s.text("session_number", row) is None:  # else already reported as not a number
             s.add(row, "session_number", None, "session_order",
                   f"session_number is empty while other visits of patient {sub['pid'].iat[k]} "
                   f"are numbered; numbers of this patient are taken from date order", "kept")
@@ -317,7 +322,7 @@ def _order_finding(s: TableState, sub: pd.DataFrame, known: pd.DataFrame, j: Any
                    keep: bool) -> None:
     row = int(sub.at[j, "row"])
     pid, date, num = sub.at[j, "pid"], sub.at[j, "date"], sub.at[j, "given"]
-    raw = s.raw["session_number"].iat[row]
+    raw = s.text("session_number", row)
     mine = known[known["pid"] == pid]
     earlier = mine.loc[:j].iloc[:-1]
     other = earlier.loc[earlier["given"].idxmax()]

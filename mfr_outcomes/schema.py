@@ -267,8 +267,10 @@ def _text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     """Stripped text with NA tokens missing, and the NA tokens as written where any was (so a
     finding can show "value = NaN" rather than only "value is empty")."""
     arr = _arrow_text(series)
-    if pc.any(pc.match_substring_regex(arr, r"^\s|\s$")).as_py():
-        arr = pc.utf8_trim_whitespace(arr)
+    ascii_only = pc.all(pc.string_is_ascii(arr)).as_py() is not False
+    trimmed = pc.ascii_trim_whitespace(arr) if ascii_only else pc.utf8_trim_whitespace(arr)
+    if pc.sum(pc.binary_length(trimmed)) != pc.sum(pc.binary_length(arr)):
+        arr = trimmed  # keep the copy only when some cell had spaces around it
     na = pc.fill_null(pc.is_in(arr, value_set=_NA_SET), True)
     text = pc.if_else(na, pa_.scalar(None, pa_.string()), arr) if pc.any(na).as_py() else arr
     written = pc.and_(na, pc.fill_null(pc.greater(pc.utf8_length(arr), 0), False))
@@ -278,6 +280,11 @@ def _text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
         return out, None
     marker = pc.if_else(written, arr, pa_.scalar(None, pa_.string()))
     return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index)
+
+
+def _is_number(col: pd.Series) -> bool:
+    """A numeric column (numbers from Parquet, a database or a frame), not flags."""
+    return pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
 
 
 def _flag(text: str) -> bool | None:
@@ -369,7 +376,11 @@ def _columns(t: TableState, frame: pd.DataFrame) -> None:
     for name, spec in specs.items():
         if name in seen:
             t.present.add(name)
-            t.raw[name], marker = _text_and_markers(frame[seen[name]])
+            col = frame[seen[name]]
+            if spec.kind in ("int", "float") and _is_number(col):
+                t.raw[name] = col.reset_index(drop=True)  # typed numbers stay numbers
+                continue
+            t.raw[name], marker = _text_and_markers(col)
             if marker is not None:
                 t.markers[name] = marker
         else:
@@ -416,7 +427,11 @@ def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
                     t.add(int(i), spec.name, None, "missing_value",
                           f"{spec.name} is empty, but it is required", "excluded")
         if spec.kind in ("int", "float"):
-            typed = _number(raw, decimal)
+            if _is_number(raw):
+                typed = raw.astype("float64")
+                typed = typed.where(np.isfinite(typed), np.nan)
+            else:
+                typed = _number(raw, decimal)
             bad = raw.notna() & typed.isna()
             what = "not a number"
         elif spec.kind == "date":
@@ -440,7 +455,8 @@ def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
             rule = {"int": "not_a_number", "float": "not_a_number", "date": "invalid_date",
                     "bool": "wrong_type"}[spec.kind]
             for i in np.flatnonzero(bad.to_numpy()):
-                t.add(int(i), spec.name, raw.iat[i], rule, f"{spec.name} = {raw.iat[i]}, {what}",
+                t.add(int(i), spec.name, t.text(spec.name, i), rule,
+                      f"{spec.name} = {t.text(spec.name, i)}, {what}",
                       bad_action)
         t.typed[spec.name] = typed.reset_index(drop=True)
 
@@ -491,7 +507,7 @@ def _not_in(v: pd.Series, allowed: list[str]) -> np.ndarray:
 
 def _check_finding(t: TableState, spec: ColumnSpec, i: int, rule: str, action: str) -> None:
     col = spec.name
-    raw = t.raw[col].iat[i]
+    raw = t.text(col, i)
     if rule == "out_of_range":
         t.add(i, col, raw, rule, f"{col} = {raw}, must be {_range_text(spec.low, spec.high)}",
               action)
@@ -519,15 +535,15 @@ def _measure_checks(t: TableState, typed: dict[str, pd.Series]) -> None:
         known = ~np.isnan(value) & ~np.isnan(low)
         out = known & ((value < low) | (value > high))
         frac = known & whole & (value != np.round(value)) & ~out
-    raw = t.raw["value"]
     for i in np.flatnonzero(out | frac):
         m = MEASURES[measure.iat[i]]
+        raw = t.text("value", int(i))
         if out[i]:
-            t.add(int(i), "value", raw.iat[i], "out_of_range",
-                  f"value = {raw.iat[i]}, must be {m.range_text()} for {m.code}", "excluded")
+            t.add(int(i), "value", raw, "out_of_range",
+                  f"value = {raw}, must be {m.range_text()} for {m.code}", "excluded")
         else:
-            t.add(int(i), "value", raw.iat[i], "not_integer",
-                  f"value = {raw.iat[i]}, must be a whole number for {m.code}", "excluded")
+            t.add(int(i), "value", raw, "not_integer",
+                  f"value = {raw}, must be a whole number for {m.code}", "excluded")
 
 
 def _needed(table: str, spec: ColumnSpec) -> bool:
