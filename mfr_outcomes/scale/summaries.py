@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mfr_outcomes.models.spec import ModelSpec, RandomBlock
+from mfr_outcomes.models.spec import RandomBlock
+from mfr_outcomes.scale.rowfree import RowFreeSpec
 
 __all__ = [
     "SiteSummary",
@@ -98,17 +99,6 @@ class SiteSummary:
         """What must agree between summaries to pool them."""
         return {"formula": self.formula, "response": self.response,
                 "fixed_names": list(self.fixed_names), "blocks": self.blocks}
-
-
-@dataclass
-class _RowFreeSpec(ModelSpec):
-    """A ModelSpec without rows: the number of readings is stated, not counted."""
-
-    n_rows: int = 0
-
-    @property
-    def n(self) -> int:  # type: ignore[override]
-        return self.n_rows
 
 
 # ----------------------------------------------------------------------------- making summaries
@@ -444,7 +434,7 @@ def _summary_fit(first: SiteSummary, result: Any, stats: Any, lay: Any, site_of:
         blocks.append(RandomBlock(group="site", terms=["(Intercept)"], Z=np.zeros((0, 1)),
                                   codes=np.repeat(site_of, per),
                                   levels=pd.Index(site_labels)))
-    spec = _RowFreeSpec(formula=notes[0].removeprefix("formula: "), response=first.response,
+    spec = RowFreeSpec(formula=notes[0].removeprefix("formula: "), response=first.response,
                         y=np.zeros(0), X=np.zeros((0, len(first.fixed_names))),
                         fixed_names=list(first.fixed_names), blocks=blocks, data=pd.DataFrame(),
                         n_rows=int(stats.n))
