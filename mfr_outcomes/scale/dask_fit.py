@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mfr_outcomes.scale import chunks
+from mfr_outcomes.scale.rowfree import rowfree_fit
 
 __all__ = ["is_dask_frame", "fit_mixed_dask", "tree_reduce"]
 
@@ -86,7 +86,7 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
     group = chunks.single_group(formula)
     ref = chunks.reference_spec(_sample(ddf, formula), formula)
     used = [c for c in ref.design["used"] if c in ddf.columns]
-    by_patient = ddf[used].shuffle(on=group)
+    by_patient = ddf[used].shuffle(on=group, method="tasks")
     parts = [dask.delayed(chunks.chunk_stats)(p, ref) for p in by_patient.to_delayed()]
     (merged,) = dask.compute(tree_reduce(parts, chunks.merge))
     stats, lay = chunks.to_engine(merged, ref)
@@ -109,43 +109,4 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
     notes.append("Kenward-Roger df, fitted values and residuals need the rows in memory and are "
                  "not available; fixed effects (Satterthwaite df from the statistics) and "
                  "variance components are")
-    return _fit_object(ref, result, merged, reml, df_method, notes, table)
-
-
-def _fit_object(ref: Any, result: Any, merged: chunks.ChunkStats, reml: bool, df_method: str,
-                notes: list[str], table: pd.DataFrame | None) -> Any:
-    """A MixedFit around an engine result computed without rows in memory."""
-    from mfr_outcomes.models.fit import MixedFit
-    from mfr_outcomes.models.spec import RandomBlock
-    from mfr_outcomes.scale.rowfree import RowFreeSpec
-
-    G = merged.Zty.shape[1]
-    codes = np.repeat(np.arange(G), merged.rows)
-    levels = pd.RangeIndex(G)
-    blups_list: list[np.ndarray] = []
-    if table is not None:
-        first = ref.blocks[0]
-        levels = pd.Index(table.loc[(table["group"] == first.group)
-                                    & (table["term"] == first.terms[0]), "level"].to_numpy())
-        condvar = []
-        for b in ref.blocks:
-            sub = table[table["group"] == b.group]
-            blups_list.append(np.column_stack([sub.loc[sub["term"] == t, "estimate"].to_numpy()
-                                               for t in b.terms]))
-            cv = np.full((len(levels), b.q, b.q), np.nan)  # conditional variances: diagonal
-            for j, t in enumerate(b.terms):
-                cv[:, j, j] = sub.loc[sub["term"] == t, "cond_sd"].to_numpy() ** 2
-            condvar.append(cv)
-        result.blups = blups_list
-        result.blup_condvar = condvar
-    blocks = [RandomBlock(group=b.group, terms=list(b.terms), Z=np.zeros((0, b.q)), codes=codes,
-                          levels=levels, correlated=b.correlated) for b in ref.blocks]
-    spec = RowFreeSpec(formula=ref.formula, response=ref.response, y=np.zeros(0),
-                       X=np.zeros((0, ref.p)), fixed_names=list(ref.fixed_names), blocks=blocks,
-                       data=pd.DataFrame(), design=ref.design, fixed_formula=ref.fixed_formula,
-                       notes=list(ref.notes), n_rows=int(merged.n))
-    fit = MixedFit(spec, result, reml=reml, df_method=df_method,
-                   engine_reason="fast: sufficient statistics computed out of memory")
-    fit.notes = notes
-    fit.diagnostics["notes"] = list(notes)
-    return fit
+    return rowfree_fit(ref, result, merged, reml, df_method, notes, table)
