@@ -20,13 +20,13 @@ import pandera.pandas as pa
 from mfr_outcomes import vocab
 from mfr_outcomes.cells import (
     NA_TOKENS,
-    cell_text,
     dates,
     flag,
     is_number,
     labels,
     numbers,
     text_and_markers,
+    text_frame,
 )
 from mfr_outcomes.findings import Finding, RowAccount
 from mfr_outcomes.measures import MEASURES
@@ -462,8 +462,7 @@ def _final(t: TableState, frame: pd.DataFrame) -> pd.DataFrame:
         cols[spec.name] = col
     out = pd.DataFrame(cols, index=pd.RangeIndex(int(used.sum())))
     if t.extra:
-        extra = pd.DataFrame({str(c).strip(): cell_text(frame[c])[used].reset_index(drop=True)
-                              for c in t.extra}, index=out.index)
+        extra = text_frame(frame[t.extra])[used].reset_index(drop=True)
         out = pd.concat([out, extra], axis=1)
     return out
 
