@@ -67,7 +67,7 @@ class Study:
         """Codes of the measures present, in registry order (then any others)."""
         from mfr_outcomes.measures import measure_codes
 
-        present = set(self.measurements["measure"].dropna().astype(str))
+        present = {str(m) for m in self.measurements["measure"].dropna().unique()}
         ordered = [c for c in measure_codes() if c in present]
         return ordered + sorted(present - set(ordered))
 
@@ -235,7 +235,7 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
     MeasureNotFoundError
         When no reading of *measure* (on *side*) is present.
     """
-    present = sorted(set(measurements["measure"].dropna().astype(str)))
+    present = sorted({str(m) for m in measurements["measure"].dropna().unique()})
     if measure not in present:
         raise MeasureNotFoundError(
             f"measure {measure!r} is not in this study; measures present: "
