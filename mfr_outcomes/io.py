@@ -8,24 +8,29 @@ came from, so that validation can name it.
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names
-from mfr_outcomes.study import Study, ValidationReport, _study_from_inputs
+from mfr_outcomes.csvread import CsvReadError, decode_csv, parse_csv, sniff_sep
+from mfr_outcomes.findings import DataValidationError, ValidationReport
+from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names, validate_tables
+from mfr_outcomes.study import Study
 from mfr_outcomes.vocab import TABLES
+from mfr_outcomes.warnings_ import DataWarning
 
 __all__ = [
     "load_study",
     "validate",
     "read_tables",
+    "build_study",
+    "from_frames",
     "read_column_map",
     "apply_column_map",
     "SourceError",
@@ -100,8 +105,8 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     inputs, label = read_tables(source, **read_options)
     if column_map is not None:
         inputs = apply_column_map(inputs, column_map)
-    return _study_from_inputs(inputs, source=label, strict=strict, dayfirst=dayfirst,
-                              decimal=decimal_default)
+    return build_study(inputs, source=label, strict=strict, dayfirst=dayfirst,
+                       decimal=decimal_default)
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
@@ -120,6 +125,53 @@ def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os
         Only when the source cannot be read at all.
     """
     return load_study(source, column_map, strict=False, **read_options).report
+
+
+def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool = False,
+                dayfirst: bool = False, decimal: str = ".") -> Study:
+    """Validate raw tables and build a :class:`~mfr_outcomes.study.Study` (the one place that does).
+
+    Parameters
+    ----------
+    inputs : dict
+        "patients", "sessions", "measurements" -> :class:`~mfr_outcomes.schema.TableInput`.
+    source : str
+        How the source is named in the report.
+    strict : bool
+        Raise :class:`~mfr_outcomes.findings.DataValidationError` when anything is found.
+    dayfirst : bool
+        Read non-ISO text dates as day/month/year.
+    decimal : str
+        Decimal mark of text numbers (a table's own mark wins).
+
+    Returns
+    -------
+    Study
+    """
+    frames, findings, accounting = validate_tables(dict(inputs), dayfirst=dayfirst,
+                                                   decimal=decimal)
+    report = ValidationReport(findings=findings, accounting=accounting, source=source)
+    if strict and not report.ok:
+        raise DataValidationError(report)
+    if not report.ok:
+        # rows are never dropped silently: say so once, the details are in the report
+        kept = sum(f.action == "kept" for f in findings)
+        warnings.warn(f"{source}: {report.n_excluded} row(s) excluded and {kept} caution(s) "
+                      f"while loading; see study.report", DataWarning, stacklevel=3)
+    return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
+
+
+def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame, *,
+                source: str = "<frames>", strict: bool = False, dayfirst: bool = False,
+                decimal: str = ".") -> Study:
+    """Validate three raw tables exactly as files are validated (see
+    :func:`mfr_outcomes.study.from_frames`, which calls this)."""
+    inputs = {}
+    for name, frame in zip(TABLES, (patients, sessions, measurements)):
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+        inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
+    return build_study(inputs, source=source, strict=strict, dayfirst=dayfirst, decimal=decimal)
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -200,94 +252,45 @@ def _read_frames(source: Mapping[str, Any]) -> dict[str, TableInput]:
 
 # ----------------------------------------------------------------------------- text files
 
-def _decode(path: Path, encoding: str | None) -> str:
-    data = path.read_bytes()
-    if encoding:
-        try:
-            return data.decode(encoding)
-        except (UnicodeDecodeError, LookupError) as exc:
-            raise SourceError(f"{path.name} cannot be read as {encoding}: {exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        log.info("%s is not UTF-8; reading it as Latin-1", path.name)
-        return data.decode("latin-1")
-
-
-def _sniff_sep(text: str) -> str:
-    """The field separator: the candidate used most in the header line.
-
-    Header names rarely contain separators, while data rows may hold decimal commas, so the
-    header decides; csv.Sniffer breaks ties and handles a header without any candidate.
-    """
-    lines = text.splitlines()
-    header = next((line for line in lines if line.strip()), "")
-    counts = {d: header.count(d) for d in (";", ",", "\t", "|")}
-    best = max(counts.values())
-    winners = [d for d, n in counts.items() if n == best]
-    if best and len(winners) == 1:
-        return winners[0]
-    try:
-        return csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=",;\t|").delimiter
-    except csv.Error:
-        return winners[0] if best else ","
-
-
 def read_csv_text(text: str, table: str, file: str, *, sep: str | None = None,
                   decimal: str | None = None) -> TableInput:
     """Parse CSV text into a :class:`TableInput` whose rows carry their editor line numbers.
 
     A record's line is the line its first field starts on (header is line 1); quoted cells that
-    span lines are counted; blank lines are skipped.
+    span lines are counted; blank and whitespace-only lines are counted in ``blank_lines``.
     """
+    return _csv_input(text.lstrip("\ufeff").encode("utf-8"), table, file, sep=sep,
+                      decimal=decimal)
+
+
+def _csv_input(data: bytes, table: str, file: str, *, sep: str | None,
+               decimal: str | None) -> TableInput:
     if sep is None:
-        sep = _sniff_sep(text)
+        sep = sniff_sep(data[:65536].decode("utf-8", "ignore"))
+    if len(sep) != 1:
+        raise SourceError(f"{file}: the separator must be one character, got {sep!r}")
     if decimal is None:
         decimal = "," if sep == ";" else "."
-    reader = csv.reader(_io.StringIO(text, newline=""), delimiter=sep)
-    header: list[str] | None = None
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    problems: list[tuple[int, str]] = []
-    last = 0
-    for record in reader:
-        start = last + 1
-        last = reader.line_num
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        if header is None:
-            header = record
-            continue
-        if len(record) > len(header):
-            extra = [c for c in record[len(header):] if c.strip()]
-            if extra:
-                problems.append((len(rows), f"{len(record)} fields but the header has "
-                                 f"{len(header)}; extra values {', '.join(extra)} ignored"))
-            record = record[:len(header)]
-        elif len(record) < len(header):
-            record = record + [""] * (len(header) - len(record))
-        rows.append(record)
-        lines.append(start)
-    if header is None:
-        raise SourceError(f"{file} is empty: no header line")
-    frame = pd.DataFrame(rows, columns=unique_names(header), dtype=object)
-    if not rows:
-        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in unique_names(header)})
-    inp = TableInput.from_frame(table, frame, file=file, unit="line", lines=lines)
-    inp.decimal = decimal
-    inp.problems = problems
+    try:
+        parsed = parse_csv(data, file, sep=sep)
+    except CsvReadError as exc:
+        raise SourceError(str(exc)) from None
+    except csv.Error as exc:
+        raise SourceError(f"{file} is not readable CSV: {exc}") from None
+    inp = TableInput(table, parsed.frame, file, "line", parsed.lines, decimal,
+                     parsed.problems, parsed.blank_lines)
     return inp
 
 
 def _read_csv(path: Path, table: str, *, encoding: str | None, sep: str | None,
               decimal: str | None) -> TableInput:
-    text = _decode(path, encoding)
+    try:
+        text = decode_csv(path.read_bytes(), encoding, path.name)
+    except (UnicodeError, LookupError) as exc:
+        raise SourceError(f"{path.name} cannot be read as {encoding}: {exc}") from None
     if sep is None and path.suffix.lower() == ".tsv":
         sep = "\t"
-    try:
-        return read_csv_text(text, table, path.name, sep=sep, decimal=decimal)
-    except csv.Error as exc:
-        raise SourceError(f"{path.name} is not readable CSV: {exc}") from None
+    return _csv_input(text.data, table, path.name, sep=sep, decimal=decimal)
 
 
 def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
@@ -559,6 +562,6 @@ def apply_column_map(inputs: dict[str, TableInput],
 
             frame[col] = frame[col].astype(object).map(relabel)
         new = TableInput(inp.name, frame, inp.file, inp.unit, inp.lines, inp.decimal,
-                         list(inp.problems))
+                         list(inp.problems), inp.blank_lines)
         out[table] = new
     return out

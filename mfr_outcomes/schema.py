@@ -3,25 +3,42 @@
 Every cell arrives as text. Numbers, dates, flags and category labels are coerced column by column
 first (so one bad cell cannot hide another), pandera then checks ranges, whole numbers and
 vocabularies lazily (all failures in one pass), and the cross-table rules (keys, orphans, dates,
-session order, post without pre) follow. Each problem becomes a :class:`~mfr_outcomes.study.Finding`
+session order, post without pre) follow. Each problem becomes a :class:`~mfr_outcomes.findings.Finding`
 that says whether its row was excluded or kept with a caution.
 """
 from __future__ import annotations
 
-import datetime as _dt
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pandera.errors import SchemaErrors
 
 from mfr_outcomes import vocab
+from mfr_outcomes.cells import (
+    NA_TOKENS,
+    dates,
+    flag,
+    is_number,
+    labels,
+    numbers,
+    text_and_markers,
+    text_frame,
+)
+from mfr_outcomes.findings import Finding, RowAccount
 from mfr_outcomes.measures import MEASURES
-from mfr_outcomes.study import Finding, RowAccount
+from mfr_outcomes.rules import (
+    KEYS,
+    TableState,
+    duplicates,
+    foreign,
+    post_checks,
+    session_dates,
+    shown,
+)
 
 __all__ = [
     "ColumnSpec",
@@ -36,13 +53,6 @@ __all__ = [
 Kind = Literal["id", "str", "int", "float", "date", "category", "bool"]
 
 #: Cell texts read as missing (compared after stripping, case-insensitive).
-NA_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "#n/a", "nat", "<na>"})
-_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0", "ja", "oui", "si", "x"})
-_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0", "nein", "non"})
-
-EXCLUDED = " (row excluded)"
-SET_MISSING = " (set to missing; row kept)"
-CAUTION = " (row kept with a caution)"
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,6 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
         ColumnSpec("value", "float", required=True),
     ),
 }
-
-_KEYS = {"patients": ("patient_id",), "sessions": ("session_id",),
-         "measurements": ("session_id", "phase", "measure", "side")}
 
 
 def required_columns(table: str) -> list[str]:
@@ -163,6 +170,8 @@ class TableInput:
     problems : list of (int, str)
         Problems met while reading (row index, sentence), e.g. a line with too many fields;
         reported as cautions.
+    blank_lines : ndarray of int
+        Lines of a text file that held no data (blank or whitespace only); counted as read.
     """
 
     name: str
@@ -172,6 +181,7 @@ class TableInput:
     lines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     decimal: str | None = None
     problems: list[tuple[int, str]] = field(default_factory=list)
+    blank_lines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
     def from_frame(cls, name: str, frame: pd.DataFrame, *, file: str, unit: str = "row",
@@ -205,117 +215,12 @@ def unique_names(names: Iterable[object]) -> list[str]:
     return out
 
 
-def cell_text(series: pd.Series) -> pd.Series:
-    """Cells as stripped text (object dtype), with missing cells and NA tokens as None."""
-    s = series
-    if pd.api.types.is_datetime64_any_dtype(s):
-        txt = s.dt.strftime("%Y-%m-%d %H:%M:%S").str.replace(" 00:00:00", "", regex=False)
-        values = txt.astype(object).where(s.notna(), None)
-    else:
-        values = s.astype(object)
-    kind = pd.api.types.infer_dtype(values, skipna=True)
-    if kind in ("string", "empty", "integer", "boolean") and len(values):
-        # fast path: str() of these is the text a person would write
-        missing = values.isna().to_numpy()
-        txt = values.astype(str).str.strip().astype(object)
-        txt[missing | txt.str.lower().isin(NA_TOKENS).to_numpy()] = None
-        return pd.Series(txt.to_numpy(), index=series.index, dtype=object)
-    out = []
-    for v in values:
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
-            out.append(None)
-            continue
-        if isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        if isinstance(v, (pd.Timestamp, _dt.datetime)):
-            t = v.isoformat()
-            out.append(t[:10] if t.endswith("T00:00:00") else t)
-            continue
-        t = str(v).strip()
-        out.append(None if t.lower() in NA_TOKENS else t)
-    return pd.Series(out, index=series.index, dtype=object)
-
-
-def _number(text: pd.Series, decimal: str) -> pd.Series:
-    t = text.astype(object)
-    if decimal != ".":
-        t = t.map(lambda v: v.replace(".", "").replace(decimal, ".") if isinstance(v, str)
-                  and decimal in v else v)
-    num = pd.to_numeric(t, errors="coerce")
-    return num.astype("float64").where(np.isfinite(num.astype("float64")), np.nan)
-
-
-_DMY = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d/%m/%y", "%d.%m.%y")
-
-
-def _dates(text: pd.Series, dayfirst: bool) -> pd.Series:
-    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
-    present = text.notna()
-    if not present.any():
-        return out
-    t = text[present].astype(str)
-    iso = t.str.match(r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
-    if iso.any():
-        parsed = pd.to_datetime(t[iso], format="ISO8601", errors="coerce")
-        out.loc[parsed.index] = parsed.astype("datetime64[ns]")
-    if dayfirst:
-        rest = t[~iso]
-        for fmt in _DMY:
-            if rest.empty:
-                break
-            parsed = pd.to_datetime(rest, format=fmt, errors="coerce")
-            ok = parsed.notna()
-            out.loc[parsed.index[ok]] = parsed[ok].astype("datetime64[ns]")
-            rest = rest[~ok]
-    return out
-
-
 # ----------------------------------------------------------------------------- per table
 
-class _Table:
-    """Working state of one table during validation."""
-
-    def __init__(self, inp: TableInput, findings: list[Finding]) -> None:
-        self.inp = inp
-        self.name = inp.name
-        self.findings = findings
-        self.n = len(inp.frame)
-        self.reason: list[str | None] = [None] * self.n  # first exclusion rule of each row
-        self.raw: pd.DataFrame = pd.DataFrame(index=range(self.n))
-        self.typed: pd.DataFrame = pd.DataFrame(index=range(self.n))
-        self.present: set[str] = set()
-        self.extra: list[str] = []
-
-    def add(self, i: int | None, column: str | None, value: str | None, rule: str,
-            text: str, action: str, suffix: str | None = None) -> None:
-        if suffix is None:
-            suffix = EXCLUDED if action == "excluded" else (SET_MISSING if action == "missing"
-                                                             else CAUTION)
-        self.findings.append(Finding(
-            table=self.name, file=self.inp.file,
-            line=None if i is None else int(self.inp.lines[i]), column=column,
-            value=value, rule=rule, message=f"{self.inp.where(i)}: {text}{suffix}",
-            action="excluded" if action == "excluded" else "kept"))
-        if action == "excluded" and i is not None and self.reason[i] is None:
-            self.reason[i] = rule
-
-    def exclude_all(self, rule: str) -> None:
-        self.reason = [r if r is not None else rule for r in self.reason]
-
-    @property
-    def used(self) -> np.ndarray:
-        return np.array([r is None for r in self.reason], dtype=bool)
-
-    def account(self) -> RowAccount:
-        reasons = Counter(r for r in self.reason if r is not None)
-        excluded = sum(reasons.values())
-        return RowAccount(self.n, self.n - excluded, excluded, dict(reasons))
-
-
-def _columns(t: _Table) -> None:
-    """Match column names, report missing required and unexpected columns."""
+def _columns(t: TableState, frame: pd.DataFrame) -> None:
+    """Match column names, report missing required and unexpected columns (one caution for all
+    unexpected columns, however many)."""
     specs = {s.name: s for s in TABLE_SPECS[t.name]}
-    frame = t.inp.frame
     seen: dict[str, str] = {}
     for col in frame.columns:
         key = str(col).strip()
@@ -328,15 +233,30 @@ def _columns(t: _Table) -> None:
                   suffix="")
         else:
             t.extra.append(col)
-            t.add(None, key, None, "unexpected_column",
-                  f"unexpected column {key} (not part of the {t.name} table) is kept as is",
-                  "kept", suffix="")
+    if len(t.extra) == 1:
+        key = str(t.extra[0]).strip()
+        t.add(None, key, None, "unexpected_column",
+              f"unexpected column {key} (not part of the {t.name} table) is kept as is",
+              "kept", suffix="")
+    elif t.extra:
+        names = [str(c).strip() for c in t.extra]
+        listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20
+                                          else "")
+        t.add(None, None, ", ".join(names), "unexpected_column",
+              f"{len(names)} unexpected columns {listed} (not part of the {t.name} table) are "
+              f"kept as is", "kept", suffix="")
     for name, spec in specs.items():
         if name in seen:
             t.present.add(name)
-            t.raw[name] = cell_text(frame[seen[name]]).to_numpy()
+            col = frame[seen[name]]
+            if spec.kind in ("int", "float") and is_number(col):
+                t.raw[name] = col.reset_index(drop=True)  # typed numbers stay numbers
+                continue
+            t.raw[name], marker = text_and_markers(col)
+            if marker is not None:
+                t.markers[name] = marker
         else:
-            t.raw[name] = pd.Series([None] * t.n, dtype=object)
+            t.raw[name] = pd.Series(np.nan, index=range(t.n), dtype="str")
             if spec.required:
                 t.add(None, name, None, "missing_column",
                       f"required column {name} is missing; all {t.n} rows excluded",
@@ -344,117 +264,163 @@ def _columns(t: _Table) -> None:
                 t.exclude_all("missing_column")
 
 
-def _coerce(t: _Table, *, decimal: str, dayfirst: bool) -> None:
-    """Turn text into typed columns; report text that is not a number, date, flag or label."""
-    decimal = t.inp.decimal or decimal
-    for i, sentence in t.inp.problems:
+def _reading_problems(t: TableState, inp: TableInput) -> None:
+    """What the reader met: blank lines (counted, not rows) and mended records."""
+    if len(inp.blank_lines):
+        lines = inp.blank_lines
+        many = len(lines) > 1
+        t.findings.append(Finding(
+            table=t.name, file=t.file, line=int(lines[0]), column=None, value=None,
+            rule="blank_line",
+            message=f"{t.file} {t.unit}{'s' if many else ''} {shown(lines)}: blank or "
+                    f"whitespace-only {'lines' if many else 'line'}, no data (counted as read, "
+                    f"not as rows)", action="kept"))
+    for i, sentence in inp.problems:
         t.add(i, None, None, "malformed_row", sentence, "kept")
+
+
+def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
+    """Turn text into typed columns; report text that is not a number, date, flag or label."""
     for spec in TABLE_SPECS[t.name]:
         raw = t.raw[spec.name]
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         if spec.default is not None:
-            raw = raw.where(raw.notna(), spec.default)
+            raw = raw.fillna(spec.default)
             t.raw[spec.name] = raw
         if spec.required and spec.name in t.present:
+            marker = t.markers.get(spec.name)
             for i in np.flatnonzero(raw.isna().to_numpy()):
-                t.add(int(i), spec.name, None, "missing_value",
-                      f"{spec.name} is empty, but it is required", "excluded")
+                m = None if marker is None else marker.iat[i]
+                if isinstance(m, str):
+                    t.add(int(i), spec.name, m, "missing_value",
+                          f"{spec.name} = {m}, a missing-value marker, but it is required",
+                          "excluded")
+                else:
+                    t.add(int(i), spec.name, None, "missing_value",
+                          f"{spec.name} is empty, but it is required", "excluded")
         if spec.kind in ("int", "float"):
-            num = _number(raw, decimal)
-            for i in np.flatnonzero((raw.notna() & num.isna()).to_numpy()):
-                t.add(int(i), spec.name, raw.iat[i], "not_a_number",
-                      f"{spec.name} = {raw.iat[i]}, not a number", bad_action)
-            t.typed[spec.name] = num
+            if is_number(raw):
+                typed = raw.astype("float64")
+                typed = typed.where(np.isfinite(typed), np.nan)
+            else:
+                typed = numbers(raw, decimal)
+            bad = raw.notna() & typed.isna()
+            what = "not a number"
         elif spec.kind == "date":
-            d = _dates(raw, dayfirst)
-            hint = "" if dayfirst else " (write YYYY-MM-DD, or pass dayfirst=True for day/month/year)"
-            for i in np.flatnonzero((raw.notna() & d.isna()).to_numpy()):
-                t.add(int(i), spec.name, raw.iat[i], "invalid_date",
-                      f"{spec.name} = {raw.iat[i]}, not a valid date{hint}", bad_action)
-            t.typed[spec.name] = d
+            typed = dates(raw, dayfirst)
+            bad = raw.notna() & typed.isna()
+            what = "not a valid date" + ("" if dayfirst else " (write YYYY-MM-DD, or pass "
+                                         "dayfirst=True for day/month/year)")
         elif spec.kind == "bool":
-            key = raw.map(lambda v: v.lower() if isinstance(v, str) else v)
-            val = pd.Series(pd.NA, index=raw.index, dtype="boolean")
-            val[key.isin(_TRUE)] = True
-            val[key.isin(_FALSE)] = False
-            for i in np.flatnonzero((raw.notna() & val.isna()).to_numpy()):
-                t.add(int(i), spec.name, raw.iat[i], "wrong_type",
-                      f"{spec.name} = {raw.iat[i]}, not true/false (yes/no, 1/0)", bad_action)
-            t.typed[spec.name] = val
+            codes, uniques = pd.factorize(raw)
+            flags = np.array([flag(str(u)) for u in uniques] + [None], dtype=object)
+            typed = pd.Series(pd.array(flags[codes], dtype="boolean"), index=raw.index)
+            bad = raw.notna() & typed.isna()
+            what = "not true/false (yes/no, 1/0)"
         elif spec.kind == "category":
-            key = raw.astype(object)
-            present = key.notna().to_numpy()
-            if present.any():
-                key[present] = (key[present].astype(str).str.strip().str.lower()
-                                .str.replace(r"[\s\-]+", "_", regex=True).to_numpy())
-            t.typed[spec.name] = key
+            typed = labels(raw)
+            bad = None
         else:
-            t.typed[spec.name] = raw
+            typed = raw
+            bad = None
+        if bad is not None:
+            rule = {"int": "not_a_number", "float": "not_a_number", "date": "invalid_date",
+                    "bool": "wrong_type"}[spec.kind]
+            for i in np.flatnonzero(bad.to_numpy()):
+                t.add(int(i), spec.name, t.text(spec.name, i), rule,
+                      f"{spec.name} = {t.text(spec.name, i)}, {what}",
+                      bad_action)
+        t.typed[spec.name] = typed.reset_index(drop=True)
 
 
-def _pandera(t: _Table) -> None:
-    """Ranges, whole numbers and vocabularies through pandera, all failures in one pass."""
-    frame = t.typed.copy()
-    if t.name == "measurements":
-        meas = [MEASURES.get(m) if isinstance(m, str) else None for m in frame["measure"]]
-        frame["_low"] = [m.low if m else np.nan for m in meas]
-        frame["_high"] = [m.high if m else np.nan for m in meas]
-        frame["_integer"] = [bool(m.integer) if m else False for m in meas]
-    try:
-        table_schema(t.name).validate(frame, lazy=True)
-        return
-    except SchemaErrors as err:
-        cases = err.failure_cases
-    specs = {s.name: s for s in TABLE_SPECS[t.name]}
-    cases = cases[cases["index"].notna()]
-    seen: set[tuple[int, str]] = set()
-    for _, case in cases.iterrows():
-        col, check, i = case["column"], _check_rule(str(case["check"])), int(case["index"])
-        if t.name == "measurements" and check in ("measure_range", "measure_integer"):
-            if col != "value":
-                continue
-        if col not in specs or (i, col) in seen:
-            continue
-        seen.add((i, col))
-        spec = specs[col]
-        raw = t.raw[col].iat[i]
+def _checks(t: TableState) -> None:
+    """Ranges, whole numbers, vocabularies and measures on whole columns (the rules of
+    :func:`table_schema`, in its order: columns in table order, then the per-measure range)."""
+    specs = TABLE_SPECS[t.name]
+    before = {name: col for name, col in t.typed.items()}
+    for spec in specs:
+        v = before[spec.name]
         action = "excluded" if _needed(t.name, spec) else "missing"
-        if check == "out_of_range":
-            rng = _range_text(spec.low, spec.high)
-            t.add(i, col, raw, "out_of_range", f"{col} = {raw}, must be {rng}", action)
-        elif check == "not_integer":
-            t.add(i, col, raw, "not_integer", f"{col} = {raw}, must be a whole number", action)
-        elif check == "unknown_category":
-            t.add(i, col, raw, "unknown_category",
-                  f"{col} = {raw}, not one of {', '.join(spec.categories or ())}", action)
-        elif check == "unknown_measure":
-            t.add(i, col, raw, "unknown_measure",
-                  f"measure = {raw}, not a registered measure (known: {', '.join(MEASURES)})",
-                  "excluded")
-        elif check == "measure_range":
-            m = MEASURES[t.typed["measure"].iat[i]]
-            t.add(i, col, raw, "out_of_range",
+        fails: list[tuple[np.ndarray, str]] = []
+        if spec.kind in ("int", "float"):
+            arr = v.to_numpy(dtype="float64", na_value=np.nan)
+            out = np.zeros(len(arr), bool)
+            with np.errstate(invalid="ignore"):
+                if spec.low is not None:
+                    out |= arr < spec.low
+                if spec.high is not None:
+                    out |= arr > spec.high
+                frac = ~np.isnan(arr) & (arr != np.round(arr)) if spec.kind == "int" else \
+                    np.zeros(len(arr), bool)
+            fails = [(out, "out_of_range"), (frac & ~out, "not_integer")]
+        elif spec.kind == "category":
+            fails = [(_not_in(v, list(spec.categories or ())), "unknown_category")]
+        if t.name == "measurements" and spec.name == "measure":
+            fails = [(_not_in(v, list(MEASURES)), "unknown_measure")]
+        hit = np.zeros(t.n, bool)
+        for mask, rule in fails:
+            for i in np.flatnonzero(mask):
+                _check_finding(t, spec, int(i), rule, action)
+            hit |= mask
+        if action == "missing" and hit.any():
+            col = t.typed[spec.name].copy()
+            col[hit] = np.nan if col.dtype == "float64" else None
+            t.typed[spec.name] = col
+    if t.name == "measurements":
+        _measure_checks(t, before)
+
+
+def _not_in(v: pd.Series, allowed: list[str]) -> np.ndarray:
+    """Present values not in *allowed*, tested once a distinct value."""
+    codes, uniques = pd.factorize(v)
+    bad = np.append(~pd.Index(uniques, dtype=object).isin(allowed), False)
+    return bad[codes] if len(codes) else np.zeros(0, bool)
+
+
+def _check_finding(t: TableState, spec: ColumnSpec, i: int, rule: str, action: str) -> None:
+    col = spec.name
+    raw = t.text(col, i)
+    if rule == "out_of_range":
+        t.add(i, col, raw, rule, f"{col} = {raw}, must be {_range_text(spec.low, spec.high)}",
+              action)
+    elif rule == "not_integer":
+        t.add(i, col, raw, rule, f"{col} = {raw}, must be a whole number", action)
+    elif rule == "unknown_category":
+        t.add(i, col, raw, rule, f"{col} = {raw}, not one of {', '.join(spec.categories or ())}",
+              action)
+    else:
+        t.add(i, col, raw, "unknown_measure",
+              f"measure = {raw}, not a registered measure (known: {', '.join(MEASURES)})",
+              "excluded")
+
+
+def _measure_checks(t: TableState, typed: dict[str, pd.Series]) -> None:
+    """Each reading inside its measure's valid range, and whole when the measure is."""
+    measure = typed["measure"]
+    value = typed["value"].to_numpy(dtype="float64", na_value=np.nan)
+    codes, uniques = pd.factorize(measure)
+    regs = [MEASURES.get(u) for u in uniques]
+    low = np.array([m.low if m else np.nan for m in regs] + [np.nan])[codes]
+    high = np.array([m.high if m else np.nan for m in regs] + [np.nan])[codes]
+    whole = np.array([bool(m and m.integer) for m in regs] + [False])[codes]
+    with np.errstate(invalid="ignore"):
+        known = ~np.isnan(value) & ~np.isnan(low)
+        out = known & ((value < low) | (value > high))
+        frac = known & whole & (value != np.round(value)) & ~out
+    for i in np.flatnonzero(out | frac):
+        m = MEASURES[measure.iat[i]]
+        raw = t.text("value", int(i))
+        if out[i]:
+            t.add(int(i), "value", raw, "out_of_range",
                   f"value = {raw}, must be {m.range_text()} for {m.code}", "excluded")
-        elif check == "measure_integer":
-            m = MEASURES[t.typed["measure"].iat[i]]
-            t.add(i, col, raw, "not_integer",
+        else:
+            t.add(int(i), "value", raw, "not_integer",
                   f"value = {raw}, must be a whole number for {m.code}", "excluded")
-        if action == "missing" and col in t.typed:
-            t.typed.loc[i, col] = np.nan if t.typed[col].dtype == "float64" else None
-
-
-def _check_rule(check: str) -> str:
-    """pandera names built-in checks after themselves ("greater_than_or_equal_to(16)")."""
-    if check.startswith(("greater_than", "less_than", "in_range")):
-        return "out_of_range"
-    if check.startswith("isin"):
-        return "unknown_category"
-    return check
 
 
 def _needed(table: str, spec: ColumnSpec) -> bool:
     """A required or key column: a bad value there makes the row unusable."""
-    return spec.required or spec.name in _KEYS[table]
+    return spec.required or spec.name in KEYS[table]
 
 
 def _range_text(low: float | None, high: float | None) -> str:
@@ -467,146 +433,21 @@ def _range_text(low: float | None, high: float | None) -> str:
     return f"≤ {fmt(high)}"
 
 
-def _duplicates(t: _Table) -> None:
-    keys = list(_KEYS[t.name])
-    frame = t.typed[keys].astype(object)
-    has_key = frame.notna().all(axis=1).to_numpy()
-    if not has_key.any():
-        return
-    sub = frame[has_key]
-    dup = sub.duplicated(keep="first").to_numpy()
-    first_line: dict[tuple, int] = {}
-    for i, row in zip(np.flatnonzero(has_key), sub.itertuples(index=False, name=None)):
-        first_line.setdefault(row, int(t.inp.lines[i]))
-    for i, is_dup in zip(np.flatnonzero(has_key), dup):
-        if not is_dup:
-            continue
-        row = tuple(frame.iloc[i])
-        where = f"{t.inp.unit} {first_line[row]}"
-        if len(keys) == 1:
-            t.add(int(i), keys[0], row[0], "duplicate_key",
-                  f"{keys[0]} = {row[0]} repeats {where}", "excluded")
-        else:
-            label = ", ".join(f"{k} {v}" for k, v in zip(keys, row))
-            t.add(int(i), None, "/".join(map(str, row)), "duplicate_reading",
-                  f"reading ({label}) repeats {where}", "excluded")
-
-
-def _foreign(child: _Table, parent: _Table, key: str, parent_label: str) -> None:
-    """Orphans (key not in parent at all) and cascades (parent row excluded)."""
-    pkeys = parent.typed[key]
-    all_keys = set(pkeys.dropna())
-    used_keys = set(pkeys[parent.used].dropna())
-    ckeys = child.typed[key].tolist()
-    cascade: dict[str, list[int]] = {}
-    for i in range(child.n):
-        k = ckeys[i]
-        if k is None or (isinstance(k, float) and np.isnan(k)):
-            continue
-        if k not in all_keys:
-            child.add(i, key, k, "orphan", f"{key} = {k} is not in {parent.name}", "excluded")
-        elif k not in used_keys and child.reason[i] is None:
-            cascade.setdefault(k, []).append(i)
-    for k, rows in cascade.items():
-        lines = [int(child.inp.lines[i]) for i in rows]
-        shown = ", ".join(map(str, lines[:10])) + (f" and {len(lines) - 10} more"
-                                                   if len(lines) > 10 else "")
-        unit = child.inp.unit + ("s" if len(lines) > 1 else "")
-        child.findings.append(Finding(
-            table=child.name, file=child.inp.file, line=lines[0], column=key, value=k,
-            rule="cascade",
-            message=f"{child.inp.file} {unit} {shown}: excluded because {parent_label} {k} "
-                    f"was excluded",
-            action="excluded"))
-        for i in rows:
-            child.reason[i] = "cascade"
-
-
-def _session_dates(s: _Table, p: _Table) -> None:
-    """Visits before enrolment; session_number against date order (derived when absent)."""
-    enrolled = dict(zip(p.typed["patient_id"][p.used], p.typed["enrolled_on"][p.used]))
-    used = s.used
-    for i in np.flatnonzero(used):
-        pid = s.typed["patient_id"].iat[i]
-        e, d = enrolled.get(pid), s.typed["session_date"].iat[i]
-        if e is not None and pd.notna(e) and pd.notna(d) and d < e:
-            s.add(int(i), "session_date", s.raw["session_date"].iat[i], "before_enrolment",
-                  f"session_date = {s.raw['session_date'].iat[i]} is before enrolled_on "
-                  f"{e:%Y-%m-%d} of patient {pid}", "kept")
-    given = s.typed["session_number"]
-    derived = pd.Series(np.nan, index=s.typed.index)
-    idx = np.flatnonzero(used)
-    if len(idx):
-        sub = pd.DataFrame({"pid": s.typed["patient_id"].iloc[idx],
-                            "date": s.typed["session_date"].iloc[idx],
-                            "given": given.iloc[idx], "line": s.inp.lines[idx]},
-                           index=idx)
-        sub = sub.sort_values(["pid", "date", "given", "line"], na_position="last",
-                              kind="stable")
-        sub["derived"] = sub.groupby("pid", sort=False).cumcount() + 1
-        final = sub["derived"].astype(float).copy()
-        if "session_number" in s.present:
-            for pid, grp in sub.groupby("pid", sort=False):
-                g = grp["given"]
-                known = g.dropna()
-                bad = []
-                prev = -np.inf
-                for j, v in known.items():
-                    if v <= prev:
-                        bad.append(j)
-                    prev = max(prev, v)
-                if bad:
-                    for j in bad:
-                        s.add(int(j), "session_number", s.raw["session_number"].iat[j],
-                              "session_order",
-                              f"session_number = {s.raw['session_number'].iat[j]} is out of "
-                              f"date order for patient {pid} (session_date "
-                              f"{grp.at[j, 'date']:%Y-%m-%d}); numbers of this patient are "
-                              f"taken from date order", "kept")
-                elif g.notna().all():
-                    final.loc[grp.index] = g.to_numpy()
-                elif g.notna().any():
-                    for j in g.index[g.isna()]:
-                        if pd.isna(s.raw["session_number"].iat[j]):  # else already reported
-                            s.add(int(j), "session_number", None, "session_order",
-                                  f"session_number is empty while other visits of patient "
-                                  f"{pid} are numbered; numbers of this patient are taken "
-                                  f"from date order", "kept")
-        derived.loc[final.index] = final.to_numpy()
-    s.typed["session_number"] = derived
-
-
-def _post_checks(m: _Table, s: _Table) -> None:
-    tech = dict(zip(s.typed["session_id"][s.used], s.typed["technique"][s.used]))
-    sid = m.typed["session_id"].tolist()
-    measure = m.typed["measure"].tolist()
-    side = m.typed["side"].tolist()
-    phase = m.typed["phase"].to_numpy()
-    for i in np.flatnonzero(m.used & (phase == "post")):
-        if tech.get(sid[i]) == "none":
-            m.add(int(i), "phase", "post", "post_on_assessment",
-                  f"post reading of {measure[i]} in session {sid[i]}, an assessment-only visit "
-                  f"(technique none)", "excluded")
-    used = m.used
-    pre = {(sid[i], measure[i], side[i]) for i in np.flatnonzero(used & (phase == "pre"))}
-    for i in np.flatnonzero(used & (phase == "post")):
-        if (sid[i], measure[i], side[i]) not in pre:
-            m.add(int(i), "phase", "post", "post_without_pre",
-                  f"post reading of {measure[i]} (side {side[i]}) in session {sid[i]} has no "
-                  f"pre reading", "kept")
-
-
-def _final(t: _Table) -> pd.DataFrame:
+def _final(t: TableState, frame: pd.DataFrame) -> pd.DataFrame:
     """Used rows with the column types of docs/internals.md, extra columns after."""
-    used = t.used
-    out = pd.DataFrame(index=range(int(used.sum())))
+    used = t.ok
+    everything = bool(used.all())
+    cols: dict[str, Any] = {}
     for spec in TABLE_SPECS[t.name]:
-        col = t.typed[spec.name][used].reset_index(drop=True)
+        col = t.typed[spec.name]
+        col = col.reset_index(drop=True) if everything else col[used].reset_index(drop=True)
         if spec.kind in ("id", "str"):
             col = col.astype("str")
         elif spec.kind == "category":
-            col = pd.Categorical(col.where(col.isin(spec.categories), None),
-                                 categories=list(spec.categories))
+            cats = list(spec.categories or ())
+            if not isinstance(col.dtype, pd.CategoricalDtype):
+                col = col.astype(object).astype("category")
+            col = pd.Categorical(col.cat.set_categories(cats))
         elif spec.kind == "int":
             if t.name == "sessions" and spec.name == "session_number":
                 col = col.astype("int64")
@@ -618,9 +459,11 @@ def _final(t: _Table) -> pd.DataFrame:
             col = pd.to_datetime(col).astype("datetime64[ns]")
         elif spec.kind == "bool":
             col = col.astype("boolean")
-        out[spec.name] = col
-    for extra in t.extra:
-        out[str(extra).strip()] = cell_text(t.inp.frame[extra])[used].reset_index(drop=True)
+        cols[spec.name] = col
+    out = pd.DataFrame(cols, index=pd.RangeIndex(int(used.sum())))
+    if t.extra:
+        extra = text_frame(frame[t.extra])[used].reset_index(drop=True)
+        out = pd.concat([out, extra], axis=1)
     return out
 
 
@@ -647,18 +490,23 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     accounting : dict of RowAccount
     """
     findings: dict[str, list[Finding]] = {name: [] for name in vocab.TABLES}
-    tables = {name: _Table(inputs[name], findings[name]) for name in vocab.TABLES}
-    for t in tables.values():
-        _columns(t)
-        _coerce(t, decimal=decimal, dayfirst=dayfirst)
-        _pandera(t)
-        _duplicates(t)
+    tables = {}
+    for name in vocab.TABLES:
+        inp = inputs[name]
+        t = TableState(name, inp.file, inp.unit, inp.lines, findings[name],
+                       blank=len(inp.blank_lines))
+        tables[name] = t
+        _columns(t, inp.frame)
+        _reading_problems(t, inp)
+        _coerce(t, decimal=inp.decimal or decimal, dayfirst=dayfirst)
+        _checks(t)
+        duplicates(t)
     p, s, m = tables["patients"], tables["sessions"], tables["measurements"]
-    _foreign(s, p, "patient_id", "patient")
-    _session_dates(s, p)
-    _foreign(m, s, "session_id", "session")
-    _post_checks(m, s)
-    frames = {name: _final(t) for name, t in tables.items()}
+    foreign(s, p, "patient_id", "patient")
+    session_dates(s, p)
+    foreign(m, s, "session_id", "session")
+    post_checks(m, s)
+    frames = {name: _final(t, inputs[name].frame) for name, t in tables.items()}
     accounting = {name: t.account() for name, t in tables.items()}
     # within a table, whole-column findings first, then by line (stable: order found)
     ordered = [f for name in vocab.TABLES

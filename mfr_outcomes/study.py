@@ -6,17 +6,12 @@ join behind :meth:`Study.frame` that simulation loops call without validation.
 from __future__ import annotations
 
 import html
-import json
-import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from mfr_outcomes.vocab import TABLES
-from mfr_outcomes.warnings_ import DataWarning
+# re-exported for compatibility: the report types live in the leaf module mfr_outcomes.findings
+from mfr_outcomes.findings import DataValidationError, Finding, RowAccount, ValidationReport
 
 __all__ = [
     "Finding",
@@ -31,195 +26,12 @@ __all__ = [
     "ANALYSIS_COLUMNS",
 ]
 
-Action = Literal["excluded", "kept"]
-
 #: Columns of an analysis frame, in order.
 ANALYSIS_COLUMNS = (
     "patient_id", "site_id", "therapist_id", "session_id", "session_number", "session_date",
     "weeks", "technique", "target_region", "home_program", "phase", "post", "side", "value",
     "age_years", "sex", "condition", "affected_side", "symptom_weeks",
 )
-
-_FINDING_COLUMNS = ["table", "file", "line", "column", "value", "rule", "action", "message"]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem found while loading a table.
-
-    Attributes
-    ----------
-    table : str
-        "patients", "sessions" or "measurements".
-    file : str
-        The file (or sheet, table, frame) the row came from, as named in messages.
-    line : int or None
-        Line in a text editor for CSV (header is line 1), sheet row for XLSX, 1-based row for
-        database tables and frames; None for a finding about a whole column or table.
-    column : str or None
-        The column at fault, None for a whole row.
-    value : str or None
-        The offending value as written in the source.
-    rule : str
-        Reason code: missing_column, unexpected_column, missing_value, not_a_number, wrong_type,
-        not_integer, out_of_range, unknown_category, unknown_measure, duplicate_key,
-        duplicate_reading, orphan, cascade, invalid_date, before_enrolment, session_order,
-        post_without_pre, post_on_assessment, malformed_row.
-    message : str
-        A plain sentence naming file, line and value, ending with what was done.
-    action : {"excluded", "kept"}
-        Whether the row was excluded, or kept with a caution (a bad optional value set missing).
-    """
-
-    table: str
-    file: str
-    line: int | None
-    column: str | None
-    value: str | None
-    rule: str
-    message: str
-    action: Action = "kept"
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(frozen=True)
-class RowAccount:
-    """Row accounting of one table: ``read == used + excluded``; ``reasons`` counts exclusions."""
-
-    read: int
-    used: int
-    excluded: int
-    reasons: Mapping[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.read != self.used + self.excluded:  # an internal bug, never user input
-            raise RuntimeError(f"row accounting broken: {self.read} != {self.used} + {self.excluded}")
-
-
-@dataclass
-class ValidationReport:
-    """Everything loading found, one plain sentence a finding, plus row accounting per table.
-
-    Attributes
-    ----------
-    findings : list of Finding
-    accounting : dict
-        table -> :class:`RowAccount`.
-    source : str
-        What was read.
-    """
-
-    findings: list[Finding] = field(default_factory=list)
-    accounting: dict[str, RowAccount] = field(default_factory=dict)
-    source: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing at all was found."""
-        return not self.findings
-
-    @property
-    def n_excluded(self) -> int:
-        """Rows excluded over all tables."""
-        return sum(a.excluded for a in self.accounting.values())
-
-    def to_frame(self) -> pd.DataFrame:
-        """Findings as a DataFrame.
-
-        Returns
-        -------
-        DataFrame
-            Columns table, file, line (nullable Int64), column, value, rule, action, message; one
-            row a finding, in the order found.
-        """
-        rows = [{c: getattr(f, c) for c in _FINDING_COLUMNS} for f in self.findings]
-        frame = pd.DataFrame(rows, columns=_FINDING_COLUMNS)
-        frame["line"] = frame["line"].astype("Int64")
-        return frame
-
-    def summary(self) -> pd.DataFrame:
-        """Row accounting per table.
-
-        Returns
-        -------
-        DataFrame
-            Columns table, read, used, excluded, findings, cautions (findings whose row was kept).
-        """
-        rows = []
-        for table in _ordered_tables(self.accounting):
-            acc = self.accounting[table]
-            mine = [f for f in self.findings if f.table == table]
-            rows.append({
-                "table": table, "read": acc.read, "used": acc.used, "excluded": acc.excluded,
-                "findings": len(mine), "cautions": sum(f.action == "kept" for f in mine),
-            })
-        return pd.DataFrame(rows, columns=["table", "read", "used", "excluded", "findings",
-                                           "cautions"])
-
-    def accounting_lines(self) -> list[str]:
-        """One sentence a table: rows read, used and excluded with their reasons."""
-        out = []
-        for table in _ordered_tables(self.accounting):
-            acc = self.accounting[table]
-            text = f"{table}: {acc.read} rows read, {acc.used} used, {acc.excluded} excluded"
-            if acc.reasons:
-                why = ", ".join(f"{n} {rule.replace('_', ' ')}" for rule, n in acc.reasons.items())
-                text += f" ({why})"
-            out.append(text)
-        return out
-
-    def __str__(self) -> str:
-        head = f"Validation of {self.source}: " if self.source else "Validation: "
-        head += "no findings." if self.ok else f"{len(self.findings)} finding(s)."
-        return "\n".join([head, *self.accounting_lines(), *(f.message for f in self.findings)])
-
-    def __repr__(self) -> str:
-        return (f"ValidationReport(source={self.source!r}, findings={len(self.findings)}, "
-                f"excluded={self.n_excluded})")
-
-    def _repr_html_(self) -> str:
-        parts = [f"<p><b>Validation of {html.escape(self.source or 'data')}</b>: "
-                 f"{len(self.findings)} finding(s)</p>",
-                 self.summary().to_html(index=False)]
-        if self.findings:
-            parts.append(self.to_frame()[["message", "action"]].to_html(index=False))
-        return "\n".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python form (for JSON): source, ok, accounting, findings."""
-        return {
-            "source": self.source,
-            "ok": self.ok,
-            "accounting": {t: {"read": a.read, "used": a.used, "excluded": a.excluded,
-                               "reasons": dict(a.reasons)}
-                           for t, a in self.accounting.items()},
-            "findings": [{c: getattr(f, c) for c in _FINDING_COLUMNS} for f in self.findings],
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The report as JSON text (see :meth:`to_dict`)."""
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
-
-    def to_csv(self) -> str:
-        """The findings as CSV text, one row a finding (columns of :meth:`to_frame`)."""
-        return self.to_frame().to_csv(index=False)
-
-
-def _ordered_tables(accounting: Mapping[str, RowAccount]) -> list[str]:
-    return [t for t in TABLES if t in accounting] + [t for t in accounting if t not in TABLES]
-
-
-class DataValidationError(ValueError):
-    """Raised by ``strict=True`` loading when anything was found; carries the report."""
-
-    def __init__(self, report: ValidationReport) -> None:
-        self.report = report
-        n = len(report.findings)
-        first = report.findings[0].message if report.findings else ""
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        super().__init__(f"{n} validation finding(s) in {report.source or 'the data'}: {first}{more}")
 
 
 class MeasureNotFoundError(KeyError, ValueError):
@@ -255,7 +67,7 @@ class Study:
         """Codes of the measures present, in registry order (then any others)."""
         from mfr_outcomes.measures import measure_codes
 
-        present = set(self.measurements["measure"].dropna().astype(str))
+        present = {str(m) for m in self.measurements["measure"].dropna().unique()}
         ordered = [c for c in measure_codes() if c in present]
         return ordered + sorted(present - set(ordered))
 
@@ -373,31 +185,10 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
     0         S1   pre     0    6.0  site-1
     1         S1  post     1    4.0  site-1
     """
-    from mfr_outcomes.schema import TableInput
+    from mfr_outcomes.io import from_frames as _validated  # io builds Studies; lazy: io imports us
 
-    inputs = {}
-    for name, frame in zip(TABLES, (patients, sessions, measurements)):
-        if not isinstance(frame, pd.DataFrame):
-            raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
-        inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
-    return _study_from_inputs(inputs, source=source, strict=strict, dayfirst=dayfirst,
-                              decimal=decimal)
-
-
-def _study_from_inputs(inputs: dict, *, source: str, strict: bool, dayfirst: bool,
-                       decimal: str) -> Study:
-    from mfr_outcomes.schema import validate_tables
-
-    frames, findings, accounting = validate_tables(inputs, dayfirst=dayfirst, decimal=decimal)
-    report = ValidationReport(findings=findings, accounting=accounting, source=source)
-    if strict and not report.ok:
-        raise DataValidationError(report)
-    if not report.ok:
-        # rows are never dropped silently: say so once, the details are in the report
-        kept = sum(f.action == "kept" for f in findings)
-        warnings.warn(f"{source}: {report.n_excluded} row(s) excluded and {kept} caution(s) "
-                      f"while loading; see study.report", DataWarning, stacklevel=3)
-    return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
+    return _validated(patients, sessions, measurements, source=source, strict=strict,
+                      dayfirst=dayfirst, decimal=decimal)
 
 
 def model_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -444,7 +235,7 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
     MeasureNotFoundError
         When no reading of *measure* (on *side*) is present.
     """
-    present = sorted(set(measurements["measure"].dropna().astype(str)))
+    present = sorted({str(m) for m in measurements["measure"].dropna().unique()})
     if measure not in present:
         raise MeasureNotFoundError(
             f"measure {measure!r} is not in this study; measures present: "

@@ -91,9 +91,10 @@ CASES = {
         ["sessions.csv line 6: session_date = 2023-12-20 is before enrolled_on 2024-01-03 of "
          f"patient P3 {CAUT}"], {}),
     "session_order": (
-        ["sessions.csv line 3: session_number = 1 is out of date order for patient P1 "
-         "(session_date 2024-01-15); numbers of this patient are taken from date order "
-         f"{CAUT}"], {}),
+        ["sessions.csv line 3: session_number = 1 (session_date 2024-01-15) disagrees with date "
+         "order for patient P1: session_number 1 (line 2) is dated 2024-01-08, before it; "
+         "session_number 1 is given twice: likely a typo in one of them; the given numbers are "
+         f"kept {CAUT}"], {}),
     "post_without_pre": (
         ["measurements.csv line 6: post reading of pain_nrs (side none) in session S2 has no "
          f"pre reading {CAUT}"],
@@ -185,6 +186,8 @@ def test_many_faults_in_one_file_all_reported_with_editor_lines(tmp_path):
     assert sessions == [
         f"sessions.csv line 3: duration_min = 450, must be 5–180 {KEPT}",
         f"sessions.csv line 5: session_date = 09/01/2024, not a valid date {HINT} {EXCL}",
+        "sessions.csv line 7: blank or whitespace-only line, no data (counted as read, not as "
+        "rows)",
         f"sessions.csv line 8: duration_min = sixty, not a number {KEPT}",
         f"sessions.csv line 8: home_program = perhaps, not true/false (yes/no, 1/0) {KEPT}",
         "sessions.csv line 8: target_region = elbow, not one of lower_back, piriformis, hip, "
@@ -192,8 +195,10 @@ def test_many_faults_in_one_file_all_reported_with_editor_lines(tmp_path):
         "sessions.csv line 8: adverse_event = bleeding, not one of none, soreness, bruising, "
         f"symptom_flare, other {KEPT}",
     ]
-    assert [f.line for f in report.findings if f.table == "sessions"] == [3, 5, 8, 8, 8, 8]
-    assert accounting(report)["sessions"] == (5, 4, 1)
+    assert [f.line for f in report.findings if f.table == "sessions"] == [3, 5, 7, 8, 8, 8, 8]
+    # read = used + excluded + blank
+    assert accounting(report)["sessions"] == (6, 4, 1)
+    assert report.accounting["sessions"].blank == 1
     assert report.accounting["sessions"].reasons == {"invalid_date": 1}
     assert accounting(report)["measurements"] == (12, 10, 2)
 
@@ -213,16 +218,17 @@ def test_unexpected_column_is_kept_in_the_frame(tmp_path):
     assert list(study.patients["bmi"]) == ["24", "27", "31"]
 
 
-def test_session_order_falls_back_to_dates(tmp_path):
+def test_session_order_keeps_the_given_numbers(tmp_path):
+    # nothing is renumbered silently: the caution names both visits and the given numbers stay
     study = mfr.load_study(assemble("session_order", tmp_path))
     numbers = dict(zip(study.sessions["session_id"], study.sessions["session_number"]))
-    assert numbers == {"S1": 1, "S2": 2, "S3": 1, "S4": 2, "S5": 1}
+    assert numbers == {"S1": 1, "S2": 1, "S3": 1, "S4": 2, "S5": 1}
 
 
 def test_strict_raises_with_every_finding(tmp_path):
     with pytest.raises(mfr.DataValidationError) as info:
         mfr.load_study(assemble("many_faults", tmp_path), strict=True)
-    assert len(info.value.report.findings) == 7
+    assert len(info.value.report.findings) == 8  # 7 problems and the blank line
     assert "sessions.csv line 3: duration_min = 450" in str(info.value)
 
 
@@ -257,6 +263,8 @@ def test_frames_and_files_give_the_same_findings(tmp_path):
               for t in ("patients", "sessions", "measurements")}
     from_files = mfr.validate(folder)
     from_frames = mfr.validate(frames)
-    assert [f.rule for f in from_frames.findings] == [f.rule for f in from_files.findings]
+    # a frame has no blank lines; every other finding is the same
+    assert [f.rule for f in from_frames.findings] == [f.rule for f in from_files.findings
+                                                      if f.rule != "blank_line"]
     # frames are numbered by row (first data row 1), files by editor line
     assert from_frames.findings[0].message.startswith("sessions row 2: duration_min = 450")

@@ -155,7 +155,7 @@ def test_report_exports():
     assert table.loc[0, "line"] == 2 and table.loc[0, "rule"] == "not_a_number"
     data = json.loads(report.to_json())
     assert data["accounting"]["measurements"] == {"read": 9, "used": 8, "excluded": 1,
-                                                  "reasons": {"not_a_number": 1}}
+                                                  "blank": 0, "reasons": {"not_a_number": 1}}
     assert "eleven" in report.to_csv()
     summary = report.summary().set_index("table")
     assert summary.loc["measurements", "excluded"] == 1

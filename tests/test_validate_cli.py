@@ -54,7 +54,8 @@ def test_json_format(faulty):
     assert code == 1
     data = json.loads(out)
     assert data["ok"] is False
-    assert data["accounting"]["sessions"] == {"read": 5, "used": 5, "excluded": 0, "reasons": {}}
+    assert data["accounting"]["sessions"] == {"read": 5, "used": 5, "excluded": 0,
+                                                "blank": 0, "reasons": {}}
     [finding] = data["findings"]
     assert finding["message"] == ("sessions.csv line 4: duration_min = -5, must be 5–180 "
                                   "(set to missing; row kept)")

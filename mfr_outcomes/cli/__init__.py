@@ -21,6 +21,7 @@ COMMANDS = {
     "fit": "fit",
     "report": "report",
     "power": "power",
+    "summarize": "summarize",
 }
 
 

@@ -19,9 +19,11 @@ DEFAULT_FORMULA = "value ~ post * technique + session_number + (post | patient_i
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="SOURCE",
+    parser.add_argument("source", metavar="SOURCE", nargs="?",
                         help="folder of patients/sessions/measurements files, a workbook, a "
                              "database file or an SQLAlchemy URL")
+    parser.add_argument("--from-summaries", nargs="+", metavar="NPZ", default=None,
+                        help="fit from site summaries (mfr-outcomes summarize) instead of SOURCE")
     parser.add_argument("--measure", default="pain_nrs", help="measure code (default pain_nrs)")
     parser.add_argument("--formula", default=None,
                         help="lme4 formula on the analysis frame, e.g. \"value ~ post * technique "
@@ -91,8 +93,15 @@ def run(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MfrWarning)
-        study = load_source(args.source, column_map=args.column_map)
-        fit = _fit(study, args)
+        if args.from_summaries:
+            from mfr_outcomes.scale.summaries import fit_from_summaries_cli
+            fit = fit_from_summaries_cli(args)
+        else:
+            if not args.source:
+                from mfr_outcomes.cli import UserError
+                raise UserError("give SOURCE, or --from-summaries with site summaries")
+            study = load_source(args.source, column_map=args.column_map)
+            fit = _fit(study, args)
     fits = fit if isinstance(fit, dict) else {"": fit}
     for label, f in fits.items():
         if args.format == "json":

@@ -186,6 +186,11 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
                          "the linear (gaussian) fit takes none of them.")
     if df_method not in DF_METHODS:
         raise ValueError(f"df_method must be one of {', '.join(DF_METHODS)}; got {df_method!r}.")
+    if not isinstance(data, pd.DataFrame):  # Dask, DuckDB, Parquet: statistics out of memory
+        from mfr_outcomes.scale.dispatch import fit_elsewhere
+
+        return fit_elsewhere(data, formula, reml=reml, engine=engine, df_method=df_method,
+                             options=options)
     if df_method == "kenward-roger" and not reml:
         raise ValueError("df_method='kenward-roger' needs a REML fit (reml=True), as pbkrtest "
                          "does; use 'satterthwaite' for ML fits.")

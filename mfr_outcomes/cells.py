@@ -1,0 +1,186 @@
+"""Cells of raw tables as text, and text as numbers, dates, flags and category labels.
+
+Column-wise, through Arrow compute and pandas; what a cell held is kept for the sentences of
+findings (a missing-value marker such as "NaN" is shown, not only "empty").
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa_
+import pyarrow.compute as pc
+
+__all__ = [
+    "NA_TOKENS",
+    "TRUE_WORDS",
+    "FALSE_WORDS",
+    "cell_text",
+    "text_frame",
+    "text_and_markers",
+    "is_number",
+    "flag",
+    "labels",
+    "numbers",
+    "dates",
+]
+
+#: Cell texts read as missing (compared after stripping, case-insensitive).
+NA_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "#n/a", "nat", "<na>"})
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1", "1.0", "ja", "oui", "si", "x"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0", "nein", "non"})
+
+
+def cell_text(series: pd.Series) -> pd.Series:
+    """Cells as stripped text (pandas "str" dtype), with missing cells and NA tokens missing."""
+    return text_and_markers(series)[0]
+
+
+def text_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`cell_text` of every column of *frame* at once (one Arrow pass for text columns,
+    so that thousands of columns cost one call, not thousands)."""
+    n = len(frame)
+    names = [str(c).strip() for c in frame.columns]
+    if not len(frame.columns):
+        return pd.DataFrame(index=frame.index)
+    texty = all(isinstance(dt, pd.StringDtype) for dt in frame.dtypes)
+    if not texty or n == 0:
+        return pd.DataFrame({name: cell_text(frame[c]).to_numpy() for name, c in
+                             zip(names, frame.columns)}, index=frame.index)
+    table = pa_.Table.from_pandas(frame, preserve_index=False)
+    joined = pa_.concat_arrays([col.combine_chunks().cast(pa_.string()) for col in table.columns])
+    text, _ = text_and_markers(pd.Series(pd.arrays.ArrowStringArray(joined)))
+    arr = pa_.array(text, type=pa_.string(), from_pandas=True)
+    parts = [arr.slice(k * n, n) for k in range(len(names))]
+    out = pa_.Table.from_arrays(parts, names=[f"c{k}" for k in range(len(names))]).to_pandas()
+    out.columns = names
+    out.index = frame.index
+    return out
+
+
+def _arrow_text(series: pd.Series) -> pa_.Array:
+    """The cells of *series* as an Arrow string array (nulls for missing), without Python loops
+    for text, number, flag and date columns."""
+    s = series
+    if pd.api.types.is_datetime64_any_dtype(s):
+        txt = s.dt.strftime("%Y-%m-%d %H:%M:%S").str.replace(" 00:00:00", "", regex=False)
+        return pa_.array(txt.astype(object).where(s.notna(), None), type=pa_.string())
+    if isinstance(s.dtype, pd.StringDtype) or s.dtype == "str":
+        return pa_.array(s, type=pa_.string(), from_pandas=True)
+    if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        obj = s.astype(object)
+        txt = obj.where(s.isna(), obj.astype(str))
+        return pa_.array(txt.where(s.notna(), None), type=pa_.string(), from_pandas=True)
+    try:
+        arr = pa_.array(s.astype(object), from_pandas=True)
+        if pa_.types.is_string(arr.type) or pa_.types.is_large_string(arr.type) \
+                or pa_.types.is_null(arr.type):
+            return arr.cast(pa_.string())
+    except (pa_.ArrowInvalid, pa_.ArrowTypeError):
+        pass
+    out = []  # mixed Python objects (sheets, databases): one cell at a time
+    for v in s.astype(object):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+            out.append(None)
+        elif isinstance(v, bytes):
+            out.append(v.decode("utf-8", "replace"))
+        elif isinstance(v, (pd.Timestamp, _dt.datetime)):
+            t = v.isoformat()
+            out.append(t[:10] if t.endswith("T00:00:00") else t)
+        else:
+            out.append(str(v))
+    return pa_.array(out, type=pa_.string())
+
+
+def _case_variants(token: str) -> set[str]:
+    out = {""}
+    for ch in token:
+        out = {v + c for v in out for c in {ch.lower(), ch.upper()}}
+    return out
+
+
+# every spelling of every NA token, so cells are matched without lowering each one
+_NA_SET = pa_.array(sorted(set().union(*(_case_variants(t) for t in NA_TOKENS))),
+                    type=pa_.string())
+
+
+def text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
+    """Stripped text with NA tokens missing, and the NA tokens as written where any was (so a
+    finding can show "value = NaN" rather than only "value is empty")."""
+    arr = _arrow_text(series)
+    ascii_only = pc.all(pc.string_is_ascii(arr)).as_py() is not False
+    trimmed = pc.ascii_trim_whitespace(arr) if ascii_only else pc.utf8_trim_whitespace(arr)
+    if pc.sum(pc.binary_length(trimmed)) != pc.sum(pc.binary_length(arr)):
+        arr = trimmed  # keep the copy only when some cell had spaces around it
+    na = pc.fill_null(pc.is_in(arr, value_set=_NA_SET), True)
+    text = pc.if_else(na, pa_.scalar(None, pa_.string()), arr) if pc.any(na).as_py() else arr
+    written = pc.and_(na, pc.fill_null(pc.greater(pc.utf8_length(arr), 0), False))
+    index = series.index
+    out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
+    if not pc.any(written).as_py():
+        return out, None
+    marker = pc.if_else(written, arr, pa_.scalar(None, pa_.string()))
+    return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index)
+
+
+def is_number(col: pd.Series) -> bool:
+    """A numeric column (numbers from Parquet, a database or a frame), not flags."""
+    return pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
+
+
+def flag(text: str) -> bool | None:
+    key = text.lower()
+    return True if key in TRUE_WORDS else (False if key in FALSE_WORDS else None)
+
+
+def labels(raw: pd.Series) -> pd.Series:
+    """Category labels matched ignoring case, spaces and hyphens, as a pandas Categorical (the
+    work is done once a distinct label, not once a row)."""
+    codes, uniques = pd.factorize(raw)
+    norm = [re.sub(r"[\s\-]+", "_", str(u).strip().lower()) for u in uniques]
+    new_codes, cats = pd.factorize(pd.Series(norm, dtype=object))
+    mapped = np.append(new_codes, -1)[codes] if len(codes) else codes
+    return pd.Series(pd.Categorical.from_codes(mapped, categories=list(cats)), index=raw.index)
+
+
+def numbers(text: pd.Series, decimal: str) -> pd.Series:
+    t = text
+    if decimal != ".":
+        has = t.str.contains(decimal, regex=False).fillna(False).astype(bool)
+        if has.any():
+            swapped = t.str.replace(".", "", regex=False).str.replace(decimal, ".", regex=False)
+            t = t.where(~has, swapped)
+    try:  # Arrow's parser when every cell is a number (the usual case), else pandas' per cell
+        num = pd.Series(pc.cast(pa_.array(t, type=pa_.string(), from_pandas=True),
+                                pa_.float64()).to_numpy(zero_copy_only=False), index=t.index)
+    except (pa_.ArrowInvalid, pa_.ArrowTypeError):
+        num = pd.to_numeric(t, errors="coerce").astype("float64")
+    return num.where(np.isfinite(num), np.nan)
+
+
+_DMY = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d/%m/%y", "%d.%m.%y")
+_ISO = r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?$"
+
+
+def dates(text: pd.Series, dayfirst: bool) -> pd.Series:
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+    present = text.notna()
+    if not present.any():
+        return out
+    t = text[present]
+    iso = t.str.match(_ISO).fillna(False).astype(bool)
+    if iso.any():
+        parsed = pd.to_datetime(t[iso], format="ISO8601", errors="coerce")
+        out.loc[parsed.index] = parsed.astype("datetime64[ns]")
+    if dayfirst:
+        rest = t[~iso]
+        for fmt in _DMY:
+            if rest.empty:
+                break
+            parsed = pd.to_datetime(rest, format=fmt, errors="coerce")
+            ok = parsed.notna()
+            out.loc[parsed.index[ok]] = parsed[ok].astype("datetime64[ns]")
+            rest = rest[~ok]
+    return out
