@@ -30,7 +30,7 @@ from mfr_outcomes.cells import (
 )
 from mfr_outcomes.findings import Finding, RowAccount
 from mfr_outcomes.measures import MEASURES
-from mfr_outcomes.rules import (
+from mfr_outcomes.table_rules import (
     KEYS,
     TableState,
     duplicates,
