@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 from scipy import stats
 
 from mfr_outcomes.measures import get_measure
+from mfr_outcomes.rules import affected_side_rows
 from mfr_outcomes.vocab import TECHNIQUE
 
 __all__ = [
@@ -105,10 +106,8 @@ def _frame(study: Any, measure: str, side: str | None = None, *,
         raise ValueError(f"the frame lacks column(s) {', '.join(missing)}; pass Study.frame(...)")
     out = frame.copy()
     out["phase"] = out["phase"].astype(str)
-    if affected and side is None and "side" in out.columns and "affected_side" in out.columns \
-            and set(out["side"].astype(str)) & {"left", "right"}:
-        aff = out["affected_side"].astype(str)
-        out = out[(aff == out["side"].astype(str)) | ~aff.isin(["left", "right"])]
+    if affected and side is None:
+        out = out[affected_side_rows(out)]
     return out
 
 

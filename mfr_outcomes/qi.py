@@ -34,7 +34,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mfr_outcomes.measures import get_measure, important_change
+from mfr_outcomes.measures import get_measure
+from mfr_outcomes.rules import (
+    affected_side_rows,
+    can_show_important_change,
+    important_change_mask,
+)
 from mfr_outcomes.warnings_ import DataWarning
 
 __all__ = [
@@ -279,9 +284,11 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
         n_pre (sessions with a pre reading), mean_pre, n_paired (sessions with pre and post),
         mean_change (post − pre within a session, measure units), mean_improvement (the same
         change signed so that positive is better), n_completed (patients whose latest
-        pre-treatment reading, at a visit after their first, falls in the period),
+        pre-treatment reading, at a visit after their first, falls in the period, and whose
+        baseline leaves room for an important change: :func:`mfr_outcomes.rules.
+        can_show_important_change`),
         n_responders (of those, patients whose change from the first to that latest pre reading
-        is clinically important, per :func:`mfr_outcomes.measures.important_change`: the
+        is clinically important, per :func:`mfr_outcomes.rules.important_change_mask`: the
         definition of ``effects.responders(study, measure)`` with its default
         ``last="last_pre"``; missing when the measure has no threshold), responder_rate
         (n_responders / n_completed).
@@ -328,10 +335,7 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     keys = ([by] if by else [])
     # per-side measures: the affected side (both sides averaged when bilateral or unknown), the
     # rule effects.responders uses, so the two agree
-    sides = set(df["side"].astype(str)) if "side" in df.columns else set()
-    if sides & {"left", "right"} and "affected_side" in df.columns:
-        aff = df["affected_side"].astype(str)
-        df = df[(aff == df["side"].astype(str)) | ~aff.isin(["left", "right"])]
+    df = df[affected_side_rows(df)]
     # one value per session and phase
     sess = (df.groupby(keys + ["period", "patient_id", "session_id", "session_number",
                                "session_date", "phase"], observed=True, dropna=False)["value"]
@@ -351,12 +355,15 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
         pre = g[g["pre"].notna()]
         completed = (len(pre) >= 2
                      and pre["session_number"].iloc[-1] != pre["session_number"].iloc[0])
+        if completed and has_threshold:  # the responder denominator: baselines that can change
+            completed = bool(can_show_important_change(measure, pre["pre"].iloc[0]))
         row = {"patient_id": pid, "period": pre["period"].iloc[-1] if len(pre) else pd.NaT,
                "completed": bool(completed), "responder": np.nan}
         if by:
             row[by] = pre[by].iloc[-1] if len(pre) else g[by].iloc[-1]
         if has_threshold and completed:
-            row["responder"] = important_change(measure, pre["pre"].iloc[0], pre["pre"].iloc[-1])
+            row["responder"] = bool(important_change_mask(measure, pre["pre"].iloc[0],
+                                                          pre["pre"].iloc[-1]))
         pat_rows.append(row)
     pats = pd.DataFrame(pat_rows, columns=["patient_id", "period", "completed", "responder"]
                         + ([by] if by else []))
