@@ -67,8 +67,10 @@ MR_LIMIT = 3.267
 #: at 10).
 MIN_USEFUL_RUNS = 10
 #: Fewer points with a value than this and an XmR or p-chart says "not enough data" instead of
-#: judging signals (NHSRplotthedots warns below 12; Making Data Count asks for 15-20).
-MIN_SPC_POINTS = 12
+#: judging signals: a shift or a trend takes 7 points in a row, and limits from fewer than 10
+#: points move too much to judge them (Making Data Count asks for 15-20 and calls limits from
+#: fewer provisional; NHSRplotthedots warns below 12, and so does this module's notes).
+MIN_SPC_POINTS = 10
 #: Making Data Count: a shift is this many points in a row on one side of the mean.
 SHIFT_LENGTH = 7
 #: Making Data Count: a trend is this many points in a row each above (or below) the one before.

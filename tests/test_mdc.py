@@ -165,7 +165,7 @@ def test_too_few_points_says_not_enough_data():
         r = qi.xmr_chart([1.0, 2.0, np.nan, 3.0, 2.0])
     text = r.shortfall()
     assert text.startswith("Not enough data: the chart has 4 points with a value; its rules "
-                           "need at least 12")
+                           "need at least 10")
     assert "No signal" not in r.summary()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
