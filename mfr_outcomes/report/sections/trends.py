@@ -101,9 +101,9 @@ def _layout(ctx: ReportContext, key: str) -> dict[str, Any]:
 
 def _chart(ctx: ReportContext, sec: Section, key: str, title: str, make: Callable[[], Any],
            ylabel: str, percent: bool, targets: dict[str, float]) -> None:
-    from mfr_outcomes import plots
-
     import warnings
+
+    from mfr_outcomes import plots
 
     with warnings.catch_warnings():
         # a chart's cautions are its notes, shown under it when it is drawn
