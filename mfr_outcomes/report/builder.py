@@ -23,6 +23,7 @@ from mfr_outcomes.report.icons import icon_svg
 from mfr_outcomes.report.publish import (
     cross_site,
     publish_table,
+    rank_cells,
     render_html,
     render_text,
     resolve_later,
@@ -161,6 +162,7 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
         sec = Section(key, title)
         ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
         sections.append(sec)
+    rank_cells(ctx)
     cross_site(ctx, _other_sites(study, site, period))
     ctx.ledger.decide()
     resolve_later(sections)

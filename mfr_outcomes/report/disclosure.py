@@ -10,9 +10,10 @@ The rules (stated in the report's methods section and ``docs/report.md``):
   the sums that tie cells together (a table's total, "all patients", read = used + excluded,
   readings = pre + post, a count repeated in a sentence). After primary suppression, each
   hidden cell is checked as an attacker would: the feasible values of the cell given every
-  published count, the sums and non-negativity (a linear programme). While one is pinned to a
-  single value, the smallest published non-zero count in a sum it belongs to is hidden too,
-  shown as ``"suppressed"`` with a footnote.
+  published count, the sums, and what the labels say ("<k" is 1 to k − 1; "suppressed" is at
+  least k) — two linear programmes. While one is pinned to a single value, the smallest
+  published non-zero count in a sum it belongs to whose hiding frees it is hidden too, shown
+  as ``"suppressed"`` with a footnote.
 - **Across reports**: in a site's report of a multi-site study, a count is also hidden
   (``"suppressed"``) when the same count of another site is below ``min_cell``, so that the
   all-sites report minus the other sites' reports cannot recover it.
@@ -85,6 +86,10 @@ class Ledger:
         self.status: dict[int, str] = {}
         self._forced: dict[int, str] = {}
         self._degree: dict[int, int] = {}
+        #: Optional order of preference for complements (cell id -> sortable key): a site's
+        #: report ranks cells by table, row and column, so that every site of a study hides the
+        #: same rows and the all-sites report minus the other sites recovers none.
+        self.rank: dict[int, tuple] = {}
         self._decided = False
 
     def add(self, value: float) -> Cell:
@@ -141,13 +146,18 @@ class Ledger:
                 rows.append(coef)
                 rhs.append(-const)
         if not rows or not any(r[col[i]] for r in rows):
-            return (0.0, math.inf)
+            return (1.0, self.min_cell - 1.0) if self.status[i] == "primary" else \
+                (float(self.min_cell), math.inf)
         a_eq, b_eq = np.vstack(rows), np.array(rhs)
         c = np.zeros(len(hidden))
         c[col[i]] = 1.0
-        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-        low = float(lo.fun) if lo.status == 0 else 0.0
+        # what a reader knows of each hidden cell: "<k" is 1 to k - 1 (zeros are shown), and a
+        # cell hidden to protect another is a count of at least k
+        k = self.min_cell
+        bounds = [(1, k - 1) if self.status[h] == "primary" else (k, None) for h in hidden]
+        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        low = float(lo.fun) if lo.status == 0 else -math.inf
         high = math.inf if hi.status == 3 else (float(-hi.fun) if hi.status == 0 else math.inf)
         return (low, high)
 
@@ -173,8 +183,16 @@ class Ledger:
                     elif self.values[j] > 0:
                         cands.add(j)
             if cands:
-                # a cell in few sums hides little else; then the smallest count
-                return min(cands, key=lambda j: (self._degree[j], self.values[j], j))
+                # the smallest count whose hiding frees cell i (else the smallest count)
+                order = sorted(cands, key=lambda j: (self._degree[j], self.rank.get(j, ("~",)),
+                                                     self.values[j], j))
+                for j in order:
+                    self.status[j] = "secondary"
+                    freed = not self._is_pinned(i)
+                    del self.status[j]
+                    if freed:
+                        return j
+                return order[0]
             frontier = nxt - frontier
         return None
 

@@ -21,7 +21,7 @@ from mfr_outcomes.report.disclosure import (
 )
 from mfr_outcomes.report.fmt import fmt_cell, header
 
-__all__ = ["cross_site", "resolve_later", "publish_table", "render_text", "write_csv",
+__all__ = ["cross_site", "rank_cells", "resolve_later", "publish_table", "render_text", "write_csv",
            "render_html"]
 
 _ID_COLUMNS = frozenset({"patient_id", "session_id"})
@@ -33,6 +33,8 @@ def cross_site(ctx: ReportContext, others: list[tuple[Any, Any]]) -> None:
     *others* holds (period study, history study) of every other site.
     """
     k = ctx.min_cell
+    if not others:
+        return
     for table in ctx.tables.values():
         if table.by_site is None or not table.keys or not table.cells:
             continue
@@ -54,6 +56,15 @@ def cross_site(ctx: ReportContext, others: list[tuple[Any, Any]]) -> None:
             # a published 0 never helps the subtraction: only non-zero counts are hidden
             if (key, col) in small and ctx.ledger.values[cell.id] > 0:
                 ctx.ledger.hide(cell, "cross-site")
+
+
+def rank_cells(ctx: ReportContext) -> None:
+    """Order complements by table, column and row name (then by size), the same in every
+    report of a study, so that the site reports and the all-sites report hide the same rows."""
+    for table in ctx.tables.values():
+        for (r, col), cell in table.cells.items():
+            key = tuple(str(table.frame[c].iloc[r]) for c in table.keys) or (f"{r:06d}",)
+            ctx.ledger.rank[cell.id] = (table.name, col, key)
 
 
 def resolve_later(sections: list[Section]) -> None:

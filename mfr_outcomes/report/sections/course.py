@@ -27,6 +27,8 @@ def course_frame(study, measure: str) -> tuple[pd.DataFrame, bool]:
     """Pre-session readings (affected side) and whether there are two or more arms."""
     f = study.frame(measure)
     f = f[(f["post"] == 0) & affected_side_rows(f)]
+    if "arm" not in f.columns and "arm" in study.patients.columns:  # a clinic profile's arms
+        f = f.merge(study.patients[["patient_id", "arm"]], on="patient_id", how="left")
     keys = ["patient_id", "session_id", "weeks"]
     arms = "arm" in f.columns and f["arm"].dropna().nunique() >= 2
     if arms:
@@ -98,7 +100,8 @@ def _curves(ctx: ReportContext, frame: pd.DataFrame, arms: bool, line, curve):
     obs = wk.groupby(keys, observed=True).agg(mean=("value", "mean"),
                                               patients=("patient_id", "nunique")).reset_index()
     obs = obs[obs["patients"] >= ctx.min_cell].rename(columns={"week": "time"})
-    grid = np.linspace(0, float(frame["weeks"].max()), 40)
+    # the curves where most readings are (a cubic swings where there are few)
+    grid = np.linspace(0, float(frame["weeks"].quantile(0.95)), 40)
     levels = sorted(frame["arm"].unique()) if arms else [None]
     rows = []
     for fit, name in ((line, "straight line"), (curve, "flexible curve")):

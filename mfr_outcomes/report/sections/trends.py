@@ -173,6 +173,8 @@ def _summary(ctx: ReportContext) -> list[tuple[str, Any]]:
     if not ctx.charts:
         return []
     frame = pd.DataFrame(ctx.charts)[["chart", "points", "variation", "assurance", "target"]]
+    for col in ("variation", "assurance"):
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     table = Table("chart_summary", "Every chart of this section with its Making Data Count "
                   "icons (no icon: not enough data, or no target set).", frame,
                   decimals={"target": 2})
