@@ -242,7 +242,7 @@ def test_site_counts_cannot_be_recovered_from_the_all_sites_report(attacked):
     for table, key, cols in (("safety_types", "event", ["sessions"]),
                              ("intervention_techniques", "technique", ["sessions", "patients"]),
                              ("cohort_baseline", None, ["n"])):
-        def rows(folder: Path):
+        def rows(folder: Path, table: str = table, key: str | None = key) -> dict:
             rs = _read(folder, table)
             return {(r["characteristic"], r["category"]) if key is None else r[key]: r
                     for r in rs}
