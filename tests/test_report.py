@@ -501,8 +501,13 @@ def test_cli_report_of_a_month(synthetic_dir, synthetic_study, tmp_path, capsys)
 
     out = tmp_path / "month"
     code = main(["report", str(synthetic_dir), "--out", str(out), "--site", "site-2",
-                 "--period", "2026-07"])
+                 "--period", "2026-07", "--target", "pain_nrs=4", "--target",
+                 "responders=0.5", "--rebase", "2026-05", "--baseline", "2026-01:2026-04",
+                 "--name-therapists"])
     assert code == 0, capsys.readouterr().err
+    therapists = _csv_rows(out / "tables" / "intervention_therapists.csv")
+    assert all(r["therapist"].startswith("T") and "Therapist" not in r["therapist"]
+               for r in therapists)
     rows = _csv_rows(out / "tables" / "cohort_flow.csv")
     scope = next(r for r in rows if r["stage"].startswith("With a visit in scope"))
     html = (out / "report.html").read_text(encoding="utf-8")
@@ -512,6 +517,21 @@ def test_cli_report_of_a_month(synthetic_dir, synthetic_study, tmp_path, capsys)
     expected = len(inside)
     assert scope["sessions"] in ((str(expected),) if expected >= 5 else ("<5",)) + (
         "suppressed",)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--target", "pain_nrs"], "--target 'pain_nrs' is not CHART=NUMBER"),
+    (["--target", "pain_nrs=four"], "--target 'pain_nrs=four' is not CHART=NUMBER"),
+    (["--rebase", "July"], "--rebase 'July' is not a month like 2026-07"),
+    (["--baseline", "2026-01"], "--baseline '2026-01' is not a range of months"),
+    (["--baseline", "2026-01:2026-13"], "--baseline '2026-13' is not a month"),
+])
+def test_cli_report_bad_chart_options_exit_2(tmp_path, capsys, args, message):
+    from mfr_outcomes.cli import main
+
+    code = main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_finding_sentence_says_line_for_text_files_and_row_for_sheets():

@@ -165,6 +165,9 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     rank_cells(ctx)
     cross_site(ctx, _other_sites(study, site, period))
     ctx.ledger.decide()
+    if ctx.ledger.unprotected:
+        ctx.caution(f"{len(ctx.ledger.unprotected)} hidden count(s) are tied to other hidden "
+                    f"counts only and could not be protected further.")
     resolve_later(sections)
     csv_paths = _write_tables(ctx, sections, out)
     for sec in sections:

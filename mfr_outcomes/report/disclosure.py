@@ -90,6 +90,8 @@ class Ledger:
         #: report ranks cells by table, row and column, so that every site of a study hides the
         #: same rows and the all-sites report minus the other sites recovers none.
         self.rank: dict[int, tuple] = {}
+        #: Hidden cells still pinned after every count around them was hidden (see decide).
+        self.unprotected: list[int] = []
         self._decided = False
 
     def add(self, value: float) -> Cell:
@@ -200,6 +202,7 @@ class Ledger:
         """Primary, cross-report and complementary suppression (see the module docstring)."""
         self.status = {i: "primary" for i, v in enumerate(self.values)
                        if 0 < v < self.min_cell}
+        self.unprotected: list[int] = []
         for i, reason in self._forced.items():
             self.status.setdefault(i, reason)
         self._degree = {}
@@ -215,8 +218,9 @@ class Ledger:
             if not self._is_pinned(i):
                 continue
             j = self._complement(i)
-            if j is None:
-                raise RuntimeError("complementary suppression found no cell to hide")
+            if j is None:  # every count around it is hidden already: nothing more to hide
+                self.unprotected.append(i)
+                continue
             self.status[j] = "secondary"
             queue = [i, j] + queue
         self._decided = True

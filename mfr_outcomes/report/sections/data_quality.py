@@ -29,19 +29,18 @@ def build(ctx: ReportContext, sec: Section) -> None:
     rep = ctx.study.report
     accounting = ctx.add_table(sec, Table(
         "row_accounting", "Rows read, used and excluded per table (read = used + excluded).",
-        rep.summary(), counts=("read", "used", "excluded", "findings", "cautions"),
-        keys=("table",)))
+        rep.summary(), counts=("read", "used", "excluded"), keys=("table",)))
     for r in range(len(accounting.frame)):
         ctx.ledger.relate(accounting.cell("read", r),
                           [accounting.cell("used", r), accounting.cell("excluded", r)])
+    # problems in the source are counted and listed one by one (by line, never by value or
+    # identifier): their counts are not counts of people, so they are not suppressed
     n_find = len(rep.findings)
-    total = ctx.count(n_find)
-    ctx.ledger.relate(total, accounting.column_cells("findings"))
     sec.para(Text.of(
         "Every row of the source was checked against the data model (required columns, types, "
         "valid ranges, vocabularies, keys, dates and the pairing of pre and post readings) "
         "before any analysis. The checks cover the whole source, not only the site and period "
-        "of this report. They found ", total, " problem(s); rows that could not be used were "
+        "of this report. They found ", str(n_find), " problem(s); rows that could not be used were "
         "excluded and counted, none was dropped silently."))
     if not n_find:
         sec.para("No problems were found: every row was used.")
@@ -50,11 +49,8 @@ def build(ctx: ReportContext, sec: Section) -> None:
     by_rule = (frame.groupby(["table", "rule", "action"], sort=False, observed=True)
                .size().rename("n").reset_index())
     by_rule["rule"] = by_rule["rule"].map(label)
-    rules = ctx.add_table(sec, Table("findings_by_rule", "Findings by table and rule.", by_rule,
-                                     counts=("n",), keys=("table", "rule", "action")))
-    for r, table in enumerate(accounting.frame["table"]):
-        rows = [k for k, t in enumerate(rules.frame["table"]) if t == table]
-        ctx.ledger.relate(accounting.cell("findings", r), rules.column_cells("n", rows))
+    ctx.add_table(sec, Table("findings_by_rule", "Findings by table and rule (problems in "
+                             "the source, each listed below).", by_rule))
     shown = frame.head(MAX_FINDINGS)
     listing = pd.DataFrame({
         "table": shown["table"], "file": shown["file"], "line": shown["line"],
