@@ -1133,7 +1133,9 @@ def funnel(frame: pd.DataFrame, *, ax: Axes | None = None, xlabel: str = "number
     ax = _new_ax(ax, figsize)
     target = float(frame["target"].iloc[0])
     n_max = max(float(frame["n"].max()) * 1.1, 5.0)
-    grid = np.linspace(1, n_max, 200)
+    # binomial limits exist at whole denominators only
+    grid = (np.arange(1, int(np.ceil(n_max)) + 1, dtype=float) if kind == "proportion"
+            else np.linspace(1, n_max, 200))
     for level, style in zip(fn.LEVELS, ("--", ":")):
         lo_p, hi_p = (1 - level) / 2, 1 - (1 - level) / 2
         if kind == "proportion":

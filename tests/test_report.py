@@ -25,7 +25,6 @@ from mfr_outcomes.report import (  # noqa: E402
     build_report,
     neutralise_csv_cell,
     parse_period,
-    suppress_counts,
 )
 
 XSS = "<script>alert(1)</script>"
@@ -482,21 +481,6 @@ def test_cli_report_writes_and_bad_values_exit_2(clinic, tmp_path, capsys, monke
 
 
 # ---------------------------------------------------------------------------- disclosure rules
-
-
-def test_suppress_counts_primary_secondary_and_linked():
-    frame = pd.DataFrame({"group": ["a", "a", "a", "b", "b"],
-                          "n": [20, 3, 12, 9, 0],
-                          "percent": [57.1, 8.6, 34.3, 100.0, 0.0],
-                          "mean": [1.5, -2.5, 0.5, 3.0, np.nan]})
-    out = suppress_counts(frame, ["n"], 5, linked={"percent": ("n",)}, partition="group")
-    # primary: 3 and 0; secondary in group a: the next smallest (12), not needed in b (a zero)
-    assert list(out["n"]) == [20, "<5", "<5", 9, "<5"]
-    assert list(out["percent"]) == [57.1, "<5", "<5", 100.0, "<5"]
-    assert list(out["mean"][:4]) == [1.5, -2.5, 0.5, 3.0]  # not linked: untouched
-    assert isinstance(out["n"][0], int)
-    out10 = suppress_counts(frame, ["n"], 10)
-    assert list(out10["n"]) == [20, "<10", 12, "<10", "<10"]
 
 
 def test_neutralise_csv_cell():

@@ -18,7 +18,6 @@ from mfr_outcomes.report.disclosure import (
     Ledger,
     Redactor,
     neutralise_csv_cell,
-    suppress_counts,
 )
 from mfr_outcomes.report.scope import parse_period
 from mfr_outcomes.report.sections import SECTION_TITLES
@@ -33,7 +32,6 @@ __all__ = [
     "Ledger",
     "SECTION_TITLES",
     "parse_period",
-    "suppress_counts",
     "neutralise_csv_cell",
     "Redactor",
 ]

@@ -153,10 +153,6 @@ class Section:
         made once the ledger has decided."""
         self.blocks.append(("later", make))
 
-    def html(self, block: Any) -> None:
-        """A block of trusted markup made by the report itself (the icon summary)."""
-        self.blocks.append(("html", block))
-
     @property
     def tables(self) -> list[Table]:
         return [b for kind, b in self.blocks if kind == "table"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,6 @@ __all__ = [
     "Ledger",
     "safe_write",
     "suppressed_label",
-    "suppress_counts",
     "neutralise_csv_cell",
     "neutralise_frame",
     "Redactor",
@@ -270,103 +269,6 @@ def safe_write(path: Path, text: str, root: Path) -> None:
 def suppressed_label(min_cell: int) -> str:
     """The text shown instead of a small count ("<5" for ``min_cell=5``)."""
     return f"<{min_cell}"
-
-
-def _is_count(value: object) -> bool:
-    if value is None or value is pd.NA:
-        return False
-    if isinstance(value, bool | np.bool_):
-        return False
-    if isinstance(value, int | np.integer):
-        return True
-    if isinstance(value, float | np.floating):
-        return math.isfinite(value) and float(value).is_integer()
-    return False
-
-
-def _missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def suppress_counts(frame: pd.DataFrame, count_columns: Sequence[str], min_cell: int, *,
-                    linked: Mapping[str, Sequence[str]] | None = None,
-                    partition: str | None | bool = False) -> pd.DataFrame:
-    """Replace every count below *min_cell* by ``"<min_cell>"``.
-
-    Parameters
-    ----------
-    frame : DataFrame
-        A table whose *count_columns* hold counts (whole numbers).
-    count_columns : sequence of str
-        Columns holding counts of people, sessions or events. Every cell below *min_cell*
-        (zero included) becomes the text ``"<min_cell>"``; whole-number floats become ints.
-    min_cell : int
-        Smallest count shown.
-    linked : mapping, optional
-        Derived column -> the count columns it was computed from (a percentage, a rate, a mean
-        of few people). The derived cell is replaced by ``"<min_cell>"`` as well when any of its
-        counts was suppressed, so that it cannot be used to recover them.
-    partition : str, None or False
-        Secondary suppression. When the rows of the table (``None``) or the rows of each group of
-        this column (a name) add up to a total shown elsewhere, a single suppressed count could be
-        recovered by subtraction; the next-smallest count of the group is then suppressed too
-        (not when the lone suppressed count is zero: subtraction would only reveal a zero).
-        ``False`` (default) skips this step.
-
-    Returns
-    -------
-    DataFrame
-        A copy with object dtype in the affected columns; counts at or above *min_cell* keep
-        their numeric value.
-    """
-    out = frame.copy()
-    label = suppressed_label(min_cell)
-    linked = dict(linked or {})
-    hidden = pd.DataFrame(False, index=out.index, columns=list(count_columns))
-    for col in count_columns:
-        if col not in out.columns:
-            continue
-        values = out[col]
-        mask = values.map(lambda v: _is_count(v) and float(v) < min_cell).astype(bool)
-        hidden[col] = mask
-    if partition is not False:
-        groups = [out.index] if partition is None else [
-            idx for _, idx in out.groupby(partition, sort=False, observed=True).groups.items()]
-        for col in count_columns:
-            if col not in out.columns:
-                continue
-            for idx in groups:
-                sub_hidden = hidden.loc[idx, col]
-                if int(sub_hidden.sum()) != 1:
-                    continue
-                lone = sub_hidden[sub_hidden].index[0]
-                if float(out.at[lone, col]) == 0:  # total minus the rest reveals only a zero
-                    continue
-                shown = [i for i in idx if not hidden.at[i, col] and _is_count(out.at[i, col])]
-                if shown:
-                    smallest = min(shown, key=lambda i: float(out.at[i, col]))
-                    hidden.at[smallest, col] = True
-    for col in count_columns:
-        if col not in out.columns:
-            continue
-        if hidden[col].any() or not pd.api.types.is_integer_dtype(out[col]):
-            # counts stay whole numbers (a column with gaps would otherwise show 86.00)
-            out[col] = pd.Series(
-                [int(v) if _is_count(v) else (None if _missing(v) else v) for v in out[col]],
-                index=out.index, dtype=object)
-            out.loc[hidden[col], col] = label
-    for derived, sources in linked.items():
-        if derived not in out.columns:
-            continue
-        sources = [s for s in sources if s in hidden.columns]
-        if not sources:
-            continue
-        filled = out[derived].map(lambda v: not (_missing(v) or v == "")).astype(bool)
-        mask = hidden[sources].any(axis=1) & filled  # an empty cell has nothing to hide
-        if mask.any():
-            out[derived] = pd.Series(list(out[derived]), index=out.index, dtype=object)
-            out.loc[mask, derived] = label
-    return out
 
 
 def neutralise_csv_cell(value: object) -> object:
