@@ -1086,9 +1086,17 @@ def spc_chart(result: Any, *, ax: Axes | None = None, ylabel: str | None = None,
     if result.target is not None:
         ax.axhline(result.target, color=_TARGET_COLOUR, lw=1.1, ls=(0, (4, 2)), gid="target",
                    label=f"target {result.target:g}")
-    if "baseline" in pts and not pts["baseline"].all():
-        b = np.flatnonzero(pts["baseline"].to_numpy())
-        ax.axvspan(b[0] - 0.5, b[-1] + 0.5, color="#E8EEF4", zorder=0, label="baseline")
+    if "baseline" in pts:  # shade a declared baseline: the points that alone set their limits
+        base = pts["baseline"].to_numpy(dtype=bool)
+        labelled = False
+        for s in np.unique(seg):
+            inside = seg == s
+            if base[inside].all():
+                continue
+            b = np.flatnonzero(base & inside)
+            ax.axvspan(b[0] - 0.5, b[-1] + 0.5, color="#E8EEF4", zorder=0,
+                       label=None if labelled else "baseline")
+            labelled = True
     if shade is not None:
         ax.axvspan(*shade, color="#FFF3C4", zorder=0, label="report period")
     for pos, text in result.annotations:

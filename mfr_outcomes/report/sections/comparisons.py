@@ -131,8 +131,10 @@ def _funnel_figure(ctx: ReportContext, sec: Section, table: Table, fr: pd.DataFr
                    name: str, ylabel: str) -> list:
     from mfr_outcomes import plots
 
+    # a point at (patients, proportion) shows its responders too: every count of the row must
+    # be shown for the unit to be drawn
     keep = [r for r in range(len(table.frame))
-            if not ctx.ledger.hidden(table.cell("patients", r))]
+            if not any(ctx.ledger.hidden(c) for (row, _), c in table.cells.items() if row == r)]
     before = len(sec.blocks)
     shown = fr.iloc[keep]
     shown.attrs.update(fr.attrs)
@@ -140,7 +142,7 @@ def _funnel_figure(ctx: ReportContext, sec: Section, table: Table, fr: pd.DataFr
         ctx.figure(sec, f"funnel of {name}",
                    lambda: plots.funnel(shown, ylabel=ylabel, title=f"Funnel: {name}"),
                    f"Funnel plot of {name} against the network, with 95 % (dashed) and 99.8 % "
-                   f"(dotted) limits; units whose count is hidden are left out.",
+                   f"(dotted) limits; units with a hidden count are left out.",
                    f"Funnel plot of {name}.")
     made = sec.blocks[before:]
     del sec.blocks[before:]
