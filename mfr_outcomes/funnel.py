@@ -51,7 +51,7 @@ def binomial_limits(n: float | Sequence[float], theta: float, p: float) -> np.nd
 
     Examples
     --------
-    >>> float(binomial_limits(20, 0.5, 0.975).round(4))
+    >>> round(float(binomial_limits(20, 0.5, 0.975)[0]), 4)
     0.6942
     """
     if not 0.0 < float(theta) < 1.0:
