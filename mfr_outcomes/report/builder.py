@@ -156,14 +156,17 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
                        name_therapists=name_therapists, scope_text=scope_text, bounds=bounds)
     out = Path(out_dir)
     _check_out(out)
-    ctx = ReportContext(history, options, Redactor(_identifiers(study)))
+    others: list[tuple[Any, Any]] = []
+    ctx = ReportContext(history, options, Redactor(_identifiers(study)),
+                        other_sites=lambda: others)
+    others.extend(_other_sites(study, site, period))
     sections = []
     for key, (title, build) in SECTIONS.items():
         sec = Section(key, title)
         ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
         sections.append(sec)
     rank_cells(ctx)
-    cross_site(ctx, _other_sites(study, site, period))
+    cross_site(ctx, others)
     ctx.ledger.decide()
     if ctx.ledger.unprotected:
         ctx.caution(f"{len(ctx.ledger.unprotected)} hidden count(s) are tied to other hidden "

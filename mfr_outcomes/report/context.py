@@ -81,7 +81,7 @@ class ReportContext:
     redactor : Redactor
         Identifiers of the whole source (patients, sessions, and those named in findings).
     other_sites : callable, optional
-        Returns the other sites' studies over the same period (for the cross-report rule).
+        Returns (period study, history study) of every other site (the cross-report rule).
     """
 
     def __init__(self, study: Any, options: Options, redactor: Redactor, *,

@@ -78,7 +78,10 @@ def build(ctx: ReportContext, sec: Section) -> None:
                               **_layout(ctx, f"{ctx.measure}_change")),
          f"post − pre ({m.unit})", False)]
     if m.threshold_points is not None or m.mcid_percent is not None:
+        # a p-chart shows its counts (the limits give the denominator): a month is drawn only
+        # when both are shown here and are not small at another site (the cross-report rule)
         ok = (table["finished_care"] >= k) & (table["responders"] >= k)
+        ok &= ~table["month"].isin(_small_elsewhere(ctx, ("finished_care", "responders")))
         succ = table["responders"].where(ok).to_numpy(dtype="float64")
         tot = table["finished_care"].where(ok).to_numpy(dtype="float64")
         specs.append(("responders", "Responders among patients finishing care in the month",
@@ -91,6 +94,35 @@ def build(ctx: ReportContext, sec: Section) -> None:
                     percent, targets)
     sec.heading("Treatment sessions with an adverse event")
     ctx.attempt(sec, "The chart of adverse events", _ae_chart, ctx, sec)
+
+
+def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...],
+                     frame_of: Callable[[Any], pd.DataFrame] | None = None) -> set[str]:
+    """Months in which another site's count of *columns* is small (from 1 to min_cell − 1)."""
+    frame_of = frame_of or (lambda st: monthly_frame(st, ctx.measure))
+    out: set[str] = set()
+    for _, history in ctx.other_sites():
+        try:
+            other = frame_of(history)
+        except Exception:  # noqa: BLE001 - a site without this measure hides nothing here
+            continue
+        for col in columns:
+            v = pd.to_numeric(other[col], errors="coerce")
+            out |= set(other.loc[(v > 0) & (v < ctx.min_cell), "month"].astype(str))
+    return out
+
+
+def _ae_counts(study: Any) -> pd.DataFrame:
+    s = study.sessions
+    s = s[s["technique"].astype(str).isin(TREATMENT_TECHNIQUES) & s["adverse_event"].notna()]
+    if s.empty:
+        return pd.DataFrame(columns=["month", "events", "sessions"])
+    month = pd.to_datetime(s["session_date"]).dt.to_period("M")
+    g = s.assign(_e=s["adverse_event"].astype(str) != "none", _m=month).groupby("_m")["_e"]
+    counts = pd.DataFrame({"events": g.sum(), "sessions": g.size()})
+    counts = counts.reindex(pd.period_range(counts.index.min(), counts.index.max(), freq="M"),
+                            fill_value=0)
+    return counts.assign(month=[str(p) for p in counts.index]).reset_index(drop=True)
 
 
 def _layout(ctx: ReportContext, key: str) -> dict[str, Any]:
@@ -148,18 +180,13 @@ def _period_shade(ctx: ReportContext, res: Any) -> tuple[float, float] | None:
 def _ae_chart(ctx: ReportContext, sec: Section) -> None:
     from mfr_outcomes import qi
 
-    s = ctx.study.sessions
-    s = s[s["technique"].astype(str).isin(TREATMENT_TECHNIQUES) & s["adverse_event"].notna()]
-    if s.empty:
+    counts = _ae_counts(ctx.study)
+    if counts.empty:
         sec.para("Adverse events were not recorded, so there is no chart.")
         return
-    month = pd.to_datetime(s["session_date"]).dt.to_period("M")
-    g = s.assign(_e=s["adverse_event"].astype(str) != "none", _m=month).groupby("_m")["_e"]
-    counts = pd.DataFrame({"events": g.sum(), "sessions": g.size()})
-    counts = counts.reindex(pd.period_range(counts.index.min(), counts.index.max(), freq="M"),
-                            fill_value=0)
     ok = (counts["sessions"] >= ctx.min_cell) & (counts["events"] >= ctx.min_cell)
-    labels = [str(p) for p in counts.index]
+    ok &= ~counts["month"].isin(_small_elsewhere(ctx, ("events", "sessions"), _ae_counts))
+    labels = counts["month"].tolist()
     events = counts["events"].where(ok).to_numpy(dtype="float64")
     sessions = counts["sessions"].where(ok).to_numpy(dtype="float64")
     _chart(ctx, sec, "adverse_events", "Treatment sessions with an adverse event",
