@@ -16,6 +16,13 @@ import pandas as pd
 from scipy import optimize, stats
 
 from mfr_outcomes.measures import get_measure
+from mfr_outcomes.rules import (
+    NOT_ELIGIBLE_REASON,
+    affected_side_rows,
+    can_show_important_change,
+    important_change_mask,
+    wilson_interval,
+)
 from mfr_outcomes.study import model_dtypes
 from mfr_outcomes.vocab import TECHNIQUE, TREATMENT_TECHNIQUES
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
@@ -72,10 +79,7 @@ def _patient_readings(frame: pd.DataFrame, measure: str, notes: list[str]) -> pd
     sides = set(frame["side"].astype(str))
     if not (sides & {"left", "right"}):
         return frame
-    aff = frame["affected_side"].astype(str)
-    side = frame["side"].astype(str)
-    use = (aff == side) | ~aff.isin(["left", "right"])
-    sub = frame[use]
+    sub = frame[affected_side_rows(frame)]
     keys = ["patient_id", "session_id", "session_number", "technique", "phase", "post",
             "site_id"]
     out = (sub.groupby(keys, observed=True, dropna=False)["value"].mean().reset_index()
@@ -109,9 +113,19 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
         change (last − baseline), percent_change (100 × change / baseline), improvement (change
         turned so that positive is better), mcid_met_points (improvement ≥ MCID, or MDC when no
         MCID is published), mcid_met_percent (percent improvement ≥ the registry's percent
-        threshold), responder (either met; Ostelo 2008). The thresholds are nullable booleans:
+        threshold), eligible (the baseline leaves room for an important change), responder
+        (either met; Ostelo 2008; NA when not eligible). The thresholds are nullable booleans:
         NA when the registry has no such threshold. ``.attrs``: ``measure``, ``threshold_points``,
         ``threshold_percent``, ``source``, ``excluded`` (patient_id, reason) and ``notes``.
+
+    Notes
+    -----
+    A patient whose baseline leaves no room for an important change (a pain score of 0: even the
+    best reading would not count, :func:`mfr_outcomes.rules.can_show_important_change`) has
+    ``eligible`` False and ``responder`` NA: counting them as non-responders would make the
+    rate meaningless, so :func:`responder_rate` leaves them out of the denominator (and says
+    how many, with :data:`mfr_outcomes.rules.NOT_ELIGIBLE_REASON`). Their change stays in the
+    frame for effect sizes.
 
     Examples
     --------
@@ -191,14 +205,20 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
         met_pct = pd.array([pd.NA] * len(out), dtype="boolean")
     out["mcid_met_points"] = met_pts
     out["mcid_met_percent"] = met_pct
+    out["eligible"] = True
     if pts is None and m.mcid_percent is None:
         out["responder"] = pd.array([pd.NA] * len(out), dtype="boolean")
         _caution(notes, f"{measure!r} has no published MCID or MDC ({m.source}), so responders "
                         f"cannot be classified; change and improvement are still reported")
     else:
-        a = pd.Series(met_pts, dtype="boolean").fillna(False)
-        b_ = pd.Series(met_pct, dtype="boolean").fillna(False)
-        out["responder"] = pd.array((a | b_).to_numpy(), dtype="boolean")
+        out["responder"] = pd.array(
+            important_change_mask(measure, out["baseline"], out["last"]), dtype="boolean")
+        out["eligible"] = can_show_important_change(measure, out["baseline"])
+        out.loc[~out["eligible"], "responder"] = pd.NA
+        n_out = int((~out["eligible"]).sum())
+        if n_out:
+            _caution(notes, f"{n_out} patient(s) not classed as responders: "
+                            f"{NOT_ELIGIBLE_REASON} (e.g. a baseline of {_fmt_best(m)})")
     if excluded:
         _caution(notes, f"{len(excluded)} patient(s) left out of the responder analysis "
                         f"(see .attrs['excluded']): " +
@@ -214,15 +234,15 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
     return out
 
 
-def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (statsmodels' ``proportion_confint(method='wilson')``)."""
-    from statsmodels.stats.proportion import proportion_confint
+def _fmt_best(m: Any) -> str:
+    best = m.low if m.better == "lower" else m.high
+    return f"{best:g} {m.unit}".strip()
 
+
+def wilson_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: :func:`mfr_outcomes.rules.wilson_interval`."""
     _check_level(level)
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    lo, hi = proportion_confint(int(successes), int(n), alpha=1.0 - level, method="wilson")
-    return float(lo), float(hi)
+    return wilson_interval(successes, n, level)
 
 
 def responder_rate(resp: pd.DataFrame, by: str | Sequence[str] | None = None, *,
@@ -269,8 +289,15 @@ def responder_rate(resp: pd.DataFrame, by: str | Sequence[str] | None = None, *,
         rows.append(row)
     out = pd.DataFrame(rows, columns=by_cols + ["n", "responders", "rate", "ci_low", "ci_high"])
     n_unknown = int(resp["responder"].isna().sum())
-    out.attrs["notes"] = ([f"{n_unknown} patient(s) with unknown responder status not counted"]
-                          if n_unknown else [])
+    n_not_eligible = int((~resp["eligible"].astype(bool)).sum()) if "eligible" in resp else 0
+    notes = []
+    if n_not_eligible:
+        notes.append(f"{n_not_eligible} patient(s) not counted: {NOT_ELIGIBLE_REASON}")
+    if n_unknown - n_not_eligible > 0:
+        notes.append(f"{n_unknown - n_not_eligible} patient(s) with unknown responder status "
+                     f"not counted")
+    out.attrs["notes"] = notes
+    out.attrs["n_not_eligible"] = n_not_eligible
     out.attrs["level"] = level
     return out
 

@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 from scipy import stats
 
 from mfr_outcomes.measures import get_measure
+from mfr_outcomes.rules import affected_side_rows
 from mfr_outcomes.vocab import TECHNIQUE
 
 __all__ = [
@@ -40,6 +41,13 @@ __all__ = [
     "run_chart",
     "xmr_chart",
     "p_chart",
+    "MDC_COLORS",
+    "mdc_icon",
+    "spc_chart",
+    "funnel",
+    "named_caterpillar",
+    "count_bars",
+    "course_curves",
 ]
 
 #: The one palette of every figure: seaborn's colour-blind-safe "colorblind" (Okabe–Ito-like).
@@ -105,10 +113,8 @@ def _frame(study: Any, measure: str, side: str | None = None, *,
         raise ValueError(f"the frame lacks column(s) {', '.join(missing)}; pass Study.frame(...)")
     out = frame.copy()
     out["phase"] = out["phase"].astype(str)
-    if affected and side is None and "side" in out.columns and "affected_side" in out.columns \
-            and set(out["side"].astype(str)) & {"left", "right"}:
-        aff = out["affected_side"].astype(str)
-        out = out[(aff == out["side"].astype(str)) | ~aff.isin(["left", "right"])]
+    if affected and side is None:
+        out = out[affected_side_rows(out)]
     return out
 
 
@@ -958,5 +964,304 @@ def p_chart(result: Any, *, ax: Axes | None = None, ylabel: str | None = None,
     ax.set_title(title or _spc_title("p-chart", result), fontsize=10)
     ax.legend(handles=handles, frameon=False, fontsize=8, loc="upper left",
               bbox_to_anchor=(1.0, 1.0))
+    sns.despine(ax=ax)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# Making Data Count: point colours and icons
+
+#: Point-type colours of Making Data Count (as NHSRplotthedots draws them): grey common cause,
+#: blue improvement, orange concern, purple neither.
+MDC_COLORS: dict[str, str] = {
+    "common_cause": "#7B7D7D", "special_cause_improvement": "#289DE0",
+    "special_cause_concern": "#FAB428", "special_cause_neither": "#361475",
+}
+_ICON_COLOUR = {"common": "#7B7D7D", "improvement": "#289DE0", "concern": "#FAB428",
+                "neither": "#361475", "pass": "#289DE0", "fail": "#FAB428",
+                "hit": "#7B7D7D"}
+_TARGET_COLOUR = "#DE1B1B"
+
+
+def mdc_icon(ax: Axes, icon: str, *, center: tuple[float, float] = (0.5, 0.5),
+             radius: float = 0.45) -> None:
+    """Draw one Making Data Count icon on *ax* (axes-fraction coordinates).
+
+    Variation icons (``common_cause``, ``improvement_high`` ...) are a circle in the icon's
+    colour holding a run of dots (flat for common cause, rising for high, falling for low) and
+    the letter H or L; assurance icons (``pass``, ``fail``, ``hit_or_miss``) a circle with P, F
+    or ? above a target line. Every artist gets the gid ``icon-<icon>``.
+    """
+    from matplotlib.patches import Circle
+
+    word = icon.split("_")[0]
+    colour = _ICON_COLOUR["hit" if icon == "hit_or_miss" else word]
+    cx, cy = center
+    kw = {"transform": ax.transAxes, "gid": f"icon-{icon}", "clip_on": False}
+    ax.add_patch(Circle(center, radius, facecolor="white", edgecolor=colour, lw=2.5, **kw))
+    xs = cx + radius * np.linspace(-0.55, 0.55, 5)
+    if icon in ("pass", "fail", "hit_or_miss"):
+        letter = {"pass": "P", "fail": "F", "hit_or_miss": "?"}[icon]
+        ax.plot([cx - 0.6 * radius, cx + 0.6 * radius], [cy - 0.35 * radius] * 2, color=colour,
+                lw=2, **kw)
+        ax.text(cx, cy + 0.15 * radius, letter, ha="center", va="center", color=colour,
+                fontsize=11, fontweight="bold", **kw)
+        return
+    if icon == "common_cause":
+        ys = cy + radius * np.array([-0.1, 0.12, -0.08, 0.1, -0.05])
+        letter = ""
+    else:
+        high = icon.endswith("high")
+        ys = cy - 0.25 * radius + radius * (np.linspace(-0.2, 0.3, 5) if high
+                                            else np.linspace(0.3, -0.2, 5))
+        letter = "H" if high else "L"
+    ax.plot(xs, ys, color=_ICON_COLOUR["common"], lw=1, **kw)
+    ax.scatter(xs, ys, s=9, color=[_ICON_COLOUR["common"]] * 3 + [colour] * 2, zorder=3, **kw)
+    if letter:
+        ax.text(cx, cy + 0.45 * radius, letter, ha="center", va="center", color=colour,
+                fontsize=9, fontweight="bold", **kw)
+
+
+def _icons(ax: Axes, result: Any) -> None:
+    """The chart's variation and assurance icons, top right above the plot."""
+    icons = [i for i in (result.variation, result.assurance) if i]
+    for k, icon in enumerate(icons):
+        inset = ax.inset_axes([1.02 + 0.09 * k, 0.80, 0.08, 0.2])
+        inset.set_axis_off()
+        inset.set_aspect("equal")
+        mdc_icon(inset, icon)
+
+
+def _segment_line(x: np.ndarray, y: np.ndarray,
+                  seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """y with a gap where a segment starts, so limits are not joined across a declared change."""
+    out = np.asarray(y, dtype="float64").copy()
+    breaks = np.flatnonzero(np.diff(seg) != 0) + 1
+    return np.insert(out, breaks, np.nan), np.insert(x.astype("float64"), breaks, np.nan)
+
+
+def spc_chart(result: Any, *, ax: Axes | None = None, ylabel: str | None = None,
+              title: str | None = None, percent: bool = False,
+              shade: tuple[float, float] | None = None,
+              figsize: tuple[float, float] = (8.0, 4.0)) -> Axes:
+    """A Making Data Count chart of an XmR or p-chart result.
+
+    Points coloured by type (:data:`MDC_COLORS`), the mean and process limits per segment (a
+    gap at each declared change), the target (red dashed), shading for the baseline period
+    and *shade* (e.g. the report period), annotations, and the variation and assurance icons.
+
+    Returns
+    -------
+    Axes
+        Scatter per point type (gid ``point-<type>``), lines "centre", "ucl", "lcl",
+        "target", and the icons (gid ``icon-<name>``).
+    """
+    if result.kind not in ("xmr", "p"):
+        raise ValueError(f"spc_chart draws XmR and p-charts, not {result.kind!r}")
+    ax = _new_ax(ax, figsize)
+    pts = result.points
+    x = np.arange(len(pts), dtype="float64")
+    seg = pts["segment"].to_numpy() if "segment" in pts else np.zeros(len(pts), dtype=int)
+    y = pts["value"].to_numpy(dtype="float64")
+    ax.plot(x, y, color=MDC_COLORS["common_cause"], lw=1.2, zorder=2, gid="values")
+    types = pts["point_type"].to_numpy() if "point_type" in pts else \
+        np.array(["common_cause"] * len(pts))
+    for kind, colour in MDC_COLORS.items():
+        m = (types == kind) & np.isfinite(y)
+        if m.any():
+            ax.scatter(x[m], y[m], s=34, color=colour, edgecolors="white", linewidths=0.5,
+                       zorder=4, gid=f"point-{kind}",
+                       label=kind.replace("special_cause_", "special cause: ").replace("_", " "))
+    yy, xx = _segment_line(x, pts["centre"].to_numpy(), seg)
+    ax.plot(xx, yy, color="black", lw=1.1, gid="centre", label="mean")
+    for name in ("ucl", "lcl"):
+        if result.kind == "p":
+            xs = np.column_stack([x - 0.5, x + 0.5]).ravel()
+            ax.plot(xs, np.repeat(pts[name].to_numpy(dtype=float), 2), color="#5B5B5B",
+                    lw=0.9, ls="--", gid=name, label="process limits" if name == "ucl" else None)
+        else:
+            yy, xx = _segment_line(x, pts[name].to_numpy(), seg)
+            ax.plot(xx, yy, color="#5B5B5B", lw=0.9, ls="--", gid=name,
+                    label="process limits" if name == "ucl" else None)
+    if result.target is not None:
+        ax.axhline(result.target, color=_TARGET_COLOUR, lw=1.1, ls=(0, (4, 2)), gid="target",
+                   label=f"target {result.target:g}")
+    if "baseline" in pts:  # shade a declared baseline: the points that alone set their limits
+        base = pts["baseline"].to_numpy(dtype=bool)
+        labelled = False
+        for s in np.unique(seg):
+            inside = seg == s
+            if base[inside].all():
+                continue
+            b = np.flatnonzero(base & inside)
+            ax.axvspan(b[0] - 0.5, b[-1] + 0.5, color="#E8EEF4", zorder=0,
+                       label=None if labelled else "baseline")
+            labelled = True
+    if shade is not None:
+        ax.axvspan(*shade, color="#FFF3C4", zorder=0, label="report period")
+    for pos, text in result.annotations:
+        ax.axvline(pos - 0.5, color="#444444", lw=0.8, ls=":", gid="annotation")
+        ax.annotate(text, (pos - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -2), textcoords="offset points", va="top", fontsize=7,
+                    color="#444444")
+    _qi_axis(ax, list(pts["label"]))
+    if percent:
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+    ax.set_ylabel(ylabel or _measure_label(result.measure, "value"))
+    ax.set_title(title or _spc_title("XmR chart" if result.kind == "xmr" else "p-chart", result),
+                 fontsize=10)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.78))
+    _icons(ax, result)
+    sns.despine(ax=ax)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# funnel plots and named comparisons
+
+
+def funnel(frame: pd.DataFrame, *, ax: Axes | None = None, xlabel: str = "number of patients",
+           ylabel: str | None = None, title: str | None = None, percent: bool | None = None,
+           figsize: tuple[float, float] = (7.0, 4.2)) -> Axes:
+    """Funnel plot of :func:`mfr_outcomes.funnel.funnel_proportions` or ``funnel_means``.
+
+    Units are points labelled with their name (pass pseudonyms, never identifiers of people);
+    the network value is a line and the 95 % and 99.8 % limits are curves over the range of
+    sizes.
+
+    Returns
+    -------
+    Axes
+        Scatter gid "units", line "target", curves "limit-95" and "limit-99.8".
+    """
+    from mfr_outcomes import funnel as fn
+
+    kind = frame.attrs.get("kind", "proportion")
+    percent = (kind == "proportion") if percent is None else percent
+    ax = _new_ax(ax, figsize)
+    target = float(frame["target"].iloc[0])
+    n_max = max(float(frame["n"].max()) * 1.1, 5.0)
+    # binomial limits exist at whole denominators only
+    grid = (np.arange(1, int(np.ceil(n_max)) + 1, dtype=float) if kind == "proportion"
+            else np.linspace(1, n_max, 200))
+    for level, style in zip(fn.LEVELS, ("--", ":")):
+        lo_p, hi_p = (1 - level) / 2, 1 - (1 - level) / 2
+        if kind == "proportion":
+            lo, hi = (fn.binomial_limits(grid, target, p) for p in (lo_p, hi_p))
+        else:
+            sd = float(frame["sd"].iloc[0])
+            lo, hi = (fn.normal_limits(grid, target, sd, p) for p in (lo_p, hi_p))
+        tag = f"limit-{level * 100:g}"
+        ax.plot(grid, hi, color="#5B5B5B", ls=style, lw=1, gid=tag,
+                label=f"{level * 100:g} % limits")
+        ax.plot(grid, lo, color="#5B5B5B", ls=style, lw=1, gid=tag)
+    ax.axhline(target, color="black", lw=1, gid="target", label="network")
+    colours = [MDC_COLORS["common_cause"] if p.startswith("within") else
+               (MDC_COLORS["special_cause_neither"] if "99.8" in p else COLORS[1])
+               for p in frame["position"]]
+    ax.scatter(frame["n"], frame["value"], s=40, color=colours, edgecolors="black",
+               linewidths=0.5, zorder=4, gid="units")
+    for _, row in frame.iterrows():
+        ax.annotate(str(row["unit"]), (row["n"], row["value"]), xytext=(4, 3),
+                    textcoords="offset points", fontsize=7)
+    if percent:
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
+    ax.set_xlim(0, n_max)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel or ("proportion" if kind == "proportion" else "mean"))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(frameon=False, fontsize=7, loc="best")
+    sns.despine(ax=ax)
+    return ax
+
+
+def named_caterpillar(effects: pd.DataFrame, *, ax: Axes | None = None, level: float = 0.95,
+                      xlabel: str = "random effect", title: str | None = None,
+                      figsize: tuple[float, float] | None = None) -> Axes:
+    """Caterpillar of a few named random effects (therapists, sites), one row each.
+
+    Parameters
+    ----------
+    effects : DataFrame
+        Columns name (shown: pass pseudonyms), estimate, cond_sd — rows of
+        ``fit.random_effects()`` for one group and term, renamed by the caller.
+
+    Returns
+    -------
+    Axes
+        One errorbar (gid "caterpillar") with a row per name, sorted by estimate.
+    """
+    sub = effects.sort_values("estimate", kind="stable").reset_index(drop=True)
+    z = stats.norm.ppf(0.5 + level / 2)
+    ax = _new_ax(ax, figsize or (6.5, 0.35 * len(sub) + 1.3))
+    y = np.arange(len(sub))
+    cont = ax.errorbar(sub["estimate"], y, xerr=z * sub["cond_sd"].to_numpy(), fmt="o",
+                       color=COLORS[0], capsize=3, lw=1.2)
+    _tag(cont, "caterpillar")
+    ax.set_yticks(y, [str(n) for n in sub["name"]])
+    ax.axvline(0, color="black", lw=0.8, ls=":")
+    ax.set_xlabel(f"{xlabel} (conditional mode ± {z:.2f} SD)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    sns.despine(ax=ax)
+    return ax
+
+
+def count_bars(table: pd.DataFrame, label: str, count: str, *, ax: Axes | None = None,
+               xlabel: str = "count", title: str | None = None) -> Axes:
+    """Horizontal bars of published counts (rows already suppressed are left out by the
+    caller), each bar labelled with its count. Bars have gid "bars"."""
+    ax = _new_ax(ax, (7.5, 0.5 + 0.45 * max(len(table), 1)))
+    bars = ax.barh([str(v) for v in table[label]], table[count].astype(float), color=COLORS[0])
+    for b in bars:
+        b.set_gid("bars")
+    ax.invert_yaxis()
+    for yv, v in enumerate(table[count]):
+        ax.annotate(str(int(v)), (float(v), yv), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    sns.despine(ax=ax)
+    return ax
+
+
+def course_curves(observed: pd.DataFrame, curves: pd.DataFrame, *, measure: str | None = None,
+                  ax: Axes | None = None, title: str | None = None,
+                  figsize: tuple[float, float] = (7.5, 4.0)) -> Axes:
+    """The course of care: observed means and the model curves (straight line, flexible).
+
+    Parameters
+    ----------
+    observed : DataFrame
+        time, mean[, group] — raw means of published points.
+    curves : DataFrame
+        time, estimate, model ("straight line" or "flexible curve")[, group].
+
+    Returns
+    -------
+    Axes
+        Points gid "observed", lines gid "curve-<model>".
+    """
+    ax = _new_ax(ax, figsize)
+    groups = list(dict.fromkeys(observed["group"])) if "group" in observed else [None]
+    for k, g in enumerate(groups):
+        colour = COLORS[k % len(COLORS)]
+        obs = observed if g is None else observed[observed["group"] == g]
+        ax.scatter(obs["time"], obs["mean"], color=colour, s=22, zorder=3, gid="observed",
+                   label=f"observed mean{'' if g is None else f' ({g})'}")
+        cur = curves if g is None else curves[curves["group"] == g]
+        for model, style in (("straight line", "--"), ("flexible curve", "-")):
+            c = cur[cur["model"] == model]
+            if len(c):
+                ax.plot(c["time"], c["estimate"], color=colour, ls=style, lw=1.6,
+                        gid=f"curve-{model.replace(' ', '_')}",
+                        label=f"{model}{'' if g is None else f' ({g})'}")
+    ax.set_xlabel("weeks since first visit")
+    ax.set_ylabel(_measure_label(measure, "value") + "\nbefore sessions")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     sns.despine(ax=ax)
     return ax

@@ -34,7 +34,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mfr_outcomes.measures import get_measure, important_change
+from mfr_outcomes import mdc
+from mfr_outcomes.measures import get_measure
+from mfr_outcomes.rules import (
+    affected_side_rows,
+    can_show_important_change,
+    important_change_mask,
+)
 from mfr_outcomes.warnings_ import DataWarning
 
 __all__ = [
@@ -48,6 +54,7 @@ __all__ = [
     "XMR_LIMIT",
     "MR_LIMIT",
     "MIN_USEFUL_RUNS",
+    "MIN_SPC_POINTS",
     "SHIFT_LENGTH",
     "TREND_LENGTH",
 ]
@@ -59,6 +66,11 @@ MR_LIMIT = 3.267
 #: Fewer useful observations than this and the run rules are not applied (Anhøj's tables start
 #: at 10).
 MIN_USEFUL_RUNS = 10
+#: Fewer points with a value than this and an XmR or p-chart says "not enough data" instead of
+#: judging signals: a shift or a trend takes 7 points in a row, and limits from fewer than 10
+#: points move too much to judge them (Making Data Count asks for 15-20 and calls limits from
+#: fewer provisional; NHSRplotthedots warns below 12, and so does this module's notes).
+MIN_SPC_POINTS = 10
 #: Making Data Count: a shift is this many points in a row on one side of the mean.
 SHIFT_LENGTH = 7
 #: Making Data Count: a trend is this many points in a row each above (or below) the one before.
@@ -120,6 +132,13 @@ class ChartResult:
         Measure code when given.
     better : {"lower", "higher"} or None
         Which direction is improvement.
+    variation : str or None
+        The Making Data Count variation icon (:data:`mfr_outcomes.mdc.VARIATION_ICONS`).
+    assurance : str or None
+        The assurance icon against :attr:`target` ("pass", "fail", "hit_or_miss"), or None.
+    target : float or None
+    annotations : list of (int, str)
+        Positions and texts to write on the chart (declared changes included).
     """
 
     kind: str
@@ -129,6 +148,32 @@ class ChartResult:
     stats: dict[str, Any] = field(default_factory=dict)
     measure: str | None = None
     better: str | None = None
+    variation: str | None = None
+    assurance: str | None = None
+    target: float | None = None
+    annotations: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def n_points(self) -> int:
+        """Points with a value."""
+        return int(np.isfinite(self.points["value"].to_numpy(dtype="float64")).sum())
+
+    def shortfall(self) -> str | None:
+        """A sentence when the chart has too few points for its rules, else None.
+
+        A run chart needs :data:`MIN_USEFUL_RUNS` useful observations (points not on the
+        median); an XmR or p-chart :data:`MIN_SPC_POINTS` points with a value.
+        """
+        if self.kind == "run":
+            have, need = int(self.stats.get("n_useful", 0)), MIN_USEFUL_RUNS
+            what = "useful points (points not on the median)"
+        else:
+            have, need = self.n_points, MIN_SPC_POINTS
+            what = "points with a value"
+        if have >= need:
+            return None
+        return (f"Not enough data: the chart has {have} {what}; its rules need at least "
+                f"{need}, so nothing is said about signals and no chart is drawn.")
 
     @property
     def has_signal(self) -> bool:
@@ -156,9 +201,18 @@ class ChartResult:
                          f"range {_num(self.stats['mean_mr'])}")
         else:
             lines.append(f"overall proportion {_num(self.stats['p_bar'])}")
+        short = self.shortfall()
+        if short:
+            lines.append(short)
+            return "\n".join(lines)
         lines.extend(f"- {s.message}" for s in self.signals)
         if not self.signals:
             lines.append("No signal: the variation is consistent with common causes.")
+        if self.variation:
+            lines.append(f"Variation: {mdc.icon_text(self.variation)}.")
+        if self.assurance:
+            lines.append(f"Assurance against the target {_num(self.target)}: "
+                         f"{mdc.icon_text(self.assurance)}.")
         lines.extend(f"Note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -279,9 +333,11 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
         n_pre (sessions with a pre reading), mean_pre, n_paired (sessions with pre and post),
         mean_change (post − pre within a session, measure units), mean_improvement (the same
         change signed so that positive is better), n_completed (patients whose latest
-        pre-treatment reading, at a visit after their first, falls in the period),
+        pre-treatment reading, at a visit after their first, falls in the period, and whose
+        baseline leaves room for an important change: :func:`mfr_outcomes.rules.
+        can_show_important_change`),
         n_responders (of those, patients whose change from the first to that latest pre reading
-        is clinically important, per :func:`mfr_outcomes.measures.important_change`: the
+        is clinically important, per :func:`mfr_outcomes.rules.important_change_mask`: the
         definition of ``effects.responders(study, measure)`` with its default
         ``last="last_pre"``; missing when the measure has no threshold), responder_rate
         (n_responders / n_completed).
@@ -328,10 +384,7 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     keys = ([by] if by else [])
     # per-side measures: the affected side (both sides averaged when bilateral or unknown), the
     # rule effects.responders uses, so the two agree
-    sides = set(df["side"].astype(str)) if "side" in df.columns else set()
-    if sides & {"left", "right"} and "affected_side" in df.columns:
-        aff = df["affected_side"].astype(str)
-        df = df[(aff == df["side"].astype(str)) | ~aff.isin(["left", "right"])]
+    df = df[affected_side_rows(df)]
     # one value per session and phase
     sess = (df.groupby(keys + ["period", "patient_id", "session_id", "session_number",
                                "session_date", "phase"], observed=True, dropna=False)["value"]
@@ -351,12 +404,15 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
         pre = g[g["pre"].notna()]
         completed = (len(pre) >= 2
                      and pre["session_number"].iloc[-1] != pre["session_number"].iloc[0])
+        if completed and has_threshold:  # the responder denominator: baselines that can change
+            completed = bool(can_show_important_change(measure, pre["pre"].iloc[0]))
         row = {"patient_id": pid, "period": pre["period"].iloc[-1] if len(pre) else pd.NaT,
                "completed": bool(completed), "responder": np.nan}
         if by:
             row[by] = pre[by].iloc[-1] if len(pre) else g[by].iloc[-1]
         if has_threshold and completed:
-            row["responder"] = important_change(measure, pre["pre"].iloc[0], pre["pre"].iloc[-1])
+            row["responder"] = bool(important_change_mask(measure, pre["pre"].iloc[0],
+                                                          pre["pre"].iloc[-1]))
         pat_rows.append(row)
     pats = pd.DataFrame(pat_rows, columns=["patient_id", "period", "completed", "responder"]
                         + ([by] if by else []))
@@ -558,7 +614,13 @@ def run_chart(values: Any, dates: Any = None, *, measure: str | None = None,
         "crossings_signal": cross_flag,
     })
     points["signal"] = points["in_long_run"] | points["crossings_signal"]
-    return ChartResult("run", points, signals, notes, st, measure, better)
+    # a long run is special cause; too few crossings says the process moved but not which way
+    no_trend = np.zeros(len(y), dtype=int)
+    centre_arr = np.full(len(y), cl)
+    types = mdc.point_types(y, centre_arr, in_long, no_trend, better)
+    points["point_type"] = types
+    variation = mdc.variation_icon(y, centre_arr, types) if st["runs_applied"] else None
+    return ChartResult("run", points, signals, notes, st, measure, better, variation=variation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -668,9 +730,60 @@ def _spc_rules(y: np.ndarray, cl: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
     return flags, signals
 
 
+def _positions(points: Any, labels: Sequence[str], what: str) -> list[int]:
+    """Positions of chart points named by label (``"2026-07"``, a Period or date) or position."""
+    if points is None:
+        return []
+    if isinstance(points, str | int | np.integer | pd.Period | pd.Timestamp):
+        points = [points]
+    out = []
+    for p in points:
+        if isinstance(p, int | np.integer) and not isinstance(p, bool):
+            out.append(int(p))
+            continue
+        text = _label(p)
+        if text not in labels:
+            raise ValueError(f"{what} {text!r} is not a point of the chart; points run from "
+                             f"{labels[0] if labels else '–'} to {labels[-1] if labels else '–'}")
+        out.append(list(labels).index(text))
+    return out
+
+
+def _layout(n: int, labels: Sequence[str], rebase: Any, baseline: Any,
+            freeze: int | None) -> mdc.Segments:
+    span = None
+    if baseline is not None:
+        if not (isinstance(baseline, tuple | list) and len(baseline) == 2):
+            raise ValueError(f"baseline must be a (first, last) pair, got {baseline!r}")
+        span = tuple(_positions(list(baseline), labels, "baseline point"))
+    return mdc.segments(n, rebase=_positions(rebase, labels, "rebase point"), baseline=span,
+                        freeze=freeze)
+
+
+def _finish(kind: str, y: np.ndarray, centre: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
+            flags: pd.DataFrame, signals: list[Signal], better: str | None,
+            target: float | None) -> tuple[np.ndarray, str | None, str | None]:
+    trend_dir = np.zeros(len(y), dtype=int)
+    for s in signals:
+        if s.rule == "trend":
+            trend_dir[s.start:s.end + 1] = 1 if s.direction == "up" else -1
+    special = flags[[c for c in ("outside_limits", "shift", "trend", "two_of_three")
+                     if c in flags]].any(axis=1).to_numpy()
+    types = mdc.point_types(y, centre, special, trend_dir, better)
+    variation = mdc.variation_icon(y, centre, types)
+    last = np.flatnonzero(np.isfinite(lcl) | np.isfinite(ucl))
+    assurance = None
+    if target is not None and len(last):
+        i = int(last[-1])
+        assurance = mdc.assurance_icon(float(target), float(lcl[i]), float(ucl[i]), better)
+    return types, variation, assurance
+
+
 def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
               better: Better | None = None, screen_moving_ranges: bool = False,
-              freeze: int | None = None) -> ChartResult:
+              freeze: int | None = None, rebase: Any = None, baseline: Any = None,
+              target: float | None = None,
+              annotations: dict[Any, str] | None = None) -> ChartResult:
     """XmR (individuals and moving range) chart with the Making Data Count rules.
 
     Parameters
@@ -689,16 +802,28 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
         limits (Nelson 1982; NHSRplotthedots' ``screen_outliers``). Off by default: the plain
         Wheeler limits.
     freeze : int, optional
-        Compute the mean and the mean moving range from the first *freeze* points only (a
-        baseline period; NHSRplotthedots' ``fix_after_n_points``) and judge every point by them.
+        Compute the mean and the mean moving range from the first *freeze* points of each
+        segment only (NHSRplotthedots' ``fix_after_n_points``) and judge every point by them.
+    rebase : label, position or list of them, optional
+        Declared changes: from each, the limits are recalculated from the points after it, and
+        the rules run within each segment (NHSRplotthedots' ``rebase``).
+    baseline : (first, last), optional
+        Labels or positions of a baseline period whose points alone set the limits of their
+        segment (frozen for the rest of it).
+    target : float, optional
+        A target, for the assurance icon (see :mod:`mfr_outcomes.mdc`).
+    annotations : dict, optional
+        Label or position -> a short text, drawn on the chart.
 
     Returns
     -------
     ChartResult
-        ``points`` columns: label, value, centre (the mean), lcl, ucl (mean ∓ 2.66 × mean MR),
-        sigma (2.66/3 × mean MR), mr (moving range; missing on the first point), mr_centre,
-        mr_ucl (3.267 × mean MR), mr_outside_limit, outside_limits, shift, trend, two_of_three,
-        signal. ``stats``: mean, mean_mr, sigma, lcl, ucl, mr_ucl, n.
+        ``points`` columns: label, value, segment, baseline, centre (the mean), lcl, ucl
+        (mean ∓ 2.66 × mean MR of the segment's baseline), sigma, mr (moving range; missing at
+        a segment's first point), mr_centre, mr_ucl (3.267 × mean MR), mr_outside_limit,
+        outside_limits, shift, trend, two_of_three, signal, point_type. ``stats`` (of the
+        latest segment): mean, mean_mr, sigma, lcl, ucl, mr_ucl, n, n_baseline, and
+        ``segments`` (one dict a segment). ``variation`` and ``assurance`` are the icons.
 
     Examples
     --------
@@ -708,50 +833,86 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     """
     y, labels, _ = _as_values(values, dates)
     better = _resolve_better(measure, better)
-    finite = np.isfinite(y)
-    base = _baseline_mask(len(y), freeze)
-    notes: list[str] = []
-    pos = np.flatnonzero(finite)
-    mr = np.full(len(y), np.nan)
-    mr[pos[1:]] = np.abs(np.diff(y[pos]))
-    # the baseline: its values, and the moving ranges between two of its values
-    yf = y[finite & base]
-    pos_b = np.flatnonzero(finite & base)
-    mr_f = np.abs(np.diff(y[pos_b]))
-    mean = float(yf.mean()) if len(yf) else np.nan
-    mean_mr = float(mr_f.mean()) if len(mr_f) else np.nan
-    if screen_moving_ranges and len(mr_f):
-        kept = mr_f[mr_f < MR_LIMIT * mean_mr]
-        if len(kept):
-            mean_mr = float(kept.mean())
-    if len(yf) < 2:
-        _caution(notes, "Fewer than two values: no moving range, so no process limits.")
-    elif len(yf) < 12:
-        _caution(notes, f"Only {len(yf)} values: limits from fewer than 12 points are provisional "
-                     "(Making Data Count suggests 15–20).")
-    if len(mr_f) and mean_mr == 0:
-        _caution(notes, "Every moving range is zero (the values never change): the process limits "
-                     "collapse onto the mean, so any different future value would signal.")
-    sigma = XMR_LIMIT / 3 * mean_mr
-    lcl, ucl = mean - XMR_LIMIT * mean_mr, mean + XMR_LIMIT * mean_mr
+    lay = _layout(len(y), labels, rebase, baseline, freeze)
     n = len(y)
-    cl_a, lcl_a, ucl_a, sig_a = (np.full(n, v) for v in (mean, lcl, ucl, sigma))
-    flags, signals = _spc_rules(y, cl_a, lcl_a, ucl_a, sig_a, labels, better, "mean")
-    mr_ucl = MR_LIMIT * mean_mr
-    mr_out = np.isfinite(mr) & (mr > mr_ucl)
+    finite = np.isfinite(y)
+    notes: list[str] = []
+    cols = {k: np.full(n, np.nan) for k in ("centre", "lcl", "ucl", "sigma", "mr", "mr_centre",
+                                            "mr_ucl")}
+    flag_parts, signals, seg_stats = [], [], []
+    for s in np.unique(lay.segment):
+        idx = np.flatnonzero(lay.segment == s)
+        pos = idx[finite[idx]]
+        cols["mr"][pos[1:]] = np.abs(np.diff(y[pos]))
+        pos_b = idx[finite[idx] & lay.baseline[idx]]
+        yb, mr_b = y[pos_b], np.abs(np.diff(y[pos_b]))
+        mean = float(yb.mean()) if len(yb) else np.nan
+        mean_mr = float(mr_b.mean()) if len(mr_b) else np.nan
+        if screen_moving_ranges and len(mr_b):
+            kept = mr_b[mr_b < MR_LIMIT * mean_mr]
+            if len(kept):
+                mean_mr = float(kept.mean())
+        where = f" (from {labels[idx[0]]})" if len(lay.starts) else ""
+        if len(yb) < 2:
+            _caution(notes, f"Fewer than two values{where}: no moving range, so no process "
+                            "limits.")
+        elif len(yb) < 12:
+            _caution(notes, f"Only {len(yb)} values{where}: limits from fewer than 12 points "
+                            "are provisional (Making Data Count suggests 15–20).")
+        if len(mr_b) and mean_mr == 0:
+            _caution(notes, f"Every moving range is zero{where} (the values never change): the "
+                            "process limits collapse onto the mean, so any different future "
+                            "value would signal.")
+        sigma = XMR_LIMIT / 3 * mean_mr
+        vals = {"centre": mean, "lcl": mean - XMR_LIMIT * mean_mr,
+                "ucl": mean + XMR_LIMIT * mean_mr, "sigma": sigma, "mr_centre": mean_mr,
+                "mr_ucl": MR_LIMIT * mean_mr}
+        for k, v in vals.items():
+            cols[k][idx] = v
+        flags, sig = _spc_rules(y[idx], cols["centre"][idx], cols["lcl"][idx],
+                                cols["ucl"][idx], cols["sigma"][idx],
+                                [labels[i] for i in idx], better, "mean")
+        flags.index = idx
+        flag_parts.append(flags)
+        off = int(idx[0])
+        signals += [Signal(g.rule, g.start + off, g.end + off, g.direction, g.assessment,
+                           g.message) for g in sig]
+        seg_stats.append({"first": labels[idx[0]], "mean": mean, "mean_mr": mean_mr,
+                          "sigma": sigma, "lcl": vals["lcl"], "ucl": vals["ucl"],
+                          "mr_ucl": vals["mr_ucl"], "n": int(finite[idx].sum()),
+                          "n_baseline": int(len(yb))})
+    flags = pd.concat(flag_parts).sort_index().reset_index(drop=True)
+    mr_out = np.isfinite(cols["mr"]) & (cols["mr"] > cols["mr_ucl"])
     for i in np.flatnonzero(mr_out):
         signals.append(Signal("mr_outside_limit", int(i), int(i), "none", "neutral",
-                              f"The moving range at {labels[i]} ({_num(mr[i])}) is above its "
-                              f"upper limit {_num(mr_ucl)}: an unusually large jump."))
+                              f"The moving range at {labels[i]} ({_num(cols['mr'][i])}) is "
+                              f"above its upper limit {_num(cols['mr_ucl'][i])}: an unusually "
+                              f"large jump."))
     signals.sort(key=lambda s: (s.start, s.rule))
-    points = pd.DataFrame({"label": labels, "value": y, "centre": mean, "lcl": lcl, "ucl": ucl,
-                           "sigma": sigma, "mr": mr, "mr_centre": mean_mr, "mr_ucl": mr_ucl,
-                           "mr_outside_limit": mr_out})
+    types, variation, assurance = _finish("xmr", y, cols["centre"], cols["lcl"], cols["ucl"],
+                                          flags, signals, better, target)
+    points = pd.DataFrame({"label": labels, "value": y, "segment": lay.segment,
+                           "baseline": lay.baseline, **cols, "mr_outside_limit": mr_out})
     points = pd.concat([points, flags], axis=1)
     points["signal"] = flags.any(axis=1).to_numpy()
-    st = {"mean": mean, "mean_mr": mean_mr, "sigma": sigma, "lcl": lcl, "ucl": ucl,
-          "mr_ucl": mr_ucl, "n": int(finite.sum()), "n_baseline": int(len(yf))}
-    return ChartResult("xmr", points, signals, notes, st, measure, better)
+    points["point_type"] = types
+    st = dict(seg_stats[-1])
+    st.pop("first")
+    st.update(n=int(finite.sum()), segments=seg_stats)
+    return ChartResult("xmr", points, signals, notes, st, measure, better, variation=variation,
+                       assurance=assurance, target=target,
+                       annotations=_annotations(annotations, labels, lay))
+
+
+def _annotations(annotations: dict[Any, str] | None, labels: Sequence[str],
+                 lay: mdc.Segments | None) -> list[tuple[int, str]]:
+    out = []
+    for key, text in (annotations or {}).items():
+        out.append((_positions(key, labels, "annotation point")[0], str(text)))
+    if lay is not None:
+        out += [(r, "limits recalculated") for r in lay.starts
+                if r not in {p for p, _ in out}]
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,7 +921,9 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
 
 def p_chart(successes: Any, totals: Any, dates: Any = None, *,
             better: Better | None = "higher", what: str = "responders",
-            freeze: int | None = None) -> ChartResult:
+            freeze: int | None = None, rebase: Any = None, baseline: Any = None,
+            target: float | None = None,
+            annotations: dict[Any, str] | None = None) -> ChartResult:
     """p-chart of a proportion (e.g. the responder rate per period), limits varying by subgroup.
 
     Parameters
@@ -774,15 +937,16 @@ def p_chart(successes: Any, totals: Any, dates: Any = None, *,
         Which direction of the proportion is improvement ("higher" for responders).
     what : str
         What is counted, for the sentences.
-    freeze : int, optional
-        Compute p̄ from the first *freeze* subgroups only (a baseline period).
+    freeze, rebase, baseline, target, annotations
+        As for :func:`xmr_chart` (p̄ per segment, from its baseline subgroups).
 
     Returns
     -------
     ChartResult
-        ``points`` columns: label, successes, totals, value (proportion), centre (p̄), sigma
-        (√(p̄(1 − p̄)/nᵢ)), lcl, ucl (p̄ ∓ 3σ clipped to [0, 1]), outside_limits, shift,
-        trend, two_of_three, signal. ``stats``: p_bar, n_subgroups, total.
+        ``points`` columns: label, successes, totals, value (proportion), segment, baseline,
+        centre (p̄), sigma (√(p̄(1 − p̄)/nᵢ)), lcl, ucl (p̄ ∓ 3σ clipped to [0, 1]),
+        outside_limits, shift, trend, two_of_three, signal, point_type. ``stats``: p_bar (of
+        the latest segment), n_subgroups, total, segments.
 
     Examples
     --------
@@ -801,35 +965,56 @@ def p_chart(successes: Any, totals: Any, dates: Any = None, *,
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"p_chart: subgroup {i + 1} has {x[i]:g} {what} out of {n[i]:g}; counts "
                          "must satisfy 0 <= successes <= totals")
-    y_dummy, labels, _ = _as_values(np.zeros(len(x)), dates)
-    del y_dummy
+    _, labels, _ = _as_values(np.zeros(len(x)), dates)
+    lay = _layout(len(x), labels, rebase, baseline, freeze)
     ok = np.isfinite(x) & np.isfinite(n) & (n > 0)
     notes: list[str] = []
+    if better is not None:
+        better = _resolve_better(None, better)
+    p_bar = np.full(len(x), np.nan)
+    seg_stats = []
+    for s in np.unique(lay.segment):
+        idx = np.flatnonzero(lay.segment == s)
+        okb = idx[ok[idx] & lay.baseline[idx]]
+        pb = float(x[okb].sum() / n[okb].sum()) if len(okb) else np.nan
+        p_bar[idx] = pb
+        seg_stats.append({"first": labels[idx[0]], "p_bar": pb, "n_subgroups": int(ok[idx].sum())})
+        if len(okb) and pb in (0.0, 1.0):
+            _caution(notes, f"Every subgroup has {'no' if pb == 0 else 'only'} {what}: the "
+                            "limits collapse onto the centre line.")
     if not ok.any():
-        p_bar = np.nan
         notes.append(f"No subgroup has both a count of {what} and a denominator above 0: "
                      "nothing to chart.")
-    else:
-        okb = ok & _baseline_mask(len(x), freeze)
-        p_bar = float(x[okb].sum() / n[okb].sum()) if okb.any() else np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(ok, x / n, np.nan)
         sigma = np.where(ok, np.sqrt(p_bar * (1 - p_bar) / n), np.nan)
     lcl = np.clip(p_bar - 3 * sigma, 0, 1)
     ucl = np.clip(p_bar + 3 * sigma, 0, 1)
-    if ok.any() and (p_bar in (0.0, 1.0)):
-        _caution(notes, f"Every subgroup has {'no' if p_bar == 0 else 'only'} {what}: the limits "
-                     "collapse onto the centre line.")
-    if better is not None:
-        better = _resolve_better(None, better)
-    cl = np.full(len(x), p_bar)
-    flags, signals = _spc_rules(p, cl, lcl, ucl, sigma, labels, better, "overall proportion")
+    flag_parts, signals = [], []
+    for s in np.unique(lay.segment):
+        idx = np.flatnonzero(lay.segment == s)
+        flags, sig = _spc_rules(p[idx], p_bar[idx], lcl[idx], ucl[idx], sigma[idx],
+                                [labels[i] for i in idx], better, "overall proportion")
+        flags.index = idx
+        flag_parts.append(flags)
+        off = int(idx[0])
+        signals += [Signal(g.rule, g.start + off, g.end + off, g.direction, g.assessment,
+                           g.message) for g in sig]
+    flags = pd.concat(flag_parts).sort_index().reset_index(drop=True)
+    signals.sort(key=lambda s: (s.start, s.rule))
+    types, variation, assurance = _finish("p", p, p_bar, lcl, ucl, flags, signals, better,
+                                          target)
     points = pd.DataFrame({"label": labels, "successes": x, "totals": n, "value": p,
-                           "centre": p_bar, "sigma": sigma, "lcl": lcl, "ucl": ucl})
+                           "segment": lay.segment, "baseline": lay.baseline, "centre": p_bar,
+                           "sigma": sigma, "lcl": lcl, "ucl": ucl})
     points = pd.concat([points, flags], axis=1)
     points["signal"] = flags.any(axis=1).to_numpy()
-    st = {"p_bar": p_bar, "n_subgroups": int(ok.sum()), "total": float(n[ok].sum())}
+    points["point_type"] = types
+    st = {"p_bar": seg_stats[-1]["p_bar"] if seg_stats else np.nan,
+          "n_subgroups": int(ok.sum()), "total": float(n[ok].sum()), "segments": seg_stats}
     if ok.any() and ok.sum() < 12:
         _caution(notes, f"Only {int(ok.sum())} subgroups: p-chart limits from fewer than 12 "
                  "points are provisional.")
-    return ChartResult("p", points, signals, notes, st, None, better)
+    return ChartResult("p", points, signals, notes, st, None, better, variation=variation,
+                       assurance=assurance, target=target,
+                       annotations=_annotations(annotations, labels, lay))

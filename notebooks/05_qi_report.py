@@ -136,23 +136,45 @@ plt.show()
 # %% [markdown]
 # **Reading the chart:** the first year sits above the mean (orange: a concern, since lower pain
 # is better) and the second below it (blue: an improvement). The limits here are computed from
-# both years together, so they are too wide for either. In practice, once you know when the
-# change happened, you would fix the limits on the baseline year and judge the new months
-# against them (Making Data Count calls this "recalculating limits" after a sustained change).
+# both years together, so they are too wide for either. Once you know when the change happened,
+# declare it: the limits are recalculated from that month (`rebase`), or frozen on a baseline
+# period (`baseline=("2025-01", "2025-12")`).
+#
+# ## Making Data Count: a declared change, a target and the icons
+#
+# NHS England's Making Data Count draws each point by type (grey common cause, blue
+# improvement, orange concern), and sums a chart up in two icons: **variation** (what the latest
+# point shows) and **assurance** (given a target, whether the process will meet it: pass, fail,
+# or hit and miss at random, from where the target lies against the process limits).
+
+# %%
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", mfr.DataWarning)
+    rebased = qi.xmr_chart(series, measure=measure, rebase="2026-01", target=4.5)
+print(rebased.summary())
+ax = plots.spc_chart(rebased, ylabel="mean pain (simulated)", title="Declared change in 2026-01")
+plt.show()
+
+# %% [markdown]
+# Each year is now judged by its own limits: no special cause within either, the latest point is
+# common cause, and with a target of 4.5 the second year's limits straddle it: hit or miss.
 #
 # ## Building the QI report
 #
 # `build_report` writes one self-contained HTML file (figures embedded, nothing fetched from the
 # internet) and every table as CSV. It is safe to share inside the organisation:
 #
-# * no patient or session identifier appears anywhere;
-# * counts below `min_cell` are shown as "<5" (and percentages of them too), so a small group
-#   cannot be recognised;
+# * no patient or session identifier, and no value rejected by validation, appears anywhere;
+#   therapists appear as stable pseudonyms ("Therapist C") unless `name_therapists=True`;
+# * counts from 1 to `min_cell − 1` are shown as "<5" (and percentages of them too); a count
+#   hidden only because it would let a small one be worked out from a total is shown as
+#   "suppressed"; a zero is shown as 0;
 # * text from the data is escaped in HTML and neutralised in CSV (a cell starting with `=` would
 #   otherwise run as a spreadsheet formula).
 #
 # The report has sections on data quality, the cohort (STROBE), the intervention as delivered
-# (TIDieR), outcomes, trends, adverse events and methods. A part that cannot be computed (e.g.
+# (TIDieR), outcomes, trends (Making Data Count charts with their icons), therapists and sites
+# (funnel plots), adverse events and methods. A part that cannot be computed (e.g.
 # a model on a tiny site) is replaced by a sentence saying why; the rest of the report stands.
 
 # %%
@@ -187,6 +209,7 @@ results = {
     "run_signals": len(run.signals),
     "xmr_signals": len(xmr.signals),
     "shift_demo_signals": [s.rule for s in demo.signals],
+    "rebased_icons": [rebased.variation, rebased.assurance],
     "report": str(result.html_path),
     "n_csv": len(result.csv_paths),
     "sections_ok": {k: s.ok for k, s in result.sections.items()},

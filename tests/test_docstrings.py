@@ -28,6 +28,12 @@ MODULES = {
     "mfr_outcomes.models.domain": 1,
     "mfr_outcomes.models.emmeans": 1,
     "mfr_outcomes.models.r2": 1,
+    "mfr_outcomes.rules": 4,
+    "mfr_outcomes.mdc": 1,
+    "mfr_outcomes.funnel": 1,
+    "mfr_outcomes.report.context": 1,
+    "mfr_outcomes.report.disclosure": 1,
+    "mfr_outcomes.report.icons": 1,
 }
 
 

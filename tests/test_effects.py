@@ -22,7 +22,7 @@ _PAIN = {
     "P3": ("stretching", [3, 3, 2], [2, 2, 2]),                 # 3 -> 2: 1 point, 33 %
     "P4": ("stretching", [6, 7, 7], [5, 6, 6]),                 # 6 -> 7: worse
     "P5": ("stretching", [4], [3]),                             # one visit only: excluded
-    "P6": ("massage", [0, 1, 0], [0, 0, 0]),                    # baseline 0: no percent
+    "P6": ("massage", [0, 1, 0], [0, 0, 0]),                    # baseline 0: cannot respond
 }
 
 
@@ -58,6 +58,14 @@ def test_responders_by_hand(hand_study):
         r = E.responders(hand_study, "pain_nrs")
     r = r.set_index("patient_id")
     assert list(r.index) == ["P1", "P2", "P3", "P4", "P6"]
+    # P6 starts at 0: no reading could be an important change, so P6 is not in the denominator
+    assert not r.loc["P6", "eligible"] and pd.isna(r.loc["P6", "responder"])
+    assert r.loc[["P1", "P2", "P3", "P4"], "eligible"].all()
+    rate = E.responder_rate(r.reset_index())
+    assert rate["n"].item() == 4 and rate["responders"].item() == 2
+    assert rate.attrs["n_not_eligible"] == 1
+    assert rate.attrs["notes"] == [
+        "1 patient(s) not counted: baseline leaves no room for an important change"]
     assert r.loc["P1", ["baseline", "last", "change"]].tolist() == [8, 5, -3]
     assert r.loc["P1", "percent_change"] == pytest.approx(-37.5)
     assert r.loc["P1", "improvement"] == 3
@@ -68,7 +76,6 @@ def test_responders_by_hand(hand_study):
     assert not r.loc["P3", "mcid_met_points"] and r.loc["P3", "mcid_met_percent"]
     assert r.loc["P3", "responder"]
     assert r.loc["P4", "improvement"] == -1 and not r.loc["P4", "responder"]
-    assert pd.isna(r.loc["P6", "percent_change"]) and pd.isna(r.loc["P6", "mcid_met_percent"])
     assert r.loc["P1", "technique"] == "direct_pressure" and r.loc["P1", "n_visits"] == 4
     excl = r.attrs["excluded"]
     assert excl["patient_id"].tolist() == ["P5"]
@@ -110,6 +117,27 @@ def _wilson_by_hand(x, n, level=0.95):
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+def test_one_wilson_implementation_agrees_with_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    from mfr_outcomes.rules import wilson_interval
+
+    for x, n, level in [(0, 10, 0.95), (3, 10, 0.9), (17, 28, 0.95), (40, 40, 0.99)]:
+        ref = proportion_confint(x, n, alpha=1 - level, method="wilson")
+        assert wilson_interval(x, n, level) == pytest.approx(ref, abs=1e-12)
+        assert E.wilson_ci(x, n, level) == wilson_interval(x, n, level)
+
+
+def test_responder_eligibility_rule_by_hand():
+    from mfr_outcomes.rules import can_show_important_change, important_change_mask
+
+    # pain (0-10, lower better, 2 points or 30 %): from 1 the best reading 0 is a 100 % drop
+    assert can_show_important_change("pain_nrs", [0, 1, 10]).tolist() == [False, True, True]
+    # straight-leg raise (higher better, MDC 5.7 degrees, 0-120): 115 can still gain 5
+    assert can_show_important_change("slr_deg", [114.3, 114.4]).tolist() == [True, False]
+    assert important_change_mask("slr_deg", [40, 40], [45.7, 45.6]).tolist() == [True, False]
 
 
 def test_wilson_ci_by_hand():

@@ -155,7 +155,10 @@ def test_05_qi_report(tmp_path):
     assert report.exists() and report.parent == tmp_path / "report"
     soup = BeautifulSoup(report.read_text(encoding="utf-8"), "html.parser")
     assert not soup.find_all("script")
-    assert len(soup.find_all("section")) == 7
+    from mfr_outcomes.report import SECTION_TITLES
+
+    assert len(soup.find_all("section")) == len(SECTION_TITLES)
+    assert r["rebased_icons"] == ["common_cause", "hit_or_miss"]
     assert r["n_csv"] == len(list((tmp_path / "report" / "tables").glob("*.csv")))
 
 

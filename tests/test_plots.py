@@ -423,3 +423,71 @@ def test_no_patient_identifier_in_any_text(small_study, pain, course_fit):
     for fig in figs:
         texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
         assert texts and not any(pid in t for t in texts for pid in ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Making Data Count charts, funnels and named comparisons
+
+
+def _mdc_result():
+    y = [5, 6, 5, 7, 6, 5, 6, 5, 7, 6, 5, 9, 9, 8, 9, 9, 9, 9, 9, 9]
+    labels = [f"2026-{m:02d}" if m <= 12 else f"2027-{m - 12:02d}" for m in range(1, 21)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return qi.xmr_chart(y, labels, better="higher", rebase="2026-12", target=8.5,
+                            annotations={"2026-06": "new protocol"})
+
+
+def test_spc_chart_colours_points_by_type_and_draws_icons():
+    res = _mdc_result()
+    ax = plots.spc_chart(res)
+    types = res.points["point_type"]
+    for kind, colour in plots.MDC_COLORS.items():
+        sc = [c for c in ax.collections if c.get_gid() == f"point-{kind}"]
+        assert len(sc) == (1 if (types == kind).any() else 0)
+        if sc:
+            assert len(sc[0].get_offsets()) == int((types == kind).sum())
+            assert np.allclose(sc[0].get_facecolor()[0][:3], to_rgb(colour))
+    ucl = _gid(ax, "ucl")[0].get_ydata()
+    assert np.isnan(ucl).sum() == 1  # a gap at the declared change
+    assert _gid(ax, "target")[0].get_ydata()[0] == 8.5
+    icons = {a.get_gid() for inset in ax.child_axes for a in inset.get_children()
+             if a.get_gid()}
+    assert {f"icon-{res.variation}", f"icon-{res.assurance}"} <= icons
+    assert any(t.get_text() == "new protocol" for t in ax.texts)
+    plt.close(ax.figure)
+
+
+def test_funnel_plot_limits_and_units():
+    from mfr_outcomes import funnel
+
+    fr = funnel.funnel_proportions([4, 9, 20, 6], [20, 20, 40, 12],
+                                   ["Therapist A", "Therapist B", "Therapist C", "Therapist D"])
+    ax = plots.funnel(fr, ylabel="responders")
+    pts = [c for c in ax.collections if c.get_gid() == "units"][0].get_offsets()
+    assert np.allclose(np.asarray(pts)[:, 0], fr["n"]) and np.allclose(np.asarray(pts)[:, 1],
+                                                                       fr["value"])
+    hi95 = [ln for ln in ax.lines if ln.get_gid() == "limit-95"][0]
+    x, y = hi95.get_xdata(), hi95.get_ydata()
+    k = int(np.argmin(np.abs(x - 20)))
+    assert y[k] == pytest.approx(funnel.binomial_limits(x[k], 39 / 92, 0.975)[0])
+    assert {t.get_text() for t in ax.texts} == set(fr["unit"])
+    plt.close(ax.figure)
+
+
+def test_named_caterpillar_and_count_bars_and_course_curves():
+    eff = pd.DataFrame({"name": ["Therapist B", "Therapist A"], "estimate": [0.3, -0.2],
+                        "cond_sd": [0.1, 0.1]})
+    ax = plots.named_caterpillar(eff)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Therapist A", "Therapist B"]
+    plt.close(ax.figure)
+    ax = plots.count_bars(pd.DataFrame({"technique": ["massage", "stretching"],
+                                        "sessions": [12, 30]}), "technique", "sessions")
+    assert [p.get_width() for p in ax.patches if p.get_gid() == "bars"] == [12, 30]
+    plt.close(ax.figure)
+    obs = pd.DataFrame({"time": [0, 1, 2], "mean": [5, 4, 5]})
+    cur = pd.DataFrame({"time": [0, 1, 2] * 2, "estimate": [4.8, 4.7, 4.6, 5, 4, 5],
+                        "model": ["straight line"] * 3 + ["flexible curve"] * 3})
+    ax = plots.course_curves(obs, cur, measure="pain_nrs")
+    assert list(_gid(ax, "curve-flexible_curve")[0].get_ydata()) == [5, 4, 5]
+    plt.close(ax.figure)

@@ -4,6 +4,7 @@ Skipped when ``chromium`` is not on PATH (CI installs it in ``.ci/run``).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -81,3 +82,99 @@ def test_report_is_readable_at_phone_width(hostile_report, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and png.exists() and png.stat().st_size > 10_000
     assert not _console_problems(proc.stderr)
+
+
+# ---------------------------------------------------------------------------- print and phone
+
+_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+          "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [CHROMIUM, *_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def pdf(hostile_report, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pdf")
+    path = out / "report.pdf"
+    proc = _chromium(out, f"--print-to-pdf={path}", "--no-pdf-header-footer",
+                     hostile_report.html_path.resolve().as_uri())
+    assert proc.returncode == 0 and path.exists(), proc.stderr[-2000:]
+    return path.read_bytes()
+
+
+def test_pdf_has_every_section_on_a4_pages(hostile_report, pdf):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pdf_text import page_sizes, pdf_text
+
+    from mfr_outcomes.report import SECTION_TITLES
+
+    sizes = page_sizes(pdf)
+    assert sizes and all(abs(w - 595) < 2 and abs(h - 842) < 2 for w, h in sizes), sizes[:3]
+    # a page break before every section: at least one page each, plus the title page
+    assert len(sizes) >= len(SECTION_TITLES) + 1
+    text = "".join(pdf_text(pdf).split())
+    for title in SECTION_TITLES.values():
+        assert "".join(title.split()) in text, title
+
+
+def test_pdf_draws_every_figure_once(hostile_report, pdf):
+    """A figure cut across two pages is drawn twice (once per page, clipped)."""
+    import re
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pdf_text import _objects
+
+    objs = _objects(pdf)
+    images = {num for num, (body, _) in objs.items() if b"/Subtype /Image" in body}
+    n_figures = sum(len(s.figures) for s in hostile_report.sections.values())
+    assert len(images) == n_figures
+    draws = sum(len(re.findall(rb"/\w+ Do", stream)) for body, stream in objs.values()
+                if stream is not None and b"/Subtype /Image" not in body)
+    assert draws == n_figures
+
+
+def _phone_page(report: Path, folder: Path) -> Path:
+    """A page holding the report in a 390-pixel-wide frame (headless Chromium will not make a
+    window narrower than 500 px). The copy of the report in the frame tells its parent its
+    scroll width (the report itself runs no script)."""
+    html = report.read_text(encoding="utf-8")
+    html = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+    html = html.replace("</body>", "<script>window.addEventListener('load', function () {"
+                        "parent.postMessage(document.documentElement.scrollWidth + ' ' + "
+                        "window.innerWidth, '*');});</script></body>")
+    (folder / "probe.html").write_text(html, encoding="utf-8")
+    wrap = folder / "phone.html"
+    wrap.write_text('<!DOCTYPE html><html><body style="margin:0"><iframe src="probe.html" '
+                    'style="width:390px;height:1800px;border:0"></iframe><script>'
+                    "window.addEventListener('message', function (e) {"
+                    "document.body.setAttribute('data-sw', e.data);});</script></body></html>",
+                    encoding="utf-8")
+    return wrap
+
+
+def test_report_fits_a_390_pixel_screen(hostile_report, tmp_path):
+    """No horizontal scrolling of the page at 390 px: wide tables scroll inside their box."""
+    from PIL import Image
+
+    wrap = _phone_page(hostile_report.html_path, tmp_path)
+    proc = _chromium(tmp_path, "--dump-dom", "--virtual-time-budget=5000",
+                     "--window-size=500,1800", wrap.resolve().as_uri())
+    m = re.search(r'data-sw="(\d+) (\d+)"', proc.stdout)
+    assert m, proc.stderr[-1000:]
+    width, viewport = int(m.group(1)), int(m.group(2))
+    assert viewport == 390
+    assert width <= viewport, f"the page is {width} px wide on a {viewport} px screen"
+    png = tmp_path / "phone.png"
+    proc = _chromium(tmp_path, f"--screenshot={png}", "--virtual-time-budget=5000",
+                     "--window-size=500,1800", wrap.resolve().as_uri())
+    assert proc.returncode == 0 and png.exists()
+    with Image.open(png) as im:
+        phone = im.convert("L").crop((0, 0, 390, 1800))
+        assert len(phone.getcolors(maxcolors=256 * 256) or []) > 20
+        assert phone.crop((0, 0, 390, 120)).getextrema()[0] < 128  # the title is there

@@ -10,7 +10,7 @@ import argparse
 import sys
 import warnings
 
-__all__ = ["HELP", "add_arguments", "run", "load_source"]
+__all__ = ["HELP", "add_arguments", "run", "load_source", "parse_targets"]
 
 HELP = "write the QI report (self-contained HTML + CSV tables) of a clinic and period"
 
@@ -37,6 +37,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decimal", default=None,
                         help="decimal mark of CSV numbers (default: ',' with ';' separators)")
     parser.add_argument("--encoding", default=None, help="text encoding of CSV files")
+    parser.add_argument("--target", action="append", default=[], metavar="CHART=VALUE",
+                        help="a target for a chart's assurance icon, repeatable: the measure "
+                             "code (its monthly mean, e.g. pain_nrs=4), <measure>_change, "
+                             "responders (a proportion, e.g. responders=0.5) or adverse_events")
+    parser.add_argument("--rebase", action="append", default=[], metavar="YYYY-MM",
+                        help="a declared change: control limits are recalculated from this "
+                             "month (repeatable)")
+    parser.add_argument("--baseline", default=None, metavar="YYYY-MM:YYYY-MM",
+                        help="calculate control limits on these months only and freeze them")
+    parser.add_argument("--name-therapists", action="store_true",
+                        help="show therapist codes instead of stable pseudonyms (Therapist C)")
+
+
+def parse_targets(items: list[str]) -> dict[str, float]:
+    """``["pain_nrs=4", "responders=0.5"]`` -> ``{"pain_nrs": 4.0, "responders": 0.5}``.
+
+    Raises
+    ------
+    UserError
+        Naming the item that is not ``name=number``.
+    """
+    from mfr_outcomes.cli import UserError
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not sep or not name or number != number or number in (float("inf"), float("-inf")):
+            raise UserError(f"--target {item!r} is not CHART=NUMBER, e.g. pain_nrs=4 or "
+                            f"responders=0.5")
+        out[name] = number
+    return out
 
 
 def load_source(source: str, *, column_map: str | None = None, dayfirst: bool = False,
@@ -72,13 +108,31 @@ def run(args: argparse.Namespace) -> int:
             parse_period(args.period)
         except ValueError as exc:
             raise UserError(f"--period: {exc}") from None
+    targets = parse_targets(args.target)
+    from mfr_outcomes.report.scope import month_label
+
+    try:
+        for month in args.rebase:
+            month_label(month, "--rebase")
+        if args.baseline is not None:
+            first, sep, last = args.baseline.partition(":")
+            if not sep:
+                raise ValueError(f"--baseline {args.baseline!r} is not a range of months like "
+                                 f"2026-01:2026-06")
+            month_label(first, "--baseline")
+            month_label(last, "--baseline")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     study = load_source(args.source, column_map=args.column_map, dayfirst=args.dayfirst,
                         sep=args.sep, decimal=args.decimal, encoding=args.encoding)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MfrWarning)  # printed below, once each
             result = build_report(study, args.out, site=args.site, period=args.period,
-                                  min_cell=args.min_cell, measure=args.measure, seed=args.seed)
+                                  min_cell=args.min_cell, measure=args.measure, seed=args.seed,
+                                  targets=targets, rebase=args.rebase or None,
+                                  baseline=args.baseline,
+                                  name_therapists=args.name_therapists)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:

@@ -12,30 +12,26 @@
 """
 from __future__ import annotations
 
-from mfr_outcomes.report.builder import (
-    SECTION_TITLES,
-    Figure,
-    ReportResult,
-    Section,
-    Table,
-    build_report,
-    parse_period,
-)
+from mfr_outcomes.report.blocks import Figure, ReportResult, Section, Table, Text
+from mfr_outcomes.report.builder import build_report
 from mfr_outcomes.report.disclosure import (
+    Ledger,
     Redactor,
     neutralise_csv_cell,
-    suppress_counts,
 )
+from mfr_outcomes.report.scope import parse_period
+from mfr_outcomes.report.sections import SECTION_TITLES
 
 __all__ = [
     "build_report",
     "ReportResult",
     "Section",
     "Table",
+    "Text",
     "Figure",
+    "Ledger",
     "SECTION_TITLES",
     "parse_period",
-    "suppress_counts",
     "neutralise_csv_cell",
     "Redactor",
 ]

@@ -1,19 +1,42 @@
-"""Disclosure control for the QI report: small-cell suppression, identifier redaction, safe CSV.
+"""Disclosure control for the QI report: small-cell suppression that survives arithmetic,
+identifier redaction, safe CSV, and writing that never follows a link.
 
-Kept apart from the builder so that each rule can be tested on a small frame.
+The rules (stated in the report's methods section and ``docs/report.md``):
+
+- **Primary**: a count of people, sessions, readings or events from 1 to ``min_cell − 1`` is
+  shown as ``"<min_cell"``. A count of 0 is shown as 0: it names no one (a group it describes
+  is itself shown only with at least ``min_cell`` members).
+- **Complementary**: every count the report publishes is a cell of one :class:`Ledger`, with
+  the sums that tie cells together (a table's total, "all patients", read = used + excluded,
+  readings = pre + post, a count repeated in a sentence). After primary suppression, each
+  hidden cell is checked as an attacker would: the feasible values of the cell given every
+  published count, the sums, and what the labels say ("<k" is 1 to k − 1; "suppressed" is at
+  least k) — two linear programmes. While one is pinned to a single value, the smallest
+  published non-zero count in a sum it belongs to whose hiding frees it is hidden too, shown
+  as ``"suppressed"`` with a footnote.
+- **Across reports**: in a site's report of a multi-site study, a count is also hidden
+  (``"suppressed"``) when the same count of another site is below ``min_cell``, so that the
+  all-sites report minus the other sites' reports cannot recover it.
 """
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
+    "SECONDARY_LABEL",
+    "SECONDARY_NOTE",
+    "Cell",
+    "Ledger",
+    "safe_write",
     "suppressed_label",
-    "suppress_counts",
     "neutralise_csv_cell",
     "neutralise_frame",
     "Redactor",
@@ -23,106 +46,229 @@ __all__ = [
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def suppressed_label(min_cell: int) -> str:
-    """The text shown instead of a small count ("<5" for ``min_cell=5``)."""
-    return f"<{min_cell}"
+#: The text shown for a count hidden only to protect another one.
+SECONDARY_LABEL = "suppressed"
+#: The footnote under a table or list holding such a count.
+SECONDARY_NOTE = ("'suppressed': hidden although not small, because it would let a small count "
+                  "be worked out from the totals (here or in another site's report).")
 
 
-def _is_count(value: object) -> bool:
-    if value is None or value is pd.NA:
-        return False
-    if isinstance(value, bool | np.bool_):
-        return False
-    if isinstance(value, int | np.integer):
-        return True
-    if isinstance(value, float | np.floating):
-        return math.isfinite(value) and float(value).is_integer()
-    return False
+@dataclass(frozen=True)
+class Cell:
+    """A handle to one published count of the report (see :class:`Ledger`)."""
+
+    id: int
 
 
-def _missing(value: object) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
-def suppress_counts(frame: pd.DataFrame, count_columns: Sequence[str], min_cell: int, *,
-                    linked: Mapping[str, Sequence[str]] | None = None,
-                    partition: str | None | bool = False) -> pd.DataFrame:
-    """Replace every count below *min_cell* by ``"<min_cell>"``.
+class Ledger:
+    """Every count a report publishes, the sums between them, and which are hidden.
 
     Parameters
     ----------
-    frame : DataFrame
-        A table whose *count_columns* hold counts (whole numbers).
-    count_columns : sequence of str
-        Columns holding counts of people, sessions or events. Every cell below *min_cell*
-        (zero included) becomes the text ``"<min_cell>"``; whole-number floats become ints.
     min_cell : int
         Smallest count shown.
-    linked : mapping, optional
-        Derived column -> the count columns it was computed from (a percentage, a rate, a mean
-        of few people). The derived cell is replaced by ``"<min_cell>"`` as well when any of its
-        counts was suppressed, so that it cannot be used to recover them.
-    partition : str, None or False
-        Secondary suppression. When the rows of the table (``None``) or the rows of each group of
-        this column (a name) add up to a total shown elsewhere, a single suppressed count could be
-        recovered by subtraction; the next-smallest count of the group is then suppressed too
-        (not when the lone suppressed count is zero: subtraction would only reveal a zero).
-        ``False`` (default) skips this step.
 
-    Returns
-    -------
-    DataFrame
-        A copy with object dtype in the affected columns; counts at or above *min_cell* keep
-        their numeric value.
+    Examples
+    --------
+    >>> led = Ledger(5)
+    >>> total, a, b = led.add(12), led.add(9), led.add(3)
+    >>> led.relate(total, [a, b])
+    >>> led.decide()
+    >>> led.label(b), led.label(a), led.label(total)
+    ('<5', 'suppressed', 12)
     """
-    out = frame.copy()
-    label = suppressed_label(min_cell)
-    linked = dict(linked or {})
-    hidden = pd.DataFrame(False, index=out.index, columns=list(count_columns))
-    for col in count_columns:
-        if col not in out.columns:
-            continue
-        values = out[col]
-        mask = values.map(lambda v: _is_count(v) and float(v) < min_cell).astype(bool)
-        hidden[col] = mask
-    if partition is not False:
-        groups = [out.index] if partition is None else [
-            idx for _, idx in out.groupby(partition, sort=False, observed=True).groups.items()]
-        for col in count_columns:
-            if col not in out.columns:
+
+    def __init__(self, min_cell: int) -> None:
+        self.min_cell = int(min_cell)
+        self.values: list[float] = []
+        self.relations: list[tuple[int, tuple[int, ...]]] = []
+        self.status: dict[int, str] = {}
+        self._forced: dict[int, str] = {}
+        self._degree: dict[int, int] = {}
+        #: Optional order of preference for complements (cell id -> sortable key): a site's
+        #: report ranks cells by table, row and column, so that every site of a study hides the
+        #: same rows and the all-sites report minus the other sites recovers none.
+        self.rank: dict[int, tuple] = {}
+        #: Hidden cells still pinned after every count around them was hidden (see decide).
+        self.unprotected: list[int] = []
+        self._decided = False
+
+    def add(self, value: float) -> Cell:
+        """Register a published count and return its handle."""
+        v = float(value)
+        if not math.isfinite(v) or v < 0 or not v.is_integer():
+            raise ValueError(f"a published count must be a whole number ≥ 0, got {value!r}")
+        self.values.append(v)
+        self._decided = False
+        return Cell(len(self.values) - 1)
+
+    def relate(self, total: Cell, parts: Sequence[Cell]) -> None:
+        """Declare ``total = sum(parts)`` (checked against the values)."""
+        want = self.values[total.id]
+        got = sum(self.values[p.id] for p in parts)
+        if abs(want - got) > 1e-9:
+            raise ValueError(f"declared sum does not hold: {want:g} != {got:g}")
+        self.relations.append((total.id, tuple(p.id for p in parts)))
+        self._decided = False
+
+    def same(self, a: Cell, b: Cell) -> None:
+        """Declare that two cells publish the same count."""
+        self.relate(a, [b])
+
+    def hide(self, cell: Cell, reason: str = "cross-site") -> None:
+        """Hide *cell* for a reason found outside this report (e.g. another site's count)."""
+        self._forced[cell.id] = reason
+        self._decided = False
+
+    # -- deciding
+
+    def _hidden_ids(self) -> list[int]:
+        return sorted(self.status)
+
+    def interval(self, cell: Cell | int) -> tuple[float, float]:
+        """The values *cell* could take given every published count and sum (min, max)."""
+        from scipy.optimize import linprog
+
+        i = cell.id if isinstance(cell, Cell) else int(cell)
+        if i not in self.status:
+            return (self.values[i], self.values[i])
+        hidden = self._hidden_ids()
+        col = {h: k for k, h in enumerate(hidden)}
+        rows, rhs = [], []
+        for total, parts in self.relations:
+            coef = np.zeros(len(hidden))
+            const = 0.0
+            for j, sign in [(total, -1.0)] + [(p, 1.0) for p in parts]:
+                if j in col:
+                    coef[col[j]] += sign
+                else:
+                    const += sign * self.values[j]
+            if coef.any():
+                rows.append(coef)
+                rhs.append(-const)
+        if not rows or not any(r[col[i]] for r in rows):
+            return (1.0, self.min_cell - 1.0) if self.status[i] == "primary" else \
+                (float(self.min_cell), math.inf)
+        a_eq, b_eq = np.vstack(rows), np.array(rhs)
+        c = np.zeros(len(hidden))
+        c[col[i]] = 1.0
+        # what a reader knows of each hidden cell: "<k" is 1 to k - 1 (zeros are shown), and a
+        # cell hidden to protect another is a count of at least k
+        k = self.min_cell
+        bounds = [(1, k - 1) if self.status[h] == "primary" else (k, None) for h in hidden]
+        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        low = float(lo.fun) if lo.status == 0 else -math.inf
+        high = math.inf if hi.status == 3 else (float(-hi.fun) if hi.status == 0 else math.inf)
+        return (low, high)
+
+    def _is_pinned(self, i: int) -> bool:
+        lo, hi = self.interval(i)
+        return hi - lo < 0.5  # counts are whole numbers: one feasible value
+
+    def _complement(self, i: int) -> int | None:
+        """The smallest published non-zero count sharing a sum with cell *i* (searching sums
+        further away when every close one is hidden)."""
+        seen_rel: set[int] = set()
+        frontier = {i}
+        while frontier:
+            cands, nxt = set(), set()
+            for r, (total, parts) in enumerate(self.relations):
+                members = {total, *parts}
+                if r in seen_rel or not (members & frontier):
+                    continue
+                seen_rel.add(r)
+                for j in members:
+                    if j in self.status:
+                        nxt.add(j)
+                    elif self.values[j] > 0:
+                        cands.add(j)
+            if cands:
+                # the smallest count whose hiding frees cell i (else the smallest count)
+                order = sorted(cands, key=lambda j: (self._degree[j], self.rank.get(j, ("~",)),
+                                                     self.values[j], j))
+                for j in order:
+                    self.status[j] = "secondary"
+                    freed = not self._is_pinned(i)
+                    del self.status[j]
+                    if freed:
+                        return j
+                return order[0]
+            frontier = nxt - frontier
+        return None
+
+    def decide(self) -> None:
+        """Primary, cross-report and complementary suppression (see the module docstring)."""
+        self.status = {i: "primary" for i, v in enumerate(self.values)
+                       if 0 < v < self.min_cell}
+        self.unprotected: list[int] = []
+        for i, reason in self._forced.items():
+            self.status.setdefault(i, reason)
+        self._degree = {}
+        for total, parts in self.relations:
+            for j in (total, *parts):
+                self._degree[j] = self._degree.get(j, 0) + 1
+        related = set(self._degree)
+        # hiding more cells only widens every interval, so a cell found free stays free: each
+        # hidden cell is checked until it is free, and each new complement is checked once
+        queue = [i for i in sorted(self.status) if i in related]
+        while queue:
+            i = queue.pop(0)
+            if not self._is_pinned(i):
                 continue
-            for idx in groups:
-                sub_hidden = hidden.loc[idx, col]
-                if int(sub_hidden.sum()) != 1:
-                    continue
-                lone = sub_hidden[sub_hidden].index[0]
-                if float(out.at[lone, col]) == 0:  # total minus the rest reveals only a zero
-                    continue
-                shown = [i for i in idx if not hidden.at[i, col] and _is_count(out.at[i, col])]
-                if shown:
-                    smallest = min(shown, key=lambda i: float(out.at[i, col]))
-                    hidden.at[smallest, col] = True
-    for col in count_columns:
-        if col not in out.columns:
-            continue
-        if hidden[col].any() or not pd.api.types.is_integer_dtype(out[col]):
-            # counts stay whole numbers (a column with gaps would otherwise show 86.00)
-            out[col] = pd.Series(
-                [int(v) if _is_count(v) else (None if _missing(v) else v) for v in out[col]],
-                index=out.index, dtype=object)
-            out.loc[hidden[col], col] = label
-    for derived, sources in linked.items():
-        if derived not in out.columns:
-            continue
-        sources = [s for s in sources if s in hidden.columns]
-        if not sources:
-            continue
-        filled = out[derived].map(lambda v: not (_missing(v) or v == "")).astype(bool)
-        mask = hidden[sources].any(axis=1) & filled  # an empty cell has nothing to hide
-        if mask.any():
-            out[derived] = pd.Series(list(out[derived]), index=out.index, dtype=object)
-            out.loc[mask, derived] = label
-    return out
+            j = self._complement(i)
+            if j is None:  # every count around it is hidden already: nothing more to hide
+                self.unprotected.append(i)
+                continue
+            self.status[j] = "secondary"
+            queue = [i, j] + queue
+        self._decided = True
+
+    def hidden(self, cell: Cell) -> bool:
+        if not self._decided:
+            self.decide()
+        return cell.id in self.status
+
+    def label(self, cell: Cell) -> str | int:
+        """What the report shows for *cell*: the count, ``"<min_cell"`` or ``"suppressed"``."""
+        if not self._decided:
+            self.decide()
+        kind = self.status.get(cell.id)
+        if kind is None:
+            return int(self.values[cell.id])
+        return suppressed_label(self.min_cell) if kind == "primary" else SECONDARY_LABEL
+
+    def secondary(self, cell: Cell) -> bool:
+        """True when *cell* is hidden only to protect another count."""
+        return self.hidden(cell) and self.status[cell.id] != "primary"
+
+
+def safe_write(path: Path, text: str, root: Path) -> None:
+    """Write *text* to *path* inside *root*, refusing to follow a symbolic link.
+
+    Raises
+    ------
+    ValueError
+        When *path* or a folder between *root* and it is a symbolic link (a link already in the
+        output folder could point outside it and overwrite another file).
+    """
+    path = Path(path)
+    rel = path.relative_to(root)
+    probe = Path(root)
+    for part in rel.parts:
+        probe = probe / part
+        if probe.is_symlink():
+            raise ValueError(f"{probe} is a symbolic link; the report does not write through "
+                             f"links (remove it or choose another --out folder)")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+
+
+def suppressed_label(min_cell: int) -> str:
+    """The text shown instead of a small count ("<5" for ``min_cell=5``)."""
+    return f"<{min_cell}"
 
 
 def neutralise_csv_cell(value: object) -> object:

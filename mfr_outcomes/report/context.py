@@ -1,0 +1,246 @@
+"""The one context every section builder reads: the study in scope, the options, the ledger of
+published counts, and the record of failures and cautions."""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import string
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mfr_outcomes.measures import Measure, get_measure
+from mfr_outcomes.report.blocks import Figure, Section, Table, Text
+from mfr_outcomes.report.disclosure import Cell, Ledger, Redactor, suppressed_label
+from mfr_outcomes.report.fmt import sentence
+from mfr_outcomes.vocab import TREATMENT_TECHNIQUES
+from mfr_outcomes.warnings_ import MfrWarning
+
+__all__ = ["Options", "ReportContext", "pseudonyms"]
+
+log = logging.getLogger("mfr_outcomes.report")
+
+# "3 patients", "only 2 of ... patients", "1 reading(s)": counts of people or records in a
+# sentence from a library (cautions, errors)
+_SMALL_COUNT = re.compile(
+    r"\b(\d+)(\s+(?:of\s+\d+\s+)?(?:patient|session|visit|reading|subject|row|record)s?\b"
+    r"(?:\(s\))?)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the caller asked for (see :func:`~mfr_outcomes.report.build_report`)."""
+
+    measure: str
+    min_cell: int = 5
+    seed: int = 2026
+    site: str | None = None
+    period: tuple[pd.Timestamp, pd.Timestamp, str] | None = None
+    scope_text: str = "all sites, all periods"
+    targets: dict[str, float] = field(default_factory=dict)
+    rebase: tuple[str, ...] = ()
+    baseline: tuple[str, str] | None = None
+    name_therapists: bool = False
+
+
+def pseudonyms(ids: list[str]) -> dict[str, str]:
+    """Stable pseudonyms in the sorted order of *ids*: "A", "B", ..., "Z", "AA", ...
+
+    >>> pseudonyms(["T9", "T1", "T5"])
+    {'T1': 'A', 'T5': 'B', 'T9': 'C'}
+    """
+    letters = string.ascii_uppercase
+    out = {}
+    for k, key in enumerate(sorted(set(ids))):
+        name, n = "", k
+        while True:
+            name = letters[n % 26] + name
+            n = n // 26 - 1
+            if n < 0:
+                break
+        out[key] = name
+    return out
+
+
+class ReportContext:
+    """Shared by the section builders of one report.
+
+    Parameters
+    ----------
+    study : Study
+        The scope's record: the site's patients and sessions up to the end of the report
+        period (what trend charts need). The period itself is :attr:`scoped`, derived from it.
+    options : Options
+    redactor : Redactor
+        Identifiers of the whole source (patients, sessions, and those named in findings).
+    other_sites : callable, optional
+        Returns (period study, history study) of every other site (the cross-report rule).
+    """
+
+    def __init__(self, study: Any, options: Options, redactor: Redactor, *,
+                 other_sites: Callable[[], list[Any]] | None = None) -> None:
+        self.study = study
+        self.options = options
+        self.redactor = redactor
+        self.other_sites = other_sites or (lambda: [])
+        self.ledger = Ledger(options.min_cell)
+        self.failures: list[str] = []
+        self.cautions: list[str] = []
+        self.fits: dict[str, Any] = {}
+        self.models: list[dict[str, Any]] = []
+        self.charts: list[dict[str, Any]] = []
+        self.tables: dict[str, Table] = {}
+        self._frames: dict[str, pd.DataFrame] = {}
+        self._seen: set[str] = set()
+
+    # -- scope
+
+    @property
+    def measure(self) -> str:
+        return self.options.measure
+
+    @property
+    def m(self) -> Measure:
+        return get_measure(self.options.measure)
+
+    @property
+    def min_cell(self) -> int:
+        return self.options.min_cell
+
+    @cached_property
+    def scoped(self) -> Any:
+        """The study restricted to the report period (sessions dated inside it)."""
+        from mfr_outcomes.report.scope import restrict_period
+
+        return restrict_period(self.study, self.options.period)
+
+    def frame(self, measure: str | None = None) -> pd.DataFrame:
+        """``scoped.frame(measure)``, built once per measure (callers must not modify it)."""
+        code = measure or self.measure
+        if code not in self._frames:
+            self._frames[code] = self.scoped.frame(code)
+        return self._frames[code]
+
+    @cached_property
+    def treatment_sessions(self) -> pd.DataFrame:
+        s = self.scoped.sessions
+        return s[s["technique"].astype(str).isin(TREATMENT_TECHNIQUES)]
+
+    @cached_property
+    def therapist_names(self) -> dict[str, str]:
+        """Therapist id -> name shown: a stable pseudonym ("Therapist C", in the sorted order
+        of the site's therapists) unless ``name_therapists``."""
+        ids = [str(t) for t in self.study.sessions["therapist_id"].dropna().unique()]
+        if self.options.name_therapists:
+            return {t: t for t in ids}
+        return {t: f"Therapist {p}" for t, p in pseudonyms(ids).items()}
+
+    # -- counts
+
+    def count(self, value: int | float) -> Cell:
+        """A count said in a sentence, as a ledger cell."""
+        return self.ledger.add(int(value))
+
+    def add_table(self, sec: Section, table: Table) -> Table:
+        """Put *table* in *sec* and register its count cells in the ledger."""
+        if table.name in self.tables:
+            raise ValueError(f"two report tables are named {table.name!r}")
+        self.tables[table.name] = table
+        frame = table.frame.reset_index(drop=True)
+        table.frame = frame
+        for col in table.counts:
+            if col not in frame.columns:
+                continue
+            for r, v in enumerate(frame[col].tolist()):
+                if v is None or v is pd.NA or (isinstance(v, float) and not np.isfinite(v)):
+                    continue
+                table.cells[(r, col)] = self.ledger.add(int(v))
+        return sec.table(table)
+
+    def safe(self, text: str) -> str:
+        """*text* (a caution or an error from a library) without identifiers or small counts."""
+        text = self.redactor.text(text)
+        return _SMALL_COUNT.sub(
+            lambda mt: (suppressed_label(self.min_cell) + mt.group(2))
+            if 0 < int(mt.group(1)) < self.min_cell else mt.group(0), text)
+
+    # -- running parts
+
+    def attempt(self, section: Section, what: str, fn: Callable[..., Any], *args: Any,
+                **kwargs: Any) -> Any:
+        """Run one part; on failure show a sentence, record it and log a warning."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as exc:  # a part must never take the whole report down
+                self.fail(section, f"{what} could not be produced: {self.safe(sentence(exc))}")
+                value = None
+        for w in caught:
+            if issubclass(w.category, MfrWarning) or "Convergence" in w.category.__name__:
+                self.caution(f"{what}: {w.message}")
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return value
+
+    def fail(self, section: Section, text: str) -> None:
+        section.problem(text)
+        self.failures.append(f"{section.title} — {text}")
+        log.warning("QI report: %s", text)
+
+    def caution(self, text: str) -> None:
+        raw = " ".join(str(text).split())
+        if raw not in self._seen:  # nested attempts see the same warning again
+            self._seen.add(raw)
+            self.cautions.append(self.safe(raw))
+
+    def fit_label(self, name: str, fit: Any) -> None:
+        self.fits[name] = fit
+        diag = getattr(fit, "diagnostics", None) or {}
+        for text in diag.get("warnings", []) if isinstance(diag, dict) else []:
+            self.caution(f"{name}: {text}")
+
+    def figure(self, sec: Section, name: str, draw: Callable[[], Any], caption: str,
+               alt: str) -> bool:
+        """Add the figure drawn by *draw* (a call of a :mod:`mfr_outcomes.plots` function).
+
+        A plotting error is a reported failure naming the figure; there is no second
+        renderer. Returns True when the figure was added.
+        """
+        import matplotlib.pyplot as plt
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # tight layouts of long labels
+                drawn = draw()
+                fig = _figure_of(drawn)
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+        except Exception as exc:
+            self.fail(sec, f"The figure '{name}' could not be drawn: {self.safe(sentence(exc))}")
+            plt.close("all")
+            return False
+        plt.close(fig)
+        uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        sec.figure(Figure(caption, alt, uri))
+        return True
+
+    def text(self, *parts: Any) -> Text:
+        return Text.of(*parts)
+
+
+def _figure_of(drawn: Any) -> Any:
+    if hasattr(drawn, "savefig"):
+        return drawn
+    if hasattr(drawn, "figure") and hasattr(drawn.figure, "savefig"):
+        return drawn.figure  # an Axes or a FacetGrid
+    arr = np.asarray(drawn, dtype=object).ravel()
+    if len(arr) and hasattr(arr[0], "figure"):
+        return arr[0].figure
+    raise TypeError(f"a plotting function returned {type(drawn).__name__}, not a figure")

@@ -1,0 +1,203 @@
+"""Therapists and sites compared without league tables: funnel plots of the responder
+proportion and of the mean within-session change against the network (95 % and 99.8 % limits,
+Spiegelhalter 2005), and a caterpillar of their random effects from one mixed model.
+
+Therapists appear as stable pseudonyms unless the report is built with ``name_therapists``.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+
+from mfr_outcomes.report.blocks import Section, Table
+from mfr_outcomes.report.context import ReportContext
+from mfr_outcomes.rules import affected_side_rows
+
+__all__ = ["build", "main_therapist", "COMPARISON_FORMULA"]
+
+#: The model whose random effects are drawn, when the pre/post model has no therapist term.
+COMPARISON_FORMULA = "value ~ post + (1 | patient_id) + (0 + post | therapist_id)"
+
+
+def main_therapist(sessions: pd.DataFrame) -> pd.Series:
+    """The therapist each patient saw most often (ties: the first in sorted order)."""
+    counts = (sessions.assign(t=sessions["therapist_id"].astype(str))
+              .groupby(["patient_id", "t"]).size().rename("n").reset_index())
+    counts = counts.sort_values(["patient_id", "n", "t"], ascending=[True, False, True])
+    return counts.groupby("patient_id").head(1).set_index("patient_id")["t"]
+
+
+def build(ctx: ReportContext, sec: Section) -> None:
+    sec.para(
+        "Each therapist (and site) is a point at its number of patients, against the network "
+        "value; the funnel's limits narrow as the number grows (Spiegelhalter, Stat Med "
+        "2005;24:1185-1202). A point inside the 95 % limits is indistinguishable from the "
+        "network; outside the 99.8 % limits it is unlikely to differ by chance alone. These are "
+        "not rankings: patients were not allocated to therapists at random, so a difference "
+        "may reflect case mix.")
+    units = [("therapist", "therapist_id")]
+    if ctx.scoped.patients["site_id"].nunique() >= 2:
+        units.append(("site", "site_id"))
+    for noun, col in units:
+        ctx.attempt(sec, f"The funnel of responders by {noun}", _responder_funnel, ctx, sec,
+                    noun, col)
+        ctx.attempt(sec, f"The funnel of within-session change by {noun}", _change_funnel, ctx,
+                    sec, noun, col)
+    sec.heading("Random effects of therapists and sites")
+    ctx.attempt(sec, "The caterpillar of random effects", _caterpillar, ctx, sec)
+
+
+def _names(ctx: ReportContext, col: str) -> dict[str, str]:
+    if col == "therapist_id":
+        return ctx.therapist_names
+    return {s: s for s in ctx.scoped.patients["site_id"].astype(str).unique()}
+
+
+def _unit_of(ctx: ReportContext, col: str) -> pd.Series:
+    if col == "therapist_id":
+        return main_therapist(ctx.scoped.sessions)
+    return ctx.scoped.patients.set_index("patient_id")["site_id"].astype(str)
+
+
+def _responder_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> None:
+    from mfr_outcomes import effects, funnel
+    from mfr_outcomes.warnings_ import DataWarning
+
+    m = ctx.m
+    if m.binary or (m.threshold_points is None and m.mcid_percent is None):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        resp = effects.responders(ctx.scoped, ctx.measure)
+    resp = resp[resp["responder"].notna()]
+    unit = resp["patient_id"].map(_unit_of(ctx, col)).map(_names(ctx, col))
+    g = resp.assign(unit=unit).groupby("unit")
+    events = g["responder"].apply(lambda s: int(s.astype(bool).sum()))
+    if len(events) < 2:
+        sec.para(f"Only one {noun} has classed patients: there is nothing to compare.")
+        return
+    fr = funnel.funnel_proportions(events.to_numpy(), g.size().to_numpy(), events.index)
+    frame = fr.rename(columns={"n": "patients", "events": "responders"})
+    for c in ("value", "target", "lo95", "hi95", "lo998", "hi998"):
+        frame[c] = 100.0 * frame[c]
+    frame = frame.rename(columns={"value": "percent", "target": "network_percent"})
+    sec.heading(f"Responders by {noun}")
+    table = ctx.add_table(sec, Table(
+        f"funnel_responders_{noun}", f"Responders by {noun} (main {noun} of each patient), "
+        f"with the funnel limits in %.", frame,
+        counts=("patients", "responders"), linked={"percent": ("patients", "responders")},
+        ratios=("percent",), decimals={c: 0 for c in ("percent", "network_percent", "lo95",
+                                                      "hi95", "lo998", "hi998")}))
+    if "responders" in ctx.tables:
+        resp_t = ctx.tables["responders"]
+        for c in ("patients", "responders"):
+            try:
+                ctx.ledger.relate(resp_t.cell(c, 0), table.column_cells(c))
+            except ValueError:  # a different denominator: no shared margin
+                pass
+    sec.later(lambda: _funnel_figure(ctx, sec, table, fr, f"responders by {noun}",
+                                     "responder proportion"))
+
+
+def _change_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> None:
+    from mfr_outcomes import funnel
+
+    m = ctx.m
+    f = ctx.frame()
+    f = f[affected_side_rows(f)]
+    wide = f.pivot_table(index=["patient_id", "session_id", col], columns="post",
+                         values="value", observed=True)
+    if 1 not in wide.columns or 0 not in wide.columns:
+        return
+    change = (wide[1] - wide[0]).dropna().rename("change").reset_index()
+    per = change.groupby(["patient_id", col], observed=True)["change"].mean().reset_index()
+    per["unit"] = per[col].astype(str).map(_names(ctx, col))
+    if per["unit"].nunique() < 2:
+        return
+    fr = funnel.funnel_means(per["change"], per["unit"])
+    frame = fr.rename(columns={"n": "patients", "value": "mean_change",
+                               "target": "network_mean"}).drop(columns="sd")
+    sec.heading(f"Within-session change by {noun}")
+    table = ctx.add_table(sec, Table(
+        f"funnel_change_{noun}", f"Mean within-session change of {m.label} (post − pre, "
+        f"{m.unit}) by {noun}: each patient's mean change counts once per {noun}.", frame,
+        counts=("patients",), linked={"mean_change": ("patients",)}))
+    sec.later(lambda: _funnel_figure(ctx, sec, table, fr, f"within-session change by {noun}",
+                                     f"mean change ({m.unit})"))
+
+
+def _funnel_figure(ctx: ReportContext, sec: Section, table: Table, fr: pd.DataFrame,
+                   name: str, ylabel: str) -> list:
+    from mfr_outcomes import plots
+
+    # a point at (patients, proportion) shows its responders too: every count of the row must
+    # be shown for the unit to be drawn
+    keep = [r for r in range(len(table.frame))
+            if not any(ctx.ledger.hidden(c) for (row, _), c in table.cells.items() if row == r)]
+    before = len(sec.blocks)
+    shown = fr.iloc[keep]
+    shown.attrs.update(fr.attrs)
+    if len(shown):
+        ctx.figure(sec, f"funnel of {name}",
+                   lambda: plots.funnel(shown, ylabel=ylabel, title=f"Funnel: {name}"),
+                   f"Funnel plot of {name} against the network, with 95 % (dashed) and 99.8 % "
+                   f"(dotted) limits; units with a hidden count are left out.",
+                   f"Funnel plot of {name}.")
+    made = sec.blocks[before:]
+    del sec.blocks[before:]
+    return made
+
+
+def _random_effects(ctx: ReportContext) -> tuple[pd.DataFrame, str]:
+    fit = ctx.fits.get("Pre/post (within session)")
+    if fit is not None:
+        re = fit.random_effects()
+        if "therapist_id" in set(re["group"]):
+            return re, fit.formula
+    from mfr_outcomes.models.fit import fit_mixed
+
+    f = ctx.frame()
+    f = f[affected_side_rows(f) & (f["technique"].astype(str) != "none")]
+    formula = COMPARISON_FORMULA
+    if f["site_id"].nunique() >= 2:
+        formula += " + (0 + post | site_id)"
+    fit = fit_mixed(f, formula)
+    ctx.fit_label("Therapists and sites (random effects)", fit)
+    return fit.random_effects(), formula
+
+
+def _caterpillar(ctx: ReportContext, sec: Section) -> None:
+    from mfr_outcomes import plots
+
+    re, formula = _random_effects(ctx)
+    f = ctx.frame()
+    sec.para(f"From the mixed model {formula}: each therapist's (and site's) deviation from "
+             f"the network's within-session change, shrunken towards zero when it rests on few "
+             f"readings, with a 95 % interval. Units with fewer than {ctx.min_cell} patients "
+             f"are left out.")
+    for group, noun in (("therapist_id", "therapist"), ("site_id", "site")):
+        sub = re[re["group"] == group]
+        if sub.empty:
+            continue
+        term = "post" if "post" in set(sub["term"]) else sub["term"].iloc[0]
+        sub = sub[sub["term"] == term]
+        n = f.groupby(group, observed=True)["patient_id"].nunique()
+        sub = sub[[n.get(lv, 0) >= ctx.min_cell for lv in sub["level"].astype(str)]]
+        if sub.empty:
+            continue
+        names = _names(ctx, group)
+        data = sub.assign(name=sub["level"].astype(str).map(names))[["name", "estimate",
+                                                                      "cond_sd"]]
+        if (data["cond_sd"] == 0).all():
+            sec.para(f"The model estimates no variation between {noun}s (a variance of zero), "
+                     f"so every {noun} is at the network value.")
+            continue
+        ctx.figure(sec, f"caterpillar of {noun}s",
+                   lambda d=data, w=noun: plots.named_caterpillar(
+                       d, xlabel=f"{w} effect on the within-session change",
+                       title=f"Random effects: {w}s"),
+                   f"Random effects of {noun}s on the within-session change, with 95 % "
+                   f"intervals.", f"Caterpillar plot of {noun} random effects.")
+
+

@@ -1,0 +1,307 @@
+"""Disclosure control that survives arithmetic (issue 12, items 4-6).
+
+The report is attacked as a reader with a spreadsheet would: every sum that ties published
+counts together (a table's total, "all patients", read = used + excluded, readings = pre +
+post, a count repeated in a sentence) is written from the published CSV files alone, and for
+each hidden cell the feasible values are found by linear programming (scipy's linprog). A
+hidden cell must keep more than one feasible value. Across reports, the all-sites report minus
+the other sites' reports must not recover a site's hidden count.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import linprog
+
+from mfr_outcomes.report import Ledger, build_report
+
+K = 5
+
+
+# ---------------------------------------------------------------------------- the ledger
+
+
+def test_ledger_primary_secondary_and_zero():
+    led = Ledger(5)
+    total, a, b, zero = led.add(12), led.add(9), led.add(3), led.add(0)
+    led.relate(total, [a, b, zero])
+    led.decide()
+    assert led.label(b) == "<5"            # small
+    assert led.label(a) == "suppressed"    # would give b = 12 - 9 - 0
+    assert led.label(zero) == 0 and led.label(total) == 12
+    assert led.interval(b)[1] - led.interval(b)[0] >= 1
+
+
+def test_ledger_sentence_repeating_a_hidden_count_is_hidden_with_it():
+    led = Ledger(5)
+    total, soreness, flare = led.add(30), led.add(27), led.add(3)
+    led.relate(total, [soreness, flare])
+    said = led.add(3)                       # "Symptom flares: 3" in a sentence
+    led.same(said, flare)
+    led.decide()
+    assert led.label(said) == "<5" and led.label(soreness) == "suppressed"
+
+
+def test_ledger_refuses_a_false_sum():
+    led = Ledger(5)
+    with pytest.raises(ValueError, match="declared sum does not hold"):
+        led.relate(led.add(10), [led.add(4), led.add(5)])
+
+
+# ---------------------------------------------------------------------------- the attacker
+
+
+def _read(folder: Path, name: str) -> list[dict[str, str]]:
+    path = folder / "tables" / f"{name}.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+class _Attack:
+    """Published counts as constants, hidden ones as unknowns with what their label says."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.bounds: list[tuple[float, float | None]] = []
+        self.rows: list[tuple[dict[int, float], float]] = []
+
+    def term(self, cell: str, name: str) -> tuple[int | None, float]:
+        cell = cell.strip()
+        if cell in (f"<{K}", "suppressed"):
+            self.names.append(name)
+            self.bounds.append((1, K - 1) if cell.startswith("<") else (K, None))
+            return len(self.names) - 1, 0.0
+        return None, float(cell)
+
+    def equal(self, total: tuple, parts: list[tuple]) -> None:
+        coef: dict[int, float] = {}
+        const = 0.0
+        for (var, val), sign in [(total, -1.0)] + [(p, 1.0) for p in parts]:
+            if var is None:
+                const += sign * val
+            else:
+                coef[var] = coef.get(var, 0.0) + sign
+        if coef:
+            self.rows.append((coef, -const))
+
+    def widths(self) -> dict[str, float]:
+        n = len(self.names)
+        a = np.zeros((len(self.rows), n))
+        b = np.zeros(len(self.rows))
+        for r, (coef, rhs) in enumerate(self.rows):
+            for j, v in coef.items():
+                a[r, j] = v
+            b[r] = rhs
+        out = {}
+        for i in range(n):
+            c = np.zeros(n)
+            c[i] = 1
+            if not a[:, i].any():
+                continue
+            lo = linprog(c, A_eq=a, b_eq=b, bounds=self.bounds, method="highs")
+            hi = linprog(-c, A_eq=a, b_eq=b, bounds=self.bounds, method="highs")
+            assert lo.status == 0, "the published counts are inconsistent"
+            top = np.inf if hi.status == 3 else -hi.fun
+            out[self.names[i]] = top - lo.fun
+        return out
+
+
+def _attack(folder: Path) -> dict[str, float]:
+    """Every margin a reader can write from the published tables and sentences."""
+    att = _Attack()
+    t = att.term
+    for r in _read(folder, "data_quality_row_accounting"):
+        att.equal(t(r["read"], f"read {r['table']}"),
+                  [t(r["used"], f"used {r['table']}"), t(r["excluded"], f"excl {r['table']}")])
+    flow = {r["stage"]: r for r in _read(folder, "cohort_flow")}
+    if "Patient rows in the source" in flow:
+        att.equal(t(flow["Patient rows in the source"]["patients"], "flow read"),
+                  [t(flow["Excluded at validation"]["patients"], "flow excl"),
+                   t(flow["Valid patients in the source"]["patients"], "flow valid")])
+    scope = flow["With a visit in scope"]["patients"]
+    tx = flow["With at least one treatment session"]["sessions"]
+    base = _read(folder, "cohort_baseline")
+    for char in dict.fromkeys(r["characteristic"] for r in base[1:]):
+        rows = [r for r in base if r["characteristic"] == char and r["n"] != ""]
+        if rows:
+            att.equal(t(scope, "patients in scope"),
+                      [t(r["n"], f"{char} {r['category']}") for r in rows])
+    att.equal(t(base[0]["n"], "baseline patients"), [t(scope, "patients in scope")])
+    for name, col in (("intervention_techniques", "sessions"), ("intervention_regions",
+                                                                 "sessions"),
+                      ("intervention_therapists", "sessions"), ("safety_types", "sessions")):
+        rows = _read(folder, name)
+        if rows:
+            att.equal(t(tx, "tx sessions"), [t(r[col], f"{name} {i}") for i, r in
+                                             enumerate(rows)])
+    for r in _read(folder, "outcomes_readings"):
+        att.equal(t(r["readings"], f"readings {r['measure']}"),
+                  [t(r["pre_n"], f"pre {r['measure']}"), t(r["post_n"], f"post {r['measure']}")])
+    resp = _read(folder, "outcomes_responders")
+    for col in ("patients", "responders") if resp else ():
+        att.equal(t(resp[0][col], f"all {col}"), [t(r[col], f"{r['group']} {col}")
+                                                  for r in resp[1:]])
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    types = _read(folder, "safety_types")
+    m = re.search(r"treatment sessions: (\S+) of (\S+) sessions with a record", html)
+    if m and types:
+        events = [r for r in types if r["event"] not in ("none", "not recorded")]
+        recorded = [r for r in types if r["event"] != "not recorded"]
+        k_said = t(m.group(1).replace("&lt;", "<"), "events said")
+        att.equal(k_said, [t(r["sessions"], f"type {r['event']}") for r in events])
+        r_said = t(m.group(2).replace("&lt;", "<"), "recorded said")
+        att.equal(r_said, [t(r["sessions"], f"type {r['event']}") for r in recorded])
+        by_tech = _read(folder, "safety_by_technique")
+        att.equal(r_said, [t(r["sessions"], f"tech {r['technique']}") for r in by_tech])
+        att.equal(k_said, [t(r["with_event"], f"tech event {r['technique']}") for r in by_tech])
+    flare = re.search(r"Symptom flares: (\S+?)\.", html)
+    if flare and types:
+        row = next(r for r in types if r["event"] == "symptom flare")
+        att.equal(t(flare.group(1).replace("&lt;", "<"), "flares said"),
+                  [t(row["sessions"], "type symptom flare")])
+    return att.widths()
+
+
+def _study_with_small_cells():
+    """A clinic whose site-2 has a handful of flares, a rare technique and a tiny group."""
+    from mfr_outcomes.study import from_frames
+    from mfr_outcomes.synthetic import generate_frames
+
+    frames, _ = generate_frames(60, 21, measures=["pain_nrs"])
+    s = frames["sessions"].copy()
+    tx = s["technique"] != "none"
+    s.loc[tx, "adverse_event"] = "none"
+    idx = s.index[tx]
+    s.loc[idx[:3], "adverse_event"] = "symptom_flare"
+    s.loc[idx[3:30], "adverse_event"] = "soreness"
+    s.loc[idx[30:32], "adverse_event"] = "bruising"
+    return from_frames(frames["patients"], s, frames["measurements"])
+
+
+def _counts_only(mp: pytest.MonkeyPatch) -> None:
+    """Skip the models and charts (they publish no count the attack uses): quicker reports."""
+    import mfr_outcomes.report.sections as sections
+    from mfr_outcomes.report.sections import course, outcomes
+
+    for name in ("_prepost", "_followup"):
+        mp.setattr(outcomes, name, lambda ctx, sec: None)
+    mp.setattr(course, "build", lambda ctx, sec: None)
+    for key in ("trends", "comparisons"):
+        mp.setitem(sections.SECTIONS, key, (sections.SECTIONS[key][0], lambda ctx, sec: None))
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    study = _study_with_small_cells()
+    out = tmp_path_factory.mktemp("attack")
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        _counts_only(mp)
+        warnings.simplefilter("ignore")
+        result = build_report(study, out / "all", min_cell=K, seed=1)
+        for s in sorted(study.patients["site_id"].unique()):
+            build_report(study, out / s, site=s, min_cell=K, seed=1)
+    return study, result, out
+
+
+def test_no_hidden_count_is_recovered_by_subtraction(attacked):
+    _, result, out = attacked
+    widths = _attack(out / "all")
+    assert widths, "the report should hide some counts"
+    pinned = {name: w for name, w in widths.items() if w < 0.5}
+    assert not pinned, pinned
+    # the flares are small, and the sentence that names them does not undo the table
+    html = (out / "all" / "report.html").read_text(encoding="utf-8")
+    assert "Symptom flares: &lt;5." in html
+
+
+def test_each_suppressed_cell_is_outside_the_span_of_published_sums(attacked):
+    """The ledger's own check agrees: every hidden cell keeps an interval wider than zero."""
+    _, result, _ = attacked
+    led = result.ledger
+    hidden = [i for i in led.status]
+    assert any(led.status[i] == "secondary" for i in hidden)
+    for i in hidden:
+        lo, hi = led.interval(i)
+        assert hi - lo >= 1, (i, led.values[i], lo, hi)
+
+
+def test_site_counts_cannot_be_recovered_from_the_all_sites_report(attacked):
+    """all-sites count − the other sites' counts = this site's count: never for a hidden one."""
+    study, result, out = attacked
+    sites = sorted(study.patients["site_id"].unique())
+    recovered = []
+    for table, key, cols in (("safety_types", "event", ["sessions"]),
+                             ("intervention_techniques", "technique", ["sessions", "patients"]),
+                             ("cohort_baseline", None, ["n"])):
+        def rows(folder: Path, table: str = table, key: str | None = key) -> dict:
+            rs = _read(folder, table)
+            return {(r["characteristic"], r["category"]) if key is None else r[key]: r
+                    for r in rs}
+        everyone = rows(out / "all")
+        per_site = {s: rows(out / s) for s in sites}
+        for k, row in everyone.items():
+            for col in cols:
+                if row.get(col) in (None, "", f"<{K}", "suppressed"):
+                    continue
+                for s in sites:
+                    mine = per_site[s].get(k, {}).get(col)
+                    if mine not in (f"<{K}", "suppressed"):
+                        continue
+                    others = [per_site[o].get(k, {}).get(col, "0") for o in sites if o != s]
+                    if all(v not in (f"<{K}", "suppressed", "") for v in others):
+                        recovered.append((table, k, col, s))
+    assert not recovered, recovered
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def test_out_refuses_to_write_through_a_symlink(tmp_path, small_study, monkeypatch):
+    _counts_only(monkeypatch)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me", encoding="utf-8")
+    out = tmp_path / "report"
+    (out / "tables").mkdir(parents=True)
+    os.symlink(outside, out / "report.html")
+    with pytest.raises(ValueError, match="report.html is a symbolic link; the report does not "
+                                         "write through links"):
+        build_report(small_study, out, min_cell=3)
+    assert outside.read_text(encoding="utf-8") == "keep me"
+    (out / "report.html").unlink()
+    os.symlink(outside, out / "tables" / "cohort_flow.csv")
+    with pytest.raises(ValueError, match="cohort_flow.csv is a symbolic link"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_report(small_study, out, min_cell=3)
+    assert outside.read_text(encoding="utf-8") == "keep me"
+
+
+def test_cli_out_symlink_is_a_sentence(tmp_path, synthetic_dir, capsys):
+    from mfr_outcomes.cli import main
+
+    out = tmp_path / "r"
+    out.mkdir()
+    os.symlink(tmp_path, out / "tables")
+    code = main(["report", str(synthetic_dir), "--out", str(out), "--period", "2026-07",
+                 "--site", "site-1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "is a symbolic link" in err and "Traceback" not in err
+
+
+def test_p_values_keep_full_precision_in_csv(tmp_path):
+    from mfr_outcomes.report.publish import write_csv
+
+    write_csv(pd.DataFrame({"term": ["weeks"], "p_value": [1.5e-8]}), tmp_path / "t.csv",
+              tmp_path)
+    text = (tmp_path / "t.csv").read_text(encoding="utf-8")
+    assert float(text.splitlines()[1].split(",")[1]) == 1.5e-8
