@@ -44,15 +44,11 @@ BATCH_SIZE = 256
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (Monte Carlo error of a power estimate)."""
-    if n <= 0:
-        return (np.nan, np.nan)
-    z = float(special.ndtri(0.5 + level / 2))
-    phat = successes / n
-    den = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / den
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    """Wilson score interval of a binomial proportion (Monte Carlo error of a power estimate):
+    the one implementation in :func:`mfr_outcomes.rules.wilson_interval`."""
+    from mfr_outcomes.rules import wilson_interval as wilson
+
+    return wilson(successes, n, level)
 
 
 def satterthwaite_df_1d(devfun: Callable[[np.ndarray], float],
