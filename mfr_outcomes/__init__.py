@@ -25,6 +25,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "fit_prepost": ("mfr_outcomes.models.domain", "fit_prepost"),
     "fit_course": ("mfr_outcomes.models.domain", "fit_course"),
     "fit_followup": ("mfr_outcomes.models.domain", "fit_followup"),
+    "fit_from_summaries": ("mfr_outcomes.scale.summaries", "fit_from_summaries"),
     "responders": ("mfr_outcomes.effects", "responders"),
     "register_measure": ("mfr_outcomes.measures", "register_measure"),
     "get_measure": ("mfr_outcomes.measures", "get_measure"),
