@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 __all__ = ["Family", "get_family", "FAMILIES", "LINKS", "latent_variance"]
 
 _EPS = np.finfo(float).eps
 _THRESH = 30.0  # R's logit thresholds (family.c)
-_PROBIT_THRESH = -stats.norm.ppf(_EPS)
+_PROBIT_THRESH = -special.ndtri(_EPS)
 
 #: family -> (default link, allowed links)
 LINKS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -57,7 +57,7 @@ class Family:
         if self.link == "logit":
             return special.logit(mu)
         if self.link == "probit":
-            return stats.norm.ppf(mu)
+            return special.ndtri(mu)
         if self.link == "cloglog":
             return np.log(-np.log1p(-mu))
         return np.log(mu)
@@ -67,7 +67,7 @@ class Family:
         if self.link == "logit":  # R clamps to [eps, 1 - eps] beyond |η| = 30
             return np.clip(special.expit(eta), _EPS, 1.0 - _EPS)
         if self.link == "probit":
-            return stats.norm.cdf(np.clip(eta, -_PROBIT_THRESH, _PROBIT_THRESH))
+            return special.ndtr(np.clip(eta, -_PROBIT_THRESH, _PROBIT_THRESH))
         if self.link == "cloglog":
             return np.clip(-np.expm1(-np.exp(np.minimum(eta, 700.0))), _EPS, 1.0 - _EPS)
         return np.maximum(np.exp(np.minimum(eta, 700.0)), _EPS)
@@ -79,7 +79,7 @@ class Family:
             out = e / (1.0 + e) ** 2
             return np.where(np.abs(eta) > _THRESH, _EPS, out)
         if self.link == "probit":
-            return np.maximum(stats.norm.pdf(eta), _EPS)
+            return np.maximum(np.exp(-0.5 * eta * eta) / np.sqrt(2 * np.pi), _EPS)
         if self.link == "cloglog":
             e = np.minimum(eta, 700.0)
             return np.maximum(np.exp(e - np.exp(e)), _EPS)

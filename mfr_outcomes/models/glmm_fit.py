@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from mfr_outcomes.models.families import Family, latent_variance
 from mfr_outcomes.models.formula import fixed_matrix, prepare_newdata
@@ -172,7 +172,7 @@ class GeneralizedMixedFit:
         pearson = float(np.sum(self.weights * (self.spec.y - mu) ** 2 / self.family.variance(mu)))
         rdf = self.nobs - self.npar
         ratio = pearson / rdf if rdf > 0 else np.nan
-        p = float(stats.chi2.sf(pearson, rdf)) if rdf > 0 else np.nan
+        p = float(special.chdtrc(rdf, pearson)) if rdf > 0 else np.nan
         self.diagnostics["overdispersion"] = {"pearson_chisq": pearson, "df": rdf,
                                               "ratio": ratio, "p_value": p}
         if np.isfinite(ratio) and ratio > OVERDISPERSION_RATIO:
@@ -243,11 +243,11 @@ class GeneralizedMixedFit:
         se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", L, self.result.vcov_beta, L), 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = est / se
-        crit = stats.norm.ppf(0.5 + level / 2.0)
+        crit = special.ndtri(0.5 + level / 2.0)
         names = list(names) if names is not None else [f"c{i + 1}" for i in range(len(est))]
         return pd.DataFrame({"term": names, "estimate": est, "std_error": se,
                              "df": np.full(len(est), np.inf), "statistic": z,
-                             "p_value": 2.0 * stats.norm.sf(np.abs(z)),
+                             "p_value": 2.0 * special.ndtr(-np.abs(z)),
                              "ci_low": est - crit * se, "ci_high": est + crit * se})
 
     @property
