@@ -12,7 +12,7 @@ import io as _io
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "apply_column_map",
     "SourceError",
     "ColumnMapError",
+    "MAX_MAP_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class ColumnMapError(ValueError):
 # ----------------------------------------------------------------------------- public verbs
 
 def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
-               = None, strict: bool = False, **read_options: Any) -> Study:
+               = None, strict: bool = False, *, profile: Any = None,
+               **read_options: Any) -> Study:
     """Read, validate and type a study from any supported source.
 
     Parameters
@@ -67,6 +69,11 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
         A path to a JSON (or, when PyYAML is installed, YAML) file holding such a mapping.
     strict : bool
         Raise :class:`~mfr_outcomes.study.DataValidationError` when anything is found.
+    profile : path or Profile, optional
+        A clinic profile (TOML; see :mod:`mfr_outcomes.profile`): vocabulary labels, measures,
+        column and label maps, typed covariates and date parsing for this load. Its column map
+        is applied before *column_map*; its measures are registered (see
+        :meth:`~mfr_outcomes.profile.Profile.register_measures`).
     **read_options
         ``encoding`` (CSV; default: UTF-8 with or without BOM, falling back to Latin-1),
         ``sep`` (CSV; default: sniffed), ``decimal`` (CSV; default "," when the separator is ";",
@@ -82,30 +89,41 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     ------
     SourceError
         When the source cannot be read at all.
+    ProfileError
+        When the profile cannot be used (the sentence names the key and value).
     DataValidationError
         With ``strict=True``, when validation found anything.
 
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> study = mfr.load_study("data/synthetic")
+    >>> study = mfr.load_study(mfr.datasets.synthetic_path())
     >>> study.report.summary()[["table", "read", "used", "excluded"]]
               table   read   used  excluded
     0      patients    120    120         0
     1      sessions    ...    ...         0
     2  measurements  ...  ...         0
     """
-    dayfirst = bool(read_options.pop("dayfirst", False))
+    from mfr_outcomes.profile import load_profile
+
+    prof = load_profile(profile) if profile is not None else None
+    dayfirst = bool(read_options.pop("dayfirst", False)) or bool(prof and prof.dayfirst)
     decimal_default = read_options.get("decimal") or "."
     inputs, label = read_tables(source, **read_options)
+    extra = prof.covariate_names() if prof is not None else ()
+    if prof is not None and (prof.columns or prof.labels):
+        inputs = apply_column_map(inputs, prof.column_map(), columns=extra)
     if column_map is not None:
-        inputs = apply_column_map(inputs, column_map)
-    return _study_from_inputs(inputs, source=label, strict=strict, dayfirst=dayfirst,
-                              decimal=decimal_default)
+        inputs = apply_column_map(inputs, column_map, columns=extra)
+    study = _study_from_inputs(inputs, source=label, strict=strict, dayfirst=dayfirst,
+                               decimal=decimal_default, profile=prof)
+    if prof is not None:
+        prof.register_measures()
+    return study
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
-             = None, **read_options: Any) -> ValidationReport:
+             = None, *, profile: Any = None, **read_options: Any) -> ValidationReport:
     """Check a source and return the report; never raises on data problems.
 
     Parameters are those of :func:`load_study` (without ``strict``).
@@ -119,7 +137,7 @@ def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os
     SourceError
         Only when the source cannot be read at all.
     """
-    return load_study(source, column_map, strict=False, **read_options).report
+    return load_study(source, column_map, strict=False, profile=profile, **read_options).report
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -484,57 +502,103 @@ def _read_url(url: str, queries: Mapping[str, str] | None) -> tuple[dict[str, Ta
 
 # ----------------------------------------------------------------------------- column maps
 
-def read_column_map(path: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """Read a column map from a JSON file (or YAML, when PyYAML is installed)."""
+#: A column map larger than this is refused (it is a short hand-written file).
+MAX_MAP_BYTES = 1_000_000
+
+
+def read_column_map(path: str | os.PathLike, *, columns: Iterable[str] = ()
+                    ) -> dict[str, dict[str, str]]:
+    """Read a column map from a JSON file, or a YAML file (safe loader, aliases refused).
+
+    Raises
+    ------
+    ColumnMapError
+        A missing, oversized, non-UTF-8 or malformed file, or a mapping of the wrong shape.
+    """
     p = Path(path)
     if not p.is_file():
         raise ColumnMapError(f"column map {p} does not exist")
-    text = p.read_text(encoding="utf-8-sig")
+    size = p.stat().st_size
+    if size > MAX_MAP_BYTES:
+        raise ColumnMapError(f"column map {p.name} is {size:,} bytes; a column map is a short "
+                             f"hand-written file (at most {MAX_MAP_BYTES:,} bytes)")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ColumnMapError(f"column map {p.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                             f"at position {exc.start}); save it as UTF-8") from None
     if p.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ColumnMapError(f"column map {p.name} is YAML but PyYAML is not installed; "
-                                 f"write it as JSON") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ColumnMapError(f"column map {p.name} is not valid YAML: {exc}") from None
+        data = _read_yaml(text, p.name)
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ColumnMapError(f"column map {p.name} is not valid JSON: line {exc.lineno}: "
                                  f"{exc.msg}") from None
-    return _check_map(data, p.name)
+    return _check_map(data, p.name, columns)
 
 
-def _check_map(data: Any, where: str) -> dict[str, dict[str, str]]:
+def _read_yaml(text: str, name: str) -> Any:
+    """YAML through the safe loader, with anchors and aliases refused (no alias bombs)."""
+    try:
+        import yaml
+    except ImportError:
+        raise ColumnMapError(f"column map {name} is YAML but PyYAML is not installed; "
+                             f"write it as JSON") from None
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+                mark = self.peek_event().start_mark
+                raise ColumnMapError(f"column map {name} line {mark.line + 1}: YAML anchors and "
+                                     f"aliases (& and *) are not allowed in a column map; write "
+                                     f"each entry out")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ColumnMapError(f"column map {name} is not valid YAML: "
+                             f"{' '.join(str(exc).split())}") from None
+
+
+def _check_map(data: Any, where: str, columns: Iterable[str] = ()) -> dict[str, dict[str, str]]:
+    label = f"column map {where}" if where else "column map"
     if not isinstance(data, Mapping):
-        raise ColumnMapError(f"column map {where} must be a mapping of tables and columns")
+        raise ColumnMapError(f"{label} must be a mapping of tables and columns")
+    extra = set(columns)
     out: dict[str, dict[str, str]] = {}
     for key, sub in data.items():
-        if key not in TABLES and key not in _CANONICAL_COLUMNS:
+        if key not in TABLES and key not in _CANONICAL_COLUMNS and key not in extra:
             raise ColumnMapError(
-                f"column map {where}: key {key!r} is neither a table ({', '.join(TABLES)}) nor a "
+                f"{label}: key {key!r} is neither a table ({', '.join(TABLES)}) nor a "
                 f"canonical column")
         if not isinstance(sub, Mapping):
-            raise ColumnMapError(f"column map {where}: {key!r} must map names to names")
+            raise ColumnMapError(f"{label}: {key!r} must map names to names")
+        for a, b in sub.items():
+            if b is None or (isinstance(b, str) and not b.strip()) or isinstance(b, (dict, list)):
+                what = "null" if b is None else repr(b)
+                raise ColumnMapError(
+                    f"{label}: {key}: {str(a)!r} maps to {what}; a column map renames, it never "
+                    f"deletes data: map it to a {'column name' if key in TABLES else 'label'}")
         out[str(key)] = {str(a): str(b) for a, b in sub.items()}
     return out
 
 
 def apply_column_map(inputs: dict[str, TableInput],
-                     column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike
-                     ) -> dict[str, TableInput]:
+                     column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike, *,
+                     columns: Iterable[str] = ()) -> dict[str, TableInput]:
     """Rename columns (table keys) and category labels (column keys) of raw tables.
 
-    Labels are matched as written, then ignoring case and surrounding spaces.
+    Labels are matched as written, then ignoring case and surrounding spaces. *columns* names
+    further columns (a profile's covariates) whose labels may be mapped.
     """
+    columns = tuple(columns)
     if isinstance(column_map, (str, os.PathLike)):
-        cmap = read_column_map(column_map)
+        cmap = read_column_map(column_map, columns=columns)
     else:
-        cmap = _check_map(column_map, "")
+        cmap = _check_map(column_map, "", columns)
     out = {}
     for table, inp in inputs.items():
         frame = inp.frame.copy()

@@ -9,9 +9,11 @@ that says whether its row was excluded or kept with a caution.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as _dc_replace
 from typing import Literal
 
 import numpy as np
@@ -20,7 +22,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from mfr_outcomes import vocab
-from mfr_outcomes.measures import MEASURES
+from mfr_outcomes.measures import MEASURES, Measure
 from mfr_outcomes.study import Finding, RowAccount
 
 __all__ = [
@@ -31,9 +33,15 @@ __all__ = [
     "table_schema",
     "validate_tables",
     "NA_TOKENS",
+    "COVARIATE_KINDS",
+    "table_specs",
+    "covariate_spec",
 ]
 
-Kind = Literal["id", "str", "int", "float", "date", "category", "bool"]
+Kind = Literal["id", "str", "int", "float", "date", "category", "bool", "time"]
+
+#: Types a clinic profile may give a covariate column.
+COVARIATE_KINDS = ("float", "int", "category", "bool", "date")
 
 #: Cell texts read as missing (compared after stripping, case-insensitive).
 NA_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "#n/a", "nat", "<na>"})
@@ -47,7 +55,13 @@ CAUTION = " (row kept with a caution)"
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One canonical column: its kind, whether it is required, and its rule."""
+    """One canonical column: its kind, whether it is required, and its rule.
+
+    ``categories`` None on a category column means an open vocabulary (any label; used for
+    ``arm`` when no profile lists the arms). ``rule`` is the cross-table rule in words, for the
+    generated column tables (``mfr-outcomes schema``, the codebook); ``covariate`` marks a column
+    declared by a clinic profile.
+    """
 
     name: str
     kind: Kind
@@ -56,11 +70,13 @@ class ColumnSpec:
     low: float | None = None
     high: float | None = None
     default: str | None = None
+    rule: str = ""
+    covariate: bool = False
 
 
 TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
     "patients": (
-        ColumnSpec("patient_id", "id", required=True),
+        ColumnSpec("patient_id", "id", required=True, rule="unique"),
         ColumnSpec("site_id", "str", default=vocab.DEFAULT_SITE),
         ColumnSpec("age_years", "int", low=16, high=110),
         ColumnSpec("sex", "category", categories=vocab.SEX),
@@ -68,25 +84,35 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
         ColumnSpec("affected_side", "category", categories=vocab.AFFECTED_SIDE),
         ColumnSpec("symptom_weeks", "float", low=0),
         ColumnSpec("enrolled_on", "date"),
+        ColumnSpec("arm", "category", categories=None,
+                   rule="the randomised or allocated group; labels from the profile's "
+                        "[vocabulary] arm (any label when none is declared)"),
     ),
     "sessions": (
-        ColumnSpec("session_id", "id", required=True),
-        ColumnSpec("patient_id", "id", required=True),
+        ColumnSpec("session_id", "id", required=True, rule="unique"),
+        ColumnSpec("patient_id", "id", required=True, rule="must exist in patients"),
         ColumnSpec("therapist_id", "str", required=True),
-        ColumnSpec("session_date", "date", required=True),
-        ColumnSpec("session_number", "int", low=1),
-        ColumnSpec("technique", "category", required=True, categories=vocab.TECHNIQUE),
+        ColumnSpec("session_date", "date", required=True, rule="not before enrolled_on"),
+        ColumnSpec("session_time", "time",
+                   rule="time of day (HH:MM), for studies timed in hours"),
+        ColumnSpec("session_number", "int", low=1,
+                   rule="derived from date order when absent; must agree with it when given"),
+        ColumnSpec("technique", "category", required=True, categories=vocab.TECHNIQUE,
+                   rule="none = assessment-only visit (follow-up)"),
         ColumnSpec("target_region", "category", categories=vocab.TARGET_REGION),
         ColumnSpec("duration_min", "float", low=5, high=180),
         ColumnSpec("home_program", "bool"),
         ColumnSpec("adverse_event", "category", categories=vocab.ADVERSE_EVENT),
     ),
     "measurements": (
-        ColumnSpec("session_id", "id", required=True),
-        ColumnSpec("phase", "category", required=True, categories=vocab.PHASE),
-        ColumnSpec("measure", "str", required=True),
+        ColumnSpec("session_id", "id", required=True, rule="must exist in sessions"),
+        ColumnSpec("phase", "category", required=True, categories=vocab.PHASE,
+                   rule="post only on treatment visits"),
+        ColumnSpec("measure", "str", required=True, rule="a code of the measure registry"),
         ColumnSpec("side", "category", categories=vocab.SIDE, default="none"),
-        ColumnSpec("value", "float", required=True),
+        ColumnSpec("value", "float", required=True,
+                   rule="inside the measure's valid range; (session_id, phase, measure, side) "
+                        "is unique"),
     ),
 }
 
@@ -99,15 +125,51 @@ def required_columns(table: str) -> list[str]:
     return [c.name for c in TABLE_SPECS[table] if c.required]
 
 
-def table_schema(table: str) -> pa.DataFrameSchema:
+def covariate_spec(name: str, kind: str, *, required: bool = False,
+                   categories: Iterable[str] | None = None, low: float | None = None,
+                   high: float | None = None) -> ColumnSpec:
+    """The :class:`ColumnSpec` of a covariate column declared by a clinic profile."""
+    if kind not in COVARIATE_KINDS:
+        raise ValueError(f"covariate {name}: type {kind!r} is not one of "
+                         f"{', '.join(COVARIATE_KINDS)}")
+    cats = tuple(categories) if categories is not None else None
+    return ColumnSpec(name, kind, required=required,  # type: ignore[arg-type]
+                      categories=cats if kind == "category" else None, low=low, high=high,
+                      rule="covariate declared in the clinic profile", covariate=True)
+
+
+def table_specs(table: str, vocabulary: vocab.Vocabulary | None = None,
+                covariates: Iterable[ColumnSpec] = ()) -> tuple[ColumnSpec, ...]:
+    """The column specs of *table* for one load: vocabularies from *vocabulary* (the built-ins
+    when None), then the covariate columns a profile declares for this table."""
+    v = vocabulary if vocabulary is not None else vocab.DEFAULT_VOCABULARY
+    out = []
+    for spec in TABLE_SPECS[table]:
+        if spec.kind == "category" and spec.name in vocab.EXTENSIBLE:
+            cats = v.categories(spec.name)
+            spec = _dc_replace(spec, categories=cats if cats else None)
+        out.append(spec)
+    names = {s.name for s in out}
+    for spec in covariates:
+        if spec.name in names:
+            raise ValueError(f"covariate {spec.name} is already a column of the {table} table")
+        names.add(spec.name)
+        out.append(spec)
+    return tuple(out)
+
+
+def table_schema(table: str, specs: tuple[ColumnSpec, ...] | None = None,
+                 measures: Mapping[str, Measure] | None = None) -> pa.DataFrameSchema:
     """The pandera schema of one table after coercion (typed columns, missing allowed).
 
     Missing values are handled before pandera (a required value that is missing excludes the row),
     so every column is nullable here; the checks are ranges, whole numbers and vocabularies, and
     for measurements the per-measure valid range from the registry.
     """
+    specs = TABLE_SPECS[table] if specs is None else specs
+    known = list(MEASURES if measures is None else measures)
     columns = {}
-    for spec in TABLE_SPECS[table]:
+    for spec in specs:
         checks = []
         if spec.kind in ("int", "float"):
             if spec.low is not None:
@@ -119,8 +181,11 @@ def table_schema(table: str) -> pa.DataFrameSchema:
                                        element_wise=False, name="not_integer"))
             dtype = "float64"
         elif spec.kind == "category":
-            checks.append(pa.Check.isin(list(spec.categories or ()), name="unknown_category"))
+            if spec.categories is not None:
+                checks.append(pa.Check.isin(list(spec.categories), name="unknown_category"))
             dtype = None
+        elif spec.kind == "time":
+            dtype = "timedelta64[ns]"
         elif spec.kind == "date":
             dtype = "datetime64[ns]"
         elif spec.kind == "bool":
@@ -128,9 +193,11 @@ def table_schema(table: str) -> pa.DataFrameSchema:
         else:
             dtype = None
         if table == "measurements" and spec.name == "measure":
-            checks.append(pa.Check(lambda s: s.isna() | s.isin(list(MEASURES)),
-                                   name="unknown_measure"))
-        columns[spec.name] = pa.Column(dtype, checks=checks, nullable=True, coerce=False)
+            checks.append(pa.Check(lambda s: s.isna() | s.isin(known), name="unknown_measure"))
+        # columns added with the clinic profile may be absent from frames built by hand
+        newer = spec.covariate or spec.name in ("arm", "session_time")
+        columns[spec.name] = pa.Column(dtype, checks=checks, nullable=True, coerce=False,
+                                       required=not newer)
     frame_checks = []
     if table == "measurements":
         frame_checks = [
@@ -256,18 +323,69 @@ def _dates(text: pd.Series, dayfirst: bool) -> pd.Series:
     t = text[present].astype(str)
     iso = t.str.match(r"^\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
     if iso.any():
-        parsed = pd.to_datetime(t[iso], format="ISO8601", errors="coerce")
+        parsed = _ns_range(pd.to_datetime(t[iso], format="ISO8601", errors="coerce"))
         out.loc[parsed.index] = parsed.astype("datetime64[ns]")
     if dayfirst:
         rest = t[~iso]
         for fmt in _DMY:
             if rest.empty:
                 break
-            parsed = pd.to_datetime(rest, format=fmt, errors="coerce")
+            parsed = _ns_range(pd.to_datetime(rest, format=fmt, errors="coerce"))
             ok = parsed.notna()
             out.loc[parsed.index[ok]] = parsed[ok].astype("datetime64[ns]")
             rest = rest[~ok]
     return out
+
+
+#: Dates this package can hold (pandas' nanosecond timestamps), and how they are written.
+_DATE_MIN, _DATE_MAX = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")
+_DATE_RANGE_TEXT = f"{_DATE_MIN:%Y-%m-%d} to {_DATE_MAX:%Y-%m-%d}"
+_YEAR = re.compile(r"^(\d{1,4})-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-](\d{4})")
+
+
+def _ns_range(parsed: pd.Series) -> pd.Series:
+    """Dates outside pandas' nanosecond range become NaT (reported by :func:`_date_problem`)."""
+    if parsed.dtype == "datetime64[ns]":
+        return parsed
+    inside = parsed.notna() & (parsed >= _DATE_MIN) & (parsed <= _DATE_MAX)
+    out = pd.Series(pd.NaT, index=parsed.index, dtype="datetime64[ns]")
+    out[inside] = parsed[inside].astype("datetime64[ns]")
+    return out
+
+
+def _date_problem(text: object) -> str | None:
+    """Why a date-like text was refused, when its year is outside the dates we can hold."""
+    m = _YEAR.match(str(text).strip())
+    if not m:
+        return None
+    year = int(m.group(1) or m.group(2))
+    if _DATE_MIN.year < year < _DATE_MAX.year:
+        return None
+    return f"outside the dates this package can hold ({_DATE_RANGE_TEXT}); check the year"
+
+
+_TIME = re.compile(r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?$")
+
+
+def _times(text: pd.Series) -> pd.Series:
+    """Times of day as text ("14:30", "14:30:05", "2024-03-01 14:30") -> time since midnight."""
+    out = pd.Series(pd.NaT, index=text.index, dtype="timedelta64[ns]")
+    for i, v in text.items():
+        if not isinstance(v, str):
+            continue
+        part = v.strip().replace("T", " ").split(" ")[-1]
+        m = _TIME.match(part)
+        if not m:
+            continue
+        h, mi, sec = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+        if h < 24 and mi < 60 and sec < 60:
+            out[i] = pd.Timedelta(hours=h, minutes=mi, seconds=sec)
+    return out
+
+
+def _open_categories(col: pd.Series) -> list[str]:
+    """Labels of an open vocabulary (``arm`` with none declared): those present, sorted."""
+    return sorted({str(v) for v in col.dropna()})
 
 
 # ----------------------------------------------------------------------------- per table
@@ -275,9 +393,13 @@ def _dates(text: pd.Series, dayfirst: bool) -> pd.Series:
 class _Table:
     """Working state of one table during validation."""
 
-    def __init__(self, inp: TableInput, findings: list[Finding]) -> None:
+    def __init__(self, inp: TableInput, findings: list[Finding],
+                 specs: tuple[ColumnSpec, ...] | None = None,
+                 measures: Mapping[str, Measure] | None = None) -> None:
         self.inp = inp
         self.name = inp.name
+        self.specs = TABLE_SPECS[inp.name] if specs is None else specs
+        self.measures = MEASURES if measures is None else measures
         self.findings = findings
         self.n = len(inp.frame)
         self.reason: list[str | None] = [None] * self.n  # first exclusion rule of each row
@@ -314,7 +436,7 @@ class _Table:
 
 def _columns(t: _Table) -> None:
     """Match column names, report missing required and unexpected columns."""
-    specs = {s.name: s for s in TABLE_SPECS[t.name]}
+    specs = {s.name: s for s in t.specs}
     frame = t.inp.frame
     seen: dict[str, str] = {}
     for col in frame.columns:
@@ -344,12 +466,21 @@ def _columns(t: _Table) -> None:
                 t.exclude_all("missing_column")
 
 
+def _absent_covariates(t: _Table) -> None:
+    """A covariate the profile declares but the table lacks: one caution (required: excluded)."""
+    for spec in t.specs:
+        if spec.covariate and not spec.required and spec.name not in t.present:
+            t.add(None, spec.name, None, "missing_column",
+                  f"covariate {spec.name} declared in the profile is not a column of "
+                  f"{t.inp.file}; it is left empty", "kept", suffix="")
+
+
 def _coerce(t: _Table, *, decimal: str, dayfirst: bool) -> None:
     """Turn text into typed columns; report text that is not a number, date, flag or label."""
     decimal = t.inp.decimal or decimal
     for i, sentence in t.inp.problems:
         t.add(i, None, None, "malformed_row", sentence, "kept")
-    for spec in TABLE_SPECS[t.name]:
+    for spec in t.specs:
         raw = t.raw[spec.name]
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         if spec.default is not None:
@@ -369,9 +500,17 @@ def _coerce(t: _Table, *, decimal: str, dayfirst: bool) -> None:
             d = _dates(raw, dayfirst)
             hint = "" if dayfirst else " (write YYYY-MM-DD, or pass dayfirst=True for day/month/year)"
             for i in np.flatnonzero((raw.notna() & d.isna()).to_numpy()):
+                why = _date_problem(raw.iat[i]) or f"not a valid date{hint}"
                 t.add(int(i), spec.name, raw.iat[i], "invalid_date",
-                      f"{spec.name} = {raw.iat[i]}, not a valid date{hint}", bad_action)
+                      f"{spec.name} = {raw.iat[i]}, {why}", bad_action)
             t.typed[spec.name] = d
+        elif spec.kind == "time":
+            tod = _times(raw)
+            for i in np.flatnonzero((raw.notna() & tod.isna()).to_numpy()):
+                t.add(int(i), spec.name, raw.iat[i], "invalid_time",
+                      f"{spec.name} = {raw.iat[i]}, not a time of day (write HH:MM, 00:00–23:59)",
+                      bad_action)
+            t.typed[spec.name] = tod
         elif spec.kind == "bool":
             key = raw.map(lambda v: v.lower() if isinstance(v, str) else v)
             val = pd.Series(pd.NA, index=raw.index, dtype="boolean")
@@ -396,16 +535,16 @@ def _pandera(t: _Table) -> None:
     """Ranges, whole numbers and vocabularies through pandera, all failures in one pass."""
     frame = t.typed.copy()
     if t.name == "measurements":
-        meas = [MEASURES.get(m) if isinstance(m, str) else None for m in frame["measure"]]
+        meas = [t.measures.get(m) if isinstance(m, str) else None for m in frame["measure"]]
         frame["_low"] = [m.low if m else np.nan for m in meas]
         frame["_high"] = [m.high if m else np.nan for m in meas]
         frame["_integer"] = [bool(m.integer) if m else False for m in meas]
     try:
-        table_schema(t.name).validate(frame, lazy=True)
+        table_schema(t.name, t.specs, t.measures).validate(frame, lazy=True)
         return
     except SchemaErrors as err:
         cases = err.failure_cases
-    specs = {s.name: s for s in TABLE_SPECS[t.name]}
+    specs = {s.name: s for s in t.specs}
     cases = cases[cases["index"].notna()]
     seen: set[tuple[int, str]] = set()
     for _, case in cases.iterrows():
@@ -429,14 +568,14 @@ def _pandera(t: _Table) -> None:
                   f"{col} = {raw}, not one of {', '.join(spec.categories or ())}", action)
         elif check == "unknown_measure":
             t.add(i, col, raw, "unknown_measure",
-                  f"measure = {raw}, not a registered measure (known: {', '.join(MEASURES)})",
+                  f"measure = {raw}, not a registered measure (known: {', '.join(t.measures)})",
                   "excluded")
         elif check == "measure_range":
-            m = MEASURES[t.typed["measure"].iat[i]]
+            m = t.measures[t.typed["measure"].iat[i]]
             t.add(i, col, raw, "out_of_range",
                   f"value = {raw}, must be {m.range_text()} for {m.code}", "excluded")
         elif check == "measure_integer":
-            m = MEASURES[t.typed["measure"].iat[i]]
+            m = t.measures[t.typed["measure"].iat[i]]
             t.add(i, col, raw, "not_integer",
                   f"value = {raw}, must be a whole number for {m.code}", "excluded")
         if action == "missing" and col in t.typed:
@@ -600,13 +739,17 @@ def _final(t: _Table) -> pd.DataFrame:
     """Used rows with the column types of docs/internals.md, extra columns after."""
     used = t.used
     out = pd.DataFrame(index=range(int(used.sum())))
-    for spec in TABLE_SPECS[t.name]:
+    for spec in t.specs:
+        if spec.name in ("arm", "session_time") and spec.name not in t.present:
+            continue  # optional columns added with the clinic profile: only when given
         col = t.typed[spec.name][used].reset_index(drop=True)
         if spec.kind in ("id", "str"):
             col = col.astype("str")
         elif spec.kind == "category":
-            col = pd.Categorical(col.where(col.isin(spec.categories), None),
-                                 categories=list(spec.categories))
+            cats = spec.categories if spec.categories is not None else _open_categories(col)
+            col = pd.Categorical(col.where(col.isin(cats), None), categories=list(cats))
+        elif spec.kind == "time":
+            col = col.astype("timedelta64[ns]")
         elif spec.kind == "int":
             if t.name == "sessions" and spec.name == "session_number":
                 col = col.astype("int64")
@@ -625,8 +768,10 @@ def _final(t: _Table) -> pd.DataFrame:
 
 
 def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
-                    decimal: str = ".") -> tuple[dict[str, pd.DataFrame], list[Finding],
-                                                 dict[str, RowAccount]]:
+                    decimal: str = ".", vocabulary: vocab.Vocabulary | None = None,
+                    covariates: Mapping[str, Iterable[ColumnSpec]] | None = None,
+                    measures: Mapping[str, Measure] | None = None
+                    ) -> tuple[dict[str, pd.DataFrame], list[Finding], dict[str, RowAccount]]:
     """Validate the three raw tables together.
 
     Parameters
@@ -637,6 +782,13 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
         Read non-ISO dates as day/month/year.
     decimal : str
         Decimal mark used in the text numbers.
+    vocabulary : Vocabulary, optional
+        Category labels of this load (built-ins plus a profile's); the built-ins when None.
+    covariates : dict, optional
+        table -> covariate :class:`ColumnSpec` declared by a profile (validated and typed like
+        the built-in columns; a declared covariate absent from the table is a caution).
+    measures : dict, optional
+        code -> Measure known to this load (the registry when None).
 
     Returns
     -------
@@ -647,9 +799,13 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     accounting : dict of RowAccount
     """
     findings: dict[str, list[Finding]] = {name: [] for name in vocab.TABLES}
-    tables = {name: _Table(inputs[name], findings[name]) for name in vocab.TABLES}
+    covariates = covariates or {}
+    tables = {name: _Table(inputs[name], findings[name],
+                           table_specs(name, vocabulary, covariates.get(name, ())), measures)
+              for name in vocab.TABLES}
     for t in tables.values():
         _columns(t)
+        _absent_covariates(t)
         _coerce(t, decimal=decimal, dayfirst=dayfirst)
         _pandera(t)
         _duplicates(t)
