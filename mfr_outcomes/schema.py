@@ -94,7 +94,7 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
         ColumnSpec("therapist_id", "str", required=True),
         ColumnSpec("session_date", "date", required=True, rule="not before enrolled_on"),
         ColumnSpec("session_time", "time",
-                   rule="time of day (HH:MM), for studies timed in hours"),
+                   rule="for studies timed in hours (readings after a procedure)"),
         ColumnSpec("session_number", "int", low=1,
                    rule="derived from date order when absent; must agree with it when given"),
         ColumnSpec("technique", "category", required=True, categories=vocab.TECHNIQUE,

@@ -1044,6 +1044,12 @@ def codebook(frames: Mapping[str, pd.DataFrame], truth: Truth, *, n_patients: in
         "an empty cell is missing.",
         "",
     ]
+    from mfr_outcomes.schema_doc import columns_markdown  # the loader's own column rules
+
+    lines += ["## Columns the loader checks", "",
+              "Generated from the schemas (`mfr-outcomes schema` prints the same table; a clinic "
+              "profile adds labels and covariates). Optional columns may be absent.", "",
+              columns_markdown(heading="###")]
     for table, cols in _COLUMNS.items():
         lines += [f"## {table}.csv", "", "| column | type | unit | range | how it was generated |",
                   "| --- | --- | --- | --- | --- |"]
