@@ -28,6 +28,7 @@ __all__ = [
     "read_tables",
     "read_column_map",
     "apply_column_map",
+    "apply_profile",
     "SourceError",
     "ColumnMapError",
     "MAX_MAP_BYTES",
@@ -110,16 +111,22 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     dayfirst = bool(read_options.pop("dayfirst", False)) or bool(prof and prof.dayfirst)
     decimal_default = read_options.get("decimal") or "."
     inputs, label = read_tables(source, **read_options)
-    extra = prof.covariate_names() if prof is not None else ()
-    if prof is not None and (prof.columns or prof.labels):
-        inputs = apply_column_map(inputs, prof.column_map(), columns=extra)
+    inputs = apply_profile(inputs, prof)
     if column_map is not None:
+        extra = prof.covariate_names() if prof is not None else ()
         inputs = apply_column_map(inputs, column_map, columns=extra)
     study = _study_from_inputs(inputs, source=label, strict=strict, dayfirst=dayfirst,
                                decimal=decimal_default, profile=prof)
     if prof is not None:
         prof.register_measures()
     return study
+
+
+def apply_profile(inputs: dict[str, TableInput], profile: Any) -> dict[str, TableInput]:
+    """Rename the columns and labels of raw tables as a parsed profile says (None: unchanged)."""
+    if profile is None or not (profile.columns or profile.labels):
+        return inputs
+    return apply_column_map(inputs, profile.column_map(), columns=profile.covariate_names())
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None

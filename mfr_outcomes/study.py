@@ -348,7 +348,7 @@ class Study:
 
 def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame, *,
                 source: str = "<frames>", strict: bool = False, dayfirst: bool = False,
-                decimal: str = ".") -> Study:
+                decimal: str = ".", profile: Any = None) -> Study:
     """Validate three raw tables exactly as files are validated and return a :class:`Study`.
 
     Parameters
@@ -363,6 +363,8 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
         Read text dates as day/month/year.
     decimal : str
         Decimal mark of text numbers.
+    profile : path, dict or Profile, optional
+        A clinic profile (see :mod:`mfr_outcomes.profile`), as for ``load_study``.
 
     Returns
     -------
@@ -394,8 +396,19 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
         inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
-    return _study_from_inputs(inputs, source=source, strict=strict, dayfirst=dayfirst,
-                              decimal=decimal)
+    prof = None
+    if profile is not None:
+        from mfr_outcomes.io import apply_profile
+        from mfr_outcomes.profile import load_profile
+
+        prof = load_profile(profile)
+        inputs = apply_profile(inputs, prof)
+        dayfirst = dayfirst or prof.dayfirst
+    study = _study_from_inputs(inputs, source=source, strict=strict, dayfirst=dayfirst,
+                               decimal=decimal, profile=prof)
+    if prof is not None:
+        prof.register_measures()
+    return study
 
 
 def _study_from_inputs(inputs: dict, *, source: str, strict: bool, dayfirst: bool,
