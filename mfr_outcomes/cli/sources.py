@@ -15,18 +15,19 @@ __all__ = ["load_source", "mask_secrets", "PROFILE_HELP"]
 PROFILE_HELP = ("clinic profile (TOML): added vocabulary labels, measures, column and label maps, "
                 "typed covariates, date parsing (see `mfr-outcomes profile init`)")
 
-# scheme://user:password@host -> scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)@")
+_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<pw>[^@\s]+)@")
 
 
 def mask_secrets(text: str, *sources: Any) -> str:
-    """*text* with the password of every URL in it (and of the given sources) masked."""
-    out = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", str(text))
+    """*text* with the password of every URL in it masked, and the passwords of the given
+    sources wherever they appear (a driver may quote one on its own)."""
+    from mfr_outcomes.io import mask_passwords
+
+    out = mask_passwords(str(text))
     for source in sources:
-        if isinstance(source, str) and "://" in source:
-            m = _URL_PASSWORD.search(source)
-            if m and m.group("pw"):
-                out = out.replace(m.group("pw"), "***")
+        m = _PASSWORD.search(source) if isinstance(source, str) else None
+        if m and len(m.group("pw")) >= 3:
+            out = out.replace(m.group("pw"), "***")
     return out
 
 
