@@ -117,7 +117,7 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> resp = mfr.responders(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> resp = mfr.responders(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> rate = mfr.effects.responder_rate(resp, by="technique")
     >>> list(rate.columns)
     ['technique', 'n', 'responders', 'rate', 'ci_low', 'ci_high']

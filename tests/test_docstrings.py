@@ -29,6 +29,7 @@ MODULES = {
     "mfr_outcomes.profile": 2,
     "mfr_outcomes.vocab": 2,
     "mfr_outcomes.datasets": 1,
+    "mfr_outcomes.schema_doc": 1,
 }
 
 

@@ -262,7 +262,7 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> fit = mfr.fit_prepost(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> fit.formula
     'value ~ post * technique + session_number + (post | patient_id) + (1 | therapist_id)'
     >>> fit.contrasts("post", by="technique")["technique"].tolist()
@@ -472,7 +472,7 @@ def fit_followup(study: Any, measure: str = "odi", *, covariates: Sequence[str] 
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_followup(mfr.load_study("data/synthetic"), "odi")
+    >>> fit = mfr.fit_followup(mfr.load_study(mfr.datasets.synthetic_path()), "odi")
     >>> fit.contrasts("stage", method="trt.vs.ctrl")["contrast"].tolist()
     ['discharge - baseline', 'follow_up - baseline']
     """
