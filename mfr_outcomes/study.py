@@ -398,7 +398,7 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
         inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
     prof = None
     if profile is not None:
-        from mfr_outcomes.io import apply_profile
+        from mfr_outcomes.column_map import apply_profile
         from mfr_outcomes.profile import load_profile
 
         prof = load_profile(profile)
