@@ -36,6 +36,7 @@ __all__ = [
     "COVARIATE_KINDS",
     "table_specs",
     "covariate_spec",
+    "WHEN_GIVEN",
 ]
 
 Kind = Literal["id", "str", "int", "float", "date", "category", "bool", "time"]
@@ -116,6 +117,10 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
     ),
 }
 
+#: Optional columns (added with the clinic profile) that a validated frame has only when the
+#: source gives them, so that studies without them keep their earlier shape.
+WHEN_GIVEN = ("arm", "session_time")
+
 _KEYS = {"patients": ("patient_id",), "sessions": ("session_id",),
          "measurements": ("session_id", "phase", "measure", "side")}
 
@@ -195,7 +200,7 @@ def table_schema(table: str, specs: tuple[ColumnSpec, ...] | None = None,
         if table == "measurements" and spec.name == "measure":
             checks.append(pa.Check(lambda s: s.isna() | s.isin(known), name="unknown_measure"))
         # columns added with the clinic profile may be absent from frames built by hand
-        newer = spec.covariate or spec.name in ("arm", "session_time")
+        newer = spec.covariate or spec.name in WHEN_GIVEN
         columns[spec.name] = pa.Column(dtype, checks=checks, nullable=True, coerce=False,
                                        required=not newer)
     frame_checks = []
@@ -740,8 +745,8 @@ def _final(t: _Table) -> pd.DataFrame:
     used = t.used
     out = pd.DataFrame(index=range(int(used.sum())))
     for spec in t.specs:
-        if spec.name in ("arm", "session_time") and spec.name not in t.present:
-            continue  # optional columns added with the clinic profile: only when given
+        if spec.name in WHEN_GIVEN and spec.name not in t.present:
+            continue
         col = t.typed[spec.name][used].reset_index(drop=True)
         if spec.kind in ("id", "str"):
             col = col.astype("str")
