@@ -28,6 +28,10 @@ MODULES = {
     "mfr_outcomes.models.domain": 1,
     "mfr_outcomes.models.emmeans": 1,
     "mfr_outcomes.models.r2": 1,
+    "mfr_outcomes.profile": 2,
+    "mfr_outcomes.vocab": 2,
+    "mfr_outcomes.datasets": 1,
+    "mfr_outcomes.schema_doc": 1,
 }
 
 

@@ -84,8 +84,8 @@ def test_site_random_intercept_equals_patients_nested_in_sites(sites, files):
     pooled = fit_from_summaries(files, site_effect=True)
     direct = fit_mixed(pd.concat(sites, ignore_index=True), FORMULA + " + (1 | site)")
     # the same REML criterion, θ by θ: the pooled statistics are those of the rows
-    ps, pl = pooled.result.extra["stats"], pooled.result.extra["layout"]
-    ds, dl = direct.result.extra["stats"], direct.result.extra["layout"]
+    ps, pl = pooled.result.internals.stats, pooled.result.internals.layout
+    ds, dl = direct.result.internals.stats, direct.result.internals.layout
     for theta in (direct.theta, direct.theta * 1.3, np.array([0.5, 0.2, 0.4, 1.5])):
         assert profiled_deviance(ps, pl, theta) == pytest.approx(
             profiled_deviance(ds, dl, theta), rel=1e-12)

@@ -67,27 +67,18 @@ def reference_spec(sample: pd.DataFrame, formula: str) -> ModelSpec:
 
 def factors_of(ref: ModelSpec) -> list[str]:
     """The factor columns of a design (their levels must all be in the reference sample)."""
-    return list(ref.design["categories"])
+    return list(ref.design.categories)
 
 
 def chunk_arrays(ref: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
     """y, X, Z (all random columns, block order), group codes and labels of one chunk."""
-    from formulaic import model_matrix
-
-    from mfr_outcomes.models.formula import fixed_matrix, prepare_newdata
-
-    used = ref.design["used"]
+    design = ref.design
+    used = list(design.variables)
     keep = frame[used].notna().all(axis=1).to_numpy()
     df = frame.loc[keep]
     y = df[ref.response].to_numpy(dtype=float)
-    X = fixed_matrix(ref, df) if len(df) else np.zeros((0, ref.p))
-    nd = prepare_newdata(ref, df)
-    zs = []
-    for b in ref.blocks:
-        expr = ref.design["random_exprs"][(b.group, tuple(b.terms))]
-        zmm = model_matrix(expr, nd, na_action="ignore")
-        names = ["(Intercept)" if c == "Intercept" else c for c in zmm.columns]
-        zs.append(pd.DataFrame(np.asarray(zmm, float), columns=names)[b.terms].to_numpy())
+    X = design.fixed_matrix(df) if len(df) else np.zeros((0, ref.p))
+    zs = design.random_matrices(df) if len(df) else []
     Z = np.column_stack(zs) if zs else np.zeros((len(df), 0))
     codes, labels = pd.factorize(df[ref.blocks[0].group].astype(str), sort=True)
     return {"y": y, "X": X, "Z": Z, "codes": codes.astype(np.int64), "labels": labels,

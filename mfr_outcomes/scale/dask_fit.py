@@ -85,7 +85,7 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
         raise ValueError("Kenward-Roger df need the rows in memory; use satterthwaite on Dask")
     group = chunks.single_group(formula)
     ref = chunks.reference_spec(_sample(ddf, formula), formula)
-    used = [c for c in ref.design["used"] if c in ddf.columns]
+    used = [c for c in ref.design.variables if c in ddf.columns]
     by_patient = ddf[used].shuffle(on=group, method="tasks")
     parts = [dask.delayed(chunks.chunk_stats)(p, ref) for p in by_patient.to_delayed()]
     (merged,) = dask.compute(tree_reduce(parts, chunks.merge))
