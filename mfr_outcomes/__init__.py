@@ -38,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "ModelWarning": ("mfr_outcomes.warnings_", "ModelWarning"),
     "DataWarning": ("mfr_outcomes.warnings_", "DataWarning"),
     "synthetic": ("mfr_outcomes.synthetic", None),
+    "datasets": ("mfr_outcomes.datasets", None),
     "measures": ("mfr_outcomes.measures", None),
     "effects": ("mfr_outcomes.effects", None),
     "qi": ("mfr_outcomes.qi", None),

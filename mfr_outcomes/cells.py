@@ -25,6 +25,9 @@ __all__ = [
     "labels",
     "numbers",
     "dates",
+    "date_problem",
+    "times",
+    "DATE_RANGE_TEXT",
 ]
 
 #: Cell texts read as missing (compared after stripping, case-insensitive).
@@ -172,15 +175,66 @@ def dates(text: pd.Series, dayfirst: bool) -> pd.Series:
     t = text[present]
     iso = t.str.match(_ISO).fillna(False).astype(bool)
     if iso.any():
-        parsed = pd.to_datetime(t[iso], format="ISO8601", errors="coerce")
+        parsed = _ns_range(pd.to_datetime(t[iso], format="ISO8601", errors="coerce"))
         out.loc[parsed.index] = parsed.astype("datetime64[ns]")
     if dayfirst:
         rest = t[~iso]
         for fmt in _DMY:
             if rest.empty:
                 break
-            parsed = pd.to_datetime(rest, format=fmt, errors="coerce")
+            parsed = _ns_range(pd.to_datetime(rest, format=fmt, errors="coerce"))
             ok = parsed.notna()
             out.loc[parsed.index[ok]] = parsed[ok].astype("datetime64[ns]")
             rest = rest[~ok]
+    return out
+
+
+#: Dates this package can hold (pandas' nanosecond timestamps), and how they are written.
+_DATE_MIN, _DATE_MAX = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")
+DATE_RANGE_TEXT = f"{_DATE_MIN:%Y-%m-%d} to {_DATE_MAX:%Y-%m-%d}"
+_YEAR = re.compile(r"^(\d{1,4})-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-](\d{4})")
+
+
+def _ns_range(parsed: pd.Series) -> pd.Series:
+    """Dates outside pandas' nanosecond range become NaT (reported by :func:`date_problem`)."""
+    if parsed.dtype == "datetime64[ns]":
+        return parsed
+    inside = parsed.notna() & (parsed >= _DATE_MIN) & (parsed <= _DATE_MAX)
+    out = pd.Series(pd.NaT, index=parsed.index, dtype="datetime64[ns]")
+    out[inside] = parsed[inside].astype("datetime64[ns]")
+    return out
+
+
+def date_problem(text: object) -> str | None:
+    """Why a date-like text was refused, when its year is outside the dates we can hold."""
+    m = _YEAR.match(str(text).strip())
+    if not m:
+        return None
+    year = int(m.group(1) or m.group(2))
+    if _DATE_MIN.year < year < _DATE_MAX.year:
+        return None
+    return f"outside the dates this package can hold ({DATE_RANGE_TEXT}); check the year"
+
+
+_TIME = r"^(\d{1,2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?$"
+
+
+def times(text: pd.Series) -> pd.Series:
+    """Times of day as text ("14:30", "14:30:05", "2024-03-01 14:30") -> time since midnight
+    (NaT where the text is not a time of day), column-wise."""
+    out = pd.Series(pd.NaT, index=text.index, dtype="timedelta64[ns]")
+    present = text.notna()
+    if not present.any():
+        return out
+    t = text[present].astype(str).str.strip().str.replace("T", " ", regex=False)
+    part = t.str.split(" ").str[-1]
+    parts = part.str.extract(_TIME)
+    h = pd.to_numeric(parts[0], errors="coerce")
+    mi = pd.to_numeric(parts[1], errors="coerce")
+    sec = pd.to_numeric(parts[2], errors="coerce").fillna(0)
+    ok = h.notna() & mi.notna() & (h < 24) & (mi < 60) & (sec < 60)
+    if ok.any():
+        td = (pd.to_timedelta(h[ok], unit="h") + pd.to_timedelta(mi[ok], unit="m")
+              + pd.to_timedelta(sec[ok], unit="s"))
+        out.loc[td.index] = td.astype("timedelta64[ns]")
     return out

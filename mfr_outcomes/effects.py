@@ -109,7 +109,8 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
     Returns
     -------
     DataFrame
-        One row a patient: patient_id, site_id, technique (most used), n_visits, baseline, last,
+        One row a patient: patient_id, site_id, technique (most used), arm (only when the
+        study records arms), n_visits, baseline, last,
         change (last − baseline), percent_change (100 × change / baseline), improvement (change
         turned so that positive is better), mcid_met_points (improvement ≥ MCID, or MDC when no
         MCID is published), mcid_met_percent (percent improvement ≥ the registry's percent
@@ -130,7 +131,7 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> resp = mfr.responders(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> resp = mfr.responders(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> rate = mfr.effects.responder_rate(resp, by="technique")
     >>> list(rate.columns)
     ['technique', 'n', 'responders', 'rate', 'ci_low', 'ci_high']
@@ -184,7 +185,12 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
                      "baseline": float(b["value"]), "last": float(e["value"])})
     out = pd.DataFrame(rows, columns=["patient_id", "site_id", "technique", "n_visits",
                                       "baseline", "last"])
-    out["technique"] = pd.Categorical(out["technique"], categories=list(TECHNIQUE))
+    # the study's own vocabulary (a clinic profile may add techniques); arms when recorded
+    tech_dtype = study.sessions["technique"].dtype
+    out["technique"] = pd.Categorical(out["technique"], categories=list(
+        tech_dtype.categories if isinstance(tech_dtype, pd.CategoricalDtype) else TECHNIQUE))
+    if "arm" in patients.columns:
+        out.insert(3, "arm", patients["arm"].reindex(out["patient_id"]).array)
     out["change"] = out["last"] - out["baseline"]
     with np.errstate(divide="ignore", invalid="ignore"):
         out["percent_change"] = np.where(out["baseline"] != 0,

@@ -8,9 +8,9 @@ came from, so that validation can name it.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,9 +18,16 @@ from typing import Any
 
 import pandas as pd
 
+from mfr_outcomes.column_map import (
+    MAX_MAP_BYTES,
+    ColumnMapError,
+    apply_column_map,
+    apply_profile,
+    read_column_map,
+)
 from mfr_outcomes.csvread import CsvReadError, decode_csv, parse_csv, sniff_sep
 from mfr_outcomes.findings import DataValidationError, ValidationReport
-from mfr_outcomes.schema import TABLE_SPECS, TableInput, unique_names, validate_tables
+from mfr_outcomes.schema import TableInput, unique_names, validate_tables
 from mfr_outcomes.study import Study
 from mfr_outcomes.vocab import TABLES
 from mfr_outcomes.warnings_ import DataWarning
@@ -33,8 +40,11 @@ __all__ = [
     "from_frames",
     "read_column_map",
     "apply_column_map",
+    "apply_profile",
     "SourceError",
     "ColumnMapError",
+    "MAX_MAP_BYTES",
+    "mask_passwords",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,21 +52,17 @@ log = logging.getLogger(__name__)
 _TEXT_EXT = (".csv", ".tsv", ".txt")
 _PARQUET_EXT = (".parquet", ".pq")
 _XLSX_EXT = (".xlsx", ".xlsm")
-_CANONICAL_COLUMNS = {s.name for specs in TABLE_SPECS.values() for s in specs}
 
 
 class SourceError(ValueError):
     """The source cannot be read at all (missing path, unknown kind, a table absent)."""
 
 
-class ColumnMapError(ValueError):
-    """A column map that cannot be used (bad file, unknown key, wrong shape)."""
-
-
 # ----------------------------------------------------------------------------- public verbs
 
 def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
-               = None, strict: bool = False, **read_options: Any) -> Study:
+               = None, strict: bool = False, *, profile: Any = None,
+               **read_options: Any) -> Study:
     """Read, validate and type a study from any supported source.
 
     Parameters
@@ -72,6 +78,11 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
         A path to a JSON (or, when PyYAML is installed, YAML) file holding such a mapping.
     strict : bool
         Raise :class:`~mfr_outcomes.study.DataValidationError` when anything is found.
+    profile : path or Profile, optional
+        A clinic profile (TOML; see :mod:`mfr_outcomes.profile`): vocabulary labels, measures,
+        column and label maps, typed covariates and date parsing for this load. Its column map
+        is applied before *column_map*; its measures are registered (see
+        :meth:`~mfr_outcomes.profile.Profile.register_measures`).
     **read_options
         ``encoding`` (CSV; default: UTF-8 with or without BOM, falling back to Latin-1),
         ``sep`` (CSV; default: sniffed), ``decimal`` (CSV; default "," when the separator is ";",
@@ -87,30 +98,40 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     ------
     SourceError
         When the source cannot be read at all.
+    ProfileError
+        When the profile cannot be used (the sentence names the key and value).
     DataValidationError
         With ``strict=True``, when validation found anything.
 
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> study = mfr.load_study("data/synthetic")
+    >>> study = mfr.load_study(mfr.datasets.synthetic_path())
     >>> study.report.summary()[["table", "read", "used", "excluded"]]
               table   read   used  excluded
     0      patients    120    120         0
     1      sessions    ...    ...         0
     2  measurements  ...  ...         0
     """
-    dayfirst = bool(read_options.pop("dayfirst", False))
+    from mfr_outcomes.profile import load_profile
+
+    prof = load_profile(profile) if profile is not None else None
+    dayfirst = bool(read_options.pop("dayfirst", False)) or bool(prof and prof.dayfirst)
     decimal_default = read_options.get("decimal") or "."
     inputs, label = read_tables(source, **read_options)
+    inputs = apply_profile(inputs, prof)
     if column_map is not None:
-        inputs = apply_column_map(inputs, column_map)
-    return build_study(inputs, source=label, strict=strict, dayfirst=dayfirst,
-                       decimal=decimal_default)
+        extra = prof.covariate_names() if prof is not None else ()
+        inputs = apply_column_map(inputs, column_map, columns=extra)
+    study = build_study(inputs, source=label, strict=strict, dayfirst=dayfirst,
+                        decimal=decimal_default, profile=prof)
+    if prof is not None:
+        prof.register_measures()
+    return study
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
-             = None, **read_options: Any) -> ValidationReport:
+             = None, *, profile: Any = None, **read_options: Any) -> ValidationReport:
     """Check a source and return the report; never raises on data problems.
 
     Parameters are those of :func:`load_study` (without ``strict``).
@@ -124,11 +145,11 @@ def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os
     SourceError
         Only when the source cannot be read at all.
     """
-    return load_study(source, column_map, strict=False, **read_options).report
+    return load_study(source, column_map, strict=False, profile=profile, **read_options).report
 
 
 def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool = False,
-                dayfirst: bool = False, decimal: str = ".") -> Study:
+                dayfirst: bool = False, decimal: str = ".", profile: Any = None) -> Study:
     """Validate raw tables and build a :class:`~mfr_outcomes.study.Study` (the one place that does).
 
     Parameters
@@ -143,13 +164,21 @@ def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool =
         Read non-ISO text dates as day/month/year.
     decimal : str
         Decimal mark of text numbers (a table's own mark wins).
+    profile : Profile, optional
+        A loaded clinic profile (:func:`mfr_outcomes.profile.load_profile`): its vocabulary,
+        typed covariates and measures are used by validation, and the Study carries its
+        covariates. Its column map must already be applied to *inputs*.
 
     Returns
     -------
     Study
     """
+    extras: dict[str, Any] = {}
+    if profile is not None:  # a clinic profile's vocabulary, covariates and measures
+        extras = {"vocabulary": profile.vocabulary, "covariates": profile.covariate_specs(),
+                  "measures": profile.measure_registry()}
     frames, findings, accounting = validate_tables(dict(inputs), dayfirst=dayfirst,
-                                                   decimal=decimal)
+                                                   decimal=decimal, **extras)
     report = ValidationReport(findings=findings, accounting=accounting, source=source)
     if strict and not report.ok:
         raise DataValidationError(report)
@@ -158,12 +187,14 @@ def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool =
         kept = sum(f.action == "kept" for f in findings)
         warnings.warn(f"{source}: {report.n_excluded} row(s) excluded and {kept} caution(s) "
                       f"while loading; see study.report", DataWarning, stacklevel=3)
-    return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source)
+    covariates = profile.covariate_names() if profile is not None else ()
+    return Study(frames["patients"], frames["sessions"], frames["measurements"], report, source,
+                 covariates=covariates, profile=profile)
 
 
 def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame, *,
                 source: str = "<frames>", strict: bool = False, dayfirst: bool = False,
-                decimal: str = ".") -> Study:
+                decimal: str = ".", profile: Any = None) -> Study:
     """Validate three raw tables exactly as files are validated (see
     :func:`mfr_outcomes.study.from_frames`, which calls this)."""
     inputs = {}
@@ -171,7 +202,18 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
         inputs[name] = TableInput.from_frame(name, frame, file=name, unit="row")
-    return build_study(inputs, source=source, strict=strict, dayfirst=dayfirst, decimal=decimal)
+    prof = None
+    if profile is not None:
+        from mfr_outcomes.profile import load_profile
+
+        prof = load_profile(profile)
+        inputs = apply_profile(inputs, prof)
+        dayfirst = dayfirst or prof.dayfirst
+    study = build_study(inputs, source=source, strict=strict, dayfirst=dayfirst, decimal=decimal,
+                        profile=prof)
+    if prof is not None:
+        prof.register_measures()
+    return study
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -181,6 +223,9 @@ def read_tables(source: Any, *, encoding: str | None = None, sep: str | None = N
                 queries: Mapping[str, str] | None = None) -> tuple[dict[str, TableInput], str]:
     """Read the three raw tables of *source* as text with line/row numbers.
 
+    This is the loaders' one boundary: whatever goes wrong while reading becomes a
+    :class:`SourceError` whose sentence names the source (a URL with its password masked).
+
     Returns
     -------
     inputs : dict
@@ -188,6 +233,56 @@ def read_tables(source: Any, *, encoding: str | None = None, sep: str | None = N
     label : str
         How the source is named in the report.
     """
+    _check_read_options(encoding=encoding, sep=sep, decimal=decimal)
+    try:
+        return _dispatch(source, encoding=encoding, sep=sep, decimal=decimal, queries=queries)
+    except (SourceError, ColumnMapError):
+        raise
+    except MemoryError:
+        raise SourceError(f"{_source_name(source)} is too large to read into memory") from None
+    except Exception as exc:  # a reader library's own exception: one sentence, no traceback
+        text = " ".join(str(exc).split())
+        text = text if len(text) <= 200 else text[:197] + "..."
+        raise SourceError(mask_passwords(f"{_source_name(source)} cannot be read: "
+                                         f"{type(exc).__name__}: {text}")) from None
+
+
+def mask_passwords(text: str) -> str:
+    """*text* with the password of every URL in it masked (``user:***@host``)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", str(text))
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)@")
+
+
+def _source_name(source: Any) -> str:
+    if isinstance(source, Mapping):
+        return "the dict of tables"
+    return mask_passwords(str(source))
+
+
+def _check_read_options(*, encoding: str | None, sep: str | None, decimal: str | None) -> None:
+    import codecs
+
+    for name, value in (("sep", sep), ("decimal", decimal)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) != 1 or value in "\r\n\"":
+            raise SourceError(f"{name} {value!r} must be exactly one character (not a quote or "
+                              f"a line break), such as " + ("',' ';' '|' or a tab"
+                                                             if name == "sep" else "'.' or ','"))
+    if sep is not None and sep == decimal:
+        raise SourceError(f"sep and decimal are both {sep!r}; they must differ")
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except (LookupError, TypeError):
+            raise SourceError(f"encoding {encoding!r} is not a known text encoding (e.g. "
+                              f"utf-8, latin-1, cp1252)") from None
+
+
+def _dispatch(source: Any, *, encoding: str | None, sep: str | None, decimal: str | None,
+              queries: Mapping[str, str] | None) -> tuple[dict[str, TableInput], str]:
     if isinstance(source, Mapping):
         return _read_frames(source), "<frames>"
     if isinstance(source, str) and "://" in source:
@@ -295,17 +390,10 @@ def _read_csv(path: Path, table: str, *, encoding: str | None, sep: str | None,
 
 def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
                  decimal: str | None) -> dict[str, TableInput]:
-    files = {f.name.lower(): f for f in path.iterdir() if f.is_file()}
+    found_files = _table_files(path)
     out = {}
     for table in TABLES:
-        found = None
-        for ext in (*_TEXT_EXT, *_PARQUET_EXT, *_XLSX_EXT):
-            if table + ext in files:
-                found = files[table + ext]
-                break
-        if found is None:
-            raise _missing_table(str(path), table,
-                                 f"looked for {table}.csv, {table}.parquet or {table}.xlsx")
+        found = found_files[table]
         ext = found.suffix.lower()
         if ext in _TEXT_EXT:
             out[table] = _read_csv(found, table, encoding=encoding, sep=sep, decimal=decimal)
@@ -316,28 +404,36 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
                 raise SourceError(f"{found.name} is not a readable Parquet file: {exc}") from None
             out[table] = TableInput.from_frame(table, frame, file=found.name, unit="row")
         else:
-            sheets = _xlsx_sheets(found)
-            name = next(iter(sheets))
-            if table in {s.lower() for s in sheets}:
-                name = next(s for s in sheets if s.lower() == table)
+            name = _pick_sheet(found, table, first_if_none=True)
             out[table] = _sheet_input(found, name, table, file=found.name)
     return out
 
 
+def _table_files(path: Path) -> dict[str, Path]:
+    """The file of each table in a folder; two candidates for one table are an error naming
+    both (``patients.csv`` beside ``Patients.csv``, or beside ``patients.parquet``)."""
+    exts = (*_TEXT_EXT, *_PARQUET_EXT, *_XLSX_EXT)
+    candidates: dict[str, list[Path]] = {t: [] for t in TABLES}
+    for f in sorted(path.iterdir()):
+        stem, ext = f.stem.lower(), f.suffix.lower()
+        if f.is_file() and stem in candidates and ext in exts:
+            candidates[stem].append(f)
+    out = {}
+    for table, files in candidates.items():
+        if not files:
+            raise _missing_table(str(path), table,
+                                 f"looked for {table}.csv, {table}.parquet or {table}.xlsx")
+        if len(files) > 1:
+            names = " and ".join(f.name for f in files)
+            same = len({f.suffix.lower() for f in files}) == 1
+            why = "names that differ only in case" if same else "two files for one table"
+            raise SourceError(f"{path} has {names} ({why}); keep one {table} file so that "
+                              f"nothing is read by accident")
+        out[table] = files[0]
+    return out
+
+
 # ----------------------------------------------------------------------------- workbooks
-
-def _xlsx_sheets(path: Path) -> list[str]:
-    import openpyxl
-
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException
-        raise SourceError(f"{path.name} is not a readable XLSX workbook: {exc}") from None
-    try:
-        return list(wb.sheetnames)
-    finally:
-        wb.close()
-
 
 def _sheet_input(path: Path, sheet: str, table: str, *, file: str) -> TableInput:
     """One sheet as text cells; rows numbered as the spreadsheet shows them (header row 1)."""
@@ -349,6 +445,7 @@ def _sheet_input(path: Path, sheet: str, table: str, *, file: str) -> TableInput
         header: list[str] | None = None
         rows: list[list[Any]] = []
         numbers: list[int] = []
+        problems: list[tuple[int, str]] = []
         for number, values in enumerate(ws.iter_rows(values_only=True), start=1):
             if all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
                 continue
@@ -358,6 +455,10 @@ def _sheet_input(path: Path, sheet: str, table: str, *, file: str) -> TableInput
                     header.pop()
                 continue
             cells = list(values[:len(header)]) + [None] * (len(header) - len(values))
+            stray = [(j, v) for j, v in enumerate(values[len(header):], start=len(header))
+                     if not (v is None or (isinstance(v, str) and not v.strip()))]
+            if stray:
+                problems.append((len(rows), _no_header_text(stray)))
             rows.append(cells)
             numbers.append(number)
     finally:
@@ -367,19 +468,70 @@ def _sheet_input(path: Path, sheet: str, table: str, *, file: str) -> TableInput
     names = unique_names(header)
     frame = pd.DataFrame(rows, columns=names, dtype=object) if rows else pd.DataFrame(
         {c: pd.Series(dtype=object) for c in names})
-    return TableInput.from_frame(table, frame, file=file, unit="row", lines=numbers)
+    inp = TableInput.from_frame(table, frame, file=file, unit="row", lines=numbers)
+    inp.problems = problems
+    return inp
+
+
+def _no_header_text(stray: list[tuple[int, Any]]) -> str:
+    from openpyxl.utils import get_column_letter
+
+    shown = ", ".join(f"{get_column_letter(j + 1)} = {_short(v)}" for j, v in stray[:5])
+    more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+    return f"cell(s) {shown}{more} under no header are ignored"
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _read_workbook(path: Path) -> dict[str, TableInput]:
-    sheets = {s.lower().strip(): s for s in _xlsx_sheets(path)}
     out = {}
     for table in TABLES:
-        if table not in sheets:
-            raise _missing_table(path.name, table,
-                                 f"sheets are {', '.join(sheets.values())}")
-        out[table] = _sheet_input(path, sheets[table], table,
-                                  file=f"{path.name} sheet {sheets[table]}")
+        name = _pick_sheet(path, table, first_if_none=False)
+        out[table] = _sheet_input(path, name, table, file=f"{path.name} sheet {name}")
     return out
+
+
+def _sheet_states(path: Path) -> list[tuple[str, str]]:
+    """(name, state) of every sheet; state is visible, hidden or veryHidden."""
+    import openpyxl
+
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as exc:  # openpyxl raises zipfile/KeyError/InvalidFileException
+        raise SourceError(f"{path.name} is not a readable XLSX workbook: {exc}") from None
+    try:
+        return [(ws.title, getattr(ws, "sheet_state", "visible") or "visible")
+                for ws in wb.worksheets]
+    finally:
+        wb.close()
+
+
+def _pick_sheet(path: Path, table: str, *, first_if_none: bool) -> str:
+    """The sheet holding *table*: named after it (case and surrounding spaces ignored).
+
+    Two such sheets, or a hidden one, are an error naming them: the wrong one could win
+    silently. A folder's ``patients.xlsx`` without a ``patients`` sheet uses its first sheet.
+    """
+    states = _sheet_states(path)
+    matches = [(n, st) for n, st in states if n.strip().lower() == table]
+    if len(matches) > 1:
+        names = ", ".join(repr(n) + ("" if st == "visible" else f" ({st})") for n, st in matches)
+        raise SourceError(f"{path.name} has {len(matches)} sheets named like {table}: {names}; "
+                          f"keep one so that the right one is read")
+    if not matches:
+        if first_if_none and states:
+            matches = [states[0]]
+        else:
+            raise _missing_table(path.name, table,
+                                 f"sheets are {', '.join(n for n, _ in states) or 'none'}")
+    name, state = matches[0]
+    if state != "visible":
+        raise SourceError(f"{path.name} sheet {name!r} is {state}; unhide it (or delete it) so "
+                          f"that what is read is what you see")
+    return name
 
 
 # ----------------------------------------------------------------------------- databases
@@ -398,6 +550,7 @@ def _read_sqlite(path: Path) -> dict[str, TableInput]:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise SourceError(f"{path.name} cannot be opened as SQLite: {exc}") from None
+    con.text_factory = _sqlite_text  # one bad cell is a finding, not an unreadable file
     try:
         names = [r[0] for r in con.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
@@ -410,11 +563,33 @@ def _read_sqlite(path: Path) -> dict[str, TableInput]:
                 if _has_rowid(con, lower[table]) else con.execute(f'SELECT * FROM "{lower[table]}"')
             cols = [d[0] for d in cur.description]
             out[table] = _rows_input(table, cols, cur.fetchall(), f"{path.name} table {table}")
+            out[table].problems.extend(_bad_text_problems(out[table]))
         return out
     except sqlite3.Error as exc:
         raise SourceError(f"{path.name} cannot be read as SQLite: {exc}") from None
     finally:
         con.close()
+
+
+class _BadText(str):
+    """Text of a SQLite cell that is not valid UTF-8, decoded with replacement characters."""
+
+
+def _sqlite_text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _BadText(raw.decode("utf-8", "replace"))
+
+
+def _bad_text_problems(inp: TableInput) -> list[tuple[int, str]]:
+    """A caution for each row holding a cell that was not valid UTF-8 (read with U+FFFD)."""
+    out = []
+    for col in inp.frame.columns:
+        values = inp.frame[col]
+        for i in [i for i, v in enumerate(values) if isinstance(v, _BadText)]:
+            out.append((i, f"{col} is not valid UTF-8 text; read as {_short(values.iat[i])}"))
+    return out
 
 
 def _has_rowid(con: Any, name: str) -> bool:
@@ -433,29 +608,67 @@ def _read_duckdb(path: Path) -> dict[str, TableInput]:
     except Exception as exc:  # duckdb.IOException, duckdb.Error
         raise SourceError(f"{path.name} cannot be opened as DuckDB: {exc}") from None
     try:
-        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
-                 .fetchall()]
-        lower = {n.lower(): n for n in names}
+        found = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                            "ORDER BY table_schema = 'main' DESC, table_schema, table_name"
+                            ).fetchall()
         out = {}
         for table in TABLES:
-            if table not in lower:
-                raise _missing_table(path.name, table, f"tables are {', '.join(names) or 'none'}")
-            cur = con.execute(f'SELECT * FROM "{lower[table]}"')
-            cols = [d[0] for d in cur.description]
-            out[table] = _rows_input(table, cols, cur.fetchall(), f"{path.name} table {table}")
+            schema, name = _duckdb_table(path, found, table)
+            qualified = f'"{schema.replace(chr(34), chr(34) * 2)}".' \
+                        f'"{name.replace(chr(34), chr(34) * 2)}"'
+            try:
+                cur = con.execute(f"SELECT * FROM {qualified}")
+                cols = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+            except duckdb.Error as exc:
+                first = " ".join(str(exc).split())[:200]
+                raise SourceError(f"{path.name} table {schema}.{name} cannot be read: "
+                                  f"{first}") from None
+            out[table] = _rows_input(table, cols, rows, f"{path.name} table {name}")
         return out
     finally:
         con.close()
 
 
+def _duckdb_table(path: Path, found: list[tuple[str, str]], table: str) -> tuple[str, str]:
+    """(schema, name) of *table*: in schema main, else the one schema that has it."""
+    hits = [(sc, n) for sc, n in found if n.lower() == table]
+    main = [h for h in hits if h[0] == "main"]
+    if len(main) == 1:
+        return main[0]
+    if len(hits) == 1:
+        return hits[0]
+    shown = ", ".join(f"{sc}.{n}" for sc, n in (hits or found)) or "none"
+    if not hits:
+        raise _missing_table(path.name, table, f"tables are {shown}")
+    raise SourceError(f"{path.name} has {len(hits)} tables named like {table} ({shown}); keep "
+                      f"one, or move the one to read into schema main")
+
+
+def _refuse_new_database(url: Any, label: str) -> None:
+    """A file database (SQLite, DuckDB) that does not exist would be created by connecting."""
+    backend = url.get_backend_name()
+    database = url.database
+    if backend in ("sqlite", "duckdb") and database not in (None, "", ":memory:") \
+            and not database.startswith("file:") and not Path(database).is_file():
+        raise SourceError(f"{label}: database file {database} does not exist (it is not "
+                          f"created)")
+
+
 def _read_url(url: str, queries: Mapping[str, str] | None) -> tuple[dict[str, TableInput], str]:
     import sqlalchemy as sa
 
+    label = mask_passwords(url)
     try:
-        engine = sa.create_engine(url)
+        parsed = sa.engine.make_url(url)
+        label = parsed.render_as_string(hide_password=True)
+        _refuse_new_database(parsed, label)
+        engine = sa.create_engine(parsed)
+    except SourceError:
+        raise
     except Exception as exc:  # ArgumentError, NoSuchModuleError, ImportError of a driver
-        raise SourceError(f"{url} is not a usable SQLAlchemy URL: {exc}") from None
-    label = engine.url.render_as_string(hide_password=True)
+        why = mask_passwords(" ".join(str(exc).split()))
+        raise SourceError(f"{label} is not a usable SQLAlchemy URL: {why}") from None
     try:
         with engine.connect() as con:
             out = {}
@@ -483,85 +696,3 @@ def _read_url(url: str, queries: Mapping[str, str] | None) -> tuple[dict[str, Ta
                           f"{str(exc).splitlines()[0]}") from None
     finally:
         engine.dispose()
-
-
-# ----------------------------------------------------------------------------- column maps
-
-def read_column_map(path: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """Read a column map from a JSON file (or YAML, when PyYAML is installed)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ColumnMapError(f"column map {p} does not exist")
-    text = p.read_text(encoding="utf-8-sig")
-    if p.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ColumnMapError(f"column map {p.name} is YAML but PyYAML is not installed; "
-                                 f"write it as JSON") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ColumnMapError(f"column map {p.name} is not valid YAML: {exc}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ColumnMapError(f"column map {p.name} is not valid JSON: line {exc.lineno}: "
-                                 f"{exc.msg}") from None
-    return _check_map(data, p.name)
-
-
-def _check_map(data: Any, where: str) -> dict[str, dict[str, str]]:
-    if not isinstance(data, Mapping):
-        raise ColumnMapError(f"column map {where} must be a mapping of tables and columns")
-    out: dict[str, dict[str, str]] = {}
-    for key, sub in data.items():
-        if key not in TABLES and key not in _CANONICAL_COLUMNS:
-            raise ColumnMapError(
-                f"column map {where}: key {key!r} is neither a table ({', '.join(TABLES)}) nor a "
-                f"canonical column")
-        if not isinstance(sub, Mapping):
-            raise ColumnMapError(f"column map {where}: {key!r} must map names to names")
-        out[str(key)] = {str(a): str(b) for a, b in sub.items()}
-    return out
-
-
-def apply_column_map(inputs: dict[str, TableInput],
-                     column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike
-                     ) -> dict[str, TableInput]:
-    """Rename columns (table keys) and category labels (column keys) of raw tables.
-
-    Labels are matched as written, then ignoring case and surrounding spaces.
-    """
-    if isinstance(column_map, (str, os.PathLike)):
-        cmap = read_column_map(column_map)
-    else:
-        cmap = _check_map(column_map, "")
-    out = {}
-    for table, inp in inputs.items():
-        frame = inp.frame.copy()
-        renames = cmap.get(table, {})
-        if renames:
-            stripped = {str(k).strip(): v for k, v in renames.items()}
-            frame.columns = unique_names(stripped.get(str(c).strip(), c) for c in frame.columns)
-        for col in frame.columns:
-            labels = cmap.get(str(col))
-            if not labels or str(col) in TABLES:
-                continue
-            exact = {str(k): v for k, v in labels.items()}
-            folded = {str(k).strip().lower(): v for k, v in labels.items()}
-
-            def relabel(v: Any, exact=exact, folded=folded) -> Any:
-                if v is None or (isinstance(v, float) and v != v):
-                    return v
-                s = str(v)
-                if s in exact:
-                    return exact[s]
-                return folded.get(s.strip().lower(), v)
-
-            frame[col] = frame[col].astype(object).map(relabel)
-        new = TableInput(inp.name, frame, inp.file, inp.unit, inp.lines, inp.decimal,
-                         list(inp.problems), inp.blank_lines)
-        out[table] = new
-    return out

@@ -15,6 +15,7 @@ __all__ = [
     "register_measure",
     "unregister_measure",
     "measure_codes",
+    "is_builtin",
     "important_change",
 ]
 
@@ -139,6 +140,11 @@ _BUILTIN_CODES = frozenset(MEASURES)
 def measure_codes() -> list[str]:
     """Codes of every registered measure, built-ins first."""
     return list(MEASURES)
+
+
+def is_builtin(code: str) -> bool:
+    """True when *code* is one of the package's own measures (which cannot be replaced)."""
+    return code in _BUILTIN_CODES
 
 
 def get_measure(code: str) -> Measure:

@@ -32,8 +32,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The notebooks folder of a source checkout (the package sits next to it).
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def _notebooks_dir() -> Path:
+    """The packaged notebooks (an installed wheel) or the checkout's ``notebooks/``."""
+    from mfr_outcomes.datasets import notebooks_path
+
+    try:
+        return notebooks_path()
+    except FileNotFoundError:  # neither: notebook_paths() says so when it is used
+        return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+#: The notebooks folder: packaged with the wheel, or beside the package in a checkout.
+NOTEBOOKS_DIR = _notebooks_dir()
 KERNEL_NAME = "python3"
 
 

@@ -9,8 +9,9 @@ that says whether its row was excluded or kept with a caution.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as _dc_replace
 from typing import Any, Literal
 
 import numpy as np
@@ -20,6 +21,7 @@ import pandera.pandas as pa
 from mfr_outcomes import vocab
 from mfr_outcomes.cells import (
     NA_TOKENS,
+    date_problem,
     dates,
     flag,
     is_number,
@@ -27,9 +29,10 @@ from mfr_outcomes.cells import (
     numbers,
     text_and_markers,
     text_frame,
+    times,
 )
 from mfr_outcomes.findings import Finding, RowAccount
-from mfr_outcomes.measures import MEASURES
+from mfr_outcomes.measures import MEASURES, Measure
 from mfr_outcomes.table_rules import (
     KEYS,
     TableState,
@@ -48,16 +51,27 @@ __all__ = [
     "table_schema",
     "validate_tables",
     "NA_TOKENS",
+    "COVARIATE_KINDS",
+    "table_specs",
+    "covariate_spec",
+    "WHEN_GIVEN",
 ]
 
-Kind = Literal["id", "str", "int", "float", "date", "category", "bool"]
+Kind = Literal["id", "str", "int", "float", "date", "category", "bool", "time"]
 
-#: Cell texts read as missing (compared after stripping, case-insensitive).
+#: Types a clinic profile may give a covariate column.
+COVARIATE_KINDS = ("float", "int", "category", "bool", "date")
 
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One canonical column: its kind, whether it is required, and its rule."""
+    """One canonical column: its kind, whether it is required, and its rule.
+
+    ``categories`` None on a category column means an open vocabulary (any label; used for
+    ``arm`` when no profile lists the arms). ``rule`` is the cross-table rule in words, for the
+    generated column tables (``mfr-outcomes schema``, the codebook); ``covariate`` marks a column
+    declared by a clinic profile.
+    """
 
     name: str
     kind: Kind
@@ -66,11 +80,13 @@ class ColumnSpec:
     low: float | None = None
     high: float | None = None
     default: str | None = None
+    rule: str = ""
+    covariate: bool = False
 
 
 TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
     "patients": (
-        ColumnSpec("patient_id", "id", required=True),
+        ColumnSpec("patient_id", "id", required=True, rule="unique"),
         ColumnSpec("site_id", "str", default=vocab.DEFAULT_SITE),
         ColumnSpec("age_years", "int", low=16, high=110),
         ColumnSpec("sex", "category", categories=vocab.SEX),
@@ -78,27 +94,45 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
         ColumnSpec("affected_side", "category", categories=vocab.AFFECTED_SIDE),
         ColumnSpec("symptom_weeks", "float", low=0),
         ColumnSpec("enrolled_on", "date"),
+        ColumnSpec("arm", "category", categories=None,
+                   rule="the randomised or allocated group; labels from the profile's "
+                        "[vocabulary] arm (any label when none is declared)"),
     ),
     "sessions": (
-        ColumnSpec("session_id", "id", required=True),
-        ColumnSpec("patient_id", "id", required=True),
+        ColumnSpec("session_id", "id", required=True, rule="unique"),
+        ColumnSpec("patient_id", "id", required=True, rule="must exist in patients"),
         ColumnSpec("therapist_id", "str", required=True),
-        ColumnSpec("session_date", "date", required=True),
-        ColumnSpec("session_number", "int", low=1),
-        ColumnSpec("technique", "category", required=True, categories=vocab.TECHNIQUE),
+        ColumnSpec("session_date", "date", required=True, rule="not before enrolled_on"),
+        ColumnSpec("session_time", "time",
+                   rule="for studies timed in hours (readings after a procedure)"),
+        ColumnSpec("session_number", "int", low=1,
+                   rule="derived from date order when absent; must agree with it when given"),
+        ColumnSpec("technique", "category", required=True, categories=vocab.TECHNIQUE,
+                   rule="none = assessment-only visit (follow-up)"),
         ColumnSpec("target_region", "category", categories=vocab.TARGET_REGION),
         ColumnSpec("duration_min", "float", low=5, high=180),
         ColumnSpec("home_program", "bool"),
         ColumnSpec("adverse_event", "category", categories=vocab.ADVERSE_EVENT),
     ),
     "measurements": (
-        ColumnSpec("session_id", "id", required=True),
-        ColumnSpec("phase", "category", required=True, categories=vocab.PHASE),
-        ColumnSpec("measure", "str", required=True),
+        ColumnSpec("session_id", "id", required=True, rule="must exist in sessions"),
+        ColumnSpec("phase", "category", required=True, categories=vocab.PHASE,
+                   rule="post only on treatment visits"),
+        ColumnSpec("measure", "str", required=True, rule="a code of the measure registry"),
         ColumnSpec("side", "category", categories=vocab.SIDE, default="none"),
-        ColumnSpec("value", "float", required=True),
+        ColumnSpec("value", "float", required=True,
+                   rule="inside the measure's valid range; (session_id, phase, measure, side) "
+                        "is unique"),
     ),
 }
+
+#: Optional columns (added with the clinic profile) that a validated frame has only when the
+#: source gives them, so that studies without them keep their earlier shape.
+WHEN_GIVEN = ("arm", "session_time")
+
+#: Optional columns (added with the clinic profile) that a validated frame has only when the
+#: source gives them, so that studies without them keep their earlier shape.
+WHEN_GIVEN = ("arm", "session_time")
 
 
 def required_columns(table: str) -> list[str]:
@@ -106,15 +140,51 @@ def required_columns(table: str) -> list[str]:
     return [c.name for c in TABLE_SPECS[table] if c.required]
 
 
-def table_schema(table: str) -> pa.DataFrameSchema:
+def covariate_spec(name: str, kind: str, *, required: bool = False,
+                   categories: Iterable[str] | None = None, low: float | None = None,
+                   high: float | None = None) -> ColumnSpec:
+    """The :class:`ColumnSpec` of a covariate column declared by a clinic profile."""
+    if kind not in COVARIATE_KINDS:
+        raise ValueError(f"covariate {name}: type {kind!r} is not one of "
+                         f"{', '.join(COVARIATE_KINDS)}")
+    cats = tuple(categories) if categories is not None else None
+    return ColumnSpec(name, kind, required=required,  # type: ignore[arg-type]
+                      categories=cats if kind == "category" else None, low=low, high=high,
+                      rule="covariate declared in the clinic profile", covariate=True)
+
+
+def table_specs(table: str, vocabulary: vocab.Vocabulary | None = None,
+                covariates: Iterable[ColumnSpec] = ()) -> tuple[ColumnSpec, ...]:
+    """The column specs of *table* for one load: vocabularies from *vocabulary* (the built-ins
+    when None), then the covariate columns a profile declares for this table."""
+    v = vocabulary if vocabulary is not None else vocab.DEFAULT_VOCABULARY
+    out = []
+    for spec in TABLE_SPECS[table]:
+        if spec.kind == "category" and spec.name in vocab.EXTENSIBLE:
+            cats = v.categories(spec.name)
+            spec = _dc_replace(spec, categories=cats if cats else None)
+        out.append(spec)
+    names = {s.name for s in out}
+    for spec in covariates:
+        if spec.name in names:
+            raise ValueError(f"covariate {spec.name} is already a column of the {table} table")
+        names.add(spec.name)
+        out.append(spec)
+    return tuple(out)
+
+
+def table_schema(table: str, specs: tuple[ColumnSpec, ...] | None = None,
+                 measures: Mapping[str, Measure] | None = None) -> pa.DataFrameSchema:
     """The pandera schema of one table after coercion (typed columns, missing allowed).
 
     Missing values are handled before pandera (a required value that is missing excludes the row),
     so every column is nullable here; the checks are ranges, whole numbers and vocabularies, and
     for measurements the per-measure valid range from the registry.
     """
+    specs = TABLE_SPECS[table] if specs is None else specs
+    known = list(MEASURES if measures is None else measures)
     columns = {}
-    for spec in TABLE_SPECS[table]:
+    for spec in specs:
         checks = []
         if spec.kind in ("int", "float"):
             if spec.low is not None:
@@ -126,8 +196,11 @@ def table_schema(table: str) -> pa.DataFrameSchema:
                                        element_wise=False, name="not_integer"))
             dtype = "float64"
         elif spec.kind == "category":
-            checks.append(pa.Check.isin(list(spec.categories or ()), name="unknown_category"))
+            if spec.categories is not None:
+                checks.append(pa.Check.isin(list(spec.categories), name="unknown_category"))
             dtype = None
+        elif spec.kind == "time":
+            dtype = "timedelta64[ns]"
         elif spec.kind == "date":
             dtype = "datetime64[ns]"
         elif spec.kind == "bool":
@@ -135,9 +208,11 @@ def table_schema(table: str) -> pa.DataFrameSchema:
         else:
             dtype = None
         if table == "measurements" and spec.name == "measure":
-            checks.append(pa.Check(lambda s: s.isna() | s.isin(list(MEASURES)),
-                                   name="unknown_measure"))
-        columns[spec.name] = pa.Column(dtype, checks=checks, nullable=True, coerce=False)
+            checks.append(pa.Check(lambda s: s.isna() | s.isin(known), name="unknown_measure"))
+        # columns added with the clinic profile may be absent from frames built by hand
+        newer = spec.covariate or spec.name in WHEN_GIVEN
+        columns[spec.name] = pa.Column(dtype, checks=checks, nullable=True, coerce=False,
+                                       required=not newer)
     frame_checks = []
     if table == "measurements":
         frame_checks = [
@@ -217,10 +292,10 @@ def unique_names(names: Iterable[object]) -> list[str]:
 
 # ----------------------------------------------------------------------------- per table
 
-def _columns(t: TableState, frame: pd.DataFrame) -> None:
+def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...]) -> None:
     """Match column names, report missing required and unexpected columns (one caution for all
     unexpected columns, however many)."""
-    specs = {s.name: s for s in TABLE_SPECS[t.name]}
+    specs = {s.name: s for s in table_specs}
     seen: dict[str, str] = {}
     for col in frame.columns:
         key = str(col).strip()
@@ -264,6 +339,15 @@ def _columns(t: TableState, frame: pd.DataFrame) -> None:
                 t.exclude_all("missing_column")
 
 
+def _absent_covariates(t: TableState, specs: tuple[ColumnSpec, ...]) -> None:
+    """A covariate the profile declares but the table lacks: one caution (required: excluded)."""
+    for spec in specs:
+        if spec.covariate and not spec.required and spec.name not in t.present:
+            t.add(None, spec.name, None, "missing_column",
+                  f"covariate {spec.name} declared in the profile is not a column of "
+                  f"{t.file}; it is left empty", "kept", suffix="")
+
+
 def _reading_problems(t: TableState, inp: TableInput) -> None:
     """What the reader met: blank lines (counted, not rows) and mended records."""
     if len(inp.blank_lines):
@@ -279,9 +363,11 @@ def _reading_problems(t: TableState, inp: TableInput) -> None:
         t.add(i, None, None, "malformed_row", sentence, "kept")
 
 
-def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
-    """Turn text into typed columns; report text that is not a number, date, flag or label."""
-    for spec in TABLE_SPECS[t.name]:
+def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
+            dayfirst: bool) -> None:
+    """Turn text into typed columns; report text that is not a number, date, time, flag or
+    label."""
+    for spec in specs:
         raw = t.raw[spec.name]
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         if spec.default is not None:
@@ -311,6 +397,10 @@ def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
             bad = raw.notna() & typed.isna()
             what = "not a valid date" + ("" if dayfirst else " (write YYYY-MM-DD, or pass "
                                          "dayfirst=True for day/month/year)")
+        elif spec.kind == "time":
+            typed = times(raw)
+            bad = raw.notna() & typed.isna()
+            what = "not a time of day (write HH:MM, 00:00–23:59)"
         elif spec.kind == "bool":
             codes, uniques = pd.factorize(raw)
             flags = np.array([flag(str(u)) for u in uniques] + [None], dtype=object)
@@ -325,18 +415,19 @@ def _coerce(t: TableState, *, decimal: str, dayfirst: bool) -> None:
             bad = None
         if bad is not None:
             rule = {"int": "not_a_number", "float": "not_a_number", "date": "invalid_date",
-                    "bool": "wrong_type"}[spec.kind]
+                    "time": "invalid_time", "bool": "wrong_type"}[spec.kind]
             for i in np.flatnonzero(bad.to_numpy()):
-                t.add(int(i), spec.name, t.text(spec.name, i), rule,
-                      f"{spec.name} = {t.text(spec.name, i)}, {what}",
-                      bad_action)
+                text = t.text(spec.name, i)
+                why = (date_problem(text) or what) if spec.kind == "date" else what
+                t.add(int(i), spec.name, text, rule, f"{spec.name} = {text}, {why}", bad_action)
         t.typed[spec.name] = typed.reset_index(drop=True)
 
 
-def _checks(t: TableState) -> None:
+def _checks(t: TableState, specs: tuple[ColumnSpec, ...], measures: Mapping[str, Measure]
+            ) -> None:
     """Ranges, whole numbers, vocabularies and measures on whole columns (the rules of
-    :func:`table_schema`, in its order: columns in table order, then the per-measure range)."""
-    specs = TABLE_SPECS[t.name]
+    :func:`table_schema`, in its order: columns in table order, then the per-measure range).
+    A category column without categories (``arm`` with none declared) takes any label."""
     before = {name: col for name, col in t.typed.items()}
     for spec in specs:
         v = before[spec.name]
@@ -353,21 +444,21 @@ def _checks(t: TableState) -> None:
                 frac = ~np.isnan(arr) & (arr != np.round(arr)) if spec.kind == "int" else \
                     np.zeros(len(arr), bool)
             fails = [(out, "out_of_range"), (frac & ~out, "not_integer")]
-        elif spec.kind == "category":
-            fails = [(_not_in(v, list(spec.categories or ())), "unknown_category")]
+        elif spec.kind == "category" and spec.categories is not None:
+            fails = [(_not_in(v, list(spec.categories)), "unknown_category")]
         if t.name == "measurements" and spec.name == "measure":
-            fails = [(_not_in(v, list(MEASURES)), "unknown_measure")]
+            fails = [(_not_in(v, list(measures)), "unknown_measure")]
         hit = np.zeros(t.n, bool)
         for mask, rule in fails:
             for i in np.flatnonzero(mask):
-                _check_finding(t, spec, int(i), rule, action)
+                _check_finding(t, spec, int(i), rule, action, measures)
             hit |= mask
         if action == "missing" and hit.any():
             col = t.typed[spec.name].copy()
             col[hit] = np.nan if col.dtype == "float64" else None
             t.typed[spec.name] = col
     if t.name == "measurements":
-        _measure_checks(t, before)
+        _measure_checks(t, before, measures)
 
 
 def _not_in(v: pd.Series, allowed: list[str]) -> np.ndarray:
@@ -377,7 +468,8 @@ def _not_in(v: pd.Series, allowed: list[str]) -> np.ndarray:
     return bad[codes] if len(codes) else np.zeros(0, bool)
 
 
-def _check_finding(t: TableState, spec: ColumnSpec, i: int, rule: str, action: str) -> None:
+def _check_finding(t: TableState, spec: ColumnSpec, i: int, rule: str, action: str,
+                   measures: Mapping[str, Measure]) -> None:
     col = spec.name
     raw = t.text(col, i)
     if rule == "out_of_range":
@@ -390,16 +482,17 @@ def _check_finding(t: TableState, spec: ColumnSpec, i: int, rule: str, action: s
               action)
     else:
         t.add(i, col, raw, "unknown_measure",
-              f"measure = {raw}, not a registered measure (known: {', '.join(MEASURES)})",
+              f"measure = {raw}, not a registered measure (known: {', '.join(measures)})",
               "excluded")
 
 
-def _measure_checks(t: TableState, typed: dict[str, pd.Series]) -> None:
+def _measure_checks(t: TableState, typed: dict[str, pd.Series],
+                    measures: Mapping[str, Measure]) -> None:
     """Each reading inside its measure's valid range, and whole when the measure is."""
     measure = typed["measure"]
     value = typed["value"].to_numpy(dtype="float64", na_value=np.nan)
     codes, uniques = pd.factorize(measure)
-    regs = [MEASURES.get(u) for u in uniques]
+    regs = [measures.get(u) for u in uniques]
     low = np.array([m.low if m else np.nan for m in regs] + [np.nan])[codes]
     high = np.array([m.high if m else np.nan for m in regs] + [np.nan])[codes]
     whole = np.array([bool(m and m.integer) for m in regs] + [False])[codes]
@@ -408,7 +501,7 @@ def _measure_checks(t: TableState, typed: dict[str, pd.Series]) -> None:
         out = known & ((value < low) | (value > high))
         frac = known & whole & (value != np.round(value)) & ~out
     for i in np.flatnonzero(out | frac):
-        m = MEASURES[measure.iat[i]]
+        m = measures[measure.iat[i]]
         raw = t.text("value", int(i))
         if out[i]:
             t.add(int(i), "value", raw, "out_of_range",
@@ -433,21 +526,27 @@ def _range_text(low: float | None, high: float | None) -> str:
     return f"≤ {fmt(high)}"
 
 
-def _final(t: TableState, frame: pd.DataFrame) -> pd.DataFrame:
-    """Used rows with the column types of docs/internals.md, extra columns after."""
+def _final(t: TableState, frame: pd.DataFrame, specs: tuple[ColumnSpec, ...]) -> pd.DataFrame:
+    """Used rows with the column types of docs/internals.md, extra columns after (``arm`` and
+    ``session_time`` only when the source gives them)."""
     used = t.ok
     everything = bool(used.all())
     cols: dict[str, Any] = {}
-    for spec in TABLE_SPECS[t.name]:
+    for spec in specs:
+        if spec.name in WHEN_GIVEN and spec.name not in t.present:
+            continue
         col = t.typed[spec.name]
         col = col.reset_index(drop=True) if everything else col[used].reset_index(drop=True)
         if spec.kind in ("id", "str"):
             col = col.astype("str")
         elif spec.kind == "category":
-            cats = list(spec.categories or ())
             if not isinstance(col.dtype, pd.CategoricalDtype):
                 col = col.astype(object).astype("category")
+            cats = (list(spec.categories) if spec.categories is not None
+                    else _open_categories(col))
             col = pd.Categorical(col.cat.set_categories(cats))
+        elif spec.kind == "time":
+            col = col.astype("timedelta64[ns]")
         elif spec.kind == "int":
             if t.name == "sessions" and spec.name == "session_number":
                 col = col.astype("int64")
@@ -467,9 +566,16 @@ def _final(t: TableState, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _open_categories(col: pd.Series) -> list[str]:
+    """Labels of an open vocabulary (``arm`` with none declared): those present, sorted."""
+    return sorted({str(v) for v in col.dropna().unique()})
+
+
 def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
-                    decimal: str = ".") -> tuple[dict[str, pd.DataFrame], list[Finding],
-                                                 dict[str, RowAccount]]:
+                    decimal: str = ".", vocabulary: vocab.Vocabulary | None = None,
+                    covariates: Mapping[str, Iterable[ColumnSpec]] | None = None,
+                    measures: Mapping[str, Measure] | None = None
+                    ) -> tuple[dict[str, pd.DataFrame], list[Finding], dict[str, RowAccount]]:
     """Validate the three raw tables together.
 
     Parameters
@@ -480,6 +586,13 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
         Read non-ISO dates as day/month/year.
     decimal : str
         Decimal mark used in the text numbers.
+    vocabulary : Vocabulary, optional
+        Category labels of this load (built-ins plus a profile's); the built-ins when None.
+    covariates : dict, optional
+        table -> covariate :class:`ColumnSpec` declared by a profile (validated and typed like
+        the built-in columns; a declared covariate absent from the table is a caution).
+    measures : dict, optional
+        code -> Measure known to this load (the registry when None).
 
     Returns
     -------
@@ -490,23 +603,28 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     accounting : dict of RowAccount
     """
     findings: dict[str, list[Finding]] = {name: [] for name in vocab.TABLES}
+    covariates = covariates or {}
+    known = MEASURES if measures is None else measures
     tables = {}
+    specs = {}
     for name in vocab.TABLES:
         inp = inputs[name]
+        specs[name] = table_specs(name, vocabulary, covariates.get(name, ()))
         t = TableState(name, inp.file, inp.unit, inp.lines, findings[name],
                        blank=len(inp.blank_lines))
         tables[name] = t
-        _columns(t, inp.frame)
+        _columns(t, inp.frame, specs[name])
+        _absent_covariates(t, specs[name])
         _reading_problems(t, inp)
-        _coerce(t, decimal=inp.decimal or decimal, dayfirst=dayfirst)
-        _checks(t)
+        _coerce(t, specs[name], decimal=inp.decimal or decimal, dayfirst=dayfirst)
+        _checks(t, specs[name], known)
         duplicates(t)
     p, s, m = tables["patients"], tables["sessions"], tables["measurements"]
     foreign(s, p, "patient_id", "patient")
     session_dates(s, p)
     foreign(m, s, "session_id", "session")
     post_checks(m, s)
-    frames = {name: _final(t, inputs[name].frame) for name, t in tables.items()}
+    frames = {name: _final(t, inputs[name].frame, specs[name]) for name, t in tables.items()}
     accounting = {name: t.account() for name, t in tables.items()}
     # within a table, whole-column findings first, then by line (stable: order found)
     ordered = [f for name in vocab.TABLES

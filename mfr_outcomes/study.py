@@ -6,6 +6,8 @@ join behind :meth:`Study.frame` that simulation loops call without validation.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,14 +26,19 @@ __all__ = [
     "analysis_frame",
     "model_dtypes",
     "ANALYSIS_COLUMNS",
+    "OPTIONAL_ANALYSIS_COLUMNS",
+    "TIME_UNITS",
 ]
 
 #: Columns of an analysis frame, in order.
 ANALYSIS_COLUMNS = (
     "patient_id", "site_id", "therapist_id", "session_id", "session_number", "session_date",
-    "weeks", "technique", "target_region", "home_program", "phase", "post", "side", "value",
-    "age_years", "sex", "condition", "affected_side", "symptom_weeks",
+    "weeks", "days", "hours", "technique", "target_region", "home_program", "phase", "post",
+    "side", "value", "age_years", "sex", "condition", "affected_side", "symptom_weeks",
 )
+
+#: Optional columns carried after ``ANALYSIS_COLUMNS`` when the study has them.
+OPTIONAL_ANALYSIS_COLUMNS = ("arm", "session_time")
 
 
 class MeasureNotFoundError(KeyError, ValueError):
@@ -51,16 +58,24 @@ class Study:
     report : ValidationReport
     source : str
         What was read (path, URL or "<frames>").
+    covariates : sequence of str
+        Covariate columns of patients or sessions (declared by a clinic profile) that
+        :meth:`frame` carries, typed.
+    profile : Profile, optional
+        The clinic profile the study was loaded with (None without one).
     """
 
     def __init__(self, patients: pd.DataFrame, sessions: pd.DataFrame,
                  measurements: pd.DataFrame, report: ValidationReport | None = None,
-                 source: str = "<frames>") -> None:
+                 source: str = "<frames>", *, covariates: Sequence[str] = (),
+                 profile: Any = None) -> None:
         self.patients = patients
         self.sessions = sessions
         self.measurements = measurements
         self.report = report if report is not None else ValidationReport(source=source)
         self.source = source
+        self.covariates = tuple(covariates)
+        self.profile = profile
 
     @property
     def measures(self) -> list[str]:
@@ -94,7 +109,7 @@ class Study:
         Examples
         --------
         >>> import mfr_outcomes as mfr
-        >>> study = mfr.load_study("data/synthetic")
+        >>> study = mfr.load_study(mfr.datasets.synthetic_path())
         >>> pain = study.frame("pain_nrs")
         >>> list(pain.columns[:6])
         ['patient_id', 'site_id', 'therapist_id', 'session_id', 'session_number', 'session_date']
@@ -105,7 +120,8 @@ class Study:
         ...
         mfr_outcomes.study.MeasureNotFoundError: measure 'vas' is not in this study; measures present: hip_flexion_deg, hip_ir_deg, leg_pain_nrs, odi, pain_nrs, paresthesia, ppt_kgcm2, slr_deg
         """
-        return analysis_frame(self.patients, self.sessions, self.measurements, measure, side=side)
+        return analysis_frame(self.patients, self.sessions, self.measurements, measure, side=side,
+                              covariates=self.covariates)
 
     def summary(self) -> pd.DataFrame:
         """Counts and per-measure pre/post means.
@@ -146,7 +162,7 @@ class Study:
 
 def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame, *,
                 source: str = "<frames>", strict: bool = False, dayfirst: bool = False,
-                decimal: str = ".") -> Study:
+                decimal: str = ".", profile: Any = None) -> Study:
     """Validate three raw tables exactly as files are validated and return a :class:`Study`.
 
     Parameters
@@ -161,6 +177,8 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
         Read text dates as day/month/year.
     decimal : str
         Decimal mark of text numbers.
+    profile : path, dict or Profile, optional
+        A clinic profile (see :mod:`mfr_outcomes.profile`), as for ``load_study``.
 
     Returns
     -------
@@ -188,7 +206,7 @@ def from_frames(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd
     from mfr_outcomes.io import from_frames as _validated  # io builds Studies; lazy: io imports us
 
     return _validated(patients, sessions, measurements, source=source, strict=strict,
-                      dayfirst=dayfirst, decimal=decimal)
+                      dayfirst=dayfirst, decimal=decimal, profile=profile)
 
 
 def model_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -210,7 +228,8 @@ def model_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements: pd.DataFrame,
-                   measure: str, *, side: str | None = None) -> pd.DataFrame:
+                   measure: str, *, side: str | None = None,
+                   covariates: Sequence[str] = ()) -> pd.DataFrame:
     """Join the three tables into a long frame of one measure (no validation).
 
     Parameters
@@ -221,14 +240,20 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
         Measure code.
     side : {"left", "right", "none"}, optional
         Keep only this side; all sides when None.
+    covariates : sequence of str
+        Further columns of patients or sessions to carry (a profile's covariates), typed.
 
     Returns
     -------
     DataFrame
         Columns patient_id, site_id, therapist_id, session_id, session_number, session_date,
-        weeks (days since the patient's first session / 7), technique, target_region,
-        home_program, phase, post (int 0/1), side, value, age_years, sex, condition,
-        affected_side, symptom_weeks. Sorted by patient_id, session_number, side, phase.
+        weeks (days since the patient's first session / 7), days (whole days since the first
+        session), hours (hours since the first session, from session_date plus session_time
+        when the study records times of day; missing for a visit without a time when others
+        have one), technique, target_region, home_program, phase, post (int 0/1), side, value,
+        age_years, sex, condition, affected_side, symptom_weeks; then arm and session_time when
+        the study has them, then the covariates. Sorted by patient_id, session_number, side,
+        phase.
 
     Raises
     ------
@@ -252,16 +277,27 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
     s = sessions.copy()
     s["session_date"] = pd.to_datetime(s["session_date"])
     first = s.groupby("patient_id", observed=True)["session_date"].transform("min")
-    s["weeks"] = (s["session_date"] - first).dt.days.astype("float64") / 7.0
+    s["days"] = (s["session_date"] - first).dt.days.astype("float64")
+    s["weeks"] = s["days"] / 7.0
+    s["hours"] = _hours(s)
     if "session_number" not in s.columns or s["session_number"].isna().any():
         s = s.sort_values(["patient_id", "session_date"], kind="stable")
         s["session_number"] = s.groupby("patient_id", observed=True).cumcount() + 1
+    extra = [c for c in (*OPTIONAL_ANALYSIS_COLUMNS, *covariates)
+             if c in s.columns or c in patients.columns]
+    missing = [c for c in covariates if c not in extra]
+    if missing:
+        raise ValueError(f"covariate(s) {', '.join(missing)} are not columns of patients or "
+                         f"sessions")
     s_cols = ["session_id", "patient_id", "therapist_id", "session_number", "session_date",
-              "weeks", "technique", "target_region", "home_program"]
-    s = s[[c for c in s_cols if c in s.columns]]
+              "weeks", "days", "hours", "technique", "target_region", "home_program"]
+    s = s[[c for c in s_cols if c in s.columns]
+          + [c for c in extra if c in sessions.columns and c not in s_cols]]
     p_cols = ["patient_id", "site_id", "age_years", "sex", "condition", "affected_side",
               "symptom_weeks"]
-    p = patients[[c for c in p_cols if c in patients.columns]]
+    p = patients[[c for c in p_cols if c in patients.columns]
+                 + [c for c in extra if c in patients.columns and c not in p_cols
+                    and c not in s.columns]]
     out = m[["session_id", "phase", "side", "value"]].merge(s, on="session_id", how="inner")
     out = out.merge(p, on="patient_id", how="left")
     out["post"] = (out["phase"].astype(str) == "post").astype("int64")
@@ -273,4 +309,18 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
     out = (out.assign(_phase=phase_order, _side=side_key)
            .sort_values(["patient_id", "session_number", "_side", "_phase"], kind="stable")
            .drop(columns=["_phase", "_side"]))
-    return out[list(ANALYSIS_COLUMNS)].reset_index(drop=True)
+    return out[list(ANALYSIS_COLUMNS) + list(dict.fromkeys(extra))].reset_index(drop=True)
+
+
+#: Time scales of the course of care: column of the analysis frame -> unit in words.
+TIME_UNITS = {"weeks": "week", "days": "day", "hours": "hour", "session_number": "visit"}
+
+
+def _hours(s: pd.DataFrame) -> pd.Series:
+    """Hours since the patient's first visit, with the time of day when recorded."""
+    stamp = s["session_date"]
+    if "session_time" in s.columns:
+        tod = pd.to_timedelta(s["session_time"])
+        stamp = stamp.dt.normalize() + tod  # NaT where a visit has no time
+    first = stamp.groupby(s["patient_id"], observed=True).transform("min")
+    return (stamp - first).dt.total_seconds().astype("float64") / 3600.0

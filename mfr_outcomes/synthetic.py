@@ -1090,6 +1090,12 @@ def codebook(frames: Mapping[str, pd.DataFrame], truth: Truth, *, n_patients: in
         "an empty cell is missing.",
         "",
     ]
+    from mfr_outcomes.schema_doc import columns_markdown  # the loader's own column rules
+
+    lines += ["## Columns the loader checks", "",
+              "Generated from the schemas (`mfr-outcomes schema` prints the same table; a clinic "
+              "profile adds labels and covariates). Optional columns may be absent.", "",
+              columns_markdown(heading="###")]
     for table, cols in _COLUMNS.items():
         lines += [f"## {table}.csv", "", "| column | type | unit | range | how it was generated |",
                   "| --- | --- | --- | --- | --- |"]
@@ -1168,3 +1174,118 @@ def codebook(frames: Mapping[str, pd.DataFrame], truth: Truth, *, n_patients: in
               "`generate(...)[1].to_dict()`.", "", "```json",
               json.dumps(fmt, indent=2, ensure_ascii=False), "```", ""]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# a two-arm trial with known course slopes (appended: the arms of a clinic profile)
+# --------------------------------------------------------------------------------------------
+
+__all__ += ["TrialTruth", "generate_trial"]
+
+
+@dataclass(frozen=True)
+class TrialTruth:
+    """The parameters behind :func:`generate_trial`.
+
+    The reading of patient *i* in arm *a* at week *w* is
+    ``intercept + b0_i + (slope + slope_difference * [a is arms[1]] + b1_i) * w + e`` with
+    ``b0_i ~ N(0, sd_intercept²)``, ``b1_i ~ N(0, sd_slope²)`` independent and
+    ``e ~ N(0, sd_residual²)``. ``slope_difference`` is what ``fit_course(..., by="arm")``
+    estimates as its ``weeks:arm[T.<arms[1]>]`` coefficient.
+    """
+
+    n_per_arm: int
+    seed: int
+    arms: tuple[str, str] = ("placebo", "active")
+    measure: str = "odi"
+    intercept: float = 50.0
+    slope: float = -0.5
+    slope_difference: float = -0.5
+    sd_intercept: float = 8.0
+    sd_slope: float = 0.3
+    sd_residual: float = 4.0
+    visit_weeks: tuple[int, ...] = (0, 2, 4, 8, 12, 16)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+def generate_trial(n_per_arm: int = 30, seed: int = 0, **params: Any
+                   ) -> tuple[dict[str, pd.DataFrame], TrialTruth]:
+    """Simulate a randomised two-arm trial: one treatment visit, then assessment-only visits.
+
+    Each patient is allocated to ``arms[0]`` or ``arms[1]`` (``n_per_arm`` each), treated at the
+    first visit (technique ``direct_pressure``) and assessed at ``visit_weeks`` (later visits
+    have technique ``none``); the measure (default ``odi``, 0–100) is read before each visit
+    (``pre``), rounded to one decimal and clipped to its range. The arms differ in course slope
+    by ``slope_difference`` per week.
+
+    Parameters
+    ----------
+    n_per_arm : int
+        Patients in each arm.
+    seed : int
+        Seed of the random generator.
+    **params
+        Fields of :class:`TrialTruth` to change (an unknown name is a TypeError).
+
+    Returns
+    -------
+    frames : dict of DataFrame
+        ``patients`` (with ``arm``, a categorical in the order of ``arms``), ``sessions`` and
+        ``measurements``, typed as validated tables are, so ``Study(**frames)`` needs no
+        validation.
+    truth : TrialTruth
+
+    Examples
+    --------
+    >>> from mfr_outcomes.synthetic import generate_trial
+    >>> frames, truth = generate_trial(n_per_arm=4, seed=1)
+    >>> frames["patients"]["arm"].value_counts().to_dict()
+    {'placebo': 4, 'active': 4}
+    >>> sorted(frames["sessions"]["technique"].astype(str).unique())
+    ['direct_pressure', 'none']
+    """
+    truth = TrialTruth(n_per_arm=n_per_arm, seed=seed, **params)
+    if n_per_arm < 1:
+        raise ValueError(f"n_per_arm must be at least 1, got {n_per_arm}")
+    from mfr_outcomes.measures import get_measure
+    from mfr_outcomes.vocab import TECHNIQUE
+
+    m = get_measure(truth.measure)
+    rng = np.random.default_rng(seed)
+    n = 2 * n_per_arm
+    active = np.repeat([0, 1], n_per_arm)
+    weeks = np.asarray(truth.visit_weeks, dtype=float)
+    b0 = rng.normal(0.0, truth.sd_intercept, n)
+    b1 = rng.normal(0.0, truth.sd_slope, n)
+    slope = truth.slope + truth.slope_difference * active + b1
+    value = truth.intercept + b0[:, None] + slope[:, None] * weeks[None, :] \
+        + rng.normal(0.0, truth.sd_residual, (n, len(weeks)))
+    value = np.clip(np.round(value, 0 if m.integer else 1), m.low, m.high)
+    pids = [f"T{i + 1:03d}" for i in range(n)]
+    patients = pd.DataFrame({
+        "patient_id": pids, "site_id": "site-1",
+        "condition": pd.Categorical(["sciatica"] * n, categories=list(CONDITION)),
+        "arm": pd.Categorical([truth.arms[a] for a in active], categories=list(truth.arms)),
+    })
+    start = pd.Timestamp("2026-01-05")
+    k = len(weeks)
+    sessions = pd.DataFrame({
+        "session_id": [f"{p}-V{j + 1}" for p in pids for j in range(k)],
+        "patient_id": np.repeat(pids, k),
+        "therapist_id": np.repeat([f"TH{1 + i % 4}" for i in range(n)], k),
+        "session_date": [start + pd.Timedelta(weeks=float(w)) for _ in pids for w in weeks],
+        "session_number": np.tile(np.arange(1, k + 1), n).astype("int64"),
+        "technique": pd.Categorical(np.tile(["direct_pressure"] + ["none"] * (k - 1), n),
+                                    categories=list(TECHNIQUE)),
+    })
+    measurements = pd.DataFrame({
+        "session_id": sessions["session_id"].to_numpy(),
+        "phase": pd.Categorical(["pre"] * (n * k), categories=["pre", "post"]),
+        "measure": truth.measure,
+        "side": pd.Categorical(["none"] * (n * k), categories=["left", "right", "none"]),
+        "value": value.reshape(-1).astype("float64"),
+    })
+    return {"patients": patients, "sessions": sessions, "measurements": measurements}, truth

@@ -34,6 +34,10 @@ MODULES = {
     "mfr_outcomes.report.context": 1,
     "mfr_outcomes.report.disclosure": 1,
     "mfr_outcomes.report.icons": 1,
+    "mfr_outcomes.profile": 2,
+    "mfr_outcomes.vocab": 2,
+    "mfr_outcomes.datasets": 1,
+    "mfr_outcomes.schema_doc": 1,
 }
 
 

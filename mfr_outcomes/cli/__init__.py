@@ -22,6 +22,8 @@ COMMANDS = {
     "report": "report",
     "power": "power",
     "summarize": "summarize",
+    "schema": "schema",
+    "profile": "profile",
 }
 
 
@@ -67,6 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last boundary: a sentence, never a traceback
+        from mfr_outcomes.cli.sources import mask_secrets
+
+        logging.getLogger("mfr_outcomes.cli").debug("internal error", exc_info=True)
+        text = " ".join(str(exc).split())
+        text = mask_secrets(text[:300] + ("..." if len(text) > 300 else ""),
+                            getattr(args, "source", None))
+        print(f"mfr-outcomes {args.command}: could not finish: {type(exc).__name__}: {text} "
+              f"(an internal error; rerun with -v to log its traceback, and please report it)",
+              file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,14 +10,18 @@ import json
 import warnings
 from pathlib import Path
 
+from mfr_outcomes.cli.sources import PROFILE_HELP, load_source
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "run the pipeline on the synthetic study: validate, summarise, fit, write the QI report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", default="data/synthetic",
-                        help="study to use (default data/synthetic)")
+    parser.add_argument("--source", default=None,
+                        help="study to use (default: the synthetic study shipped with the "
+                             "package)")
+    parser.add_argument("--profile", metavar="FILE", default=None, help=PROFILE_HELP)
     parser.add_argument("--out", default="build/demo", help="output folder (default build/demo)")
     parser.add_argument("--measure", default="pain_nrs", help="main measure (default pain_nrs)")
     parser.add_argument("--seed", type=int, default=2026, help="random seed (default 2026)")
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mfr_outcomes.cli import UserError
-    from mfr_outcomes.cli.report import load_source
+    from mfr_outcomes.datasets import synthetic_path
     from mfr_outcomes.report import build_report
     from mfr_outcomes.warnings_ import MfrWarning
 
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
-    study = load_source(args.source)
+    source = args.source if args.source is not None else str(synthetic_path())
+    study = load_source(source, profile=args.profile)
     written: list[Path] = []
 
     _rule(f"Validation of {study.source}")

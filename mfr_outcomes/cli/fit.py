@@ -1,7 +1,10 @@
-"""``mfr-outcomes fit SOURCE --measure pain_nrs``: fit the pre/post mixed model and print it.
+"""``mfr-outcomes fit SOURCE --model prepost | course | followup``: fit a mixed model and print it.
 
-Without ``--formula`` the domain model is used (``fit_prepost``: post × technique, random patient
-slope for post); with ``--formula`` any lme4 formula is fitted to ``study.frame(measure)``.
+``--model prepost`` (default) is the within-session change (``fit_prepost``), ``course`` the
+pre-session readings over time (``fit_course``: ``--time weeks|days|hours|session_number``),
+``followup`` baseline → discharge → follow-up (``fit_followup``); ``--by`` lets the effect differ
+by a column (technique, arm, a covariate). With ``--formula`` any lme4 formula is fitted to
+``study.frame(measure)`` instead.
 """
 from __future__ import annotations
 
@@ -10,12 +13,15 @@ import json
 import sys
 import warnings
 
-__all__ = ["HELP", "add_arguments", "run", "DEFAULT_FORMULA"]
+from mfr_outcomes.cli.sources import PROFILE_HELP, load_source
 
-HELP = "fit a linear mixed model of one measure (lme4 formulas, Satterthwaite df) and print it"
+__all__ = ["HELP", "add_arguments", "run", "MODELS"]
 
-#: used when models.domain is not available and no --formula is given
-DEFAULT_FORMULA = "value ~ post * technique + session_number + (post | patient_id)"
+HELP = "fit a linear mixed model of one measure (pre/post, course, follow-up or a formula)"
+
+#: --model choices
+MODELS = ("prepost", "course", "followup")
+TIMES = ("weeks", "days", "hours", "session_number")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-summaries", nargs="+", metavar="NPZ", default=None,
                         help="fit from site summaries (mfr-outcomes summarize) instead of SOURCE")
     parser.add_argument("--measure", default="pain_nrs", help="measure code (default pain_nrs)")
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="prepost: immediate pre -> post change (default); course: "
+                             "pre-session readings over time; followup: baseline -> discharge "
+                             "-> follow-up")
+    parser.add_argument("--by", default=None,
+                        help="column whose levels may change the effect: technique (prepost's "
+                             "default), arm, condition, site_id, a covariate")
+    parser.add_argument("--time", choices=TIMES, default=None,
+                        help="time scale of --model course (default weeks)")
+    parser.add_argument("--covariates", default=None, metavar="A,B",
+                        help="comma-separated columns added as main effects (e.g. age_years,bmi)")
     parser.add_argument("--formula", default=None,
                         help="lme4 formula on the analysis frame, e.g. \"value ~ post * technique "
-                             "+ session_number + (post | patient_id)\" (default: the pre/post "
-                             "model of the measure)")
+                             "+ session_number + (post | patient_id)\" (instead of --model)")
     parser.add_argument("--engine", default="auto",
                         help="fitting engine: auto (default), fast, pls or statsmodels")
     parser.add_argument("--ml", action="store_true",
@@ -39,35 +55,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json", "csv"), default="text",
                         help="text summary (default), JSON of every table, or CSV of the fixed "
                              "effects")
+    parser.add_argument("--profile", metavar="FILE", default=None, help=PROFILE_HELP)
     parser.add_argument("--column-map", metavar="FILE", default=None,
                         help="JSON (or YAML) file renaming the clinic's columns and labels")
+    parser.add_argument("--dayfirst", action="store_true",
+                        help="read dates written as day/month/year")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    from mfr_outcomes.cli import UserError
+
+    if args.formula is not None:
+        given = [f"--{n}" for n in ("model", "by", "time", "covariates")
+                 if getattr(args, n) is not None]
+        if given:
+            raise UserError(f"--formula fits the formula as written; drop {', '.join(given)} "
+                            f"(or drop --formula to use --model)")
+    model = args.model or "prepost"
+    if args.time is not None and model != "course":
+        raise UserError(f"--time {args.time} applies to --model course, not {model}")
+    if args.by is not None and model == "followup":
+        raise UserError("--by does not apply to --model followup (its effect is the visit stage)")
 
 
 def _fit(study, args: argparse.Namespace):
     from mfr_outcomes.cli import UserError
+    from mfr_outcomes.models.domain import fit_course, fit_followup, fit_prepost
     from mfr_outcomes.models.fit import fit_mixed
 
     if args.measure not in study.measures:
-        raise UserError(f"measure {args.measure!r} has no readings in {args.source} (present: "
+        raise UserError(f"measure {args.measure!r} has no readings in {study.source} (present: "
                         f"{', '.join(sorted(study.measures)) or 'none'})")
-    reml = not args.ml
+    common = {"engine": args.engine, "reml": not args.ml, "df_method": args.df_method}
+    covariates = [c.strip() for c in (args.covariates or "").split(",") if c.strip()]
     try:
-        if args.formula is None:
-            try:
-                from mfr_outcomes.models.domain import fit_prepost
-            except ImportError:
-                fit_prepost = None
-            if fit_prepost is not None:
-                return fit_prepost(study, args.measure, engine=args.engine, reml=reml,
-                                   df_method=args.df_method)
-            frame = study.frame(args.measure)
-            frame = frame[frame["technique"].astype(str) != "none"]
-            return fit_mixed(frame, DEFAULT_FORMULA, reml=reml, engine=args.engine,
-                             df_method=args.df_method)
-        return fit_mixed(study.frame(args.measure), args.formula, reml=reml,
-                         engine=args.engine, df_method=args.df_method)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+        if args.formula is not None:
+            return fit_mixed(study.frame(args.measure), args.formula, **common)
+        model = args.model or "prepost"
+        if model == "prepost":
+            return fit_prepost(study, args.measure, by=args.by or "technique",
+                               covariates=covariates, **common)
+        if model == "course":
+            return fit_course(study, args.measure, time=args.time or "weeks", by=args.by,
+                              covariates=covariates, **common)
+        return fit_followup(study, args.measure, covariates=covariates, **common)
+    except (ValueError, KeyError) as exc:
+        raise UserError(str(exc).strip("\"'")) from None
 
 
 def _as_json(fit) -> str:
@@ -82,25 +115,36 @@ def _as_json(fit) -> str:
         "reml_criterion": fit.reml_criterion if fit.reml else None,
         "fixed_effects": records(fit.fixed_effects),
         "variance_components": records(fit.variance_components),
+        "notes": list(getattr(fit, "notes", [])),
         "diagnostics": json.loads(json.dumps(diag, default=str)),
     }
     return json.dumps(out, indent=2)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfr_outcomes.cli.report import load_source
     from mfr_outcomes.warnings_ import MfrWarning
 
+    _check_options(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MfrWarning)
+        study = None
         if args.from_summaries:
+            from mfr_outcomes.cli import UserError
+            given = [f"--{n}" for n in ("by", "time", "covariates", "formula", "profile")
+                     if getattr(args, n) is not None]
+            if args.model not in (None, "prepost"):
+                given.insert(0, f"--model {args.model}")
+            if given:
+                raise UserError(f"--from-summaries fits the pooled pre/post model; drop "
+                                f"{', '.join(given)}")
             from mfr_outcomes.scale.summaries import fit_from_summaries_cli
             fit = fit_from_summaries_cli(args)
         else:
             if not args.source:
                 from mfr_outcomes.cli import UserError
                 raise UserError("give SOURCE, or --from-summaries with site summaries")
-            study = load_source(args.source, column_map=args.column_map)
+            study = load_source(args.source, profile=args.profile, column_map=args.column_map,
+                                dayfirst=args.dayfirst)
             fit = _fit(study, args)
     fits = fit if isinstance(fit, dict) else {"": fit}
     for label, f in fits.items():
@@ -115,6 +159,14 @@ def run(args: argparse.Namespace) -> int:
             if label:
                 print(f"== side: {label} ==")
             print(f.summary())
+            notes = [n for n in getattr(f, "notes", []) if not n.startswith("formula: ")]
+            if notes:
+                print("\nNotes:")
+                for n in notes:
+                    print(f"  - {n}")
+    if study is not None and study.report.n_excluded:
+        print(f"note: validation excluded {study.report.n_excluded} row(s) of {study.source}; "
+              f"run `mfr-outcomes validate` for the list", file=sys.stderr)
     if args.format != "text":  # the text summary lists the cautions itself
         seen = set()
         for w in caught:

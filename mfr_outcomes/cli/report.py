@@ -10,6 +10,8 @@ import argparse
 import sys
 import warnings
 
+from mfr_outcomes.cli.sources import PROFILE_HELP, load_source
+
 __all__ = ["HELP", "add_arguments", "run", "load_source", "parse_targets"]
 
 HELP = "write the QI report (self-contained HTML + CSV tables) of a clinic and period"
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smallest count shown; smaller counts appear as '<N' (default 5)")
     parser.add_argument("--column-map", metavar="FILE", default=None,
                         help="JSON (or YAML) file renaming the clinic's columns and labels")
+    parser.add_argument("--profile", metavar="FILE", default=None, help=PROFILE_HELP)
     parser.add_argument("--measure", default="pain_nrs",
                         help="main outcome measure code (default pain_nrs)")
     parser.add_argument("--seed", type=int, default=2026, help="random seed (default 2026)")
@@ -75,24 +78,6 @@ def parse_targets(items: list[str]) -> dict[str, float]:
     return out
 
 
-def load_source(source: str, *, column_map: str | None = None, dayfirst: bool = False,
-                **options: str | None):
-    """Load a study for a CLI command, turning unreadable input into a :class:`UserError`."""
-    from mfr_outcomes.cli import UserError
-    from mfr_outcomes.io import ColumnMapError, SourceError, load_study
-    from mfr_outcomes.warnings_ import MfrWarning
-
-    opts = {k: v for k, v in options.items() if v is not None}
-    try:
-        with warnings.catch_warnings():
-            # what loading found is in study.report, and the report's data-quality section
-            warnings.simplefilter("ignore", MfrWarning)
-            return load_study(source, column_map=column_map, strict=False, dayfirst=dayfirst,
-                              **opts)
-    except (SourceError, ColumnMapError) as exc:
-        raise UserError(str(exc)) from None
-    except (OSError, UnicodeError) as exc:
-        raise UserError(f"{source} cannot be read: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     study = load_source(args.source, column_map=args.column_map, dayfirst=args.dayfirst,
-                        sep=args.sep, decimal=args.decimal, encoding=args.encoding)
+                        sep=args.sep, decimal=args.decimal, encoding=args.encoding,
+                        profile=args.profile)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MfrWarning)  # printed below, once each

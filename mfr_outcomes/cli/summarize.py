@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from mfr_outcomes.cli.sources import PROFILE_HELP, load_source
+
 __all__ = ["HELP", "add_arguments", "run"]
 
 HELP = "write a site summary (pooled sufficient statistics, no rows) for multi-site fits"
@@ -32,18 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 5)")
     parser.add_argument("--site", default="", help="a label for this site (default: the file "
                                                    "name)")
+    parser.add_argument("--profile", metavar="FILE", default=None, help=PROFILE_HELP)
     parser.add_argument("--column-map", metavar="FILE", default=None,
                         help="JSON (or YAML) file renaming the clinic's columns and labels")
+    parser.add_argument("--dayfirst", action="store_true",
+                        help="read dates written as day/month/year")
 
 
 def run(args: argparse.Namespace) -> int:
     from mfr_outcomes.cli import UserError
-    from mfr_outcomes.cli.report import load_source
     from mfr_outcomes.scale.summaries import SummaryError, summarize_study, write_summary
 
     if args.min_cell < 1:
         raise UserError(f"--min-cell must be at least 1, got {args.min_cell}")
-    study = load_source(args.source, column_map=args.column_map)
+    study = load_source(args.source, profile=args.profile, column_map=args.column_map,
+                        dayfirst=args.dayfirst)
     if args.measure not in study.measures:
         raise UserError(f"measure {args.measure!r} has no readings in {args.source} (present: "
                         f"{', '.join(sorted(study.measures)) or 'none'})")

@@ -1,14 +1,16 @@
 """``mfr-outcomes validate SOURCE``: check a clinic export and list every finding.
 
-Exit status 0 when clean, 1 when anything was found, 2 when the source cannot be read.
+Exit status 0 when no row was excluded (cautions are printed), 1 when rows were excluded (or, with
+``--fail-on caution``, when anything was found), 2 when the source cannot be read.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
-__all__ = ["HELP", "add_arguments", "run"]
+from mfr_outcomes.cli.sources import PROFILE_HELP, load_source
+
+__all__ = ["HELP", "add_arguments", "run", "exit_status"]
 
 HELP = "check a clinic export (folder, workbook, database, URL) and list every problem found"
 
@@ -18,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of patients/sessions/measurements files (CSV, Parquet, "
                              "XLSX), an XLSX workbook, a SQLite or DuckDB file, or an SQLAlchemy "
                              "URL")
+    parser.add_argument("--profile", metavar="FILE", default=None, help=PROFILE_HELP)
     parser.add_argument("--column-map", metavar="FILE", default=None,
                         help="JSON (or YAML) file renaming the clinic's columns and labels")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
@@ -29,29 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sep", default=None, help="CSV field separator (default: sniffed)")
     parser.add_argument("--decimal", default=None,
                         help="decimal mark of CSV numbers (default: ',' with ';' separators)")
+    parser.add_argument("--fail-on", choices=("exclusion", "caution"), default="exclusion",
+                        help="exit status 1 when a row was excluded (default), or also when a "
+                             "caution was found (caution)")
     parser.add_argument("--strict", action="store_true",
-                        help="treat any finding as an error (exit status 1 and a one-line "
-                             "message on stderr)")
+                        help="same as --fail-on caution, with a one-line message on stderr")
+
+
+def exit_status(report, fail_on: str = "exclusion") -> int:
+    """0 when no row was excluded (and, with ``fail_on="caution"``, nothing found), else 1."""
+    if report.n_excluded:
+        return 1
+    if fail_on == "caution" and not report.ok:
+        return 1
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from mfr_outcomes.cli import UserError
-    from mfr_outcomes.io import ColumnMapError, SourceError, load_study
     from mfr_outcomes.study import DataValidationError
 
     options = {k: getattr(args, k) for k in ("encoding", "sep", "decimal")
                if getattr(args, k, None) is not None}
-    from mfr_outcomes.warnings_ import DataWarning
-
-    try:
-        with warnings.catch_warnings():  # the findings are printed in full below
-            warnings.simplefilter("ignore", DataWarning)
-            study = load_study(args.source, column_map=args.column_map, strict=False,
-                               dayfirst=args.dayfirst, **options)
-    except (SourceError, ColumnMapError) as exc:
-        raise UserError(str(exc)) from None
-    except (OSError, UnicodeError) as exc:
-        raise UserError(f"{args.source} cannot be read: {exc}") from None
+    study = load_source(args.source, profile=args.profile, column_map=args.column_map,
+                        dayfirst=args.dayfirst, **options)
     report = study.report
     if args.format == "json":
         sys.stdout.write(report.to_json() + "\n")
@@ -59,17 +62,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(report.to_csv())
     else:
         _print_table(report)
+    fail_on = "caution" if args.strict else args.fail_on
     if args.strict and not report.ok:
         print(f"mfr-outcomes validate: {DataValidationError(report)}", file=sys.stderr)
-    return 0 if report.ok else 1
+    return exit_status(report, fail_on)
 
 
 def _print_table(report) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=sys.stdout, width=max(100, Console().width), soft_wrap=False)
-    accounting = Table(title=f"Rows of {report.source}", title_justify="left")
+    accounting = Table(title=escape(f"Rows of {report.source}"), title_justify="left")
     for col in ("table", "read", "used", "excluded", "reasons"):
         accounting.add_column(col, justify="right" if col in ("read", "used", "excluded")
                               else "left")
@@ -86,5 +91,7 @@ def _print_table(report) -> None:
     findings.add_column("rule", no_wrap=True)
     findings.add_column("finding", overflow="fold")
     for n, f in enumerate(report.findings, start=1):
-        findings.add_row(str(n), f.rule, f.message)
+        findings.add_row(str(n), f.rule, escape(f.message))  # cell values are not markup
     console.print(findings)
+    kept = sum(f.action == "kept" for f in report.findings)
+    console.print(f"{report.n_excluded} row(s) excluded, {kept} caution(s) (rows kept).")

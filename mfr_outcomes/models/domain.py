@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from mfr_outcomes.measures import get_measure
-from mfr_outcomes.study import model_dtypes
+from mfr_outcomes.study import TIME_UNITS, model_dtypes
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 __all__ = [
@@ -285,7 +285,7 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> fit = mfr.fit_prepost(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> fit.formula
     'value ~ post * technique + session_number + (post | patient_id) + (1 | therapist_id)'
     >>> fit.contrasts("post", by="technique")["technique"].tolist()
@@ -354,18 +354,23 @@ def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None 
     """Mixed model of the pre-session readings across the course of care.
 
     The formula is ``value ~ time [* by] [+ covariates] [+ side] + (time | patient_id)
-    [+ (1 | therapist_id)]`` on the pre-treatment readings of treatment visits (follow-up visits
-    are left out: see :func:`fit_followup`). The ``time`` coefficient is the change per week (or
-    per visit) of a typical patient.
+    [+ (1 | therapist_id)]`` on every pre-session reading: treatment visits and
+    assessment-only visits (technique ``none``, e.g. a trial's follow-up assessments) alike, since
+    a course is its assessments. Post readings are left out (they measure the within-session
+    change: see :func:`fit_prepost`), and the notes say how many. The ``time`` coefficient is the
+    change per week (day, hour, visit) of a typical patient; with ``by`` the ``time:by``
+    coefficients are the differences in slope between groups (e.g. arms of a trial).
 
     Parameters
     ----------
     study : Study
     measure : str
-    time : {"weeks", "session_number"}
-        Weeks since the first visit, or the visit number.
+    time : {"weeks", "days", "hours", "session_number"}
+        Weeks, whole days or hours since the patient's first visit (hours use ``session_time``
+        when the study records it), or the visit number.
     by : str, optional
-        A column whose levels may change the slope (``technique``, ``condition``, ``site_id``).
+        A column whose levels may change the slope (``arm``, ``technique``, ``condition``,
+        ``site_id``, a categorical covariate).
     covariates, therapist, side, engine, reml, df_method
         As in :func:`fit_prepost`.
     random_slope : bool
@@ -379,30 +384,21 @@ def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None 
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_course(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> fit = mfr.fit_course(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> bool(fit.coef["weeks"] < 0)  # pain falls over the weeks of care
     True
+    >>> fit.notes[1]
+    "time: weeks since the patient's first visit; the weeks coefficient is the change in Pain intensity (NRS) (points) per week"
     """
-    _check_measure(measure, "fit_course")
-    if time not in ("weeks", "session_number"):
-        raise ValueError(f"time must be 'weeks' or 'session_number'; got {time!r}.")
-    notes: list[str] = []
-    frame = _frame(study, measure)
-    frame = frame[(frame["post"] == 0)]
-    n_pre = len(frame)
-    frame = frame[frame["technique"].astype(str) != "none"]
-    if n_pre > len(frame):
-        notes.append(f"{n_pre - len(frame)} reading(s) from assessment-only (follow-up) visits "
-                     f"left out; fit_followup models them")
-    if frame.empty:
-        raise ValueError(f"{measure!r} has no pre-treatment readings on treatment visits.")
-    frame = _frame_clean(frame)
+    m = _check_measure(measure, "fit_course")
+    frame, notes = _course_frame(study, measure, time, m)
     counts = frame.groupby("patient_id", observed=True).size()
-    _check_patients(frame, measure, "pre-treatment readings", notes)
+    _check_patients(frame, measure, "pre-session readings", notes)
+    unit = TIME_UNITS[time]
     if random_slope and counts.median() < 3:
-        _caution(notes, f"patients have a median of {counts.median():g} pre-treatment readings "
-                        f"of {measure!r}; a random slope over {time} is barely identifiable, so "
-                        f"a random intercept only was fitted")
+        _caution(notes, f"patients have a median of {counts.median():g} pre-session readings "
+                        f"of {measure!r}; a random slope over {time} (per {unit}) is barely "
+                        f"identifiable, so a random intercept only was fitted")
         random_slope = False
     covs = _covariate_terms(frame, covariates)
     by = _check_by(frame, by, notes)
@@ -421,6 +417,39 @@ def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None 
     if side_mode == "separate":
         return _sided_fits(frame, build, notes)
     return build(frame, notes, side_factor=side_mode == "factor")
+
+
+def _course_frame(study: Any, measure: str, time: str, m: Any) -> tuple[pd.DataFrame, list[str]]:
+    """Every pre-session reading with a value of *time*, and notes on what was left out."""
+    if time not in TIME_UNITS:
+        raise ValueError(f"time must be one of {', '.join(map(repr, TIME_UNITS))}; got {time!r}.")
+    unit = TIME_UNITS[time]
+    since = "the visit number" if time == "session_number" else \
+        f"{time} since the patient's first visit"
+    notes = [f"time: {since}; the {time} coefficient is the change in {m.axis_label} per {unit}"]
+    frame = _frame(study, measure)
+    n_all = len(frame)
+    frame = frame[frame["post"] == 0]
+    if n_all > len(frame):
+        notes.append(f"{n_all - len(frame)} post-treatment reading(s) left out: the course is "
+                     f"modelled on pre-session readings (fit_prepost models the within-session "
+                     f"change)")
+    n_assess = int((frame["technique"].astype(str) == "none").sum())
+    if n_assess:
+        notes.append(f"{n_assess} reading(s) from assessment-only visits (technique none) "
+                     f"included")
+    if frame.empty:
+        raise ValueError(f"{measure!r} has no pre-session readings.")
+    no_time = frame[time].isna()
+    if no_time.any():
+        why = (" (a visit without session_time while others of the study have one)"
+               if time == "hours" else "")
+        _caution(notes, f"{int(no_time.sum())} pre-session reading(s) have no {time}{why} and "
+                        f"were left out", DataWarning)
+        frame = frame[~no_time]
+        if frame.empty:
+            raise ValueError(f"no pre-session reading of {measure!r} has a value of {time}.")
+    return _frame_clean(frame), notes
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,7 +504,7 @@ def fit_followup(study: Any, measure: str = "odi", *, covariates: Sequence[str] 
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_followup(mfr.load_study("data/synthetic"), "odi")
+    >>> fit = mfr.fit_followup(mfr.load_study(mfr.datasets.synthetic_path()), "odi")
     >>> fit.contrasts("stage", method="trt.vs.ctrl")["contrast"].tolist()
     ['discharge - baseline', 'follow_up - baseline']
     """

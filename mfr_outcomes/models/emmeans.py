@@ -438,7 +438,7 @@ def emmeans(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] | N
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> fit = mfr.fit_prepost(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> emm = emmeans(fit, "post", by="technique")
     >>> list(emm.columns)
     ['post', 'technique', 'estimate', 'std_error', 'df', 'statistic', 'p_value', 'ci_low', 'ci_high']
@@ -627,7 +627,7 @@ def contrasts(fit: Any, specs: str | Sequence[str], *, by: str | Sequence[str] |
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+    >>> fit = mfr.fit_prepost(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs")
     >>> change = contrasts(fit, "post", by="technique")  # post − pre per technique
     >>> change[["contrast", "technique"]].iloc[0].tolist()
     ['post1 - post0', 'direct_pressure']

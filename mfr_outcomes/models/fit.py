@@ -163,7 +163,7 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> frame = mfr.load_study("data/synthetic").frame("pain_nrs")
+    >>> frame = mfr.load_study(mfr.datasets.synthetic_path()).frame("pain_nrs")
     >>> frame = frame[frame["technique"] != "none"]
     >>> fit = fit_mixed(frame, "value ~ post * technique + session_number + (post | patient_id)")
     >>> fit.fixed_effects.columns.tolist()

@@ -272,7 +272,8 @@ def icc(fit: Any, *, by_group: bool = False, tolerance: float = SINGULAR_TOL,
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_course(mfr.load_study("data/synthetic"), "pain_nrs", therapist=False)
+    >>> fit = mfr.fit_course(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs",
+    ...                      therapist=False, random_slope=False)
     >>> res = icc(fit)
     >>> 0 < res.adjusted < 1 and res.unadjusted <= res.adjusted
     True
@@ -306,7 +307,8 @@ def r2_nakagawa(fit: Any, *, tolerance: float = SINGULAR_TOL,
     Examples
     --------
     >>> import mfr_outcomes as mfr
-    >>> fit = mfr.fit_course(mfr.load_study("data/synthetic"), "pain_nrs", therapist=False)
+    >>> fit = mfr.fit_course(mfr.load_study(mfr.datasets.synthetic_path()), "pain_nrs",
+    ...                      therapist=False, random_slope=False)
     >>> r2 = r2_nakagawa(fit)
     >>> 0 < r2.marginal < r2.conditional < 1
     True

@@ -3,7 +3,7 @@
 >>> import tempfile, warnings
 >>> import mfr_outcomes as mfr
 >>> from mfr_outcomes.report import build_report
->>> study = mfr.load_study("data/synthetic")
+>>> study = mfr.load_study(mfr.datasets.synthetic_path())
 >>> with warnings.catch_warnings():
 ...     warnings.simplefilter("ignore")
 ...     result = build_report(study, tempfile.mkdtemp(), site="site-1", period="2026Q3")

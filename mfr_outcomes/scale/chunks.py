@@ -72,17 +72,13 @@ def factors_of(ref: ModelSpec) -> list[str]:
 
 def chunk_arrays(ref: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
     """y, X, Z (all random columns, block order), group codes and labels of one chunk."""
-    from mfr_outcomes.models.formula import fixed_matrix, prepare_newdata
-
-    used = list(ref.design.variables)
+    design = ref.design
+    used = list(design.variables)
     keep = frame[used].notna().all(axis=1).to_numpy()
     df = frame.loc[keep]
     y = df[ref.response].to_numpy(dtype=float)
-    X = fixed_matrix(ref, df) if len(df) else np.zeros((0, ref.p))
-    nd = prepare_newdata(ref, df)
-    zs = []
-    for k in range(len(ref.blocks)):
-        zs.append(ref.design.random_matrix(k, nd))
+    X = design.fixed_matrix(df) if len(df) else np.zeros((0, ref.p))
+    zs = design.random_matrices(df) if len(df) else []
     Z = np.column_stack(zs) if zs else np.zeros((len(df), 0))
     codes, labels = pd.factorize(df[ref.blocks[0].group].astype(str), sort=True)
     return {"y": y, "X": X, "Z": Z, "codes": codes.astype(np.int64), "labels": labels,

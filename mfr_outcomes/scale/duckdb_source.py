@@ -105,7 +105,7 @@ def _design_sql(ref: Any, sample: pd.DataFrame) -> tuple[list[str], list[str], s
     xs = sql_columns(ref.fixed_names, numeric)
     zs = sql_columns([t for b in ref.blocks for t in b.terms], numeric)
     y = f"CAST({_quote(ref.response)} AS DOUBLE)"
-    used = [c for c in ref.design.variables]
+    used = list(ref.design.variables)
     where = " AND ".join(f"{_quote(c)} IS NOT NULL" for c in used)
     con = duckdb.connect()
     try:

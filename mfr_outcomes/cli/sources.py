@@ -1,0 +1,55 @@
+"""The command line's one boundary with user input: load a source (with its profile and column
+map) and turn every way it can fail into one sentence, with secrets masked.
+
+Every command that reads clinic data calls :func:`load_source`; :func:`mask_secrets` is applied
+to each sentence the command line prints about a source.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+__all__ = ["load_source", "mask_secrets", "PROFILE_HELP"]
+
+PROFILE_HELP = ("clinic profile (TOML): added vocabulary labels, measures, column and label maps, "
+                "typed covariates, date parsing (see `mfr-outcomes profile init`)")
+
+_PASSWORD = re.compile(r"://[^:/@\s]*:(?P<pw>[^@\s]+)@")
+
+
+def mask_secrets(text: str, *sources: Any) -> str:
+    """*text* with the password of every URL in it masked, and the passwords of the given
+    sources wherever they appear (a driver may quote one on its own)."""
+    from mfr_outcomes.io import mask_passwords
+
+    out = mask_passwords(str(text))
+    for source in sources:
+        m = _PASSWORD.search(source) if isinstance(source, str) else None
+        if m and len(m.group("pw")) >= 3:
+            out = out.replace(m.group("pw"), "***")
+    return out
+
+
+def load_source(source: str, *, profile: str | None = None, column_map: str | None = None,
+                dayfirst: bool = False, **options: Any):
+    """Load a study for a CLI command; anything unreadable becomes a :class:`UserError`.
+
+    Findings are not errors: they are in ``study.report``. The data warnings of loading are
+    silenced here because every command shows the report (or its summary) itself.
+    """
+    from mfr_outcomes.cli import UserError
+    from mfr_outcomes.io import ColumnMapError, SourceError, load_study
+    from mfr_outcomes.profile import ProfileError
+    from mfr_outcomes.warnings_ import MfrWarning
+
+    opts = {k: v for k, v in options.items() if v is not None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MfrWarning)
+            return load_study(source, column_map=column_map, strict=False, dayfirst=dayfirst,
+                              profile=profile, **opts)
+    except (SourceError, ColumnMapError, ProfileError) as exc:
+        raise UserError(mask_secrets(str(exc), source)) from None
+    except (OSError, UnicodeError) as exc:
+        raise UserError(mask_secrets(f"{source} cannot be read: {exc}", source)) from None
