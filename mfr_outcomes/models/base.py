@@ -29,6 +29,7 @@ from mfr_outcomes.models.dfmethods import (
     make_df_method,
 )
 from mfr_outcomes.models.spec import EngineResult, ModelSpec, theta_lower_bounds
+from mfr_outcomes.models.tidy import variance_components_table
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 __all__ = ["MixedFitBase", "SINGULAR_TOL", "MIN_GROUPS_FOR_SLOPE"]
@@ -194,25 +195,8 @@ class MixedFitBase:
 
     @property
     def variance_components(self) -> pd.DataFrame:
-        rows = []
-        for group, terms, cov in self.random_covariances:
-            sd = np.sqrt(np.diag(cov))
-            for i, t in enumerate(terms):
-                rows.append({"group": group, "term1": t, "term2": None, "variance": cov[i, i],
-                             "sd": sd[i], "corr": np.nan})
-            for j in range(len(terms)):
-                for i in range(j + 1, len(terms)):
-                    denom = sd[i] * sd[j]
-                    rows.append({"group": group, "term1": terms[j], "term2": terms[i],
-                                 "variance": cov[i, j], "sd": np.nan,
-                                 "corr": cov[i, j] / denom if denom > 0 else np.nan})
-        if self.has_residual:
-            rows.append({"group": "Residual", "term1": None, "term2": None,
-                         "variance": self.scale ** 2, "sd": self.scale, "corr": np.nan})
-        out = pd.DataFrame(rows, columns=["group", "term1", "term2", "variance", "sd", "corr"])
-        for col in ("term1", "term2"):  # None (not NaN) where lme4's VarCorr has NA
-            out[col] = out[col].astype(object).where(out[col].notna(), None)
-        return out
+        return variance_components_table(self.random_covariances,
+                                         self.scale if self.has_residual else None)
 
     # ------------------------------------------------------------------ fixed-effect inference
     @property

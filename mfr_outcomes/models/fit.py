@@ -18,9 +18,10 @@ from mfr_outcomes.models import inference
 from mfr_outcomes.models.base import MIN_GROUPS_FOR_SLOPE, SINGULAR_TOL, MixedFitBase
 from mfr_outcomes.models.checks import ModelCheckError, OptimumCheck, check_model, verify_optimum
 from mfr_outcomes.models.dfmethods import DF_METHODS
-from mfr_outcomes.models.formula import build_spec, fixed_matrix, prepare_newdata
+from mfr_outcomes.models.formula import build_spec, fixed_matrix
 from mfr_outcomes.models.pls import blas_limits
 from mfr_outcomes.models.spec import AUTO_ORDER, ENGINES, Engine, EngineResult, ModelSpec
+from mfr_outcomes.models.tidy import random_part
 from mfr_outcomes.warnings_ import ModelWarning
 
 __all__ = ["fit_mixed", "LinearMixedFit", "MixedFit", "ModelFitError", "ModelCheckError",
@@ -251,26 +252,7 @@ class LinearMixedFit(MixedFitBase):
         return fixed_matrix(self.spec, newdata)
 
     def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
-        out = np.zeros(len(newdata))
-        design = self.spec.design
-        for k, (b, blup) in enumerate(zip(self.spec.blocks, self.result.blups)):
-            gvars = b.group.split(":")
-            if any(g not in newdata.columns for g in gvars):
-                continue
-            labels = (newdata[gvars[0]].astype(str) if len(gvars) == 1 else
-                      newdata[gvars].astype(str).agg(":".join, axis=1))
-            pos = b.levels.get_indexer(labels)
-            known = pos >= 0
-            if not known.any():
-                continue
-            if design is not None:
-                Z = design.random_matrix(k, prepare_newdata(self.spec, newdata))
-            else:  # a spec built by hand: the terms are plain column names
-                Z = np.column_stack([np.ones(len(newdata)) if t == "(Intercept)" else
-                                     newdata[t].to_numpy(dtype=float) for t in b.terms])
-            contrib = np.einsum("ij,ij->i", Z[known], blup[pos[known]])
-            out[known] += contrib
-        return out
+        return random_part(self.spec, self.result.blups, newdata)
 
     def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True
                 ) -> np.ndarray:

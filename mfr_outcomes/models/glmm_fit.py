@@ -17,9 +17,10 @@ import pandas as pd
 from scipy import special
 
 from mfr_outcomes.models.families import Family, latent_variance
-from mfr_outcomes.models.formula import fixed_matrix, prepare_newdata
+from mfr_outcomes.models.formula import fixed_matrix
 from mfr_outcomes.models.glmm import GlmmResult
 from mfr_outcomes.models.spec import ModelSpec, block_lambda, theta_lower_bounds
+from mfr_outcomes.models.tidy import random_part, variance_components_table
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 __all__ = ["GeneralizedMixedFit", "SEPARATION_LOGIT", "OVERDISPERSION_RATIO", "SINGULAR_TOL"]
@@ -194,22 +195,7 @@ class GeneralizedMixedFit:
 
     @property
     def variance_components(self) -> pd.DataFrame:
-        rows = []
-        for group, terms, cov in self.random_covariances:
-            sd = np.sqrt(np.diag(cov))
-            for i, t in enumerate(terms):
-                rows.append({"group": group, "term1": t, "term2": None, "variance": cov[i, i],
-                             "sd": sd[i], "corr": np.nan})
-            for j in range(len(terms)):
-                for i in range(j + 1, len(terms)):
-                    d = sd[i] * sd[j]
-                    rows.append({"group": group, "term1": terms[j], "term2": terms[i],
-                                 "variance": cov[i, j], "sd": np.nan,
-                                 "corr": cov[i, j] / d if d > 0 else np.nan})
-        out = pd.DataFrame(rows, columns=["group", "term1", "term2", "variance", "sd", "corr"])
-        for col in ("term1", "term2"):
-            out[col] = out[col].astype(object).where(out[col].notna(), None)
-        return out
+        return variance_components_table(self.random_covariances)
 
     # ------------------------------------------------------------------ fixed-effect inference
     def linear_contrast(self, L: Any, names: Sequence[str] | None = None,
@@ -350,25 +336,7 @@ class GeneralizedMixedFit:
         return pd.concat(rows, ignore_index=True)
 
     def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
-        out = np.zeros(len(newdata))
-        design = self.spec.design
-        for k, (b, blup) in enumerate(zip(self.spec.blocks, self.result.blups)):
-            gvars = b.group.split(":")
-            if any(g not in newdata.columns for g in gvars):
-                continue
-            labels = (newdata[gvars[0]].astype(str) if len(gvars) == 1 else
-                      newdata[gvars].astype(str).agg(":".join, axis=1))
-            pos = b.levels.get_indexer(labels)
-            known = pos >= 0
-            if not known.any():
-                continue
-            if design is not None:
-                Z = design.random_matrix(k, prepare_newdata(self.spec, newdata))
-            else:  # a spec built by hand: the terms are plain column names
-                Z = np.column_stack([np.ones(len(newdata)) if t == "(Intercept)" else
-                                     newdata[t].to_numpy(dtype=float) for t in b.terms])
-            out[known] += np.einsum("ij,ij->i", Z[known], blup[pos[known]])
-        return out
+        return random_part(self.spec, self.result.blups, newdata)
 
     def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True,
                 type: str = "link", offset: Any = None) -> np.ndarray:
