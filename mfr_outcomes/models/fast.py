@@ -29,6 +29,7 @@ from mfr_outcomes.models.spec import (
     theta_lower_bounds,
     theta_start,
 )
+from mfr_outcomes.models.stacks import bsolve, chol, fsolve
 from mfr_outcomes.models.threads import blas_threads
 
 __all__ = [
@@ -302,41 +303,7 @@ def _stats_of_spec(spec: ModelSpec, lay: Layout) -> Stats:
 # ----------------------------------------------------------------------------------------------
 # Batched small-matrix algebra, group axis last
 # ----------------------------------------------------------------------------------------------
-def _chol(A: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factors of a stack A (k, k, G) of positive-definite matrices."""
-    k = A.shape[0]
-    L = np.zeros_like(A)
-    for j in range(k):
-        d = A[j, j] - sum(L[j, m] ** 2 for m in range(j)) if j else A[j, j].copy()
-        L[j, j] = np.sqrt(d)
-        for i in range(j + 1, k):
-            s = A[i, j] - sum(L[i, m] * L[j, m] for m in range(j)) if j else A[i, j]
-            L[i, j] = s / L[j, j]
-    return L
-
-
-def _fsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Solve L X = B for lower-triangular stacks; B is (k, G) or (k, m, G)."""
-    k = L.shape[0]
-    X = np.empty_like(B)
-    for i in range(k):
-        s = B[i].copy()
-        for m in range(i):
-            s -= L[i, m] * X[m]
-        X[i] = s / L[i, i]
-    return X
-
-
-def _bsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Solve Lᵀ X = B for lower-triangular stacks L; B is (k, G) or (k, m, G)."""
-    k = L.shape[0]
-    X = np.empty_like(B)
-    for i in reversed(range(k)):
-        s = B[i].copy()
-        for m in range(i + 1, k):
-            s -= L[m, i] * X[m]
-        X[i] = s / L[i, i]
-    return X
+_chol, _fsolve, _bsolve = chol, fsolve, bsolve  # the engine's historical names
 
 
 def _bmm(A: np.ndarray, B: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from mfr_outcomes.models.spec import (
     theta_lower_bounds,
     theta_start,
 )
+from mfr_outcomes.models.stacks import bsolve, chol, fsolve
 
 __all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING", "COBYQA_FROM"]
 
@@ -53,39 +54,11 @@ _LOG2PI = np.log(2.0 * np.pi)
 # ----------------------------------------------------------------------------------------------
 def _bchol(A: np.ndarray) -> np.ndarray:
     """Lower Cholesky factors of a stack (q, q, ℓ); NaN where a matrix is not positive definite."""
-    q = A.shape[0]
-    L = np.zeros_like(A)
-    for j in range(q):
-        d = A[j, j] - sum(L[j, k] ** 2 for k in range(j)) if j else A[j, j]
-        with np.errstate(invalid="ignore"):
-            L[j, j] = np.sqrt(d)
-        for i in range(j + 1, q):
-            s = A[i, j] - sum(L[i, k] * L[j, k] for k in range(j)) if j else A[i, j]
-            L[i, j] = s / L[j, j]
-    return L
+    with np.errstate(invalid="ignore"):
+        return chol(A)
 
 
-def _bfsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """L X = B for lower-triangular stacks L (q, q, ℓ); B (q, ℓ) or (q, r, ℓ)."""
-    X = np.empty_like(B)
-    for i in range(L.shape[0]):
-        s = B[i].copy()
-        for k in range(i):
-            s -= L[i, k] * X[k]
-        X[i] = s / L[i, i]
-    return X
-
-
-def _bbsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Lᵀ X = B for lower-triangular stacks L (q, q, ℓ); B (q, ℓ) or (q, r, ℓ)."""
-    q = L.shape[0]
-    X = np.empty_like(B)
-    for i in reversed(range(q)):
-        s = B[i].copy()
-        for k in range(i + 1, q):
-            s -= L[k, i] * X[k]
-        X[i] = s / L[i, i]
-    return X
+_bfsolve, _bbsolve = fsolve, bsolve
 
 
 def _sandwich(M: np.ndarray, A: np.ndarray, N: np.ndarray) -> np.ndarray:
