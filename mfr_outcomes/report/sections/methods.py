@@ -73,7 +73,7 @@ def _model_row(name: str, fit: Any) -> dict[str, Any]:
 
 def software() -> pd.DataFrame:
     rows = [("python", platform.python_version())]
-    for pkg in ("mfr-outcomes", "numpy", "pandas", "scipy", "statsmodels", "formulaic",
+    for pkg in ("mfr-outcomes", "numpy", "pandas", "scipy", "statsmodels",
                 "matplotlib", "seaborn", "pandera", "jinja2"):
         try:
             rows.append((pkg, metadata.version(pkg)))
