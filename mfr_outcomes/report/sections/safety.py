@@ -170,19 +170,15 @@ def _model(ctx: ReportContext, sec: Section, by_tech: Table) -> None:
         for col in ("sessions", "with_event"):
             if by_tech.frame[col].iloc[k] == frame[col].iloc[r]:
                 ctx.ledger.same(by_tech.cell(col, k), model.cell(col, r))
-    glmm = ae.glmm
-    ctx.models.append({"model": "Adverse events per session (Poisson GLMM)",
-                       "formula": ae.formula, "engine": glmm.engine, "df_method": "Wald z",
-                       "observations": glmm.nobs,
-                       "patients": glmm.ngroups.get("patient_id", np.nan),
-                       "converged": glmm.diagnostics["converged"],
-                       "singular": glmm.diagnostics["singular"]})
-    if glmm.diagnostics["singular"]:
+    name = "Adverse events per session (Poisson GLMM)"
+    ctx.fit_label(name, ae.glmm)  # its row of the methods table, and its cautions
+    if ae.glmm.diagnostics["singular"]:
         notes.append("here the patient variance is estimated as zero: the patients' event rates "
                      "vary no more than chance alone would make them, and the rate ratios are "
                      "those of a plain Poisson regression")
     for n in notes:
-        ctx.caution(f"Adverse events model: {n}")
+        if n not in ae.glmm.diagnostics["warnings"]:
+            ctx.caution(f"{name}: {n}")
     if notes:  # shown here, beside the numbers they qualify
         sec.para("Cautions of this model:")
         sec.items([ctx.safe(f"{n[0].upper()}{n[1:]}.".replace("..", ".")) for n in notes])
