@@ -190,3 +190,23 @@ def test_separation_is_shown_in_the_binary_section(tmp_path):
     assert "Complete separation: every response for technique = stretching is 0" in text
     assert "readings)" in text  # the count is said as readings, under the small-count rule
     assert any("Complete separation" in c for c in result.cautions)
+
+
+def test_non_convergence_is_shown_in_both_sections(study, tmp_path, monkeypatch):
+    """An optimiser stopped early: the sections say so (the logistic model may not have
+    converged; the Poisson model's optimiser message is listed although its fallback reached the
+    optimum) instead of printing the numbers silently."""
+    import mfr_outcomes.models.binary as binary
+
+    real = binary.fit_generalized
+
+    def stopped(*args, **kwargs):
+        return real(*args, **kwargs, options={"max_newton": 0, "maxiter": 1})
+
+    monkeypatch.setattr(binary, "fit_generalized", stopped)
+    result = _report(study, tmp_path, measure="paresthesia")
+    assert "may not have converged" in _text(result, "outcomes")
+    assert "Optimiser: Newton stage: no convergence" in _text(result, "safety")
+    models = {r["model"]: r for r in _rows(tmp_path / "tables" / "methods_models.csv")}
+    assert models["Yes/no reading (logistic GLMM, subject-specific)"]["converged"] == "False"
+    assert any("may not have converged" in c for c in result.cautions)
