@@ -488,10 +488,10 @@ class MixedFitBase:
         vc = self.variance_components.to_html(index=False, float_format=fmt, na_rep="")
         warn = "".join(f"<li>{html.escape(w)}</li>" for w in self.diagnostics["warnings"])
         family = self._family_line()
+        details = "; ".join([*([family.strip()] if family else []),
+                             f"{self._fit_method()}, engine {self.engine}", f"n = {self.nobs}",
+                             self._criterion_short(), self._tests_phrase()])
         return (f"<div><p><b>{html.escape(self.family_label)}</b> "
-                f"<code>{html.escape(self.formula)}</code> "
-                + (f"({html.escape(family.strip())}) " if family else "")
-                + f"({html.escape(self._fit_method())}, engine {html.escape(self.engine)}; "
-                f"n = {self.nobs}; {self._criterion_short()}; {html.escape(self._tests_phrase())})"
-                f"</p><p>Fixed effects</p>{fe}{extra}<p>Variance components</p>{vc}"
+                f"<code>{html.escape(self.formula)}</code> ({html.escape(details)})</p>"
+                f"<p>Fixed effects</p>{fe}{extra}<p>Variance components</p>{vc}"
                 + (f"<p>Cautions</p><ul>{warn}</ul>" if warn else "") + "</div>")
