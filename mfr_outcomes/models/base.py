@@ -4,9 +4,13 @@ A fit is a :class:`~mfr_outcomes.models.spec.ModelSpec` (the model on its rows),
 :class:`~mfr_outcomes.models.spec.EngineResult` (the estimates, on lme4's conventions) and a
 degrees-of-freedom strategy (:mod:`mfr_outcomes.models.dfmethods`). From those the base builds the
 tidy tables (``fixed_effects``, ``variance_components``, ``random_effects``), the information
-criteria, the cautions in ``diagnostics`` and the displays. ``LinearMixedFit``
-(:mod:`mfr_outcomes.models.fit`) adds what is specific to a Gaussian response; a generalised fit
-is a sibling subclass (see docs/model_layer.md for what a sibling implements).
+criteria, the cautions in ``diagnostics``, predictions on the linear-predictor scale, marginal
+means, likelihood-ratio comparison and the displays (``summary()``, ``_repr_html_``).
+``LinearMixedFit`` (:mod:`mfr_outcomes.models.fit`) adds what is specific to a Gaussian response;
+``GeneralizedMixedFit`` (:mod:`mfr_outcomes.models.glmm_fit`) is its sibling for binomial and
+Poisson responses. A subclass fills the hooks below (``scale``, ``has_residual``,
+``family_label``, ``_fit_method``, ``_family_line``, ``_offset``, ``_extra_diagnostics``,
+``_extra_tables``, ``_check_comparable``, ``_check_family``); see docs/model_layer.md.
 """
 from __future__ import annotations
 
@@ -28,8 +32,9 @@ from mfr_outcomes.models.dfmethods import (
     block_covariances,
     make_df_method,
 )
+from mfr_outcomes.models.formula import fixed_matrix
 from mfr_outcomes.models.spec import EngineResult, ModelSpec, theta_lower_bounds
-from mfr_outcomes.models.tidy import variance_components_table
+from mfr_outcomes.models.tidy import random_part, variance_components_table
 from mfr_outcomes.warnings_ import DataWarning, ModelWarning
 
 __all__ = ["MixedFitBase", "SINGULAR_TOL", "MIN_GROUPS_FOR_SLOPE"]
@@ -65,6 +70,9 @@ class MixedFitBase:
     family_label: ClassVar[str] = "Mixed model"
     #: Whether the family has a residual variance (a ``Residual`` row, σ in ``npar``).
     has_residual: ClassVar[bool] = False
+    #: Engine capabilities nothing of this family needs (their absence earns no caution; it is
+    #: still listed in ``diagnostics["unavailable"]``).
+    unneeded_capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, spec: ModelSpec, result: EngineResult, *, reml: bool, df_method: str,
                  engine_reason: str = "", data: pd.DataFrame | None = None,
@@ -106,6 +114,7 @@ class MixedFitBase:
             "unavailable": [f"{u.what}: {u.reason}" for u in result.unavailable],
             "warnings": [],
         }
+        self.diagnostics.update(self._extra_diagnostics())
         for c in cautions:
             self._warn(f"{c[0].upper()}{c[1:]}.", ModelWarning, emit_warnings)
         self._check(emit_warnings)
@@ -115,6 +124,31 @@ class MixedFitBase:
     def scale(self) -> float:
         """The residual scale σ that multiplies ΛΛ' (1 for families without one)."""
         return 1.0
+
+    def _extra_diagnostics(self) -> dict[str, Any]:
+        """Family-specific entries of ``diagnostics``, set before the checks run."""
+        return {}
+
+    def _check_family(self, emit: bool) -> None:
+        """Family-specific cautions (run last by ``_check``)."""
+
+    def _offset(self, newdata: pd.DataFrame | None, offset: Any = None) -> np.ndarray | float:
+        """The offset of the linear predictor (0 unless the family has one)."""
+        return 0.0
+
+    def _check_comparable(self, others: Sequence[Any]) -> None:
+        """Raise when *others* cannot be compared with this fit by a likelihood ratio."""
+
+    def _fit_method(self) -> str:
+        return "REML" if self.reml else "maximum likelihood"
+
+    def _family_line(self) -> str | None:
+        """A line under the summary's title naming the family and link (None: none)."""
+        return None
+
+    def _extra_tables(self) -> list[tuple[str, pd.DataFrame]]:
+        """(title, table) shown after the fixed effects in ``summary()`` and the HTML."""
+        return []
 
     # ------------------------------------------------------------------ cautions
     def _warn(self, message: str, category: type[Warning] = ModelWarning,
@@ -137,7 +171,8 @@ class MixedFitBase:
         self._check_convergence(emit)
         by_reason: dict[str, list[str]] = {}
         for u in self.result.unavailable:
-            by_reason.setdefault(u.reason, []).append(_CAPABILITY_TEXT.get(u.what, u.what))
+            if u.what not in self.unneeded_capabilities:
+                by_reason.setdefault(u.reason, []).append(_CAPABILITY_TEXT.get(u.what, u.what))
         for reason, what in by_reason.items():
             self._warn(f"The engine {self.engine!r} cannot supply {' or '.join(what)} for this "
                        f"model ({reason}); what needs them says so instead of guessing.",
@@ -164,6 +199,7 @@ class MixedFitBase:
                            f"{np.median(counts):g}) than random terms ({b.q}: "
                            f"{', '.join(b.terms)}): the random part is not identifiable from "
                            f"within-group data. Simplify it.", ModelWarning, emit)
+        self._check_family(emit)
 
     def _check_convergence(self, emit: bool) -> None:
         opt = self._optimum
@@ -183,6 +219,9 @@ class MixedFitBase:
         elif opt is not None and opt.messages and "verified optimum" not in " ".join(opt.messages):
             for m in opt.messages:  # e.g. "convergence could not be verified"
                 self._warn(f"{m[0].upper()}{m[1:]}.", ModelWarning, emit)
+        elif opt is None:  # no verified optimum: what the optimiser said, never swallowed
+            for m in self.result.messages:
+                self._warn(f"Optimiser: {m}.", ModelWarning, emit)
 
     # ------------------------------------------------------------------ variance parameters
     def _block_covs(self) -> list[np.ndarray]:
@@ -241,6 +280,8 @@ class MixedFitBase:
         if L.shape[1] != self.spec.p:
             raise ValueError(f"A contrast needs {self.spec.p} columns (one per fixed effect: "
                              f"{list(self.coef.index)}); got {L.shape[1]}.")
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must be between 0 and 1; got {level!r}.")
         dfm = self.df_strategy
         out = inference.contest_1d(L, self.result.beta, dfm, names, level)
         for c in dfm.cautions:
@@ -271,7 +312,21 @@ class MixedFitBase:
 
     def compare(self, *others: Any, refit: bool = True) -> pd.DataFrame:
         """Likelihood-ratio tests of this fit against nested others (lme4's ``anova(m0, m1)``)."""
+        self._check_comparable(others)
         return inference.compare(self, *others, refit=refit)
+
+    # ------------------------------------------------------------------ marginal means
+    def emmeans(self, specs: Any, **kwargs: Any) -> pd.DataFrame:
+        """Estimated marginal means (:func:`mfr_outcomes.models.emmeans.emmeans`)."""
+        from mfr_outcomes.models import emmeans as _em
+
+        return _em.emmeans(self, specs, **kwargs)
+
+    def contrasts(self, specs: Any, **kwargs: Any) -> pd.DataFrame:
+        """Contrasts of marginal means (:func:`mfr_outcomes.models.emmeans.contrasts`)."""
+        from mfr_outcomes.models import emmeans as _em
+
+        return _em.contrasts(self, specs, **kwargs)
 
     # ------------------------------------------------------------------ random effects
     def _require(self, what: str, use: str) -> None:
@@ -282,32 +337,77 @@ class MixedFitBase:
                              f"with another engine, or use include_random=False.")
 
     def random_effects(self) -> pd.DataFrame:
-        """Conditional modes (BLUPs) of the random effects.
+        """Conditional modes (BLUPs) of the random effects and their conditional SDs.
 
         Returns
         -------
         DataFrame
-            group, level, term, estimate, cond_sd.
+            group, level, term, estimate, cond_sd (one row a level and term, level by level).
         """
         self._require("conditional_modes", "random_effects()")
-        rows = []
         condvar = self.result.blup_condvar
+        parts = []
         for k, (b, blup) in enumerate(zip(self.spec.blocks, self.result.blups)):
-            for lev_i, lev in enumerate(b.levels):
-                for j, t in enumerate(b.terms):
-                    sd = np.sqrt(condvar[k][lev_i, j, j]) if condvar is not None else np.nan
-                    rows.append({"group": b.group, "level": lev, "term": t,
-                                 "estimate": blup[lev_i, j], "cond_sd": sd})
-        return pd.DataFrame(rows, columns=["group", "level", "term", "estimate", "cond_sd"])
+            sd = (np.sqrt(np.diagonal(condvar[k], axis1=1, axis2=2)) if condvar is not None
+                  else np.full(blup.shape, np.nan))
+            parts.append(pd.DataFrame({"group": b.group,
+                                       "level": np.repeat(np.asarray(b.levels, dtype=object), b.q),
+                                       "term": np.tile(np.asarray(b.terms, dtype=object),
+                                                       b.n_levels),
+                                       "estimate": np.asarray(blup, float).ravel(),
+                                       "cond_sd": np.asarray(sd, float).ravel()}))
+        cols = ["group", "level", "term", "estimate", "cond_sd"]
+        return (pd.concat(parts, ignore_index=True)[cols] if parts
+                else pd.DataFrame(columns=cols))
+
+    # ------------------------------------------------------------------ prediction
+    def model_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
+        """The fixed-effects model matrix X for new rows (columns as ``fit.coef``)."""
+        return fixed_matrix(self.spec, newdata)
+
+    def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
+        return random_part(self.spec, self.result.blups, newdata)
+
+    def _linear_predictor(self, newdata: pd.DataFrame | None, include_random: bool,
+                          offset: Any = None) -> np.ndarray:
+        """η = Xβ̂ (+ offset) (+ Zb̂) on the rows used (newdata None) or on new rows."""
+        beta = self.result.beta
+        if newdata is None:
+            eta = self.spec.X @ beta + self._offset(None)
+            if include_random:
+                self._require("conditional_modes", "fitted(include_random=True)")
+                for b, blup in zip(self.spec.blocks, self.result.blups):
+                    eta = eta + np.einsum("ij,ij->i", b.Z, blup[b.codes])
+            return eta
+        eta = self.model_matrix(newdata) @ beta + self._offset(newdata, offset)
+        if include_random:
+            self._require("conditional_modes", "predict(include_random=True)")
+            eta = eta + self._random_part(newdata)
+        return eta
+
+    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True
+                ) -> np.ndarray:
+        """Predictions Xβ̂ (+ Zb̂ when include_random); levels not seen in the fit get b = 0."""
+        return self._linear_predictor(newdata, include_random)
+
+    def fitted(self, include_random: bool = True) -> np.ndarray:
+        """Fitted values on the rows used (conditional on the random effects by default)."""
+        return self._linear_predictor(None, include_random)
 
     # ------------------------------------------------------------------ display
     def _df_label(self) -> str:
         return self.df_strategy.label if self._dfm is not None else DF_LABELS.get(
             self.df_method, self.df_method)
 
+    def _tests_phrase(self) -> str:
+        if self.df_method == "asymptotic":
+            return "Wald z tests (df = ∞)"
+        return f"t-tests use {self._df_label()}"
+
     def _criterion_lines(self) -> list[str]:
-        return [f"     AIC      BIC   logLik deviance\n{self.aic:8.1f} {self.bic:8.1f} "
-                f"{self.loglik:8.1f} {self.deviance:8.1f}"]
+        return ["     AIC      BIC   logLik deviance df.resid",
+                f"{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.deviance:8.1f} "
+                f"{self.nobs - self.npar:8d}"]
 
     def _criterion_short(self) -> str:
         return f"log-likelihood {self.loglik:.2f}"
@@ -319,15 +419,7 @@ class MixedFitBase:
             return None, (f"The fixed-effect tests could not be computed ({exc}); the estimates "
                           f"are in fit.coef.")
 
-    def summary(self) -> str:
-        """A text summary laid out like lmerTest's ``summary(lmer(...))``."""
-        fe, failure = self._safe_fixed_table()
-        lines = [f"{self.family_label} fit by {'REML' if self.reml else 'maximum likelihood'}. "
-                 f"t-tests use {self._df_label()}",
-                 f"Formula: {self.formula}",
-                 f"Engine: {self.engine}"]
-        lines += self._criterion_lines()
-        lines += ["", "Random effects:"]
+    def _random_effects_lines(self) -> list[str]:
         vc_rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
         for group, terms, cov in self.random_covariances:
             sd = np.sqrt(np.diag(cov))
@@ -339,8 +431,31 @@ class MixedFitBase:
         if self.has_residual:
             vc_rows.append(("Residual", "", f"{self.scale ** 2:.4g}", f"{self.scale:.4g}", ""))
         widths = [max(len(r[c]) for r in vc_rows) for c in range(5)]
-        for r in vc_rows:
-            lines.append(" " + " ".join(r[c].ljust(widths[c]) for c in range(5)).rstrip())
+        return [" " + " ".join(r[c].ljust(widths[c]) for c in range(5)).rstrip()
+                for r in vc_rows]
+
+    def _fixed_effects_display(self, fe: pd.DataFrame) -> pd.DataFrame:
+        """lme4's coefficient table: t tests with a df column, or Wald z tests without one."""
+        fe = fe.set_index("term")
+        if np.isfinite(fe["df"].to_numpy(float)).any():
+            return pd.DataFrame({"Estimate": fe["estimate"], "Std. Error": fe["std_error"],
+                                 "df": fe["df"], "t value": fe["statistic"],
+                                 "Pr(>|t|)": fe["p_value"]})
+        return pd.DataFrame({"Estimate": fe["estimate"], "Std. Error": fe["std_error"],
+                             "z value": fe["statistic"], "Pr(>|z|)": fe["p_value"]})
+
+    def summary(self) -> str:
+        """A text summary laid out like ``summary(lmer(...))`` / ``summary(glmer(...))``: title,
+        formula, engine, criteria, random effects, fixed effects, the family's extra tables (odds
+        or rate ratios), cautions."""
+        fe, failure = self._safe_fixed_table()
+        lines = [f"{self.family_label} fit by {self._fit_method()}. {self._tests_phrase()}"]
+        family = self._family_line()
+        if family:
+            lines.append(family)
+        lines += [f"Formula: {self.formula}", f"Engine: {self.engine}"]
+        lines += self._criterion_lines()
+        lines += ["", "Random effects:"] + self._random_effects_lines()
         groups = ", ".join(f"{g}, {n}" for g, n in self.ngroups.items())
         lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
         lines += ["", "Fixed effects:"]
@@ -348,30 +463,35 @@ class MixedFitBase:
             lines.append(self.coef.to_string(float_format=lambda v: f"{v:.4g}"))
             lines.append(failure)
         else:
-            fe = fe.set_index("term")
-            tab = pd.DataFrame({"Estimate": fe["estimate"], "Std. Error": fe["std_error"],
-                                "df": fe["df"], "t value": fe["statistic"],
-                                "Pr(>|t|)": fe["p_value"]})
-            lines.append(tab.to_string(float_format=lambda v: f"{v:.4g}"))
+            lines.append(self._fixed_effects_display(fe).to_string(
+                float_format=lambda v: f"{v:.4g}"))
+            for title, tab in self._extra_tables():
+                lines += ["", f"{title}:", tab.to_string(index=False,
+                                                          float_format=lambda v: f"{v:.4g}")]
         if self.diagnostics["warnings"]:
             lines += ["", "Cautions:"] + [f" - {w}" for w in self.diagnostics["warnings"]]
         return "\n".join(lines)
 
+    def _repr_details(self) -> str:
+        return f"engine={self.engine}, {'REML' if self.reml else 'ML'}"
+
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.formula!r}: n={self.nobs}, engine={self.engine}, "
-                f"{'REML' if self.reml else 'ML'}>")
+        return f"<{type(self).__name__} {self.formula!r}: n={self.nobs}, {self._repr_details()}>"
 
     def _repr_html_(self) -> str:
+        fmt = lambda v: f"{v:.4g}"  # noqa: E731
         fe_tab, failure = self._safe_fixed_table()
-        fe = (fe_tab.to_html(index=False, float_format=lambda v: f"{v:.4g}") if fe_tab is not None
+        fe = (fe_tab.to_html(index=False, float_format=fmt) if fe_tab is not None
               else f"<p>{html.escape(failure)}</p>")
-        vc = self.variance_components.to_html(index=False, float_format=lambda v: f"{v:.4g}",
-                                              na_rep="")
+        extra = "".join(f"<p>{html.escape(title)}</p>" + tab.to_html(index=False, float_format=fmt)
+                        for title, tab in (self._extra_tables() if fe_tab is not None else []))
+        vc = self.variance_components.to_html(index=False, float_format=fmt, na_rep="")
         warn = "".join(f"<li>{html.escape(w)}</li>" for w in self.diagnostics["warnings"])
-        crit = self._criterion_short()
+        family = self._family_line()
+        details = "; ".join([*([family.strip()] if family else []),
+                             f"{self._fit_method()}, engine {self.engine}", f"n = {self.nobs}",
+                             self._criterion_short(), self._tests_phrase()])
         return (f"<div><p><b>{html.escape(self.family_label)}</b> "
-                f"<code>{html.escape(self.formula)}</code> "
-                f"({'REML' if self.reml else 'ML'}, engine {self.engine}; n = {self.nobs}; "
-                f"{crit}; t tests use {self._df_label()})</p>"
-                f"<p>Fixed effects</p>{fe}<p>Variance components</p>{vc}"
+                f"<code>{html.escape(self.formula)}</code> ({html.escape(details)})</p>"
+                f"<p>Fixed effects</p>{fe}{extra}<p>Variance components</p>{vc}"
                 + (f"<p>Cautions</p><ul>{warn}</ul>" if warn else "") + "</div>")

@@ -191,18 +191,27 @@ def fit_binary(study: Any, measure: str = "paresthesia", *, by: str | None = "te
 
 @dataclass
 class AdverseEventsFit:
-    """Adverse events per treatment session by technique (binomial GLMM, patient intercept).
+    """Adverse events per treatment session by technique (a GLMM with a patient intercept).
 
     Attributes
     ----------
     table : DataFrame
-        One row a technique: sessions, events, rate (raw share of sessions), probability,
-        ci_low, ci_high (model-based, a typical patient: random effect 0).
+        One row a technique: sessions, events, rate (raw share of sessions), then the model's
+        estimate for a typical patient (random effect 0): ``probability`` (binomial) or
+        ``rate_model`` (Poisson: events per session), with ci_low, ci_high.
     odds_ratios : DataFrame
-        Each technique against the reference: term, odds_ratio, ci_low, ci_high, p_value
-        (empty when no model could be fitted).
+        Binomial: each technique against the reference: term, odds_ratio, ci_low, ci_high,
+        p_value (empty when no model could be fitted, or for the Poisson model).
     glmm : GeneralizedMixedFit or None
         None when there are too few events to fit (then ``notes`` says why).
+    formula : str
+    notes : list of str
+        Rows left out, and every caution of the model (singular fit, non-convergence,
+        separation, overdispersion), never dropped.
+    family : {"binomial", "poisson"}
+    rate_ratios : DataFrame
+        Poisson: term, rate_ratio, ci_low, ci_high, p_value (each technique against the
+        reference; empty otherwise).
     """
 
     table: pd.DataFrame
@@ -210,23 +219,42 @@ class AdverseEventsFit:
     glmm: GeneralizedMixedFit | None
     formula: str
     notes: list[str] = field(default_factory=list)
+    family: str = "binomial"
+    rate_ratios: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["term", "rate_ratio", "ci_low", "ci_high", "p_value"]))
+
+    @property
+    def ratios(self) -> pd.DataFrame:
+        """The model's ratios against the reference technique: odds (binomial) or rate
+        (Poisson) ratios."""
+        return self.rate_ratios if self.family == "poisson" else self.odds_ratios
 
 
-def fit_adverse_events(study: Any, *, by: str = "technique", level: float = 0.95
-                       ) -> AdverseEventsFit:
-    """The chance of an adverse event at a treatment session, by technique (binomial GLMM).
+def fit_adverse_events(study: Any, *, by: str = "technique", level: float = 0.95,
+                       family: str = "binomial") -> AdverseEventsFit:
+    """Adverse events at treatment sessions, by technique, as a GLMM with a patient intercept.
 
-    ``event ~ by + (1 | patient_id)`` over treatment sessions (technique not ``none``) with a
-    recorded ``adverse_event``; event = anything but ``none``.
+    Treatment sessions (technique not ``none``) with a recorded ``adverse_event``; an event is
+    anything but ``none``.
+
+    - ``family="binomial"`` (default): the chance of an event at a session,
+      ``event ~ by + (1 | patient_id)``, one row a session; odds ratios.
+    - ``family="poisson"``: events per session as a rate, ``events ~ by +
+      offset(log(sessions)) + (1 | patient_id)``, one row a patient and technique (events and
+      sessions counted); rate ratios. A patient's sessions of one technique enter as one count
+      with its exposure, which gives the same estimates as one row a session.
 
     Examples
     --------
     ::
 
         import mfr_outcomes as mfr
-        ae = mfr.fit_adverse_events(mfr.load_study("data/synthetic"))
-        ae.table  # technique, sessions, events, rate, probability, ci_low, ci_high
+        ae = mfr.fit_adverse_events(mfr.load_study("data/synthetic"), family="poisson")
+        ae.table        # technique, sessions, events, rate, rate_model, ci_low, ci_high
+        ae.rate_ratios  # term, rate_ratio, ci_low, ci_high, p_value
     """
+    if family not in ("binomial", "poisson"):
+        raise ValueError(f"family must be 'binomial' or 'poisson'; got {family!r}.")
     s = study.sessions
     if by not in s.columns:
         raise ValueError(f"by={by!r} is not a column of the sessions table.")
@@ -243,19 +271,33 @@ def fit_adverse_events(study: Any, *, by: str = "technique", level: float = 0.95
     table = pd.DataFrame({by: counts.index.astype(str), "sessions": counts["size"].to_numpy(),
                           "events": counts["sum"].to_numpy().astype(int)})
     table["rate"] = table["events"] / table["sessions"]
-    formula = f"event ~ {by} + (1 | patient_id)"
+    estimate = "rate_model" if family == "poisson" else "probability"
+    if family == "poisson":
+        formula = f"events ~ {by} + offset(log(sessions)) + (1 | patient_id)"
+        model_frame = frame.groupby(["patient_id", by], observed=True)["event"].agg(
+            events="sum", sessions="size").reset_index()
+    else:
+        formula = f"event ~ {by} + (1 | patient_id)"
+        model_frame = frame
     empty = pd.DataFrame(columns=["term", "odds_ratio", "ci_low", "ci_high", "p_value"])
+    out = AdverseEventsFit(table, empty, None, formula, notes, family)
     if frame["event"].sum() == 0 or frame["event"].min() == 1 or len(frame) < 2:
         notes.append("no variation in adverse events (none or all sessions), so no model")
-        table[["probability", "ci_low", "ci_high"]] = np.nan
-        return AdverseEventsFit(table, empty, None, formula, notes)
-    glmm = fit_generalized(frame, formula, family="binomial")
+        table[[estimate, "ci_low", "ci_high"]] = np.nan
+        return out
+    glmm = fit_generalized(model_frame, formula, family=family)
     emm = glmm.emmeans(by, type="response", level=level)
     emm[by] = emm[by].astype(str)
-    table = table.merge(emm[[by, "estimate", "ci_low", "ci_high"]].rename(
-        columns={"estimate": "probability"}), on=by, how="left")
+    out.table = table.merge(emm[[by, "estimate", "ci_low", "ci_high"]].rename(
+        columns={"estimate": estimate}), on=by, how="left")
     ex = glmm.fixed_effects_exp
-    ors = ex[ex["term"] != "(Intercept)"][["term", "estimate", "ci_low", "ci_high", "p_value"]]
-    ors = ors.rename(columns={"estimate": "odds_ratio"}).reset_index(drop=True)
+    ratio = "rate_ratio" if family == "poisson" else "odds_ratio"
+    ratios = ex[ex["term"] != "(Intercept)"][["term", "estimate", "ci_low", "ci_high", "p_value"]]
+    ratios = ratios.rename(columns={"estimate": ratio}).reset_index(drop=True)
+    if family == "poisson":
+        out.rate_ratios = ratios
+    else:
+        out.odds_ratios = ratios
+    out.glmm = glmm
     notes += glmm.diagnostics["warnings"]
-    return AdverseEventsFit(table, ors, glmm, formula, notes)
+    return out

@@ -18,10 +18,9 @@ from mfr_outcomes.models import inference
 from mfr_outcomes.models.base import MIN_GROUPS_FOR_SLOPE, SINGULAR_TOL, MixedFitBase
 from mfr_outcomes.models.checks import ModelCheckError, OptimumCheck, check_model, verify_optimum
 from mfr_outcomes.models.dfmethods import DF_METHODS
-from mfr_outcomes.models.formula import build_spec, fixed_matrix
+from mfr_outcomes.models.formula import build_spec
 from mfr_outcomes.models.pls import blas_limits
 from mfr_outcomes.models.spec import AUTO_ORDER, ENGINES, Engine, EngineResult, ModelSpec
-from mfr_outcomes.models.tidy import random_part
 from mfr_outcomes.warnings_ import ModelWarning
 
 __all__ = ["fit_mixed", "LinearMixedFit", "MixedFit", "ModelFitError", "ModelCheckError",
@@ -246,39 +245,11 @@ class LinearMixedFit(MixedFitBase):
     def scale(self) -> float:
         return self.sigma
 
-    # ------------------------------------------------------------------ prediction
-    def model_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
-        """The fixed-effects model matrix X for new rows (columns as ``fit.coef``)."""
-        return fixed_matrix(self.spec, newdata)
-
-    def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
-        return random_part(self.spec, self.result.blups, newdata)
-
-    def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True
-                ) -> np.ndarray:
-        """Predictions Xβ̂ (+ Zb̂ when include_random); levels not seen in the fit get b = 0."""
-        if newdata is None:
-            return self.fitted(include_random)
-        eta = self.model_matrix(newdata) @ self.result.beta
-        if include_random:
-            self._require("conditional_modes", "predict(include_random=True)")
-            eta = eta + self._random_part(newdata)
-        return eta
-
-    def fitted(self, include_random: bool = True) -> np.ndarray:
-        """Fitted values on the rows used (conditional on the random effects by default)."""
-        eta = self.spec.X @ self.result.beta
-        if include_random:
-            self._require("conditional_modes", "fitted(include_random=True)")
-            for b, blup in zip(self.spec.blocks, self.result.blups):
-                eta = eta + np.einsum("ij,ij->i", b.Z, blup[b.codes])
-        return eta
-
+    # ------------------------------------------------------------------ residuals and refits
     def residuals(self) -> np.ndarray:
         """y − fitted (conditional residuals, as lme4's ``residuals``)."""
         return self.spec.y - self.fitted(True)
 
-    # ------------------------------------------------------------------ refits and intervals
     def refit_ml(self) -> LinearMixedFit:
         """The same model fitted by maximum likelihood (for likelihood-ratio tests)."""
         if not self.reml:
@@ -316,17 +287,7 @@ class LinearMixedFit(MixedFitBase):
             return inference.confint_variance(self.spec, self.result, ml_result=ml,
                                               method=method, level=level, nsim=nsim, seed=seed)
 
-    # ------------------------------------------------------------------ delegates
-    def emmeans(self, specs: Any, **kwargs: Any) -> pd.DataFrame:
-        from mfr_outcomes.models import emmeans as _em
-
-        return _em.emmeans(self, specs, **kwargs)
-
-    def contrasts(self, specs: Any, **kwargs: Any) -> pd.DataFrame:
-        from mfr_outcomes.models import emmeans as _em
-
-        return _em.contrasts(self, specs, **kwargs)
-
+    # ------------------------------------------------------------------ ICC and R²
     def icc(self, **kwargs: Any) -> Any:
         from mfr_outcomes.models import r2 as _r2
 
@@ -336,7 +297,6 @@ class LinearMixedFit(MixedFitBase):
         from mfr_outcomes.models import r2 as _r2
 
         return _r2.r2_nakagawa(self, **kwargs)
-
 
     # ------------------------------------------------------------------ display
     def _criterion_lines(self) -> list[str]:

@@ -1,14 +1,16 @@
 """``GeneralizedMixedFit``: a binomial or Poisson mixed model fitted as glmer does, in tidy frames.
 
-The public surface is :class:`~mfr_outcomes.models.fit.MixedFit`'s (``fixed_effects``,
-``variance_components``, ``emmeans``, ``contrasts``, ``predict``, ``random_effects``, ``icc``,
-``r2``, ``diagnostics``, ``summary``) with Wald z tests (df = ∞), as glmer reports them, plus
-``fixed_effects_exp`` (odds or rate ratios) and the response scale (``type="response"``).
+A sibling of :class:`~mfr_outcomes.models.fit.LinearMixedFit` on
+:class:`~mfr_outcomes.models.base.MixedFitBase`: the tidy tables (``fixed_effects`` with Wald z
+tests, df = ∞, as glmer reports them; ``variance_components``; ``random_effects``),
+``linear_contrast``, ``anova``, ``compare``, ``emmeans``/``contrasts``, prediction on the link
+scale, the lme4 cautions and the displays are the base's. This class adds only what depends on
+the family: the response scale (``type="response"``, ``fixed_effects_exp``: odds or rate
+ratios), offsets and prior weights, glmer's residuals and conditional deviance, performance's
+latent-scale ICC and R², and the checks for separation (binomial) and overdispersion (Poisson).
 """
 from __future__ import annotations
 
-import html
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,24 +18,39 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from mfr_outcomes.models.base import SINGULAR_TOL, MixedFitBase
 from mfr_outcomes.models.families import Family, latent_variance
-from mfr_outcomes.models.formula import fixed_matrix
 from mfr_outcomes.models.glmm import GlmmResult
-from mfr_outcomes.models.spec import ModelSpec, block_lambda, theta_lower_bounds
-from mfr_outcomes.models.tidy import random_part, variance_components_table
-from mfr_outcomes.warnings_ import DataWarning, ModelWarning
+from mfr_outcomes.models.spec import EngineResult, ModelSpec, Unavailable
+from mfr_outcomes.warnings_ import ModelWarning
 
-__all__ = ["GeneralizedMixedFit", "SEPARATION_LOGIT", "OVERDISPERSION_RATIO", "SINGULAR_TOL"]
+__all__ = ["GeneralizedMixedFit", "SEPARATION_LOGIT", "OVERDISPERSION_RATIO", "SINGULAR_TOL",
+           "engine_result"]
 
-SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance
 #: |log odds| above this for a fixed effect points to (quasi-)complete separation.
 SEPARATION_LOGIT = 10.0
 #: Pearson χ²/df above this earns an overdispersion caution (Poisson).
 OVERDISPERSION_RATIO = 1.5
 _TYPES = ("link", "response")
+_NOT_SUPPLIED = ("glmer's Wald z tests use Var(β̂) at the optimum only; the Laplace deviance as a "
+                 "function of the variance parameters is not exposed")
 
 
-class GeneralizedMixedFit:
+def engine_result(res: GlmmResult) -> EngineResult:
+    """The :class:`EngineResult` of a glmer-style fit (engine "glmm", σ = 1, objective = −2 log L
+    by Laplace or quadrature); the :class:`GlmmResult` itself is kept in ``internals``."""
+    return EngineResult(engine="glmm", reml=False, theta=np.asarray(res.theta, float),
+                        beta=np.asarray(res.beta, float), sigma=1.0, vcov_beta=res.vcov_beta,
+                        objective=float(res.objective), converged=bool(res.converged),
+                        messages=list(res.messages), optimizer=res.optimizer,
+                        n_evaluations=res.n_evaluations, blups=list(res.blups),
+                        blup_condvar=list(res.blup_condvar),
+                        unavailable=[Unavailable("deviance_function", _NOT_SUPPLIED),
+                                     Unavailable("vcov_function", _NOT_SUPPLIED)],
+                        internals=res)
+
+
+class GeneralizedMixedFit(MixedFitBase):
     """A fitted generalised linear mixed model (glmer's method).
 
     Attributes
@@ -54,86 +71,40 @@ class GeneralizedMixedFit:
     coef, vcov : Series, DataFrame
         β̂ and Var(β̂) = 2 H⁻¹ (H the finite-difference Hessian of the deviance over (θ, β)), as
         ``vcov(glmerfit)``.
+    result, glmm_result
+        The :class:`EngineResult` the base reads, and the backend's own :class:`GlmmResult`
+        (μ, η, the Hessian, the backend's name).
     theta, sigma, family, nagq, diagnostics
     """
 
-    df_method = "asymptotic"
-    reml = False
+    family_label = "Generalized linear mixed model"
+    has_residual = False
+    #: glmer's Wald z tests need neither closure (no Satterthwaite df, no profile of θ).
+    unneeded_capabilities = frozenset({"deviance_function", "vcov_function"})
 
     def __init__(self, spec: ModelSpec, result: GlmmResult, *, weights: np.ndarray,
                  offset: np.ndarray, data: pd.DataFrame | None = None,
                  offset_column: str | None = None, emit_warnings: bool = True):
-        self.spec = spec
-        self.result = result
+        self.glmm_result = result
         self.family: Family = result.family
         self.nagq = result.nagq
-        self.formula = spec.formula
-        self.data = data if data is not None else spec.data
-        self.engine = "glmm"
         self.weights = weights
         self.offset = offset
         self._offset_column = offset_column
-        self.theta = np.asarray(result.theta, dtype=float)
         self.sigma = 1.0
-        self.coef = pd.Series(result.beta, index=spec.fixed_names, name="estimate")
-        self.vcov = pd.DataFrame(result.vcov_beta, index=spec.fixed_names,
-                                 columns=spec.fixed_names)
-        self.nobs = spec.n
-        self.ngroups = {b.group: b.n_levels for b in spec.blocks}
-        self.npar = spec.p + spec.n_theta
-        self.deviance = float(result.objective)
-        self.loglik = -0.5 * self.deviance
         self.conditional_deviance = float(result.conditional_deviance)
-        self.aic = self.deviance + 2.0 * self.npar
-        self.bic = self.deviance + np.log(self.nobs) * self.npar
         self.reml_criterion = float("nan")
-        lb = theta_lower_bounds(spec)
-        self.diagnostics: dict[str, Any] = {
-            "converged": bool(result.converged),
-            "singular": bool(np.any(self.theta[lb == 0.0] < SINGULAR_TOL)),
-            "family": self.family.label,
-            "nagq": self.nagq,
-            "optimizer": result.optimizer,
-            "messages": list(result.messages),
-            "engine": "glmm",
-            "backend": result.backend,
-            "vcov_method": result.vcov_method,
-            "n_evaluations": result.n_evaluations,
-            "excluded_rows": len(spec.excluded),
-            "separation": [],
-            "overdispersion": None,
-            "warnings": [],
-        }
-        self._check(emit_warnings)
+        super().__init__(spec, engine_result(result), reml=False, df_method="asymptotic",
+                         engine_reason=f"glmm: glmer's method ({result.backend} backend)",
+                         data=data, emit_warnings=emit_warnings)
 
-    # ------------------------------------------------------------------ cautions
-    def _warn(self, message: str, category=ModelWarning, emit: bool = True) -> None:
-        self.diagnostics["warnings"].append(message)
-        if emit:
-            warnings.warn(message, category, stacklevel=4)
+    # ------------------------------------------------------------------ family hooks
+    def _extra_diagnostics(self) -> dict[str, Any]:
+        return {"family": self.family.label, "nagq": self.nagq,
+                "backend": self.glmm_result.backend, "vcov_method": self.glmm_result.vcov_method,
+                "separation": [], "overdispersion": None}
 
-    def _check(self, emit: bool) -> None:
-        spec = self.spec
-        if len(spec.excluded):
-            self._warn(f"{len(spec.excluded)} row(s) with missing values in the model's variables "
-                       f"were excluded (see fit.spec.excluded); {spec.n} row(s) used.",
-                       DataWarning, emit)
-        for note in spec.notes:
-            self._warn(f"{note[0].upper()}{note[1:]}.", ModelWarning, emit)
-        if not self.diagnostics["converged"]:
-            msgs = "; ".join(self.result.messages) or "the optimiser did not report success"
-            self._warn(f"The model may not have converged ({msgs}). Check the estimates, rescale "
-                       f"covariates, or simplify the random part.", ModelWarning, emit)
-        elif self.result.messages:
-            for m in self.result.messages:
-                self._warn(f"Optimiser: {m}.", ModelWarning, emit)
-        if self.diagnostics["singular"]:
-            zero = [f"{g}: {', '.join(t)}" for g, t, cov in self.random_covariances
-                    if np.min(np.linalg.eigvalsh(cov)) <= SINGULAR_TOL ** 2 * 10]
-            where = f" ({'; '.join(zero)})" if zero else ""
-            self._warn(f"Boundary (singular) fit{where}: a random-effect variance is estimated as "
-                       f"zero or a correlation as ±1. Simplify the random part and refit.",
-                       ModelWarning, emit)
+    def _check_family(self, emit: bool) -> None:
         if self.family.name == "binomial":
             for text in self._separation():
                 self.diagnostics["separation"].append(text)
@@ -169,7 +140,7 @@ class GeneralizedMixedFit:
         return out
 
     def _overdispersion(self, emit: bool) -> None:
-        mu = self.result.mu
+        mu = self.glmm_result.mu
         pearson = float(np.sum(self.weights * (self.spec.y - mu) ** 2 / self.family.variance(mu)))
         rdf = self.nobs - self.npar
         ratio = pearson / rdf if rdf > 0 else np.nan
@@ -182,67 +153,7 @@ class GeneralizedMixedFit:
                        f"observation-level random effect (1 | row) or model the extra variation.",
                        ModelWarning, emit)
 
-    # ------------------------------------------------------------------ variance parameters
-    @property
-    def random_covariances(self) -> list[tuple[str, list[str], np.ndarray]]:
-        """(group, terms, q×q covariance ΛΛ') per random block, in block order."""
-        out, k = [], 0
-        for b in self.spec.blocks:
-            lam = block_lambda(self.theta[k:k + b.n_theta], b.q)
-            k += b.n_theta
-            out.append((b.group, list(b.terms), lam @ lam.T))
-        return out
-
-    @property
-    def variance_components(self) -> pd.DataFrame:
-        return variance_components_table(self.random_covariances)
-
     # ------------------------------------------------------------------ fixed-effect inference
-    def linear_contrast(self, L: Any, names: Sequence[str] | None = None,
-                        level: float = 0.95) -> pd.DataFrame:
-        """Wald z tests of linear combinations L β̂ (link scale).
-
-        Parameters
-        ----------
-        L : array-like (k, p) or (p,), or a dict {term: weight}
-        names : sequence of str, optional
-        level : float
-
-        Returns
-        -------
-        DataFrame
-            term, estimate, std_error, df (∞), statistic (z), p_value, ci_low, ci_high.
-        """
-        if isinstance(L, dict):
-            unknown = [k for k in L if k not in self.coef.index]
-            if unknown:
-                raise ValueError(f"Unknown term(s) {unknown}; the fixed effects are "
-                                 f"{list(self.coef.index)}.")
-            L = np.array([[L.get(t, 0.0) for t in self.coef.index]])
-        L = np.atleast_2d(np.asarray(L, dtype=float))
-        if L.shape[1] != self.spec.p:
-            raise ValueError(f"A contrast needs {self.spec.p} columns (one per fixed effect: "
-                             f"{list(self.coef.index)}); got {L.shape[1]}.")
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be between 0 and 1; got {level!r}.")
-        est = L @ self.result.beta
-        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", L, self.result.vcov_beta, L), 0.0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = est / se
-        crit = special.ndtri(0.5 + level / 2.0)
-        names = list(names) if names is not None else [f"c{i + 1}" for i in range(len(est))]
-        return pd.DataFrame({"term": names, "estimate": est, "std_error": se,
-                             "df": np.full(len(est), np.inf), "statistic": z,
-                             "p_value": 2.0 * special.ndtr(-np.abs(z)),
-                             "ci_low": est - crit * se, "ci_high": est + crit * se})
-
-    @property
-    def fixed_effects(self) -> pd.DataFrame:
-        if not hasattr(self, "_fixed_effects"):
-            self._fixed_effects = self.linear_contrast(np.eye(self.spec.p),
-                                                       names=self.spec.fixed_names)
-        return self._fixed_effects.copy()
-
     @property
     def ratio_name(self) -> str:
         """"odds ratio" (logit), "rate ratio" (log); other links have no ratio scale."""
@@ -268,10 +179,8 @@ class GeneralizedMixedFit:
         rates), the SE by the delta method, and the z test stays on the link scale, as emmeans'
         ``type = "response"`` does.
         """
-        from mfr_outcomes.models import emmeans as _em
-
         _check_type(type)
-        out = _em.emmeans(self, specs, **kwargs)
+        out = super().emmeans(specs, **kwargs)
         out.attrs["type"] = type
         if type == "link":
             return out
@@ -293,10 +202,8 @@ class GeneralizedMixedFit:
         CI exponentiated, the SE by the delta method, the test on the link scale), as emmeans'
         ``pairs(emm, type = "response")``.
         """
-        from mfr_outcomes.models import emmeans as _em
-
         _check_type(type)
-        out = _em.contrasts(self, specs, **kwargs)
+        out = super().contrasts(specs, **kwargs)
         out.attrs["type"] = type
         if type == "link":
             return out
@@ -315,28 +222,13 @@ class GeneralizedMixedFit:
         return out
 
     # ------------------------------------------------------------------ prediction
-    def model_matrix(self, newdata: pd.DataFrame) -> np.ndarray:
-        """The fixed-effects model matrix X for new rows (columns as ``fit.coef``)."""
-        return fixed_matrix(self.spec, newdata)
-
-    def random_effects(self) -> pd.DataFrame:
-        """Conditional modes of the random effects and their conditional SDs.
-
-        Returns
-        -------
-        DataFrame
-            group, level, term, estimate, cond_sd.
-        """
-        rows = []
-        for b, blup, cv in zip(self.spec.blocks, self.result.blups, self.result.blup_condvar):
-            sd = np.sqrt(np.diagonal(cv, axis1=1, axis2=2))
-            for j, t in enumerate(b.terms):
-                rows.append(pd.DataFrame({"group": b.group, "level": list(b.levels), "term": t,
-                                          "estimate": blup[:, j], "cond_sd": sd[:, j]}))
-        return pd.concat(rows, ignore_index=True)
-
-    def _random_part(self, newdata: pd.DataFrame) -> np.ndarray:
-        return random_part(self.spec, self.result.blups, newdata)
+    def _offset(self, newdata: pd.DataFrame | None, offset: Any = None) -> np.ndarray | float:
+        if newdata is None:
+            return self.offset
+        off = offset if offset is not None else self._offset_column
+        if isinstance(off, str):
+            return newdata[off].to_numpy(float)
+        return 0.0 if off is None else np.asarray(off, float)
 
     def predict(self, newdata: pd.DataFrame | None = None, include_random: bool = True,
                 type: str = "link", offset: Any = None) -> np.ndarray:
@@ -354,19 +246,7 @@ class GeneralizedMixedFit:
             column when the offset was given as one, else 0.
         """
         _check_type(type)
-        if newdata is None:
-            eta = self.spec.X @ self.result.beta + self.offset
-            if include_random:
-                eta = self.result.eta.copy()
-        else:
-            eta = self.model_matrix(newdata) @ self.result.beta
-            off = offset if offset is not None else self._offset_column
-            if isinstance(off, str):
-                eta = eta + newdata[off].to_numpy(float)
-            elif off is not None:
-                eta = eta + np.asarray(off, float)
-            if include_random:
-                eta = eta + self._random_part(newdata)
+        eta = self._linear_predictor(newdata, include_random, offset)
         return eta if type == "link" else self.family.linkinv(eta)
 
     def fitted(self, include_random: bool = True) -> np.ndarray:
@@ -375,7 +255,7 @@ class GeneralizedMixedFit:
 
     def residuals(self, type: str = "deviance") -> np.ndarray:
         """Deviance (default), Pearson or response residuals at the conditional modes."""
-        y, mu, w = self.spec.y, self.result.mu, self.weights
+        y, mu, w = self.spec.y, self.glmm_result.mu, self.weights
         if type == "response":
             return y - mu
         if type == "pearson":
@@ -426,69 +306,33 @@ class GeneralizedMixedFit:
         return {"r2_marginal": v["fixed"] / total,
                 "r2_conditional": (v["fixed"] + v["random"]) / total}
 
-    def compare(self, *others: GeneralizedMixedFit) -> pd.DataFrame:
-        """Likelihood-ratio tests against nested fits of the same family (lme4's ``anova``)."""
-        from mfr_outcomes.models.inference import compare
-
+    def _check_comparable(self, others: Sequence[Any]) -> None:
         for o in others:
             if not isinstance(o, GeneralizedMixedFit) or o.family != self.family:
                 raise ValueError("compare() needs fits of the same family and link.")
             if (o.nagq > 1) != (self.nagq > 1):
                 raise ValueError("Laplace (nagq = 1) and quadrature (nagq > 1) deviances are on "
                                  "different scales in glmer; compare fits with the same nagq.")
-        return compare(self, *others)
 
     # ------------------------------------------------------------------ display
-    def summary(self) -> str:
-        """A text summary laid out like ``summary(glmer(...))``."""
+    def _fit_method(self) -> str:
         method = ("Laplace approximation" if self.nagq == 1 else
                   f"adaptive Gauss-Hermite quadrature (nAGQ = {self.nagq})" if self.nagq > 1
                   else "nAGQ = 0 (β in PIRLS)")
-        lines = [f"Generalized linear mixed model fit by maximum likelihood ({method})",
-                 f" Family: {self.family.name}  ( {self.family.link} )",
-                 f"Formula: {self.formula}", "",
-                 "     AIC      BIC   logLik deviance df.resid",
-                 f"{self.aic:8.1f} {self.bic:8.1f} {self.loglik:8.1f} {self.deviance:8.1f} "
-                 f"{self.nobs - self.npar:8d}", "", "Random effects:"]
-        for group, terms, cov in self.random_covariances:
-            sd = np.sqrt(np.diag(cov))
-            for i, t in enumerate(terms):
-                lines.append(f" {group if i == 0 else '':<12} {t:<14} {cov[i, i]:10.4g} "
-                             f"{sd[i]:10.4g}")
-        groups = ", ".join(f"{g}, {n}" for g, n in self.ngroups.items())
-        lines += [f"Number of obs: {self.nobs}, groups:  {groups}", "", "Fixed effects:"]
-        fe = self.fixed_effects.set_index("term")
-        tab = pd.DataFrame({"Estimate": fe["estimate"], "Std. Error": fe["std_error"],
-                            "z value": fe["statistic"], "Pr(>|z|)": fe["p_value"]})
-        lines.append(tab.to_string(float_format=lambda v: f"{v:.4g}"))
-        if self.ratio_name:
-            ex = self.fixed_effects_exp.set_index("term")
-            lines += ["", f"{self.ratio_name.capitalize()}s (95 % CI):"]
-            for t, r in ex.iterrows():
-                lines.append(f" {t:<32} {r['estimate']:.3f} ({r['ci_low']:.3f} to "
-                             f"{r['ci_high']:.3f})")
-        if self.diagnostics["warnings"]:
-            lines += ["", "Cautions:"] + [f" - {w}" for w in self.diagnostics["warnings"]]
-        return "\n".join(lines)
+        return f"maximum likelihood ({method})"
 
-    def __repr__(self) -> str:
-        return (f"<GeneralizedMixedFit {self.formula!r}: {self.family.label}, n={self.nobs}, "
-                f"nagq={self.nagq}>")
+    def _family_line(self) -> str | None:
+        return f" Family: {self.family.name}  ( {self.family.link} )"
 
-    def _repr_html_(self) -> str:
-        fmt = lambda v: f"{v:.4g}"  # noqa: E731
-        fe = self.fixed_effects.to_html(index=False, float_format=fmt)
-        ex = (f"<p>{html.escape(self.ratio_name.capitalize())}s</p>"
-              + self.fixed_effects_exp.to_html(index=False, float_format=fmt)
-              if self.ratio_name else "")
-        vc = self.variance_components.to_html(index=False, float_format=fmt, na_rep="")
-        warn = "".join(f"<li>{html.escape(w)}</li>" for w in self.diagnostics["warnings"])
-        return (f"<div><p><b>Generalized linear mixed model</b> "
-                f"<code>{html.escape(self.formula)}</code> ({html.escape(self.family.label)}, "
-                f"nAGQ = {self.nagq}; n = {self.nobs}; log-likelihood {self.loglik:.2f}; "
-                f"Wald z tests)</p><p>Fixed effects (link scale)</p>{fe}{ex}"
-                f"<p>Variance components</p>{vc}"
-                + (f"<p>Cautions</p><ul>{warn}</ul>" if warn else "") + "</div>")
+    def _extra_tables(self) -> list[tuple[str, pd.DataFrame]]:
+        if not self.ratio_name:
+            return []
+        ex = self.fixed_effects_exp[["term", "estimate", "ci_low", "ci_high"]]
+        return [(f"{self.ratio_name.capitalize()}s (95 % CI)",
+                 ex.rename(columns={"estimate": self.ratio_name.replace(" ", "_")}))]
+
+    def _repr_details(self) -> str:
+        return f"{self.family.label}, nagq={self.nagq}"
 
 
 def _check_type(type: str) -> None:

@@ -234,31 +234,74 @@ def _followup(ctx: ReportContext, sec: Section) -> None:
 def binary_model_table(study: Any, measure: str) -> tuple[pd.DataFrame, str, dict[str, Any]]:
     """The model of a yes/no reading: (tidy table with odds ratios, description, model row).
 
-    Today a logistic GEE (:func:`mfr_outcomes.effects.paresthesia_gee`). After merging the
-    "glmm" branch, replace the body by ``fit = mfr.fit_binary(study, measure)`` and return
-    ``fit.fixed_effects`` with ``odds_ratio = exp(estimate)`` (subject-specific odds ratios)
-    and a model row built from the fit like the linear models'.
+    A logistic mixed model with a random intercept per patient (``mfr.fit_binary``: glmer's
+    Laplace approximation) gives subject-specific odds ratios; the logistic GEE's
+    population-averaged odds ratios stand beside them. ``table.attrs``: ``fit`` (the
+    :class:`~mfr_outcomes.models.binary.BinaryOutcomeFit`), ``cautions`` (every caution of the
+    mixed model, and the GEE's notes) and ``gee_row`` (the GEE's row of the methods table).
     """
-    from mfr_outcomes import effects
+    import warnings
 
-    table = effects.paresthesia_gee(study, measure=measure)
-    cols = [c for c in ("term", "odds_ratio", "ci_low", "ci_high", "statistic", "p_value")
-            if c in table.columns]
-    text = ("The pre-session readings are modelled by a logistic GEE with patients as clusters "
-            "(exchangeable working correlation, robust standard errors): technique and weeks "
-            "since the first visit as terms. Odds ratios below 1 mean lower odds; the 95 % "
-            "interval is that of the odds ratio. Techniques were not randomised.")
-    row = {"model": "Yes/no reading (GEE logistic)", "formula": table.attrs.get("formula", ""),
-           "engine": "statsmodels GEE", "df_method": "robust z",
-           "observations": table.attrs.get("n_obs", np.nan),
-           "patients": table.attrs.get("n_clusters", np.nan),
-           "converged": np.nan, "singular": np.nan}
-    return table[cols].reset_index(drop=True), text, row
+    from mfr_outcomes.models.binary import attenuation_factor, fit_binary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every caution is kept below, in table.attrs
+        fit = fit_binary(study, measure)
+    glmm = fit.glmm
+    table = fit.odds_ratios[["term", "odds_ratio", "ci_low", "ci_high", "p_value",
+                             "gee_odds_ratio", "gee_ci_low", "gee_ci_high"]].copy()
+    design = glmm.spec.design
+    levels = design.categories if design is not None else {}
+
+    def vs(mt: Any) -> str:  # "technique[T.massage]" -> "massage vs direct pressure"
+        ref = levels.get(mt.group(1), [])
+        return f"{label(mt.group(2))}" + (f" vs {label(ref[0])}" if len(ref) else "")
+
+    table["term"] = table["term"].astype(str).str.replace(
+        r"^(\w+)\[T\.(.+)\]$", vs, regex=True).map(
+        lambda t: "per session (session number)" if t == "session_number" else t)
+    sigma2 = fit.patient_variance
+    text = (f"The pre-session readings are modelled by a logistic mixed model with a random "
+            f"intercept per patient (glmer's method, Laplace approximation), with technique and "
+            f"session number as terms; beside its odds ratios are those of a logistic GEE on "
+            f"the same terms (patients as clusters, exchangeable working correlation, robust "
+            f"standard errors). {fit.explanation} Here the patient variance is "
+            f"{fmt_num(sigma2)} on the logit scale, so the GEE's log odds ratios are expected "
+            f"to be about {attenuation_factor(sigma2):.2f} times the mixed model's. Odds ratios "
+            f"below 1 mean lower odds; the 95 % intervals are Wald intervals. Techniques were "
+            f"not randomised.")
+    cautions = list(glmm.diagnostics["warnings"]) + list(fit.notes)
+    row = {"model": "Yes/no reading (logistic GLMM, subject-specific)", "formula": fit.formula,
+           "engine": glmm.engine, "df_method": "Wald z",
+           "observations": glmm.nobs, "patients": glmm.ngroups.get("patient_id", np.nan),
+           "converged": glmm.diagnostics["converged"],
+           "singular": glmm.diagnostics["singular"]}
+    gee = fit.gee
+    table.attrs.update(fit=fit, cautions=cautions, gee_row={
+        "model": "Yes/no reading (GEE logistic, population-averaged)",
+        "formula": gee.attrs.get("formula", ""), "engine": "statsmodels GEE",
+        "df_method": "robust z", "observations": gee.attrs.get("n_obs", np.nan),
+        "patients": gee.attrs.get("n_clusters", np.nan), "converged": np.nan,
+        "singular": np.nan})
+    return table, text, row
 
 
 def _binary(ctx: ReportContext, sec: Section) -> None:
     table, text, row = binary_model_table(ctx.scoped, ctx.measure)
     sec.para(f"{ctx.m.label} is a yes/no reading. {text}")
-    ctx.add_table(sec, Table("binary_model", f"Model of {ctx.m.label.lower()} "
-                             f"({row['formula']}).", table))
-    ctx.models.append(row)
+    ctx.add_table(sec, Table(
+        "binary_model", f"Odds ratios of {ctx.m.label.lower()}: subject-specific (mixed model, "
+        f"{row['formula']}) and population-averaged (GEE).", table,
+        decimals={"p_value": 3}, keys=("term",)))
+    ctx.models += [row, table.attrs["gee_row"]]
+    cautions = table.attrs["cautions"]
+    name = "Yes/no reading (logistic GLMM)"
+    for c in cautions:
+        ctx.caution(f"{name}: {c}")
+    if cautions:  # shown here too, beside the numbers they qualify
+        sec.para("Cautions of this model:")
+        sec.items([ctx.safe(f"{c[0].upper()}{c[1:]}".replace(" trials)", " readings)"))
+                   for c in cautions])
+    else:
+        sec.para("The mixed model converged, its patient variance is not at zero, and no "
+                 "technique perfectly predicts the reading (no separation).")
