@@ -438,6 +438,44 @@ def run_chart_limits(max_n: int = 60) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def funnel_and_p_agreement(seed: int) -> pd.DataFrame:
+    """Exact binomial funnel limits (ours ``funnel.funnel_proportions`` against qikit's
+    ``qic(chart="p", funnel=True)``) and p-chart limits (ours ``qi.p_chart`` against abspc's
+    and qikit's p charts), largest absolute differences."""
+    import abspc
+    from qikit import qic
+
+    from mfr_outcomes import funnel, qi
+    rng = np.random.default_rng(seed)
+    n = np.array([3, 5, 8, 12, 20, 35, 50, 80, 120, 200, 400, 1000])
+    x = rng.binomial(n, 0.35)
+    units = [f"t{i:02d}" for i in range(len(n))]
+    ours = funnel.funnel_proportions(x, n, units)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qic(x=units, y=x, n=n, chart="p", funnel=True).data.set_index("x").loc[units]
+    rows = [{"comparison": f"funnel, {len(n)} therapists (n {n.min()} to {n.max()}), qikit",
+             "max |Δ centre|": float(np.max(np.abs(ours["target"].to_numpy() - q["cl"]))),
+             "max |Δ upper|": float(max(np.max(np.abs(ours["hi998"].to_numpy() - q["ucl"])),
+                                        np.max(np.abs(ours["hi95"].to_numpy() - q["ucl_95"])))),
+             "max |Δ lower|": float(max(np.max(np.abs(ours["lo998"].to_numpy() - q["lcl"])),
+                                        np.max(np.abs(ours["lo95"].to_numpy() - q["lcl_95"]))))}]
+    m = rng.integers(15, 60, 24)
+    k = rng.binomial(m, 0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine = qi.p_chart(k, m).points
+        qq = qic(y=k, n=m, chart="p").data
+    ab = abspc.calculate_control_limits(pd.DataFrame({"value": k, "subgroup_size": m}), "p")
+    for name, c, lo, hi in (("abspc", ab["mean"], ab["lcl"], ab["ucl"]),
+                            ("qikit", qq["cl"], qq["lcl"], qq["ucl"])):
+        rows.append({"comparison": f"p-chart, 24 months (n {m.min()} to {m.max()}), {name}",
+                     "max |Δ centre|": float(np.max(np.abs(mine["centre"] - c.to_numpy()))),
+                     "max |Δ upper|": float(np.max(np.abs(mine["ucl"] - hi.to_numpy()))),
+                     "max |Δ lower|": float(np.max(np.abs(mine["lcl"] - lo.to_numpy())))})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------------------------
 # speed
 
@@ -563,7 +601,7 @@ FEATURES = [
     ("MDC shift: 7 on one side of the mean", "yes", "no: 8 (IHI)", "no: 8 (ihi/weco), 9 (nelson)"),
     ("MDC trend: 7 rising/falling", "yes", "no: 6 (IHI)", "no: 6 (ihi, nelson)"),
     ("2 of 3 beyond 2/3 of a limit, all on one side", "yes", "yes",
-     "weco/nelson: 2 of 3 beyond 2σ on one side (third point free)"),
+     "weco/nelson: 2 of 3 beyond 2σ on one side, points beyond 3σ counted, third point free"),
     ("point types (improvement / concern / neither)", "yes, trend by direction",
      "improvement/concern (colours); no neutral direction; target changes colours", "no"),
     ("variation icon", "yes (latest point)", "yes (latest special-cause point)", "no"),
@@ -575,9 +613,10 @@ FEATURES = [
     ("annotations on the chart", "yes", "yes", "yes (notes=)"),
     ("signals explained in sentences", "yes", "summary dict (rule counts)", "summary dict"),
     ("too-few-points caution", "yes (< 10 points: no verdict; < 12 provisional)",
-     "constant only (15)", "no"),
+     "text on the chart below 15 points", "run rules silently off below 10 useful points"),
     ("run chart, Anhøj rules as qicharts2 (round(log2 n) + 3)", "yes",
-     "no (8-point shift, 6-point trend on the median)", "floor(log2 n) + 3 (one point stricter)"),
+     "no (8-point shift, 6-point trend on the median)",
+     "floor(log2 n) + 3 and ≥: signals runs 1-2 points shorter"),
     ("p-chart", "yes", "yes", "yes"),
     ("u / c / g / t charts", "no", "yes", "yes"),
     ("Laney p′/u′", "no", "no", "yes"),
@@ -639,8 +678,13 @@ def main(argv=None) -> int:
              "| series | documented | ours |", "|---|---|---|", *documented, "",
              "## Agreement with the MDC rulebook", "", md_table(summary), "",
              "## Every disagreement", "", md_table(details), "",
+             "## Funnel and p-chart limits", "", md_table(funnel_and_p_agreement(args.seed)),
+             "",
              "## Run chart limits that differ (ours and qicharts2 against qikit)", "",
-             md_table(run_chart_limits()), ""]
+             md_table(run_chart_limits()), "",
+             "## Features (from the packages' sources)", "",
+             md_table(pd.DataFrame(FEATURES, columns=["feature", "mfr_outcomes", "abspc",
+                                                      "qikit"])), ""]
     print("\n".join(lines), flush=True)
     if not args.no_speed:
         sp = speed(args)

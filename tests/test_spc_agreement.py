@@ -160,3 +160,18 @@ def test_qikit_run_chart_signals_a_run_qicharts2_expects():
     # qikit: floor(log2(20)) + 3 = 7 and ">=": a run of 7 signals; qicharts2 and ours do not
     assert (s["n_useful"], s["longest_run"], s["run_signal"]) == (20, 7, True)
     assert not qi.run_chart(seven).signals
+
+
+def test_funnel_exact_binomial_limits_agree_with_qikit():
+    qikit = pytest.importorskip("qikit")
+    from mfr_outcomes import funnel
+    n = np.array([3, 5, 8, 12, 20, 35, 50, 80, 120, 200, 400, 1000])
+    x = np.round(0.35 * n).astype(int)
+    units = [f"t{i:02d}" for i in range(len(n))]
+    ours = funnel.funnel_proportions(x, n, units)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qikit.qic(x=units, y=x, n=n, chart="p", funnel=True).data.set_index("x").loc[units]
+    for mine, theirs in (("hi998", "ucl"), ("lo998", "lcl"), ("hi95", "ucl_95"),
+                         ("lo95", "lcl_95")):
+        np.testing.assert_allclose(ours[mine].to_numpy(), q[theirs].to_numpy(), atol=1e-9)
