@@ -66,7 +66,9 @@ def seeded_series(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y = rng.normal(50.0, 2.0, 60)
     y[20:27] = 54.0 + np.abs(rng.normal(0, 1.0, 7))
+    y[19] = y[27] = 47.0          # the shift is exactly 7 points long
     y[37:43] = 46.0 + 1.2 * np.arange(6) + rng.normal(0, 0.1, 6)
+    y[36], y[43] = 50.0, 45.0     # the trend is exactly 6 points long
     y[54] = 64.0
     return y
 
@@ -526,6 +528,38 @@ def ours_png(y: np.ndarray) -> int:
     return buf.tell()
 
 
+def ours_png_fixed_margins(y: np.ndarray) -> int:
+    """ours, drawn on an axes the caller made with fixed margins (no constrained layout)."""
+    import matplotlib.pyplot as plt
+
+    from mfr_outcomes import plots
+    fig, ax = plt.subplots(figsize=(8.0, 4.0))
+    plots.spc_chart(ours_compute(y), ax=ax)
+    fig.subplots_adjust(left=0.08, right=0.78, bottom=0.2, top=0.88)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.tell()
+
+
+def compare_png_layouts(n_charts: int = 10, seed: int = 1) -> None:
+    """Seconds per PNG of 60 points: ours as shipped (constrained layout), ours on fixed
+    margins, abspc; alternated twice on the same series."""
+    import matplotlib
+    matplotlib.use("Agg")
+    ys = _series(n_charts, 60, seed)
+    fns = (("ours", ours_png), ("ours, fixed margins", ours_png_fixed_margins),
+           ("abspc", abspc_png))
+    for _, fn in fns:
+        fn(ys[0])
+    for _ in range(2):
+        for name, fn in fns:
+            t = time.perf_counter()
+            for y in ys:
+                fn(y)
+            print(f"{name:<22} {(time.perf_counter() - t) / n_charts:.3f} s per chart", flush=True)
+
+
 def abspc_png(y: np.ndarray) -> int:
     import abspc
     import matplotlib.pyplot as plt
@@ -558,10 +592,18 @@ def _timed_subprocess(what: str, n: int, seed: int, timeout: float) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+class _Rows(list):
+    """Speed rows, each printed as it is measured (a partial run still reports)."""
+
+    def append(self, row: dict) -> None:
+        print(f"  {row['task']:<40} {row['tool']:<6} {row['seconds']:.4g} s", flush=True)
+        super().append(row)
+
+
 def speed(args) -> pd.DataFrame:
     import matplotlib
     matplotlib.use("Agg")
-    rows = []
+    rows = _Rows()
     one = _series(1, args.points, args.seed)[0]
     many = _series(args.charts, args.points, args.seed + 1)
     long = _series(1, args.long, args.seed + 2)[0]
