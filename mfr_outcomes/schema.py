@@ -561,9 +561,32 @@ def _final(t: TableState, frame: pd.DataFrame, specs: tuple[ColumnSpec, ...]) ->
         cols[spec.name] = col
     out = pd.DataFrame(cols, index=pd.RangeIndex(int(used.sum())))
     if t.extra:
-        extra = text_frame(frame[t.extra])[used].reset_index(drop=True)
+        extra = extra_columns(frame, t.extra)
+        extra = extra.reset_index(drop=True) if everything else \
+            extra[used].reset_index(drop=True)
         out = pd.concat([out, extra], axis=1)
     return out
+
+
+def extra_columns(frame: pd.DataFrame, names: list[Any]) -> pd.DataFrame:
+    """The unexpected columns *names* of *frame* as stripped text (NA tokens missing), kept as
+    one block of Python strings (object dtype, ``None`` where missing).
+
+    One block, not one Arrow string array per column: the work is a fixed handful of array
+    operations over all the cells, so 10,000 columns cost ten times 1,000 and no per-column
+    pandas overhead (see ``tests/test_schema.py::test_unexpected_columns_cost_grows_linearly``).
+    Text columns (every CSV) go through one Arrow pass; others (sheets, databases, frames) are
+    read as text column by column, as any cell is.
+    """
+    sub = frame[names]
+    labels_ = [str(c).strip() for c in names]
+    if len(names) and all(isinstance(dt, pd.StringDtype) for dt in sub.dtypes):
+        block = sub.to_numpy(dtype=object, na_value=None)
+        text, _ = text_and_markers(pd.Series(block.ravel(order="F"), dtype=object))
+        cells = text.to_numpy(dtype=object, na_value=None).reshape(block.shape, order="F")
+    else:
+        cells = text_frame(sub).to_numpy(dtype=object, na_value=None)
+    return pd.DataFrame(cells, columns=labels_, index=frame.index, dtype=object)
 
 
 def _open_categories(col: pd.Series) -> list[str]:
