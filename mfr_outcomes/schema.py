@@ -278,6 +278,14 @@ class TableInput:
 
 # ----------------------------------------------------------------------------- text helpers
 
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127]}
+
+
+def printable(name: str) -> str:
+    """*name* with control characters written out (a NUL byte as ``\\x00``), for sentences."""
+    return name.translate(_CONTROL)
+
+
 def unique_names(names: Iterable[object]) -> list[str]:
     """Column names as text, a repeated name getting ".1", ".2" (as pandas does)."""
     out: list[str] = []
@@ -298,7 +306,7 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
     specs = {s.name: s for s in table_specs}
     seen: dict[str, str] = {}
     for col in frame.columns:
-        key = str(col).strip()
+        key = printable(str(col).strip())
         canon = key.lower().replace(" ", "_")
         if canon in specs and canon not in seen:
             seen[canon] = col
@@ -309,12 +317,12 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
         else:
             t.extra.append(col)
     if len(t.extra) == 1:
-        key = str(t.extra[0]).strip()
+        key = printable(str(t.extra[0]).strip())
         t.add(None, key, None, "unexpected_column",
               f"unexpected column {key} (not part of the {t.name} table) is kept as is",
               "kept", suffix="")
     elif t.extra:
-        names = [str(c).strip() for c in t.extra]
+        names = [printable(str(c).strip()) for c in t.extra]
         listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20
                                           else "")
         t.add(None, None, ", ".join(names), "unexpected_column",
