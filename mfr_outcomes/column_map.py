@@ -133,7 +133,9 @@ def apply_column_map(inputs: dict[str, TableInput],
         renames = cmap.get(table, {})
         if renames:
             stripped = {str(k).strip(): v for k, v in renames.items()}
-            frame.columns = unique_names(stripped.get(str(c).strip(), c) for c in frame.columns)
+            names = [stripped.get(str(c).strip(), c) for c in frame.columns]
+            _no_merge(frame.columns, names, stripped, inp.file)
+            frame.columns = unique_names(names)
         for col in frame.columns:
             labels = cmap.get(str(col))
             if not labels or str(col) in TABLES:
@@ -154,6 +156,21 @@ def apply_column_map(inputs: dict[str, TableInput],
                          list(inp.problems), inp.blank_lines)
         out[table] = new
     return out
+
+
+def _no_merge(before: Iterable[Any], after: list[Any], renames: Mapping[str, Any],
+              file: str) -> None:
+    """A map renames; two columns renamed to one name (or one renamed onto a column the table
+    already has) would leave one of them unused: an error naming both."""
+    seen: dict[str, str] = {}
+    for old, new in zip(before, after):
+        key = str(new).strip()
+        if key in seen and (str(old).strip() in renames or seen[key] in renames):
+            raise ColumnMapError(
+                f"column map: columns {seen[key]} and {str(old).strip()} of {file} would both "
+                f"become {key}; a map renames columns, it never merges them (map one of them "
+                f"to another name, or leave it out)")
+        seen.setdefault(key, str(old).strip())
 
 
 def apply_profile(inputs: dict[str, TableInput], profile: Any) -> dict[str, TableInput]:

@@ -278,6 +278,14 @@ class TableInput:
 
 # ----------------------------------------------------------------------------- text helpers
 
+_CONTROL = {i: f"\\x{i:02x}" for i in [*range(32), 127]}
+
+
+def printable(name: str) -> str:
+    """*name* with control characters written out (a NUL byte as ``\\x00``), for sentences."""
+    return name.translate(_CONTROL)
+
+
 def unique_names(names: Iterable[object]) -> list[str]:
     """Column names as text, a repeated name getting ".1", ".2" (as pandas does)."""
     out: list[str] = []
@@ -298,7 +306,7 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
     specs = {s.name: s for s in table_specs}
     seen: dict[str, str] = {}
     for col in frame.columns:
-        key = str(col).strip()
+        key = printable(str(col).strip())
         canon = key.lower().replace(" ", "_")
         if canon in specs and canon not in seen:
             seen[canon] = col
@@ -309,12 +317,12 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
         else:
             t.extra.append(col)
     if len(t.extra) == 1:
-        key = str(t.extra[0]).strip()
+        key = printable(str(t.extra[0]).strip())
         t.add(None, key, None, "unexpected_column",
               f"unexpected column {key} (not part of the {t.name} table) is kept as is",
               "kept", suffix="")
     elif t.extra:
-        names = [str(c).strip() for c in t.extra]
+        names = [printable(str(c).strip()) for c in t.extra]
         listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20
                                           else "")
         t.add(None, None, ", ".join(names), "unexpected_column",
@@ -561,9 +569,32 @@ def _final(t: TableState, frame: pd.DataFrame, specs: tuple[ColumnSpec, ...]) ->
         cols[spec.name] = col
     out = pd.DataFrame(cols, index=pd.RangeIndex(int(used.sum())))
     if t.extra:
-        extra = text_frame(frame[t.extra])[used].reset_index(drop=True)
+        extra = extra_columns(frame, t.extra)
+        extra = extra.reset_index(drop=True) if everything else \
+            extra[used].reset_index(drop=True)
         out = pd.concat([out, extra], axis=1)
     return out
+
+
+def extra_columns(frame: pd.DataFrame, names: list[Any]) -> pd.DataFrame:
+    """The unexpected columns *names* of *frame* as stripped text (NA tokens missing), kept as
+    one block of Python strings (object dtype, ``None`` where missing).
+
+    One block, not one Arrow string array per column: the work is a fixed handful of array
+    operations over all the cells, so 10,000 columns cost ten times 1,000 and no per-column
+    pandas overhead (see ``tests/test_schema.py::test_unexpected_columns_cost_grows_linearly``).
+    Text columns (every CSV) go through one Arrow pass; others (sheets, databases, frames) are
+    read as text column by column, as any cell is.
+    """
+    sub = frame[names]
+    labels_ = [str(c).strip() for c in names]
+    if len(names) and all(isinstance(dt, pd.StringDtype) for dt in sub.dtypes):
+        block = sub.to_numpy(dtype=object, na_value=None)
+        text, _ = text_and_markers(pd.Series(block.ravel(order="F"), dtype=object))
+        cells = text.to_numpy(dtype=object, na_value=None).reshape(block.shape, order="F")
+    else:
+        cells = text_frame(sub).to_numpy(dtype=object, na_value=None)
+    return pd.DataFrame(cells, columns=labels_, index=frame.index, dtype=object)
 
 
 def _open_categories(col: pd.Series) -> list[str]:

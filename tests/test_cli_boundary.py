@@ -355,3 +355,87 @@ def test_missing_database_file_is_never_created(tmp_path, monkeypatch):
         assert err == (f"mfr-outcomes validate: {url}: database file {name} does not exist (it "
                        f"is not created)\n")
         assert not (tmp_path / name).exists()
+
+
+# ---------------------------------------------------------------------------- hostile exports
+
+
+def _renamed(tables, tmp_path, new_header: str) -> str:
+    """The CSV study with patients' patient_id column renamed to *new_header*, plus a column
+    id2."""
+    t = dict(tables)
+    p = t["patients"].rename(columns={"patient_id": new_header})
+    t["patients"] = p.assign(id2="Z")
+    return _write("csv", t, tmp_path)
+
+
+@pytest.mark.parametrize("command", ["validate", "fit", "report"])
+def test_column_map_mapping_two_columns_to_one_is_an_error_naming_both(command, tables,
+                                                                       tmp_path):
+    source = _renamed(tables, tmp_path, "pid")
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"patients": {"pid": "patient_id", "id2": "patient_id"}}),
+                    encoding="utf-8")
+    extra = ["--out", str(tmp_path / "r")] if command == "report" else []
+    code, out, err = run_cli(command, source, "--column-map", str(cmap), *extra)
+    assert (code, out) == (2, "")
+    assert err == (f"mfr-outcomes {command}: column map: columns pid and id2 of patients.csv "
+                   f"would both become patient_id; a map renames columns, it never merges them "
+                   f"(map one of them to another name, or leave it out)\n")
+
+
+def test_column_map_renaming_onto_an_existing_column_is_an_error(tables, tmp_path):
+    source = _renamed(tables, tmp_path, "patient_id")
+    cmap = tmp_path / "map.json"
+    cmap.write_text(json.dumps({"patients": {"id2": "patient_id"}}), encoding="utf-8")
+    code, out, err = run_cli("validate", source, "--column-map", str(cmap))
+    assert (code, out) == (2, "")
+    assert "columns patient_id and id2 of patients.csv would both become patient_id" in err
+
+
+def test_bom_and_crlf_read_like_plain_csv(tables, tmp_path):
+    plain = load_study(_write("csv", tables, tmp_path))
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    for name, f in tables.items():
+        text = f.to_csv(index=False, lineterminator="\r\n")
+        (folder / f"{name}.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    study = load_study(folder)
+    assert [f.message.replace("bom", "csv") for f in study.report.findings] == \
+        [f.message for f in plain.report.findings]
+    assert list(study.patients.columns) == list(plain.patients.columns)
+    for name in TABLES:
+        a, b = study.report.accounting[name], plain.report.accounting[name]
+        assert (a.read, a.used, a.excluded) == (b.read, b.used, b.excluded)
+
+
+def test_nul_bytes_in_a_header_and_a_cell_are_findings_not_tracebacks(tables, tmp_path):
+    t = {k: v.copy() for k, v in tables.items()}
+    t["sessions"] = t["sessions"].rename(columns={"technique": "tech\x00nique"})
+    t["measurements"].loc[3, "value"] = "2\x00\x00"
+    source = _write("csv", t, tmp_path)
+    for command in ("validate", "fit", "report"):
+        extra = ["--out", str(tmp_path / "r")] if command == "report" else []
+        code, _, err = run_cli(command, source, *extra)
+        assert "Traceback" not in err
+        assert code in (0, 1, 2), (command, code, err)
+    code, out, _ = run_cli("validate", source, "--format", "json")
+    found = json.loads(out)["findings"]
+    rules = {f["rule"] for f in found}
+    assert {"missing_column", "not_a_number"} <= rules, rules
+    # the NUL byte of the header is written out, never printed raw to a terminal
+    assert ("sessions.csv: unexpected column tech\\x00nique (not part of the sessions table) "
+            "is kept as is") in [f["message"] for f in found]
+
+
+def test_ten_thousand_unexpected_columns_through_validate_and_fit(tables, tmp_path):
+    t = dict(tables)
+    extra = pd.DataFrame({f"x{k}": "1" for k in range(10_000)}, index=t["patients"].index)
+    t["patients"] = pd.concat([t["patients"], extra], axis=1)
+    source = _write("csv", t, tmp_path)
+    code, out, err = run_cli("validate", source, "--format", "json")
+    assert code == 1 and "Traceback" not in err
+    [f] = [f for f in json.loads(out)["findings"] if f["rule"] == "unexpected_column"]
+    assert f["message"].startswith("patients.csv: 10000 unexpected columns x0, x1, ")
+    code, out, err = run_cli("fit", source, "--measure", "pain_nrs")
+    assert code == 0 and "Traceback" not in err, err

@@ -193,3 +193,30 @@ def test_the_path_from_formula_to_fit_calls_no_eval_and_no_formula_library(
     assert spec.p == 7
     fit = fit_mixed(frame, formula)
     np.testing.assert_allclose(fit.predict(frame.head(5)), fit.fitted()[:5], rtol=1e-10)
+
+
+@pytest.mark.parametrize("formula, token, pos, char", [
+    ("value ~ pοst + (1|patient_id)", "οst", 10, "U+03BF (GREEK SMALL LETTER OMICRON)"),
+    ("value ~ post ＋ (1|patient_id)", "＋", 14, "U+FF0B (FULLWIDTH PLUS SIGN)"),
+    ("value ~ post + (1∣patient_id)", "∣patient_id", 18, "U+2223 (DIVIDES)"),
+    ("vаlue ~ post", "аlue", 2, "U+0430 (CYRILLIC SMALL LETTER A)"),
+    ("value ~ I(post\u200b*2)", "\u200b*2", 15, "U+200B (ZERO WIDTH SPACE)"),
+])
+def test_unicode_lookalikes_are_refused_naming_the_character(formula, token, pos, char):
+    with pytest.raises(ValueError) as info:
+        g.tokenize(formula)
+    assert str(info.value).startswith(
+        f"The formula cannot use {token!r} (position {pos}): the character {char} is not "
+        f"ASCII; it may look like an allowed one: retype it. Only column names, numbers,")
+
+
+def test_unicode_lookalike_through_the_cli_is_one_sentence(capsys):
+    from mfr_outcomes.cli import main
+
+    data = Path(__file__).resolve().parents[1] / "data" / "synthetic"
+    code = main(["fit", str(data), "--measure", "pain_nrs", "--formula",
+                 "value ~ pοst + (1|patient_id)"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("mfr-outcomes fit: The formula cannot use 'οst' (position 10): the "
+                          "character U+03BF (GREEK SMALL LETTER OMICRON) is not ASCII")

@@ -268,3 +268,60 @@ def test_frames_and_files_give_the_same_findings(tmp_path):
                                                       if f.rule != "blank_line"]
     # frames are numbered by row (first data row 1), files by editor line
     assert from_frames.findings[0].message.startswith("sessions row 2: duration_min = 450")
+
+
+# ---------------------------------------------------------------------------- many columns
+
+
+def _wide_inputs(tmp_path: Path, n_extra: int):
+    """The base study read from CSV, its patients table carrying *n_extra* unexpected columns."""
+    from mfr_outcomes.io import read_tables
+
+    folder = tmp_path / f"wide{n_extra}"
+    shutil.copytree(BAD / "base", folder)
+    lines = (folder / "patients.csv").read_text(encoding="utf-8").splitlines()
+    extra = [f"x{k}" for k in range(n_extra)]
+    text = "\n".join([",".join([lines[0], *extra])]
+                     + [",".join([line, *(str(k % 7) for k in range(n_extra))])
+                        for line in lines[1:]]) + "\n"
+    (folder / "patients.csv").write_text(text, encoding="utf-8")
+    inputs, _ = read_tables(folder)
+    return inputs
+
+
+def _calls(inputs) -> tuple[int, list]:
+    """Python function calls made by validating *inputs* (a count, not a time: the same on a
+    busy machine and an idle one), and the unexpected-column findings."""
+    import cProfile
+    import pstats
+
+    from mfr_outcomes.schema import validate_tables
+
+    prof = cProfile.Profile()
+    prof.enable()
+    frames, findings, _ = validate_tables(inputs)
+    prof.disable()
+    found = [f for f in findings if f.rule == "unexpected_column"]
+    return pstats.Stats(prof).total_calls, found, frames
+
+
+def test_unexpected_columns_cost_grows_linearly(tmp_path):
+    """Matching, reporting and keeping n unexpected columns is linear in n: going from 1,000 to
+    10,000 columns adds ten times the calls going from 0 to 1,000 did (a quadratic step would
+    add a hundred times), and it stays one caution naming them."""
+    base, none, _ = _calls(_wide_inputs(tmp_path, 0))
+    small, [f1], _ = _calls(_wide_inputs(tmp_path, 1_000))
+    big, [f10], frames = _calls(_wide_inputs(tmp_path, 10_000))
+    assert not none
+    per_column_small = (small - base) / 1_000
+    per_column_big = (big - base) / 10_000
+    assert per_column_big <= 1.1 * per_column_small, (base, small, big)
+    # pandas' selection and conversion of each Arrow column: some tens of calls a column, never
+    # a loop over the other columns
+    assert per_column_big < 100, per_column_big
+    assert f10.message.startswith("patients.csv: 10000 unexpected columns x0, x1, ")
+    assert f10.message.endswith("and 9980 more (not part of the patients table) are kept as is")
+    assert f1.message.startswith("patients.csv: 1000 unexpected columns x0, x1, ")
+    kept = frames["patients"]
+    assert kept.shape[1] == 8 + 10_000
+    assert list(kept["x9999"]) == [str(9999 % 7)] * len(kept)

@@ -44,6 +44,18 @@ def _refuse(text: str, pos: int, why: str = "") -> ValueError:
     return ValueError(f"The formula cannot use {shown!r} (position {pos}): {why or _ALLOWED_TEXT}.")
 
 
+def _foreign(ch: str) -> str:
+    """Why a character outside the grammar is refused; a non-ASCII one is named, since it may
+    look like an allowed one (a Greek ο for o, a full-width ＋, a zero-width space)."""
+    if ch.isascii():
+        return ""
+    import unicodedata
+
+    name = unicodedata.name(ch, "an unnamed character")
+    return (f"the character U+{ord(ch):04X} ({name}) is not ASCII; it may look like an allowed "
+            f"one: retype it. {_ALLOWED_TEXT[0].upper()}{_ALLOWED_TEXT[1:]}")
+
+
 def tokenize(formula: str) -> list[Token]:
     """Split *formula* into tokens; refuse any character or word outside the grammar."""
     out: list[Token] = []
@@ -102,7 +114,7 @@ def tokenize(formula: str) -> list[Token]:
                 j = i + 1
                 while j < n and formula[j] not in " \t\r\n()+~,":
                     j += 1
-                raise _refuse(formula[i:j], start + 1)
+                raise _refuse(formula[i:j], start + 1, _foreign(ch))
     out.append(Token("end", "", n + 1))
     return out
 

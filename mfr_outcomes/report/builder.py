@@ -22,6 +22,7 @@ from mfr_outcomes.report.disclosure import Redactor, safe_write
 from mfr_outcomes.report.icons import icon_svg
 from mfr_outcomes.report.publish import (
     cross_site,
+    link_margins,
     publish_table,
     rank_cells,
     render_html,
@@ -165,6 +166,7 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
         sec = Section(key, title)
         ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
         sections.append(sec)
+    link_margins(ctx)
     rank_cells(ctx)
     cross_site(ctx, others)
     ctx.ledger.decide()

@@ -111,6 +111,14 @@ class Ledger:
         self.relations.append((total.id, tuple(p.id for p in parts)))
         self._decided = False
 
+    def relate_if(self, total: Cell, parts: Sequence[Cell]) -> bool:
+        """Declare ``total = sum(parts)`` when it holds (a margin a reader could assume, such
+        as "minutes recorded for every session"); True when declared."""
+        if abs(self.values[total.id] - sum(self.values[p.id] for p in parts)) > 1e-9:
+            return False
+        self.relate(total, parts)
+        return True
+
     def same(self, a: Cell, b: Cell) -> None:
         """Declare that two cells publish the same count."""
         self.relate(a, [b])
@@ -286,7 +294,9 @@ def neutralise_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for col in out.columns:
         if out[col].dtype == object or isinstance(out[col].dtype, pd.StringDtype | pd.CategoricalDtype):
-            out[col] = out[col].astype(object).map(neutralise_csv_cell)
+            # not Series.map: it would turn a column of counts with a blank into floats (471.0)
+            out[col] = pd.Series([neutralise_csv_cell(v) for v in out[col].astype(object)],
+                                 index=out.index, dtype=object)
     out.columns = [neutralise_csv_cell(str(c)) for c in out.columns]
     return out
 

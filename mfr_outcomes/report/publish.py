@@ -15,14 +15,15 @@ from mfr_outcomes.report.context import ReportContext
 from mfr_outcomes.report.disclosure import (
     SECONDARY_LABEL,
     SECONDARY_NOTE,
+    Cell,
     neutralise_frame,
     safe_write,
     suppressed_label,
 )
 from mfr_outcomes.report.fmt import fmt_cell, header
 
-__all__ = ["cross_site", "rank_cells", "resolve_later", "publish_table", "render_text", "write_csv",
-           "render_html"]
+__all__ = ["cross_site", "link_margins", "rank_cells", "resolve_later", "publish_table",
+           "render_text", "write_csv", "render_html"]
 
 _ID_COLUMNS = frozenset({"patient_id", "session_id"})
 
@@ -56,6 +57,47 @@ def cross_site(ctx: ReportContext, others: list[tuple[Any, Any]]) -> None:
             # a published 0 never helps the subtraction: only non-zero counts are hidden
             if (key, col) in small and ctx.ledger.values[cell.id] > 0:
                 ctx.ledger.hide(cell, "cross-site")
+
+
+def link_margins(ctx: ReportContext) -> None:
+    """Declare the margins a reader could find between tables, whenever they hold.
+
+    Besides the sums the sections declare (a table's total, "all patients", read = used +
+    excluded), a reader may notice that a count column of one table adds up to a count published
+    elsewhere (sessions by technique = sessions by therapist = treatment sessions = sessions
+    with minutes recorded), or that a row repeats the count of the row of the same name in
+    another table (the patients of a technique in the pre/post table and in the techniques table). Whatever
+    the reason it holds, it is declared: a margin that holds only by chance costs at most a
+    count hidden too many.
+    """
+    led = ctx.ledger
+    totals: dict[float, list[int]] = {}  # every published count, sentences included
+    for i, v in enumerate(led.values):
+        if v > 0:
+            totals.setdefault(v, []).append(i)
+    named: dict[tuple[str, str, float], list[Cell]] = {}
+    tables = [t for t in ctx.tables.values() if t.cells]
+    for table in tables:
+        first = table.keys[:1] or tuple(table.frame.columns[:1])
+        names = [" ".join(str(table.frame[c].iloc[r]) for c in first).strip().lower()
+                 for r in range(len(table.frame))]
+        for (r, col), cell in table.cells.items():
+            v = led.values[cell.id]
+            if v > 0:
+                named.setdefault((names[r], col, v), []).append(cell)
+    for table in tables:
+        for col in table.counts:
+            cells = table.column_cells(col)
+            own = {c.id for c in cells}
+            total = sum(led.values[c.id] for c in cells)
+            if len(cells) < 2 or total <= 0:
+                continue
+            for j in totals.get(total, []):
+                if j not in own:
+                    led.relate(Cell(j), cells)
+    for cells in named.values():
+        for other in cells[1:]:
+            led.same(cells[0], other)
 
 
 def rank_cells(ctx: ReportContext) -> None:

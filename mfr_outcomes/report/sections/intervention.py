@@ -68,7 +68,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
         ctx.ledger.relate(n_tx, table.column_cells("sessions"))
     if "techniques" in ctx.tables:
         sec.later(lambda: _technique_figure(ctx, sec))
-    _dose(ctx, sec, tx, n_pat)
+    _dose(ctx, sec, tx, n_pat, n_tx)
     sec.heading("Who provided: therapists")
     th = tx.groupby("therapist_id", observed=True).agg(
         sessions=("session_id", "size"), patients=("patient_id", "nunique")).reset_index()
@@ -108,7 +108,7 @@ def _technique_figure(ctx: ReportContext, sec: Section) -> list:
     return made
 
 
-def _dose(ctx: ReportContext, sec: Section, tx: pd.DataFrame, n_pat: Any) -> None:
+def _dose(ctx: ReportContext, sec: Section, tx: pd.DataFrame, n_pat: Any, n_tx: Any) -> None:
     sec.heading("How much: dose")
     per_patient = tx.groupby("patient_id", observed=True).agg(
         sessions=("session_id", "size"), first=("session_date", "min"),
@@ -139,6 +139,9 @@ def _dose(ctx: ReportContext, sec: Section, tx: pd.DataFrame, n_pat: Any) -> Non
         linked={c: ("n",) for c in ("percent", "median", "iqr_low", "iqr_high")},
         ratios=("percent",), decimals={"percent": 0, "median": 1, "iqr_low": 1, "iqr_high": 1}))
     ctx.ledger.same(table.cell("n", 0), n_pat)
+    for r, unit in enumerate(dose["unit"]):  # a row of every patient or every session
+        if (r, "n") in table.cells and unit in ("patients", "sessions"):
+            ctx.ledger.relate_if(n_pat if unit == "patients" else n_tx, [table.cell("n", r)])
     sec.para("n is the number of patients or sessions the row describes (its unit); a median "
              "of a handful of values is hidden with its count. 'Not recorded': the source has "
              "no such column, or it is empty.")

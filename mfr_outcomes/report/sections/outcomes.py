@@ -14,7 +14,7 @@ from mfr_outcomes.report.fmt import fmt_num, is_missing, label
 from mfr_outcomes.report.sections import course
 from mfr_outcomes.vocab import TREATMENT_TECHNIQUES
 
-__all__ = ["build", "TIDY", "binary_model_table"]
+__all__ = ["build", "TIDY", "binary_model_table", "prepost_counts"]
 
 TIDY = ["estimate", "std_error", "df", "statistic", "p_value", "ci_low", "ci_high"]
 
@@ -100,12 +100,9 @@ def _prepost(ctx: ReportContext, sec: Section) -> None:
         fit = next(iter(fit.values()))
     ctx.fit_label("Pre/post (within session)", fit)
     con = fit.contrasts("post", by="technique")
-    frame = frame[frame["technique"].astype(str).isin(TREATMENT_TECHNIQUES)]
-    counts = frame.groupby(frame["technique"].astype(str), observed=True).agg(
-        patients=("patient_id", "nunique"), sessions=("session_id", "nunique"))
-    table = _tidy(con, ["technique"]).merge(counts, left_on="technique", right_index=True,
-                                            how="left")
-    table["technique"] = table["technique"].map(label)
+    counts = prepost_counts(ctx.scoped, ctx.measure).set_index("technique")
+    table = _tidy(con, ["technique"]).assign(technique=lambda t: t["technique"].map(label))
+    table = table.merge(counts, left_on="technique", right_index=True, how="left")
     sec.para(
         "A linear mixed model of each reading, with a random intercept and a random pre→post "
         "change per patient (repeated sessions of one patient are not independent), estimates "
@@ -117,7 +114,8 @@ def _prepost(ctx: ReportContext, sec: Section) -> None:
     ctx.add_table(sec, Table(
         "prepost", f"Change in {m.label} from before to after a session (post − pre), by "
         f"technique.", table, counts=("patients", "sessions"),
-        linked={c: ("patients",) for c in TIDY}))
+        linked={c: ("patients",) for c in TIDY}, keys=("technique",),
+        by_site=lambda st: prepost_counts(st, ctx.measure)))
     shown = table[table["patients"] >= ctx.min_cell]
     sec.items([_change_sentence(m, row) for _, row in shown.iterrows()])
     if len(shown):
@@ -128,6 +126,17 @@ def _prepost(ctx: ReportContext, sec: Section) -> None:
                    "CIs (techniques with fewer patients than the smallest count shown are left "
                    "out).", f"Forest plot of the pre to post change in {m.label} for each "
                    "technique.")
+
+
+def prepost_counts(study: Any, measure: str) -> pd.DataFrame:
+    """Patients and treatment sessions with a reading of *measure*, by technique: the counts of
+    the pre/post table, computed without the model (for the cross-report rule)."""
+    frame = study.frame(measure)
+    frame = frame[frame["technique"].astype(str).isin(TREATMENT_TECHNIQUES)]
+    counts = frame.groupby(frame["technique"].astype(str), observed=True).agg(
+        patients=("patient_id", "nunique"), sessions=("session_id", "nunique")).reset_index()
+    counts["technique"] = counts["technique"].map(label)
+    return counts
 
 
 def _change_sentence(m: Any, row: pd.Series) -> str:
