@@ -40,12 +40,10 @@ from mfr_outcomes.models.spec import (
 )
 from mfr_outcomes.models.stacks import bsolve, chol, fsolve
 
-__all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING", "COBYQA_FROM"]
+__all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING"]
 
 #: Largest dense trailing block (all grouping factors but the largest, X and y) accepted.
 MAX_TRAILING = 4000
-#: From this size of the dense trailing block on, θ is optimised by COBYQA, else by L-BFGS-B.
-COBYQA_FROM = 300
 _LOG2PI = np.log(2.0 * np.pi)
 
 
@@ -120,8 +118,10 @@ class SparseModel:
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
         self._Bt: sp.csr_matrix | None = None
+        self._Z1: sp.csr_matrix | None = None
         self.n_gradients = 0
         self._grad_cache: tuple | None = None
+        self.methods_used: set[str] = set()
 
     # -- per evaluation -------------------------------------------------------------------
     def evaluate(self, theta: np.ndarray) -> _Eval:
@@ -283,24 +283,42 @@ class SparseModel:
         Sinv, info = dpotri(ev.C[:cut, :cut], lower=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"dpotri failed ({info})")
-        iu = np.triu_indices(cut, 1)
-        Sinv[iu] = Sinv[iu[1], iu[0]]
-        rest = []
-        for f, off in zip(st.rest, st.rest_offset):
-            blk = Sinv[off:off + f.size, off:off + f.size].reshape(f.n_levels, f.q,
-                                                                    f.n_levels, f.q)
-            rest.append(blk[np.arange(f.n_levels), :, np.arange(f.n_levels), :])  # (ℓ, q, q)
-        P = np.zeros((m, m))
-        P[:cut, :cut] = Sinv
-        _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
-        pr = P.flat[st.pair_flat] * np.where(st.pair_r > st.pair_s, 2.0, 1.0)
+        twice = np.where(st.pair_r > st.pair_s, 2.0, 1.0)
+        if all(f.q == 1 for f in st.rest):
+            # scalar factors: Λ_r is diagonal, so read the lower triangle dpotri wrote, scaled
+            dg = np.zeros(m)
+            for f, off, lam in zip(st.rest, st.rest_offset, lams):
+                dg[off:off + f.size] = lam[0, 0]
+            dg[mZ:cut] = 1.0
+            inside = st.pair_r < cut
+            r, c = st.pair_r[inside], st.pair_s[inside]
+            pr = np.zeros(st.pair_flat.size)
+            pr[inside] = Sinv.ravel(order="F")[c * cut + r] * dg[r] * dg[c] * twice[inside]
+            diag = np.diagonal(Sinv)
+            rest = [diag[off:off + f.size].reshape(f.n_levels, 1, 1)
+                    for f, off in zip(st.rest, st.rest_offset)]
+            pxx = Sinv[mZ:cut, mZ:cut]
+            pxx = np.tril(pxx) + np.tril(pxx, -1).T
+        else:
+            iu = np.triu_indices(cut, 1)
+            Sinv[iu] = Sinv[iu[1], iu[0]]
+            rest = []
+            for f, off in zip(st.rest, st.rest_offset):
+                blk = Sinv[off:off + f.size, off:off + f.size].reshape(f.n_levels, f.q,
+                                                                        f.n_levels, f.q)
+                rest.append(blk[np.arange(f.n_levels), :, np.arange(f.n_levels), :])
+            P = np.zeros((m, m))
+            P[:cut, :cut] = Sinv
+            _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
+            pr = P.flat[st.pair_flat] * twice
+            pxx = P[mZ:cut, mZ:cut]
         kv = (st.T.T @ pr).reshape(f1.n_levels, st.nw)
         K = np.empty((f1.q, f1.q, f1.n_levels))
         for comp, (a, b) in enumerate(st.w_index):
             K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
         if cut > mZ:  # the X-by-X part (T holds only pairs with a random-effect row)
             bx = st.Bx[:, :cut - mZ]
-            hx = np.einsum("ajl,jk->akl", bx, P[mZ:cut, mZ:cut])
+            hx = np.einsum("ajl,jk->akl", bx, pxx)
             K += np.einsum("ajl,bjl->abl", hx, bx)
         DK = np.einsum("abl,bc,cdl->adl", Dinv, lam1.T, K, optimize=True)
         Minv = Dinv + np.einsum("abl,bc,cdl->adl", DK, lam1, Dinv, optimize=True)
@@ -384,33 +402,50 @@ class SparseModel:
                 g[t] = d[i, j]
         return g
 
-    def _pls_solve(self, theta: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(e, Zb̂) for a response w at θ (the factor of :meth:`evaluate`): the penalised
-        least-squares residual e = w − Xβ̂ − Zb̂ (σ²Pw for REML's projection P) and Zb̂."""
+    def _z1(self) -> sp.csr_matrix:
+        """Z_1 (n × ℓ1 q1) of the first factor, column l q1 + a."""
+        if self._Z1 is None:
+            f1 = self.st.first
+            q1 = f1.q
+            cols = (f1.codes[:, None] * q1 + np.arange(q1)[None, :]).ravel()
+            self._Z1 = sp.csr_matrix((f1.Z.ravel(), cols, np.arange(self.n + 1) * q1),
+                                     shape=(self.n, f1.n_levels * q1))
+        return self._Z1
+
+    def _pls_solve(self, theta: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(E, ZB̂) for the responses in the columns of W (n × r) at θ (the factor of
+        :meth:`evaluate`): the penalised least-squares residuals E = W − Xβ̂ − Zb̂ (σ²PW for
+        REML's projection P) and the fitted random parts Zb̂."""
         st = self.st
         ev = self.evaluate(theta)
         f1, mZ, p = st.first, st.mZ, st.p
-        c, q1, l1 = mZ + p, f1.q, f1.n_levels
+        c, q1, l1, r = mZ + p, f1.q, f1.n_levels, W.shape[1]
         lam1 = f1.lam(theta)
         lams = [f.lam(theta) for f in st.rest]
-        rhs1 = lam1.T @ np.stack([np.bincount(f1.codes, f1.Z[:, a] * w, minlength=l1)
-                                  for a in range(q1)])
-        rhs_r = np.concatenate([_apply_lam(st.Vz.T @ w, st, lams, transpose=False),
-                                self._Q.T @ w])
+        Z1, Bt = self._z1(), self._bt()
+
+        def lev(M: np.ndarray) -> np.ndarray:  # (ℓ1 q1, r) -> (q1, r, ℓ1)
+            return M.reshape(l1, q1, r).transpose(1, 2, 0)
+
+        def flat(M: np.ndarray) -> np.ndarray:  # (q1, r, ℓ1) -> (ℓ1 q1, r)
+            return M.transpose(2, 0, 1).reshape(l1 * q1, r)
+
+        rhs1 = np.tensordot(lam1.T, lev(np.asarray(Z1.T @ W)), 1)  # Λ1ᵀZ1ᵀW
         h = _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1))  # D⁻¹ rhs1
-        bh = self._bt().T @ (lam1 @ h).T.ravel()
+        bh = np.asarray(Bt.T @ flat(np.tensordot(lam1, h, 1)))
         bh[:mZ] = _apply_lam(bh[:mZ], st, lams, transpose=False)
+        rhs_r = np.vstack([_apply_lam(np.asarray(st.Vz.T @ W), st, lams, transpose=False),
+                           self._Q.T @ W])
         x = _cut_solve(ev.C, rhs_r - bh[:c], trans=False)
         x = _cut_solve(ev.C, x, trans=True)
-        v = np.zeros(st.m)
+        v = np.zeros((st.m, r))
         v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
         v[mZ:c] = x[mZ:]
-        t = (self._bt() @ v).reshape(l1, q1).T
-        b1 = lam1 @ _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1 - lam1.T @ t))
-        zb = st.Vz @ v[:mZ]
-        for a in range(q1):
-            zb += f1.Z[:, a] * b1[a, f1.codes]
-        return w - self._Q @ x[mZ:] - zb, zb
+        t = lev(np.asarray(Bt @ v))
+        b1 = np.tensordot(lam1, _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1 - np.tensordot(lam1.T, t, 1))),
+                          1)
+        zb = np.asarray(st.Vz @ v[:mZ]) + np.asarray(Z1 @ flat(b1))
+        return W - self._Q @ x[mZ:] - zb, zb
 
     def average_information(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
         """An approximation of the Hessian of :meth:`objective` for Newton steps: the average
@@ -418,53 +453,47 @@ class SparseModel:
         w_i = (∂V/∂φ_i)Py in φ = (θ, σ²), V = σ²(ZΛΛᵀZᵀ + I), profiled over σ² (a Schur
         complement) and doubled (the deviance scale).
 
-        Py = e/σ² (e the penalised residual) and Pw = e(w)/σ², so each w_i and Pw_i costs a pass
+        Py = e/σ² (e the penalised residual) and Pw = e(w)/σ², so the w_i and Pw_i cost a pass
         over the rows and one solve with the factor at hand: no inverse. None if it fails.
         """
         st = self.st
         ev = self.evaluate(theta)
         if not ev.ok:
             return None
-        factors = [st.first] + st.rest
-        y = self.st_y
-        e, zb = self._pls_solve(theta, y)
+        f1 = st.first
+        e, zb = self._pls_solve(theta, self.st_y[:, None])
+        e, zb = e[:, 0], zb[:, 0]
         sigma2 = ev.pwrss / (self.n - self.p if reml else self.n)
-        ws = []
-        for f in factors:
+        k = theta.size
+        C1 = np.zeros((f1.size, k))
+        Cr = np.zeros((st.mZ, k))
+        zte1 = np.asarray(self._z1().T @ e).reshape(f1.n_levels, f1.q).T  # Z_1ᵀe (q, ℓ)
+        zter = np.asarray(st.Vz.T @ e)
+        for f, off, C in [(f1, 0, C1)] + [(f, off, Cr) for f, off in
+                                            zip(st.rest, st.rest_offset)]:
             lam = f.lam(theta)
-            zte = np.stack([np.bincount(f.codes, f.Z[:, a] * e, minlength=f.n_levels)
-                            for a in range(f.q)])  # Z_kᵀe (q, ℓ)
-            for i, j in f.theta_pos:
+            zte = zte1 if f is f1 else zter[off:off + f.size].reshape(f.n_levels, f.q).T
+            for t, (i, j) in zip(f.theta_index, f.theta_pos):
                 dl = np.zeros((f.q, f.q))
                 dl[i, j] = 1.0
-                coef = (dl @ lam.T + lam @ dl.T) @ zte
-                w = np.zeros(self.n)
-                for a in range(f.q):
-                    w += f.Z[:, a] * coef[a, f.codes]
-                ws.append(w)  # (∂V/∂θ_t)Py = Z(∂ΛΛᵀ + Λ∂Λᵀ)Zᵀe
-        ws.append((e + zb) / sigma2)  # (∂V/∂σ²)Py = (y − Xβ̂)/σ²
-        pws = [self._pls_solve(theta, w)[0] for w in ws]
-        k = len(ws) - 1
-        A = np.empty((k + 1, k + 1))
-        for i in range(k + 1):
-            for j in range(i, k + 1):
-                A[i, j] = A[j, i] = 0.25 * float(ws[i] @ pws[j] + ws[j] @ pws[i]) / sigma2
+                C[off:off + f.size, t] = ((dl @ lam.T + lam @ dl.T) @ zte).T.ravel()
+        # (∂V/∂θ_t)Py = Z(∂ΛΛᵀ + Λ∂Λᵀ)Zᵀe; (∂V/∂σ²)Py = (y − Xβ̂)/σ²
+        W = np.column_stack([np.asarray(self._z1() @ C1) + np.asarray(st.Vz @ Cr),
+                             (e + zb) / sigma2])
+        PW = self._pls_solve(theta, W)[0]
+        A = 0.25 * (W.T @ PW + PW.T @ W) / sigma2
         if not np.all(np.isfinite(A)) or A[k, k] <= 0:
             return None
-        H = A[:k, :k] - np.outer(A[:k, k], A[k, :k]) / A[k, k]
-        order = np.concatenate([f.theta_index for f in factors])
-        out = np.empty_like(H)
-        out[np.ix_(order, order)] = H
-        return 2.0 * out
+        return 2.0 * (A[:k, :k] - np.outer(A[:k, k], A[k, :k]) / A[k, k])
 
 def _cut_solve(C: np.ndarray, b: np.ndarray, trans: bool) -> np.ndarray:
     """Solve C_c x = b (C_cᵀ x = b when *trans*) for the leading c×c block C_c of a lower
-    triangular C, without copying the block: b padded with zeros solves the same leading
-    equations with all of C (the padded unknowns are zero)."""
-    c = b.size
+    triangular C, without copying the block: b (c or c × r) padded with zeros solves the same
+    leading equations with all of C (the padded unknowns are zero)."""
+    c = b.shape[0]
     if c == 0:
         return b.copy()
-    bb = np.zeros(C.shape[0])
+    bb = np.zeros((C.shape[0],) + b.shape[1:])
     bb[:c] = b
     return sla.solve_triangular(C, bb, lower=True, trans="T" if trans else "N",
                                 check_finite=False)[:c]
@@ -472,12 +501,16 @@ def _cut_solve(C: np.ndarray, b: np.ndarray, trans: bool) -> np.ndarray:
 
 def _apply_lam(v: np.ndarray, st: Structure, lams: list[np.ndarray], transpose: bool
                ) -> np.ndarray:
-    """Λ_rᵀ v (Λ_r v when *transpose*) for a vector v over the mZ random columns of the rest."""
+    """Λ_rᵀ v (Λ_r v when *transpose*) for v (mZ, or mZ × r) over the random columns of the rest."""
     out = np.array(v, dtype=float, copy=True)
     for f, off, lam in zip(st.rest, st.rest_offset, lams):
         M = lam if transpose else lam.T
         seg = slice(off, off + f.size)
-        out[seg] = (out[seg].reshape(f.n_levels, f.q) @ M.T).ravel()
+        if f.q == 1:
+            out[seg] *= M[0, 0]
+            continue
+        blk = out[seg].reshape((f.n_levels, f.q) + out.shape[1:])
+        out[seg] = np.einsum("lj...,ij->li...", blk, M).reshape(out[seg].shape)
     return out
 
 
@@ -617,11 +650,13 @@ def _newton_ai(model: SparseModel, f, lower: np.ndarray, x: np.ndarray, fx: floa
 
 def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: bool,
                    options: dict) -> tuple[np.ndarray, float, bool, list[str], int]:
-    """Minimise the profiled deviance over θ within lme4's bounds (L-BFGS-B, then checks).
+    """Minimise the profiled deviance over θ within lme4's bounds, then check the optimum.
 
-    Finite-difference gradients; restarts from inside the bound while ``probe_inside_bounds``
-    finds a lower deviance there; diagonal θ within ``boundary_tol`` of 0 are tried at 0 and kept
-    there when the deviance is no larger (lme4's boundary check); the projected gradient at the
+    Newton steps with the exact gradient and the average-information Hessian (``_newton_ai``;
+    L-BFGS-B from where they stop if they fail, with the analytic gradient or finite differences
+    where Λ is singular); restarts from inside the bound while ``probe_inside_bounds`` finds a
+    lower deviance there; diagonal θ within ``boundary_tol`` of 0 are tried at 0 and kept there
+    when the deviance is no larger (lme4's boundary check); lme4's scaled-gradient check at the
     end decides convergence.
     """
     bounds = [(0.0 if lo == 0.0 else None, None) for lo in lower]
@@ -632,7 +667,7 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         return model.objective(th, reml)
 
     central = options.get("fd", "forward") == "central"
-    analytic = options.get("gradient", "analytic") == "analytic"
+    analytic = bool(options.get("analytic_gradient", True))
     n_grad = [0]
 
     def grad(th: np.ndarray, fx: float) -> np.ndarray:
@@ -664,6 +699,8 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
     cobyqa = {"final_tr_radius": 1e-7,
               "maxfev": 50 * int(options.get("maxiter", 2000))}
 
+    used: set[str] = set()
+
     def run(start: np.ndarray, radius: float):
         if method == "cobyqa":
             return minimize(f, start, method="COBYQA", bounds=box,
@@ -671,9 +708,11 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         if method == "newton" and analytic:
             fs = f(start)
             xn, fn, ok = _newton_ai(model, f, lower, start, fs, reml, n_grad)
+            used.add("newton")
             if ok:
                 return OptimizeResult(x=xn, fun=fn, success=True)
             start = xn  # the exact gradient did not apply or a step failed: L-BFGS-B from here
+        used.add("l-bfgs-b")
         return minimize(fg, start, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
 
     radius = 0.5
@@ -718,7 +757,23 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         messages.append(f"the optimiser stopped with a scaled gradient of {gmax:.2g} on the "
                         f"deviance (tolerance {gtol:g}, as lme4's check)")
     model.n_gradients = n_grad[0]
+    model.methods_used = used
     return x, float(fx), converged, messages, n_eval[0]
+
+
+def _optimizer_label(options: dict, model: SparseModel) -> str:
+    if options.get("optimizer") == "cobyqa":
+        return "COBYQA (scipy, derivative-free) on the profiled deviance"
+    if not options.get("analytic_gradient", True):
+        return "L-BFGS-B (scipy, finite-difference gradient) on the profiled deviance"
+    used = getattr(model, "methods_used", set())
+    parts = []
+    if "newton" in used:
+        parts.append("Newton steps (exact gradient, average-information Hessian)")
+    if "l-bfgs-b" in used:
+        parts.append("L-BFGS-B (scipy; analytic gradient, differences where Λ is singular)")
+    return (" then ".join(parts) or "L-BFGS-B (scipy)") + \
+        f" on the profiled deviance; {model.n_gradients} gradient evaluations"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -727,9 +782,10 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
 class SparseEngine:
     """Any random structure (crossed, nested, partially crossed; scalar or vector; ``||``).
 
-    Options (``options`` of ``fit``): ``optimizer`` ("l-bfgs-b" with forward differences, or
-    "cobyqa"; default: COBYQA when the dense trailing block has ≥ ``COBYQA_FROM`` columns),
-    ``maxiter`` (2000), ``boundary_tol`` (1e-5),
+    Options (``options`` of ``fit``): ``optimizer`` ("newton", the default: Newton steps with the
+    exact gradient and the average-information Hessian, L-BFGS-B taking over if they fail;
+    "l-bfgs-b"; "cobyqa", derivative-free), ``analytic_gradient`` (True; False: finite
+    differences, ``fd`` "forward" or "central"), ``maxiter`` (2000), ``boundary_tol`` (1e-5),
     ``grad_tol`` (2e-3, on the largest free component of the deviance's gradient),
     ``condvar`` (True: conditional variances of the modes).
 
@@ -779,14 +835,7 @@ class SparseEngine:
         lower = theta_lower_bounds(spec)
         x0 = theta_start(spec) if start is None else np.asarray(start, float)
         theta, obj, converged, messages, nev = optimize_theta(model, lower, x0, reml, options)
-        if options.get("optimizer") == "cobyqa":
-            optimizer_name = "COBYQA (scipy, derivative-free)"
-        elif options.get("gradient", "analytic") == "analytic":
-            optimizer_name = (f"L-BFGS-B (scipy, analytic gradient: {model.n_gradients} "
-                              "gradient evaluations)")
-        else:
-            optimizer_name = "L-BFGS-B (scipy, finite-difference gradient)"
-        optimizer_name += " on the profiled deviance"
+        optimizer_name = _optimizer_label(options, model)
         sigma = model.sigma(theta, reml)
         want_cv = bool(options.get("condvar", True))
         blups, condvar = model.random_modes(theta, sigma, condvar=want_cv)
