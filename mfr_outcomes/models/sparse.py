@@ -118,7 +118,7 @@ class SparseModel:
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
         self._Bt: sp.csr_matrix | None = None
-        self._Z1: sp.csr_matrix | None = None
+        self._gram_y: tuple[np.ndarray, np.ndarray] | None = None
         self.n_gradients = 0
         self._grad_cache: tuple | None = None
         self.methods_used: set[str] = set()
@@ -402,27 +402,32 @@ class SparseModel:
                 g[t] = d[i, j]
         return g
 
-    def _z1(self) -> sp.csr_matrix:
-        """Z_1 (n × ℓ1 q1) of the first factor, column l q1 + a."""
-        if self._Z1 is None:
-            f1 = self.st.first
-            q1 = f1.q
-            cols = (f1.codes[:, None] * q1 + np.arange(q1)[None, :]).ravel()
-            self._Z1 = sp.csr_matrix((f1.Z.ravel(), cols, np.arange(self.n + 1) * q1),
-                                     shape=(self.n, f1.n_levels * q1))
-        return self._Z1
+    def _gram_apply(self, c1: np.ndarray, ct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[Z_1 Z_r X y]ᵀ w for w = Z_1 c1 + [Z_r X y] ct, from the Gram matrix alone: c1 is
+        (ℓ1 q1, r) (row l q1 + a), ct (m, r); returns the first factor's and the trailing part."""
+        st = self.st
+        q1, l1, r = st.first.q, st.first.n_levels, c1.shape[1]
+        Bt = self._bt()
+        a = c1.reshape(l1, q1, r)
+        g1 = np.zeros((l1, q1, r))
+        for i in range(q1):
+            for j in range(q1):
+                g1[:, i, :] += st.A11[i, j][:, None] * a[:, j, :]
+        return g1.reshape(l1 * q1, r) + np.asarray(Bt @ ct), \
+            np.asarray(Bt.T @ c1) + st.Arr @ ct
 
-    def _pls_solve(self, theta: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(E, ZB̂) for the responses in the columns of W (n × r) at θ (the factor of
-        :meth:`evaluate`): the penalised least-squares residuals E = W − Xβ̂ − Zb̂ (σ²PW for
-        REML's projection P) and the fitted random parts Zb̂."""
+    def _pls_fit(self, theta: np.ndarray, g1: np.ndarray, gt: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The penalised least-squares fit at θ (the factor of :meth:`evaluate`) of responses w
+        given by their Gram vectors g1 = Z_1ᵀw (ℓ1 q1, r) and gt = [Z_r X y]ᵀw (m, r): the fitted
+        values Xβ̂ + Zb̂ as coefficients (f1, ft) of Z_1 and [Z_r X y], as in :meth:`_gram_apply`."""
         st = self.st
         ev = self.evaluate(theta)
         f1, mZ, p = st.first, st.mZ, st.p
-        c, q1, l1, r = mZ + p, f1.q, f1.n_levels, W.shape[1]
+        c, q1, l1, r = mZ + p, f1.q, f1.n_levels, g1.shape[1]
         lam1 = f1.lam(theta)
         lams = [f.lam(theta) for f in st.rest]
-        Z1, Bt = self._z1(), self._bt()
+        Bt = self._bt()
 
         def lev(M: np.ndarray) -> np.ndarray:  # (ℓ1 q1, r) -> (q1, r, ℓ1)
             return M.reshape(l1, q1, r).transpose(1, 2, 0)
@@ -430,12 +435,12 @@ class SparseModel:
         def flat(M: np.ndarray) -> np.ndarray:  # (q1, r, ℓ1) -> (ℓ1 q1, r)
             return M.transpose(2, 0, 1).reshape(l1 * q1, r)
 
-        rhs1 = np.tensordot(lam1.T, lev(np.asarray(Z1.T @ W)), 1)  # Λ1ᵀZ1ᵀW
+        rhs1 = np.tensordot(lam1.T, lev(g1), 1)  # Λ1ᵀZ1ᵀw
         h = _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1))  # D⁻¹ rhs1
         bh = np.asarray(Bt.T @ flat(np.tensordot(lam1, h, 1)))
         bh[:mZ] = _apply_lam(bh[:mZ], st, lams, transpose=False)
-        rhs_r = np.vstack([_apply_lam(np.asarray(st.Vz.T @ W), st, lams, transpose=False),
-                           self._Q.T @ W])
+        rhs_r = gt[:c].copy()
+        rhs_r[:mZ] = _apply_lam(rhs_r[:mZ], st, lams, transpose=False)
         x = _cut_solve(ev.C, rhs_r - bh[:c], trans=False)
         x = _cut_solve(ev.C, x, trans=True)
         v = np.zeros((st.m, r))
@@ -444,8 +449,7 @@ class SparseModel:
         t = lev(np.asarray(Bt @ v))
         b1 = np.tensordot(lam1, _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1 - np.tensordot(lam1.T, t, 1))),
                           1)
-        zb = np.asarray(st.Vz @ v[:mZ]) + np.asarray(Z1 @ flat(b1))
-        return W - self._Q @ x[mZ:] - zb, zb
+        return flat(b1), v
 
     def average_information(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
         """An approximation of the Hessian of :meth:`objective` for Newton steps: the average
@@ -453,23 +457,32 @@ class SparseModel:
         w_i = (∂V/∂φ_i)Py in φ = (θ, σ²), V = σ²(ZΛΛᵀZᵀ + I), profiled over σ² (a Schur
         complement) and doubled (the deviance scale).
 
-        Py = e/σ² (e the penalised residual) and Pw = e(w)/σ², so the w_i and Pw_i cost a pass
-        over the rows and one solve with the factor at hand: no inverse. None if it fails.
+        Py = e/σ² (e the penalised residual), (∂V/∂θ_t)Py = Z(∂ΛΛᵀ + Λ∂Λᵀ)Zᵀe, (∂V/∂σ²)Py =
+        (y − Xβ̂)/σ², and Pw = e(w)/σ². Every w is a combination of the columns of [Z X y], so all
+        of it is done on the Gram matrix with the factor at hand: no pass over the rows, no
+        inverse. None if it fails.
         """
         st = self.st
         ev = self.evaluate(theta)
         if not ev.ok:
             return None
-        f1 = st.first
-        e, zb = self._pls_solve(theta, self.st_y[:, None])
-        e, zb = e[:, 0], zb[:, 0]
+        f1, mZ, c, m = st.first, st.mZ, st.mZ + st.p, st.m
+        n1 = f1.size
         sigma2 = ev.pwrss / (self.n - self.p if reml else self.n)
+        # e = y − fit(y), on the Gram matrix
+        if self._gram_y is None:
+            cy = np.zeros((m, 1))
+            cy[-1] = 1.0
+            self._gram_y = self._gram_apply(np.zeros((n1, 1)), cy)
+        gy1, gyt = self._gram_y
+        fy1, fyt = self._pls_fit(theta, gy1, gyt)
+        gf1, gft = self._gram_apply(fy1, fyt)
+        zte1 = (gy1 - gf1)[:, 0].reshape(f1.n_levels, f1.q).T  # Z_1ᵀe (q1, ℓ1)
+        zter = (gyt - gft)[:mZ, 0]
         k = theta.size
-        C1 = np.zeros((f1.size, k))
-        Cr = np.zeros((st.mZ, k))
-        zte1 = np.asarray(self._z1().T @ e).reshape(f1.n_levels, f1.q).T  # Z_1ᵀe (q, ℓ)
-        zter = np.asarray(st.Vz.T @ e)
-        for f, off, C in [(f1, 0, C1)] + [(f, off, Cr) for f, off in
+        C1 = np.zeros((n1, k + 1))
+        Ct = np.zeros((m, k + 1))
+        for f, off, C in [(f1, 0, C1)] + [(f, off, Ct) for f, off in
                                             zip(st.rest, st.rest_offset)]:
             lam = f.lam(theta)
             zte = zte1 if f is f1 else zter[off:off + f.size].reshape(f.n_levels, f.q).T
@@ -477,11 +490,14 @@ class SparseModel:
                 dl = np.zeros((f.q, f.q))
                 dl[i, j] = 1.0
                 C[off:off + f.size, t] = ((dl @ lam.T + lam @ dl.T) @ zte).T.ravel()
-        # (∂V/∂θ_t)Py = Z(∂ΛΛᵀ + Λ∂Λᵀ)Zᵀe; (∂V/∂σ²)Py = (y − Xβ̂)/σ²
-        W = np.column_stack([np.asarray(self._z1() @ C1) + np.asarray(st.Vz @ Cr),
-                             (e + zb) / sigma2])
-        PW = self._pls_solve(theta, W)[0]
-        A = 0.25 * (W.T @ PW + PW.T @ W) / sigma2
+        Ct[mZ:c, k] = -fyt[mZ:c, 0] / sigma2  # (y − Xβ̂)/σ²
+        Ct[-1, k] = 1.0 / sigma2
+        G1, Gt = self._gram_apply(C1, Ct)
+        F1, Ft = self._pls_fit(theta, G1, Gt)
+        ww = C1.T @ G1 + Ct.T @ Gt  # w_iᵀw_j
+        fw = F1.T @ G1 + Ft.T @ Gt  # fit(w_j)ᵀw_i at [j, i]
+        A0 = (ww - fw.T) / sigma2  # w_iᵀPw_j
+        A = 0.25 * (A0 + A0.T)
         if not np.all(np.isfinite(A)) or A[k, k] <= 0:
             return None
         return 2.0 * (A[:k, :k] - np.outer(A[:k, k], A[k, :k]) / A[k, k])
