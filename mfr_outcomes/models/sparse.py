@@ -117,7 +117,10 @@ class SparseModel:
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
+        self._T_csr = self.st.T.tocsr()  # row-wise products: faster than CSC's scatter
         self._Bt: sp.csr_matrix | None = None
+        self._B: sp.csr_matrix | None = None
+        self._Tt: sp.csr_matrix | None = None
         self._gram_y: tuple[np.ndarray, np.ndarray] | None = None
         self.n_gradients = 0
         self._grad_cache: tuple | None = None
@@ -147,7 +150,7 @@ class SparseModel:
             self._last = ev
             return ev
         S = st.Arr.copy()
-        S.flat[st.pair_flat] -= st.T @ w.ravel()
+        S.flat[st.pair_flat] -= self._T_csr @ w.ravel()
         # X-and-y block: Σ_l B_l G_lᵀ G_l B_lᵀ, one product over all levels
         H = np.einsum("bal,ajl->bjl", G, st.Bx) if f1.q > 1 else st.Bx * G[0, 0]
         S[st.mZ:, st.mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
@@ -312,7 +315,7 @@ class SparseModel:
             _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
             pr = P.flat[st.pair_flat] * twice
             pxx = P[mZ:cut, mZ:cut]
-        kv = (st.T.T @ pr).reshape(f1.n_levels, st.nw)
+        kv = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
         K = np.empty((f1.q, f1.q, f1.n_levels))
         for comp, (a, b) in enumerate(st.w_index):
             K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
@@ -354,6 +357,18 @@ class SparseModel:
             cols = np.tile(st.pat.indices, q1)
             self._Bt = sp.csr_matrix((st.Bdata.T.ravel(), (rows, cols)), shape=(l1 * q1, st.m))
         return self._Bt
+
+    def _b(self) -> sp.csr_matrix:
+        """B = (Bᵀ)ᵀ in CSR (m × ℓ1 q1), kept."""
+        if self._B is None:
+            self._B = self._bt().T.tocsr()
+        return self._B
+
+    def _tt(self) -> sp.csr_matrix:
+        """Tᵀ in CSR, kept."""
+        if self._Tt is None:
+            self._Tt = self.st.T.T.tocsr()
+        return self._Tt
 
     def gradient(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
         """The analytic gradient of :meth:`objective` in θ, or None where it does not apply.
@@ -414,7 +429,7 @@ class SparseModel:
             for j in range(q1):
                 g1[:, i, :] += st.A11[i, j][:, None] * a[:, j, :]
         return g1.reshape(l1 * q1, r) + np.asarray(Bt @ ct), \
-            np.asarray(Bt.T @ c1) + st.Arr @ ct
+            np.asarray(self._b() @ c1) + st.Arr @ ct
 
     def _pls_fit(self, theta: np.ndarray, g1: np.ndarray, gt: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -437,7 +452,7 @@ class SparseModel:
 
         rhs1 = np.tensordot(lam1.T, lev(g1), 1)  # Λ1ᵀZ1ᵀw
         h = _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1))  # D⁻¹ rhs1
-        bh = np.asarray(Bt.T @ flat(np.tensordot(lam1, h, 1)))
+        bh = np.asarray(self._b() @ flat(np.tensordot(lam1, h, 1)))
         bh[:mZ] = _apply_lam(bh[:mZ], st, lams, transpose=False)
         rhs_r = gt[:c].copy()
         rhs_r[:mZ] = _apply_lam(rhs_r[:mZ], st, lams, transpose=False)
@@ -722,7 +737,7 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
             return minimize(f, start, method="COBYQA", bounds=box,
                             options=dict(cobyqa, initial_tr_radius=radius))
         if method == "newton" and analytic:
-            fs = f(start)
+            fs = fx if np.array_equal(start, x) else f(start)
             xn, fn, ok = _newton_ai(model, f, lower, start, fs, reml, n_grad)
             used.add("newton")
             if ok:
