@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_sparse import N_CASES, _case
 
 from mfr_outcomes.models.formula import build_spec
 from mfr_outcomes.models.sparse import SparseEngine, SparseModel
 from mfr_outcomes.models.spec import theta_lower_bounds
-from tests.test_sparse import N_CASES, _case
 
 
 def _fd_gradient(sm: SparseModel, theta: np.ndarray, reml: bool) -> np.ndarray:
