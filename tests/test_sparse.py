@@ -105,8 +105,11 @@ def test_sparse_matches_dense_engine(seed: int) -> None:
             np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-12)
     rs = SparseEngine().fit(spec, reml=reml)
     rp = PLSEngine().fit(spec, reml=reml)
-    np.testing.assert_allclose(rs.objective, rp.objective, rtol=1e-8)
     assert rs.objective <= rp.objective + 1e-8 * abs(rp.objective)
+    if not np.isclose(rs.objective, rp.objective, rtol=1e-8):
+        # a lower optimum than pls's optimiser found: pls must agree that it is one
+        rp = PLSEngine().fit(spec, reml=reml, start=rs.theta)
+    np.testing.assert_allclose(rs.objective, rp.objective, rtol=1e-8)
     assert rs.n_evaluations > 0
     assert [b.shape for b in rs.blups] == [(b.n_levels, b.q) for b in spec.blocks]
     assert [c.shape for c in rs.blup_condvar] == [(b.n_levels, b.q, b.q) for b in spec.blocks]

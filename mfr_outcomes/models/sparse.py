@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
-from scipy.linalg.lapack import dpotrf
-from scipy.optimize import Bounds, minimize
+from scipy.linalg.lapack import dpotrf, dpotri
+from scipy.optimize import Bounds, OptimizeResult, minimize
 from threadpoolctl import threadpool_limits
 
 from mfr_outcomes.models.sparse_struct import (
@@ -40,12 +40,10 @@ from mfr_outcomes.models.spec import (
 )
 from mfr_outcomes.models.stacks import bsolve, chol, fsolve
 
-__all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING", "COBYQA_FROM"]
+__all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING"]
 
 #: Largest dense trailing block (all grouping factors but the largest, X and y) accepted.
 MAX_TRAILING = 4000
-#: From this size of the dense trailing block on, θ is optimised by COBYQA, else by L-BFGS-B.
-COBYQA_FROM = 300
 _LOG2PI = np.log(2.0 * np.pi)
 
 
@@ -111,12 +109,22 @@ class SparseModel:
         # cancellation in the trailing block's X and y entries by orders of magnitude.
         Q, R = np.linalg.qr(spec.X)
         self._R = R
+        self._Q = Q
         self._beta_ols = sla.solve_triangular(R, Q.T @ spec.y, check_finite=False)
         self._ldR2 = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
-        self.st = build_structure(spec, X=Q, y=spec.y - Q @ (Q.T @ spec.y))
+        self.st_y = spec.y - Q @ (Q.T @ spec.y)
+        self.st = build_structure(spec, X=Q, y=self.st_y)
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
+        self._T_csr = self.st.T.tocsr()  # row-wise products: faster than CSC's scatter
+        self._Bt: sp.csr_matrix | None = None
+        self._B: sp.csr_matrix | None = None
+        self._Tt: sp.csr_matrix | None = None
+        self._gram_y: tuple[np.ndarray, np.ndarray] | None = None
+        self.n_gradients = 0
+        self._grad_cache: tuple | None = None
+        self.methods_used: set[str] = set()
 
     # -- per evaluation -------------------------------------------------------------------
     def evaluate(self, theta: np.ndarray) -> _Eval:
@@ -142,7 +150,7 @@ class SparseModel:
             self._last = ev
             return ev
         S = st.Arr.copy()
-        S.flat[st.pair_flat] -= st.T @ w.ravel()
+        S.flat[st.pair_flat] -= self._T_csr @ w.ravel()
         # X-and-y block: Σ_l B_l G_lᵀ G_l B_lᵀ, one product over all levels
         H = np.einsum("bal,ajl->bjl", G, st.Bx) if f1.q > 1 else st.Bx * G[0, 0]
         S[st.mZ:, st.mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
@@ -254,42 +262,286 @@ class SparseModel:
                           None if not condvar else [cv_first] + cv_rest)
 
     def _condvar(self, ev: _Eval, lam1: np.ndarray, lams: list[np.ndarray], sigma: float):
+        Minv, rest = self._inverse_blocks(ev, lam1, lams, self.st.mZ)
+        cv_first = sigma ** 2 * _sandwich(lam1, Minv, lam1.T)
+        cv_rest = [sigma ** 2 * np.einsum("ia,lab,jb->ijl", lam, blk, lam)
+                   for lam, blk in zip(lams, rest)]
+        return cv_first, cv_rest
+
+    def _inverse_blocks(self, ev: _Eval, lam1: np.ndarray, lams: list[np.ndarray], cut: int
+                        ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The diagonal level blocks of Ω_c⁻¹, Ω_c the leading *cut* trailing columns plus the
+        first factor (cut = m_Z: the random effects, M = ΛᵀZᵀZΛ + I; cut = m_Z + p: with X).
+
+        Returns the first factor's blocks (q1, q1, ℓ1) and each other factor's (ℓ, q, q). The
+        trailing part of the inverse is S_c⁻¹ (LAPACK dpotri on the factor, once); the first
+        factor's blocks are D_l⁻¹ + D_l⁻¹C_lᵀS_c⁻¹C_lD_l⁻¹ for all levels at once through Tᵀ.
+        """
         st = self.st
         f1, mZ, m = st.first, st.mZ, st.m
         Linv = _bfsolve(ev.L1, _eye_stack(f1.q, f1.n_levels))
         Dinv = np.einsum("kal,kbl->abl", Linv, Linv)
-        cv_rest = []
-        if mZ:
-            Sinv = sla.cho_solve((ev.C[:mZ, :mZ], True), np.eye(mZ), check_finite=False)
-            P = np.zeros((m, m))
-            P[:mZ, :mZ] = Sinv
-            _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
-            pr = P.flat[st.pair_flat] * np.where(st.pair_r > st.pair_s, 2.0, 1.0)
-            kv = (st.T.T @ pr).reshape(f1.n_levels, st.nw)
-            K = np.empty((f1.q, f1.q, f1.n_levels))
-            for comp, (a, b) in enumerate(st.w_index):
-                K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
-            DK = np.einsum("abl,bc,cdl->adl", Dinv, lam1.T, K, optimize=True)
-            Minv = Dinv + np.einsum("abl,bc,cdl->adl", DK, lam1, Dinv, optimize=True)
+        if cut == 0:
+            return Dinv, []
+        Sinv, info = dpotri(ev.C[:cut, :cut], lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dpotri failed ({info})")
+        twice = np.where(st.pair_r > st.pair_s, 2.0, 1.0)
+        if all(f.q == 1 for f in st.rest):
+            # scalar factors: Λ_r is diagonal, so read the lower triangle dpotri wrote, scaled
+            dg = np.zeros(m)
             for f, off, lam in zip(st.rest, st.rest_offset, lams):
+                dg[off:off + f.size] = lam[0, 0]
+            dg[mZ:cut] = 1.0
+            inside = st.pair_r < cut
+            r, c = st.pair_r[inside], st.pair_s[inside]
+            pr = np.zeros(st.pair_flat.size)
+            pr[inside] = Sinv.ravel(order="F")[c * cut + r] * dg[r] * dg[c] * twice[inside]
+            diag = np.diagonal(Sinv)
+            rest = [diag[off:off + f.size].reshape(f.n_levels, 1, 1)
+                    for f, off in zip(st.rest, st.rest_offset)]
+            pxx = Sinv[mZ:cut, mZ:cut]
+            pxx = np.tril(pxx) + np.tril(pxx, -1).T
+        else:
+            iu = np.triu_indices(cut, 1)
+            Sinv[iu] = Sinv[iu[1], iu[0]]
+            rest = []
+            for f, off in zip(st.rest, st.rest_offset):
                 blk = Sinv[off:off + f.size, off:off + f.size].reshape(f.n_levels, f.q,
                                                                         f.n_levels, f.q)
-                diag = blk[np.arange(f.n_levels), :, np.arange(f.n_levels), :]  # (ℓ, q, q)
-                cv_rest.append(sigma ** 2 * np.einsum("ia,lab,jb->ijl", lam, diag, lam))
-        else:
-            Minv = Dinv
-        cv_first = sigma ** 2 * _sandwich(lam1, Minv, lam1.T)
-        return cv_first, cv_rest
+                rest.append(blk[np.arange(f.n_levels), :, np.arange(f.n_levels), :])
+            P = np.zeros((m, m))
+            P[:cut, :cut] = Sinv
+            _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
+            pr = P.flat[st.pair_flat] * twice
+            pxx = P[mZ:cut, mZ:cut]
+        kv = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
+        K = np.empty((f1.q, f1.q, f1.n_levels))
+        for comp, (a, b) in enumerate(st.w_index):
+            K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
+        if cut > mZ:  # the X-by-X part (T holds only pairs with a random-effect row)
+            bx = st.Bx[:, :cut - mZ]
+            hx = np.einsum("ajl,jk->akl", bx, pxx)
+            K += np.einsum("ajl,bjl->abl", hx, bx)
+        DK = np.einsum("abl,bc,cdl->adl", Dinv, lam1.T, K, optimize=True)
+        Minv = Dinv + np.einsum("abl,bc,cdl->adl", DK, lam1, Dinv, optimize=True)
+        return Minv, rest
+
+    # -- the gradient ---------------------------------------------------------------------
+    def modes_u(self, theta: np.ndarray) -> list[np.ndarray]:
+        """The spherical modes u per factor (first, then rest), each (q, ℓ), from the factor."""
+        st = self.st
+        ev = self.evaluate(theta)
+        f1, mZ, p = st.first, st.mZ, st.p
+        c = mZ + p
+        x = _cut_solve(ev.C, ev.C[-1, :c], trans=True)
+        lams = [f.lam(theta) for f in st.rest]
+        v = np.empty(st.m)
+        v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
+        v[mZ:c] = x[mZ:]
+        v[-1] = -1.0
+        t = -(self._bt() @ v).reshape(f1.n_levels, f1.q).T  # (q1, ℓ1): Λ1ᵀ-less rhs
+        lam1 = f1.lam(theta)
+        u1 = _bbsolve(ev.L1, _bfsolve(ev.L1, lam1.T @ t))
+        return [u1] + [x[off:off + f.size].reshape(f.n_levels, f.q).T
+                       for f, off in zip(st.rest, st.rest_offset)]
+
+    def _bt(self) -> sp.csr_matrix:
+        """Bᵀ (ℓ1 q1 × m): the Gram matrix's trailing rows (Z_rest, X, y) in the first factor's
+        columns, row l q1 + a."""
+        if self._Bt is None:
+            st = self.st
+            q1, l1 = st.first.q, st.first.n_levels
+            lev = np.repeat(np.arange(l1), np.diff(st.pat.indptr))
+            rows = np.concatenate([lev * q1 + a for a in range(q1)])
+            cols = np.tile(st.pat.indices, q1)
+            self._Bt = sp.csr_matrix((st.Bdata.T.ravel(), (rows, cols)), shape=(l1 * q1, st.m))
+        return self._Bt
+
+    def _b(self) -> sp.csr_matrix:
+        """B = (Bᵀ)ᵀ in CSR (m × ℓ1 q1), kept."""
+        if self._B is None:
+            self._B = self._bt().T.tocsr()
+        return self._B
+
+    def _tt(self) -> sp.csr_matrix:
+        """Tᵀ in CSR, kept."""
+        if self._Tt is None:
+            self._Tt = self.st.T.T.tocsr()
+        return self._Tt
+
+    def gradient(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
+        """The analytic gradient of :meth:`objective` in θ, or None where it does not apply.
+
+        With Λ invertible, ΛᵀAΛ = Ω − J gives ∂log|Ω_c|/∂θ_t = 2[ℓ_k(Λ_k⁻¹)_ji −
+        (G_kΛ_k⁻¹)_ji] for θ_t at Λ_k[i, j], G_k the sum over levels of the diagonal blocks of
+        Ω_c⁻¹ (``_inverse_blocks``), and ∂r²/∂θ_t = −2(Λ_k⁻ᵀU_k)_ij, U_k = Σ_l u_l u_lᵀ (the
+        envelope theorem with ZᵀΛᵀr = u). The criterion is log|Ω_c| + N log r² + const
+        (REML: c with X, N = n − p; ML: c = Z alone, N = n). A scalar factor at θ = 0 has
+        derivative 0 (the criterion is even in it); a vector factor with a singular Λ_k gives None
+        (the caller then differences).
+        """
+        theta = np.asarray(theta, dtype=float)
+        key = (theta.tobytes(), bool(reml))
+        if self._grad_cache is not None and self._grad_cache[0] == key:
+            return self._grad_cache[1]
+        g = self._gradient(theta, reml)
+        self._grad_cache = (key, g)
+        return g
+
+    def _gradient(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
+        ev = self.evaluate(theta)
+        if not ev.ok:
+            return None
+        st = self.st
+        factors = [st.first] + st.rest
+        lams = [f.lam(theta) for f in factors]
+        for f, lam in zip(factors, lams):
+            if f.q > 1 and np.any(np.diag(lam) == 0.0):
+                return None
+        cut = st.mZ + (st.p if reml else 0)
+        Minv, rest = self._inverse_blocks(ev, lams[0], lams[1:], cut)
+        Gs = [Minv.sum(axis=2)] + [blk.sum(axis=0) for blk in rest]
+        us = self.modes_u(theta)
+        N = self.n - self.p if reml else self.n
+        r2 = ev.pwrss
+        g = np.zeros(theta.size)
+        for f, lam, G, u in zip(factors, lams, Gs, us):
+            if f.q == 1 and lam[0, 0] == 0.0:
+                continue
+            Li = np.linalg.inv(lam)
+            dld = 2.0 * (f.n_levels * Li - G @ Li).T  # [i, j] ← (·)_ji
+            dr2 = -2.0 * Li.T @ (u @ u.T)
+            d = dld + (N / r2) * dr2
+            for t, (i, j) in zip(f.theta_index, f.theta_pos):
+                g[t] = d[i, j]
+        return g
+
+    def _gram_apply(self, c1: np.ndarray, ct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[Z_1 Z_r X y]ᵀ w for w = Z_1 c1 + [Z_r X y] ct, from the Gram matrix alone: c1 is
+        (ℓ1 q1, r) (row l q1 + a), ct (m, r); returns the first factor's and the trailing part."""
+        st = self.st
+        q1, l1, r = st.first.q, st.first.n_levels, c1.shape[1]
+        Bt = self._bt()
+        a = c1.reshape(l1, q1, r)
+        g1 = np.zeros((l1, q1, r))
+        for i in range(q1):
+            for j in range(q1):
+                g1[:, i, :] += st.A11[i, j][:, None] * a[:, j, :]
+        return g1.reshape(l1 * q1, r) + np.asarray(Bt @ ct), \
+            np.asarray(self._b() @ c1) + st.Arr @ ct
+
+    def _pls_fit(self, theta: np.ndarray, g1: np.ndarray, gt: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """The penalised least-squares fit at θ (the factor of :meth:`evaluate`) of responses w
+        given by their Gram vectors g1 = Z_1ᵀw (ℓ1 q1, r) and gt = [Z_r X y]ᵀw (m, r): the fitted
+        values Xβ̂ + Zb̂ as coefficients (f1, ft) of Z_1 and [Z_r X y], as in :meth:`_gram_apply`."""
+        st = self.st
+        ev = self.evaluate(theta)
+        f1, mZ, p = st.first, st.mZ, st.p
+        c, q1, l1, r = mZ + p, f1.q, f1.n_levels, g1.shape[1]
+        lam1 = f1.lam(theta)
+        lams = [f.lam(theta) for f in st.rest]
+        Bt = self._bt()
+
+        def lev(M: np.ndarray) -> np.ndarray:  # (ℓ1 q1, r) -> (q1, r, ℓ1)
+            return M.reshape(l1, q1, r).transpose(1, 2, 0)
+
+        def flat(M: np.ndarray) -> np.ndarray:  # (q1, r, ℓ1) -> (ℓ1 q1, r)
+            return M.transpose(2, 0, 1).reshape(l1 * q1, r)
+
+        rhs1 = np.tensordot(lam1.T, lev(g1), 1)  # Λ1ᵀZ1ᵀw
+        h = _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1))  # D⁻¹ rhs1
+        bh = np.asarray(self._b() @ flat(np.tensordot(lam1, h, 1)))
+        bh[:mZ] = _apply_lam(bh[:mZ], st, lams, transpose=False)
+        rhs_r = gt[:c].copy()
+        rhs_r[:mZ] = _apply_lam(rhs_r[:mZ], st, lams, transpose=False)
+        x = _cut_solve(ev.C, rhs_r - bh[:c], trans=False)
+        x = _cut_solve(ev.C, x, trans=True)
+        v = np.zeros((st.m, r))
+        v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
+        v[mZ:c] = x[mZ:]
+        t = lev(np.asarray(Bt @ v))
+        b1 = np.tensordot(lam1, _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1 - np.tensordot(lam1.T, t, 1))),
+                          1)
+        return flat(b1), v
+
+    def average_information(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
+        """An approximation of the Hessian of :meth:`objective` for Newton steps: the average
+        information of Gilmour, Thompson & Cullis (1995, Biometrics 51), AI_ij = ½ w_iᵀPw_j with
+        w_i = (∂V/∂φ_i)Py in φ = (θ, σ²), V = σ²(ZΛΛᵀZᵀ + I), profiled over σ² (a Schur
+        complement) and doubled (the deviance scale).
+
+        Py = e/σ² (e the penalised residual), (∂V/∂θ_t)Py = Z(∂ΛΛᵀ + Λ∂Λᵀ)Zᵀe, (∂V/∂σ²)Py =
+        (y − Xβ̂)/σ², and Pw = e(w)/σ². Every w is a combination of the columns of [Z X y], so all
+        of it is done on the Gram matrix with the factor at hand: no pass over the rows, no
+        inverse. None if it fails.
+        """
+        st = self.st
+        ev = self.evaluate(theta)
+        if not ev.ok:
+            return None
+        f1, mZ, c, m = st.first, st.mZ, st.mZ + st.p, st.m
+        n1 = f1.size
+        sigma2 = ev.pwrss / (self.n - self.p if reml else self.n)
+        # e = y − fit(y), on the Gram matrix
+        if self._gram_y is None:
+            cy = np.zeros((m, 1))
+            cy[-1] = 1.0
+            self._gram_y = self._gram_apply(np.zeros((n1, 1)), cy)
+        gy1, gyt = self._gram_y
+        fy1, fyt = self._pls_fit(theta, gy1, gyt)
+        gf1, gft = self._gram_apply(fy1, fyt)
+        zte1 = (gy1 - gf1)[:, 0].reshape(f1.n_levels, f1.q).T  # Z_1ᵀe (q1, ℓ1)
+        zter = (gyt - gft)[:mZ, 0]
+        k = theta.size
+        C1 = np.zeros((n1, k + 1))
+        Ct = np.zeros((m, k + 1))
+        for f, off, C in [(f1, 0, C1)] + [(f, off, Ct) for f, off in
+                                            zip(st.rest, st.rest_offset)]:
+            lam = f.lam(theta)
+            zte = zte1 if f is f1 else zter[off:off + f.size].reshape(f.n_levels, f.q).T
+            for t, (i, j) in zip(f.theta_index, f.theta_pos):
+                dl = np.zeros((f.q, f.q))
+                dl[i, j] = 1.0
+                C[off:off + f.size, t] = ((dl @ lam.T + lam @ dl.T) @ zte).T.ravel()
+        Ct[mZ:c, k] = -fyt[mZ:c, 0] / sigma2  # (y − Xβ̂)/σ²
+        Ct[-1, k] = 1.0 / sigma2
+        G1, Gt = self._gram_apply(C1, Ct)
+        F1, Ft = self._pls_fit(theta, G1, Gt)
+        ww = C1.T @ G1 + Ct.T @ Gt  # w_iᵀw_j
+        fw = F1.T @ G1 + Ft.T @ Gt  # fit(w_j)ᵀw_i at [j, i]
+        A0 = (ww - fw.T) / sigma2  # w_iᵀPw_j
+        A = 0.25 * (A0 + A0.T)
+        if not np.all(np.isfinite(A)) or A[k, k] <= 0:
+            return None
+        return 2.0 * (A[:k, :k] - np.outer(A[:k, k], A[k, :k]) / A[k, k])
+
+def _cut_solve(C: np.ndarray, b: np.ndarray, trans: bool) -> np.ndarray:
+    """Solve C_c x = b (C_cᵀ x = b when *trans*) for the leading c×c block C_c of a lower
+    triangular C, without copying the block: b (c or c × r) padded with zeros solves the same
+    leading equations with all of C (the padded unknowns are zero)."""
+    c = b.shape[0]
+    if c == 0:
+        return b.copy()
+    bb = np.zeros((C.shape[0],) + b.shape[1:])
+    bb[:c] = b
+    return sla.solve_triangular(C, bb, lower=True, trans="T" if trans else "N",
+                                check_finite=False)[:c]
 
 
 def _apply_lam(v: np.ndarray, st: Structure, lams: list[np.ndarray], transpose: bool
                ) -> np.ndarray:
-    """Λ_rᵀ v (Λ_r v when *transpose*) for a vector v over the mZ random columns of the rest."""
+    """Λ_rᵀ v (Λ_r v when *transpose*) for v (mZ, or mZ × r) over the random columns of the rest."""
     out = np.array(v, dtype=float, copy=True)
     for f, off, lam in zip(st.rest, st.rest_offset, lams):
         M = lam if transpose else lam.T
         seg = slice(off, off + f.size)
-        out[seg] = (out[seg].reshape(f.n_levels, f.q) @ M.T).ravel()
+        if f.q == 1:
+            out[seg] *= M[0, 0]
+            continue
+        blk = out[seg].reshape((f.n_levels, f.q) + out.shape[1:])
+        out[seg] = np.einsum("lj...,ij->li...", blk, M).reshape(out[seg].shape)
     return out
 
 
@@ -375,13 +627,67 @@ def _grad_and_curvature(f, x: np.ndarray, fx: float, lower: np.ndarray,
     return g, h
 
 
+def _newton_ai(model: SparseModel, f, lower: np.ndarray, x: np.ndarray, fx: float, reml: bool,
+               n_grad: list[int], maxit: int = 100, tol: float = 1e-11, gtol: float = 1e-4
+               ) -> tuple[np.ndarray, float, bool]:
+    """Projected Newton steps on the profiled deviance: the exact gradient, the average-information
+    Hessian (``SparseModel.average_information``) and a backtracking line search.
+
+    A diagonal θ at its bound of 0 with a positive derivative is held there. Stops when the Newton
+    decrement gᵀH⁻¹g is below ``tol``·max(1, |f|) and the free gradient below ``gtol`` (or the
+    decrement is at rounding level); returns (θ, f, True) then, or the best point and False when
+    the gradient or the Hessian cannot be formed or a line search fails.
+    """
+    x = x.copy()
+    for _ in range(maxit):
+        g = model.gradient(x, reml)
+        H = model.average_information(x, reml) if g is not None else None
+        if g is None or H is None or not np.isfinite(fx):
+            return x, fx, False
+        n_grad[0] += 1
+        free = ~((lower == 0.0) & (x <= 0.0) & (g >= 0.0))
+        if not free.any():
+            return x, fx, True
+        Hf, gf = H[np.ix_(free, free)], g[free]
+        try:
+            cf = sla.cho_factor(Hf, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return x, fx, False
+        df = -sla.cho_solve(cf, gf, check_finite=False)
+        dec = float(-gf @ df)
+        if not np.isfinite(dec):
+            return x, fx, False
+        scale = max(1.0, abs(fx))
+        if (dec <= tol * scale and np.max(np.abs(gf)) <= gtol) or dec <= 1e-15 * scale:
+            return x, fx, True
+        d = np.zeros_like(x)
+        d[free] = df
+        alpha = 1.0
+        for _ls in range(40):
+            xn = x + alpha * d
+            # a diagonal θ that the step takes below 0 goes to a tenth of its value instead
+            # (a bound reached only when the deviance keeps falling there, then held)
+            xn = np.where((lower == 0.0) & (xn < 0.0), 0.1 * x, xn)
+            fn = f(xn)
+            if fn <= fx - 1e-4 * alpha * dec:
+                break
+            alpha *= 0.5
+        else:
+            # no decrease: at the rounding floor of the deviance if the decrement is tiny
+            return x, fx, dec <= 1e-9 * scale
+        x, fx = xn, fn
+    return x, fx, False
+
+
 def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: bool,
                    options: dict) -> tuple[np.ndarray, float, bool, list[str], int]:
-    """Minimise the profiled deviance over θ within lme4's bounds (L-BFGS-B, then checks).
+    """Minimise the profiled deviance over θ within lme4's bounds, then check the optimum.
 
-    Finite-difference gradients; restarts from inside the bound while ``probe_inside_bounds``
-    finds a lower deviance there; diagonal θ within ``boundary_tol`` of 0 are tried at 0 and kept
-    there when the deviance is no larger (lme4's boundary check); the projected gradient at the
+    Newton steps with the exact gradient and the average-information Hessian (``_newton_ai``;
+    L-BFGS-B from where they stop if they fail, with the analytic gradient or finite differences
+    where Λ is singular); restarts from inside the bound while ``probe_inside_bounds`` finds a
+    lower deviance there; diagonal θ within ``boundary_tol`` of 0 are tried at 0 and kept there
+    when the deviance is no larger (lme4's boundary check); lme4's scaled-gradient check at the
     end decides convergence.
     """
     bounds = [(0.0 if lo == 0.0 else None, None) for lo in lower]
@@ -392,12 +698,22 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         return model.objective(th, reml)
 
     central = options.get("fd", "forward") == "central"
+    analytic = bool(options.get("analytic_gradient", True))
+    n_grad = [0]
+
+    def grad(th: np.ndarray, fx: float) -> np.ndarray:
+        if analytic:
+            g = model.gradient(th, reml)
+            if g is not None:
+                n_grad[0] += 1
+                return g
+        return _fd_grad(f, th, fx, lower, central=central)
 
     def fg(th: np.ndarray):
         fx = f(th)
         if not np.isfinite(fx):
             return 1e300, np.zeros_like(th)
-        return fx, _fd_grad(f, th, fx, lower, central=central)
+        return fx, grad(th, fx)
 
     lbfgs = {"maxiter": int(options.get("maxiter", 2000)),
              "ftol": float(options.get("ftol", 1e-13)), "gtol": float(options.get("gtol", 1e-6)),
@@ -405,17 +721,29 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
     x = np.maximum(np.asarray(x0, float), np.where(np.isfinite(lower), lower, -np.inf))
     fx = f(x)
     messages: list[str] = []
-    # A derivative-free trust-region method (COBYQA, Powell's successor to lme4's bobyqa) needs
-    # fewer evaluations than forward differences; it costs more per iteration, which pays only
-    # when one evaluation is expensive: a large dense trailing block.
-    method = options.get("optimizer") or ("cobyqa" if model.st.m >= COBYQA_FROM else "l-bfgs-b")
+    # By default Newton steps with the exact gradient and the average-information Hessian, with
+    # L-BFGS-B (analytic gradient, finite differences where it does not apply) to take over if
+    # they fail; L-BFGS-B or COBYQA (derivative-free, Powell's successor to lme4's bobyqa) on
+    # request.
+    method = options.get("optimizer") or "newton"
     box = Bounds(np.where(lower == 0.0, 0.0, -np.inf), np.inf)
     cobyqa = {"final_tr_radius": 1e-7,
               "maxfev": 50 * int(options.get("maxiter", 2000))}
+
+    used: set[str] = set()
+
     def run(start: np.ndarray, radius: float):
         if method == "cobyqa":
             return minimize(f, start, method="COBYQA", bounds=box,
                             options=dict(cobyqa, initial_tr_radius=radius))
+        if method == "newton" and analytic:
+            fs = fx if np.array_equal(start, x) else f(start)
+            xn, fn, ok = _newton_ai(model, f, lower, start, fs, reml, n_grad)
+            used.add("newton")
+            if ok:
+                return OptimizeResult(x=xn, fun=fn, success=True)
+            start = xn  # the exact gradient did not apply or a step failed: L-BFGS-B from here
+        used.add("l-bfgs-b")
         return minimize(fg, start, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
 
     radius = 0.5
@@ -440,18 +768,43 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         ft = f(trial)
         if ft <= fx:
             x, fx = trial, ft
-    # lme4's checkConv: central differences with step 1e-4 (its deriv12), the gradient scaled by
-    # the (here diagonal) Hessian, min(|scaled|, |raw|) against 0.002 on free coordinates.
-    g, hd = _grad_and_curvature(f, x, fx, lower)
-    free = ~((lower == 0.0) & (x <= 0.0) & (g > 0))
-    scaled = np.minimum(np.abs(g) / np.sqrt(np.maximum(hd, 1e-12)), np.abs(g))
-    gmax = float(np.max(scaled[free])) if free.any() else 0.0
+    # lme4's checkConv: the gradient scaled by the (here diagonal) Hessian, min(|scaled|, |raw|)
+    # against 0.002 on free coordinates. The scaled value is at most the raw one, so an analytic
+    # gradient below the tolerance decides it; otherwise (or without one) central differences
+    # with step 1e-4 (lme4's deriv12) give the gradient and the Hessian's diagonal.
     gtol = float(options.get("grad_tol", 2e-3))
+    g = model.gradient(x, reml) if analytic else None
+    if g is not None:
+        n_grad[0] += 1
+        free = ~((lower == 0.0) & (x <= 0.0) & (g >= 0))
+        gmax = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    if g is None or gmax > gtol:
+        g, hd = _grad_and_curvature(f, x, fx, lower)
+        free = ~((lower == 0.0) & (x <= 0.0) & (g > 0))
+        scaled = np.minimum(np.abs(g) / np.sqrt(np.maximum(hd, 1e-12)), np.abs(g))
+        gmax = float(np.max(scaled[free])) if free.any() else 0.0
     if gmax > gtol:
         converged = False
         messages.append(f"the optimiser stopped with a scaled gradient of {gmax:.2g} on the "
                         f"deviance (tolerance {gtol:g}, as lme4's check)")
+    model.n_gradients = n_grad[0]
+    model.methods_used = used
     return x, float(fx), converged, messages, n_eval[0]
+
+
+def _optimizer_label(options: dict, model: SparseModel) -> str:
+    if options.get("optimizer") == "cobyqa":
+        return "COBYQA (scipy, derivative-free) on the profiled deviance"
+    if not options.get("analytic_gradient", True):
+        return "L-BFGS-B (scipy, finite-difference gradient) on the profiled deviance"
+    used = getattr(model, "methods_used", set())
+    parts = []
+    if "newton" in used:
+        parts.append("Newton steps (exact gradient, average-information Hessian)")
+    if "l-bfgs-b" in used:
+        parts.append("L-BFGS-B (scipy; analytic gradient, differences where Λ is singular)")
+    return (" then ".join(parts) or "L-BFGS-B (scipy)") + \
+        f" on the profiled deviance; {model.n_gradients} gradient evaluations"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,9 +813,10 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
 class SparseEngine:
     """Any random structure (crossed, nested, partially crossed; scalar or vector; ``||``).
 
-    Options (``options`` of ``fit``): ``optimizer`` ("l-bfgs-b" with forward differences, or
-    "cobyqa"; default: COBYQA when the dense trailing block has ≥ ``COBYQA_FROM`` columns),
-    ``maxiter`` (2000), ``boundary_tol`` (1e-5),
+    Options (``options`` of ``fit``): ``optimizer`` ("newton", the default: Newton steps with the
+    exact gradient and the average-information Hessian, L-BFGS-B taking over if they fail;
+    "l-bfgs-b"; "cobyqa", derivative-free), ``analytic_gradient`` (True; False: finite
+    differences, ``fd`` "forward" or "central"), ``maxiter`` (2000), ``boundary_tol`` (1e-5),
     ``grad_tol`` (2e-3, on the largest free component of the deviance's gradient),
     ``condvar`` (True: conditional variances of the modes).
 
@@ -512,11 +866,7 @@ class SparseEngine:
         lower = theta_lower_bounds(spec)
         x0 = theta_start(spec) if start is None else np.asarray(start, float)
         theta, obj, converged, messages, nev = optimize_theta(model, lower, x0, reml, options)
-        optimizer_name = ("COBYQA (scipy, derivative-free)" if
-                          (options.get("optimizer") or ("cobyqa" if model.st.m >= COBYQA_FROM
-                                                        else "l-bfgs-b")) == "cobyqa"
-                          else "L-BFGS-B (scipy, forward-difference gradient)") + \
-            " on the profiled deviance"
+        optimizer_name = _optimizer_label(options, model)
         sigma = model.sigma(theta, reml)
         want_cv = bool(options.get("condvar", True))
         blups, condvar = model.random_modes(theta, sigma, condvar=want_cv)

@@ -184,7 +184,13 @@ def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, mZ: int,
     if not keys_parts:
         return sp.csc_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64)
     keys = np.concatenate(keys_parts)
-    pair_flat, ids = np.unique(keys, return_inverse=True)
+    if m * m <= 1 << 24:  # a dense marker over the m×m block: no sort
+        mark = np.zeros(m * m, dtype=bool)
+        mark[keys] = True
+        pair_flat = np.flatnonzero(mark)
+        ids = (np.cumsum(mark, dtype=np.int32) - 1)[keys]
+    else:
+        pair_flat, ids = np.unique(keys, return_inverse=True)
     T = sp.csc_matrix((vals, ids[slots], indptr), shape=(pair_flat.size, nl * nw))
     return T, pair_flat
 
