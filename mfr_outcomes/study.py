@@ -225,14 +225,16 @@ class Study:
         patient = pd.factorize(sessions["patient_id"])[0]
         patient = np.where(at >= 0, patient[np.maximum(at, 0)] if len(patient) else -1, -1)
         session = pd.factorize(m["session_id"])[0]
-        measure, codes = pd.factorize(m["measure"].astype(str))
-        phase = m["phase"].astype(str).to_numpy()
+        measure, codes = pd.factorize(m["measure"])
+        codes = pd.Index(codes).astype(str)
+        is_pre = (m["phase"] == "pre").to_numpy(dtype=bool, na_value=False)
+        is_post = (m["phase"] == "post").to_numpy(dtype=bool, na_value=False)
         value = m["value"].to_numpy(dtype="float64")
         rows = []
         for code in self.measures:
             rows_of = np.flatnonzero(measure == codes.get_loc(code))
-            pre = value[rows_of[phase[rows_of] == "pre"]]
-            post = value[rows_of[phase[rows_of] == "post"]]
+            pre = value[rows_of[is_pre[rows_of]]]
+            post = value[rows_of[is_post[rows_of]]]
             rows.append({
                 "measure": code, "patients": _distinct(patient[rows_of]),
                 "sessions": _distinct(session[rows_of]), "readings": len(rows_of),

@@ -43,12 +43,12 @@ def _identifiers(study: Any) -> list[str]:
                         (study.sessions, ["patient_id", "session_id"]),
                         (study.measurements, ["session_id"])):
         for c in cols:
-            if c in frame.columns:
-                ids.extend(frame[c].dropna().astype(str).unique())
+            if c in frame.columns:  # distinct values first: millions of readings
+                ids.extend(str(v) for v in frame[c].dropna().unique())
     for f in getattr(study.report, "findings", []):
         if f.column in _ID_COLUMNS and f.value is not None:
             ids.append(f.value)
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def _options(study: Any, *, site: str | None, period: str | None, min_cell: int, measure: str,
