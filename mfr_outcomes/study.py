@@ -429,7 +429,7 @@ def _join(visits: tuple[pd.DataFrame, list[str]], measurements: pd.DataFrame, me
 
 def _distinct(codes: np.ndarray) -> int:
     """Distinct factorised values, missing (-1) left out."""
-    return int(np.unique(codes[codes >= 0]).size)
+    return int(np.count_nonzero(np.bincount(codes[codes >= 0]))) if len(codes) else 0
 
 
 #: Time scales of the course of care: column of the analysis frame -> unit in words.

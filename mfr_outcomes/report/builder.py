@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mfr_outcomes.measures import get_measure
 from mfr_outcomes.report.blocks import ReportResult, Section
@@ -44,7 +45,7 @@ def _identifiers(study: Any) -> list[str]:
                         (study.measurements, ["session_id"])):
         for c in cols:
             if c in frame.columns:  # distinct values first: millions of readings
-                ids.extend(str(v) for v in frame[c].dropna().unique())
+                ids.extend(pd.Index(frame[c].dropna().unique()).astype(str).tolist())
     for f in getattr(study.report, "findings", []):
         if f.column in _ID_COLUMNS and f.value is not None:
             ids.append(f.value)
