@@ -184,6 +184,13 @@ class Study:
         MeasureNotFoundError
             (a KeyError and ValueError) when the measure is not in the study.
 
+        Notes
+        -----
+        Each frame is built once per study, measure and side and then kept: a report asks for
+        the same frame many times. Assigning a table (``study.measurements = ...``) or the
+        covariates, or editing a table in place, makes the next call build it afresh. The frame
+        returned is the caller's own (editing it never changes what the study keeps).
+
         Examples
         --------
         >>> import mfr_outcomes as mfr
