@@ -76,7 +76,7 @@ def _main_technique(sessions: pd.DataFrame) -> pd.Series:
 
 def _patient_readings(frame: pd.DataFrame, measure: str, notes: list[str]) -> pd.DataFrame:
     """One reading per session and phase: the affected side of per-side measures."""
-    sides = set(frame["side"].astype(str))
+    sides = {str(v) for v in frame["side"].unique()}
     if not (sides & {"left", "right"}):
         return frame
     sub = frame[affected_side_rows(frame)]
@@ -164,27 +164,25 @@ def responders(study: Any, measure: str, *, baseline: str = "first_pre",
     patients = study.patients.set_index("patient_id")
     main_tech = _main_technique(study.sessions)
     visits = frame.groupby("patient_id", observed=True)["session_id"].nunique()
-    rows, excluded = [], []
-    all_ids = sorted(set(frame["patient_id"]))
-    for pid in all_ids:
-        if pid not in base.index:
-            excluded.append((pid, "no pre-treatment reading"))
-            continue
-        if pid not in end.index:
-            excluded.append((pid, f"no {last.replace('_', ' ')} reading"))
-            continue
-        b, e = base.loc[pid], end.loc[pid]
-        same = (e["session_number"] == b["session_number"]) and last != "last_post"
-        if same:
-            excluded.append((pid, "only one visit with a reading, so no change"))
-            continue
-        rows.append({"patient_id": pid,
-                     "site_id": patients["site_id"].get(pid, b.get("site_id")),
-                     "technique": main_tech.get(pid, "none"),
-                     "n_visits": int(visits.get(pid, 0)),
-                     "baseline": float(b["value"]), "last": float(e["value"])})
-    out = pd.DataFrame(rows, columns=["patient_id", "site_id", "technique", "n_visits",
-                                      "baseline", "last"])
+    ids = pd.Index(sorted(frame["patient_id"].unique()))
+    has_base, has_end = base.index.get_indexer(ids) >= 0, end.index.get_indexer(ids) >= 0
+    same = (end["session_number"].reindex(ids).to_numpy()
+            == base["session_number"].reindex(ids).to_numpy()) & (last != "last_post")
+    reason = np.select([~has_base, ~has_end, same],
+                       ["no pre-treatment reading", f"no {last.replace('_', ' ')} reading",
+                        "only one visit with a reading, so no change"], "")
+    excluded = list(zip(ids[reason != ""], reason[reason != ""].tolist(), strict=True))
+    kept = ids[reason == ""]
+    b, e = base.reindex(kept), end.reindex(kept)
+    known = patients.index.get_indexer(kept) >= 0
+    site = np.where(known, patients["site_id"].reindex(kept).to_numpy(dtype=object),
+                    b["site_id"].to_numpy(dtype=object)) if len(kept) else []
+    rows = zip(kept.tolist(), list(site), main_tech.reindex(kept).fillna("none").tolist(),
+               visits.reindex(kept).fillna(0).astype("int64").tolist(),
+               b["value"].astype("float64").tolist(), e["value"].astype("float64").tolist(),
+               strict=True)
+    out = pd.DataFrame(list(rows), columns=["patient_id", "site_id", "technique", "n_visits",
+                                            "baseline", "last"])
     # the study's own vocabulary (a clinic profile may add techniques); arms when recorded
     tech_dtype = study.sessions["technique"].dtype
     out["technique"] = pd.Categorical(out["technique"], categories=list(

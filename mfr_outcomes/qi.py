@@ -399,23 +399,7 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     sess = sess.sort_values(keys + ["patient_id", "session_number", "session_date"],
                             kind="stable")
     has_threshold = m.threshold_points is not None or m.mcid_percent is not None
-    pat_rows = []
-    for pid, g in sess.groupby("patient_id", sort=False):
-        pre = g[g["pre"].notna()]
-        completed = (len(pre) >= 2
-                     and pre["session_number"].iloc[-1] != pre["session_number"].iloc[0])
-        if completed and has_threshold:  # the responder denominator: baselines that can change
-            completed = bool(can_show_important_change(measure, pre["pre"].iloc[0]))
-        row = {"patient_id": pid, "period": pre["period"].iloc[-1] if len(pre) else pd.NaT,
-               "completed": bool(completed), "responder": np.nan}
-        if by:
-            row[by] = pre[by].iloc[-1] if len(pre) else g[by].iloc[-1]
-        if has_threshold and completed:
-            row["responder"] = bool(important_change_mask(measure, pre["pre"].iloc[0],
-                                                          pre["pre"].iloc[-1]))
-        pat_rows.append(row)
-    pats = pd.DataFrame(pat_rows, columns=["patient_id", "period", "completed", "responder"]
-                        + ([by] if by else []))
+    pats = _completed_patients(sess, measure, by, has_threshold)
 
     groups = sess.groupby(keys + ["period"], observed=True, sort=True)
     out = groups.agg(n_patients=("patient_id", "nunique"), n_sessions=("session_id", "nunique"),
@@ -423,11 +407,10 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
                      n_paired=("change", "count"), mean_change=("change", "mean"))
     out["mean_improvement"] = [m.improvement(c) if pd.notna(c) else np.nan
                                for c in out["mean_change"]]
-    done = pats[pats["completed"]]
-    pg = done.groupby(keys + ["period"], observed=True)
+    pg = pats.groupby(keys + ["period"], observed=True)
     out["n_completed"] = pg.size().reindex(out.index).fillna(0).astype("int64")
     if has_threshold:
-        resp = pg["responder"].apply(lambda s: int(np.nansum(s.astype(float))))
+        resp = pg["responder"].sum()
         out["n_responders"] = resp.reindex(out.index).fillna(0).astype("Int64")
     else:
         out["n_responders"] = pd.array([pd.NA] * len(out), dtype="Int64")
@@ -457,6 +440,39 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
                                    "mean_pre", "n_paired", "mean_change", "mean_improvement",
                                    "n_completed", "n_responders", "responder_rate"]
     return out[cols].reset_index(drop=True)
+
+
+def _completed_patients(sess: pd.DataFrame, measure: str, by: str | None,
+                        has_threshold: bool) -> pd.DataFrame:
+    """Patients who finished care, as ``effects.responders(last="last_pre")`` counts them.
+
+    *sess* has one row a session (sorted by the *by* column, patient and visit) with its
+    ``pre`` reading. A patient finished care when two visits have a pre reading; baseline is
+    the first, last the latest, and the patient counts in the period (and *by* group) of that
+    latest visit. With a threshold, a baseline that leaves no room for an important change does
+    not count, and ``responder`` says whether the change was important.
+
+    Returns
+    -------
+    DataFrame
+        One row a patient who finished care: patient_id, period, responder (bool; False when
+        the measure has no threshold), then the *by* column.
+    """
+    pre = sess[sess["pre"].notna()]
+    cols = ["period", "session_number", "pre"] + ([by] if by else [])
+    g = pre.groupby("patient_id", sort=False, observed=True)[cols]
+    first, last = g.first(skipna=False), g.last(skipna=False)
+    done = (g.size() >= 2) & (last["session_number"] != first["session_number"])
+    responder = np.zeros(len(first), dtype=bool)
+    if has_threshold:  # the responder denominator: baselines that can change
+        done &= can_show_important_change(measure, first["pre"].to_numpy())
+        responder = important_change_mask(measure, first["pre"].to_numpy(),
+                                          last["pre"].to_numpy())
+    out = pd.DataFrame({"patient_id": last.index, "period": last["period"].array,
+                        "responder": responder})
+    if by:
+        out[by] = last[by].array
+    return out[done.to_numpy()].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def affected_side_rows(frame: pd.DataFrame) -> pd.Series:
     if "side" not in frame.columns or "affected_side" not in frame.columns:
         return pd.Series(True, index=frame.index)
     side = frame["side"].astype(str)
-    if not set(side) & {"left", "right"}:
+    if not set(side.unique()) & {"left", "right"}:
         return pd.Series(True, index=frame.index)
     aff = frame["affected_side"].astype(str)
     return (aff == side) | ~aff.isin(["left", "right"])

@@ -48,6 +48,53 @@ class MeasureNotFoundError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
+class _Cache:
+    """Values derived from a study's tables, each kept with a token of the tables it came from.
+
+    A value is used again only while its tables hold the same memory: under pandas' copy-on-write
+    an edit in place (``.loc[...] = ...``, ``fillna(inplace=True)``) of a table that a snapshot
+    still references writes to fresh memory, so the token changes and the value is rebuilt.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple, tuple[tuple, list[pd.DataFrame], Any]] = {}
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def get(self, key: tuple, tables: Sequence[pd.DataFrame], build: Any) -> Any:
+        tokens = tuple(_token(t) for t in tables)
+        hit = self._values.get(key)
+        if hit is not None and hit[0] == tokens and None not in tokens:
+            return hit[2]
+        value = build()
+        # shallow snapshots hold references, so that pandas copies before writing in place
+        self._values[key] = (tokens, [t.copy(deep=False) for t in tables], value)
+        return value
+
+
+def _token(frame: pd.DataFrame) -> tuple | None:
+    """Where a table's columns live in memory (None when it cannot be told: never cached)."""
+    try:
+        blocks = frame._mgr.blocks  # the block manager: no public way to see memory identity
+        parts = tuple((tuple(b.mgr_locs.as_array.tolist()), _memory(b.values)) for b in blocks)
+    except Exception:  # another pandas, or a column kind not known here: no cache
+        return None
+    return (id(frame), tuple(map(str, frame.columns)), id(frame.index), len(frame), parts)
+
+
+def _memory(values: Any) -> tuple:
+    if isinstance(values, np.ndarray):
+        return ("np", values.__array_interface__["data"][0], values.shape, values.strides)
+    if hasattr(values, "_pa_array"):  # Arrow-backed: immutable, replaced on every edit
+        return ("pa", id(values._pa_array))
+    if hasattr(values, "_data") and hasattr(values, "_mask"):  # nullable Int64, boolean
+        return (_memory(values._data), _memory(values._mask))
+    if hasattr(values, "_ndarray"):  # Categorical codes, datetimes
+        return (_memory(values._ndarray), id(values.dtype))
+    raise TypeError(f"no memory token for {type(values).__name__}")
+
+
 class Study:
     """A validated study: three typed tables plus the report of how they were loaded.
 
@@ -69,6 +116,7 @@ class Study:
                  measurements: pd.DataFrame, report: ValidationReport | None = None,
                  source: str = "<frames>", *, covariates: Sequence[str] = (),
                  profile: Any = None) -> None:
+        self._cache = _Cache()
         self.patients = patients
         self.sessions = sessions
         self.measurements = measurements
@@ -77,14 +125,44 @@ class Study:
         self.covariates = tuple(covariates)
         self.profile = profile
 
+    # Analysis frames are built once per study and measure (a report asks for the same frame
+    # many times). Assigning a table or the covariates clears them; so does an edit of a table
+    # in place, which _Cache detects.
+    patients = property(lambda self: self._patients,
+                        lambda self, v: self._set("_patients", v),
+                        doc="Validated patients table.")
+    sessions = property(lambda self: self._sessions,
+                        lambda self, v: self._set("_sessions", v),
+                        doc="Validated sessions table.")
+    measurements = property(lambda self: self._measurements,
+                            lambda self, v: self._set("_measurements", v),
+                            doc="Validated measurements table.")
+    covariates = property(lambda self: self._covariates,
+                          lambda self, v: self._set("_covariates", tuple(v)),
+                          doc="Covariate columns that :meth:`frame` carries.")
+
+    def _set(self, name: str, value: Any) -> None:
+        self.__dict__[name] = value
+        self._cache.clear()
+
+    def __getstate__(self) -> dict[str, Any]:  # a pickled study carries no cached frames
+        state = dict(self.__dict__)
+        state["_cache"] = _Cache()
+        return state
+
     @property
     def measures(self) -> list[str]:
         """Codes of the measures present, in registry order (then any others)."""
         from mfr_outcomes.measures import measure_codes
 
-        present = {str(m) for m in self.measurements["measure"].dropna().unique()}
+        present = set(self._present())
         ordered = [c for c in measure_codes() if c in present]
         return ordered + sorted(present - set(ordered))
+
+    def _present(self) -> list[str]:
+        """Measure codes with a reading, sorted (cached)."""
+        return self._cache.get(("present",), (self._measurements,),
+                               lambda: _present_measures(self._measurements))
 
     def frame(self, measure: str, *, side: str | None = None) -> pd.DataFrame:
         """Analysis-ready long frame of one measure, one row a reading.
@@ -106,6 +184,13 @@ class Study:
         MeasureNotFoundError
             (a KeyError and ValueError) when the measure is not in the study.
 
+        Notes
+        -----
+        Each frame is built once per study, measure and side and then kept: a report asks for
+        the same frame many times. Assigning a table (``study.measurements = ...``) or the
+        covariates, or editing a table in place, makes the next call build it afresh. The frame
+        returned is the caller's own (editing it never changes what the study keeps).
+
         Examples
         --------
         >>> import mfr_outcomes as mfr
@@ -120,8 +205,17 @@ class Study:
         ...
         mfr_outcomes.study.MeasureNotFoundError: measure 'vas' is not in this study; measures present: hip_flexion_deg, hip_ir_deg, leg_pain_nrs, odi, pain_nrs, paresthesia, ppt_kgcm2, slr_deg
         """
-        return analysis_frame(self.patients, self.sessions, self.measurements, measure, side=side,
-                              covariates=self.covariates)
+        tables = (self._patients, self._sessions, self._measurements)
+        present = self._present()
+
+        def build() -> pd.DataFrame:
+            visits = self._cache.get(("visits", self._covariates), tables[:2],
+                                     lambda: _visit_part(*tables[:2], self._covariates))
+            return _join(visits, self._measurements, measure, side, present)
+
+        # a shallow copy: under pandas' copy-on-write a caller's edit never reaches the cache
+        return self._cache.get(("frame", measure, side, self._covariates), tables,
+                               build).copy(deep=False)
 
     def summary(self) -> pd.DataFrame:
         """Counts and per-measure pre/post means.
@@ -132,18 +226,28 @@ class Study:
             One row a measure: measure, patients, sessions, readings, pre_n, pre_mean, post_n,
             post_mean.
         """
-        m = self.measurements.merge(self.sessions[["session_id", "patient_id"]], on="session_id",
-                                    how="left")
+        m = self._measurements
+        sessions = self._sessions.drop_duplicates("session_id")
+        at = pd.Index(sessions["session_id"]).get_indexer(m["session_id"])
+        patient = pd.factorize(sessions["patient_id"])[0]
+        patient = np.where(at >= 0, patient[np.maximum(at, 0)] if len(patient) else -1, -1)
+        session = pd.factorize(m["session_id"])[0]
+        measure, codes = pd.factorize(m["measure"])
+        codes = pd.Index(codes).astype(str)
+        is_pre = (m["phase"] == "pre").to_numpy(dtype=bool, na_value=False)
+        is_post = (m["phase"] == "post").to_numpy(dtype=bool, na_value=False)
+        value = m["value"].to_numpy(dtype="float64")
         rows = []
         for code in self.measures:
-            sub = m[m["measure"] == code]
-            pre = sub.loc[sub["phase"] == "pre", "value"]
-            post = sub.loc[sub["phase"] == "post", "value"]
+            rows_of = np.flatnonzero(measure == codes.get_loc(code))
+            pre = value[rows_of[is_pre[rows_of]]]
+            post = value[rows_of[is_post[rows_of]]]
             rows.append({
-                "measure": code, "patients": sub["patient_id"].nunique(),
-                "sessions": sub["session_id"].nunique(), "readings": len(sub),
-                "pre_n": len(pre), "pre_mean": pre.mean() if len(pre) else np.nan,
-                "post_n": len(post), "post_mean": post.mean() if len(post) else np.nan,
+                "measure": code, "patients": _distinct(patient[rows_of]),
+                "sessions": _distinct(session[rows_of]), "readings": len(rows_of),
+                # Series.mean, as for one measure alone: the same sum to the last digit
+                "pre_n": len(pre), "pre_mean": pd.Series(pre).mean() if len(pre) else np.nan,
+                "post_n": len(post), "post_mean": pd.Series(post).mean() if len(post) else np.nan,
             })
         return pd.DataFrame(rows, columns=["measure", "patients", "sessions", "readings", "pre_n",
                                            "pre_mean", "post_n", "post_mean"])
@@ -260,20 +364,19 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
     MeasureNotFoundError
         When no reading of *measure* (on *side*) is present.
     """
-    present = sorted({str(m) for m in measurements["measure"].dropna().unique()})
-    if measure not in present:
-        raise MeasureNotFoundError(
-            f"measure {measure!r} is not in this study; measures present: "
-            f"{', '.join(present) if present else 'none'}")
-    m = measurements[measurements["measure"] == measure]
-    if side is not None:
-        m = m[m["side"] == side]
-        if m.empty:
-            sides = sorted(set(measurements.loc[measurements["measure"] == measure, "side"]
-                               .dropna().astype(str)))
-            raise MeasureNotFoundError(
-                f"measure {measure!r} has no readings on side {side!r}; sides present: "
-                f"{', '.join(sides)}")
+    visits = _visit_part(patients, sessions, covariates)
+    return _join(visits, measurements, measure, side, _present_measures(measurements))
+
+
+def _present_measures(measurements: pd.DataFrame) -> list[str]:
+    return sorted({str(m) for m in measurements["measure"].dropna().unique()})
+
+
+def _visit_part(patients: pd.DataFrame, sessions: pd.DataFrame,
+                covariates: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Sessions joined to their patients, with the time scales (one row a session), and the
+    optional columns carried; the part of an analysis frame that does not depend on the
+    measure."""
     s = sessions.copy()
     s["session_date"] = pd.to_datetime(s["session_date"])
     first = s.groupby("patient_id", observed=True)["session_date"].transform("min")
@@ -298,8 +401,27 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
     p = patients[[c for c in p_cols if c in patients.columns]
                  + [c for c in extra if c in patients.columns and c not in p_cols
                     and c not in s.columns]]
-    out = m[["session_id", "phase", "side", "value"]].merge(s, on="session_id", how="inner")
-    out = out.merge(p, on="patient_id", how="left")
+    return s.merge(p, on="patient_id", how="left"), extra
+
+
+def _join(visits: tuple[pd.DataFrame, list[str]], measurements: pd.DataFrame, measure: str,
+          side: str | None, present: list[str]) -> pd.DataFrame:
+    """The readings of one measure (and side) joined to their visits: an analysis frame."""
+    sp, extra = visits
+    if measure not in present:
+        raise MeasureNotFoundError(
+            f"measure {measure!r} is not in this study; measures present: "
+            f"{', '.join(present) if present else 'none'}")
+    m = measurements[measurements["measure"] == measure]
+    if side is not None:
+        m = m[m["side"] == side]
+        if m.empty:
+            sides = sorted(set(measurements.loc[measurements["measure"] == measure, "side"]
+                               .dropna().astype(str)))
+            raise MeasureNotFoundError(
+                f"measure {measure!r} has no readings on side {side!r}; sides present: "
+                f"{', '.join(sides)}")
+    out = m[["session_id", "phase", "side", "value"]].merge(sp, on="session_id", how="inner")
     out["post"] = (out["phase"].astype(str) == "post").astype("int64")
     for col in ANALYSIS_COLUMNS:
         if col not in out.columns:
@@ -310,6 +432,11 @@ def analysis_frame(patients: pd.DataFrame, sessions: pd.DataFrame, measurements:
            .sort_values(["patient_id", "session_number", "_side", "_phase"], kind="stable")
            .drop(columns=["_phase", "_side"]))
     return out[list(ANALYSIS_COLUMNS) + list(dict.fromkeys(extra))].reset_index(drop=True)
+
+
+def _distinct(codes: np.ndarray) -> int:
+    """Distinct factorised values, missing (-1) left out."""
+    return int(np.count_nonzero(np.bincount(codes[codes >= 0]))) if len(codes) else 0
 
 
 #: Time scales of the course of care: column of the analysis frame -> unit in words.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mfr_outcomes.measures import get_measure
 from mfr_outcomes.report.blocks import ReportResult, Section
@@ -44,12 +45,12 @@ def _identifiers(study: Any) -> list[str]:
                         (study.sessions, ["patient_id", "session_id"]),
                         (study.measurements, ["session_id"])):
         for c in cols:
-            if c in frame.columns:
-                ids.extend(frame[c].dropna().astype(str).unique())
+            if c in frame.columns:  # distinct values first: millions of readings
+                ids.extend(pd.Index(frame[c].dropna().unique()).astype(str).tolist())
     for f in getattr(study.report, "findings", []):
         if f.column in _ID_COLUMNS and f.value is not None:
             ids.append(f.value)
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def _options(study: Any, *, site: str | None, period: str | None, min_cell: int, measure: str,

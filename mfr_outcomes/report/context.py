@@ -98,6 +98,7 @@ class ReportContext:
         self.charts: list[dict[str, Any]] = []
         self.tables: dict[str, Table] = {}
         self._frames: dict[str, pd.DataFrame] = {}
+        self._responders: pd.DataFrame | None = None
         self._seen: set[str] = set()
 
     # -- scope
@@ -127,6 +128,18 @@ class ReportContext:
         if code not in self._frames:
             self._frames[code] = self.scoped.frame(code)
         return self._frames[code]
+
+    def responders(self) -> pd.DataFrame:
+        """``effects.responders(scoped, measure)``, computed once (callers must not modify it);
+        its cautions are not raised again here (the report states its counts)."""
+        if self._responders is None:
+            from mfr_outcomes import effects
+            from mfr_outcomes.warnings_ import DataWarning
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DataWarning)
+                self._responders = effects.responders(self.scoped, self.measure)
+        return self._responders
 
     @cached_property
     def treatment_sessions(self) -> pd.DataFrame:

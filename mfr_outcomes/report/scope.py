@@ -49,9 +49,10 @@ def month_label(text: str, what: str) -> str:
 
 def _study(study: Any, patients: pd.DataFrame, sessions: pd.DataFrame) -> Any:
     from mfr_outcomes.study import Study
+    from mfr_outcomes.table_rules import isin_text
 
-    measurements = study.measurements[study.measurements["session_id"].isin(
-        sessions["session_id"])]
+    measurements = study.measurements[isin_text(study.measurements["session_id"],
+                                                sessions["session_id"])]
     return Study(patients.reset_index(drop=True), sessions.reset_index(drop=True),
                  measurements.reset_index(drop=True), study.report, study.source)
 

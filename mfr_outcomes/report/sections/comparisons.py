@@ -6,8 +6,6 @@ Therapists appear as stable pseudonyms unless the report is built with ``name_th
 """
 from __future__ import annotations
 
-import warnings
-
 import pandas as pd
 
 from mfr_outcomes.report.blocks import Section, Table
@@ -61,15 +59,12 @@ def _unit_of(ctx: ReportContext, col: str) -> pd.Series:
 
 
 def _responder_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> None:
-    from mfr_outcomes import effects, funnel
-    from mfr_outcomes.warnings_ import DataWarning
+    from mfr_outcomes import funnel
 
     m = ctx.m
     if m.binary or (m.threshold_points is None and m.mcid_percent is None):
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        resp = effects.responders(ctx.scoped, ctx.measure)
+    resp = ctx.responders()
     resp = resp[resp["responder"].notna()]
     unit = resp["patient_id"].map(_unit_of(ctx, col)).map(_names(ctx, col))
     g = resp.assign(unit=unit).groupby("unit")

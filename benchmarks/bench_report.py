@@ -1,0 +1,107 @@
+"""Speed and memory of the QI report at registry scale.
+
+For each size the simulator writes a study of about that many readings as CSV; in a fresh
+process the study is loaded with ``load_study`` and the report is written with
+``build_report`` (all sites, all periods, the default measure). The table gives readings, the
+seconds of the load and of the report (wall clock and the process's CPU time, best of --reps),
+and the peak memory added (RSS high-water mark minus RSS after imports).
+
+``--compare DIR`` runs the same in the same session with the ``mfr_outcomes`` package found in
+DIR (for example an export of an older commit: ``git archive REV mfr_outcomes | tar -x -C DIR``),
+so the two columns share the machine's load: only their ratio means something on a shared
+machine.
+
+    python benchmarks/bench_report.py --readings 200000 1000000 2000000 --out benchmarks/results
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+#: Readings a simulated patient has on average with the simulator's defaults (all measures).
+READINGS_PER_PATIENT = 131
+
+_RUN = textwrap.dedent("""
+    import json, resource, sys, time, warnings
+    warnings.simplefilter("ignore")
+    import matplotlib
+    matplotlib.use("Agg")
+    import mfr_outcomes as mfr
+    from mfr_outcomes.report import build_report
+    import mfr_outcomes.plots  # imported before the baseline, as any report needs it
+    src, out, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    def rss():
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+    base = rss()
+    res = {"load": [], "report": [], "report_cpu": []}
+    for r in range(reps):
+        t = time.perf_counter(); study = mfr.load_study(src)
+        res["load"].append(time.perf_counter() - t)
+        t, c = time.perf_counter(), time.process_time()
+        build_report(study, f"{out}/{r}")
+        res["report"].append(time.perf_counter() - t)
+        res["report_cpu"].append(time.process_time() - c)
+        rows = len(study.measurements); del study
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({k: min(v) for k, v in res.items()} | {"peak_mb": peak - base,
+                                                             "rows": rows}))
+""")
+
+
+def _write(readings: int, folder: Path, seed: int) -> int:
+    from mfr_outcomes.synthetic import generate_frames
+
+    frames, _ = generate_frames(n_patients=max(10, round(readings / READINGS_PER_PATIENT)),
+                                seed=seed)
+    folder.mkdir(parents=True)
+    for name, frame in frames.items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+    return len(frames["measurements"])
+
+
+def _run(src: Path, out: Path, reps: int, package: str | None) -> dict:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0")
+    if package:
+        env["PYTHONPATH"] = os.pathsep.join([package, env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", _RUN, str(src), str(out), str(reps)],
+                         capture_output=True, text=True, check=True, env=env,
+                         cwd=src.parent)  # not the checkout: it would shadow PYTHONPATH
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--readings", type=int, nargs="+", default=[200_000, 1_000_000, 2_000_000])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--compare", help="folder holding another mfr_outcomes package")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args(argv)
+    rows = []
+    for n in args.readings:
+        with tempfile.TemporaryDirectory() as tmp:
+            got = _write(n, Path(tmp) / "study", args.seed)
+            for label, package in (("this", None), ("compare", args.compare)):
+                if label == "compare" and not package:
+                    continue
+                r = _run(Path(tmp) / "study", Path(tmp) / f"out-{label}", args.reps, package)
+                r.update(code=label, target=n, readings=got)
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_report.json").write_text(json.dumps(rows, indent=1))
+    print("\n| readings | code | load s | report s | report CPU s | peak MB |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['readings']:,} | {r['code']} | {r['load']:.1f} | {r['report']:.1f} | "
+              f"{r['report_cpu']:.1f} | {r['peak_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
