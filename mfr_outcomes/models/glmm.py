@@ -132,28 +132,40 @@ class _Objective:
 
     @property
     def analytic(self) -> bool:
-        """The exact Laplace gradient is available (one scalar random effect, nagq = 1)."""
-        return self.nagq == 1 and getattr(self.backend, "q", 0) == 1 and \
-            hasattr(self.backend, "laplace_gradient")
+        """The exact Laplace gradient is available (nagq = 1, a factor whose inverse is formed)."""
+        return self.nagq == 1 and self.backend.has_gradient
 
     def grad(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
         m = self.modes(x)
         return self.backend.laplace_gradient(x[:self.ntheta], m)
 
-    def derivs(self, x: np.ndarray, fx: float, delta: float) -> tuple[np.ndarray, np.ndarray]:
-        """(gradient, Hessian): analytic gradient and central differences of it when
-        available, else glmer's deriv12 on the deviance."""
+    def derivs(self, x: np.ndarray, fx: float, delta: float, full: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(gradient, Hessian): analytic gradient and forward differences of it when
+        available, else glmer's deriv12 on the deviance.
+
+        With ``full=False`` (analytic only) the differences are taken in θ alone and the β
+        block is 2 R_X'R_X (the curvature of the penalised deviance given θ, exact for
+        canonical links up to log|M|'s): a Newton step for ntheta + 1 gradients instead of
+        ntheta + p + 1. The Hessian returned with the estimates is always the full one.
+        """
         if not self.analytic:
             return deriv12(self.full, x, delta, fx)
         g = self.grad(x)
+        m = self.modes(x)
+        nt = self.ntheta
         H = np.zeros((x.size, x.size))
         h = 1e-6  # forward differences of the exact gradient: error O(h) relative
-        for j in range(x.size):
+        for j in range(x.size if full else nt):
             xa = x.copy()
             xa[j] += h
             H[:, j] = (self.grad(xa) - g) / h
-        self.modes(x)  # leave the warm start at x
+        if not full:
+            H[nt:, nt:] = 2.0 * self.backend.schur(x[:nt], m)
+            H[:nt, nt:] = H[nt:, :nt].T
+        self.u = m.u  # leave the warm start at x
+        self._last = (x.copy(), m)
         return g, 0.5 * (H + H.T)
 
     def gradient(self, x: np.ndarray, delta: float) -> np.ndarray:
@@ -179,7 +191,8 @@ def _glm_start(data: GlmmData, maxit: int = 50) -> np.ndarray:
     return beta
 
 
-def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta: float = 1e-6):
+def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta: float = 1e-6,
+                      ftol: float = 1e-15, gtol: float = 1e-8):
     """L-BFGS-B with central-difference gradients (one-sided at a bound)."""
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
 
@@ -198,12 +211,14 @@ def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta:
         return fx, g
 
     res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-8})
+                            options={"maxiter": maxiter, "ftol": ftol, "gtol": gtol})
     return res
 
 
 def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int,
-            xatol: float = 1e-9, upper: float = 50.0):
+            xatol: float = 1e-9, upper: float = 50.0, ftol: float = 1e-15):
+    """glmer's nAGQ = 0 stage: θ optimised with β inside PIRLS. As the start of the full stage
+    (``xatol``, ``ftol`` loose) it only has to land near the optimum, whose basin it finds."""
     if theta0.size == 1:  # scalar θ: a bracketed 1-D search is cheaper and as tight
         res = optimize.minimize_scalar(lambda t: obj.stage1(np.array([t])), bounds=(0.0, upper),
                                        method="bounded", options={"xatol": xatol,
@@ -214,11 +229,11 @@ def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int
             theta, fval = np.zeros(1), f0
         obj.stage1(theta)
         return theta, fval
-    res = _minimize_bounded(obj.stage1, theta0, lower, maxiter)
+    res = _minimize_bounded(obj.stage1, theta0, lower, maxiter, ftol=ftol)
     theta, fval = res.x, float(res.fun)
     trial, ft = probe_inside_bounds(obj.stage1, theta, fval, lower)
     if trial is not None:
-        res = _minimize_bounded(obj.stage1, trial, lower, maxiter)
+        res = _minimize_bounded(obj.stage1, trial, lower, maxiter, ftol=ftol)
         theta, fval = res.x, float(res.fun)
     obj.stage1(theta)  # leave the warm start at the optimum
     return theta, fval
@@ -262,29 +277,38 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
     messages: list[str] = []
     delta = opts["delta"]
     if obj.analytic:
-        g, H = obj.derivs(x, f, delta)
-        fresh = True
+        g, H = obj.derivs(x, f, delta, full=False)
+        fresh = False
     else:
         g, H = obj.gradient(x, delta), _start_hessian(obj, x, f, delta)
         fresh = False
     for _ in range(int(opts["max_newton"])):
         active = (lower == 0.0) & (x <= 0.0) & (g >= 0.0)
         free = ~active
+        step = np.zeros_like(x)
+        Hf = H[np.ix_(free, free)]
         try:
-            L = np.linalg.cholesky(H[np.ix_(free, free)])
+            L = np.linalg.cholesky(Hf)
+            step[free] = -np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
+            pd = True
         except np.linalg.LinAlgError:
-            if not fresh:
+            if not fresh and not obj.analytic:
                 g, H = obj.derivs(x, f, delta)
                 fresh = True
                 continue
-            messages.append("the Hessian is not positive definite along the Newton path")
-            return x, f, g, H, False, messages
-        step = np.zeros_like(x)
-        step[free] = -np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
+            # far from the optimum (e.g. from the start): a modified Newton step, the
+            # Hessian's eigenvalues replaced by their absolute values
+            ev, V = np.linalg.eigh(Hf)
+            ev = np.maximum(np.abs(ev), 1e-8 * max(float(np.max(np.abs(ev))), 1.0))
+            step[free] = -V @ ((V.T @ g[free]) / ev)
+            pd = False
         decrement = float(-g @ step)
         if decrement < opts["newton_tol"]:
-            if fresh:
+            if fresh and pd:
                 return x, f, g, H, True, messages
+            if fresh:
+                messages.append("the Hessian is not positive definite at the optimum found")
+                return x, f, g, H, False, messages
             g, H = obj.derivs(x, f, delta)
             fresh = True
             continue
@@ -302,10 +326,10 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
                 continue
             messages.append("the Newton line search made no progress")
             return x, f, g, H, False, messages
-        if obj.analytic and decrement > 1e-2:  # far away: a fresh Hessian pays for itself
+        if obj.analytic and decrement > 1e-2:  # far away: a new θ curvature pays for itself
             x, f = x_try, f_try
-            g, H = obj.derivs(x, f, delta)
-            fresh = True
+            g, H = obj.derivs(x, f, delta, full=False)
+            fresh = False
             continue
         g_new = obj.gradient(x_try, delta)
         sx, yv = x_try - x, g_new - g
@@ -316,6 +340,22 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
         fresh = False
     messages.append(f"no convergence within {opts['max_newton']} Newton iterations")
     return x, f, g, H, False, messages
+
+
+def _newton_probed(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
+    """:func:`_newton`, restarted from just inside θ's bound when it stops at a diagonal θ = 0
+    and a lower deviance lies inside (a projected Newton step can land there and stay)."""
+    nt = obj.ntheta
+    out = _newton(obj, x, lower, opts)
+    for _ in range(nt):
+        x, f = out[0], out[1]
+        beta = x[nt:]
+        trial, _ft = probe_inside_bounds(lambda t, b=beta: obj.full(np.concatenate([t, b])),
+                                         x[:nt], f, lower[:nt])
+        if trial is None:
+            break
+        out = _newton(obj, np.concatenate([trial, x[nt:]]), lower, opts)
+    return out
 
 
 def fit_glmm(spec: ModelSpec, family: Family, *, nagq: int = 1, weights: np.ndarray | None = None,
@@ -375,8 +415,14 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     obj = _Objective(backend, data, nagq, ntheta)
     obj.beta0 = _glm_start(data)
     # the first stage only gives the start of the full one, unless it is the fit (nagq = 0)
-    theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
-                         xatol=1e-9 if nagq == 0 else 1e-2, upper=50.0 if nagq == 0 else 10.0)
+    if obj.analytic:
+        # with the exact gradient, Newton from lme4's start θ (and the joint modes of β there)
+        # is cheaper than the nAGQ = 0 stage; bound traps are probed after it (_newton_probed)
+        theta1 = theta_start(spec)
+        f1 = obj.stage1(theta1)
+    else:
+        theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
+                             xatol=1e-9 if nagq == 0 else 1e-2, upper=50.0 if nagq == 0 else 10.0)
     beta1 = obj.beta0.copy()
     stage1 = {"theta": theta1, "beta": beta1, "objective": f1, "evaluations": obj.calls}
     messages: list[str] = []
@@ -389,7 +435,7 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
                        "RX", None, None, stage1)
     x0 = np.concatenate([theta1, beta1])
     lower_x = np.concatenate([lower, np.full(spec.p, -np.inf)])
-    x, f, g, H, ok, msgs = _newton(obj, x0, lower_x, opts)
+    x, f, g, H, ok, msgs = _newton_probed(obj, x0, lower_x, opts)
     optimizer = ("Newton over (θ, β): exact Laplace gradient, Hessian by its central differences"
                  if obj.analytic else
                  "Newton over (θ, β): Hessian and gradient by central differences (deriv12)")

@@ -14,6 +14,7 @@ from mfr_outcomes.models.glmm_pirls import (
     GlmmData,
     Modes,
     irls_quantities,
+    laplace_derivs,
 )
 from mfr_outcomes.models.spec import ModelSpec, block_lambda
 
@@ -38,26 +39,45 @@ class _Factor:
             return sla.cho_solve(self.c, b, check_finite=False)
         return self.lu.solve(np.asarray(b))
 
+    def row_blocks(self, cols: np.ndarray) -> np.ndarray:
+        """(n, k, k): the entries of M⁻¹ at each row's columns (dense factors only)."""
+        inv = sla.cho_solve(self.c, np.eye(self.c[0].shape[0]), check_finite=False)
+        return inv[cols[:, :, None], cols[:, None, :]]
+
+
+class _ElimPlan:
+    """Index arrays of the eliminated factorisation, fixed by Z's pattern (built once)."""
+
+    def __init__(self, cols: np.ndarray, G1: int, n_re: int):
+        self.G1, self.Q2 = G1, n_re - G1
+        self.c1, self.c2 = cols[:, 0], cols[:, 1:] - G1
+        k2 = self.c2.shape[1]
+        self.k2 = k2
+        self.idx12 = (self.c1[:, None] * self.Q2 + self.c2).ravel()
+        self.idx22 = (np.repeat(self.c2, k2, axis=1) * self.Q2
+                      + np.tile(self.c2, (1, k2))).ravel()
+
 
 class _ElimFactor:
     """Λ'Z'WZΛ + I when the first (largest) factor has one scalar term: its block is diagonal,
     so it is eliminated and only the Schur complement of the other factors is factorised
     (for crossed designs such as respondents × items: a 24×24 matrix instead of 340×340)."""
 
-    def __init__(self, A: _RowSparse, W: np.ndarray, G1: int):
-        c1, v1 = A.cols[:, 0], A.vals[:, 0]
-        c2, v2 = A.cols[:, 1:] - G1, A.vals[:, 1:]
-        Q2 = A.n_re - G1
+    def __init__(self, A: _RowSparse, W: np.ndarray, plan: _ElimPlan):
+        G1, Q2, k2 = plan.G1, plan.Q2, plan.k2
+        v1, v2 = A.vals[:, 0], A.vals[:, 1:]
         Wv1 = W * v1
-        self.D = 1.0 + np.bincount(c1, weights=Wv1 * v1, minlength=G1)
-        k = c2.shape[1]
-        self.B = np.bincount((c1[:, None] * Q2 + c2).ravel(),
-                             weights=(Wv1[:, None] * v2).ravel(),
+        self.D = 1.0 + np.bincount(plan.c1, weights=Wv1 * v1, minlength=G1)
+        self.B = np.bincount(plan.idx12, weights=(Wv1[:, None] * v2).ravel(),
                              minlength=G1 * Q2).reshape(G1, Q2)
-        M22 = _RowSparse(c2, v2, Q2).gram_plus_identity(W, True) if k else np.eye(Q2)
+        Wv2 = W[:, None] * v2
+        M22 = np.bincount(plan.idx22, weights=(np.repeat(Wv2, k2, axis=1)
+                                               * np.tile(v2, (1, k2))).ravel(),
+                          minlength=Q2 * Q2).reshape(Q2, Q2)
+        M22[np.diag_indices(Q2)] += 1.0
         S = M22 - self.B.T @ (self.B / self.D[:, None])
         self.c = sla.cho_factor(S, lower=True, check_finite=False)
-        self.G1 = G1
+        self.G1, self.plan = G1, plan
         self.logdet = float(np.sum(np.log(self.D)) + 2.0 * np.sum(np.log(np.diag(self.c[0]))))
         self.dense = True
 
@@ -67,6 +87,23 @@ class _ElimFactor:
         D = self.D if b.ndim == 1 else self.D[:, None]
         y2 = sla.cho_solve(self.c, b2 - self.B.T @ (b1 / D), check_finite=False)
         return np.concatenate([(b1 - self.B @ y2) / D, y2])
+
+    def row_blocks(self, cols: np.ndarray) -> np.ndarray:
+        """(n, k, k): the entries of M⁻¹ at each row's columns, from the blocks of the inverse:
+        S⁻¹ (trailing), −D⁻¹B S⁻¹ (off-diagonal) and the diagonal of D⁻¹ + D⁻¹B S⁻¹ B'D⁻¹
+        (the eliminated factor has one column per row, so only that diagonal is needed)."""
+        pl = self.plan
+        Sinv = sla.cho_solve(self.c, np.eye(pl.Q2), check_finite=False)
+        DB = self.B / self.D[:, None]
+        M12 = -(DB @ Sinv)
+        diag11 = 1.0 / self.D - np.einsum("ij,ij->i", M12, DB)
+        P = np.empty((cols.shape[0], pl.k2 + 1, pl.k2 + 1))
+        P[:, 0, 0] = diag11[pl.c1]
+        off = M12[pl.c1[:, None], pl.c2]
+        P[:, 0, 1:] = off
+        P[:, 1:, 0] = off
+        P[:, 1:, 1:] = Sinv[pl.c2[:, :, None], pl.c2[:, None, :]]
+        return P
 
 
 class _RowSparse:
@@ -121,18 +158,24 @@ class GeneralPirls:
         rest = off - first.n_levels * first.q
         self._eliminate = (len(spec.blocks) > 1 and first.q == 1 and rest <= DENSE_MAX
                            and first.n_levels > rest)
+        if self._eliminate:
+            self._plan = _ElimPlan(self._cols, first.n_levels, off)
+        self._Zq = [(b.Z, b.q, b.n_theta) for b in spec.blocks]
 
     def _A(self, theta: np.ndarray) -> _RowSparse:
-        vals, k = [], 0
-        for b in self.blocks:
-            lam = block_lambda(theta[k:k + b.n_theta], b.q)
-            k += b.n_theta
-            vals.append(b.Z @ lam)
-        return _RowSparse(self._cols, np.column_stack(vals), self.n_re)
+        vals = np.empty(self._cols.shape)
+        j = k = 0
+        for Z, q, nt in self._Zq:
+            if q == 1:
+                np.multiply(Z[:, 0], theta[k], out=vals[:, j])
+            else:
+                vals[:, j:j + q] = Z @ block_lambda(theta[k:k + nt], q)
+            j, k = j + q, k + nt
+        return _RowSparse(self._cols, vals, self.n_re)
 
     def _factor(self, A: _RowSparse, W: np.ndarray):
         if self._eliminate:
-            return _ElimFactor(A, W, self.blocks[0].n_levels)
+            return _ElimFactor(A, W, self._plan)
         return _Factor(A.gram_plus_identity(W, self.dense), self.dense)
 
     def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
@@ -209,6 +252,44 @@ class GeneralPirls:
                 break
         fac = self._factor(A, W)
         return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its)
+
+    @property
+    def has_gradient(self) -> bool:
+        """The exact Laplace gradient needs entries of (Λ'Z'WZΛ + I)⁻¹: dense or eliminated."""
+        return self.dense or self._eliminate
+
+    def laplace_gradient(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """Exact gradient over (θ, β) of the Laplace deviance, any random structure.
+
+        F = Σd(η) + ‖û‖² + log|M|, M = A'WA + I, A = ZΛθ, η = o + Xβ + Aû. At the mode the
+        penalised deviance is stationary in u (envelope theorem), so dF/dx = ∂F/∂x|ᵤ −
+        sᵀH⁻¹ ∂g/∂x, with g = A'd′ + 2u the mode condition, H = A'diag(d″)A + 2I its Jacobian
+        and s = ∂log|M|/∂u = A'(W′∘h), h the leverages aᵢ'M⁻¹aᵢ. ∂log|M|/∂x|ᵤ is
+        tr(M⁻¹∂M/∂x): Σ W′h ∂η/∂x plus, for θ, 2 Σ Wᵢ aᵢ'M⁻¹(∂aᵢ/∂θ). The one-factor
+        backend's scalar gradient is the special case with one column per row.
+        """
+        d = self.data
+        A = self._A(theta)
+        d1, d2, W, W1 = laplace_derivs(d, modes.eta, modes.mu)
+        fac = self._factor(A, W)
+        cols, vals = A.cols, A.vals
+        Pv = np.einsum("ilm,im->il", fac.row_blocks(cols), vals)  # (M⁻¹aᵢ) at row i's columns
+        c = W1 * np.einsum("il,il->i", vals, Pv)
+        s = A.rmatvec(c)
+        kfac = fac if d.family.canonical else self._factor(A, 0.5 * d2)
+        v = 0.5 * kfac.solve(s)
+        Av = A.matvec(v)
+        grad_beta = d.X.T @ (d1 + c - d2 * Av)
+        u = modes.u
+        grad_theta = np.zeros(theta.size)
+        for k in range(theta.size):
+            e = np.zeros(theta.size)
+            e[k] = 1.0
+            Ak = self._A(e)  # ∂A/∂θₖ (A is linear in θ)
+            eta_k = Ak.matvec(u)
+            grad_theta[k] = (np.dot(d1 + c - d2 * Av, eta_k) - np.dot(d1, Ak.matvec(v))
+                             + 2.0 * np.sum(W * np.einsum("il,il->i", Pv, Ak.vals)))
+        return np.concatenate([grad_theta, grad_beta])
 
     def schur(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
         _, W, _ = irls_quantities(self.data, modes.eta)

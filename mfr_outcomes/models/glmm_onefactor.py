@@ -10,6 +10,7 @@ from mfr_outcomes.models.glmm_pirls import (
     GlmmData,
     Modes,
     irls_quantities,
+    laplace_derivs,
 )
 from mfr_outcomes.models.spec import ModelSpec, block_lambda
 
@@ -107,6 +108,11 @@ class OneFactorPirls:
         return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), float(np.log(M).sum()),
                      converged, its)
 
+    @property
+    def has_gradient(self) -> bool:
+        """The exact Laplace gradient is written for one scalar random effect."""
+        return self.q == 1
+
     def laplace_gradient(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
         """Exact gradient over (θ, β) of the Laplace deviance, one scalar random effect.
 
@@ -116,19 +122,10 @@ class OneFactorPirls:
         Hᵢ = Σ d″ a² + 2; W, d′, d″ and W′ from the family's link derivatives).
         """
         d, g, G = self.data, self.g, self.G
-        fam = d.family
         z = self.Z[:, 0]
         a = z * theta[0]
-        eta, mu, u = modes.eta, modes.mu, modes.u
-        me = fam.mu_eta(eta)
-        mee = fam.mu_eta_eta(eta, mu, me)
-        V = np.maximum(fam.variance(mu), 1e-300)
-        Vp = fam.variance_deriv(mu)
-        w, res = d.weights, d.y - mu
-        d1 = -2.0 * w * res * me / V
-        d2 = 2.0 * w * me ** 2 / V - 2.0 * w * res * (mee * V - me ** 2 * Vp) / V ** 2
-        W = w * me ** 2 / V
-        W1 = w * (2.0 * me * mee / V - me ** 3 * Vp / V ** 2)
+        u = modes.u
+        d1, d2, W, W1 = laplace_derivs(d, modes.eta, modes.mu)
         M = 1.0 + np.bincount(g, weights=W * a * a, minlength=G)
         H = 2.0 + np.bincount(g, weights=d2 * a * a, minlength=G)
         c = W1 * a * a / M[g]

@@ -22,8 +22,8 @@ import numpy as np
 
 from mfr_outcomes.models.families import Family
 
-__all__ = ["GlmmData", "Modes", "irls_quantities", "DENSE_MAX", "PIRLS_TOL", "PIRLS_MAXIT",
-           "MAX_HALVINGS"]
+__all__ = ["GlmmData", "Modes", "irls_quantities", "laplace_derivs", "DENSE_MAX", "PIRLS_TOL",
+           "PIRLS_MAXIT", "MAX_HALVINGS"]
 
 #: largest number of random effects factorised densely by the general backend.
 DENSE_MAX = 3000
@@ -90,3 +90,23 @@ def irls_quantities(data: GlmmData, eta: np.ndarray, mu: np.ndarray | None = Non
     W = data.weights * mu_eta ** 2 / np.maximum(var, 1e-300)
     r = (data.y - mu) / mu_eta
     return mu, W, r
+
+
+def laplace_derivs(data: GlmmData, eta: np.ndarray, mu: np.ndarray):
+    """What the exact Laplace gradient needs per row: d′ and d″ (first and second derivatives
+    in η of the deviance residual d), the IRLS weight W and its derivative W′ in η."""
+    fam = data.family
+    w = data.weights
+    if fam.canonical:  # μ_η = V(μ): d′ = −2w(y − μ), d″ = 2W, W′ = W V′(μ)
+        W = w * np.maximum(fam.variance(mu), np.finfo(float).eps)
+        return -2.0 * w * (data.y - mu), 2.0 * W, W, W * fam.variance_deriv(mu)
+    me = fam.mu_eta(eta)
+    mee = fam.mu_eta_eta(eta, mu, me)
+    V = np.maximum(fam.variance(mu), 1e-300)
+    Vp = fam.variance_deriv(mu)
+    res = data.y - mu
+    d1 = -2.0 * w * res * me / V
+    d2 = 2.0 * w * me ** 2 / V - 2.0 * w * res * (mee * V - me ** 2 * Vp) / V ** 2
+    W = w * me ** 2 / V
+    W1 = w * (2.0 * me * mee / V - me ** 3 * Vp / V ** 2)
+    return d1, d2, W, W1
