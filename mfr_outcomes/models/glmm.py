@@ -157,9 +157,14 @@ class _Objective:
         nt = self.ntheta
         H = np.zeros((x.size, x.size))
         h = 1e-6  # forward differences of the exact gradient: error O(h) relative
-        for j in range(x.size if full else nt):
+        cols = range(x.size if full else nt)
+        sens = getattr(self.backend, "mode_sensitivity", None)
+        dU = sens(x[:nt], m) if sens is not None else None
+        for j in cols:
             xa = x.copy()
             xa[j] += h
+            # PIRLS at xa starts from û(x) + h dû/dxⱼ, exact to O(h²)
+            self.u = m.u if dU is None else m.u + h * dU[:, j]
             H[:, j] = (self.grad(xa) - g) / h
         if not full:
             H[nt:, nt:] = 2.0 * self.backend.schur(x[:nt], m)
@@ -416,10 +421,11 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     obj.beta0 = _glm_start(data)
     # the first stage only gives the start of the full one, unless it is the fit (nagq = 0)
     if obj.analytic:
-        # with the exact gradient, Newton from lme4's start θ (and the joint modes of β there)
-        # is cheaper than the nAGQ = 0 stage; bound traps are probed after it (_newton_probed)
+        # with the exact gradient, Newton from lme4's start θ and the GLM's β is cheaper than
+        # the nAGQ = 0 stage (which costs more evaluations than the Newton path it shortens);
+        # bound traps are probed after it (_newton_probed)
         theta1 = theta_start(spec)
-        f1 = obj.stage1(theta1)
+        f1 = obj.full(np.concatenate([theta1, obj.beta0]))
     else:
         theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
                              xatol=1e-9 if nagq == 0 else 1e-2, upper=50.0 if nagq == 0 else 10.0)

@@ -15,6 +15,7 @@ from mfr_outcomes.models.glmm_pirls import (
     Modes,
     irls_quantities,
     laplace_derivs,
+    pirls,
 )
 from mfr_outcomes.models.spec import ModelSpec, block_lambda
 
@@ -181,34 +182,13 @@ class GeneralPirls:
     def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
         d = self.data
         A = self._A(theta)
-        fixed = d.offset + d.X @ beta
-        u = np.zeros(self.n_re) if u0 is None else u0.copy()
-        eta = fixed + A.matvec(u)
-        mu, W, r = irls_quantities(d, eta)
-        dr = d.dev_resid(mu)
-        pdev = float(dr.sum() + u @ u)
-        converged, its = False, 0
-        for it in range(1, PIRLS_MAXIT + 1):
-            its = it
-            fac = self._factor(A, W)
-            delta = fac.solve(A.rmatvec(W * (eta - fixed + r))) - u
-            t = 1.0
-            for _ in range(MAX_HALVINGS):
-                u_try = u + t * delta
-                eta_try = fixed + A.matvec(u_try)
-                mu_try = d.family.linkinv(eta_try)
-                dr_try = d.dev_resid(mu_try)
-                pdev_try = float(dr_try.sum() + u_try @ u_try)
-                if pdev_try <= pdev + 1e-10 * (1.0 + abs(pdev)):
-                    break
-                t *= 0.5
-            u, eta, pdev, dr = u_try, eta_try, pdev_try, dr_try
-            mu, W, r = irls_quantities(d, eta, mu_try)
-            if np.max(np.abs(t * delta), initial=0.0) < PIRLS_TOL and t == 1.0:
-                converged = True
-                break
+        u, eta, mu, W, dr, converged, its = pirls(
+            d, d.offset + d.X @ beta, np.zeros(self.n_re) if u0 is None else u0.copy(),
+            A.matvec, lambda W, z: self._factor(A, W).solve(A.rmatvec(W * z)),
+            lambda dr, u: float(dr.sum() + u @ u))
         fac = self._factor(A, W)
-        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its,
+                     fac)
 
     def _joint_solve(self, A: _RowSparse, W: np.ndarray, z: np.ndarray):
         d = self.data
@@ -251,7 +231,8 @@ class GeneralPirls:
                 converged = True
                 break
         fac = self._factor(A, W)
-        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its)
+        return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), fac.logdet, converged, its,
+                     fac)
 
     @property
     def has_gradient(self) -> bool:
@@ -269,15 +250,11 @@ class GeneralPirls:
         backend's scalar gradient is the special case with one column per row.
         """
         d = self.data
-        A = self._A(theta)
-        d1, d2, W, W1 = laplace_derivs(d, modes.eta, modes.mu)
-        fac = self._factor(A, W)
+        A, d1, d2, W, W1, fac, kfac = self._derivs_at(theta, modes)
         cols, vals = A.cols, A.vals
         Pv = np.einsum("ilm,im->il", fac.row_blocks(cols), vals)  # (M⁻¹aᵢ) at row i's columns
         c = W1 * np.einsum("il,il->i", vals, Pv)
-        s = A.rmatvec(c)
-        kfac = fac if d.family.canonical else self._factor(A, 0.5 * d2)
-        v = 0.5 * kfac.solve(s)
+        v = 0.5 * kfac.solve(A.rmatvec(c))
         Av = A.matvec(v)
         grad_beta = d.X.T @ (d1 + c - d2 * Av)
         u = modes.u
@@ -290,6 +267,27 @@ class GeneralPirls:
             grad_theta[k] = (np.dot(d1 + c - d2 * Av, eta_k) - np.dot(d1, Ak.matvec(v))
                              + 2.0 * np.sum(W * np.einsum("il,il->i", Pv, Ak.vals)))
         return np.concatenate([grad_theta, grad_beta])
+
+    def _derivs_at(self, theta: np.ndarray, modes: Modes):
+        """A, the rows' d′, d″, W, W′, the factor of M and that of H/2 = A'diag(d″/2)A + I."""
+        A = self._A(theta)
+        d1, d2, W, W1 = laplace_derivs(self.data, modes.eta, modes.mu)
+        fac = modes.factor if modes.factor is not None else self._factor(A, W)
+        kfac = fac if self.data.family.canonical else self._factor(A, 0.5 * d2)
+        return A, d1, d2, W, W1, fac, kfac
+
+    def mode_sensitivity(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """(n_re, ntheta + p): dû/dx = −H⁻¹ ∂g/∂x (g = A'd′ + 2u), to warm-start PIRLS at a
+        nearby x to second order (the finite-difference Hessian's points)."""
+        d = self.data
+        A, d1, d2, _, _, _, kfac = self._derivs_at(theta, modes)
+        G = [A.rmatvec(d2 * d.X[:, j]) for j in range(d.X.shape[1])]
+        for k in range(theta.size):
+            e = np.zeros(theta.size)
+            e[k] = 1.0
+            Ak = self._A(e)
+            G.insert(k, Ak.rmatvec(d1) + A.rmatvec(d2 * Ak.matvec(modes.u)))
+        return -0.5 * np.asarray(kfac.solve(np.column_stack(G)))
 
     def schur(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
         _, W, _ = irls_quantities(self.data, modes.eta)

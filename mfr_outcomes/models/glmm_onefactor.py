@@ -11,6 +11,7 @@ from mfr_outcomes.models.glmm_pirls import (
     Modes,
     irls_quantities,
     laplace_derivs,
+    pirls,
 )
 from mfr_outcomes.models.spec import ModelSpec, block_lambda
 
@@ -77,36 +78,34 @@ class OneFactorPirls:
         d, g, G = self.data, self.g, self.G
         a = self.Z[:, 0] * theta[0]
         a2 = a * a
-        fixed = d.offset + d.X @ beta
-        u = np.zeros(G) if u0 is None else u0.copy()
-        eta = fixed + a * u[g]
-        mu, W, r = irls_quantities(d, eta)
-        dr = d.dev_resid(mu)
-        pdev = np.bincount(g, weights=dr, minlength=G) + u * u
-        converged, its = False, 0
-        for it in range(1, PIRLS_MAXIT + 1):
-            its = it
-            M = 1.0 + np.bincount(g, weights=W * a2, minlength=G)
-            delta = np.bincount(g, weights=W * a * (eta - fixed + r), minlength=G) / M - u
-            step = 1.0
-            for _ in range(MAX_HALVINGS):
-                u_new = u + step * delta
-                eta_new = fixed + a * u_new[g]
-                mu_new = d.family.linkinv(eta_new)
-                dr_new = d.dev_resid(mu_new)
-                pdev_new = np.bincount(g, weights=dr_new, minlength=G) + u_new * u_new
-                worse = pdev_new > pdev + 1e-10 * (1.0 + np.abs(pdev))
-                if not worse.any():
-                    break
-                step = np.where(worse, step * 0.5, step)
-            u, eta, pdev, dr = u_new, eta_new, pdev_new, dr_new
-            mu, W, r = irls_quantities(d, eta, mu_new)
-            if np.max(np.abs(step * delta), initial=0.0) < PIRLS_TOL and np.all(step == 1.0):
-                converged = True
-                break
+
+        def step(W, z):
+            Wa = W * a
+            return np.bincount(g, weights=Wa * z, minlength=G) / \
+                (1.0 + np.bincount(g, weights=Wa * a, minlength=G))
+
+        u, eta, mu, W, dr, converged, its = pirls(
+            d, d.offset + d.X @ beta, np.zeros(G) if u0 is None else u0.copy(),
+            lambda u: a * u[g], step,
+            lambda dr, u: np.bincount(g, weights=dr, minlength=G) + u * u)
         M = 1.0 + np.bincount(g, weights=W * a2, minlength=G)
         return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), float(np.log(M).sum()),
                      converged, its)
+
+    def mode_sensitivity(self, theta: np.ndarray, modes: Modes) -> np.ndarray | None:
+        """(G, 1 + p): dû/dx = −H⁻¹ ∂g/∂x per group (one scalar random effect), to warm-start
+        PIRLS at the finite-difference Hessian's points; None for vector random effects."""
+        if self.q != 1:
+            return None
+        d, g, G = self.data, self.g, self.G
+        z = self.Z[:, 0]
+        a = z * theta[0]
+        d1, d2, _, _ = laplace_derivs(d, modes.eta, modes.mu)
+        H = 2.0 + np.bincount(g, weights=d2 * a * a, minlength=G)
+        d2a = d2 * a
+        cols = [np.bincount(g, weights=d1 * z + d2a * z * modes.u[g], minlength=G)]
+        cols += [np.bincount(g, weights=d2a * d.X[:, j], minlength=G) for j in range(d.X.shape[1])]
+        return -np.column_stack(cols) / H[:, None]
 
     @property
     def has_gradient(self) -> bool:
@@ -142,37 +141,13 @@ class OneFactorPirls:
     def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
         if self.q == 1:
             return self._modes_scalar(theta, beta, u0)
-        d = self.data
+        d, q = self.data, self.q
         A = self._A(theta)
-        fixed = d.offset + d.X @ beta
-        u = np.zeros(self.n_re) if u0 is None else u0.copy()
-        eta = fixed + self._eta_rand(A, u)
-        mu, W, r = irls_quantities(d, eta)
-        dr = d.dev_resid(mu)
-        pdev = self._pdev_groups(dr, u)
-        converged, its = False, 0
-        for it in range(1, PIRLS_MAXIT + 1):
-            its = it
-            M = self._M(A, W)
-            rhs = self._gvec(A, W * (eta - fixed + r))
-            delta = self._solve(M, rhs).ravel() - u
-            step = np.ones(self.G)
-            for _ in range(MAX_HALVINGS):
-                u_new = u + np.repeat(step, self.q) * delta
-                eta_new = fixed + self._eta_rand(A, u_new)
-                mu_new = d.family.linkinv(eta_new)
-                dr_new = d.dev_resid(mu_new)
-                pdev_new = self._pdev_groups(dr_new, u_new)
-                worse = pdev_new > pdev + 1e-10 * (1.0 + np.abs(pdev))
-                if not worse.any():
-                    break
-                step = np.where(worse, step * 0.5, step)
-            u, eta, pdev, dr = u_new, eta_new, pdev_new, dr_new
-            mu, W, r = irls_quantities(d, eta, mu_new)
-            if np.max(np.abs(delta * np.repeat(step, self.q)), initial=0.0) < PIRLS_TOL and \
-                    np.all(step == 1.0):
-                converged = True
-                break
+        u, eta, mu, W, dr, converged, its = pirls(
+            d, d.offset + d.X @ beta, np.zeros(self.n_re) if u0 is None else u0.copy(),
+            lambda u: self._eta_rand(A, u),
+            lambda W, z: self._solve(self._M(A, W), self._gvec(A, W * z)).ravel(),
+            self._pdev_groups, lambda t: np.repeat(t, q))
         M = self._M(A, W)
         self._last = (A, W, M)
         return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), self._logdet(M),
