@@ -54,9 +54,9 @@ class _ElimPlan:
         self.c1, self.c2 = cols[:, 0], cols[:, 1:] - G1
         k2 = self.c2.shape[1]
         self.k2 = k2
-        self.idx12 = (self.c1[:, None] * self.Q2 + self.c2).ravel()
-        self.idx22 = (np.repeat(self.c2, k2, axis=1) * self.Q2
-                      + np.tile(self.c2, (1, k2))).ravel()
+        c2t = np.ascontiguousarray(self.c2.T)  # (k2, n), as the values are stored
+        self.idx12 = (self.c1[None, :] * self.Q2 + c2t).ravel()
+        self.idx22 = (c2t[:, None, :] * self.Q2 + c2t[None, :, :]).ravel()
 
 
 class _ElimFactor:
@@ -65,15 +65,14 @@ class _ElimFactor:
     (for crossed designs such as respondents × items: a 24×24 matrix instead of 340×340)."""
 
     def __init__(self, A: _RowSparse, W: np.ndarray, plan: _ElimPlan):
-        G1, Q2, k2 = plan.G1, plan.Q2, plan.k2
-        v1, v2 = A.vals[:, 0], A.vals[:, 1:]
+        G1, Q2 = plan.G1, plan.Q2
+        v1, v2 = A.valsT[0], A.valsT[1:]  # (n,), (k2, n)
         Wv1 = W * v1
         self.D = 1.0 + np.bincount(plan.c1, weights=Wv1 * v1, minlength=G1)
-        self.B = np.bincount(plan.idx12, weights=(Wv1[:, None] * v2).ravel(),
+        self.B = np.bincount(plan.idx12, weights=(Wv1 * v2).ravel(),
                              minlength=G1 * Q2).reshape(G1, Q2)
-        Wv2 = W[:, None] * v2
-        M22 = np.bincount(plan.idx22, weights=(np.repeat(Wv2, k2, axis=1)
-                                               * np.tile(v2, (1, k2))).ravel(),
+        Wv2 = W * v2
+        M22 = np.bincount(plan.idx22, weights=(Wv2[:, None, :] * v2[None, :, :]).ravel(),
                           minlength=Q2 * Q2).reshape(Q2, Q2)
         M22[np.diag_indices(Q2)] += 1.0
         S = M22 - self.B.T @ (self.B / self.D[:, None])
@@ -111,15 +110,24 @@ class _RowSparse:
     """A = ZΛ with a fixed pattern: each row has k non-zeros at ``cols[row]`` (Z's pattern,
     because Λ is block-diagonal by level and lower triangular within a level)."""
 
-    def __init__(self, cols: np.ndarray, vals: np.ndarray, n_re: int):
-        self.cols, self.vals, self.n_re = cols, vals, n_re
+    def __init__(self, cols: np.ndarray, colsT: np.ndarray, valsT: np.ndarray, n_re: int):
+        # stored column by column ((k, n), contiguous): row gathers and sums are k passes
+        self.cols, self.colsT, self.valsT, self.n_re = cols, colsT, valsT, n_re
+        self._flat = colsT.ravel()
+
+    @property
+    def vals(self) -> np.ndarray:
+        """(n, k) values (a view)."""
+        return self.valsT.T
 
     def matvec(self, u: np.ndarray) -> np.ndarray:
-        return np.einsum("ik,ik->i", self.vals, u[self.cols])
+        out = self.valsT[0] * u[self.colsT[0]]
+        for j in range(1, self.colsT.shape[0]):
+            out += self.valsT[j] * u[self.colsT[j]]
+        return out
 
     def rmatvec(self, v: np.ndarray) -> np.ndarray:
-        return np.bincount(self.cols.ravel(), weights=(self.vals * v[:, None]).ravel(),
-                           minlength=self.n_re)
+        return np.bincount(self._flat, weights=(self.valsT * v).ravel(), minlength=self.n_re)
 
     def rmatmat(self, V: np.ndarray) -> np.ndarray:
         return np.column_stack([self.rmatvec(V[:, j]) for j in range(V.shape[1])])
@@ -155,6 +163,7 @@ class GeneralPirls:
         self.n_re = off
         self.dense = off <= DENSE_MAX
         self._cols = np.column_stack(cols)
+        self._colsT = np.ascontiguousarray(self._cols.T)
         first = spec.blocks[0]
         rest = off - first.n_levels * first.q
         self._eliminate = (len(spec.blocks) > 1 and first.q == 1 and rest <= DENSE_MAX
@@ -164,15 +173,15 @@ class GeneralPirls:
         self._Zq = [(b.Z, b.q, b.n_theta) for b in spec.blocks]
 
     def _A(self, theta: np.ndarray) -> _RowSparse:
-        vals = np.empty(self._cols.shape)
+        vals = np.empty(self._colsT.shape)
         j = k = 0
         for Z, q, nt in self._Zq:
             if q == 1:
-                np.multiply(Z[:, 0], theta[k], out=vals[:, j])
+                np.multiply(Z[:, 0], theta[k], out=vals[j])
             else:
-                vals[:, j:j + q] = Z @ block_lambda(theta[k:k + nt], q)
+                vals[j:j + q] = (Z @ block_lambda(theta[k:k + nt], q)).T
             j, k = j + q, k + nt
-        return _RowSparse(self._cols, vals, self.n_re)
+        return _RowSparse(self._cols, self._colsT, vals, self.n_re)
 
     def _factor(self, A: _RowSparse, W: np.ndarray):
         if self._eliminate:
