@@ -138,7 +138,10 @@ class _Objective:
     def grad(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
         m = self.modes(x)
-        return self.backend.laplace_gradient(x[:self.ntheta], m)
+        try:
+            return self.backend.laplace_gradient(x[:self.ntheta], m)
+        except np.linalg.LinAlgError:  # H = A'diag(d″)A + 2I indefinite (non-canonical link)
+            return _gradient(self.full, x, GLMM_OPTIONS["delta"])
 
     def derivs(self, x: np.ndarray, fx: float, delta: float, full: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:

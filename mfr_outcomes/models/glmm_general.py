@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models.glmm_pirls import (
     DENSE_MAX,
@@ -22,14 +23,30 @@ from mfr_outcomes.models.spec import ModelSpec, block_lambda
 __all__ = ["GeneralPirls"]
 
 
+def _chol(M: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor by LAPACK directly (scipy's wrappers cost more than the
+    factorisation at these sizes)."""
+    L, info = _potrf(M, lower=1, clean=1, overwrite_a=0)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the matrix is not positive definite (LAPACK info {info})")
+    return L
+
+
+def _chol_solve(L: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x, info = _potrs(L, b, lower=1)
+    if info != 0:
+        raise ValueError(f"LAPACK potrs failed (info {info})")
+    return x
+
+
 class _Factor:
     """Cholesky (dense) or LU (sparse) of the SPD matrix Λ'Z'WZΛ + I."""
 
     def __init__(self, M, dense: bool):
         self.dense = dense
         if dense:
-            self.c = sla.cho_factor(M, lower=True, check_finite=False)
-            self.logdet = float(2.0 * np.sum(np.log(np.diag(self.c[0]))))
+            self.L = _chol(M)
+            self.logdet = float(2.0 * np.sum(np.log(np.diag(self.L))))
         else:
             self.lu = spla.splu(sp.csc_matrix(M), permc_spec="MMD_AT_PLUS_A",
                                 diag_pivot_thresh=0.0, options={"SymmetricMode": True})
@@ -37,12 +54,12 @@ class _Factor:
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         if self.dense:
-            return sla.cho_solve(self.c, b, check_finite=False)
+            return _chol_solve(self.L, b)
         return self.lu.solve(np.asarray(b))
 
     def row_blocks(self, cols: np.ndarray) -> np.ndarray:
         """(n, k, k): the entries of M⁻¹ at each row's columns (dense factors only)."""
-        inv = sla.cho_solve(self.c, np.eye(self.c[0].shape[0]), check_finite=False)
+        inv = _chol_solve(self.L, np.eye(self.L.shape[0]))
         return inv[cols[:, :, None], cols[:, None, :]]
 
 
@@ -76,16 +93,16 @@ class _ElimFactor:
                           minlength=Q2 * Q2).reshape(Q2, Q2)
         M22[np.diag_indices(Q2)] += 1.0
         S = M22 - self.B.T @ (self.B / self.D[:, None])
-        self.c = sla.cho_factor(S, lower=True, check_finite=False)
+        self.L = _chol(S)
         self.G1, self.plan = G1, plan
-        self.logdet = float(np.sum(np.log(self.D)) + 2.0 * np.sum(np.log(np.diag(self.c[0]))))
+        self.logdet = float(np.sum(np.log(self.D)) + 2.0 * np.sum(np.log(np.diag(self.L))))
         self.dense = True
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         b = np.asarray(b, dtype=float)
         b1, b2 = b[:self.G1], b[self.G1:]
         D = self.D if b.ndim == 1 else self.D[:, None]
-        y2 = sla.cho_solve(self.c, b2 - self.B.T @ (b1 / D), check_finite=False)
+        y2 = _chol_solve(self.L, b2 - self.B.T @ (b1 / D))
         return np.concatenate([(b1 - self.B @ y2) / D, y2])
 
     def row_blocks(self, cols: np.ndarray) -> np.ndarray:
@@ -93,7 +110,7 @@ class _ElimFactor:
         S⁻¹ (trailing), −D⁻¹B S⁻¹ (off-diagonal) and the diagonal of D⁻¹ + D⁻¹B S⁻¹ B'D⁻¹
         (the eliminated factor has one column per row, so only that diagonal is needed)."""
         pl = self.plan
-        Sinv = sla.cho_solve(self.c, np.eye(pl.Q2), check_finite=False)
+        Sinv = _chol_solve(self.L, np.eye(pl.Q2))
         DB = self.B / self.D[:, None]
         M12 = -(DB @ Sinv)
         diag11 = 1.0 / self.D - np.einsum("ij,ij->i", M12, DB)
