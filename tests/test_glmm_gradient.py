@@ -55,3 +55,37 @@ def test_crossed_model_is_eliminated_and_slope_dense():
     crossed, *_ = _backend("crossed", "logit")
     slope, *_ = _backend("slope", "logit")
     assert crossed._eliminate and not slope._eliminate and slope.dense
+
+
+@pytest.mark.parametrize("link", ["logit", "probit"])
+def test_one_factor_vector_gradient_and_sensitivity(link):
+    """The one-factor backend's q×q-block gradient of a correlated random slope equals central
+    differences and the general backend's; its mode sensitivities equal differences of û."""
+    file, formula, theta = CASES["slope"]
+    d = pd.read_csv(DATA / file)
+    spec = build_spec(d, formula)
+    data = GlmmData(spec.y, spec.X, np.ones(spec.n), np.zeros(spec.n),
+                    get_family("binomial", link))
+    one, gen = make_backend(spec, data), make_backend(spec, data, force_general=True)
+    assert type(one).__name__ == "OneFactorPirls" and one.has_gradient
+    x = np.concatenate([theta, np.random.default_rng(3).normal(0.0, 0.3, spec.p)])
+    nt = len(theta)
+    m = one.modes(x[:nt], x[nt:], None)
+
+    def f(v):
+        return one.modes(v[:nt], v[nt:], None).laplace(data.const)
+
+    h = 1e-5
+    fd = np.array([(f(x + e) - f(x - e)) / (2 * h) for e in np.eye(x.size) * h])
+    exact = one.laplace_gradient(x[:nt], m)
+    np.testing.assert_allclose(exact, fd, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(exact, gen.laplace_gradient(x[:nt], gen.modes(x[:nt], x[nt:], None)),
+                               rtol=1e-7, atol=1e-7)
+    if link != "logit":  # PIRLS's Fisher scoring converges linearly: û too loose to difference
+        return
+    dU = one.mode_sensitivity(x[:nt], m)
+    for j in range(x.size):
+        xa = x.copy()
+        xa[j] += 1e-6
+        fd_u = (one.modes(xa[:nt], xa[nt:], m.u).u - m.u) / 1e-6
+        np.testing.assert_allclose(dU[:, j], fd_u, rtol=1e-3, atol=1e-4)

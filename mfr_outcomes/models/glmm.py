@@ -2,12 +2,16 @@
 
 For θ (lme4's relative covariance factor) and β, PIRLS (:mod:`glmm_pirls`) finds the conditional
 modes of the spherical random effects; the Laplace approximation (``nagq = 1``) or adaptive
-Gauss–Hermite quadrature (``nagq > 1``, one scalar random effect) gives −2 log-likelihood. The
-optimiser works as glmer's: a first stage over θ with β inside PIRLS (``nAGQ = 0``), then the
-full stage over (θ, β) from there. The full stage is Newton's method on a central-difference
-Hessian (the same ``deriv12`` finite differences glmer uses for its standard errors), projected
-on θ's bounds, with a bounded quasi-Newton fallback; Var(β̂) is 2 H⁻¹ restricted to β, as
-``vcov(glmerfit)`` (``use.hessian = TRUE``).
+Gauss–Hermite quadrature (``nagq > 1``, one scalar random effect) gives −2 log-likelihood.
+
+With the exact Laplace gradient (``backend.has_gradient``: one scalar random effect, or a general
+model whose factor is dense or eliminated) the fit is Newton's method over (θ, β) from lme4's θ and
+the GLM's β: Hessian columns by forward differences of the gradient in θ (β's block 2 R_X'R_X)
+while far, the full forward-difference Hessian at the end. Otherwise the optimiser works as
+glmer's: a first stage over θ with β inside PIRLS (``nAGQ = 0``), then the full stage over (θ, β)
+from there, quasi-Newton with central differences and glmer's ``deriv12`` Hessian. Newton steps
+are projected on θ's bounds, with a bounded quasi-Newton fallback; Var(β̂) is 2 H⁻¹ restricted
+to β, as ``vcov(glmerfit)`` (``use.hessian = TRUE``).
 """
 from __future__ import annotations
 
@@ -275,8 +279,8 @@ def _start_hessian(obj: _Objective, x: np.ndarray, f: float, delta: float) -> np
 def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
     """Projected (quasi-)Newton on the full deviance; returns x, f, g, H, converged, messages.
 
-    With the exact gradient (one scalar random effect), Newton steps on the central-difference
-    Hessian of the gradient. Otherwise the expensive finite-difference Hessian is computed only
+    With the exact gradient, Newton steps on forward differences of the gradient (in θ only while
+    the decrement is large, see :meth:`_Objective.derivs`). Otherwise the expensive finite-difference Hessian is computed only
     at the end: steps start from a cheap approximation (:func:`_start_hessian`) updated by BFGS
     from finite-difference gradients. Either way the Hessian returned is evaluated at the point
     returned, because Var(β̂) is read from it.
@@ -445,7 +449,7 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     x0 = np.concatenate([theta1, beta1])
     lower_x = np.concatenate([lower, np.full(spec.p, -np.inf)])
     x, f, g, H, ok, msgs = _newton_probed(obj, x0, lower_x, opts)
-    optimizer = ("Newton over (θ, β): exact Laplace gradient, Hessian by its central differences"
+    optimizer = ("Newton over (θ, β): exact Laplace gradient, Hessian by its forward differences"
                  if obj.analytic else
                  "Newton over (θ, β): Hessian and gradient by central differences (deriv12)")
     if not ok:
