@@ -276,6 +276,10 @@ def _start_hessian(obj: _Objective, x: np.ndarray, f: float, delta: float) -> np
     return H
 
 
+#: largest Newton step in θ (times max(1, |θ|)) on the exact-gradient path
+THETA_STEP = 0.5
+
+
 def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
     """Projected (quasi-)Newton on the full deviance; returns x, f, g, H, converged, messages.
 
@@ -324,11 +328,18 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
             g, H = obj.derivs(x, f, delta)
             fresh = True
             continue
+        nt = obj.ntheta
+        if obj.analytic and nt:  # far from the optimum a Newton step in θ can leap: cap it
+            big = float(np.max(np.abs(step[:nt])))
+            lim = THETA_STEP * max(1.0, float(np.max(np.abs(x[:nt]))))
+            if big > lim:
+                step = step * (lim / big)
+        slope = float(-g @ step)
         t = 1.0
         for _ in range(30):
             x_try = np.maximum(x + t * step, lower)
             f_try = obj.full(x_try)
-            if f_try <= f - 1e-4 * t * decrement:
+            if f_try <= f - 1e-4 * t * slope:
                 break
             t *= 0.5
         else:
