@@ -2,12 +2,16 @@
 
 For θ (lme4's relative covariance factor) and β, PIRLS (:mod:`glmm_pirls`) finds the conditional
 modes of the spherical random effects; the Laplace approximation (``nagq = 1``) or adaptive
-Gauss–Hermite quadrature (``nagq > 1``, one scalar random effect) gives −2 log-likelihood. The
-optimiser works as glmer's: a first stage over θ with β inside PIRLS (``nAGQ = 0``), then the
-full stage over (θ, β) from there. The full stage is Newton's method on a central-difference
-Hessian (the same ``deriv12`` finite differences glmer uses for its standard errors), projected
-on θ's bounds, with a bounded quasi-Newton fallback; Var(β̂) is 2 H⁻¹ restricted to β, as
-``vcov(glmerfit)`` (``use.hessian = TRUE``).
+Gauss–Hermite quadrature (``nagq > 1``, one scalar random effect) gives −2 log-likelihood.
+
+With the exact Laplace gradient (``backend.has_gradient``: one scalar random effect, or a general
+model whose factor is dense or eliminated) the fit is Newton's method over (θ, β) from lme4's θ and
+the GLM's β: Hessian columns by forward differences of the gradient in θ (β's block 2 R_X'R_X)
+while far, the full forward-difference Hessian at the end. Otherwise the optimiser works as
+glmer's: a first stage over θ with β inside PIRLS (``nAGQ = 0``), then the full stage over (θ, β)
+from there, quasi-Newton with central differences and glmer's ``deriv12`` Hessian. Newton steps
+are projected on θ's bounds, with a bounded quasi-Newton fallback; Var(β̂) is 2 H⁻¹ restricted
+to β, as ``vcov(glmerfit)`` (``use.hessian = TRUE``).
 """
 from __future__ import annotations
 
@@ -132,28 +136,48 @@ class _Objective:
 
     @property
     def analytic(self) -> bool:
-        """The exact Laplace gradient is available (one scalar random effect, nagq = 1)."""
-        return self.nagq == 1 and getattr(self.backend, "q", 0) == 1 and \
-            hasattr(self.backend, "laplace_gradient")
+        """The exact Laplace gradient is available (nagq = 1, a factor whose inverse is formed)."""
+        return self.nagq == 1 and self.backend.has_gradient
 
     def grad(self, x: np.ndarray) -> np.ndarray:
         self.calls += 1
         m = self.modes(x)
-        return self.backend.laplace_gradient(x[:self.ntheta], m)
+        try:
+            return self.backend.laplace_gradient(x[:self.ntheta], m)
+        except np.linalg.LinAlgError:  # H = A'diag(d″)A + 2I indefinite (non-canonical link)
+            return _gradient(self.full, x, GLMM_OPTIONS["delta"])
 
-    def derivs(self, x: np.ndarray, fx: float, delta: float) -> tuple[np.ndarray, np.ndarray]:
-        """(gradient, Hessian): analytic gradient and central differences of it when
-        available, else glmer's deriv12 on the deviance."""
+    def derivs(self, x: np.ndarray, fx: float, delta: float, full: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(gradient, Hessian): analytic gradient and forward differences of it when
+        available, else glmer's deriv12 on the deviance.
+
+        With ``full=False`` (analytic only) the differences are taken in θ alone and the β
+        block is 2 R_X'R_X (the curvature of the penalised deviance given θ, exact for
+        canonical links up to log|M|'s): a Newton step for ntheta + 1 gradients instead of
+        ntheta + p + 1. The Hessian returned with the estimates is always the full one.
+        """
         if not self.analytic:
             return deriv12(self.full, x, delta, fx)
         g = self.grad(x)
+        m = self.modes(x)
+        nt = self.ntheta
         H = np.zeros((x.size, x.size))
         h = 1e-6  # forward differences of the exact gradient: error O(h) relative
-        for j in range(x.size):
+        cols = range(x.size if full else nt)
+        sens = getattr(self.backend, "mode_sensitivity", None)
+        dU = sens(x[:nt], m) if sens is not None else None
+        for j in cols:
             xa = x.copy()
             xa[j] += h
+            # PIRLS at xa starts from û(x) + h dû/dxⱼ, exact to O(h²)
+            self.u = m.u if dU is None else m.u + h * dU[:, j]
             H[:, j] = (self.grad(xa) - g) / h
-        self.modes(x)  # leave the warm start at x
+        if not full:
+            H[nt:, nt:] = 2.0 * self.backend.schur(x[:nt], m)
+            H[:nt, nt:] = H[nt:, :nt].T
+        self.u = m.u  # leave the warm start at x
+        self._last = (x.copy(), m)
         return g, 0.5 * (H + H.T)
 
     def gradient(self, x: np.ndarray, delta: float) -> np.ndarray:
@@ -179,7 +203,8 @@ def _glm_start(data: GlmmData, maxit: int = 50) -> np.ndarray:
     return beta
 
 
-def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta: float = 1e-6):
+def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta: float = 1e-6,
+                      ftol: float = 1e-15, gtol: float = 1e-8):
     """L-BFGS-B with central-difference gradients (one-sided at a bound)."""
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
 
@@ -198,12 +223,14 @@ def _minimize_bounded(f, x0: np.ndarray, lower: np.ndarray, maxiter: int, delta:
         return fx, g
 
     res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-8})
+                            options={"maxiter": maxiter, "ftol": ftol, "gtol": gtol})
     return res
 
 
 def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int,
-            xatol: float = 1e-9, upper: float = 50.0):
+            xatol: float = 1e-9, upper: float = 50.0, ftol: float = 1e-15):
+    """glmer's nAGQ = 0 stage: θ optimised with β inside PIRLS. As the start of the full stage
+    (``xatol``, ``ftol`` loose) it only has to land near the optimum, whose basin it finds."""
     if theta0.size == 1:  # scalar θ: a bracketed 1-D search is cheaper and as tight
         res = optimize.minimize_scalar(lambda t: obj.stage1(np.array([t])), bounds=(0.0, upper),
                                        method="bounded", options={"xatol": xatol,
@@ -214,11 +241,11 @@ def _stage1(obj: _Objective, theta0: np.ndarray, lower: np.ndarray, maxiter: int
             theta, fval = np.zeros(1), f0
         obj.stage1(theta)
         return theta, fval
-    res = _minimize_bounded(obj.stage1, theta0, lower, maxiter)
+    res = _minimize_bounded(obj.stage1, theta0, lower, maxiter, ftol=ftol)
     theta, fval = res.x, float(res.fun)
     trial, ft = probe_inside_bounds(obj.stage1, theta, fval, lower)
     if trial is not None:
-        res = _minimize_bounded(obj.stage1, trial, lower, maxiter)
+        res = _minimize_bounded(obj.stage1, trial, lower, maxiter, ftol=ftol)
         theta, fval = res.x, float(res.fun)
     obj.stage1(theta)  # leave the warm start at the optimum
     return theta, fval
@@ -249,11 +276,15 @@ def _start_hessian(obj: _Objective, x: np.ndarray, f: float, delta: float) -> np
     return H
 
 
+#: largest Newton step in θ (times max(1, |θ|)) on the exact-gradient path
+THETA_STEP = 0.5
+
+
 def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
     """Projected (quasi-)Newton on the full deviance; returns x, f, g, H, converged, messages.
 
-    With the exact gradient (one scalar random effect), Newton steps on the central-difference
-    Hessian of the gradient. Otherwise the expensive finite-difference Hessian is computed only
+    With the exact gradient, Newton steps on forward differences of the gradient (in θ only while
+    the decrement is large, see :meth:`_Objective.derivs`). Otherwise the expensive finite-difference Hessian is computed only
     at the end: steps start from a cheap approximation (:func:`_start_hessian`) updated by BFGS
     from finite-difference gradients. Either way the Hessian returned is evaluated at the point
     returned, because Var(β̂) is read from it.
@@ -262,37 +293,53 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
     messages: list[str] = []
     delta = opts["delta"]
     if obj.analytic:
-        g, H = obj.derivs(x, f, delta)
-        fresh = True
+        g, H = obj.derivs(x, f, delta, full=False)
+        fresh = False
     else:
         g, H = obj.gradient(x, delta), _start_hessian(obj, x, f, delta)
         fresh = False
     for _ in range(int(opts["max_newton"])):
         active = (lower == 0.0) & (x <= 0.0) & (g >= 0.0)
         free = ~active
+        step = np.zeros_like(x)
+        Hf = H[np.ix_(free, free)]
         try:
-            L = np.linalg.cholesky(H[np.ix_(free, free)])
+            L = np.linalg.cholesky(Hf)
+            step[free] = -np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
+            pd = True
         except np.linalg.LinAlgError:
-            if not fresh:
+            if not fresh and not obj.analytic:
                 g, H = obj.derivs(x, f, delta)
                 fresh = True
                 continue
-            messages.append("the Hessian is not positive definite along the Newton path")
-            return x, f, g, H, False, messages
-        step = np.zeros_like(x)
-        step[free] = -np.linalg.solve(L.T, np.linalg.solve(L, g[free]))
+            # far from the optimum (e.g. from the start): a modified Newton step, the
+            # Hessian's eigenvalues replaced by their absolute values
+            ev, V = np.linalg.eigh(Hf)
+            ev = np.maximum(np.abs(ev), 1e-8 * max(float(np.max(np.abs(ev))), 1.0))
+            step[free] = -V @ ((V.T @ g[free]) / ev)
+            pd = False
         decrement = float(-g @ step)
         if decrement < opts["newton_tol"]:
-            if fresh:
+            if fresh and pd:
                 return x, f, g, H, True, messages
+            if fresh:
+                messages.append("the Hessian is not positive definite at the optimum found")
+                return x, f, g, H, False, messages
             g, H = obj.derivs(x, f, delta)
             fresh = True
             continue
+        nt = obj.ntheta
+        if obj.analytic and nt:  # far from the optimum a Newton step in θ can leap: cap it
+            big = float(np.max(np.abs(step[:nt])))
+            lim = THETA_STEP * max(1.0, float(np.max(np.abs(x[:nt]))))
+            if big > lim:
+                step = step * (lim / big)
+        slope = float(-g @ step)
         t = 1.0
         for _ in range(30):
             x_try = np.maximum(x + t * step, lower)
             f_try = obj.full(x_try)
-            if f_try <= f - 1e-4 * t * decrement:
+            if f_try <= f - 1e-4 * t * slope:
                 break
             t *= 0.5
         else:
@@ -302,10 +349,10 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
                 continue
             messages.append("the Newton line search made no progress")
             return x, f, g, H, False, messages
-        if obj.analytic and decrement > 1e-2:  # far away: a fresh Hessian pays for itself
+        if obj.analytic and decrement > 1e-2:  # far away: a new θ curvature pays for itself
             x, f = x_try, f_try
-            g, H = obj.derivs(x, f, delta)
-            fresh = True
+            g, H = obj.derivs(x, f, delta, full=False)
+            fresh = False
             continue
         g_new = obj.gradient(x_try, delta)
         sx, yv = x_try - x, g_new - g
@@ -316,6 +363,22 @@ def _newton(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
         fresh = False
     messages.append(f"no convergence within {opts['max_newton']} Newton iterations")
     return x, f, g, H, False, messages
+
+
+def _newton_probed(obj: _Objective, x: np.ndarray, lower: np.ndarray, opts: dict):
+    """:func:`_newton`, restarted from just inside θ's bound when it stops at a diagonal θ = 0
+    and a lower deviance lies inside (a projected Newton step can land there and stay)."""
+    nt = obj.ntheta
+    out = _newton(obj, x, lower, opts)
+    for _ in range(nt):
+        x, f = out[0], out[1]
+        beta = x[nt:]
+        trial, _ft = probe_inside_bounds(lambda t, b=beta: obj.full(np.concatenate([t, b])),
+                                         x[:nt], f, lower[:nt])
+        if trial is None:
+            break
+        out = _newton(obj, np.concatenate([trial, x[nt:]]), lower, opts)
+    return out
 
 
 def fit_glmm(spec: ModelSpec, family: Family, *, nagq: int = 1, weights: np.ndarray | None = None,
@@ -375,8 +438,15 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
     obj = _Objective(backend, data, nagq, ntheta)
     obj.beta0 = _glm_start(data)
     # the first stage only gives the start of the full one, unless it is the fit (nagq = 0)
-    theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
-                         xatol=1e-9 if nagq == 0 else 1e-2, upper=50.0 if nagq == 0 else 10.0)
+    if obj.analytic:
+        # with the exact gradient, Newton from lme4's start θ and the GLM's β is cheaper than
+        # the nAGQ = 0 stage (which costs more evaluations than the Newton path it shortens);
+        # bound traps are probed after it (_newton_probed)
+        theta1 = theta_start(spec)
+        f1 = obj.full(np.concatenate([theta1, obj.beta0]))
+    else:
+        theta1, f1 = _stage1(obj, theta_start(spec), lower, int(opts["maxiter"]),
+                             xatol=1e-9 if nagq == 0 else 1e-2, upper=50.0 if nagq == 0 else 10.0)
     beta1 = obj.beta0.copy()
     stage1 = {"theta": theta1, "beta": beta1, "objective": f1, "evaluations": obj.calls}
     messages: list[str] = []
@@ -389,8 +459,8 @@ def _fit(spec: ModelSpec, family: Family, backend, data: GlmmData, nagq: int,
                        "RX", None, None, stage1)
     x0 = np.concatenate([theta1, beta1])
     lower_x = np.concatenate([lower, np.full(spec.p, -np.inf)])
-    x, f, g, H, ok, msgs = _newton(obj, x0, lower_x, opts)
-    optimizer = ("Newton over (θ, β): exact Laplace gradient, Hessian by its central differences"
+    x, f, g, H, ok, msgs = _newton_probed(obj, x0, lower_x, opts)
+    optimizer = ("Newton over (θ, β): exact Laplace gradient, Hessian by its forward differences"
                  if obj.analytic else
                  "Newton over (θ, β): Hessian and gradient by central differences (deriv12)")
     if not ok:

@@ -10,6 +10,8 @@ from mfr_outcomes.models.glmm_pirls import (
     GlmmData,
     Modes,
     irls_quantities,
+    laplace_derivs,
+    pirls,
 )
 from mfr_outcomes.models.spec import ModelSpec, block_lambda
 
@@ -28,6 +30,7 @@ class OneFactorPirls:
         self.q = block.q
         self.n_re = self.G * self.q
         self._pairs = [(k, m) for k in range(self.q) for m in range(k, self.q)]
+        self._z2 = self.Z[:, 0] ** 2 if self.q == 1 else None
 
     # ---------------------------------------------------------------- helpers
     def _A(self, theta: np.ndarray) -> np.ndarray:
@@ -76,36 +79,67 @@ class OneFactorPirls:
         d, g, G = self.data, self.g, self.G
         a = self.Z[:, 0] * theta[0]
         a2 = a * a
-        fixed = d.offset + d.X @ beta
-        u = np.zeros(G) if u0 is None else u0.copy()
-        eta = fixed + a * u[g]
-        mu, W, r = irls_quantities(d, eta)
-        dr = d.dev_resid(mu)
-        pdev = np.bincount(g, weights=dr, minlength=G) + u * u
-        converged, its = False, 0
-        for it in range(1, PIRLS_MAXIT + 1):
-            its = it
-            M = 1.0 + np.bincount(g, weights=W * a2, minlength=G)
-            delta = np.bincount(g, weights=W * a * (eta - fixed + r), minlength=G) / M - u
-            step = 1.0
-            for _ in range(MAX_HALVINGS):
-                u_new = u + step * delta
-                eta_new = fixed + a * u_new[g]
-                mu_new = d.family.linkinv(eta_new)
-                dr_new = d.dev_resid(mu_new)
-                pdev_new = np.bincount(g, weights=dr_new, minlength=G) + u_new * u_new
-                worse = pdev_new > pdev + 1e-10 * (1.0 + np.abs(pdev))
-                if not worse.any():
-                    break
-                step = np.where(worse, step * 0.5, step)
-            u, eta, pdev, dr = u_new, eta_new, pdev_new, dr_new
-            mu, W, r = irls_quantities(d, eta, mu_new)
-            if np.max(np.abs(step * delta), initial=0.0) < PIRLS_TOL and np.all(step == 1.0):
-                converged = True
-                break
+
+        def step(W, z):
+            Wa = W * a
+            return np.bincount(g, weights=Wa * z, minlength=G) / \
+                (1.0 + np.bincount(g, weights=Wa * a, minlength=G))
+
+        u, eta, mu, W, dr, converged, its = pirls(
+            d, d.offset + d.X @ beta, np.zeros(G) if u0 is None else u0.copy(),
+            lambda u: a * u[g], step,
+            lambda dr, u: np.bincount(g, weights=dr, minlength=G) + u * u)
         M = 1.0 + np.bincount(g, weights=W * a2, minlength=G)
         return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), float(np.log(M).sum()),
                      converged, its)
+
+    def _vector_pieces(self, theta: np.ndarray, modes: Modes):
+        """q > 1: A, d′, d″, W, W′, M⁻¹ per group, H/2 per group, ∂A/∂θₖ."""
+        A = self._A(theta)
+        d1, d2, W, W1 = laplace_derivs(self.data, modes.eta, modes.mu)
+        M = self._M(A, W)
+        K = M if self.data.family.canonical else self._M(A, 0.5 * d2)
+        nt = theta.size
+        dA = [self.Z @ block_lambda(np.eye(nt)[k], self.q) for k in range(nt)]
+        return A, d1, d2, W, W1, M, K, dA
+
+    def _vector_gradient(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """The general backend's gradient formula with the per-group q×q blocks of M⁻¹."""
+        d, g = self.data, self.g
+        A, d1, d2, W, W1, M, K, dA = self._vector_pieces(theta, modes)
+        Pv = np.einsum("ilm,im->il", np.linalg.inv(M)[g], A)  # M⁻¹aᵢ
+        c = W1 * np.einsum("il,il->i", A, Pv)
+        v = 0.5 * self._solve(K, self._gvec(A, c)).ravel()
+        resid = d1 + c - d2 * self._eta_rand(A, v)
+        grad_theta = [np.dot(resid, self._eta_rand(Ak, modes.u))
+                      - np.dot(d1, self._eta_rand(Ak, v))
+                      + 2.0 * np.sum(W * np.einsum("il,il->i", Pv, Ak)) for Ak in dA]
+        return np.concatenate([grad_theta, d.X.T @ resid])
+
+    def mode_sensitivity(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
+        """(n_re, ntheta + p): dû/dx = −H⁻¹ ∂g/∂x per group, to warm-start PIRLS at the
+        finite-difference Hessian's points."""
+        if self.q != 1:
+            d = self.data
+            A, d1, d2, _, _, _, K, dA = self._vector_pieces(theta, modes)
+            cols = [self._gvec(Ak, d1) + self._gvec(A, d2 * self._eta_rand(Ak, modes.u))
+                    for Ak in dA]
+            cols += [self._gvec(A, d2 * d.X[:, j]) for j in range(d.X.shape[1])]
+            return -0.5 * np.column_stack([self._solve(K, cg).ravel() for cg in cols])
+        d, g, G = self.data, self.g, self.G
+        z = self.Z[:, 0]
+        a = z * theta[0]
+        d1, d2, _, _ = laplace_derivs(d, modes.eta, modes.mu)
+        H = 2.0 + np.bincount(g, weights=d2 * a * a, minlength=G)
+        d2a = d2 * a
+        cols = [np.bincount(g, weights=d1 * z + d2a * z * modes.u[g], minlength=G)]
+        cols += [np.bincount(g, weights=d2a * d.X[:, j], minlength=G) for j in range(d.X.shape[1])]
+        return -np.column_stack(cols) / H[:, None]
+
+    @property
+    def has_gradient(self) -> bool:
+        """The exact Laplace gradient (scalar, or vector random effects by q×q blocks)."""
+        return True
 
     def laplace_gradient(self, theta: np.ndarray, modes: Modes) -> np.ndarray:
         """Exact gradient over (θ, β) of the Laplace deviance, one scalar random effect.
@@ -113,69 +147,41 @@ class OneFactorPirls:
         At the mode ∂(Σd + ‖u‖²)/∂u = 0, so (envelope theorem) only log|M| feels û's motion:
         dF/dx = ∂F/∂x|_u + Σᵢ ∂log Mᵢ/∂uᵢ · dûᵢ/dx, with dûᵢ/dx = −Hᵢ⁻¹ ∂gᵢ/∂x from the mode
         condition gᵢ = Σⱼ d′ⱼ aⱼ + 2uᵢ = 0 (d the deviance residual, a = θz, Mᵢ = 1 + Σ W a²,
-        Hᵢ = Σ d″ a² + 2; W, d′, d″ and W′ from the family's link derivatives).
+        Hᵢ = Σ d″ a² + 2; W, d′, d″ and W′ from the family's link derivatives). Vector random
+        effects: :meth:`_vector_gradient`.
         """
+        if self.q != 1:
+            return self._vector_gradient(theta, modes)
         d, g, G = self.data, self.g, self.G
-        fam = d.family
-        z = self.Z[:, 0]
-        a = z * theta[0]
-        eta, mu, u = modes.eta, modes.mu, modes.u
-        me = fam.mu_eta(eta)
-        mee = fam.mu_eta_eta(eta, mu, me)
-        V = np.maximum(fam.variance(mu), 1e-300)
-        Vp = fam.variance_deriv(mu)
-        w, res = d.weights, d.y - mu
-        d1 = -2.0 * w * res * me / V
-        d2 = 2.0 * w * me ** 2 / V - 2.0 * w * res * (mee * V - me ** 2 * Vp) / V ** 2
-        W = w * me ** 2 / V
-        W1 = w * (2.0 * me * mee / V - me ** 3 * Vp / V ** 2)
-        M = 1.0 + np.bincount(g, weights=W * a * a, minlength=G)
-        H = 2.0 + np.bincount(g, weights=d2 * a * a, minlength=G)
-        c = W1 * a * a / M[g]
-        sH = np.bincount(g, weights=c * a, minlength=G) / H  # (∂ log M/∂u) / H per group
-        ug = u[g]
-        v = d1 + c - sH[g] * d2 * a
+        lam = theta[0]
+        z, z2 = self.Z[:, 0], self._z2
+        d1, d2, W, W1 = laplace_derivs(d, modes.eta, modes.mu)
+        Sw = np.bincount(g, weights=W * z2, minlength=G)  # Σ W z² per group
+        M = 1.0 + lam * lam * Sw
+        # canonical links: d″ = 2W, so H = 2M
+        H = 2.0 * M if d.family.canonical else \
+            2.0 + lam * lam * np.bincount(g, weights=d2 * z2, minlength=G)
+        c = (lam * lam) * W1 * z2 / M[g]
+        sH = lam * np.bincount(g, weights=c * z, minlength=G) / H  # (∂ log M/∂u) / H
+        zug = z * modes.u[g]
+        sHz = sH[g] * z
+        v = d1 + c - lam * d2 * sHz
         grad_beta = d.X.T @ v
-        dg_dlam = np.bincount(g, weights=d2 * z * ug * a + d1 * z, minlength=G)
-        grad_lam = (np.sum((d1 + c) * z * ug)
-                    + np.sum(np.bincount(g, weights=2.0 * W * a * z, minlength=G) / M)
-                    - np.sum(sH * dg_dlam))
+        # Σ_g sH_g Σ_rows (d″ z u a + d′ z) = Σ_rows sH z (λ d″ z u + d′)
+        grad_lam = (np.dot(d1 + c, zug) + 2.0 * lam * np.sum(Sw / M)
+                    - np.dot(sHz, lam * d2 * zug + d1))
         return np.concatenate([[grad_lam], grad_beta])
 
     def modes(self, theta: np.ndarray, beta: np.ndarray, u0: np.ndarray | None) -> Modes:
         if self.q == 1:
             return self._modes_scalar(theta, beta, u0)
-        d = self.data
+        d, q = self.data, self.q
         A = self._A(theta)
-        fixed = d.offset + d.X @ beta
-        u = np.zeros(self.n_re) if u0 is None else u0.copy()
-        eta = fixed + self._eta_rand(A, u)
-        mu, W, r = irls_quantities(d, eta)
-        dr = d.dev_resid(mu)
-        pdev = self._pdev_groups(dr, u)
-        converged, its = False, 0
-        for it in range(1, PIRLS_MAXIT + 1):
-            its = it
-            M = self._M(A, W)
-            rhs = self._gvec(A, W * (eta - fixed + r))
-            delta = self._solve(M, rhs).ravel() - u
-            step = np.ones(self.G)
-            for _ in range(MAX_HALVINGS):
-                u_new = u + np.repeat(step, self.q) * delta
-                eta_new = fixed + self._eta_rand(A, u_new)
-                mu_new = d.family.linkinv(eta_new)
-                dr_new = d.dev_resid(mu_new)
-                pdev_new = self._pdev_groups(dr_new, u_new)
-                worse = pdev_new > pdev + 1e-10 * (1.0 + np.abs(pdev))
-                if not worse.any():
-                    break
-                step = np.where(worse, step * 0.5, step)
-            u, eta, pdev, dr = u_new, eta_new, pdev_new, dr_new
-            mu, W, r = irls_quantities(d, eta, mu_new)
-            if np.max(np.abs(delta * np.repeat(step, self.q)), initial=0.0) < PIRLS_TOL and \
-                    np.all(step == 1.0):
-                converged = True
-                break
+        u, eta, mu, W, dr, converged, its = pirls(
+            d, d.offset + d.X @ beta, np.zeros(self.n_re) if u0 is None else u0.copy(),
+            lambda u: self._eta_rand(A, u),
+            lambda W, z: self._solve(self._M(A, W), self._gvec(A, W * z)).ravel(),
+            self._pdev_groups, lambda t: np.repeat(t, q))
         M = self._M(A, W)
         self._last = (A, W, M)
         return Modes(u, beta, eta, mu, float(dr.sum()), float(u @ u), self._logdet(M),
