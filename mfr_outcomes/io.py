@@ -131,10 +131,18 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
-             = None, *, profile: Any = None, **read_options: Any) -> ValidationReport:
+             = None, *, profile: Any = None, engine: str = "auto",
+             **read_options: Any) -> ValidationReport:
     """Check a source and return the report; never raises on data problems.
 
-    Parameters are those of :func:`load_study` (without ``strict``).
+    Parameters are those of :func:`load_study` (without ``strict``), and:
+
+    engine : {"auto", "memory", "duckdb"}
+        Where the rules run. "duckdb" validates a folder of Parquet tables or a DuckDB file
+        inside DuckDB with the rules as SQL (rows never enter pandas; at most
+        ``scale.sql_validate.CAP`` findings a rule, the rest counted in one finding); "auto"
+        does so from ``scale.sql_validate.SCALE_ROWS`` readings on when no profile or column
+        map is given, and reads into memory otherwise.
 
     Returns
     -------
@@ -145,7 +153,42 @@ def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os
     SourceError
         Only when the source cannot be read at all.
     """
+    if engine not in ("auto", "memory", "duckdb"):
+        raise SourceError(f"engine {engine!r} must be 'auto', 'memory' or 'duckdb'")
+    if engine != "memory":
+        report = _validate_in_duckdb(source, column_map, profile, engine, read_options)
+        if report is not None:
+            return report
     return load_study(source, column_map, strict=False, profile=profile, **read_options).report
+
+
+def _validate_in_duckdb(source: Any, column_map: Any, profile: Any, engine: str,
+                        read_options: Mapping[str, Any]) -> ValidationReport | None:
+    """The report of the SQL rules (``scale.sql_validate``) when *source* is for them, else None
+    (engine "auto"); a sentence when engine "duckdb" cannot be honoured."""
+    from mfr_outcomes.scale.sql_validate import SCALE_ROWS, source_rows, sql_source, validate_sql
+
+    src = sql_source(source)
+    others = sorted(set(read_options) - {"dayfirst", "decimal"})
+    why = ("it is not a folder of Parquet tables or a DuckDB file" if src is None else
+           "a profile or column map is given" if profile is not None or column_map is not None
+           else f"{', '.join(others)} apply to CSV files" if others else None)
+    if why is not None:
+        if engine == "duckdb":
+            raise SourceError(f"{_source_name(source)} cannot be validated inside DuckDB: {why}")
+        return None
+    try:
+        if engine == "auto" and source_rows(src) < SCALE_ROWS:
+            return None
+        return validate_sql(src, dayfirst=bool(read_options.get("dayfirst", False)),
+                            decimal=read_options.get("decimal") or ".")
+    except MemoryError:
+        raise SourceError(f"{_source_name(source)} is too large for DuckDB's memory limit") \
+            from None
+    except Exception as exc:  # duckdb.Error and friends: one sentence
+        text = " ".join(str(exc).split())[:200]
+        raise SourceError(f"{_source_name(source)} cannot be validated inside DuckDB: "
+                          f"{type(exc).__name__}: {text}") from None
 
 
 def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool = False,
