@@ -442,7 +442,7 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
             out[table] = _read_csv(found, table, encoding=encoding, sep=sep, decimal=decimal)
         elif ext in _PARQUET_EXT:
             try:
-                frame = pd.read_parquet(found)
+                frame = _read_parquet(found)
             except Exception as exc:  # pyarrow raises many kinds on a bad file
                 raise SourceError(f"{found.name} is not a readable Parquet file: {exc}") from None
             out[table] = TableInput.from_frame(table, frame, file=found.name, unit="row")
@@ -450,6 +450,18 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
             name = _pick_sheet(found, table, first_if_none=True)
             out[table] = _sheet_input(found, name, table, file=found.name)
     return out
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file as a frame whose text columns stay Arrow strings (no Python string per
+    cell: the validator works on Arrow arrays), numbers numbers and timestamps timestamps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    text = pd.StringDtype("pyarrow")
+    mapping = {pa.string(): text, pa.large_string(): text}
+    return table.to_pandas(types_mapper=mapping.get, self_destruct=True, split_blocks=True)
 
 
 def _table_files(path: Path) -> dict[str, Path]:
