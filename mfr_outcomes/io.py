@@ -177,9 +177,13 @@ def _validate_in_duckdb(source: Any, column_map: Any, profile: Any, engine: str,
         if engine == "duckdb":
             raise SourceError(f"{_source_name(source)} cannot be validated inside DuckDB: {why}")
         return None
-    try:
-        if engine == "auto" and source_rows(src) < SCALE_ROWS:
+    if engine == "auto":
+        try:
+            if source_rows(src) < SCALE_ROWS:
+                return None
+        except Exception:  # unreadable: the in-memory reader says why in its own sentence
             return None
+    try:
         return validate_sql(src, dayfirst=bool(read_options.get("dayfirst", False)),
                             decimal=read_options.get("decimal") or ".")
     except MemoryError:

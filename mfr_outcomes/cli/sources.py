@@ -85,6 +85,9 @@ def _large_study(source: str, dayfirst: bool):
         src = sql_source(source)
         if src is None or source_rows(src) < SCALE_ROWS:
             return None
+    except Exception:  # unreadable: load_study says why in its own sentence
+        return None
+    try:
         from mfr_outcomes.scale.study_scale import ScaleStudy
 
         return ScaleStudy.from_duckdb(src, dayfirst=dayfirst)

@@ -147,9 +147,9 @@ def _open(src: SqlSource) -> Any:
                 src.rows = n
         return con
     con.execute(f"ATTACH {_lit(str(src.path))} AS src (READ_ONLY)")
-    found = con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name "
-                        "= 'src' ORDER BY schema_name = 'main' DESC, schema_name, table_name"
-                        ).fetchall()
+    found = con.execute("SELECT table_schema, table_name FROM information_schema.tables WHERE "
+                        "table_catalog = 'src' ORDER BY table_schema = 'main' DESC, "
+                        "table_schema, table_name").fetchall()  # tables and views
     for t in vocab.TABLES:
         hits = [(sc, n) for sc, n in found if n.lower() == t]
         main = [h for h in hits if h[0] == "main"]
