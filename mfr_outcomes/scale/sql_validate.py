@@ -48,6 +48,9 @@ __all__ = ["CAP", "SCALE_ROWS", "sql_source", "source_rows", "validate_sql", "Sq
 CAP = 1000
 #: ``validate(engine="auto")`` validates inside DuckDB from this many readings on.
 SCALE_ROWS = 5_000_000
+#: DuckDB's memory for the staged tables; beyond it they spill to the temporary directory
+#: (DuckDB's own default, 80 % of RAM, lets one validation take most of a shared machine).
+MEMORY_LIMIT = "4GB"
 
 _PARQUET_EXT = (".parquet", ".pq")
 _WS = r"^[ \t\n\r\f\v]+|[ \t\n\r\f\v]+$"
@@ -137,6 +140,7 @@ def _open(src: SqlSource) -> Any:
 
     con = duckdb.connect()
     con.execute(f"SET temp_directory = {_lit(tempfile.gettempdir())}")
+    con.execute(f"SET memory_limit = {_lit(MEMORY_LIMIT)}")
     con.execute("SET preserve_insertion_order = false")
     if src.kind == "parquet":
         for t in vocab.TABLES:
