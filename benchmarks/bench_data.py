@@ -5,10 +5,18 @@ each, the three files are read with Arrow alone (the floor), and then loaded wit
 (read, validate, type). The table gives rows, source kind, seconds (best of --reps), the peak
 memory added by the load (RSS high-water mark minus RSS after imports) and the ratio to Arrow.
 
+Registry scale (``--registry``, readings): a registry written as Parquet by DuckDB (rows never in
+pandas; 8 visits a patient, pre and post of two measures, four techniques, twelve therapists),
+then in a fresh process each: Arrow's read of the three files (the floor), ``validate(...,
+engine="duckdb")`` (the rules as SQL), ``load_study`` in memory (up to ``--memory-max``
+readings), and ``fit_prepost`` on a ``ScaleStudy`` kept in DuckDB (validation included): seconds,
+peak memory added (RSS high-water mark minus RSS after imports) and the ratio to Arrow's read.
+
 Out of memory: ``fit_mixed`` on a Dask DataFrame on a local cluster (workers, partitions,
 seconds, largest difference of β̂ from the in-memory fit) and on a Parquet source inside DuckDB.
 
     python benchmarks/bench_data.py --patients 2000 10000 15000 --out benchmarks/results
+    python benchmarks/bench_data.py --patients --registry 1000000 5000000 20000000 --workers
 """
 from __future__ import annotations
 
@@ -48,6 +56,96 @@ _LOAD = textwrap.dedent("""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"arrow": ta, "load": min(tl), "peak_mb": peak - base, "rows": rows}))
 """)
+
+
+_REGISTRY = textwrap.dedent("""
+    import json, resource, sys, time, warnings
+    warnings.simplefilter("ignore")
+    import pyarrow.parquet as pq
+    import mfr_outcomes as mfr
+    from mfr_outcomes.io import validate
+    from mfr_outcomes.scale.study_scale import ScaleStudy
+    src, what = sys.argv[1], sys.argv[2]
+    def rss():
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+    base = rss()
+    t = time.perf_counter()
+    if what == "arrow":
+        n = sum(pq.read_table(f"{src}/{k}.parquet").num_rows for k in ("measurements",))
+        for k in ("patients", "sessions"):
+            pq.read_table(f"{src}/{k}.parquet")
+    elif what == "validate":
+        n = validate(src, engine="duckdb").accounting["measurements"].used
+    elif what == "load_study":
+        n = len(mfr.load_study(src).measurements)
+    else:
+        study = ScaleStudy.from_duckdb(src)
+        fit = mfr.fit_prepost(study, "pain_nrs")
+        n = int(fit.nobs)
+    sec = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": sec, "peak_mb": peak - base, "rows": n}))
+""")
+
+
+def write_registry(folder: Path, readings: int) -> dict[str, float]:
+    """A registry of about *readings* readings as Parquet, written by DuckDB (no pandas)."""
+    import duckdb
+
+    patients = max(readings // 32, 10)
+    folder.mkdir(parents=True)
+    q = lambda name: str(folder / f"{name}.parquet")  # noqa: E731
+    con = duckdb.connect()
+    con.execute(f"""COPY (SELECT 'P' || i AS patient_id, 'site-' || (i % 7) AS site_id,
+        20 + i % 60 AS age_years, CASE WHEN i % 2 = 0 THEN 'female' ELSE 'male' END AS sex,
+        'sciatica' AS condition, DATE '2024-01-01' AS enrolled_on
+        FROM range({patients}) t(i)) TO '{q("patients")}'""")
+    con.execute(f"""COPY (SELECT 'S' || i || '-' || k AS session_id, 'P' || i AS patient_id,
+        'T' || ((i + k // 4) % 12) AS therapist_id,
+        DATE '2024-01-02' + CAST(7 * k AS INTEGER) AS session_date, k + 1 AS session_number,
+        (['direct_pressure', 'stretching', 'massage', 'combined'])[1 + (i % 4)] AS technique,
+        30.0 AS duration_min FROM range({patients}) a(i), range(8) b(k)) TO '{q("sessions")}'""")
+    con.execute(f"""COPY (SELECT 'S' || i || '-' || k AS session_id, ph AS phase, ms AS measure,
+        'none' AS side, greatest(0, least(10, round(6 - 0.2 * k - CASE WHEN ph = 'post' THEN
+        1 + 0.1 * (i % 4) ELSE 0 END + (hash(i) % 200) / 100.0 + (hash(i * 131 + k * 7 + length(ph)
+        + length(ms)) % 100) / 100.0))) AS value
+        FROM range({patients}) a(i), range(8) b(k), (VALUES ('pre'), ('post')) c(ph),
+        (VALUES ('pain_nrs'), ('leg_pain_nrs')) d(ms)) TO '{q("measurements")}'""")
+    con.close()
+    return {"parquet": sum(f.stat().st_size for f in folder.iterdir()) / 2**20}
+
+
+def registry_table(sizes: list[int], memory_max: int) -> list[dict]:
+    out = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "registry"
+            mb = write_registry(folder, n)
+            arrow = None
+            for what in ("arrow", "validate", "load_study", "fit_prepost"):
+                if what == "load_study" and n > memory_max:
+                    continue
+                res = subprocess.run([sys.executable, "-c", _REGISTRY, str(folder), what],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                arrow = r["seconds"] if what == "arrow" else arrow
+                r.update(what=what, readings=n, size_mb=mb["parquet"],
+                         ratio=r["seconds"] / arrow)
+                out.append(r)
+                print(r, flush=True)
+    return out
+
+
+def registry_markdown(rows: list[dict]) -> str:
+    lines = ["| readings | Parquet (MB) | what | seconds | ratio to Arrow | peak added (MB) |",
+             "|---:|---:|---|---:|---:|---:|"]
+    names = {"arrow": "Arrow read (floor)", "validate": "validate, engine duckdb",
+             "load_study": "load_study (in memory)",
+             "fit_prepost": "ScaleStudy.from_duckdb + fit_prepost"}
+    for r in rows:
+        lines.append(f"| {r['readings']:,} | {r['size_mb']:.0f} | {names[r['what']]} | "
+                     f"{r['seconds']:.1f} | {r['ratio']:.1f} | {r['peak_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write(n_patients: int, folder: Path, seed: int) -> dict[str, float]:
@@ -133,7 +231,11 @@ def markdown(data: list[dict], dask_rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--patients", type=int, nargs="+", default=[2_000, 10_000, 15_000])
+    p.add_argument("--patients", type=int, nargs="*", default=[2_000, 10_000, 15_000])
+    p.add_argument("--registry", type=int, nargs="*", default=[],
+                   help="readings of DuckDB-written registries (e.g. 1000000 20000000)")
+    p.add_argument("--memory-max", type=int, default=2_000_000,
+                   help="largest registry also loaded in memory with load_study")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--dask-patients", type=int, default=2_000)
     p.add_argument("--workers", type=int, nargs="*", default=[1, 2])
@@ -141,11 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.registry:
+        reg = registry_table(args.registry, args.memory_max)
+        (out / "registry.md").write_text(registry_markdown(reg), encoding="utf-8")
+        (out / "registry.json").write_text(json.dumps(reg, indent=1), encoding="utf-8")
+        print(registry_markdown(reg))
+    if not args.patients and not args.workers:
+        return 0
     data = data_layer(args.patients, args.reps, args.seed)
     dask_rows = dask_table(args.dask_patients, args.workers, args.partitions, args.seed) \
         if args.workers else []
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "data_layer.md").write_text(markdown(data, dask_rows), encoding="utf-8")
     (out / "data_layer.json").write_text(json.dumps({"data": data, "dask": dask_rows}, indent=1),
                                          encoding="utf-8")

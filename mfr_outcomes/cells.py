@@ -68,8 +68,17 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
     for text, number, flag and date columns."""
     s = series
     if pd.api.types.is_datetime64_any_dtype(s):
-        txt = s.dt.strftime("%Y-%m-%d %H:%M:%S").str.replace(" 00:00:00", "", regex=False)
-        return pa_.array(txt.astype(object).where(s.notna(), None), type=pa_.string())
+        stamps = pa_.array(s, from_pandas=True)
+        whole = pc.all(pc.equal(pc.cast(stamps, pa_.int64()),
+                                pc.cast(pc.floor_temporal(stamps, unit="second"), pa_.int64())))
+        if whole.as_py() is False or getattr(stamps.type, "tz", None) is not None:
+            # sub-second times or a time zone: pandas' text (rare)
+            txt = s.dt.strftime("%Y-%m-%d %H:%M:%S").str.replace(" 00:00:00", "", regex=False)
+            return pa_.array(txt.astype(object).where(s.notna(), None), type=pa_.string())
+        # seconds resolution, no time zone: "%S" then prints no fraction (Arrow's strftime)
+        stamps = stamps.cast(pa_.timestamp("s"), safe=False)
+        txt = pc.strftime(stamps, format="%Y-%m-%d %H:%M:%S")
+        return pc.replace_substring(txt, " 00:00:00", "")
     if isinstance(s.dtype, pd.StringDtype) or s.dtype == "str":
         return pa_.array(s, type=pa_.string(), from_pandas=True)
     if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
@@ -79,8 +88,8 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
     try:
         arr = pa_.array(s.astype(object), from_pandas=True)
         if pa_.types.is_string(arr.type) or pa_.types.is_large_string(arr.type) \
-                or pa_.types.is_null(arr.type):
-            return arr.cast(pa_.string())
+                or pa_.types.is_null(arr.type) or pa_.types.is_date(arr.type):
+            return arr.cast(pa_.string())  # dates (Parquet date32) as YYYY-MM-DD
     except (pa_.ArrowInvalid, pa_.ArrowTypeError):
         pass
     out = []  # mixed Python objects (sheets, databases): one cell at a time
@@ -111,20 +120,29 @@ _NA_SET = pa_.array(sorted(set().union(*(_case_variants(t) for t in NA_TOKENS)))
 
 def text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     """Stripped text with NA tokens missing, and the NA tokens as written where any was (so a
-    finding can show "value = NaN" rather than only "value is empty")."""
+    finding can show "value = NaN" rather than only "value is empty").
+
+    The work is done once a distinct text (the column is dictionary-encoded in one hash pass):
+    exports repeat their labels and codes, so this is a few thousand strings, not millions.
+    """
     arr = _arrow_text(series)
-    ascii_only = pc.all(pc.string_is_ascii(arr)).as_py() is not False
-    trimmed = pc.ascii_trim_whitespace(arr) if ascii_only else pc.utf8_trim_whitespace(arr)
-    if pc.sum(pc.binary_length(trimmed)) != pc.sum(pc.binary_length(arr)):
-        arr = trimmed  # keep the copy only when some cell had spaces around it
-    na = pc.fill_null(pc.is_in(arr, value_set=_NA_SET), True)
-    text = pc.if_else(na, pa_.scalar(None, pa_.string()), arr) if pc.any(na).as_py() else arr
-    written = pc.and_(na, pc.fill_null(pc.greater(pc.utf8_length(arr), 0), False))
+    if isinstance(arr, pa_.ChunkedArray):
+        arr = arr.combine_chunks()
+    enc = pc.dictionary_encode(arr)
+    uniq, codes = enc.dictionary, enc.indices
+    none = pa_.scalar(None, pa_.string())
+    ascii_only = pc.all(pc.string_is_ascii(uniq)).as_py() is not False
+    trimmed = pc.ascii_trim_whitespace(uniq) if ascii_only else pc.utf8_trim_whitespace(uniq)
+    na = pc.is_in(trimmed, value_set=_NA_SET)
+    trims = len(uniq) > 0 and pc.all(pc.equal(trimmed, uniq)).as_py() is False
+    has_na = bool(pc.any(na).as_py())
+    text = pc.take(pc.if_else(na, none, trimmed), codes) if trims or has_na else arr
     index = series.index
     out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
+    written = pc.and_(na, pc.greater(pc.utf8_length(trimmed), 0))
     if not pc.any(written).as_py():
         return out, None
-    marker = pc.if_else(written, arr, pa_.scalar(None, pa_.string()))
+    marker = pc.take(pc.if_else(written, trimmed, none), codes)
     return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index)
 
 

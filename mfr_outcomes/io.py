@@ -131,10 +131,18 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
 
 
 def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os.PathLike | None
-             = None, *, profile: Any = None, **read_options: Any) -> ValidationReport:
+             = None, *, profile: Any = None, engine: str = "auto",
+             **read_options: Any) -> ValidationReport:
     """Check a source and return the report; never raises on data problems.
 
-    Parameters are those of :func:`load_study` (without ``strict``).
+    Parameters are those of :func:`load_study` (without ``strict``), and:
+
+    engine : {"auto", "memory", "duckdb"}
+        Where the rules run. "duckdb" validates a folder of Parquet tables or a DuckDB file
+        inside DuckDB with the rules as SQL (rows never enter pandas; at most
+        ``scale.sql_validate.CAP`` findings a rule, the rest counted in one finding); "auto"
+        does so from ``scale.sql_validate.SCALE_ROWS`` readings on when no profile or column
+        map is given, and reads into memory otherwise.
 
     Returns
     -------
@@ -145,7 +153,46 @@ def validate(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | os
     SourceError
         Only when the source cannot be read at all.
     """
+    if engine not in ("auto", "memory", "duckdb"):
+        raise SourceError(f"engine {engine!r} must be 'auto', 'memory' or 'duckdb'")
+    if engine != "memory":
+        report = _validate_in_duckdb(source, column_map, profile, engine, read_options)
+        if report is not None:
+            return report
     return load_study(source, column_map, strict=False, profile=profile, **read_options).report
+
+
+def _validate_in_duckdb(source: Any, column_map: Any, profile: Any, engine: str,
+                        read_options: Mapping[str, Any]) -> ValidationReport | None:
+    """The report of the SQL rules (``scale.sql_validate``) when *source* is for them, else None
+    (engine "auto"); a sentence when engine "duckdb" cannot be honoured."""
+    from mfr_outcomes.scale.sql_validate import SCALE_ROWS, source_rows, sql_source, validate_sql
+
+    src = sql_source(source)
+    others = sorted(set(read_options) - {"dayfirst", "decimal"})
+    why = ("it is not a folder of Parquet tables or a DuckDB file" if src is None else
+           "a profile or column map is given" if profile is not None or column_map is not None
+           else f"{', '.join(others)} apply to CSV files" if others else None)
+    if why is not None:
+        if engine == "duckdb":
+            raise SourceError(f"{_source_name(source)} cannot be validated inside DuckDB: {why}")
+        return None
+    if engine == "auto":
+        try:
+            if source_rows(src) < SCALE_ROWS:
+                return None
+        except Exception:  # unreadable: the in-memory reader says why in its own sentence
+            return None
+    try:
+        return validate_sql(src, dayfirst=bool(read_options.get("dayfirst", False)),
+                            decimal=read_options.get("decimal") or ".")
+    except MemoryError:
+        raise SourceError(f"{_source_name(source)} is too large for DuckDB's memory limit") \
+            from None
+    except Exception as exc:  # duckdb.Error and friends: one sentence
+        text = " ".join(str(exc).split())[:200]
+        raise SourceError(f"{_source_name(source)} cannot be validated inside DuckDB: "
+                          f"{type(exc).__name__}: {text}") from None
 
 
 def build_study(inputs: Mapping[str, TableInput], *, source: str, strict: bool = False,
@@ -399,7 +446,7 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
             out[table] = _read_csv(found, table, encoding=encoding, sep=sep, decimal=decimal)
         elif ext in _PARQUET_EXT:
             try:
-                frame = pd.read_parquet(found)
+                frame = _read_parquet(found)
             except Exception as exc:  # pyarrow raises many kinds on a bad file
                 raise SourceError(f"{found.name} is not a readable Parquet file: {exc}") from None
             out[table] = TableInput.from_frame(table, frame, file=found.name, unit="row")
@@ -407,6 +454,18 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
             name = _pick_sheet(found, table, first_if_none=True)
             out[table] = _sheet_input(found, name, table, file=found.name)
     return out
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file as a frame whose text columns stay Arrow strings (no Python string per
+    cell: the validator works on Arrow arrays), numbers numbers and timestamps timestamps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    text = pd.StringDtype("pyarrow")
+    mapping = {pa.string(): text, pa.large_string(): text}
+    return table.to_pandas(types_mapper=mapping.get, self_destruct=True, split_blocks=True)
 
 
 def _table_files(path: Path) -> dict[str, Path]:

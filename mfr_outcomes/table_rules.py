@@ -29,6 +29,7 @@ __all__ = [
     "session_dates",
     "post_checks",
     "isin_text",
+    "order_sentence",
 ]
 
 EXCLUDED = " (row excluded)"
@@ -326,17 +327,24 @@ def _given_numbers(s: TableState, sub: pd.DataFrame, out: np.ndarray) -> np.ndar
 def _order_finding(s: TableState, sub: pd.DataFrame, known: pd.DataFrame, j: Any,
                    keep: bool) -> None:
     row = int(sub.at[j, "row"])
-    pid, date, num = sub.at[j, "pid"], sub.at[j, "date"], sub.at[j, "given"]
     raw = s.text("session_number", row)
+    s.add(row, "session_number", raw, "session_order",
+          order_sentence(sub, known, j, raw, keep, s.unit), "kept")
+
+
+def order_sentence(sub: pd.DataFrame, known: pd.DataFrame, j: Any, raw: str | None, keep: bool,
+                   unit: str) -> str:
+    """The sentence for a given session number out of date order: row *j* of *sub* (a
+    patient's visits sorted by date, given number, line; columns pid, date, given, line),
+    *known* the rows of *sub* with a number. Shared by the in-memory and the SQL validator."""
+    pid, date, num = sub.at[j, "pid"], sub.at[j, "date"], sub.at[j, "given"]
     mine = known[known["pid"] == pid]
     earlier = mine.loc[:j].iloc[:-1]
     other = earlier.loc[earlier["given"].idxmax()]
     o_num, o_date, o_line = other["given"], other["date"], int(other["line"])
     if not keep:
-        s.add(row, "session_number", raw, "session_order",
-              f"session_number = {raw} is out of date order for patient {pid} (session_date "
-              f"{date:%Y-%m-%d}); numbers of this patient are taken from date order", "kept")
-        return
+        return (f"session_number = {raw} is out of date order for patient {pid} (session_date "
+                f"{date:%Y-%m-%d}); numbers of this patient are taken from date order")
     if o_num == num:
         likely = f"session_number {raw} is given twice: likely a typo in one of them"
     elif o_date.year != date.year:
@@ -344,10 +352,9 @@ def _order_finding(s: TableState, sub: pd.DataFrame, known: pd.DataFrame, j: Any
                   f"of the two dates")
     else:
         likely = "likely a mistyped session_number or session_date"
-    s.add(row, "session_number", raw, "session_order",
-          f"session_number = {raw} (session_date {date:%Y-%m-%d}) disagrees with date order for "
-          f"patient {pid}: session_number {int(o_num)} ({s.unit} {o_line}) is dated "
-          f"{o_date:%Y-%m-%d}, before it; {likely}; the given numbers are kept", "kept")
+    return (f"session_number = {raw} (session_date {date:%Y-%m-%d}) disagrees with date order "
+            f"for patient {pid}: session_number {int(o_num)} ({unit} {o_line}) is dated "
+            f"{o_date:%Y-%m-%d}, before it; {likely}; the given numbers are kept")
 
 
 def _distant_dates(s: TableState, sub: pd.DataFrame) -> None:

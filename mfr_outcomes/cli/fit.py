@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                 from mfr_outcomes.cli import UserError
                 raise UserError("give SOURCE, or --from-summaries with site summaries")
             study = load_source(args.source, profile=args.profile, column_map=args.column_map,
-                                dayfirst=args.dayfirst)
+                                dayfirst=args.dayfirst, large=args.formula is None)
             fit = _fit(study, args)
     fits = fit if isinstance(fit, dict) else {"": fit}
     for label, f in fits.items():

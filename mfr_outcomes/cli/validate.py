@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mfr_outcomes.cli.sources import PROFILE_HELP, load_source
+from mfr_outcomes.cli.sources import PROFILE_HELP, validate_source
 
 __all__ = ["HELP", "add_arguments", "run", "exit_status"]
 
@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sep", default=None, help="CSV field separator (default: sniffed)")
     parser.add_argument("--decimal", default=None,
                         help="decimal mark of CSV numbers (default: ',' with ';' separators)")
+    parser.add_argument("--engine", choices=("auto", "memory", "duckdb"), default="auto",
+                        help="where the rules run: duckdb validates a Parquet folder or DuckDB "
+                             "file inside DuckDB (larger than memory; at most 1000 findings a "
+                             "rule listed); auto (default) does so from 5 million readings on")
     parser.add_argument("--fail-on", choices=("exclusion", "caution"), default="exclusion",
                         help="exit status 1 when a row was excluded (default), or also when a "
                              "caution was found (caution)")
@@ -53,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = {k: getattr(args, k) for k in ("encoding", "sep", "decimal")
                if getattr(args, k, None) is not None}
-    study = load_source(args.source, profile=args.profile, column_map=args.column_map,
-                        dayfirst=args.dayfirst, **options)
-    report = study.report
+    report = validate_source(args.source, profile=args.profile, column_map=args.column_map,
+                             dayfirst=args.dayfirst, engine=args.engine, **options)
     if args.format == "json":
         sys.stdout.write(report.to_json() + "\n")
     elif args.format == "csv":

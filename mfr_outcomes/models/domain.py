@@ -57,6 +57,14 @@ def _caution(notes: list[str], text: str, category: type[Warning] = ModelWarning
     warnings.warn(text, category, stacklevel=4)
 
 
+def _out_of_memory(model: str, study: Any, measure: str, args: dict[str, Any]) -> Any:
+    """The domain fit of a study whose rows stay in DuckDB or on Dask (``scale.study_scale``)."""
+    from mfr_outcomes.scale.study_scale import fit_domain
+
+    options = {k: v for k, v in args.items() if k not in ("study", "measure")}
+    return fit_domain(model, study, measure, **options)
+
+
 def _check_measure(measure: str, model: str) -> Any:
     try:
         m = get_measure(measure)
@@ -81,37 +89,49 @@ def _is_sided(frame: pd.DataFrame) -> bool:
 def _resolve_side(frame: pd.DataFrame, side: Side, measure: str, notes: list[str]
                   ) -> tuple[pd.DataFrame, str | None]:
     """Return the frame to use and the side handling ("factor", "separate" or None)."""
-    sided = _is_sided(frame)
+    keep, mode = side_choice(sorted(frame["side"].astype(str).unique()), side, measure, notes)
+    if keep is not None:
+        return frame[frame["side"].astype(str) == keep].copy(), None
+    return frame, mode
+
+
+def side_choice(present: Sequence[str], side: Side, measure: str, notes: list[str]
+                ) -> tuple[str | None, str | None]:
+    """How sides are modelled given the sides *present*: (side to keep or None, handling
+    "factor", "separate" or None). Shared with the out-of-memory fits (``scale.study_scale``)."""
+    sided = bool(set(present) & {"left", "right"})
     if side == "auto":
         side = "factor" if sided else None
     if side in ("left", "right"):
-        sub = frame[frame["side"].astype(str) == side]
-        if sub.empty:
-            present = sorted(frame["side"].astype(str).unique())
+        if side not in present:
             raise ValueError(f"{measure!r} has no readings on side {side!r}; sides present: "
                              f"{', '.join(present)}.")
         notes.append(f"readings of the {side} side only")
-        return sub.copy(), None
+        return side, None
     if side is None:
         if sided:
             _caution(notes, f"{measure!r} is recorded per side but side=None pools left and right "
                             f"readings as repeated measures of the patient; use side='factor' or "
                             f"'separate' to model sides")
-        return frame, None
+        return None, None
     if side not in ("factor", "separate"):
         raise ValueError(f"side must be 'auto', 'factor', 'separate', 'left', 'right' or None; "
                          f"got {side!r}.")
     if not sided:
         notes.append(f"{measure!r} has no per-side readings, so side={side!r} was ignored")
-        return frame, None
-    if frame["side"].astype(str).nunique() < 2:
+        return None, None
+    if len(present) < 2:
         notes.append("only one side present; side not modelled")
-        return frame, None
-    return frame, side
+        return None, None
+    return None, side
 
 
 def _check_patients(frame: pd.DataFrame, measure: str, what: str, notes: list[str]) -> None:
-    n = frame["patient_id"].nunique()
+    check_patient_count(frame["patient_id"].nunique(), measure, what, notes)
+
+
+def check_patient_count(n: int, measure: str, what: str, notes: list[str]) -> None:
+    """Too few patients: an error below ``MIN_PATIENTS``, a caution below ``WARN_PATIENTS``."""
     if n < MIN_PATIENTS:
         raise ValueError(f"only {n} patient(s) have {what} of {measure!r}; a mixed model needs at "
                          f"least {MIN_PATIENTS} (at least {WARN_PATIENTS} for stable variance "
@@ -148,12 +168,16 @@ def _therapist_term(frame: pd.DataFrame, therapist: bool, notes: list[str]) -> s
 def _patient_term(frame: pd.DataFrame, slope: str | None, notes: list[str], why: str) -> str:
     """``(slope | patient_id)``, or ``(1 | patient_id)`` when the slope would give lme4's
     check.nobs.vs.nRE (no more readings than random effects): never a model lme4 refuses."""
+    return patient_term(len(frame), frame["patient_id"].nunique(), slope, notes, why)
+
+
+def patient_term(n_rows: int, n_pat: int, slope: str | None, notes: list[str], why: str) -> str:
+    """:func:`_patient_term` from the counts of readings and patients."""
     if slope is None:
         return "(1 | patient_id)"
-    n_pat = frame["patient_id"].nunique()
-    if len(frame) <= 2 * n_pat:
+    if n_rows <= 2 * n_pat:
         notes.append(f"{why}: a random {slope} slope per patient would give {2 * n_pat} random "
-                     f"effects for {len(frame)} readings, which lme4 refuses (number of "
+                     f"effects for {n_rows} readings, which lme4 refuses (number of "
                      f"observations <= number of random effects), so a random intercept "
                      f"(1 | patient_id) was fitted instead")
         return "(1 | patient_id)"
@@ -181,11 +205,16 @@ def _check_by(frame: pd.DataFrame, by: str | None, notes: list[str]) -> str | No
         notes.append(f"only one level of {by!r} present, so it was left out of the model")
         return None
     counts = frame.dropna(subset=[by]).groupby(by, observed=True)["patient_id"].nunique()
+    thin_levels(counts, by, notes)
+    return by
+
+
+def thin_levels(counts: pd.Series, by: str, notes: list[str]) -> None:
+    """A caution naming the levels of *by* with fewer than 3 patients (*counts*: per level)."""
     thin = counts[counts < 3]
     if len(thin):
         _caution(notes, f"level(s) {list(map(str, thin.index))} of {by!r} have fewer than 3 "
                         f"patients; their estimates rest on very few people")
-    return by
 
 
 def _fit(frame: pd.DataFrame, formula: str, *, reml: bool, engine: str, measure: str,
@@ -291,6 +320,8 @@ def fit_prepost(study: Any, measure: str, *, by: str | None = "technique",
     >>> fit.contrasts("post", by="technique")["technique"].tolist()
     ['direct_pressure', 'stretching', 'massage', 'combined']
     """
+    if getattr(study, "out_of_memory", False):  # rows in DuckDB or on Dask: scale.study_scale
+        return _out_of_memory("prepost", study, measure, locals())
     _check_measure(measure, "fit_prepost")
     if time not in ("session_number", "weeks", None):
         raise ValueError(f"time must be 'session_number', 'weeks' or None; got {time!r}.")
@@ -390,6 +421,8 @@ def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None 
     >>> fit.notes[1]
     "time: weeks since the patient's first visit; the weeks coefficient is the change in Pain intensity (NRS) (points) per week"
     """
+    if getattr(study, "out_of_memory", False):
+        return _out_of_memory("course", study, measure, locals())
     m = _check_measure(measure, "fit_course")
     frame, notes = _course_frame(study, measure, time, m)
     counts = frame.groupby("patient_id", observed=True).size()
@@ -508,6 +541,8 @@ def fit_followup(study: Any, measure: str = "odi", *, covariates: Sequence[str] 
     >>> fit.contrasts("stage", method="trt.vs.ctrl")["contrast"].tolist()
     ['discharge - baseline', 'follow_up - baseline']
     """
+    if getattr(study, "out_of_memory", False):
+        return _out_of_memory("followup", study, measure, locals())
     _check_measure(measure, "fit_followup")
     notes: list[str] = []
     frame = followup_frame(study, measure)

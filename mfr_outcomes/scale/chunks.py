@@ -23,11 +23,13 @@ __all__ = [
     "single_group",
     "reference_spec",
     "factors_of",
+    "with_categories",
     "chunk_arrays",
     "chunk_stats",
     "merge",
     "to_engine",
     "chunk_blups",
+    "stats_blups",
 ]
 
 
@@ -44,6 +46,7 @@ class ChunkStats:
     Zty: np.ndarray  # (q, G)
     rows: np.ndarray  # (G,) readings per patient
     excluded: int = 0  # rows with a missing value in a used variable
+    labels: Any = None  # group labels (pd.Index) in the order of the group axis, when known
 
 
 def single_group(formula: str) -> str:
@@ -63,6 +66,16 @@ def reference_spec(sample: pd.DataFrame, formula: str) -> ModelSpec:
     from mfr_outcomes.models.formula import build_spec
 
     return build_spec(sample, formula)
+
+
+def with_categories(frame: pd.DataFrame, categories: dict[str, list[str]] | None
+                    ) -> pd.DataFrame:
+    """*frame* with the columns of *categories* (column -> levels in order) as categoricals, so
+    that a design built on it takes the first level as the reference."""
+    for col, levels in (categories or {}).items():
+        if col in frame.columns:
+            frame[col] = pd.Categorical(frame[col].astype(object), categories=list(levels))
+    return frame
 
 
 def factors_of(ref: ModelSpec) -> list[str]:
@@ -95,7 +108,7 @@ def chunk_stats(frame: pd.DataFrame, ref: ModelSpec) -> ChunkStats:
                                 "n_groups": G})
     return ChunkStats(n=st.n, XtX=st.XtX, Xty=st.Xty, yty=st.yty, ZtZ=st.ZtZ, ZtX=st.ZtX,
                       Zty=st.Zty, rows=np.bincount(a["codes"], minlength=G),
-                      excluded=a["excluded"])
+                      excluded=a["excluded"], labels=pd.Index(a["labels"]))
 
 
 def merge(parts: list[ChunkStats]) -> ChunkStats:
@@ -106,7 +119,9 @@ def merge(parts: list[ChunkStats]) -> ChunkStats:
         yty=float(sum(p.yty for p in parts)), ZtZ=np.concatenate([p.ZtZ for p in parts], axis=2),
         ZtX=np.concatenate([p.ZtX for p in parts], axis=2),
         Zty=np.concatenate([p.Zty for p in parts], axis=1),
-        rows=np.concatenate([p.rows for p in parts]), excluded=sum(p.excluded for p in parts))
+        rows=np.concatenate([p.rows for p in parts]), excluded=sum(p.excluded for p in parts),
+        labels=None if any(p.labels is None for p in parts) else
+        pd.Index(np.concatenate([np.asarray(p.labels, dtype=object) for p in parts])))
 
 
 def to_engine(stats: ChunkStats, ref: ModelSpec):
@@ -127,25 +142,40 @@ def chunk_blups(frame: pd.DataFrame, ref: ModelSpec, theta: np.ndarray, beta: np
                 sigma: float) -> pd.DataFrame:
     """Conditional modes and standard deviations of the patients of one chunk (second pass).
 
-    For patient i: A = I + ΛᵀZᵢᵀZᵢΛ, b̂ = ΛA⁻¹ΛᵀZᵢᵀ(y − Xβ̂), Var(b | y) = σ²ΛA⁻¹Λᵀ.
     Columns group, level, term, estimate, cond_sd (as ``MixedFit.random_effects``).
     """
-    from mfr_outcomes.models.spec import block_lambda
-
     a = chunk_arrays(ref, frame)
     G = len(a["labels"])
     q = a["Z"].shape[1]
+    r = a["y"] - a["X"] @ beta
+    ZtZ = np.zeros((G, q, q))
+    np.add.at(ZtZ, a["codes"], a["Z"][:, :, None] * a["Z"][:, None, :])
+    Ztr = np.zeros((G, q))
+    np.add.at(Ztr, a["codes"], a["Z"] * r[:, None])
+    return _modes(ref, theta, sigma, ZtZ, Ztr, a["labels"])
+
+
+def stats_blups(stats: ChunkStats, ref: ModelSpec, theta: np.ndarray, beta: np.ndarray,
+                sigma: float) -> pd.DataFrame:
+    """The same table from per-group statistics (Zᵢᵀr = Zᵢᵀy − ZᵢᵀXβ̂): no pass over rows."""
+    ZtZ = np.moveaxis(stats.ZtZ, 2, 0)
+    Ztr = (stats.Zty - np.einsum("qpg,p->qg", stats.ZtX, beta)).T
+    labels = stats.labels if stats.labels is not None else pd.RangeIndex(ZtZ.shape[0])
+    return _modes(ref, theta, sigma, ZtZ, Ztr, labels)
+
+
+def _modes(ref: ModelSpec, theta: np.ndarray, sigma: float, ZtZ: np.ndarray, Ztr: np.ndarray,
+           labels: Any) -> pd.DataFrame:
+    """For group i: A = I + ΛᵀZᵢᵀZᵢΛ, b̂ = ΛA⁻¹ΛᵀZᵢᵀr, Var(b | y) = σ²ΛA⁻¹Λᵀ."""
+    from mfr_outcomes.models.spec import block_lambda
+
+    q = ZtZ.shape[1]
     lam = np.zeros((q, q))
     k = off = 0
     for b in ref.blocks:
         lam[off:off + b.q, off:off + b.q] = block_lambda(theta[k:k + b.n_theta], b.q)
         k += b.n_theta
         off += b.q
-    r = a["y"] - a["X"] @ beta
-    ZtZ = np.zeros((G, q, q))
-    np.add.at(ZtZ, a["codes"], a["Z"][:, :, None] * a["Z"][:, None, :])
-    Ztr = np.zeros((G, q))
-    np.add.at(Ztr, a["codes"], a["Z"] * r[:, None])
     A = lam.T @ ZtZ @ lam + np.eye(q)
     Ainv = np.linalg.inv(A)
     b = np.einsum("ij,gjk,lk,gl->gi", lam, Ainv, lam, Ztr)
@@ -155,7 +185,7 @@ def chunk_blups(frame: pd.DataFrame, ref: ModelSpec, theta: np.ndarray, beta: np
     for blk in ref.blocks:
         for j, term in enumerate(blk.terms):
             c = off + j
-            rows.append(pd.DataFrame({"group": blk.group, "level": list(a["labels"]),
+            rows.append(pd.DataFrame({"group": blk.group, "level": list(labels),
                                       "term": term, "estimate": b[:, c],
                                       "cond_sd": np.sqrt(cv[:, c, c])}))
         off += blk.q

@@ -24,8 +24,15 @@ def is_dask_frame(data: Any) -> bool:
         hasattr(data, "npartitions")
 
 
-def _sample(ddf: Any, formula: str) -> pd.DataFrame:
-    """The first partition, plus rows for any factor level it lacks."""
+def _sample(ddf: Any, formula: str, categories: dict[str, list[str]] | None = None
+            ) -> pd.DataFrame:
+    """The first partition, plus rows for any factor level it lacks; *categories* (column ->
+    levels in order) makes those columns categoricals (the first level the reference)."""
+    out = _sample_rows(ddf, formula)
+    return chunks.with_categories(out, categories)
+
+
+def _sample_rows(ddf: Any, formula: str) -> pd.DataFrame:
     import dask
 
     head = ddf.get_partition(0).compute()
@@ -57,7 +64,7 @@ def tree_reduce(parts: list[Any], combine: Any, fan_in: int = 8) -> Any:
 
 def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
                    df_method: str = "satterthwaite", options: dict | None = None,
-                   blups: bool = True) -> Any:
+                   blups: bool = True, categories: dict[str, list[str]] | None = None) -> Any:
     """Fit *formula* on a Dask DataFrame, on whatever cluster its scheduler is.
 
     Parameters
@@ -70,6 +77,8 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
         As :func:`~mfr_outcomes.models.fit.fit_mixed` (Kenward-Roger needs the rows in memory).
     blups : bool
         Compute the patients' conditional modes by a second pass over the partitions.
+    categories : dict, optional
+        Factor column -> levels in order (the first is the reference level).
 
     Returns
     -------
@@ -84,7 +93,7 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
     if df_method == "kenward-roger":
         raise ValueError("Kenward-Roger df need the rows in memory; use satterthwaite on Dask")
     group = chunks.single_group(formula)
-    ref = chunks.reference_spec(_sample(ddf, formula), formula)
+    ref = chunks.reference_spec(_sample(ddf, formula, categories), formula)
     used = [c for c in ref.design.variables if c in ddf.columns]
     by_patient = ddf[used].shuffle(on=group, method="tasks")
     parts = [dask.delayed(chunks.chunk_stats)(p, ref) for p in by_patient.to_delayed()]

@@ -82,7 +82,16 @@ def _relation(con: Any, data: Any) -> tuple[Any, str]:
     return con.read_parquet(pattern), str(p)
 
 
-def _sample(rel: Any, formula: str) -> pd.DataFrame:
+def _sample(rel: Any, formula: str, categories: dict[str, list[str]] | None = None
+            ) -> pd.DataFrame:
+    """The first rows, plus a row for each factor level they lack; *categories* (column ->
+    levels in order) makes those columns categoricals, so that the reference level is the
+    one an in-memory fit of the Study's frame takes."""
+    out = _sample_rows(rel, formula)
+    return chunks.with_categories(out, categories)
+
+
+def _sample_rows(rel: Any, formula: str) -> pd.DataFrame:
     head = rel.limit(SAMPLE_ROWS).df()
     ref = chunks.reference_spec(head, formula)
     extra = []
@@ -145,6 +154,7 @@ def _aggregates(rel: Any, ref: Any, xs: list[str], zs: list[str], y: str, used: 
         [f"SUM(z{a} * y) AS zy_{a}" for a in range(q)] + ["COUNT(*) AS n_rows"]
     grp = inner.aggregate(", ".join(["g"] + per), "g").order("g").fetchnumpy()
     G = len(grp["n_rows"])
+    labels = pd.Index(np.asarray(grp["g"], dtype=object))
     ZtZ = np.empty((q, q, G))
     for a in range(q):
         for b in range(a, q):
@@ -157,11 +167,14 @@ def _aggregates(rel: Any, ref: Any, xs: list[str], zs: list[str], y: str, used: 
     total = int(rel.aggregate("COUNT(*)").fetchall()[0][0])
     stats = chunks.ChunkStats(n=n, XtX=XtX, Xty=Xty, yty=yty, ZtZ=ZtZ, ZtX=ZtX, Zty=Zty,
                               rows=np.asarray(grp["n_rows"], np.int64), excluded=total - n)
+    stats.labels = labels
     return stats, G
 
 
 def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
-                     df_method: str = "satterthwaite", options: dict | None = None) -> Any:
+                     df_method: str = "satterthwaite", options: dict | None = None,
+                     categories: dict[str, list[str]] | None = None, label: str | None = None,
+                     blups: bool = False) -> Any:
     """Fit *formula* with the sums computed inside DuckDB (rows never enter pandas).
 
     Parameters
@@ -173,6 +186,14 @@ def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
         treatment-coded factors and their interactions.
     reml, df_method, options
         As :func:`~mfr_outcomes.models.fit.fit_mixed` (Kenward-Roger needs rows in memory).
+    categories : dict, optional
+        Factor column -> levels in order (the first is the reference level), as the in-memory
+        Study's categoricals have them; else the formula library's order.
+    label : str, optional
+        How the source is named in the notes.
+    blups : bool
+        Compute the groups' conditional modes from the per-group statistics (no second pass
+        over the rows is needed: ZᵢᵀZᵢ, ZᵢᵀX and Zᵢᵀy are all they depend on).
 
     Returns
     -------
@@ -191,8 +212,9 @@ def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
     group = chunks.single_group(formula)
     con = duckdb.connect()
     try:
-        rel, label = _relation(con, data)
-        sample = _sample(rel, formula)
+        rel, where = _relation(con, data)
+        label = label or where
+        sample = _sample(rel, formula, categories)
         ref = chunks.reference_spec(sample, formula)
         xs, zs, y, used = _design_sql(ref, sample)
         merged, G = _aggregates(rel, ref, xs, zs, y, used, group)
@@ -207,7 +229,13 @@ def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
     if merged.excluded:
         notes.append(f"{merged.excluded} row(s) with a missing value in the model's variables "
                      f"excluded")
-    notes.append("BLUPs, fitted values, residuals and Kenward-Roger df need the rows and are not "
-                 "computed; fixed effects (Satterthwaite df from the statistics) and variance "
-                 "components are")
-    return rowfree_fit(ref, result, merged, reml, df_method, notes, None)
+    table = None
+    if blups:
+        table = chunks.stats_blups(merged, ref, result.theta, result.beta, result.sigma)
+        notes.append("BLUPs (conditional modes) computed from the per-group statistics; fitted "
+                     "values, residuals and Kenward-Roger df need the rows and are not computed")
+    else:
+        notes.append("BLUPs, fitted values, residuals and Kenward-Roger df need the rows and are "
+                     "not computed; fixed effects (Satterthwaite df from the statistics) and "
+                     "variance components are")
+    return rowfree_fit(ref, result, merged, reml, df_method, notes, table)
