@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,22 @@ class ParsedCsv:
 
 
 def decode_csv(raw: bytes, encoding: str | None, name: str) -> CsvText:
+    """UTF-8 bytes of a text file, with lone carriage returns as line ends (see `_decode`)."""
+    text = _decode(raw, encoding, name)
+    data = text.data
+    crs = data.count(b"\r")
+    if crs and crs != data.count(b"\r\n"):
+        # classic Mac OS line ends (CR alone): every reader here splits on LF, so without this a
+        # CR-only file would be one header line and no rows
+        log.info("%s ends lines with a lone carriage return; read as line ends", name)
+        text = CsvText(_LONE_CR.sub(b"\n", data), text.encoding)
+    return text
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _decode(raw: bytes, encoding: str | None, name: str) -> CsvText:
     """UTF-8 bytes of a text file: as *encoding*, else UTF-8 (BOM or not), else Latin-1.
 
     Raises

@@ -393,16 +393,20 @@ def test_column_map_renaming_onto_an_existing_column_is_an_error(tables, tmp_pat
     assert "columns patient_id and id2 of patients.csv would both become patient_id" in err
 
 
-def test_bom_and_crlf_read_like_plain_csv(tables, tmp_path):
+@pytest.mark.parametrize("ending", ["\r\n", "\r"], ids=["bom-crlf", "bom-cr-only"])
+def test_bom_and_crlf_read_like_plain_csv(tables, tmp_path, ending):
+    """CRLF (Windows) and CR alone (classic Mac OS) read as the plain file: a CR-only file once
+    read as a header and no rows, losing every row without a finding."""
     plain = load_study(_write("csv", tables, tmp_path))
     folder = tmp_path / "bom"
     folder.mkdir()
     for name, f in tables.items():
-        text = f.to_csv(index=False, lineterminator="\r\n")
+        text = f.to_csv(index=False, lineterminator=ending)
         (folder / f"{name}.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     study = load_study(folder)
     assert [f.message.replace("bom", "csv") for f in study.report.findings] == \
         [f.message for f in plain.report.findings]
+    assert len(study.patients) == len(plain.patients) > 0
     assert list(study.patients.columns) == list(plain.patients.columns)
     for name in TABLES:
         a, b = study.report.accounting[name], plain.report.accounting[name]
