@@ -202,8 +202,16 @@ def verify_optimum(spec: ModelSpec, result: EngineResult) -> OptimumCheck:
         return OptimumCheck(converged=False, messages=[
             "the deviance cannot be evaluated at the estimates (a residual variance of 0 or a "
             "numerical failure); the model cannot be fitted to these data"])
-    g = _gradient(safe, x, f0, lower)
-    H = richardson_hessian(safe, x)
+    g = H = None
+    if result.gradient_varpar is not None and result.hessian_varpar is not None:
+        try:  # the engine's closed forms (tested equal to the differences below)
+            g = np.asarray(result.gradient_varpar(x), dtype=float)
+            H = np.asarray(result.hessian_varpar(x), dtype=float)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError, ZeroDivisionError):
+            g = H = None
+    if g is None or H is None or not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        g = _gradient(safe, x, f0, lower)
+        H = richardson_hessian(safe, x)
     H = (H + H.T) / 2
     # coordinates held at a bound by the gradient are not free (KKT), as lme4 leaves them out
     free = ~((lower == 0.0) & (x <= 1e-8) & (g >= -1e-8))

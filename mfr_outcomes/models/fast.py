@@ -20,7 +20,7 @@ from scipy import optimize, sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
-from mfr_outcomes.models import block_inference
+from mfr_outcomes.models import batched, block_inference
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -999,29 +999,52 @@ class FastEngine:
             nev[0] += 1
             return _objective(_eval_any(stats, lay, th, classes), n, p, reml)
 
-        res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options=lbfgs)
-        # restart from inside the bound while a probe there beats a diagonal θ stopped at 0
-        restarts = 0
-        while restarts < 4:
-            theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)
-            best, best_f = probe_inside_bounds(objective_only, theta, float(res.fun), lower)
-            if best is None:
-                break
-            res = optimize.minimize(fg, best, jac=True, method="L-BFGS-B", bounds=bounds,
-                                    options=lbfgs)
-            restarts += 1
-        theta = np.asarray(res.x, dtype=float)
-        theta = np.where((lower == 0.0) & (theta < 0), 0.0, theta)
+        pooled = newton = None
+        if isinstance(classes, _Classes) and analytic:
+            # groups pooled by class: quasi-Newton from the exact Hessian at the start
+            # (models/batched.py), in θ unconstrained (see _quasi_newton); the same pooled
+            # closed forms then give the checks and Satterthwaite's derivatives
+            pooled = batched.pooled_from_classes(
+                classes.count, classes.Ck, classes.omega_flat, stats.XtX, stats.Xty, stats.yty,
+                n, [(r, c) for (_, r, c) in lay.theta_pos])
+            with np.errstate(all="ignore"):
+                newton = _quasi_newton(fg, pooled, np.asarray(theta0, dtype=float), reml,
+                                       lay, min(int(opts["maxiter"]), 200))
         messages = []
-        ev = _evaluate(stats, lay, theta) if not light else _eval_any(stats, lay, theta, classes)
-        f = _objective(ev, n, p, reml)
-        # a projected-gradient check: L-BFGS-B sometimes stops on ftol with a usable optimum
-        _, g = fg(theta)
-        pg = np.where((lower == 0.0) & (theta == 0.0), np.minimum(g, 0.0), g)
-        converged = bool(res.success) or float(np.max(np.abs(pg))) < 1e-3
-        if not converged:
-            messages.append(f"optimizer (L-BFGS-B) did not converge: {res.message}")
+        if newton is not None:
+            theta, n_iter = newton
+            ev = _evaluate(stats, lay, theta) if not light else _eval_any(stats, lay, theta,
+                                                                          classes)
+            f = _objective(ev, n, p, reml)
+            converged = True
+            optimizer, opt_message = "BFGS from the exact Hessian (analytic gradient)", "converged"
+        else:
+            res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                    options=lbfgs)
+            # restart from inside the bound while a probe there beats a diagonal θ stopped at 0
+            restarts = 0
+            while restarts < 4:
+                theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)
+                best, best_f = probe_inside_bounds(objective_only, theta, float(res.fun), lower)
+                if best is None:
+                    break
+                res = optimize.minimize(fg, best, jac=True, method="L-BFGS-B", bounds=bounds,
+                                        options=lbfgs)
+                restarts += 1
+            theta = np.asarray(res.x, dtype=float)
+            theta = np.where((lower == 0.0) & (theta < 0), 0.0, theta)
+            ev = (_evaluate(stats, lay, theta) if not light
+                  else _eval_any(stats, lay, theta, classes))
+            f = _objective(ev, n, p, reml)
+            # a projected-gradient check: L-BFGS-B sometimes stops on ftol with a usable optimum
+            _, g = fg(theta)
+            pg = np.where((lower == 0.0) & (theta == 0.0), np.minimum(g, 0.0), g)
+            converged = bool(res.success) or float(np.max(np.abs(pg))) < 1e-3
+            if not converged:
+                messages.append(f"optimizer (L-BFGS-B) did not converge: {res.message}")
+            n_iter, opt_message = int(res.nit), str(res.message)
+            optimizer = "L-BFGS-B (" + ("analytic gradient" if analytic else
+                                        "finite-difference gradient") + ")"
         diag = lower == 0.0
         singular = bool(np.any(theta[diag] < opts["boundary_tol"]))
         if singular:
@@ -1035,48 +1058,122 @@ class FastEngine:
             blups, condvar = _blups(ev, lay, sigma)
 
         def devfun_varpar(varpar: np.ndarray) -> float:
+            if pooled is not None:
+                return batched.deviance_varpar(pooled, varpar, reml)
             return deviance_varpar(stats, lay, varpar, reml, classes)
 
         def vcov_varpar(varpar: np.ndarray) -> np.ndarray:
             return vcov_beta_varpar(stats, lay, varpar, classes)
 
-        hess = jac = None
-        if block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
-            pooled = _class_blocks(classes, stats, lay)
+        hess = jac = grad = None
+        if pooled is not None:  # closed forms summed by class, computed once per varpar
+            cache: dict = {}
+
+            def _at(varpar: np.ndarray) -> tuple:
+                v = np.asarray(varpar, dtype=float)
+                key = v.tobytes()
+                if key not in cache:
+                    cache.clear()
+                    with np.errstate(all="ignore"):
+                        cache[key] = batched.varpar_derivatives(pooled, v, reml)
+                return cache[key]
+
+            def grad(varpar: np.ndarray) -> np.ndarray:
+                return _at(varpar)[0]
+
+            def hess(varpar: np.ndarray) -> np.ndarray:
+                return _at(varpar)[1]
+
+            def jac(varpar: np.ndarray) -> np.ndarray:
+                return _at(varpar)[2]
+        elif block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
 
             def hess(varpar: np.ndarray) -> np.ndarray:
                 with blas_threads():
-                    return block_inference.hessian_varpar(stats, lay, varpar, reml, pooled)
+                    return block_inference.hessian_varpar(stats, lay, varpar, reml)
 
             def jac(varpar: np.ndarray) -> np.ndarray:
                 with blas_threads():
-                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar, pooled)
+                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar)
 
         return EngineResult(
             engine=self.name, reml=reml, theta=theta, beta=ev.beta.copy(), sigma=sigma,
             vcov_beta=vcov, objective=float(f), converged=converged, messages=messages,
-            optimizer="L-BFGS-B (" + ("analytic gradient" if analytic else
-                                      "finite-difference gradient") + ")",
-            n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
+            optimizer=optimizer, n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
             devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar, hessian_varpar=hess,
-            jacobian_vcov_varpar=jac,
+            jacobian_vcov_varpar=jac, gradient_varpar=grad,
             pwrss=float(ev.pwrss), internals=FastInternals(stats, lay),
             n_classes=None if classes is None else int(classes.count.size),
-            optimizer_message=str(res.message), n_iterations=int(res.nit))
+            optimizer_message=opt_message, n_iterations=n_iter)
 
 
-def _class_blocks(classes, stats: Stats, lay: Layout):
-    """varpar -> block_inference.ClassBlocks when groups are pooled by class, else None (the
-    closed forms then sum over groups)."""
-    if not isinstance(classes, _Classes):
+def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxiter: int,
+                  gtol: float = 1e-6) -> tuple[np.ndarray, int] | None:
+    """Minimise the profiled criterion by BFGS started from its exact Hessian at θ0, or None.
+
+    θ is left unconstrained: changing the sign of a column of Λ leaves ΛΛᵀ and the criterion
+    unchanged, so a step past a diagonal's bound of 0 lands on a mirror image of a feasible point
+    and an optimum at 0 is an interior stationary point. At the end every column with a negative
+    diagonal changes sign (lme4's θ, diagonal ≥ 0).
+    """
+    x = theta0.copy()
+    f, g = fg(x)
+    if not np.isfinite(f) or f >= 1e300:
         return None
-    K, q, p = classes.count.size, lay.q_inner, stats.p
-    omega = classes.omega_flat.reshape(K, q, q, p + 1, p + 1)
-
-    def blocks(varpar: np.ndarray):
-        return block_inference.class_blocks(classes.count, classes.Ck, omega, stats.XtX,
-                                            stats.Xty, stats.yty, stats.n, lay, varpar)
-    return blocks
+    _, _, Hp, _ = batched._profiled(batched._core(pooled, np.arange(1), x[None], reml), pooled,
+                                    reml)
+    w, V = np.linalg.eigh(Hp[0])
+    if not np.all(np.isfinite(w)):
+        return None
+    w = np.maximum(np.abs(w), 1e-8 * max(float(np.max(np.abs(w))), 1e-12))
+    Hinv = (V / w) @ V.T
+    k = x.size
+    converged = False
+    it = 0
+    for it in range(1, maxiter + 1):  # noqa: B007
+        if float(np.max(np.abs(g))) < gtol:
+            converged = True
+            break
+        d = -Hinv @ g
+        if not float(g @ d) < 0:
+            Hinv = np.eye(k)
+            d = -g
+        # a step of at most half the scale of θ: far from the optimum the criterion is not
+        # convex and a full Newton step can overshoot by an order of magnitude
+        cap = 0.5 * max(1.0, float(np.max(np.abs(x))))
+        big = float(np.max(np.abs(d)))
+        if big > cap:
+            d = d * (cap / big)
+        slope = float(g @ d)
+        t = 1.0
+        for _ in range(50):
+            xn = x + t * d
+            fn, gn = fg(xn)
+            if fn <= f + 1e-4 * t * slope:
+                break
+            t /= 2
+        else:
+            converged = float(np.max(np.abs(g))) < 1e-3  # no descent left: rounding level
+            break
+        s, yv = xn - x, gn - g
+        sy = float(s @ yv)
+        if sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(yv)):
+            rho = 1.0 / sy
+            Hy = Hinv @ yv
+            Hinv = (Hinv - rho * (np.outer(s, Hy) + np.outer(Hy, s))
+                    + (rho * rho * float(yv @ Hy) + rho) * np.outer(s, s))
+        small = abs(f - fn) <= 1e-15 * max(1.0, abs(f)) and float(np.max(np.abs(s))) < 1e-10
+        x, f, g = xn, fn, gn
+        if small:
+            converged = True
+            break
+    if not converged:
+        return None
+    for j, (_, r, c) in enumerate(lay.theta_pos):
+        if r == c and x[j] < 0:
+            col = [i for i, (_, _, c2) in enumerate(lay.theta_pos) if c2 == c]
+            x[col] = -x[col]
+    return x, it
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:

@@ -169,6 +169,8 @@ class EngineResult:
     # Var(β̂), (k, p, p). None: Satterthwaite uses finite differences of the two functions above.
     hessian_varpar: Callable[[np.ndarray], np.ndarray] | None = None
     jacobian_vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
+    # The gradient of devfun_varpar in closed form (None: the convergence check differentiates).
+    gradient_varpar: Callable[[np.ndarray], np.ndarray] | None = None
 
     def cannot(self, what: Capability) -> str | None:
         """The reason this result cannot supply *what*, or None when it can."""
