@@ -450,17 +450,19 @@ def _fit_pooled(P, theta0, reml, max_iter, gtol, xtol) -> BatchFit:
         _, g, Hp, _ = _profiled(core, P, reml)
         th = theta[active]
         th, core, g, Hp = _flip_columns(P, th, core, g, Hp, reml)
-        at0 = diag & (th <= 0.0)
+        scale = np.maximum(np.abs(th).max(axis=1, keepdims=True), 1.0)
+        at0 = diag & (th <= 1e-7 * scale)
         # at θ_diag = 0 the criterion is even in that component (gradient 0): step off 0 where
-        # the curvature there is negative (a saddle, which lme4's start-inside probe escapes)
+        # the curvature there is negative (a saddle, which lme4's start-inside probe escapes;
+        # reflected steps can approach it from inside without reaching 0)
         curv = Hp[:, range(Hp.shape[1]), range(Hp.shape[1])]
         n = core["n"]
-        push = at0 & (np.abs(g) <= 1e-10 * n[:, None]) & (curv < 0)
+        push = at0 & (np.abs(g) <= 1e-5 * n[:, None]) & (curv < 0)
         free = ~at0 | (g < 0) | push
         pg = np.max(np.abs(np.where(free, g, 0.0)), axis=1)
         conv = (pg < gtol * n) & ~push.any(axis=1)
         step, neg = _newton_step(Hp, g, free)
-        kick = 1e-2 * np.maximum(np.abs(th).max(axis=1, keepdims=True), 1.0)
+        kick = 1e-2 * scale
         step = np.where(push, np.maximum(step, kick), step)
         new_theta, new_core, accepted = _line_search(P, th, step, g, f, core, diag, reml, neg)
         tiny = accepted & (np.max(np.abs(new_theta - th), axis=1)

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, sparse
+from scipy import sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
@@ -203,12 +203,14 @@ class Stats:
 def _group_sums(values_t: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
     """Row sums of *values_t* (m, n) by the group code of each column -> (m, n_groups).
 
-    A dense-times-sparse-indicator product: one pass, no sorting (an order of magnitude faster
-    than ``np.add.reduceat`` over rows of a wide array).
+    One ``bincount`` a row: one pass, no sorting (faster than a sparse indicator product, whose
+    construction sorts, and an order of magnitude faster than ``np.add.reduceat`` over rows of
+    a wide array).
     """
-    n = values_t.shape[1]
-    ind_t = sparse.csc_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, n_groups))
-    return np.ascontiguousarray(np.asarray(values_t @ ind_t))
+    out = np.empty((values_t.shape[0], n_groups))
+    for r in range(values_t.shape[0]):
+        out[r] = np.bincount(codes, weights=values_t[r], minlength=n_groups)
+    return out
 
 
 def sufficient_statistics(spec_or_arrays, rows=None) -> Stats:
@@ -512,6 +514,20 @@ class _Classes:
     count: np.ndarray  # (K,)
     omega_flat: np.ndarray  # (K q q, (p+1)²): Σ_class (ZᵢᵀXa_i)[a] ⊗ (ZᵢᵀXa_i)[b], (k, a, b) rows
     omega_x_flat: np.ndarray  # (K q q, p²): its X block
+    b0: np.ndarray  # (p,) least-squares β: y enters as y − X b0 (see _nested_classes)
+    Xty0: np.ndarray  # Xᵀ(y − X b0)
+    yty0: float  # |y − X b0|²
+
+
+def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """b0 (least squares), Zᵀ(y − X b0), Xᵀ(y − X b0) and |y − X b0|²: with y − X b0 in place of y,
+    |c_u|² and XᵀV⁻¹y are of the size of the residuals, not of yᵀy, so the rounding noise of the
+    deviance and its gradient in θ is that much smaller."""
+    b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
+    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
+    Xty0 = stats.Xty - stats.XtX @ b0
+    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
+    return b0, Zty0, Xty0, yty0
 
 
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
@@ -542,11 +558,13 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
         return _nested_classes(stats, lay, uniq, cls, count, limit)
     if K > limit:
         return None
-    ZXa = np.concatenate([stats.ZtX, stats.Zty[:, None, :]], axis=1)  # (q, p+1, G)
+    b0, Zty0, Xty0, yty0 = _centred(stats)
+    ZXa = np.concatenate([stats.ZtX, Zty0[:, None, :]], axis=1)  # (q, p+1, G)
     omega_k = _pooled_omega(ZXa, cls, count, K)  # (K, q, q, p+1, p+1)
     return _Classes(Ck=np.ascontiguousarray(uniq.reshape(K, q, q)), count=count.astype(float),
                     omega_flat=omega_k.reshape(K * q * q, (p + 1) ** 2),
-                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy())
+                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy(),
+                    b0=b0, Xty0=Xty0, yty0=yty0)
 
 
 @dataclass
@@ -604,13 +622,8 @@ def _nested_classes(stats: Stats, lay: Layout, uniq: np.ndarray, cls: np.ndarray
     if K > limit or J > max(8, G // 2):
         return None
     # The response enters as y − X b0 (b0 the least-squares β): the same β̂ − b0, residuals and
-    # deviance, but |c_u|² and XᵀV⁻¹y are then of the size of the residuals, not of yᵀy, so
-    # the rounding noise of the deviance in θ is that much smaller (the optimiser's line search
-    # stalls on noise of a few 1e-15 relative otherwise).
-    b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
-    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
-    Xty0 = stats.Xty - stats.XtX @ b0
-    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
+    # deviance, with less rounding (the optimiser's line search stalls on noise otherwise).
+    b0, Zty0, Xty0, yty0 = _centred(stats)
     ZXa = np.concatenate([stats.ZtX, Zty0[:, None, :]], axis=1)  # (qt, p+1, G)
     P = _group_sums(ZXa.reshape(qt * (p + 1), G), pair_idx, J)
     P = np.ascontiguousarray(P.reshape(qt, p + 1, J).transpose(2, 0, 1))
@@ -761,16 +774,18 @@ def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray
     CL = C @ lam  # (K, q, q)
     A = lam.T @ CL
     A[:, range(q), range(q)] += 1.0
-    Ainv = np.linalg.inv(A)
-    _, logdets = np.linalg.slogdet(A)
+    Ainv, logdets = batched._inv_logdet(A)
     H = Ainv @ lam.T  # A⁻¹Λᵀ
     N = lam @ H  # Λ A⁻¹ Λᵀ
     S = (N.reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
     XtVX = stats.XtX - S[:p, :p]
-    XtVy = stats.Xty - S[:p, p]
+    XtVy = cl.Xty0 - S[:p, p]
     logdet = float(cl.count @ logdets)
     parts = {"H": H, "CL": CL, "lg": lam}
-    return _finish(theta, logdet, XtVX, XtVy, stats.yty - float(S[p, p]), parts)
+    ev = _finish(theta, logdet, XtVX, XtVy, cl.yty0 - float(S[p, p]), parts)
+    parts["beta0"] = ev.beta  # β̂ − b0, for the centred response
+    ev.beta = ev.beta + cl.b0
+    return ev
 
 
 def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: bool
@@ -783,7 +798,7 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     grad_m = 2.0 * (cl.count @ HC.reshape(K, q * q)).reshape(q, q).T
     F = -(CL @ H)  # I - C Λ A⁻¹ Λᵀ
     F[:, range(q), range(q)] += 1.0
-    w = np.r_[-ev.beta, 1.0]
+    w = np.append(-ev.parts["beta0"], 1.0)  # the data hold y − X b0
     E = (cl.omega_flat @ np.outer(w, w).ravel()).reshape(K, q, q)  # Σ e eᵀ, e = Zᵀ(y - Xβ)
     Ht = H.transpose(0, 2, 1)
     nn = (n - p) if reml else n
@@ -1005,11 +1020,26 @@ class FastEngine:
             # (models/batched.py), in θ unconstrained (see _quasi_newton); the same pooled
             # closed forms then give the checks and Satterthwaite's derivatives
             pooled = batched.pooled_from_classes(
-                classes.count, classes.Ck, classes.omega_flat, stats.XtX, stats.Xty, stats.yty,
-                n, [(r, c) for (_, r, c) in lay.theta_pos])
+                classes.count, classes.Ck, classes.omega_flat, stats.XtX, classes.Xty0,
+                classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos])
             with np.errstate(all="ignore"):
                 newton = _quasi_newton(fg, pooled, np.asarray(theta0, dtype=float), reml,
                                        lay, min(int(opts["maxiter"]), 200))
+                for _ in range(4):  # a diagonal θ at (or next to) 0 may sit on a saddle
+                    if newton is None:
+                        break
+                    th0 = newton[0]
+                    tiny = (lower == 0.0) & (th0 < opts["boundary_tol"] * max(
+                        1.0, float(np.max(np.abs(th0)))))
+                    if not tiny.any():
+                        break
+                    snapped = np.where(tiny, 0.0, th0)
+                    best, _ = probe_inside_bounds(objective_only, snapped,
+                                                  objective_only(th0), lower)
+                    if best is None:
+                        break
+                    newton = _quasi_newton(fg, pooled, best, reml, lay,
+                                           min(int(opts["maxiter"]), 200))
         messages = []
         if newton is not None:
             theta, n_iter = newton
@@ -1019,6 +1049,8 @@ class FastEngine:
             converged = True
             optimizer, opt_message = "BFGS from the exact Hessian (analytic gradient)", "converged"
         else:
+            from scipy import optimize  # not on the pooled path: SciPy's optimisers load slowly
+
             res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
                                     options=lbfgs)
             # restart from inside the bound while a probe there beats a diagonal θ stopped at 0
