@@ -102,3 +102,42 @@ def test_pooled_classes_give_the_per_group_sums() -> None:
     np.testing.assert_allclose(fit.result.jacobian_vcov_varpar(varpar),
                                block_inference.jacobian_vcov_varpar(st, lay, varpar),
                                rtol=1e-10, atol=1e-16)
+
+
+@pytest.mark.parametrize("q, reml, seed", [(1, True, 5), (2, True, 6), (2, False, 7),
+                                           (3, True, 8), (3, False, 9)])
+def test_pooled_closed_forms_on_random_designs(q: int, reml: bool, seed: int) -> None:
+    """Groups of few visit patterns (pooled by class, models/batched.py): the gradient, Hessian
+    and Jacobian equal the per-group sums and Richardson differences, at the optimum and away."""
+    rng = np.random.default_rng(seed)
+    G = 60
+    patterns = rng.normal(size=(3, 6, q - 1)) if q > 1 else None
+    kind = rng.integers(0, 3, G)
+    codes = np.repeat(np.arange(G), 6)
+    n = codes.size
+    Z = np.ones((n, 1)) if q == 1 else np.column_stack(
+        [np.ones(n), patterns[kind].reshape(n, q - 1)])
+    X = np.column_stack([np.ones(n), rng.normal(size=n), rng.integers(0, 2, n)])
+    lam = np.tril(rng.normal(size=(q, q)) * 0.4) + np.eye(q)
+    b = rng.normal(size=(G, q)) @ lam.T
+    y = X @ np.array([1.0, -0.5, 0.3]) + np.einsum("ij,ij->i", Z, b[codes]) + rng.normal(size=n)
+    block = RandomBlock(group="g", terms=["(Intercept)"] + [f"z{k}" for k in range(1, q)], Z=Z,
+                        codes=codes, levels=pd.Index(np.arange(G)))
+    spec = ModelSpec(formula="y ~ x + (z | g)", response="y", y=y, X=X,
+                     fixed_names=["(Intercept)", "x", "a"], blocks=[block],
+                     data=pd.DataFrame({"g": codes}))
+    res = FastEngine().fit(spec, reml=reml)
+    assert res.n_classes is not None and res.n_classes <= 3
+    st, lay = res.internals.stats, res.internals.layout
+    for varpar in (np.append(res.theta, res.sigma),
+                   np.append(res.theta, res.sigma) + rng.uniform(0.05, 0.3, res.theta.size + 1)):
+        _check(res, varpar)
+        np.testing.assert_allclose(res.hessian_varpar(varpar),
+                                   block_inference.hessian_varpar(st, lay, varpar, reml),
+                                   rtol=1e-9, atol=1e-9)
+        g = res.gradient_varpar(varpar)
+        h = 1e-5 * np.maximum(np.abs(varpar), 1.0)
+        fd = np.array([(res.devfun_varpar(varpar + np.eye(varpar.size)[i] * h[i])
+                        - res.devfun_varpar(varpar - np.eye(varpar.size)[i] * h[i])) / (2 * h[i])
+                       for i in range(varpar.size)])
+        np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5)

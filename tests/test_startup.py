@@ -45,6 +45,33 @@ assert np.isfinite(fe["df"]).all()
     assert not any(loaded.values()), {m for m, v in loaded.items() if v}
 
 
+def test_fast_engine_fit_loads_no_other_engine() -> None:
+    """The engines load on first use (spec.ENGINES): a fit the fast engine takes imports neither
+    the other engines nor SciPy's optimisers; asking for another engine loads it."""
+    code = """
+import numpy as np, pandas as pd, sys, json
+import mfr_outcomes as mfr
+from mfr_outcomes.models import ENGINES
+rng = np.random.default_rng(1)
+g = np.repeat(np.arange(30), 4)
+d = pd.DataFrame({"g": g, "x": rng.normal(size=g.size)})
+d["y"] = d["x"] + rng.normal(size=30)[g] + rng.normal(size=g.size)
+fit = mfr.fit_mixed(d, "y ~ x + (1 | g)")
+assert fit.diagnostics["engine"] == "fast" and np.isfinite(fit.fixed_effects["df"]).all()
+mods = ["scipy.optimize", "mfr_outcomes.models.pls", "mfr_outcomes.models.sparse",
+        "mfr_outcomes.models.statsmodels_engine", "mfr_outcomes.models.glmm"]
+before = {m: m in sys.modules for m in mods}
+names = sorted(ENGINES)
+print(json.dumps({"before": before, "after": "mfr_outcomes.models.pls" in sys.modules,
+                  "names": names}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not any(res["before"].values()), res["before"]
+    assert res["after"] and res["names"] == ["fast", "pls", "sparse", "statsmodels"]
+
+
 def test_package_verbs_resolve_lazily() -> None:
     out = subprocess.run([sys.executable, "-c", "import mfr_outcomes as m, sys; "
                           "f = m.fit_mixed; print(f.__module__, 'mfr_outcomes.qi' in sys.modules)"],

@@ -1,6 +1,6 @@
 """Mixed-effects models: lme4 formulas, fitting engines, MixedFit and lmerTest-style inference.
 
-Importing this package registers the engines: "fast" (sufficient statistics, one grouping factor
+The engines (imported when first used, see ``spec.ENGINES``): "fast" (sufficient statistics, one grouping factor
 and a nesting level), "sparse" (blocked sparse Cholesky, any random structure at scale), "pls"
 (dense penalised least squares, any random structure; the reference) and "statsmodels" (MixedLM,
 one grouping factor). ``engine="auto"`` takes the one of highest priority
@@ -9,7 +9,8 @@ docs/model_layer.md.
 """
 from __future__ import annotations
 
-from mfr_outcomes.models import fast, pls, sparse, statsmodels_engine  # noqa: F401  (register engines)
+# registers the fast engine; the others load on first use (spec.ENGINES)
+from mfr_outcomes.models import fast  # noqa: F401
 from mfr_outcomes.models.base import MixedFitBase
 from mfr_outcomes.models.checks import ModelCheckError
 from mfr_outcomes.models.fit import LinearMixedFit, MixedFit, ModelFitError, fit_mixed

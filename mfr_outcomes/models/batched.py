@@ -24,12 +24,28 @@ from scipy import sparse
 
 from mfr_outcomes.models.threads import blas_threads
 
-__all__ = ["BatchDesign", "BatchFit", "design_arrays", "response_sums", "fit_batch",
-           "satterthwaite_df"]
+__all__ = ["BatchDesign", "BatchFit", "Pooled", "design_arrays", "response_sums", "pool",
+           "pooled_from_classes", "fit_batch", "fit_pooled", "satterthwaite_df",
+           "varpar_derivatives", "deviance_varpar"]
+
+
+class _Params:
+    """p and θ's lower bounds, from XtX and theta_pos."""
+
+    XtX: np.ndarray
+    theta_pos: list[tuple[int, int]]
+
+    @property
+    def p(self) -> int:
+        return int(self.XtX.shape[-1])
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([0.0 if r == c else -np.inf for r, c in self.theta_pos])
 
 
 @dataclass
-class BatchDesign:
+class BatchDesign(_Params):
     """The design side of a batch: (D, G, q, q) ZᵢᵀZᵢ, (D, G, q, p) ZᵢᵀXᵢ, (D, p, p) XᵀX with D = 1
     (one design for every study) or D = S (one per study); θ's positions in Λ."""
 
@@ -39,14 +55,6 @@ class BatchDesign:
     n: int | np.ndarray  # observations: one number, or (D,) one a design
     theta_pos: list[tuple[int, int]]  # (row, col) of each θ in the q×q Λ
     q: int
-
-    @property
-    def p(self) -> int:
-        return int(self.XtX.shape[-1])
-
-    @property
-    def lower(self) -> np.ndarray:
-        return np.array([0.0 if r == c else -np.inf for r, c in self.theta_pos])
 
 
 def _indicator(codes: np.ndarray, Z: np.ndarray, G: int) -> sparse.csr_matrix:
@@ -92,24 +100,114 @@ class BatchFit:
 
 
 # ----------------------------------------------------------------------------------------------
-# The per-group blocks of a batch at (θ_s, σ_s)
+# Groups pooled by class of ZᵢᵀZᵢ
 # ----------------------------------------------------------------------------------------------
-def _lambdas(theta: np.ndarray, d: BatchDesign) -> np.ndarray:
-    lam = np.zeros((theta.shape[0], d.q, d.q))
-    for k, (r, c) in enumerate(d.theta_pos):
+@dataclass
+class Pooled(_Params):
+    """A batch with its groups pooled by class of ZᵢᵀZᵢ.
+
+    Everything the criterion, its gradient and Hessian, and the Jacobian of Var(β̂) need from a
+    group is ZᵢᵀZᵢ and the outer products (ZᵢᵀXa_i)[a] (ZᵢᵀXa_i)[b]ᵀ (Xa = [X, y]); the latter enter
+    linearly, so they are summed within each class of equal ZᵢᵀZᵢ: an evaluation costs
+    O(classes), not O(groups). The classes are the union over the batch's designs (a design
+    without a class has count 0 there). The response enters as y − X b0 (b0 the least-squares
+    β of the study), so the pooled sums are of the size of the residuals (less rounding in the
+    criterion near the optimum).
+    """
+
+    C: np.ndarray  # (K, q, q) ZᵢᵀZᵢ of each class
+    count: np.ndarray  # (D, K) groups of each class, per design (D = 1 or S)
+    Oxx: np.ndarray  # (D, K q q, p p) Σ_class ZXᵢ[a] ZXᵢ[b]ᵀ
+    Om: np.ndarray  # (S, K q q, m m) Σ_class ZXaᵢ[a] ZXaᵢ[b]ᵀ, m = p + 1
+    XtX: np.ndarray  # (D, p, p)
+    Xty0: np.ndarray  # (S, p) Xᵀ(y − X b0)
+    yty0: np.ndarray  # (S,) |y − X b0|²
+    b0: np.ndarray  # (S, p)
+    n: np.ndarray  # (D,) observations
+    theta_pos: list[tuple[int, int]]
+    q: int
+
+    def design(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """count, XtX, n and Oxx of the studies *idx* (a leading axis of 1 when shared)."""
+        if self.count.shape[0] == 1:
+            return self.count, self.XtX, np.full(idx.size, float(self.n[0])), self.Oxx
+        return self.count[idx], self.XtX[idx], self.n[idx].astype(float), self.Oxx[idx]
+
+
+def _centre(Om: np.ndarray, XtX: np.ndarray, Xty: np.ndarray, yty: np.ndarray):
+    """Om, Xᵀy, yᵀy of y − X b0 (b0 = least squares) from those of y: Xa → Xa T with
+    T = [[I, −b0], [0, 1]]."""
+    S, p = Xty.shape
+    m = p + 1
+    b0 = np.linalg.solve(XtX, Xty[..., None])[..., 0] if XtX.shape[0] == S else \
+        np.linalg.solve(XtX[0], Xty.T).T
+    T = np.broadcast_to(np.eye(m), (S, m, m)).copy()
+    T[:, :p, p] = -b0
+    Om = Om.reshape(S, -1, m, m)
+    Om = (T.transpose(0, 2, 1)[:, None] @ Om @ T[:, None]).reshape(S, -1, m * m)
+    XtXb = np.einsum("spr,sr->sp", np.broadcast_to(XtX, (S, p, p)), b0)
+    Xty0 = Xty - XtXb
+    yty0 = np.maximum(yty - 2.0 * np.einsum("sp,sp->s", b0, Xty)
+                      + np.einsum("sp,sp->s", b0, XtXb), 0.0)
+    return Om, Xty0, yty0, b0
+
+
+def pool(d: BatchDesign, Zy: np.ndarray, Xty: np.ndarray, yty: np.ndarray) -> Pooled:
+    """The per-group arrays of a batch pooled by class of ZᵢᵀZᵢ."""
+    D, G, q, _ = d.C.shape
+    S, p = Xty.shape
+    m = p + 1
+    flat = np.ascontiguousarray(d.C.reshape(D * G, q * q))
+    # classes by a 1-D key (a fixed random projection), verified exactly
+    key = flat @ np.random.default_rng(20150701).uniform(1.0, 2.0, q * q)
+    _, first, cls = np.unique(key, return_index=True, return_inverse=True)
+    uniq = flat[first]
+    cls = cls.ravel()
+    if not np.array_equal(uniq[cls], flat):
+        uniq, cls = np.unique(flat, axis=0, return_inverse=True)
+        cls = cls.ravel()
+    K = uniq.shape[0]
+    cls = cls.reshape(D, G)
+    count = np.zeros((D, K))
+    for r in range(D):
+        count[r] = np.bincount(cls[r], minlength=K)
+    ZX = np.broadcast_to(d.ZX, (S, G, q, p)) if D == 1 else d.ZX
+    v = np.concatenate([ZX, Zy[..., None]], axis=3).reshape(S, G, q * m)
+    W = (v[:, :, :, None] * v[:, :, None, :]).reshape(S * G, -1)
+    rows = (np.arange(S)[:, None] * K + (cls if D > 1 else cls[:1])).ravel()
+    ind = sparse.csr_matrix((np.ones(S * G), (rows, np.arange(S * G))), shape=(S * K, S * G))
+    Om = np.asarray(ind @ W).reshape(S, K, q, m, q, m).transpose(0, 1, 2, 4, 3, 5)
+    Om = np.ascontiguousarray(Om).reshape(S, K * q * q, m * m)
+    Oxx = np.ascontiguousarray(Om[:D].reshape(D, K * q * q, m, m)[..., :p, :p]).reshape(
+        D, K * q * q, p * p)
+    Om, Xty0, yty0, b0 = _centre(Om, d.XtX, Xty, yty)
+    return Pooled(C=uniq.reshape(K, q, q), count=count, Oxx=Oxx, Om=Om, XtX=d.XtX, Xty0=Xty0,
+                  yty0=yty0, b0=b0, n=np.atleast_1d(np.asarray(d.n, dtype=float)),
+                  theta_pos=list(d.theta_pos), q=q)
+
+
+def pooled_from_classes(count: np.ndarray, Ck: np.ndarray, omega_flat: np.ndarray,
+                        XtX: np.ndarray, Xty: np.ndarray, yty: float, n: int,
+                        theta_pos: list[tuple[int, int]]) -> Pooled:
+    """One study (the fast engine's fit) from its classes: counts (K,), ZᵢᵀZᵢ (K, q, q) and
+    Ω (K q q, (p+1)²) of [X, y]."""
+    K, q = Ck.shape[0], Ck.shape[1]
+    p = XtX.shape[0]
+    Om = omega_flat.reshape(1, K * q * q, (p + 1) ** 2)
+    Oxx = np.ascontiguousarray(Om.reshape(1, K * q * q, p + 1, p + 1)[..., :p, :p]).reshape(
+        1, K * q * q, p * p)
+    Om, Xty0, yty0, b0 = _centre(Om, XtX[None], np.asarray(Xty, float)[None],
+                                 np.array([float(yty)]))
+    return Pooled(C=np.asarray(Ck, float), count=np.asarray(count, float)[None], Oxx=Oxx, Om=Om,
+                  XtX=XtX[None], Xty0=Xty0, yty0=yty0, b0=b0, n=np.array([float(n)]),
+                  theta_pos=list(theta_pos), q=q)
+
+
+def _lambdas(theta: np.ndarray, P: Pooled) -> np.ndarray:
+    lam = np.zeros((theta.shape[0], P.q, P.q))
+    for k, (r, c) in enumerate(P.theta_pos):
         lam[:, r, c] = theta[:, k]
     return lam
-
-
-def _at(d: BatchDesign, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if d.C.shape[0] == 1:
-        return d.C, d.ZX, d.XtX
-    return d.C[idx], d.ZX[idx], d.XtX[idx]
-
-
-def _nobs(d: BatchDesign, idx: np.ndarray) -> np.ndarray:
-    n = np.asarray(d.n, dtype=float)
-    return np.full(idx.size, float(n)) if n.ndim == 0 else n[idx]
 
 
 def _inv_logdet(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,150 +228,175 @@ def _inv_logdet(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.linalg.inv(A), logdet
 
 
-def _gq_dot(U: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """Σ_g U_gᵀ W_g for stacks (S|1, G, q, p) and (S, G, q, r): one batched matrix product."""
-    Uf = U.reshape(U.shape[0], -1, U.shape[-1])
-    Wf = W.reshape(W.shape[0], -1, W.shape[-1])
-    return Uf.transpose(0, 2, 1) @ Wf
+def _swap(A: np.ndarray) -> np.ndarray:
+    return np.swapaxes(A, -1, -2)
 
 
-def _outer_sum(B: np.ndarray) -> np.ndarray:
-    """Σ_g B_g[a] B_g[b]ᵀ as (S, q, q, p, p) from B (S, G, q, p)."""
-    S, G, q, p = B.shape
-    Bf = B.reshape(S, G, q * p)
-    return (Bf.transpose(0, 2, 1) @ Bf).reshape(S, q, p, q, p).transpose(0, 1, 3, 2, 4)
+def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A @ B for stacks of small q×q matrices: broadcast products summed (matmul's per-matrix
+    dispatch costs more than 2×2 arithmetic)."""
+    if A.shape[-1] > 3:
+        return A @ B
+    out = A[..., :, 0, None] * B[..., None, 0, :]
+    for j in range(1, A.shape[-1]):
+        out = out + A[..., :, j, None] * B[..., None, j, :]
+    return out
 
 
-def _core(d: BatchDesign, idx: np.ndarray, theta: np.ndarray, Zy, Xty, yty) -> dict:
-    """Profiled pieces at θ (σ = 1 scale): β̂, r², criterion, and the unit-σ blocks."""
-    C, ZX, XtX = _at(d, idx)
-    lam = _lambdas(theta, d)[:, None]  # (S, 1, q, q)
-    lamT = lam.transpose(0, 1, 3, 2)
-    A = lamT @ C @ lam
-    A[..., range(d.q), range(d.q)] += 1.0
+def _core(P: Pooled, idx: np.ndarray, theta: np.ndarray, reml: bool = True) -> dict:
+    """Profiled pieces at θ (σ = 1 scale) of the studies *idx*: β̂, r², the criterion."""
+    count, XtX, n, _ = P.design(idx)
+    S, p, q = idx.size, P.p, P.q
+    m = p + 1
+    lam = _lambdas(theta, P)[:, None]  # (S, 1, q, q)
+    A = _mm(_mm(_swap(lam), P.C[None]), lam)
+    A[..., range(q), range(q)] += 1.0
     Ainv, logdetA = _inv_logdet(A)
-    N = lam @ Ainv @ lamT
-    CN = C @ N
-    NZX = N @ ZX
-    XtKX = XtX - _gq_dot(ZX, NZX)
-    XtKy = Xty - np.einsum("sgap,sga->sp", NZX, Zy)
-    beta = np.linalg.solve(XtKX, XtKy[..., None])[..., 0]
-    Zr = Zy - np.einsum("sgap,sp->sga", np.broadcast_to(ZX, NZX.shape), beta)
-    XtXb = np.einsum("spr,sr->sp", np.broadcast_to(XtX, XtKX.shape), beta)
-    rr = yty - 2.0 * np.einsum("sp,sp->s", beta, Xty) + np.einsum("sp,sp->s", beta, XtXb)
-    pwrss = rr - np.einsum("sga,sgab,sgb->s", Zr, N, Zr)
-    _, ldrx = np.linalg.slogdet(XtKX)
-    n = _nobs(d, idx)
-    nmp = n - d.p
-    with np.errstate(invalid="ignore", divide="ignore"):
-        crit = logdetA.sum(axis=1) + ldrx + nmp * (1.0 + np.log(2.0 * np.pi * pwrss / nmp))
-    return {"C": C, "ZX": ZX, "lam": lam[:, 0], "CN": CN, "Zr": Zr, "XtKX": XtKX,
-            "beta": beta, "pwrss": pwrss, "crit": np.where(pwrss > 0, crit, np.inf), "n": n}
+    N = _mm(_mm(lam, Ainv), _swap(lam))  # (S, K, q, q)
+    S1 = (N.reshape(S, 1, -1) @ P.Om[idx]).reshape(S, m, m)
+    XtKX = XtX - S1[:, :p, :p]
+    XtKy = P.Xty0[idx] - S1[:, :p, p]
+    with np.errstate(all="ignore"):
+        try:
+            beta0 = np.linalg.solve(XtKX, XtKy[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            beta0 = np.full((S, p), np.nan)
+        pwrss = P.yty0[idx] - S1[:, p, p] - np.einsum("sp,sp->s", XtKy, beta0)
+        sign, ldrx = np.linalg.slogdet(XtKX)
+        nn = n - p if reml else n
+        logdet = np.einsum("sk,sk->s", np.broadcast_to(count, logdetA.shape), logdetA)
+        crit = logdet + nn * (1.0 + np.log(2.0 * np.pi * pwrss / nn))
+        if reml:
+            crit = crit + ldrx
+    ok = (pwrss > 0) & (sign > 0) & np.isfinite(crit)
+    return {"idx": idx, "lam": lam[:, 0], "N": N, "XtKX": XtKX, "beta0": beta0,
+            "pwrss": pwrss, "crit": np.where(ok, crit, np.inf), "n": n, "nn": nn,
+            "logdet": logdet, "ldrx": ldrx}
 
 
-def _blocks(core: dict, sigma: np.ndarray) -> dict:
-    """M_g, B_g, s_g (σ included), Φ, Φ⁻¹ and the sums the derivatives need."""
-    C, ZX, CN, Zr = core["C"], core["ZX"], core["CN"], core["Zr"]
-    s2 = (sigma ** 2)[:, None, None, None]
-    M = (C - CN @ C) / s2
-    B = (ZX - CN @ ZX) / s2
-    s = (Zr - np.einsum("sgab,sgb->sga", CN, Zr)) / s2[..., 0]
-    Phi_inv = core["XtKX"] / s2[:, 0]
-    return {"M": M, "B": B, "s": s, "Phi_inv": Phi_inv, "Phi": np.linalg.inv(Phi_inv),
-            "rKr": core["pwrss"] / sigma ** 2, "Msum": M.sum(axis=1),
-            "Ss": np.einsum("sga,sgb->sab", s, s),
-            "BB": _outer_sum(B), "sigma": sigma, "lam": core["lam"]}
+def _blocks(P: Pooled, core: dict, sigma: np.ndarray) -> dict:
+    """Per class M = ZᵢᵀV⁻¹Zᵢ, F = (I − ZᵢᵀZᵢN)/σ², the residual moments E2 = Σ eᵢeᵢᵀ and
+    Oxe = Σ ZXᵢ[a] eᵢ[b] (eᵢ = Zᵢᵀ(y − Xβ̂)), Φ = Var(β̂) and the sums the derivatives need."""
+    idx = core["idx"]
+    count, _, n, Oxx = P.design(idx)
+    S, p, q = idx.size, P.p, P.q
+    m = p + 1
+    K = P.C.shape[0]
+    s2 = sigma ** 2
+    w = np.concatenate([-core["beta0"], np.ones((S, 1))], axis=1)
+    t = (P.Om[idx].reshape(S, -1, m) @ w[:, :, None]).reshape(S, K, q, q, m)
+    Oxe = t[..., :p]
+    E2 = np.einsum("skabi,si->skab", t, w)
+    C = P.C[None]
+    CN = _mm(C, core["N"])
+    M = (C - _mm(CN, C)) / s2[:, None, None, None]
+    F = (np.eye(q) - CN) / s2[:, None, None, None]
+    Phi_inv = core["XtKX"] / s2[:, None, None]
+    cnt = np.broadcast_to(count, (S, K))
+    return {"M": M, "F": F, "E2": E2, "Oxe": Oxe, "Oxx": Oxx, "count": cnt, "n": n,
+            "Phi_inv": Phi_inv, "Phi": np.linalg.inv(Phi_inv), "rKr": core["pwrss"] / s2,
+            "Msum": np.einsum("sk,skab->sab", cnt, M),
+            "Ss": _mm(_mm(F, E2), _swap(F)).sum(axis=1), "sigma": sigma, "lam": core["lam"]}
 
 
-def _bb(bl: dict, E: np.ndarray) -> np.ndarray:
-    S, q, _, p, _ = bl["BB"].shape
-    return (E.reshape(S, 1, q * q) @ bl["BB"].reshape(S, q * q, p * p)).reshape(S, p, p)
-
-
-def _derivs(bl: dict, d: BatchDesign) -> tuple[list, dict]:
-    """First and second derivatives of V in varpar as (E (S, q, q), c (S,))."""
-    S, q = bl["lam"].shape[0], d.q
+def _derivs(bl: dict, P: Pooled) -> tuple:
+    """First (S, k+1, q, q), (S, k+1) and second (S, k+1, k+1, q, q), (S, k+1, k+1) derivatives
+    of V in varpar = (θ, σ) as ∂V = Z E Zᵀ + c V."""
     lam, sig = bl["lam"], bl["sigma"]
-    s2 = (sig ** 2)[:, None, None]
-    units = []
-    for r, c in d.theta_pos:
-        u = np.zeros((q, q))
-        u[r, c] = 1.0
-        units.append(u)
-    zero_E, zero_c = np.zeros((S, q, q)), np.zeros(S)
-    first = [(s2 * (u @ lam.transpose(0, 2, 1) + lam @ u.T), zero_c) for u in units]
-    first.append((zero_E, 2.0 / sig))
-    k = len(units)
-    second = {}
-    for i in range(k):
-        for j in range(i, k):
-            second[i, j] = (s2 * (units[i] @ units[j].T + units[j] @ units[i].T), zero_c)
-        second[i, k] = ((2.0 / sig)[:, None, None] * first[i][0], zero_c)
-    second[k, k] = (zero_E, 2.0 / sig ** 2)
-    return first, second
+    S, q, k = lam.shape[0], P.q, len(P.theta_pos)
+    s2 = (sig ** 2)[:, None, None, None]
+    U = np.zeros((k, q, q))
+    for t, (r, c) in enumerate(P.theta_pos):
+        U[t, r, c] = 1.0
+    E1 = np.zeros((S, k + 1, q, q))
+    E1[:, :k] = s2 * (_mm(U[None], _swap(lam)[:, None]) + _mm(lam[:, None], _swap(U)[None]))
+    c1 = np.zeros((S, k + 1))
+    c1[:, k] = 2.0 / sig
+    UU = U[:, None] @ _swap(U)[None]  # U_i U_jᵀ
+    E2 = np.zeros((S, k + 1, k + 1, q, q))
+    E2[:, :k, :k] = s2[:, None] * (UU + _swap(UU))[None]
+    E2[:, :k, k] = E2[:, k, :k] = (2.0 / sig)[:, None, None, None] * E1[:, :k]
+    c2 = np.zeros((S, k + 1, k + 1))
+    c2[:, k, k] = 2.0 / sig ** 2
+    return E1, c1, E2, c2
 
 
-def _hessian(bl: dict, d: BatchDesign, n: int, p: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """REML Hessian (S, k+1, k+1) and gradient (S, k+1) of the deviance in varpar."""
-    first, second = _derivs(bl, d)
-    M, B, Phi, Phi_inv = bl["M"], bl["B"], bl["Phi"], bl["Phi_inv"]
-    k1 = len(first)
-    EB = [np.einsum("sab,sgbp->sgap", E, B) for E, _ in first]
-    ME = [M @ E[:, None] for E, _ in first]
-    MEB = [M @ eb for eb in EB]
-    P = [_bb(bl, E) + c[:, None, None] * Phi_inv for E, c in first]
-    Es = [np.einsum("sab,sgb->sga", E, bl["s"]) for E, _ in first]
-    MEs = [np.einsum("sgab,sgb->sga", M, es) for es in Es]
-    sEs = [np.einsum("sab,sab->s", bl["Ss"], E) for E, _ in first]
-    u = [np.einsum("sgap,sga->sp", B, es) for es in Es]
-    trME = [np.einsum("sab,sba->s", bl["Msum"], E) for E, _ in first]
-    PhiP = [Phi @ Pi for Pi in P]
-    S = M.shape[0]
-    H = np.empty((S, k1, k1))
-    grad = np.empty((S, k1))
-    for i, (E, c) in enumerate(first):
-        tr = trME[i] + c * n - np.einsum("spr,spr->s", Phi, _bb(bl, E)) - c * p
-        grad[:, i] = tr - (sEs[i] + c * bl["rKr"])
-    for i in range(k1):
-        ci = first[i][1]
-        for j in range(i, k1):
-            cj = first[j][1]
-            Eij, cij = second[i, j]
-            trKK = (np.einsum("sgab,sgba->s", ME[i], ME[j]) + cj * trME[i] + ci * trME[j]
-                    + ci * cj * n)
-            Q = (_gq_dot(EB[i], MEB[j]) + cj[:, None, None] * _bb(bl, first[i][0])
-                 + ci[:, None, None] * _bb(bl, first[j][0]) + (ci * cj)[:, None, None] * Phi_inv)
-            tr1 = (np.einsum("sab,sba->s", bl["Msum"], Eij) + cij * n
-                   - np.einsum("spr,spr->s", Phi, _bb(bl, Eij)) - cij * p)
-            tr2 = (trKK - 2.0 * np.einsum("spr,spr->s", Phi, Q)
-                   + np.einsum("spr,srp->s", PhiP[i], PhiP[j]))
-            q2 = (np.einsum("sga,sga->s", Es[i], MEs[j]) + cj * sEs[i] + ci * sEs[j]
-                  + ci * cj * bl["rKr"] - np.einsum("sp,spr,sr->s", u[i], Phi, u[j]))
-            q1 = np.einsum("sab,sab->s", bl["Ss"], Eij) + cij * bl["rKr"]
-            H[:, i, j] = H[:, j, i] = tr1 - tr2 + 2.0 * q2 - q1
-    return H, grad, P
+def _hessian(bl: dict, P: Pooled, reml: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hessian (S, k+1, k+1) and gradient (S, k+1) of the REML (or ML) deviance in varpar, and
+    P_i = XᵀKV_iKX (S, k+1, p, p); the formulas of :mod:`block_inference`, summed by class and
+    vectorised over studies and derivatives."""
+    E1, c1, E2d, c2 = _derivs(bl, P)
+    M, F, Phi, Phi_inv = bl["M"], bl["F"], bl["Phi"], bl["Phi_inv"]
+    S, k1, p = E1.shape[0], E1.shape[1], P.p
+    n = bl["n"]
+    Ft = _swap(F)
+    Oxx = bl["Oxx"]  # (1 or S, Kqq, pp)
+    PhiOxx = Oxx @ Phi.reshape(S, p * p, 1)  # (S, Kqq, 1): <Φ, Σ_class ZX[a] ZX[b]ᵀ>
+    T1 = _mm(_mm(Ft[:, None], E1[:, :, None]), F[:, None]).reshape(S, k1, -1)
+    bbE = (T1 @ Oxx).reshape(S, k1, p, p)  # Σ BᵀE_iB
+    Pm = bbE + c1[..., None, None] * Phi_inv[:, None]
+    PB = (T1 @ PhiOxx)[..., 0]  # <Φ, Σ BᵀE_iB>
+    trME = np.einsum("sab,siba->si", bl["Msum"], E1)
+    sEs = np.einsum("sab,siab->si", bl["Ss"], E1)
+    u = T1 @ bl["Oxe"].reshape(S, -1, p)  # Σ BᵀE_is  (S, k1, p)
+    EM = _mm(E1[:, :, None], M[:, None])  # E_i M  (S, k1, K, q, q)
+    W = _mm(EM[:, :, None], E1[:, None, :, None])  # E_i M E_j  (S, k1, k1, K, q, q)
+    TW = _mm(_mm(Ft[:, None, None], W), F[:, None, None]).reshape(S, k1 * k1, -1)
+    spair = (TW @ bl["E2"].reshape(S, -1, 1)).reshape(S, k1, k1)
+    ME = _mm(M[:, None], E1[:, :, None])
+    MEc = ME * bl["count"][:, None, :, None, None]
+    trpair = np.einsum("sikab,sjkba->sij", MEc, ME)
+    ci, cj = c1[:, :, None], c1[:, None, :]
+    nn_ = n[:, None, None]
+    trKK = trpair + cj * trME[:, :, None] + ci * trME[:, None, :] + ci * cj * nn_
+    trM2 = np.einsum("sab,sijba->sij", bl["Msum"], E2d)
+    sE2 = np.einsum("sab,sijab->sij", bl["Ss"], E2d)
+    tr1 = trM2 + c2 * nn_
+    tr2 = trKK
+    rKr = bl["rKr"][:, None, None]
+    if reml:
+        T2 = _mm(_mm(Ft[:, None, None], E2d[:, :, :, None]), F[:, None, None]).reshape(
+            S, k1 * k1, -1)
+        tr1 = tr1 - (T2 @ PhiOxx).reshape(S, k1, k1) - c2 * p
+        PhiPair = (TW @ PhiOxx).reshape(S, k1, k1)
+        PhiP = Phi[:, None] @ Pm
+        tr2 = tr2 - 2.0 * (PhiPair + cj * PB[:, :, None] + ci * PB[:, None, :] + ci * cj * p) \
+            + np.einsum("sipr,sjrp->sij", PhiP, PhiP)
+    q2 = spair + cj * sEs[:, :, None] + ci * sEs[:, None, :] + ci * cj * rKr \
+        - (u @ Phi) @ _swap(u)
+    q1 = sE2 + c2 * rKr
+    H = tr1 - tr2 + 2.0 * q2 - q1
+    H = (H + _swap(H)) / 2
+    grad = trME + c1 * n[:, None] - (sEs + c1 * bl["rKr"][:, None])
+    if reml:
+        grad = grad - PB - c1 * p
+    return H, grad, Pm
 
 
 # ----------------------------------------------------------------------------------------------
 # Projected Newton on the σ-profiled criterion, vectorised across studies
 # ----------------------------------------------------------------------------------------------
-def _newton_step(H: np.ndarray, g: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """−H⁻¹g on the free components, H made positive definite by flipping/clipping eigenvalues."""
+def _newton_step(H: np.ndarray, g: np.ndarray, free: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """−H⁻¹g on the free components, H made positive definite by flipping/clipping eigenvalues;
+    and which studies had negative curvature."""
     S, k = g.shape
     Hf = np.where(free[:, :, None] & free[:, None, :], H, 0.0)
     Hf[:, range(k), range(k)] = np.where(free, Hf[:, range(k), range(k)], 1.0)
     w, V = np.linalg.eigh(Hf)
+    neg = np.any(w < 0, axis=1)
     scale = np.maximum(np.abs(w).max(axis=1, keepdims=True), 1e-12)
     w = np.maximum(np.abs(w), 1e-8 * scale)
     gf = np.where(free, g, 0.0)
-    return -np.einsum("sij,sj->si", V / w[:, None, :], np.einsum("sji,sj->si", V, gf))
+    return -np.einsum("sij,sj->si", V / w[:, None, :], np.einsum("sji,sj->si", V, gf)), neg
 
 
-def _profiled(core: dict, d: BatchDesign) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def _profiled(core: dict, P: Pooled, reml: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          dict]:
     """σ̂(θ), gradient and Hessian of the σ-profiled criterion in θ, and the varpar blocks."""
-    sigma = np.sqrt(core["pwrss"] / (core["n"] - d.p))
-    bl = _blocks(core, sigma)
-    H, g, _ = _hessian(bl, d, core["n"], d.p)
+    sigma = np.sqrt(core["pwrss"] / core["nn"])
+    bl = _blocks(P, core, sigma)
+    H, g, _ = _hessian(bl, P, reml)
     k = H.shape[1] - 1
     Hp = H[:, :k, :k] - H[:, :k, k:] @ H[:, k:, :k] / H[:, k:, k:]
     return sigma, g[:, :k], Hp, bl
@@ -300,40 +423,48 @@ def fit_batch(d: BatchDesign, Zy: np.ndarray, Xty: np.ndarray, yty: np.ndarray,
     BatchFit
     """
     with blas_threads():
-        return _fit_batch(d, Zy, Xty, yty, theta0, max_iter, gtol, xtol)
+        return _fit_pooled(pool(d, Zy, Xty, yty), theta0, True, max_iter, gtol, xtol)
 
 
-def _fit_batch(d, Zy, Xty, yty, theta0, max_iter, gtol, xtol) -> BatchFit:
-    S = Zy.shape[0]
-    lower = d.lower
+def fit_pooled(P: Pooled, theta0: np.ndarray, *, reml: bool = True, max_iter: int = 60,
+               gtol: float = 1e-9, xtol: float = 1e-11) -> BatchFit:
+    """:func:`fit_batch` on studies already pooled by class (REML or ML)."""
+    with blas_threads():
+        return _fit_pooled(P, theta0, reml, max_iter, gtol, xtol)
+
+
+def _fit_pooled(P, theta0, reml, max_iter, gtol, xtol) -> BatchFit:
+    S = P.Om.shape[0]
+    lower = P.lower
     diag = lower == 0.0
-    theta = np.broadcast_to(np.asarray(theta0, dtype=float), (S, len(d.theta_pos))).copy()
+    theta = np.broadcast_to(np.asarray(theta0, dtype=float), (S, len(P.theta_pos))).copy()
     theta[:, diag] = np.maximum(theta[:, diag], 0.0)
     converged = np.zeros(S, dtype=bool)
     iters = np.zeros(S, dtype=np.int64)
     active = np.arange(S)
-    core = _core(d, active, theta, Zy, Xty, yty)
+    core = _core(P, active, theta, reml)
     f = core["crit"]
     for it in range(max_iter):
         if active.size == 0:
             break
-        _, g, Hp, _ = _profiled(core, d)
+        _, g, Hp, _ = _profiled(core, P, reml)
         th = theta[active]
-        th, core, g, Hp = _flip_columns(d, active, th, core, g, Hp, Zy, Xty, yty)
-        at0 = diag & (th <= 0.0)
+        th, core, g, Hp = _flip_columns(P, th, core, g, Hp, reml)
+        scale = np.maximum(np.abs(th).max(axis=1, keepdims=True), 1.0)
+        at0 = diag & (th <= 1e-7 * scale)
         # at θ_diag = 0 the criterion is even in that component (gradient 0): step off 0 where
-        # the curvature there is negative (a saddle, which lme4's start-inside probe escapes)
+        # the curvature there is negative (a saddle, which lme4's start-inside probe escapes;
+        # reflected steps can approach it from inside without reaching 0)
         curv = Hp[:, range(Hp.shape[1]), range(Hp.shape[1])]
         n = core["n"]
-        push = at0 & (np.abs(g) <= 1e-10 * n[:, None]) & (curv < 0)
+        push = at0 & (np.abs(g) <= 1e-5 * n[:, None]) & (curv < 0)
         free = ~at0 | (g < 0) | push
         pg = np.max(np.abs(np.where(free, g, 0.0)), axis=1)
         conv = (pg < gtol * n) & ~push.any(axis=1)
-        step = _newton_step(Hp, g, free)
-        kick = 1e-2 * np.maximum(np.abs(th).max(axis=1, keepdims=True), 1.0)
+        step, neg = _newton_step(Hp, g, free)
+        kick = 1e-2 * scale
         step = np.where(push, np.maximum(step, kick), step)
-        new_theta, new_core, accepted = _line_search(d, active, th, step, g, f, core, Zy, Xty,
-                                                     yty, diag)
+        new_theta, new_core, accepted = _line_search(P, th, step, g, f, core, diag, reml, neg)
         tiny = accepted & (np.max(np.abs(new_theta - th), axis=1)
                            < xtol * np.maximum(1.0, np.max(np.abs(th), axis=1)))
         stalled = ~accepted & ~conv
@@ -343,65 +474,67 @@ def _fit_batch(d, Zy, Xty, yty, theta0, max_iter, gtol, xtol) -> BatchFit:
         converged[active] = conv | tiny | (stalled & (pg < 1e-5 * n))
         keep = ~finished
         active = active[keep]
-        core = _merge_keep(_merge(core, new_core, accepted & ~conv), keep)
+        core = _take(_merge(core, new_core, accepted & ~conv), keep)
         f = core["crit"]
-    return _finish(d, theta, converged, iters, Zy, Xty, yty)
+    return _finish(P, theta, converged, iters, reml)
 
 
-def _flip_columns(d, active, th, core, g, Hp, Zy, Xty, yty):
+def _flip_columns(P, th, core, g, Hp, reml):
     """Where a diagonal θ sits at 0, its column of Λ can change sign without changing ΛΛᵀ; take
     the sign whose gradient lets the diagonal leave 0 (else the bound looks optimal when it is
     not: the deviance falls on the other side of the symmetry)."""
-    diag_idx = {c: k for k, (r, c) in enumerate(d.theta_pos) if r == c}
-    lower = d.lower
-    cand = (lower == 0.0) & (th <= 0.0) & (g > 0)
+    diag_idx = {c: k for k, (r, c) in enumerate(P.theta_pos) if r == c}
+    cand = (P.lower == 0.0) & (th <= 0.0) & (g > 0)
     if not cand.any():
         return th, core, g, Hp
     sign = np.ones_like(th)
-    for k, (r, c) in enumerate(d.theta_pos):
+    for k, (r, c) in enumerate(P.theta_pos):
         if r != c:
             sign[:, k] = np.where(cand[:, diag_idx[c]], -1.0, 1.0)
     rows = np.flatnonzero(np.any(sign < 0, axis=1))
     if rows.size == 0:
         return th, core, g, Hp
     th_f = th[rows] * sign[rows]
-    core_f = _core(d, active[rows], th_f, Zy[active[rows]], Xty[active[rows]],
-                   yty[active[rows]])
-    _, g_f, Hp_f, _ = _profiled(core_f, d)
+    core_f = _core(P, core["idx"][rows], th_f, reml)
+    _, g_f, Hp_f, _ = _profiled(core_f, P, reml)
     better = np.any(cand[rows] & (g_f < 0), axis=1)
     if not better.any():
         return th, core, g, Hp
-    take = np.zeros(th.shape[0], dtype=bool)
-    take[rows[better]] = True
+    hit = rows[better]
     th = th.copy()
-    th[rows[better]] = th_f[better]
+    th[hit] = th_f[better]
     g, Hp = g.copy(), Hp.copy()
-    g[rows[better]], Hp[rows[better]] = g_f[better], Hp_f[better]
-    full = {k: v for k, v in core_f.items()}
-    expanded = {}
-    for key, v in core.items():
-        if key in ("C", "ZX") and v.shape[0] == 1:
-            expanded[key] = v
+    g[hit], Hp[hit] = g_f[better], Hp_f[better]
+    return th, _put(core, core_f, hit, better), g, Hp
+
+
+def _reflect(P: Pooled, trial: np.ndarray) -> np.ndarray:
+    """A trial with a diagonal θ below 0 mirrored to its column with the sign changed: ΛΛᵀ, and
+    so the criterion, is unchanged by the sign of a column of Λ (a step past the bound lands
+    inside it, not on it)."""
+    for k, (r, c) in enumerate(P.theta_pos):
+        if r != c:
             continue
-        w = v.copy()
-        w[rows[better]] = full[key][better]
-        expanded[key] = w
-    return th, expanded, g, Hp
+        neg = trial[:, k] < 0
+        if neg.any():
+            for j, (_, c2) in enumerate(P.theta_pos):
+                if c2 == c:
+                    trial[neg, j] = -trial[neg, j]
+    return trial
 
 
-def _line_search(d, active, th, step, g, f, core, Zy, Xty, yty, diag):
+def _line_search(P, th, step, g, f, core, diag, reml, expand):
     """Backtracking (Armijo) along the projected step, every study halving its own step; only
-    the studies still searching are evaluated."""
+    the studies still searching are evaluated. Studies flagged in *expand* (negative curvature)
+    whose full step was accepted try longer steps."""
     new_theta, new_core = th.copy(), core
-    accepted = np.zeros(active.size, dtype=bool)
+    accepted = np.zeros(th.shape[0], dtype=bool)
     slope = np.abs(np.einsum("si,si->s", g, step))
-    todo = np.arange(active.size)
+    todo = np.arange(th.shape[0])
     t = 1.0
     for _ in range(40):
-        trial = th[todo] + t * step[todo]
-        trial[:, diag] = np.maximum(trial[:, diag], 0.0)
-        rows = active[todo]
-        tc = _core(d, rows, trial, Zy[rows], Xty[rows], yty[rows])
+        trial = _reflect(P, th[todo] + t * step[todo])
+        tc = _core(P, core["idx"][todo], trial, reml)
         ok = tc["crit"] <= f[todo] - 1e-4 * t * slope[todo]
         if t == 1.0:  # near the optimum a full Newton step may "increase" f by rounding only
             ok |= tc["crit"] <= f[todo] + 1e-11 * np.abs(f[todo])
@@ -414,6 +547,20 @@ def _line_search(d, active, th, step, g, f, core, Zy, Xty, yty, diag):
         if todo.size == 0:
             break
         t /= 2
+    # where the full step was taken along negative curvature (the flipped Newton step is timid
+    # there), extrapolate: double the step while the criterion keeps falling
+    grow = np.flatnonzero(accepted & expand)
+    t = 1.0
+    while grow.size and t < 256:
+        t *= 2
+        trial = _reflect(P, th[grow] + t * step[grow])
+        tc = _core(P, core["idx"][grow], trial, reml)
+        ok = tc["crit"] < new_core["crit"][grow]
+        if not ok.any():
+            break
+        new_theta[grow[ok]] = trial[ok]
+        new_core = _put(new_core, tc, grow[ok], ok)
+        grow = grow[ok]
     return new_theta, new_core, accepted
 
 
@@ -421,9 +568,6 @@ def _put(core: dict, part: dict, hit: np.ndarray, ok: np.ndarray) -> dict:
     """core with rows *hit* replaced by the rows *ok* of *part* (a copy)."""
     out = {}
     for key, v in core.items():
-        if key in ("C", "ZX") and v.shape[0] == 1:
-            out[key] = v
-            continue
         w = v.copy()
         w[hit] = part[key][ok]
         out[key] = w
@@ -433,27 +577,24 @@ def _put(core: dict, part: dict, hit: np.ndarray, ok: np.ndarray) -> dict:
 def _merge(old: dict, new: dict, mask: np.ndarray) -> dict:
     out = {}
     for key, v in old.items():
-        if key in ("C", "ZX") and v.shape[0] == 1:
-            out[key] = v
-            continue
         m = mask.reshape((-1,) + (1,) * (v.ndim - 1))
         out[key] = np.where(m, new[key], v)
     return out
 
 
-def _merge_keep(core: dict, keep: np.ndarray) -> dict:
-    return {k: (v if k in ("C", "ZX") and v.shape[0] == 1 else v[keep]) for k, v in core.items()}
+def _take(core: dict, keep: np.ndarray) -> dict:
+    return {k: v[keep] for k, v in core.items()}
 
 
-def _finish(d, theta, converged, iters, Zy, Xty, yty) -> BatchFit:
+def _finish(P, theta, converged, iters, reml) -> BatchFit:
     S = theta.shape[0]
-    core = _core(d, np.arange(S), theta, Zy, Xty, yty)
-    sigma = np.sqrt(np.maximum(core["pwrss"], 0.0) / (core["n"] - d.p))
-    bl = _blocks(core, sigma)
-    H, _, P = _hessian(bl, d, core["n"], d.p)
+    core = _core(P, np.arange(S), theta, reml)
+    sigma = np.sqrt(np.maximum(core["pwrss"], 0.0) / core["nn"])
+    bl = _blocks(P, core, sigma)
+    H, _, Pm = _hessian(bl, P, reml)
     Phi = bl["Phi"]
-    J = np.stack([Phi @ Pi @ Phi for Pi in P], axis=1)
-    return BatchFit(theta=theta, sigma=sigma, beta=core["beta"], vcov=Phi,
+    J = Phi[:, None] @ Pm @ Phi[:, None]
+    return BatchFit(theta=theta, sigma=sigma, beta=core["beta0"] + P.b0, vcov=Phi,
                     objective=core["crit"], converged=converged & np.isfinite(core["crit"]),
                     iterations=iters, hessian=H, jacobian=J)
 
@@ -472,3 +613,33 @@ def satterthwaite_df(fit: BatchFit, row: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(np.isfinite(denom) & (denom > 0), 2.0 * var ** 2 / denom, np.inf)
     return df
+
+
+def varpar_derivatives(P: Pooled, varpar: np.ndarray, reml: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradient (k+1,) and Hessian (k+1, k+1) of the deviance in varpar = (θ..., σ) (lmerTest's
+    ``devfun_vp``, profiled over β) and the Jacobian of Var(β̂), (k+1, p, p), of one pooled study,
+    in closed form."""
+    varpar = np.asarray(varpar, dtype=float)
+    with blas_threads():
+        core = _core(P, np.arange(1), varpar[None, :-1], reml)
+        bl = _blocks(P, core, varpar[-1:])
+        H, g, Pm = _hessian(bl, P, reml)
+        Phi = bl["Phi"][0]
+        return g[0], H[0], Phi @ Pm[0] @ Phi
+
+
+def deviance_varpar(P: Pooled, varpar: np.ndarray, reml: bool = True) -> float:
+    """The deviance of one pooled study at varpar = (θ..., σ), not profiled in σ (lmerTest's
+    ``devfun_vp``), from the centred sums (less rounding than from yᵀy)."""
+    varpar = np.asarray(varpar, dtype=float)
+    with np.errstate(all="ignore"):
+        core = _core(P, np.arange(1), varpar[None, :-1], reml)
+    if not np.isfinite(core["crit"][0]):
+        return np.inf
+    s2 = float(varpar[-1]) ** 2
+    n = float(core["n"][0])
+    dev = float(core["logdet"][0]) + float(core["pwrss"][0]) / s2 + n * np.log(2.0 * np.pi * s2)
+    if reml:
+        dev += float(core["ldrx"][0]) - P.p * np.log(2.0 * np.pi * s2)
+    return dev

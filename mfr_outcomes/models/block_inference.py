@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupBlocks", "ClassBlocks", "group_blocks", "class_blocks", "pair_terms",
+__all__ = ["GroupBlocks", "group_blocks", "pair_terms",
            "hessian_varpar", "jacobian_vcov_varpar", "supports"]
 
 
@@ -67,77 +67,6 @@ class GroupBlocks:
     def u(self, E: np.ndarray) -> np.ndarray:
         """Σ_g B_gᵀ E s_g."""
         return np.einsum("gap,ga->p", self.B, self.s @ E.T)
-
-
-@dataclass
-class ClassBlocks:
-    """The same sums from groups pooled by class of ZᵢᵀZᵢ (the fast engine's compression): M and
-    F = (I − ZᵀZ N)/σ² per class, B_g = F Zᵢᵀ X_g and s_g = F Zᵢᵀr_g, so every sum over groups
-    is a sum over classes against the pooled second moments Ω (O(classes), not O(groups))."""
-
-    count: np.ndarray  # (K,)
-    Mk: np.ndarray  # (K, q, q)
-    F: np.ndarray  # (K, q, q)
-    Oxx: np.ndarray  # (K, q, q, p, p): Σ_class ZX_g[a] ZX_g[b]ᵀ
-    Oxe: np.ndarray  # (K, q, q, p): Σ_class ZX_g[a] e_g[b], e = Zᵀ(y − Xβ̂)
-    E2: np.ndarray  # (K, q, q): Σ_class e_g e_gᵀ
-    Phi: np.ndarray
-    Phi_inv: np.ndarray
-    rKr: float
-    n: int
-    p: int
-    lam: np.ndarray
-    sigma: float
-    Ss: np.ndarray
-    Msum: np.ndarray
-
-    def _ftf(self, W: np.ndarray) -> np.ndarray:
-        return self.F.transpose(0, 2, 1) @ W @ self.F
-
-    def bb(self, E: np.ndarray) -> np.ndarray:
-        return np.einsum("kab,kabpr->pr", self._ftf(np.broadcast_to(E, self.F.shape)), self.Oxx)
-
-    def pair(self, Ei: np.ndarray, Ej: np.ndarray) -> tuple[float, np.ndarray]:
-        W = Ei @ self.Mk @ Ej
-        tr = float(self.count @ np.einsum("kab,kba->k", self.Mk @ Ei, self.Mk @ Ej))
-        return tr, np.einsum("kab,kabpr->pr", self._ftf(W), self.Oxx)
-
-    def s_pair(self, Ei: np.ndarray, Ej: np.ndarray) -> float:
-        return float(np.einsum("kab,kab->", self._ftf(Ei @ self.Mk @ Ej), self.E2))
-
-    def u(self, E: np.ndarray) -> np.ndarray:
-        return np.einsum("kab,kabp->p", self._ftf(np.broadcast_to(E, self.F.shape)), self.Oxe)
-
-
-def class_blocks(count: np.ndarray, Ck: np.ndarray, omega: np.ndarray, XtX: np.ndarray,
-                 Xty: np.ndarray, yty: float, n: int, lay, varpar: np.ndarray) -> ClassBlocks:
-    """:class:`ClassBlocks` at varpar from classes: counts (K,), ZᵢᵀZᵢ (K, q, q) and the pooled
-    Ω (K, q, q, p+1, p+1) of Zᵢᵀ[X, y] (``omega[k, a, b] = Σ_class ZXa_g[a] ZXa_g[b]ᵀ``)."""
-    varpar = np.asarray(varpar, dtype=float)
-    theta, sigma = varpar[:-1], float(varpar[-1])
-    s2 = sigma * sigma
-    q, p = lay.q_inner, XtX.shape[0]
-    lam, _ = lay.lambdas(theta)
-    A = lam.T @ Ck @ lam
-    A[:, range(q), range(q)] += 1.0
-    N = lam @ np.linalg.solve(A, np.broadcast_to(lam.T, A.shape))
-    Oxx, Oxy = omega[..., :p, :p], omega[..., :p, p]
-    XtKX = XtX - np.einsum("kab,kabpr->pr", N, Oxx)
-    XtKy = Xty - np.einsum("kab,kabp->p", N, Oxy)
-    beta = np.linalg.solve(XtKX, XtKy)
-    w = np.r_[-beta, 1.0]
-    E2 = np.einsum("kabij,i,j->kab", omega, w, w)
-    Oxe = np.einsum("kabpj,j->kabp", omega[..., :p, :], w)
-    rr = float(yty - 2.0 * beta @ Xty + beta @ XtX @ beta)
-    rKr = (rr - float(np.einsum("kab,kab->", N, E2))) / s2
-    CN = Ck @ N
-    Mk = (Ck - CN @ Ck) / s2
-    F = (np.eye(q) - CN) / s2
-    Phi_inv = XtKX / s2
-    return ClassBlocks(count=count, Mk=Mk, F=F, Oxx=Oxx, Oxe=Oxe, E2=E2, Phi=np.linalg.inv(Phi_inv),
-                       Phi_inv=Phi_inv, rKr=rKr, n=int(n), p=int(p), lam=lam, sigma=sigma,
-                       Ss=np.einsum("kaA,kAB,kbB->ab", F, E2, F), Msum=np.einsum("k,kab->ab",
-                                                                                  count, Mk))
 
 
 def supports(lay) -> bool:
@@ -224,7 +153,7 @@ class _Pair:
 def pair_terms(gb, derivs: list[tuple[np.ndarray, float]]):
     """P_i = XᵀKV_iKX per derivative and, per pair i ≤ j, tr(KV_iKV_j) and XᵀKV_iKV_jKX.
 
-    *gb* is a :class:`GroupBlocks` or a :class:`ClassBlocks`.
+    *gb* is a :class:`GroupBlocks`.
     """
     P = [gb.bb(E) + c * gb.Phi_inv for E, c in derivs]
     trME = [float(np.sum(gb.Msum * E.T)) for E, _ in derivs]
@@ -246,8 +175,8 @@ def hessian_varpar(stats, lay, varpar: np.ndarray, reml: bool = True,
     """Hessian of the REML (or ML) deviance in varpar = (θ..., σ), in closed form.
 
     The deviance is lmerTest's ``devfun_vp`` (profiled over β, not over σ); see the module
-    docstring for the formulas. *blocks*: a function varpar -> :class:`ClassBlocks` (pooled
-    groups) to use instead of the per-group sums of *stats*.
+    docstring for the formulas (summed by class of groups, vectorised: ``batched._hessian``).
+    *blocks*: a function varpar -> blocks to use instead of the per-group sums of *stats*.
     """
     gb = group_blocks(stats, lay, varpar) if blocks is None else blocks(varpar)
     d1 = _first(gb, lay)

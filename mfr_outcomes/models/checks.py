@@ -30,6 +30,7 @@ __all__ = [
     "check_model",
     "OptimumCheck",
     "verify_optimum",
+    "gaussian_response_caution",
     "GRAD_TOL",
     "POLISH_RTOL",
 ]
@@ -202,8 +203,16 @@ def verify_optimum(spec: ModelSpec, result: EngineResult) -> OptimumCheck:
         return OptimumCheck(converged=False, messages=[
             "the deviance cannot be evaluated at the estimates (a residual variance of 0 or a "
             "numerical failure); the model cannot be fitted to these data"])
-    g = _gradient(safe, x, f0, lower)
-    H = richardson_hessian(safe, x)
+    g = H = None
+    if result.gradient_varpar is not None and result.hessian_varpar is not None:
+        try:  # the engine's closed forms (tested equal to the differences below)
+            g = np.asarray(result.gradient_varpar(x), dtype=float)
+            H = np.asarray(result.hessian_varpar(x), dtype=float)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError, ZeroDivisionError):
+            g = H = None
+    if g is None or H is None or not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
+        g = _gradient(safe, x, f0, lower)
+        H = richardson_hessian(safe, x)
     H = (H + H.T) / 2
     # coordinates held at a bound by the gradient are not free (KKT), as lme4 leaves them out
     free = ~((lower == 0.0) & (x <= 1e-8) & (g >= -1e-8))
@@ -255,3 +264,26 @@ def verify_optimum(spec: ModelSpec, result: EngineResult) -> OptimumCheck:
             out.messages.append(f"lme4 would say: {grad_msg}; but no Newton step lowers the "
                                 f"criterion, so the estimates are at a verified optimum")
     return out
+
+
+def gaussian_response_caution(y: np.ndarray, response: str) -> str | None:
+    """A sentence when a Gaussian (linear) fit is given a 0/1 or count-like response.
+
+    0/1 always; counts when the values are whole numbers ≥ 0 with a long right tail beyond a
+    0–10 rating scale (max > 10, skewness > 1), so that pain ratings are not flagged.
+    """
+    y = np.asarray(y, float)
+    y = y[np.isfinite(y)]
+    if y.size == 0:
+        return None
+    values = np.unique(y)
+    if values.size <= 2 and set(values.tolist()) <= {0.0, 1.0}:
+        return (f"The response {response!r} is 0/1: a linear (Gaussian) mixed model of it is a "
+                f"linear-probability model. For odds ratios fit family='binomial'.")
+    whole = np.all(y >= 0) and np.all(np.abs(y - np.round(y)) < 1e-12)
+    if whole and y.max() > 10 and y.std() > 0:
+        skew = float(np.mean((y - y.mean()) ** 3) / y.std() ** 3)
+        if skew > 1.0:
+            return (f"The response {response!r} looks like a count (whole numbers ≥ 0, skewed "
+                    f"to the right, skewness {skew:.1f}): consider family='poisson'.")
+    return None

@@ -16,11 +16,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, sparse
+from scipy import sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
-from mfr_outcomes.models import block_inference
+from mfr_outcomes.models import batched, block_inference
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -203,12 +203,14 @@ class Stats:
 def _group_sums(values_t: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
     """Row sums of *values_t* (m, n) by the group code of each column -> (m, n_groups).
 
-    A dense-times-sparse-indicator product: one pass, no sorting (an order of magnitude faster
-    than ``np.add.reduceat`` over rows of a wide array).
+    One ``bincount`` a row: one pass, no sorting (faster than a sparse indicator product, whose
+    construction sorts, and an order of magnitude faster than ``np.add.reduceat`` over rows of
+    a wide array).
     """
-    n = values_t.shape[1]
-    ind_t = sparse.csc_matrix((np.ones(n), (np.arange(n), codes)), shape=(n, n_groups))
-    return np.ascontiguousarray(np.asarray(values_t @ ind_t))
+    out = np.empty((values_t.shape[0], n_groups))
+    for r in range(values_t.shape[0]):
+        out[r] = np.bincount(codes, weights=values_t[r], minlength=n_groups)
+    return out
 
 
 def sufficient_statistics(spec_or_arrays, rows=None) -> Stats:
@@ -512,6 +514,20 @@ class _Classes:
     count: np.ndarray  # (K,)
     omega_flat: np.ndarray  # (K q q, (p+1)²): Σ_class (ZᵢᵀXa_i)[a] ⊗ (ZᵢᵀXa_i)[b], (k, a, b) rows
     omega_x_flat: np.ndarray  # (K q q, p²): its X block
+    b0: np.ndarray  # (p,) least-squares β: y enters as y − X b0 (see _nested_classes)
+    Xty0: np.ndarray  # Xᵀ(y − X b0)
+    yty0: float  # |y − X b0|²
+
+
+def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """b0 (least squares), Zᵀ(y − X b0), Xᵀ(y − X b0) and |y − X b0|²: with y − X b0 in place of y,
+    |c_u|² and XᵀV⁻¹y are of the size of the residuals, not of yᵀy, so the rounding noise of the
+    deviance and its gradient in θ is that much smaller."""
+    b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
+    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
+    Xty0 = stats.Xty - stats.XtX @ b0
+    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
+    return b0, Zty0, Xty0, yty0
 
 
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
@@ -542,11 +558,13 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
         return _nested_classes(stats, lay, uniq, cls, count, limit)
     if K > limit:
         return None
-    ZXa = np.concatenate([stats.ZtX, stats.Zty[:, None, :]], axis=1)  # (q, p+1, G)
+    b0, Zty0, Xty0, yty0 = _centred(stats)
+    ZXa = np.concatenate([stats.ZtX, Zty0[:, None, :]], axis=1)  # (q, p+1, G)
     omega_k = _pooled_omega(ZXa, cls, count, K)  # (K, q, q, p+1, p+1)
     return _Classes(Ck=np.ascontiguousarray(uniq.reshape(K, q, q)), count=count.astype(float),
                     omega_flat=omega_k.reshape(K * q * q, (p + 1) ** 2),
-                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy())
+                    omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy(),
+                    b0=b0, Xty0=Xty0, yty0=yty0)
 
 
 @dataclass
@@ -604,13 +622,8 @@ def _nested_classes(stats: Stats, lay: Layout, uniq: np.ndarray, cls: np.ndarray
     if K > limit or J > max(8, G // 2):
         return None
     # The response enters as y − X b0 (b0 the least-squares β): the same β̂ − b0, residuals and
-    # deviance, but |c_u|² and XᵀV⁻¹y are then of the size of the residuals, not of yᵀy, so
-    # the rounding noise of the deviance in θ is that much smaller (the optimiser's line search
-    # stalls on noise of a few 1e-15 relative otherwise).
-    b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
-    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
-    Xty0 = stats.Xty - stats.XtX @ b0
-    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
+    # deviance, with less rounding (the optimiser's line search stalls on noise otherwise).
+    b0, Zty0, Xty0, yty0 = _centred(stats)
     ZXa = np.concatenate([stats.ZtX, Zty0[:, None, :]], axis=1)  # (qt, p+1, G)
     P = _group_sums(ZXa.reshape(qt * (p + 1), G), pair_idx, J)
     P = np.ascontiguousarray(P.reshape(qt, p + 1, J).transpose(2, 0, 1))
@@ -761,16 +774,18 @@ def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray
     CL = C @ lam  # (K, q, q)
     A = lam.T @ CL
     A[:, range(q), range(q)] += 1.0
-    Ainv = np.linalg.inv(A)
-    _, logdets = np.linalg.slogdet(A)
+    Ainv, logdets = batched._inv_logdet(A)
     H = Ainv @ lam.T  # A⁻¹Λᵀ
     N = lam @ H  # Λ A⁻¹ Λᵀ
     S = (N.reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
     XtVX = stats.XtX - S[:p, :p]
-    XtVy = stats.Xty - S[:p, p]
+    XtVy = cl.Xty0 - S[:p, p]
     logdet = float(cl.count @ logdets)
     parts = {"H": H, "CL": CL, "lg": lam}
-    return _finish(theta, logdet, XtVX, XtVy, stats.yty - float(S[p, p]), parts)
+    ev = _finish(theta, logdet, XtVX, XtVy, cl.yty0 - float(S[p, p]), parts)
+    parts["beta0"] = ev.beta  # β̂ − b0, for the centred response
+    ev.beta = ev.beta + cl.b0
+    return ev
 
 
 def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: bool
@@ -783,7 +798,7 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     grad_m = 2.0 * (cl.count @ HC.reshape(K, q * q)).reshape(q, q).T
     F = -(CL @ H)  # I - C Λ A⁻¹ Λᵀ
     F[:, range(q), range(q)] += 1.0
-    w = np.r_[-ev.beta, 1.0]
+    w = np.append(-ev.parts["beta0"], 1.0)  # the data hold y − X b0
     E = (cl.omega_flat @ np.outer(w, w).ravel()).reshape(K, q, q)  # Σ e eᵀ, e = Zᵀ(y - Xβ)
     Ht = H.transpose(0, 2, 1)
     nn = (n - p) if reml else n
@@ -999,29 +1014,69 @@ class FastEngine:
             nev[0] += 1
             return _objective(_eval_any(stats, lay, th, classes), n, p, reml)
 
-        res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options=lbfgs)
-        # restart from inside the bound while a probe there beats a diagonal θ stopped at 0
-        restarts = 0
-        while restarts < 4:
-            theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)
-            best, best_f = probe_inside_bounds(objective_only, theta, float(res.fun), lower)
-            if best is None:
-                break
-            res = optimize.minimize(fg, best, jac=True, method="L-BFGS-B", bounds=bounds,
-                                    options=lbfgs)
-            restarts += 1
-        theta = np.asarray(res.x, dtype=float)
-        theta = np.where((lower == 0.0) & (theta < 0), 0.0, theta)
+        pooled = newton = None
+        if isinstance(classes, _Classes) and analytic:
+            # groups pooled by class: quasi-Newton from the exact Hessian at the start
+            # (models/batched.py), in θ unconstrained (see _quasi_newton); the same pooled
+            # closed forms then give the checks and Satterthwaite's derivatives
+            pooled = batched.pooled_from_classes(
+                classes.count, classes.Ck, classes.omega_flat, stats.XtX, classes.Xty0,
+                classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos])
+            with np.errstate(all="ignore"):
+                newton = _quasi_newton(fg, pooled, np.asarray(theta0, dtype=float), reml,
+                                       lay, min(int(opts["maxiter"]), 200))
+                for _ in range(4):  # a diagonal θ at (or next to) 0 may sit on a saddle
+                    if newton is None:
+                        break
+                    th0 = newton[0]
+                    tiny = (lower == 0.0) & (th0 < opts["boundary_tol"] * max(
+                        1.0, float(np.max(np.abs(th0)))))
+                    if not tiny.any():
+                        break
+                    snapped = np.where(tiny, 0.0, th0)
+                    best, _ = probe_inside_bounds(objective_only, snapped,
+                                                  objective_only(th0), lower)
+                    if best is None:
+                        break
+                    newton = _quasi_newton(fg, pooled, best, reml, lay,
+                                           min(int(opts["maxiter"]), 200))
         messages = []
-        ev = _evaluate(stats, lay, theta) if not light else _eval_any(stats, lay, theta, classes)
-        f = _objective(ev, n, p, reml)
-        # a projected-gradient check: L-BFGS-B sometimes stops on ftol with a usable optimum
-        _, g = fg(theta)
-        pg = np.where((lower == 0.0) & (theta == 0.0), np.minimum(g, 0.0), g)
-        converged = bool(res.success) or float(np.max(np.abs(pg))) < 1e-3
-        if not converged:
-            messages.append(f"optimizer (L-BFGS-B) did not converge: {res.message}")
+        if newton is not None:
+            theta, n_iter = newton
+            ev = _evaluate(stats, lay, theta) if not light else _eval_any(stats, lay, theta,
+                                                                          classes)
+            f = _objective(ev, n, p, reml)
+            converged = True
+            optimizer, opt_message = "BFGS from the exact Hessian (analytic gradient)", "converged"
+        else:
+            from scipy import optimize  # not on the pooled path: SciPy's optimisers load slowly
+
+            res = optimize.minimize(fg, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                                    options=lbfgs)
+            # restart from inside the bound while a probe there beats a diagonal θ stopped at 0
+            restarts = 0
+            while restarts < 4:
+                theta = np.where((lower == 0.0) & (res.x < 0), 0.0, res.x)
+                best, best_f = probe_inside_bounds(objective_only, theta, float(res.fun), lower)
+                if best is None:
+                    break
+                res = optimize.minimize(fg, best, jac=True, method="L-BFGS-B", bounds=bounds,
+                                        options=lbfgs)
+                restarts += 1
+            theta = np.asarray(res.x, dtype=float)
+            theta = np.where((lower == 0.0) & (theta < 0), 0.0, theta)
+            ev = (_evaluate(stats, lay, theta) if not light
+                  else _eval_any(stats, lay, theta, classes))
+            f = _objective(ev, n, p, reml)
+            # a projected-gradient check: L-BFGS-B sometimes stops on ftol with a usable optimum
+            _, g = fg(theta)
+            pg = np.where((lower == 0.0) & (theta == 0.0), np.minimum(g, 0.0), g)
+            converged = bool(res.success) or float(np.max(np.abs(pg))) < 1e-3
+            if not converged:
+                messages.append(f"optimizer (L-BFGS-B) did not converge: {res.message}")
+            n_iter, opt_message = int(res.nit), str(res.message)
+            optimizer = "L-BFGS-B (" + ("analytic gradient" if analytic else
+                                        "finite-difference gradient") + ")"
         diag = lower == 0.0
         singular = bool(np.any(theta[diag] < opts["boundary_tol"]))
         if singular:
@@ -1035,48 +1090,122 @@ class FastEngine:
             blups, condvar = _blups(ev, lay, sigma)
 
         def devfun_varpar(varpar: np.ndarray) -> float:
+            if pooled is not None:
+                return batched.deviance_varpar(pooled, varpar, reml)
             return deviance_varpar(stats, lay, varpar, reml, classes)
 
         def vcov_varpar(varpar: np.ndarray) -> np.ndarray:
             return vcov_beta_varpar(stats, lay, varpar, classes)
 
-        hess = jac = None
-        if block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
-            pooled = _class_blocks(classes, stats, lay)
+        hess = jac = grad = None
+        if pooled is not None:  # closed forms summed by class, computed once per varpar
+            cache: dict = {}
+
+            def _at(varpar: np.ndarray) -> tuple:
+                v = np.asarray(varpar, dtype=float)
+                key = v.tobytes()
+                if key not in cache:
+                    cache.clear()
+                    with np.errstate(all="ignore"):
+                        cache[key] = batched.varpar_derivatives(pooled, v, reml)
+                return cache[key]
+
+            def grad(varpar: np.ndarray) -> np.ndarray:
+                return _at(varpar)[0]
+
+            def hess(varpar: np.ndarray) -> np.ndarray:
+                return _at(varpar)[1]
+
+            def jac(varpar: np.ndarray) -> np.ndarray:
+                return _at(varpar)[2]
+        elif block_inference.supports(lay):  # closed forms (the nested layout keeps differences)
 
             def hess(varpar: np.ndarray) -> np.ndarray:
                 with blas_threads():
-                    return block_inference.hessian_varpar(stats, lay, varpar, reml, pooled)
+                    return block_inference.hessian_varpar(stats, lay, varpar, reml)
 
             def jac(varpar: np.ndarray) -> np.ndarray:
                 with blas_threads():
-                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar, pooled)
+                    return block_inference.jacobian_vcov_varpar(stats, lay, varpar)
 
         return EngineResult(
             engine=self.name, reml=reml, theta=theta, beta=ev.beta.copy(), sigma=sigma,
             vcov_beta=vcov, objective=float(f), converged=converged, messages=messages,
-            optimizer="L-BFGS-B (" + ("analytic gradient" if analytic else
-                                      "finite-difference gradient") + ")",
-            n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
+            optimizer=optimizer, n_evaluations=nev[0], blups=blups, blup_condvar=condvar,
             devfun_varpar=devfun_varpar, vcov_varpar=vcov_varpar, hessian_varpar=hess,
-            jacobian_vcov_varpar=jac,
+            jacobian_vcov_varpar=jac, gradient_varpar=grad,
             pwrss=float(ev.pwrss), internals=FastInternals(stats, lay),
             n_classes=None if classes is None else int(classes.count.size),
-            optimizer_message=str(res.message), n_iterations=int(res.nit))
+            optimizer_message=opt_message, n_iterations=n_iter)
 
 
-def _class_blocks(classes, stats: Stats, lay: Layout):
-    """varpar -> block_inference.ClassBlocks when groups are pooled by class, else None (the
-    closed forms then sum over groups)."""
-    if not isinstance(classes, _Classes):
+def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxiter: int,
+                  gtol: float = 1e-6) -> tuple[np.ndarray, int] | None:
+    """Minimise the profiled criterion by BFGS started from its exact Hessian at θ0, or None.
+
+    θ is left unconstrained: changing the sign of a column of Λ leaves ΛΛᵀ and the criterion
+    unchanged, so a step past a diagonal's bound of 0 lands on a mirror image of a feasible point
+    and an optimum at 0 is an interior stationary point. At the end every column with a negative
+    diagonal changes sign (lme4's θ, diagonal ≥ 0).
+    """
+    x = theta0.copy()
+    f, g = fg(x)
+    if not np.isfinite(f) or f >= 1e300:
         return None
-    K, q, p = classes.count.size, lay.q_inner, stats.p
-    omega = classes.omega_flat.reshape(K, q, q, p + 1, p + 1)
-
-    def blocks(varpar: np.ndarray):
-        return block_inference.class_blocks(classes.count, classes.Ck, omega, stats.XtX,
-                                            stats.Xty, stats.yty, stats.n, lay, varpar)
-    return blocks
+    _, _, Hp, _ = batched._profiled(batched._core(pooled, np.arange(1), x[None], reml), pooled,
+                                    reml)
+    w, V = np.linalg.eigh(Hp[0])
+    if not np.all(np.isfinite(w)):
+        return None
+    w = np.maximum(np.abs(w), 1e-8 * max(float(np.max(np.abs(w))), 1e-12))
+    Hinv = (V / w) @ V.T
+    k = x.size
+    converged = False
+    it = 0
+    for it in range(1, maxiter + 1):  # noqa: B007
+        if float(np.max(np.abs(g))) < gtol:
+            converged = True
+            break
+        d = -Hinv @ g
+        if not float(g @ d) < 0:
+            Hinv = np.eye(k)
+            d = -g
+        # a step of at most half the scale of θ: far from the optimum the criterion is not
+        # convex and a full Newton step can overshoot by an order of magnitude
+        cap = 0.5 * max(1.0, float(np.max(np.abs(x))))
+        big = float(np.max(np.abs(d)))
+        if big > cap:
+            d = d * (cap / big)
+        slope = float(g @ d)
+        t = 1.0
+        for _ in range(50):
+            xn = x + t * d
+            fn, gn = fg(xn)
+            if fn <= f + 1e-4 * t * slope:
+                break
+            t /= 2
+        else:
+            converged = float(np.max(np.abs(g))) < 1e-3  # no descent left: rounding level
+            break
+        s, yv = xn - x, gn - g
+        sy = float(s @ yv)
+        if sy > 1e-12 * float(np.linalg.norm(s) * np.linalg.norm(yv)):
+            rho = 1.0 / sy
+            Hy = Hinv @ yv
+            Hinv = (Hinv - rho * (np.outer(s, Hy) + np.outer(Hy, s))
+                    + (rho * rho * float(yv @ Hy) + rho) * np.outer(s, s))
+        small = abs(f - fn) <= 1e-15 * max(1.0, abs(f)) and float(np.max(np.abs(s))) < 1e-10
+        x, f, g = xn, fn, gn
+        if small:
+            converged = True
+            break
+    if not converged:
+        return None
+    for j, (_, r, c) in enumerate(lay.theta_pos):
+        if r == c and x[j] < 0:
+            col = [i for i, (_, _, c2) in enumerate(lay.theta_pos) if c2 == c]
+            x[col] = -x[col]
+    return x, it
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:

@@ -16,11 +16,17 @@ import pandas as pd
 
 from mfr_outcomes.models import inference
 from mfr_outcomes.models.base import MIN_GROUPS_FOR_SLOPE, SINGULAR_TOL, MixedFitBase
-from mfr_outcomes.models.checks import ModelCheckError, OptimumCheck, check_model, verify_optimum
+from mfr_outcomes.models.checks import (
+    ModelCheckError,
+    OptimumCheck,
+    check_model,
+    gaussian_response_caution,
+    verify_optimum,
+)
 from mfr_outcomes.models.dfmethods import DF_METHODS
 from mfr_outcomes.models.formula import build_spec
-from mfr_outcomes.models.pls import blas_limits
 from mfr_outcomes.models.spec import AUTO_ORDER, ENGINES, Engine, EngineResult, ModelSpec
+from mfr_outcomes.models.threads import blas_limits
 from mfr_outcomes.warnings_ import ModelWarning
 
 __all__ = ["fit_mixed", "LinearMixedFit", "MixedFit", "ModelFitError", "ModelCheckError",
@@ -45,11 +51,12 @@ def auto_order() -> list[str]:
     """Registered engines, best first: by ``priority`` (highest first, then by name). When some
     registered engine has no priority, the order is ``AUTO_ORDER``'s (engines not listed there
     come after it, by priority), so an engine registered the older way is never ranked last."""
-    prio = {n: getattr(e, "priority", None) for n, e in ENGINES.items()}
+    names = ENGINES.names()  # priorities without importing the engines not loaded yet
+    prio = {n: ENGINES.priority(n) for n in names}
     if all(p is not None for p in prio.values()):
-        return sorted(ENGINES, key=lambda n: (-float(prio[n]), n))
-    listed = [n for n in AUTO_ORDER if n in ENGINES]
-    rest = sorted((n for n in ENGINES if n not in listed),
+        return sorted(names, key=lambda n: (-float(prio[n]), n))
+    listed = [n for n in AUTO_ORDER if n in names]
+    rest = sorted((n for n in names if n not in listed),
                   key=lambda n: (-float(prio[n] if prio[n] is not None else -1e9), n))
     return listed + rest
 
@@ -58,7 +65,8 @@ def choose_engine(spec: ModelSpec, engine: str) -> tuple[Engine, str]:
     """The engine to fit *spec* with, and why (every engine tried, with its reason to decline)."""
     if engine != "auto":
         if engine not in ENGINES:
-            raise ValueError(f"Unknown engine {engine!r}; available: {', '.join(sorted(ENGINES))} "
+            raise ValueError(f"Unknown engine {engine!r}; available: "
+                             f"{', '.join(sorted(ENGINES.names()))} "
                              f"or 'auto'.")
         eng = ENGINES[engine]
         ok, why = eng.supports(spec)
@@ -200,8 +208,6 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
                          f"model (family='binomial' or 'poisson'); a linear fit cannot use them "
                          f"(subtract an offset from the response instead, as "
                          f"'value - baseline ~ ...').")
-    from mfr_outcomes.models.glmm_api import gaussian_response_caution
-
     caution = gaussian_response_caution(spec.y, spec.response)
     if caution:
         warnings.warn(caution, ModelWarning, stacklevel=2)

@@ -11,6 +11,7 @@ levels, as lme4 orders them, so that θ has lme4's order. Fixed-effect names are
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -89,6 +90,15 @@ def parse_formula(formula: str) -> ParsedFormula:
     >>> p.fixed, [(t.expr, t.group, t.correlated) for t in p.random]
     ('x', [('1', 'a/b', True), ('x', 'g', False)])
     """
+    if isinstance(formula, str):
+        return _parse_formula(formula)
+    return _parse_formula.__wrapped__(formula)
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_formula(formula: str) -> ParsedFormula:
+    """parse_formula's work, kept per formula text (it does not depend on the data, and a
+    ParsedFormula is not changed by its users)."""
     tree = g.parse(formula)
     fixed_items, bars = g.split_random(tree.rhs)
     g.expand_terms(fixed_items, formula)  # refuses what is not a term (numbers, cbind) early
@@ -312,7 +322,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
         excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
         df = data.loc[~any_na]
     else:
-        excluded = pd.DataFrame([], columns=["row", "reason"])
+        excluded = _NO_EXCLUSIONS.copy()
         df = data
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
@@ -360,6 +370,11 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                      fixed_names=names, blocks=blocks, data=df, excluded=excluded, design=design,
                      fixed_formula=parsed.fixed_formula, notes=notes, offset=offset,
                      weights=weights)
+
+
+#: The exclusions of a frame without missing values (copied, never handed out itself).
+_NO_EXCLUSIONS = pd.DataFrame({"row": pd.Series([], dtype=object),
+                               "reason": pd.Series([], dtype=object)})
 
 
 # ------------------------------------------------------------------- lme4's rank rule

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mfr_outcomes.models.checks import gaussian_response_caution  # noqa: F401 (re-exported)
 from mfr_outcomes.models.families import get_family
 from mfr_outcomes.models.formula import build_spec
 from mfr_outcomes.models.glmm import fit_glmm
@@ -88,29 +89,6 @@ def check_response(y: np.ndarray, family: str, weights: np.ndarray, index: pd.In
                           f"{rows(frac)}): the Poisson likelihood is for whole counts; use an "
                           f"offset for rates or a Gaussian model for continuous values.",
                           ModelWarning, stacklevel=4)
-
-
-def gaussian_response_caution(y: np.ndarray, response: str) -> str | None:
-    """A sentence when a Gaussian (linear) fit is given a 0/1 or count-like response.
-
-    0/1 always; counts when the values are whole numbers ≥ 0 with a long right tail beyond a
-    0–10 rating scale (max > 10, skewness > 1), so that pain ratings are not flagged.
-    """
-    y = np.asarray(y, float)
-    y = y[np.isfinite(y)]
-    if y.size == 0:
-        return None
-    values = np.unique(y)
-    if values.size <= 2 and set(values.tolist()) <= {0.0, 1.0}:
-        return (f"The response {response!r} is 0/1: a linear (Gaussian) mixed model of it is a "
-                f"linear-probability model. For odds ratios fit family='binomial'.")
-    whole = np.all(y >= 0) and np.all(np.abs(y - np.round(y)) < 1e-12)
-    if whole and y.max() > 10 and y.std() > 0:
-        skew = float(np.mean((y - y.mean()) ** 3) / y.std() ** 3)
-        if skew > 1.0:
-            return (f"The response {response!r} looks like a count (whole numbers ≥ 0, skewed "
-                    f"to the right, skewness {skew:.1f}): consider family='poisson'.")
-    return None
 
 
 def fit_generalized(data: pd.DataFrame, formula: str, *, family: str, link: str | None = None,

@@ -27,7 +27,7 @@ from mfr_outcomes.models.spec import (
     theta_lower_bounds,
     theta_start,
 )
-from mfr_outcomes.models.threads import blas_threads
+from mfr_outcomes.models.threads import blas_limits, blas_threads  # noqa: F401 (re-exported)
 
 __all__ = [
     "PLSEngine",
@@ -179,14 +179,6 @@ class PLSModel:
                 cv[lev] = sigma ** 2 * (h @ h.T)
             condvar.append(cv)
         return blups, condvar
-
-
-def blas_limits(spec: ModelSpec):
-    """One BLAS thread for small problems: threads only add overhead on matrices this size,
-    and on a busy machine they cost 100×. (models/threads.py: a cached controller, ~10 µs a
-    scope, where threadpool_limits re-scans the loaded libraries at every call.)"""
-    q = sum(b.q * b.n_levels for b in spec.blocks)
-    return blas_threads(q, threaded_dim=1500)
 
 
 _MODELS: OrderedDict[int, tuple[ModelSpec, PLSModel]] = OrderedDict()

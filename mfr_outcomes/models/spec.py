@@ -169,6 +169,8 @@ class EngineResult:
     # Var(β̂), (k, p, p). None: Satterthwaite uses finite differences of the two functions above.
     hessian_varpar: Callable[[np.ndarray], np.ndarray] | None = None
     jacobian_vcov_varpar: Callable[[np.ndarray], np.ndarray] | None = None
+    # The gradient of devfun_varpar in closed form (None: the convergence check differentiates).
+    gradient_varpar: Callable[[np.ndarray], np.ndarray] | None = None
 
     def cannot(self, what: Capability) -> str | None:
         """The reason this result cannot supply *what*, or None when it can."""
@@ -192,8 +194,85 @@ class Engine(Protocol):
             options: dict | None = None) -> EngineResult: ...
 
 
-#: name -> engine instance. engine="auto" tries AUTO_ORDER in order and takes the first that supports.
-ENGINES: dict[str, Engine] = {}
+class _Registry(dict):
+    """name -> engine instance; the engines shipped with the package are imported on first use.
+
+    ``fit_mixed`` asks the engines in order of priority and stops at the first that fits the
+    model, so a fit by the "fast" engine never imports the others (nor SciPy's optimisers, which
+    they import): start-up pays only for what it uses. ``name in ENGINES`` and the priorities do
+    not import; listing or reading an engine does.
+    """
+
+    def __init__(self, lazy: dict[str, tuple[str, int]]):
+        super().__init__()
+        self._lazy = dict(lazy)  # name -> (module, priority)
+
+    def _load(self, name: str) -> None:
+        if name in self._lazy and not dict.__contains__(self, name):
+            import importlib
+
+            importlib.import_module(self._lazy[name][0])  # registers itself
+        self._lazy.pop(name, None)
+
+    def _load_all(self) -> None:
+        for name in list(self._lazy):
+            self._load(name)
+
+    def priority(self, name: str) -> float | None:
+        """The engine's priority, without importing an engine that is not loaded yet."""
+        if dict.__contains__(self, name):
+            return getattr(dict.__getitem__(self, name), "priority", None)
+        return float(self._lazy[name][1]) if name in self._lazy else None
+
+    def names(self) -> list[str]:
+        """Every engine name, loaded or not (nothing is imported)."""
+        return list(dict.keys(self)) + [n for n in self._lazy if not dict.__contains__(self, n)]
+
+    def __getitem__(self, name: str) -> Engine:
+        self._load(name)
+        return dict.__getitem__(self, name)
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self._lazy
+
+    def __iter__(self):
+        self._load_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def keys(self):
+        self._load_all()
+        return dict.keys(self)
+
+    def values(self):
+        self._load_all()
+        return dict.values(self)
+
+    def items(self):
+        self._load_all()
+        return dict.items(self)
+
+    def __setitem__(self, name: str, engine: Engine) -> None:
+        self._lazy.pop(name, None)
+        dict.__setitem__(self, name, engine)
+
+    def __delitem__(self, name: str) -> None:
+        self._lazy.pop(name, None)
+        if dict.__contains__(self, name):
+            dict.__delitem__(self, name)
+
+
+#: name -> engine instance. engine="auto" tries them by priority and takes the first that
+#: supports the model; the shipped engines other than "fast" load on first use.
+ENGINES: _Registry = _Registry({"fast": ("mfr_outcomes.models.fast", 30),
+                                "sparse": ("mfr_outcomes.models.sparse", 25),
+                                "pls": ("mfr_outcomes.models.pls", 20),
+                                "statsmodels": ("mfr_outcomes.models.statsmodels_engine", 10)})
 AUTO_ORDER: list[str] = ["fast", "sparse", "pls", "statsmodels"]
 
 

@@ -74,3 +74,11 @@ def blas_threads(dim: int = 0, *, threaded_dim: int = THREADED_DIM) -> Iterator[
             yield 1
         finally:
             _state.limit = None
+
+
+def blas_limits(spec):
+    """One BLAS thread for a model's small problems (the random-effects dimension of *spec*, a
+    ModelSpec, up to 1,500): threads only add overhead on matrices this size, and on a busy
+    machine they cost 100×."""
+    q = sum(b.q * b.n_levels for b in spec.blocks)
+    return blas_threads(q, threaded_dim=1500)
