@@ -225,3 +225,35 @@ def test_cli_fit_on_a_constant_outcome_is_a_sentence(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2
     assert "'value' is constant" in err and "Traceback" not in err
+
+
+GLMER = json.loads((Path(__file__).parent / "reference" / "glmer_checks.json").read_text())
+
+
+def _glmer_data(name: str) -> pd.DataFrame:
+    return pd.read_csv(Path(__file__).parent / "reference" / "data" / name)
+
+
+def test_glmer_refuses_a_one_level_grouping_factor() -> None:
+    case = GLMER["nlev_gtr_1"]
+    with pytest.raises(ModelCheckError) as err:
+        fit_mixed(_glmer_data(case["data"]).astype({"herd": str}), case["formula"],
+                  family="binomial")
+    assert case["error"] in str(err.value)
+
+
+def test_glmer_refuses_more_random_effects_than_observations() -> None:
+    case = GLMER["nobs_vs_nRE"]
+    with pytest.raises(ModelCheckError) as err:
+        fit_mixed(_glmer_data(case["data"]), case["formula"], family="poisson")
+    assert case["error"] in str(err.value)
+
+
+def test_glmer_allows_an_observation_level_random_effect() -> None:
+    """As many levels as observations is glmer's overdispersion model, not an error."""
+    case = GLMER["obs_level"]
+    fit = fit_mixed(_glmer_data(case["data"]), case["formula"], family="poisson")
+    assert fit.deviance == pytest.approx(case["minus2loglik"], rel=1e-6)
+    fe = fit.fixed_effects.set_index("term")["estimate"]
+    for term, value in case["fixef"].items():
+        assert fe[term] == pytest.approx(value, rel=1e-4)

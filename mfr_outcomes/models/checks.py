@@ -86,8 +86,12 @@ def term_label(block: RandomBlock) -> str:
     return f"{lhs} | {block.group}"
 
 
-def check_model(spec: ModelSpec) -> list[str]:
+def check_model(spec: ModelSpec, *, allow_n: bool = False) -> list[str]:
     """Refuse what lme4 refuses; return the cautions (sentences) of the checks that only warn.
+
+    *allow_n* is glmer's setting (``allow.n = TRUE`` in lme4's ``checkNlevels`` and
+    ``checkZdims``): as many levels, or random effects, as observations is allowed there (an
+    observation-level random effect models overdispersion), more is refused.
 
     Raises
     ------
@@ -108,10 +112,15 @@ def check_model(spec: ModelSpec) -> list[str]:
             "nlev.gtr.1", f"{LME4_MESSAGES['nlev.gtr.1']}: {', '.join(sorted(set(one)))} has "
                           f"only one level in the data, so its variance cannot be estimated; "
                           f"drop its random term")
-    crowded = sorted({b.group for b in spec.blocks if n <= b.n_levels})
+    crowded = sorted({b.group for b in spec.blocks
+                      if (n < b.n_levels if allow_n else n <= b.n_levels)})
     if crowded:
+        message = LME4_MESSAGES["nobs.vs.nlev"].format(groups=", ".join(crowded))
+        if allow_n:
+            raise ModelCheckError("nobs.vs.nlev", message.replace(" < number", " <= number")
+                                  + "; there are more levels than observations")
         raise ModelCheckError(
-            "nobs.vs.nlev", LME4_MESSAGES["nobs.vs.nlev"].format(groups=", ".join(crowded))
+            "nobs.vs.nlev", message
             + "; each level has a single observation, so its variance cannot be told from the "
               "residual variance")
     # lme4 checks each term (a '||' term is several): our blocks of one (group, correlated) term
@@ -120,9 +129,12 @@ def check_model(spec: ModelSpec) -> list[str]:
         key = (b.group, term_label(b))
         seen[key] = seen.get(key, 0) + b.q * b.n_levels
     for (group, label), nre in seen.items():
-        if n <= nre:
+        if n < nre or (n == nre and not allow_n):
+            message = LME4_MESSAGES["nobs.vs.nRE"].format(n=n, nre=nre, term=label)
             raise ModelCheckError(
-                "nobs.vs.nRE", LME4_MESSAGES["nobs.vs.nRE"].format(n=n, nre=nre, term=label)
+                "nobs.vs.nRE", (message.replace(") <= number", ") < number").replace(
+                    " and the residual variance (or scale parameter)", "") if allow_n
+                                else message)
                 + f". Each level of {group} has too few observations for this random term; "
                   f"use a random intercept (1 | {group}) instead")
     cautions = []

@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mfr_outcomes.models.checks import gaussian_response_caution  # noqa: F401 (re-exported)
+from mfr_outcomes.models.checks import (
+    check_model,
+    gaussian_response_caution,  # noqa: F401 (re-exported)
+)
 from mfr_outcomes.models.families import get_family
 from mfr_outcomes.models.formula import build_spec
 from mfr_outcomes.models.glmm import fit_glmm
@@ -115,7 +118,8 @@ def fit_generalized(data: pd.DataFrame, formula: str, *, family: str, link: str 
     w = np.ones(spec.n) if w is None else w
     off = np.zeros(spec.n) if off is None else off
     check_response(spec.y, fam.name, w, spec.data.index, spec.response)
+    cautions = check_model(spec, allow_n=True)  # glmer's checks (glmerControl's defaults)
     result = fit_glmm(spec, fam, nagq=nagq, weights=w, offset=off, options=options)
     offset_column = o_col if isinstance(offset, str) else None
     return GeneralizedMixedFit(spec, result, weights=w, offset=off, data=data,
-                               offset_column=offset_column)
+                               offset_column=offset_column, cautions=cautions)

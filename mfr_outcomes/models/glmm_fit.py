@@ -84,7 +84,8 @@ class GeneralizedMixedFit(MixedFitBase):
 
     def __init__(self, spec: ModelSpec, result: GlmmResult, *, weights: np.ndarray,
                  offset: np.ndarray, data: pd.DataFrame | None = None,
-                 offset_column: str | None = None, emit_warnings: bool = True):
+                 offset_column: str | None = None, emit_warnings: bool = True,
+                 cautions: Sequence[str] = ()):
         self.glmm_result = result
         self.family: Family = result.family
         self.nagq = result.nagq
@@ -96,7 +97,7 @@ class GeneralizedMixedFit(MixedFitBase):
         self.reml_criterion = float("nan")
         super().__init__(spec, engine_result(result), reml=False, df_method="asymptotic",
                          engine_reason=f"glmm: glmer's method ({result.backend} backend)",
-                         data=data, emit_warnings=emit_warnings)
+                         data=data, emit_warnings=emit_warnings, cautions=cautions)
 
     # ------------------------------------------------------------------ family hooks
     def _extra_diagnostics(self) -> dict[str, Any]:
