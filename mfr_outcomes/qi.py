@@ -769,8 +769,9 @@ def _finish(kind: str, y: np.ndarray, centre: np.ndarray, lcl: np.ndarray, ucl: 
             trend_dir[s.start:s.end + 1] = 1 if s.direction == "up" else -1
     special = flags[[c for c in ("outside_limits", "shift", "trend", "two_of_three")
                      if c in flags]].any(axis=1).to_numpy()
-    types = mdc.point_types(y, centre, special, trend_dir, better)
-    variation = mdc.variation_icon(y, centre, types)
+    outside = flags["outside_limits"].to_numpy() if "outside_limits" in flags else None
+    types = mdc.point_types(y, centre, special, trend_dir, better, outside)
+    variation = mdc.variation_icon(y, centre, types, better)
     last = np.flatnonzero(np.isfinite(lcl) | np.isfinite(ucl))
     assurance = None
     if target is not None and len(last):

@@ -94,7 +94,12 @@ def test_rising_trend_is_one_colour_across_the_mean():
     r = qi.xmr_chart(y, better="higher")
     trend = r.points["trend"].to_numpy()
     assert trend[4:11].all()
-    assert set(r.points["point_type"][trend]) == {"special_cause_improvement"}
+    types = r.points["point_type"].to_numpy()
+    # point 5 (value 1) lies below the lower limit: judged by its side before the trend
+    # (NHSRplotthedots PR #180), so it is a concern; the rest of the trend is one colour
+    assert r.points["outside_limits"].iloc[4] and r.points["value"].iloc[4] < r.points["lcl"].iloc[4]
+    assert types[4] == "special_cause_concern"
+    assert set(types[5:11]) == {"special_cause_improvement"}
 
 
 def test_rebase_recalculates_limits_per_segment_by_hand():
