@@ -652,7 +652,7 @@ FEATURES = [
     ("MDC trend: 7 rising/falling", "yes", "no: 6 (IHI)", "no: 6 (ihi, nelson)"),
     ("2 of 3 beyond 2/3 of a limit, all on one side", "yes", "yes",
      "weco/nelson: 2 of 3 beyond 2σ on one side, points beyond 3σ counted, third point free"),
-    ("point types (improvement / concern / neither)", "yes, trend by direction",
+    ("point types (improvement / concern / neither)", "yes (beyond a limit: side first)",
      "improvement/concern (colours); no neutral direction; target changes colours", "no"),
     ("variation icon", "yes (latest point)", "yes (latest special-cause point)", "no"),
     ("assurance icon vs target", "yes", "yes", "no (target line only)"),
