@@ -173,6 +173,10 @@ class ChartResult:
     target: float | None = None
     annotations: list[tuple[int, str]] = field(default_factory=list)
 
+    def __getstate__(self) -> dict[str, Any]:
+        self.points   # noqa: B018 - a pickle holds the built frame, not the function building it
+        return self.__dict__
+
     @property
     def n_points(self) -> int:
         """Points with a value."""
