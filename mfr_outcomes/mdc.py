@@ -138,7 +138,8 @@ def segments(n: int, *, rebase: Sequence[int] = (), baseline: tuple[int, int] | 
 
 
 def point_types(value: np.ndarray, centre: np.ndarray, special: np.ndarray,
-                trend_direction: np.ndarray, better: str | None) -> np.ndarray:
+                trend_direction: np.ndarray, better: str | None,
+                outside: np.ndarray | None = None) -> np.ndarray:
     """The Making Data Count type of each point.
 
     Parameters
@@ -152,7 +153,10 @@ def point_types(value: np.ndarray, centre: np.ndarray, special: np.ndarray,
     better : {"lower", "higher"} or None
     """
     side = np.sign(np.where(np.isfinite(value), value - centre, 0.0))
-    side = np.where(trend_direction != 0, trend_direction, side)
+    by_trend = trend_direction != 0
+    if outside is not None:   # beyond a limit: judged by its side first (NHSRplotthedots #180)
+        by_trend &= ~np.asarray(outside, dtype=bool)
+    side = np.where(by_trend, trend_direction, side)
     good = 0 if better is None else (1 if better == "higher" else -1)
     out = np.full(len(value), "common_cause", dtype=object)
     if good == 0:
@@ -163,7 +167,8 @@ def point_types(value: np.ndarray, centre: np.ndarray, special: np.ndarray,
     return out
 
 
-def variation_icon(value: np.ndarray, centre: np.ndarray, types: np.ndarray) -> str | None:
+def variation_icon(value: np.ndarray, centre: np.ndarray, types: np.ndarray,
+                   better: str | None = None) -> str | None:
     """The variation icon from the latest point with a value (None when there is none)."""
     finite = np.flatnonzero(np.isfinite(value))
     if not len(finite):
@@ -173,6 +178,9 @@ def variation_icon(value: np.ndarray, centre: np.ndarray, types: np.ndarray) -> 
     if kind == "common_cause":
         return "common_cause"
     high = "high" if value[i] >= centre[i] else "low"
+    if better is not None and kind != "special_cause_neither":   # the icon follows the type
+        good = kind == "special_cause_improvement"
+        high = "high" if good == (better == "higher") else "low"
     word = {"special_cause_improvement": "improvement", "special_cause_concern": "concern",
             "special_cause_neither": "neither"}[kind]
     return f"{word}_{high}"

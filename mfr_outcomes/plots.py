@@ -981,11 +981,15 @@ _ICON_COLOUR = {"common": "#7B7D7D", "improvement": "#289DE0", "concern": "#FAB4
                 "neither": "#361475", "pass": "#289DE0", "fail": "#FAB428",
                 "hit": "#7B7D7D"}
 _TARGET_COLOUR = "#DE1B1B"
+#: spc_chart's margins in inches (left, right, bottom, top): tick labels and the axis label on
+#: the left, the legend and the icons on the right, rotated dates below, the title above.
+_SPC_MARGINS = (0.9, 2.0, 0.9, 0.4)
 
 
 def mdc_icon(ax: Axes, icon: str, *, center: tuple[float, float] = (0.5, 0.5),
-             radius: float = 0.45) -> None:
-    """Draw one Making Data Count icon on *ax* (axes-fraction coordinates).
+             radius: float = 0.45, transform: Any = None) -> None:
+    """Draw one Making Data Count icon on *ax* (axes-fraction coordinates, or the coordinates
+    of *transform*, which should keep circles round).
 
     Variation icons (``common_cause``, ``improvement_high`` ...) are a circle in the icon's
     colour holding a run of dots (flat for common cause, rising for high, falling for low) and
@@ -997,7 +1001,8 @@ def mdc_icon(ax: Axes, icon: str, *, center: tuple[float, float] = (0.5, 0.5),
     word = icon.split("_")[0]
     colour = _ICON_COLOUR["hit" if icon == "hit_or_miss" else word]
     cx, cy = center
-    kw = {"transform": ax.transAxes, "gid": f"icon-{icon}", "clip_on": False}
+    kw = {"transform": ax.transAxes if transform is None else transform,
+          "gid": f"icon-{icon}", "clip_on": False}
     ax.add_patch(Circle(center, radius, facecolor="white", edgecolor=colour, lw=2.5, **kw))
     xs = cx + radius * np.linspace(-0.55, 0.55, 5)
     if icon in ("pass", "fail", "hit_or_miss"):
@@ -1024,12 +1029,21 @@ def mdc_icon(ax: Axes, icon: str, *, center: tuple[float, float] = (0.5, 0.5),
 
 def _icons(ax: Axes, result: Any) -> None:
     """The chart's variation and assurance icons, top right above the plot."""
+    from matplotlib.transforms import Affine2D, ScaledTranslation
+
     icons = [i for i in (result.variation, result.assurance) if i]
+    if not icons:
+        return
+    # each icon in a square box of 0.08 × 0.2 of the axes (inches, so circles stay round),
+    # drawn on the axes itself: no inset axes to lay out and draw
+    fig = ax.figure
+    pos = ax.get_position()
+    w, h = pos.width * fig.get_figwidth(), pos.height * fig.get_figheight()
+    side = min(0.08 * w, 0.2 * h)
     for k, icon in enumerate(icons):
-        inset = ax.inset_axes([1.02 + 0.09 * k, 0.80, 0.08, 0.2])
-        inset.set_axis_off()
-        inset.set_aspect("equal")
-        mdc_icon(inset, icon)
+        box = (Affine2D().scale(side).translate((0.08 * w - side) / 2, (0.2 * h - side) / 2)
+               + fig.dpi_scale_trans + ScaledTranslation(1.02 + 0.09 * k, 0.80, ax.transAxes))
+        mdc_icon(ax, icon, transform=box)
 
 
 def _segment_line(x: np.ndarray, y: np.ndarray,
@@ -1058,7 +1072,12 @@ def spc_chart(result: Any, *, ax: Axes | None = None, ylabel: str | None = None,
     """
     if result.kind not in ("xmr", "p"):
         raise ValueError(f"spc_chart draws XmR and p-charts, not {result.kind!r}")
-    ax = _new_ax(ax, figsize)
+    if ax is None:   # fixed margins (inches) for the legend and icons on the right: constrained
+        with sns.axes_style("ticks"):   # layout measured every text twice, a third of a PNG
+            fig, ax = plt.subplots(figsize=figsize)
+        w, h = figsize
+        fig.subplots_adjust(left=_SPC_MARGINS[0] / w, right=1 - _SPC_MARGINS[1] / w,
+                            bottom=_SPC_MARGINS[2] / h, top=1 - _SPC_MARGINS[3] / h)
     pts = result.points
     x = np.arange(len(pts), dtype="float64")
     seg = pts["segment"].to_numpy() if "segment" in pts else np.zeros(len(pts), dtype=int)
@@ -1108,8 +1127,10 @@ def spc_chart(result: Any, *, ax: Axes | None = None, ylabel: str | None = None,
     if percent:
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
     ax.set_ylabel(ylabel or _measure_label(result.measure, "value"))
+    # an explicit y (where matplotlib puts it: no ticks on top) spares the title's automatic
+    # placement, which measures every tick label of every axes at each draw
     ax.set_title(title or _spc_title("XmR chart" if result.kind == "xmr" else "p-chart", result),
-                 fontsize=10)
+                 fontsize=10, y=1.0)
     ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.78))
     _icons(ax, result)
     sns.despine(ax=ax)

@@ -112,6 +112,26 @@ class Signal:
     message: str
 
 
+class _Points:
+    """The ``points`` field of :class:`ChartResult`: a DataFrame, or a function that builds it,
+    called on first access (most of the cost of a small chart is building the frame, which a
+    caller after the signals and icons alone never needs)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> pd.DataFrame:
+        if obj is None:   # class access: tells dataclass the field has no default
+            raise AttributeError(self.slot[1:])
+        value = obj.__dict__[self.slot]
+        if callable(value):
+            value = obj.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
 @dataclass
 class ChartResult:
     """A run chart, XmR chart or p-chart: the points, the limits and the signals.
@@ -142,7 +162,7 @@ class ChartResult:
     """
 
     kind: str
-    points: pd.DataFrame
+    points: pd.DataFrame = _Points()   # type: ignore[assignment]
     signals: list[Signal] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -152,6 +172,10 @@ class ChartResult:
     assurance: str | None = None
     target: float | None = None
     annotations: list[tuple[int, str]] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self.points   # noqa: B018 - a pickle holds the built frame, not the function building it
+        return self.__dict__
 
     @property
     def n_points(self) -> int:
@@ -257,6 +281,10 @@ def _as_values(values: Any, dates: Any) -> tuple[np.ndarray, list[str], pd.Index
     """Numbers and their labels (from *dates*, else the Series index, else 1..n)."""
     if isinstance(values, pd.Series) and dates is None:
         dates = values.index
+    if dates is None and isinstance(values, np.ndarray) and values.dtype.kind in "iuf" \
+            and values.ndim == 1:   # fast path: plain numbers, labelled 1..n
+        y = values.astype("float64")
+        return y, [f"point {i}" for i in range(1, len(y) + 1)], pd.RangeIndex(1, len(y) + 1)
     try:
         y = np.asarray(pd.to_numeric(pd.Series(values), errors="raise"), dtype="float64")
     except (ValueError, TypeError) as exc:
@@ -645,15 +673,10 @@ def run_chart(values: Any, dates: Any = None, *, measure: str | None = None,
 
 def _sequences(flags: np.ndarray, length: int) -> list[tuple[int, int]]:
     """Maximal stretches of True at least *length* long, as (first, last)."""
-    out, start = [], None
-    for i, f in enumerate(list(flags) + [False]):
-        if f and start is None:
-            start = i
-        elif not f and start is not None:
-            if i - start >= length:
-                out.append((start, i - 1))
-            start = None
-    return out
+    edges = np.diff(np.concatenate(([0], np.asarray(flags, dtype=np.int8), [0])))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    keep = stops - starts >= length
+    return [(int(a), int(b) - 1) for a, b in zip(starts[keep], stops[keep])]
 
 
 def _shift_runs(side: np.ndarray) -> list[tuple[int, int, int]]:
@@ -680,17 +703,22 @@ def _two_of_three(near: np.ndarray, side: np.ndarray) -> np.ndarray:
     """Points beyond 2σ that are 2 of a window of 3 consecutive points all on one side."""
     n = len(near)
     flag = np.zeros(n, dtype=bool)
-    for i in range(n - 2):
-        window = slice(i, i + 3)
-        s = side[window]
-        if near[window].sum() >= 2 and (np.all(s == 1) or np.all(s == -1)):
-            flag[window] |= near[window]
+    if n < 3:
+        return flag
+    near = np.asarray(near, dtype=bool)
+    a, b, c = near[:-2], near[1:-1], near[2:]
+    s0, s1, s2 = side[:-2], side[1:-1], side[2:]
+    # windows (i, i+1, i+2) with two or more points beyond 2σ, all three on one side
+    hit = ((a.astype(np.int8) + b + c) >= 2) & (s0 == s1) & (s1 == s2) & (np.abs(s0) == 1)
+    flag[:-2] |= hit & a
+    flag[1:-1] |= hit & b
+    flag[2:] |= hit & c
     return flag
 
 
 def _spc_rules(y: np.ndarray, cl: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
                sigma: np.ndarray, labels: list[str], better: str | None,
-               what: str) -> tuple[pd.DataFrame, list[Signal]]:
+               what: str) -> tuple[dict[str, np.ndarray], list[Signal]]:
     finite = np.isfinite(y)
     side = np.where(finite, np.sign(y - cl), 0.0)
     above = finite & np.isfinite(ucl) & (y > ucl)
@@ -741,8 +769,29 @@ def _spc_rules(y: np.ndarray, cl: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
                               f" the {what} within three points {_span(labels, a, b)}: "
                               f"{_verdict(asm)}."))
     signals.sort(key=lambda s: (s.start, s.rule))
-    flags = pd.DataFrame({"outside_limits": outside, "shift": shift, "trend": trend,
-                          "two_of_three": two3})
+    flags = {"outside_limits": outside, "shift": shift, "trend": trend, "two_of_three": two3}
+    return flags, signals
+
+
+_RULES = ("outside_limits", "shift", "trend", "two_of_three")
+
+
+def _all_rules(segment: np.ndarray, y: np.ndarray, cl: np.ndarray, lcl: np.ndarray,
+               ucl: np.ndarray, sigma: np.ndarray, labels: list[str], better: str | None,
+               what: str) -> tuple[dict[str, np.ndarray], list[Signal]]:
+    """The Making Data Count rules run within each segment: flags (NumPy arrays over the whole
+    chart) and signals."""
+    signals: list[Signal] = []
+    flags = {k: np.zeros(len(y), dtype=bool) for k in _RULES}
+    for s in np.unique(segment):
+        idx = np.flatnonzero(segment == s)
+        part, sig = _spc_rules(y[idx], cl[idx], lcl[idx], ucl[idx], sigma[idx],
+                               [labels[i] for i in idx], better, what)
+        for k in _RULES:
+            flags[k][idx] = part[k]
+        off = int(idx[0])
+        signals += [Signal(g.rule, g.start + off, g.end + off, g.direction, g.assessment,
+                           g.message) if off else g for g in sig]
     return flags, signals
 
 
@@ -777,22 +826,35 @@ def _layout(n: int, labels: Sequence[str], rebase: Any, baseline: Any,
 
 
 def _finish(kind: str, y: np.ndarray, centre: np.ndarray, lcl: np.ndarray, ucl: np.ndarray,
-            flags: pd.DataFrame, signals: list[Signal], better: str | None,
+            flags: dict[str, np.ndarray], signals: list[Signal], better: str | None,
             target: float | None) -> tuple[np.ndarray, str | None, str | None]:
     trend_dir = np.zeros(len(y), dtype=int)
     for s in signals:
         if s.rule == "trend":
             trend_dir[s.start:s.end + 1] = 1 if s.direction == "up" else -1
-    special = flags[[c for c in ("outside_limits", "shift", "trend", "two_of_three")
-                     if c in flags]].any(axis=1).to_numpy()
-    types = mdc.point_types(y, centre, special, trend_dir, better)
-    variation = mdc.variation_icon(y, centre, types)
+    special = np.logical_or.reduce([flags[c] for c in _RULES])
+    types = mdc.point_types(y, centre, special, trend_dir, better, flags["outside_limits"])
+    variation = mdc.variation_icon(y, centre, types, better)
     last = np.flatnonzero(np.isfinite(lcl) | np.isfinite(ucl))
     assurance = None
     if target is not None and len(last):
         i = int(last[-1])
         assurance = mdc.assurance_icon(float(target), float(lcl[i]), float(ucl[i]), better)
     return types, variation, assurance
+
+
+def _frame(columns: dict[str, Any], flags: dict[str, np.ndarray],
+           types: np.ndarray) -> pd.DataFrame:
+    """The points frame, built once: *columns*, the rule flags, signal (any rule), point_type."""
+    signal = np.logical_or.reduce([flags[k] for k in _RULES])
+    return pd.DataFrame({**columns, **{k: flags[k] for k in _RULES}, "signal": signal,
+                         "point_type": types}, copy=False)
+
+
+def _lazy_frame(columns: dict[str, Any], flags: dict[str, np.ndarray],
+                types: np.ndarray) -> Any:
+    """A function building the points frame on first access (see :class:`_Points`)."""
+    return lambda: _frame(columns, flags, types)
 
 
 def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
@@ -849,13 +911,15 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     """
     y, labels, _ = _as_values(values, dates)
     better = _resolve_better(measure, better)
+    if not len(y):
+        raise ValueError("xmr_chart: no values to chart (the series is empty)")
     lay = _layout(len(y), labels, rebase, baseline, freeze)
     n = len(y)
     finite = np.isfinite(y)
     notes: list[str] = []
     cols = {k: np.full(n, np.nan) for k in ("centre", "lcl", "ucl", "sigma", "mr", "mr_centre",
                                             "mr_ucl")}
-    flag_parts, signals, seg_stats = [], [], []
+    seg_stats = []
     for s in np.unique(lay.segment):
         idx = np.flatnonzero(lay.segment == s)
         pos = idx[finite[idx]]
@@ -885,20 +949,14 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
                 "mr_ucl": MR_LIMIT * mean_mr}
         for k, v in vals.items():
             cols[k][idx] = v
-        flags, sig = _spc_rules(y[idx], cols["centre"][idx], cols["lcl"][idx],
-                                cols["ucl"][idx], cols["sigma"][idx],
-                                [labels[i] for i in idx], better, "mean")
-        flags.index = idx
-        flag_parts.append(flags)
-        off = int(idx[0])
-        signals += [Signal(g.rule, g.start + off, g.end + off, g.direction, g.assessment,
-                           g.message) for g in sig]
         seg_stats.append({"first": labels[idx[0]], "mean": mean, "mean_mr": mean_mr,
                           "sigma": sigma, "lcl": vals["lcl"], "ucl": vals["ucl"],
                           "mr_ucl": vals["mr_ucl"], "n": int(finite[idx].sum()),
                           "n_baseline": int(len(yb))})
-    flags = pd.concat(flag_parts).sort_index().reset_index(drop=True)
-    mr_out = np.isfinite(cols["mr"]) & (cols["mr"] > cols["mr_ucl"])
+    flags, signals = _all_rules(lay.segment, y, cols["centre"], cols["lcl"], cols["ucl"],
+                                cols["sigma"], labels, better, "mean")
+    with np.errstate(invalid="ignore"):
+        mr_out = np.isfinite(cols["mr"]) & (cols["mr"] > cols["mr_ucl"])
     for i in np.flatnonzero(mr_out):
         signals.append(Signal("mr_outside_limit", int(i), int(i), "none", "neutral",
                               f"The moving range at {labels[i]} ({_num(cols['mr'][i])}) is "
@@ -907,11 +965,9 @@ def xmr_chart(values: Any, dates: Any = None, *, measure: str | None = None,
     signals.sort(key=lambda s: (s.start, s.rule))
     types, variation, assurance = _finish("xmr", y, cols["centre"], cols["lcl"], cols["ucl"],
                                           flags, signals, better, target)
-    points = pd.DataFrame({"label": labels, "value": y, "segment": lay.segment,
-                           "baseline": lay.baseline, **cols, "mr_outside_limit": mr_out})
-    points = pd.concat([points, flags], axis=1)
-    points["signal"] = flags.any(axis=1).to_numpy()
-    points["point_type"] = types
+    points = _lazy_frame({"label": labels, "value": y, "segment": lay.segment,
+                          "baseline": lay.baseline, **cols, "mr_outside_limit": mr_out},
+                         flags, types)
     st = dict(seg_stats[-1])
     st.pop("first")
     st.update(n=int(finite.sum()), segments=seg_stats)
@@ -1006,26 +1062,14 @@ def p_chart(successes: Any, totals: Any, dates: Any = None, *,
         sigma = np.where(ok, np.sqrt(p_bar * (1 - p_bar) / n), np.nan)
     lcl = np.clip(p_bar - 3 * sigma, 0, 1)
     ucl = np.clip(p_bar + 3 * sigma, 0, 1)
-    flag_parts, signals = [], []
-    for s in np.unique(lay.segment):
-        idx = np.flatnonzero(lay.segment == s)
-        flags, sig = _spc_rules(p[idx], p_bar[idx], lcl[idx], ucl[idx], sigma[idx],
-                                [labels[i] for i in idx], better, "overall proportion")
-        flags.index = idx
-        flag_parts.append(flags)
-        off = int(idx[0])
-        signals += [Signal(g.rule, g.start + off, g.end + off, g.direction, g.assessment,
-                           g.message) for g in sig]
-    flags = pd.concat(flag_parts).sort_index().reset_index(drop=True)
+    flags, signals = _all_rules(lay.segment, p, p_bar, lcl, ucl, sigma, labels, better,
+                                "overall proportion")
     signals.sort(key=lambda s: (s.start, s.rule))
     types, variation, assurance = _finish("p", p, p_bar, lcl, ucl, flags, signals, better,
                                           target)
-    points = pd.DataFrame({"label": labels, "successes": x, "totals": n, "value": p,
-                           "segment": lay.segment, "baseline": lay.baseline, "centre": p_bar,
-                           "sigma": sigma, "lcl": lcl, "ucl": ucl})
-    points = pd.concat([points, flags], axis=1)
-    points["signal"] = flags.any(axis=1).to_numpy()
-    points["point_type"] = types
+    points = _lazy_frame({"label": labels, "successes": x, "totals": n, "value": p,
+                          "segment": lay.segment, "baseline": lay.baseline, "centre": p_bar,
+                          "sigma": sigma, "lcl": lcl, "ucl": ucl}, flags, types)
     st = {"p_bar": seg_stats[-1]["p_bar"] if seg_stats else np.nan,
           "n_subgroups": int(ok.sum()), "total": float(n[ok].sum()), "segments": seg_stats}
     if ok.any() and ok.sum() < 12:

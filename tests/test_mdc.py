@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mfr_outcomes import mdc, qi
@@ -94,7 +95,12 @@ def test_rising_trend_is_one_colour_across_the_mean():
     r = qi.xmr_chart(y, better="higher")
     trend = r.points["trend"].to_numpy()
     assert trend[4:11].all()
-    assert set(r.points["point_type"][trend]) == {"special_cause_improvement"}
+    types = r.points["point_type"].to_numpy()
+    # point 5 (value 1) lies below the lower limit: judged by its side before the trend
+    # (NHSRplotthedots PR #180), so it is a concern; the rest of the trend is one colour
+    assert r.points["outside_limits"].iloc[4] and r.points["value"].iloc[4] < r.points["lcl"].iloc[4]
+    assert types[4] == "special_cause_concern"
+    assert set(types[5:11]) == {"special_cause_improvement"}
 
 
 def test_rebase_recalculates_limits_per_segment_by_hand():
@@ -171,3 +177,22 @@ def test_too_few_points_says_not_enough_data():
         warnings.simplefilter("ignore")
         run = qi.run_chart([1, 2, 3])
     assert "2 useful points (points not on the median)" in run.shortfall()  # 2 is the median
+
+
+def test_points_frame_is_built_on_first_access_and_survives_a_pickle():
+    import copy
+    import pickle
+
+    y = [5, 5.2, 4.9, 5.1, 1, 2, 3, 4, 5, 6, 7, 5, 5.1, 4.9]
+    r = qi.xmr_chart(y, better="higher", target=4.0)
+    assert callable(r.__dict__["_points"])            # not built yet
+    back = pickle.loads(pickle.dumps(r))
+    assert isinstance(r.__dict__["_points"], pd.DataFrame)   # built once, kept
+    assert r.points is r.points
+    for other in (back, copy.deepcopy(r)):
+        pd.testing.assert_frame_equal(other.points, r.points)
+        assert other.signals == r.signals and other.variation == r.variation
+    assert list(r.points.columns[-6:]) == ["outside_limits", "shift", "trend", "two_of_three",
+                                           "signal", "point_type"]
+    assert r.points["signal"].tolist() == r.points[["outside_limits", "shift", "trend",
+                                                    "two_of_three"]].any(axis=1).tolist()

@@ -3,9 +3,9 @@
 The hand-worked series pin the rule lengths of Making Data Count as NHSRplotthedots implements
 them (a shift is 7 points on one side of the mean, a trend 7 points each higher or lower than the
 one before; R/ptd_calculate_point_type.R) and qicharts2's run-chart limit (a longest run above
-round(log2 n) + 3; R/helper.functions.R ``runs.analysis``). The two xfail tests are where we
-differ from NHSRplotthedots since its pull request #180 (a point beyond a limit is judged by its
-side of the mean before any trend; the variation icon follows the latest point's type).
+round(log2 n) + 3; R/helper.functions.R ``runs.analysis``). The last two hand tests pin
+NHSRplotthedots since its pull request #180 (a point beyond a limit is judged by its side of the
+mean before any trend; the variation icon follows the latest point's type).
 
 Peer comparisons (abspc, clinical-qikit: the ``bench`` dependency group, not installed in CI)
 are skipped when the peer is missing; benchmarks/bench_spc.py and benchmarks/spc.md hold the
@@ -90,10 +90,6 @@ def test_run_chart_longest_run_limit_is_qicharts2s():
     assert "longest_run" in {s.rule for s in r8.signals}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mdc.point_types judges every point of a trend by the trend's direction, even a point "
-    "beyond a process limit; Making Data Count (NHSRplotthedots ptd_special_cause_type since "
-    "PR #180) judges a point beyond a limit by its side of the mean first"))
 def test_a_point_beyond_a_limit_is_judged_by_its_side_before_a_trend():
     r = _xmr(OUTLIER_TREND, better="higher", screen_moving_ranges=True)
     p = r.points
@@ -102,10 +98,6 @@ def test_a_point_beyond_a_limit_is_judged_by_its_side_before_a_trend():
     assert p["point_type"].iloc[16] == "special_cause_improvement"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mdc.variation_icon names high/low by the latest point's side of the mean; the icon "
-    "follows the latest point's type (NHSRplotthedots geom_ptd_icon): an improvement is "
-    "improvement_high when higher is better, even a rising trend below the mean"))
 def test_variation_icon_of_a_rising_trend_below_the_mean():
     r = _xmr(RISING_LOW, better="higher", screen_moving_ranges=True)
     p = r.points
