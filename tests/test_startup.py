@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ["pandera", "statsmodels", "matplotlib", "seaborn", "duckdb", "dask", "jinja2",
          "sqlalchemy", "papermill", "distributed", "joblib"]
@@ -77,3 +78,20 @@ def test_package_verbs_resolve_lazily() -> None:
                           "f = m.fit_mixed; print(f.__module__, 'mfr_outcomes.qi' in sys.modules)"],
                          capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.split() == ["mfr_outcomes.models.fit", "False"]
+
+
+def test_shipped_study_fit_by_the_sparse_engine_needs_no_scipy_optimize() -> None:
+    """The shipped study's pre/post model is crossed (patients see several therapists), so the
+    sparse engine fits it; its Newton path does without scipy.optimize (about half a second of a
+    cold start), which is imported only for the L-BFGS-B or COBYQA fallbacks."""
+    code = """
+import sys, json
+import mfr_outcomes as mfr
+fit = mfr.fit_prepost(mfr.load_study("data/synthetic"), "pain_nrs")
+print(json.dumps({"engine": fit.diagnostics["engine"],
+                  "optimize": "scipy.optimize" in sys.modules}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res == {"engine": "sparse", "optimize": False}

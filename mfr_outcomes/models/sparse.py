@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrf, dpotri
-from scipy.optimize import Bounds, OptimizeResult, minimize
 from threadpoolctl import threadpool_limits
 
 from mfr_outcomes.models.sparse_struct import (
@@ -726,23 +726,26 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
     # they fail; L-BFGS-B or COBYQA (derivative-free, Powell's successor to lme4's bobyqa) on
     # request.
     method = options.get("optimizer") or "newton"
-    box = Bounds(np.where(lower == 0.0, 0.0, -np.inf), np.inf)
     cobyqa = {"final_tr_radius": 1e-7,
               "maxfev": 50 * int(options.get("maxiter", 2000))}
 
     used: set[str] = set()
 
     def run(start: np.ndarray, radius: float):
-        if method == "cobyqa":
-            return minimize(f, start, method="COBYQA", bounds=box,
-                            options=dict(cobyqa, initial_tr_radius=radius))
         if method == "newton" and analytic:
             fs = fx if np.array_equal(start, x) else f(start)
             xn, fn, ok = _newton_ai(model, f, lower, start, fs, reml, n_grad)
             used.add("newton")
             if ok:
-                return OptimizeResult(x=xn, fun=fn, success=True)
+                return SimpleNamespace(x=xn, fun=fn, success=True)
             start = xn  # the exact gradient did not apply or a step failed: L-BFGS-B from here
+        # scipy.optimize is imported only here: it costs about half a second of a cold start,
+        # and the Newton path does without it
+        from scipy.optimize import Bounds, minimize
+        if method == "cobyqa":
+            box = Bounds(np.where(lower == 0.0, 0.0, -np.inf), np.inf)
+            return minimize(f, start, method="COBYQA", bounds=box,
+                            options=dict(cobyqa, initial_tr_radius=radius))
         used.add("l-bfgs-b")
         return minimize(fg, start, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
 
