@@ -11,9 +11,13 @@ RUN := $(UV) run --locked
 
 .PHONY: install demo test lint synth notebooks bench reference clean
 
+# --compile-bytecode: the dependencies' bytecode is written once here, so a fresh process (the CLI,
+# a notebook kernel) does not compile pandas, scipy and pandera from source at every start; that
+# is most of a cold start when PYTHONDONTWRITEBYTECODE is set (benchmarks/bench_startup.py)
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --locked
+	$(UV) sync --locked --compile-bytecode
+	@$(RUN) python -m compileall -q mfr_outcomes
 
 demo: install
 	$(RUN) mfr-outcomes demo --source data/synthetic --out build/demo

@@ -128,6 +128,27 @@ def test_safety_section_shows_rate_ratios_of_the_poisson_glmm(pain_report):
     assert row["singular"] == "True" and row["engine"] == "glmm"
 
 
+def test_safety_section_shows_odds_ratios_of_the_logistic_glmm(pain_report):
+    """The chance of an event at a session (one row a session): glmer's odds ratios and
+    p-values, the counts tied to the table above, the model's cautions in the section."""
+    result, out = pain_report
+    ref = _ref("adverse")
+    rows = _rows(out / "tables" / "safety_model_binomial.csv")
+    assert [r["technique"] for r in rows] == ["direct pressure", "stretching", "massage",
+                                              "combined"]
+    assert float(rows[0]["odds_ratio"]) == 1.0 and rows[0]["ci_low"] == ""
+    np.testing.assert_allclose([float(r["odds_ratio"]) for r in rows[1:]],
+                               np.exp([f["estimate"] for f in ref["fixef"]][1:]), rtol=1e-4)
+    np.testing.assert_allclose([float(r["p_value"]) for r in rows[1:]],
+                               [f["p_value"] for f in ref["fixef"]][1:], rtol=1e-3)
+    by_tech = _rows(out / "tables" / "safety_by_technique.csv")
+    assert [r["with_event"] for r in rows] == [r["with_event"] for r in by_tech]
+    text = _text(result, "safety")
+    assert "logistic mixed model" in text and "plain logistic regression" in text
+    models = _rows(out / "tables" / "methods_models.csv")
+    assert any(r["model"] == "Adverse event at a session (logistic GLMM)" for r in models)
+
+
 def test_safety_model_keeps_the_disclosure_rules(study, tmp_path):
     """With min_cell 60, direct pressure (51 sessions with an event, the reference) and
     stretching (5) are small: their counts are '<60', every model number computed from them is
@@ -140,8 +161,16 @@ def test_safety_model_keeps_the_disclosure_rules(study, tmp_path):
     for r in rows.values():
         assert r["rate_ratio"] in ("", "<60", "suppressed")
         assert r["p_value"] in ("", "<60", "suppressed")
+    odds = {r["technique"]: r for r in
+            _rows(tmp_path / "tables" / "safety_model_binomial.csv")}
+    for tech in ("direct pressure", "stretching", "massage"):
+        assert odds[tech]["with_event"] == "<60"
+        assert odds[tech]["percent_typical"] in ("", "<60", "suppressed")
+    for r in odds.values():
+        assert r["odds_ratio"] in ("", "<60", "suppressed")
     text = _text(result, "safety")
     assert "reference technique, so no rate ratios are shown" in text
+    assert "reference technique, so no odds ratios are shown" in text
     html = (tmp_path / "report.html").read_text()
     assert "0.16" not in html.split('id="safety"')[1].split("</section>")[0]
 

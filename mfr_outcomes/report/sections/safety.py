@@ -1,10 +1,11 @@
 """Safety: adverse events recorded at treatment sessions.
 
 When nothing was recorded (no column, or every value empty) the section says "not recorded"
-and shows no count, rather than "<5 of <5 sessions". The counts are followed by a model: sessions
-with an adverse event per session by technique, as rate ratios from a Poisson mixed model with
-the sessions as exposure (``mfr.fit_adverse_events(study, family="poisson")``), with its
-cautions shown in the section.
+and shows no count, rather than "<5 of <5 sessions". The counts are followed by two mixed models
+with a random intercept per patient, each with its cautions shown in the section: the chance of
+an adverse event at a session by technique, as odds ratios from a logistic mixed model
+(``mfr.fit_adverse_events(study)``), and adverse events per session as rate ratios from a Poisson
+mixed model with the sessions as exposure (``mfr.fit_adverse_events(study, family="poisson")``).
 """
 from __future__ import annotations
 
@@ -99,69 +100,99 @@ def build(ctx: ReportContext, sec: Section) -> None:
         sec.para(Text.of("Symptom flares: ", types.cell("sessions", flare_rows[0]),
                          ". Check these cases individually in the clinic's own records; this "
                          "report does not show who they were."))
-    ctx.attempt(sec, "The model of adverse events", _model, ctx, sec, by_tech)
+    for family in ("binomial", "poisson"):
+        ctx.attempt(sec, f"The {family} model of adverse events", _model, ctx, sec, by_tech,
+                    family)
 
 
-#: Columns of the model table computed from its counts (hidden with them).
-_MODEL_COLUMNS = ("rate_per_100", "rate_ratio", "ci_low", "ci_high", "p_value")
+#: The two models of adverse events: the chance of an event at a session (logistic GLMM, one row a
+#: session) and events per session as a rate (Poisson GLMM, sessions as exposure).
+_KINDS = {
+    "binomial": {"level": "percent_typical", "model_col": "probability", "ratio": "odds_ratio",
+                 "ratios": "odds_ratios", "name": "Adverse event at a session (logistic GLMM)",
+                 "heading": "The chance of an adverse event at a session: a logistic mixed model",
+                 "text": "Whether a treatment session had an adverse event, by technique, from a "
+                         "logistic mixed model (one row a session, a random intercept per "
+                         "patient; glmer's method, Laplace approximation). The percentage is the "
+                         "model's chance of an event for a typical patient (random effect 0); an "
+                         "odds ratio below 1 means lower odds of an event at a session than with "
+                         "{ref}, the reference (95 % Wald interval of the ratio).",
+                 "title": "Adverse event at a session by technique: logistic mixed model"},
+    "poisson": {"level": "rate_per_100", "model_col": "rate_model", "ratio": "rate_ratio",
+                "ratios": "rate_ratios", "name": "Adverse events per session (Poisson GLMM)",
+                "heading": "Adverse events per session: a Poisson mixed model",
+                "text": "Sessions with an adverse event per treatment session, by technique, from "
+                        "a Poisson mixed model: each patient's count of sessions with an event "
+                        "under a technique, with the number of those sessions as exposure (an "
+                        "offset) and a random intercept per patient (glmer's method, Laplace "
+                        "approximation). The rate per 100 sessions is the model's for a typical "
+                        "patient (random effect 0); a rate ratio below 1 means fewer events per "
+                        "session than with {ref}, the reference (95 % Wald interval of the "
+                        "ratio).",
+                "title": "Adverse events per session by technique: Poisson mixed model"},
+}
 
 
-def model_frame(study: Any) -> tuple[pd.DataFrame, Any]:
-    """Sessions with an adverse event per treatment session, by technique, from the Poisson
-    mixed model (events per patient and technique, log sessions as offset, a random intercept
-    per patient): (one row a technique, the :class:`AdverseEventsFit`)."""
+def _model_columns(family: str) -> tuple[str, ...]:
+    """Columns of the model table computed from its counts (hidden with them)."""
+    return (_KINDS[family]["level"], _KINDS[family]["ratio"], "ci_low", "ci_high", "p_value")
+
+
+def model_frame(study: Any, family: str = "poisson") -> tuple[pd.DataFrame, Any]:
+    """Adverse events at treatment sessions by technique from a mixed model with a random
+    intercept per patient: ``family="poisson"`` events per session (events per patient and
+    technique, log sessions as offset), ``"binomial"`` the chance of an event at a session (one
+    row a session). Returns (one row a technique, the :class:`AdverseEventsFit`)."""
     from mfr_outcomes.models.binary import fit_adverse_events
 
+    kind = _KINDS[family]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every caution is in ae.notes, shown by the caller
-        ae = fit_adverse_events(study, family="poisson")
+        ae = fit_adverse_events(study, family=family)
     t = ae.table
     out = pd.DataFrame({"technique": t["technique"].map(label),
                         "sessions": t["sessions"].astype(int),
                         "with_event": t["events"].astype(int)})
     if ae.glmm is None:
         return out, ae
-    out["rate_per_100"] = 100.0 * t["rate_model"].to_numpy(float)
-    rr = ae.rate_ratios.assign(level=ae.rate_ratios["term"].str.extract(r"\[T\.(.+)\]$")[0])
+    out[kind["level"]] = 100.0 * t[kind["model_col"]].to_numpy(float)
+    ratios = getattr(ae, kind["ratios"])
+    rr = ratios.assign(level=ratios["term"].str.extract(r"\[T\.(.+)\]$")[0])
     rr = rr.set_index(rr["level"].map(label))
     ref = label(t["technique"].iloc[0])
-    out["rate_ratio"] = [1.0 if tech == ref else rr["rate_ratio"].get(tech, np.nan)
-                         for tech in out["technique"]]
+    out[kind["ratio"]] = [1.0 if tech == ref else rr[kind["ratio"]].get(tech, np.nan)
+                          for tech in out["technique"]]
     out["ci_low"] = out["technique"].map(rr["ci_low"]).astype(float)
     out["ci_high"] = out["technique"].map(rr["ci_high"]).astype(float)
     out["p_value"] = out["technique"].map(rr["p_value"]).astype(float)
     return out, ae
 
 
-def _model(ctx: ReportContext, sec: Section, by_tech: Table) -> None:
-    sec.heading("Adverse events per session: a mixed model")
-    frame, ae = model_frame(ctx.scoped)
+def _model(ctx: ReportContext, sec: Section, by_tech: Table, family: str) -> None:
+    kind = _KINDS[family]
+    sec.heading(kind["heading"])
+    frame, ae = model_frame(ctx.scoped, family)
     notes = list(ae.notes)
     if ae.glmm is None:
         sec.para("No model of adverse events: " + "; ".join(ctx.safe(n) for n in notes) + ".")
         return
     ref = frame["technique"].iloc[0]
+    ratio_cols = [kind["ratio"], "ci_low", "ci_high", "p_value"]
     if frame["with_event"].iloc[0] < ctx.min_cell:  # ratios to a small count would reveal it
-        frame[["rate_ratio", "ci_low", "ci_high", "p_value"]] = np.nan
+        frame[ratio_cols] = np.nan
         notes.append(f"fewer than {ctx.min_cell} sessions with an event for {ref}, the "
-                     f"reference technique, so no rate ratios are shown")
-    sec.para(
-        f"Sessions with an adverse event per treatment session, by technique, from a Poisson "
-        f"mixed model: each patient's count of sessions with an event under a technique, with "
-        f"the number of those sessions as exposure (an offset) and a random intercept per "
-        f"patient (glmer's method, Laplace approximation). The rate per 100 sessions is the "
-        f"model's for a typical patient (random effect 0); a rate ratio below 1 means fewer "
-        f"events per session than with {ref}, the reference (95 % Wald interval of the "
-        f"ratio). Techniques "
-        f"were not randomised, so patients who had one technique may differ from those who had "
-        f"another.")
+                     f"reference technique, so no {kind['ratio'].replace('_', ' ')}s are shown")
+    sec.para(kind["text"].format(ref=ref) + " Techniques were not randomised, so patients who "
+             "had one technique may differ from those who had another.")
+    columns = _model_columns(family)
     model = ctx.add_table(sec, Table(
-        "model", f"Adverse events per session by technique: Poisson mixed model "
-        f"({ae.formula}).", frame, counts=("sessions", "with_event"),
-        linked={c: ("sessions", "with_event") for c in _MODEL_COLUMNS},
-        ratios=_MODEL_COLUMNS,
-        decimals={"rate_per_100": 1, "p_value": 3},
-        keys=("technique",), by_site=lambda st: model_frame(st)[0]))
+        "model" if family == "poisson" else "model_binomial",
+        f"{kind['title']} ({ae.formula}).", frame,
+        counts=("sessions", "with_event"),
+        linked={c: ("sessions", "with_event") for c in columns},
+        ratios=columns,
+        decimals={kind["level"]: 1, "p_value": 3},
+        keys=("technique",), by_site=lambda st: model_frame(st, family)[0]))
     shown = list(by_tech.frame["technique"])
     for r, tech in enumerate(frame["technique"]):  # the same counts as the table above
         if tech not in shown:
@@ -170,12 +201,12 @@ def _model(ctx: ReportContext, sec: Section, by_tech: Table) -> None:
         for col in ("sessions", "with_event"):
             if by_tech.frame[col].iloc[k] == frame[col].iloc[r]:
                 ctx.ledger.same(by_tech.cell(col, k), model.cell(col, r))
-    name = "Adverse events per session (Poisson GLMM)"
+    name = kind["name"]
     ctx.fit_label(name, ae.glmm)  # its row of the methods table, and its cautions
     if ae.glmm.diagnostics["singular"]:
-        notes.append("here the patient variance is estimated as zero: the patients' event rates "
-                     "vary no more than chance alone would make them, and the rate ratios are "
-                     "those of a plain Poisson regression")
+        notes.append("here the patient variance is estimated as zero: patients differ no more "
+                     "than chance alone would make them, and the ratios are those of a plain "
+                     + ("logistic" if family == "binomial" else "Poisson") + " regression")
     for n in notes:
         if n not in ae.glmm.diagnostics["warnings"]:
             ctx.caution(f"{name}: {n}")
@@ -183,5 +214,5 @@ def _model(ctx: ReportContext, sec: Section, by_tech: Table) -> None:
         sec.para("Cautions of this model:")
         sec.items([ctx.safe(f"{n[0].upper()}{n[1:]}.".replace("..", ".")) for n in notes])
     else:
-        sec.para("The model converged, its patient variance is not at zero, and the counts "
-                 "show no overdispersion.")
+        sec.para("The model converged and its patient variance is not at zero"
+                 + (", and the counts show no overdispersion." if family == "poisson" else "."))
