@@ -40,7 +40,7 @@ bench: install
 	$(RUN) --group bench python benchmarks/bench_fit.py --out benchmarks/results
 
 reference:
-	Rscript tests/reference/make_reference.R
+	for script in tests/reference/make_reference*.R; do echo "$$script"; Rscript "$$script" || exit 1; done
 
 clean:
 	rm -rf build .pytest_cache
