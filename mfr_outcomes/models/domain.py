@@ -452,14 +452,20 @@ def fit_course(study: Any, measure: str, *, time: str = "weeks", by: str | None 
     return build(frame, notes, side_factor=side_mode == "factor")
 
 
-def _course_frame(study: Any, measure: str, time: str, m: Any) -> tuple[pd.DataFrame, list[str]]:
-    """Every pre-session reading with a value of *time*, and notes on what was left out."""
+def time_note(time: str, m: Any) -> str:
+    """The note naming the course of care's time axis (ValueError for an unknown *time*);
+    shared by the in-memory and the out-of-core course fits."""
     if time not in TIME_UNITS:
         raise ValueError(f"time must be one of {', '.join(map(repr, TIME_UNITS))}; got {time!r}.")
-    unit = TIME_UNITS[time]
     since = "the visit number" if time == "session_number" else \
         f"{time} since the patient's first visit"
-    notes = [f"time: {since}; the {time} coefficient is the change in {m.axis_label} per {unit}"]
+    return f"time: {since}; the {time} coefficient is the change in {m.axis_label} per " \
+           f"{TIME_UNITS[time]}"
+
+
+def _course_frame(study: Any, measure: str, time: str, m: Any) -> tuple[pd.DataFrame, list[str]]:
+    """Every pre-session reading with a value of *time*, and notes on what was left out."""
+    notes = [time_note(time, m)]
     frame = _frame(study, measure)
     n_all = len(frame)
     frame = frame[frame["post"] == 0]

@@ -474,6 +474,7 @@ def _course(study: ScaleStudy, measure: str, *, time: str = "weeks", by: str | N
         _check_measure,
         check_patient_count,
         patient_term,
+        time_note,
     )
     from mfr_outcomes.study import TIME_UNITS
     from mfr_outcomes.warnings_ import DataWarning
@@ -481,12 +482,8 @@ def _course(study: ScaleStudy, measure: str, *, time: str = "weeks", by: str | N
     m = _check_measure(measure, "fit_course")
     study._check_measure(measure)
     _engine_ok(engine, df_method)
-    if time not in TIME_UNITS:
-        raise ValueError(f"time must be one of {', '.join(map(repr, TIME_UNITS))}; got {time!r}.")
+    notes = [time_note(time, m)]
     unit = TIME_UNITS[time]
-    since = "the visit number" if time == "session_number" else \
-        f"{time} since the patient's first visit"
-    notes = [f"time: {since}; the {time} coefficient is the change in {m.axis_label} per {unit}"]
     n_all = study.count(measure, [])
     filters = [_Filter("post", "==", 0)]
     n_pre = study.count(measure, filters)
