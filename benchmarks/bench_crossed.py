@@ -329,8 +329,9 @@ def table(results: list[dict]) -> str:
                 note = (f"default optimiser ({r['optimizer']}); bobyqa 1e-10 took "
                         f"{r.get('tight_evaluations')} evaluations")
             grads = f" (+{r['gradients']} gradients)" if r.get("gradients") else ""
+            cell = label.replace("|", "\\|")  # a formula's bar would end the table cell
             lines.append(
-                f"| {label} | {r['rows']:,} | {r['method']} | {_fmt(r.get('seconds'), '.3f')} | "
+                f"| {cell} | {r['rows']:,} | {r['method']} | {_fmt(r.get('seconds'), '.3f')} | "
                 f"{_fmt(ratio, '.1f')}{'×' if ratio else ''} | {_fmt(r.get('evaluations'))}{grads} | "
                 f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('max_abs_dbeta'), '.1e')} | "
                 f"{_fmt(r.get('rel_dloglik'), '.1e')} | {note} |")
