@@ -46,11 +46,12 @@ RESTART_RTOL = 1e-11
 #: lme4's sentences (lme4 1.1-31, ``checkNlevels``, ``checkZdims``, ``checkConv``).
 LME4_MESSAGES = {
     "nlev.gtr.1": "grouping factors must have > 1 sampled level",
-    "nobs.vs.nlev": ("number of levels of each grouping factor must be < number of observations "
+    # {op}/{what}: lmer's wording, or glmer's (allow.n = TRUE) as lme4's checkNlevels and
+    # checkZdims write it
+    "nobs.vs.nlev": ("number of levels of each grouping factor must be {op} number of observations "
                      "(problems: {groups})"),
-    "nobs.vs.nRE": ("number of observations (={n}) <= number of random effects (={nre}) for term "
-                    "({term}); the random-effects parameters and the residual variance (or scale "
-                    "parameter) are probably unidentifiable"),
+    "nobs.vs.nRE": ("number of observations (={n}) {op} number of random effects (={nre}) for term "
+                    "({term}); the random-effects parameters{what} are probably unidentifiable"),
     "nlev.gtreq.5": "grouping factors with < 5 sampled levels may give unreliable estimates",
     "conv.grad": "Model failed to converge with max|grad| = {g:.6g} (tol = {tol:g}, component {k})",
     "singular": "boundary (singular) fit: see help('isSingular')",
@@ -115,14 +116,11 @@ def check_model(spec: ModelSpec, *, allow_n: bool = False) -> list[str]:
     crowded = sorted({b.group for b in spec.blocks
                       if (n < b.n_levels if allow_n else n <= b.n_levels)})
     if crowded:
-        message = LME4_MESSAGES["nobs.vs.nlev"].format(groups=", ".join(crowded))
-        if allow_n:
-            raise ModelCheckError("nobs.vs.nlev", message.replace(" < number", " <= number")
-                                  + "; there are more levels than observations")
-        raise ModelCheckError(
-            "nobs.vs.nlev", message
-            + "; each level has a single observation, so its variance cannot be told from the "
-              "residual variance")
+        why = ("there are more levels than observations" if allow_n else
+               "each level has a single observation, so its variance cannot be told from the "
+               "residual variance")
+        raise ModelCheckError("nobs.vs.nlev", LME4_MESSAGES["nobs.vs.nlev"].format(
+            op="<=" if allow_n else "<", groups=", ".join(crowded)) + f"; {why}")
     # lme4 checks each term (a '||' term is several): our blocks of one (group, correlated) term
     seen: dict[tuple[str, str], int] = {}
     for b in spec.blocks:
@@ -130,12 +128,11 @@ def check_model(spec: ModelSpec, *, allow_n: bool = False) -> list[str]:
         seen[key] = seen.get(key, 0) + b.q * b.n_levels
     for (group, label), nre in seen.items():
         if n < nre or (n == nre and not allow_n):
-            message = LME4_MESSAGES["nobs.vs.nRE"].format(n=n, nre=nre, term=label)
+            message = LME4_MESSAGES["nobs.vs.nRE"].format(
+                n=n, nre=nre, term=label, op="<" if allow_n else "<=",
+                what="" if allow_n else " and the residual variance (or scale parameter)")
             raise ModelCheckError(
-                "nobs.vs.nRE", (message.replace(") <= number", ") < number").replace(
-                    " and the residual variance (or scale parameter)", "") if allow_n
-                                else message)
-                + f". Each level of {group} has too few observations for this random term; "
+                "nobs.vs.nRE", message + f". Each level of {group} has too few observations for this random term; "
                   f"use a random intercept (1 | {group}) instead")
     cautions = []
     few = sorted({b.group for b in spec.blocks if b.n_levels < 5})
