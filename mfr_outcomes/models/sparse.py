@@ -80,6 +80,7 @@ class _Eval:
     ldL2: float = np.inf
     ldRX2: float = np.inf
     pwrss: float = np.inf
+    inverse: tuple[int, np.ndarray] | None = None  # (cut, S_c⁻¹), see _trailing_inverse
 
 
 def _scale_rest(S: np.ndarray, st: Structure, lams: list[np.ndarray], transpose: bool) -> None:
@@ -159,10 +160,13 @@ class SparseModel:
             S[il[1], il[0]] = S[il]
         _scale_rest(S, st, [f.lam(theta) for f in st.rest], transpose=False)
         S.flat[self._diag_z] += 1.0
-        C, info = dpotrf(S, lower=1, clean=0, overwrite_a=1)
+        # S is C-ordered with its lower triangle set: LAPACK sees that as the upper triangle of
+        # the F-ordered Sᵀ, factored in place (no transposing copy); C = Uᵀ is the lower factor
+        U, info = dpotrf(S.T, lower=0, clean=0, overwrite_a=1)
         if info != 0:
             self._last = ev
             return ev
+        C = U.T
         dg = np.diag(C)
         mZ, p = st.mZ, st.p
         ev.ok = True
@@ -283,9 +287,7 @@ class SparseModel:
         Dinv = np.einsum("kal,kbl->abl", Linv, Linv)
         if cut == 0:
             return Dinv, []
-        Sinv, info = dpotri(ev.C[:cut, :cut], lower=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"dpotri failed ({info})")
+        Sinv = self._trailing_inverse(ev, cut)  # C-ordered, lower triangle valid
         twice = np.where(st.pair_r > st.pair_s, 2.0, 1.0)
         if all(f.q == 1 for f in st.rest):
             # scalar factors: Λ_r is diagonal, so read the lower triangle dpotri wrote, scaled
@@ -296,13 +298,13 @@ class SparseModel:
             inside = st.pair_r < cut
             r, c = st.pair_r[inside], st.pair_s[inside]
             pr = np.zeros(st.pair_flat.size)
-            pr[inside] = Sinv.ravel(order="F")[c * cut + r] * dg[r] * dg[c] * twice[inside]
+            pr[inside] = Sinv.ravel()[r * cut + c] * dg[r] * dg[c] * twice[inside]
             diag = np.diagonal(Sinv)
             rest = [diag[off:off + f.size].reshape(f.n_levels, 1, 1)
                     for f, off in zip(st.rest, st.rest_offset)]
             pxx = Sinv[mZ:cut, mZ:cut]
             pxx = np.tril(pxx) + np.tril(pxx, -1).T
-        else:
+        else:  # (filling the upper triangle leaves the kept inverse valid)
             iu = np.triu_indices(cut, 1)
             Sinv[iu] = Sinv[iu[1], iu[0]]
             rest = []
@@ -326,6 +328,27 @@ class SparseModel:
         DK = np.einsum("abl,bc,cdl->adl", Dinv, lam1.T, K, optimize=True)
         Minv = Dinv + np.einsum("abl,bc,cdl->adl", DK, lam1, Dinv, optimize=True)
         return Minv, rest
+
+    def _trailing_inverse(self, ev: _Eval, cut: int) -> np.ndarray:
+        """S_c⁻¹ for the leading *cut* columns of the trailing block at ev's θ, lower triangle
+        valid (C-ordered). LAPACK dpotri on the factor, kept per evaluation: the REML gradient's
+        inverse (cut = m_Z + p) gives the conditional variances' (cut = m_Z) by the rank-p identity
+        (S_Z)⁻¹ = P_ZZ − P_ZXP_XX⁻¹P_XZ, P = S_c⁻¹, instead of a second dpotri."""
+        if ev.inverse is not None and ev.inverse[0] == cut:
+            return ev.inverse[1]
+        if ev.inverse is not None and ev.inverse[0] > cut:
+            P = ev.inverse[1]
+            E = P[cut:ev.inverse[0], :cut]
+            F = np.tril(P[cut:ev.inverse[0], cut:ev.inverse[0]])
+            F = F + np.tril(F, -1).T
+            out = P[:cut, :cut] - E.T @ np.linalg.solve(F, E)
+            return out
+        # the factor's Fortran-ordered upper form (Cᵀ): no transposing copy for LAPACK
+        Ui, info = dpotri(ev.C.T[:cut, :cut], lower=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dpotri failed ({info})")
+        ev.inverse = (cut, Ui.T)
+        return Ui.T
 
     # -- the gradient ---------------------------------------------------------------------
     def modes_u(self, theta: np.ndarray) -> list[np.ndarray]:
