@@ -126,6 +126,7 @@ class SparseModel:
         self.n_gradients = 0
         self._grad_cache: tuple | None = None
         self.methods_used: set[str] = set()
+        self.ai_at: tuple[bytes, np.ndarray] | None = None  # (θ, AI Hessian) where Newton ended
 
     # -- per evaluation -------------------------------------------------------------------
     def evaluate(self, theta: np.ndarray) -> _Eval:
@@ -612,6 +613,40 @@ def sparse_model(spec: ModelSpec) -> SparseModel:
 # ----------------------------------------------------------------------------------------------
 # Optimisation
 # ----------------------------------------------------------------------------------------------
+def moment_start(model: SparseModel) -> np.ndarray:
+    """lme4's start (identity Λ) with each scalar factor's θ set from a one-way moment estimate.
+
+    For a factor with one column z, the residual r of y on X and level sums s_l = Σ z r, w_l =
+    Σ z²: under r = z b_l + e, E[s_l²/w_l] = σ_b² w_l + σ², so with the within-level variance
+    σ_w² = (rᵀr − Σ s_l²/w_l)/(n − p − ℓ), σ_b² ≈ (Σ s_l²/w_l − ℓσ_w²)/Σ w_l and θ = σ_b/σ_w,
+    kept within [0.1, 5] (never 0: a scalar θ at 0 has derivative 0 and would stay there).
+    Crossed factors each absorb a little of the others' variance, so this is a start, not an
+    estimate: on InstEval it is within 20 % of the optimum and Newton needs 5 steps instead of
+    8. Vector factors keep the identity.
+    """
+    spec, st = model.spec, model.st
+    x0 = theta_start(spec)
+    r = model.st_y
+    rr = float(r @ r)
+    for f in [st.first] + st.rest:
+        if f.q != 1:
+            continue
+        z = f.Z[:, 0]
+        w = np.bincount(f.codes, z * z, minlength=f.n_levels)
+        keep = w > 0
+        s_l = np.bincount(f.codes, z * r, minlength=f.n_levels)[keep]
+        ssb = float(np.sum(s_l * s_l / w[keep]))
+        dfw = model.n - model.p - int(keep.sum())
+        if dfw <= 0:
+            continue
+        sw = (rr - ssb) / dfw
+        if not sw > 0:
+            continue
+        vb = (ssb - keep.sum() * sw) / float(w.sum())
+        x0[f.theta_index[0]] = float(np.clip(np.sqrt(max(vb, 0.0) / sw), 0.1, 5.0))
+    return x0
+
+
 def _fd_grad(f, x: np.ndarray, fx: float, lower: np.ndarray, central: bool) -> np.ndarray:
     """Finite-difference gradient; one-sided (inward) at a bound of 0."""
     g = np.empty_like(x)
@@ -651,14 +686,15 @@ def _grad_and_curvature(f, x: np.ndarray, fx: float, lower: np.ndarray,
 
 
 def _newton_ai(model: SparseModel, f, lower: np.ndarray, x: np.ndarray, fx: float, reml: bool,
-               n_grad: list[int], maxit: int = 100, tol: float = 1e-11, gtol: float = 1e-4
-               ) -> tuple[np.ndarray, float, bool]:
+               n_grad: list[int], maxit: int = 100, tol: float = 1e-11, gtol: float = 1e-4,
+               sgtol: float = 1e-3) -> tuple[np.ndarray, float, bool]:
     """Projected Newton steps on the profiled deviance: the exact gradient, the average-information
     Hessian (``SparseModel.average_information``) and a backtracking line search.
 
     A diagonal θ at its bound of 0 with a positive derivative is held there. Stops when the Newton
-    decrement gᵀH⁻¹g is below ``tol``·max(1, |f|) and the free gradient below ``gtol`` (or the
-    decrement is at rounding level); returns (θ, f, True) then, or the best point and False when
+    decrement gᵀH⁻¹g is below ``tol``·max(1, |f|) and the free gradient below ``gtol``, or
+    below ``sgtol`` when scaled by the Hessian's diagonal (as lme4's check; half its tolerance), or
+    the decrement is at rounding level; returns (θ, f, True) then, or the best point and False when
     the gradient or the Hessian cannot be formed or a line search fails.
     """
     x = x.copy()
@@ -681,7 +717,12 @@ def _newton_ai(model: SparseModel, f, lower: np.ndarray, x: np.ndarray, fx: floa
         if not np.isfinite(dec):
             return x, fx, False
         scale = max(1.0, abs(fx))
-        if (dec <= tol * scale and np.max(np.abs(gf)) <= gtol) or dec <= 1e-15 * scale:
+        model.ai_at = (x.tobytes(), H)
+        # stop at a tiny decrement when the gradient is small, raw or scaled by the Hessian's
+        # diagonal (as lme4's check; half its tolerance)
+        small = np.max(np.abs(gf)) <= gtol or \
+            np.max(np.abs(gf) / np.sqrt(np.maximum(np.diag(Hf), 1e-12))) <= sgtol
+        if (dec <= tol * scale and small) or dec <= 1e-15 * scale:
             return x, fx, True
         d = np.zeros_like(x)
         d[free] = df
@@ -804,6 +845,15 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         n_grad[0] += 1
         free = ~((lower == 0.0) & (x <= 0.0) & (g >= 0))
         gmax = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    ai = getattr(model, "ai_at", None)
+    if g is not None and gmax > gtol and ai is not None and ai[0] == x.tobytes():
+        # the Newton steps ended here with the average-information Hessian at hand: its diagonal
+        # scales the exact gradient (accepted below half lme4's tolerance; else differences)
+        hd = np.maximum(np.diag(ai[1]), 1e-12)
+        scaled = np.minimum(np.abs(g) / np.sqrt(hd), np.abs(g))
+        gs = float(np.max(scaled[free])) if free.any() else 0.0
+        if gs <= 0.5 * gtol:
+            gmax = gs
     if g is None or gmax > gtol:
         g, hd = _grad_and_curvature(f, x, fx, lower)
         free = ~((lower == 0.0) & (x <= 0.0) & (g > 0))
@@ -890,7 +940,12 @@ class SparseEngine:
              options: dict) -> EngineResult:
         model = sparse_model(spec)
         lower = theta_lower_bounds(spec)
-        x0 = theta_start(spec) if start is None else np.asarray(start, float)
+        if start is not None:
+            x0 = np.asarray(start, float)
+        elif options.get("moment_start", True):
+            x0 = moment_start(model)
+        else:
+            x0 = theta_start(spec)
         theta, obj, converged, messages, nev = optimize_theta(model, lower, x0, reml, options)
         optimizer_name = _optimizer_label(options, model)
         sigma = model.sigma(theta, reml)
