@@ -21,7 +21,6 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrf, dpotri
-from threadpoolctl import threadpool_limits
 
 from mfr_outcomes.models.sparse_struct import (
     Factor,
@@ -39,6 +38,7 @@ from mfr_outcomes.models.spec import (
     theta_start,
 )
 from mfr_outcomes.models.stacks import bsolve, chol, fsolve
+from mfr_outcomes.models.threads import blas_threads
 
 __all__ = ["SparseEngine", "SparseModel", "sparse_model", "MAX_TRAILING"]
 
@@ -118,7 +118,6 @@ class SparseModel:
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
-        self._T_csr = self.st.T.tocsr()  # row-wise products: faster than CSC's scatter
         self._Bt: sp.csr_matrix | None = None
         self._B: sp.csr_matrix | None = None
         self._Tt: sp.csr_matrix | None = None
@@ -152,7 +151,9 @@ class SparseModel:
             self._last = ev
             return ev
         S = st.Arr.copy()
-        S.flat[st.pair_flat] -= self._T_csr @ w.ravel()
+        # T stays in CSC (its transpose serves the gradient as CSR): the product's scatter costs
+        # ~0.7 ms more per evaluation than a CSR copy would, which takes ~27 ms to make (InstEval)
+        S.flat[st.pair_flat] -= st.T @ w.ravel()
         # X-and-y block: Σ_l B_l G_lᵀ G_l B_lᵀ, one product over all levels
         H = np.einsum("bal,ajl->bjl", G, st.Bx) if f1.q > 1 else st.Bx * G[0, 0]
         S[st.mZ:, st.mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
@@ -933,7 +934,10 @@ class SparseEngine:
 
     def fit(self, spec: ModelSpec, reml: bool = True, *, start: np.ndarray | None = None,
             options: dict | None = None) -> EngineResult:
-        with threadpool_limits(limits=1, user_api="blas"):
+        # One BLAS thread throughout, even for InstEval's 1,145-column block: on this 2-core
+        # machine with other jobs running, two OpenBLAS threads made the InstEval fit 4-14x
+        # slower (6-21 s against 1.5 s, same run; docs/sparse_engine.md)
+        with blas_threads():
             return self._fit(spec, reml, start, dict(options or {}))
 
     def _fit(self, spec: ModelSpec, reml: bool, start: np.ndarray | None,
