@@ -150,11 +150,13 @@ def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, mZ: int,
     counts = np.diff(pat.indptr)
     groups = []
     kpl = np.zeros(nl, dtype=np.int64)  # pairs per level
+    # tril_indices(c) is the first c(c + 1)/2 pairs of tril_indices(c_max) (row-major): made once
+    ti, tj = np.tril_indices(int(counts.max()) if counts.size else 0)
     for c in np.unique(counts):
         if c == 0:
             continue
         levels = np.flatnonzero(counts == c)
-        ii, jj = np.tril_indices(c)
+        ii, jj = ti[:c * (c + 1) // 2], tj[:c * (c + 1) // 2]
         pos = pat.indptr[levels][:, None] + np.arange(c)[None, :]  # (n_c, c)
         R = pat.indices[pos]
         zpair = R[0, jj] < mZ  # X and y rows are the last of every column: same for all levels
