@@ -335,7 +335,8 @@ def table(results: list[dict]) -> str:
                 f"{_fmt(ratio, '.1f')}{'×' if ratio else ''} | {_fmt(r.get('evaluations'))}{grads} | "
                 f"{_fmt(r.get('peak_mb'), '.0f')} | {_fmt(r.get('max_abs_dbeta'), '.1e')} | "
                 f"{_fmt(r.get('rel_dloglik'), '.1e')} | {note} |")
-        lines.append(f"| {label} | | statsmodels | — | — | — | — | — | — | {STATSMODELS_NOTE} |")
+        cell = label.replace("|", "\\|")
+        lines.append(f"| {cell} | | statsmodels | — | — | — | — | — | — | {STATSMODELS_NOTE} |")
     return "\n".join(lines)
 
 

@@ -739,8 +739,13 @@ def _newton_ai(model: SparseModel, f, lower: np.ndarray, x: np.ndarray, fx: floa
         alpha = 1.0
         for _ls in range(40):
             xn = x + alpha * d
-            # a diagonal θ that the step takes below 0 goes to a tenth of its value instead
-            # (a bound reached only when the deviance keeps falling there, then held)
+            # a diagonal θ that the step shrinks is moved in log θ, θ·exp(αd/θ) (the deviance is
+            # closer to quadratic there for small variances); one the step takes below 0 goes to
+            # a tenth of its value instead (a bound reached only when the deviance keeps falling
+            # there, then held)
+            shrink = (lower == 0.0) & (x > 0.0) & (d < 0.0) & (xn > 0.0)
+            if shrink.any():
+                xn[shrink] = x[shrink] * np.exp(alpha * d[shrink] / x[shrink])
             xn = np.where((lower == 0.0) & (xn < 0.0), 0.1 * x, xn)
             fn = f(xn)
             if fn <= fx - 1e-4 * alpha * dec:
