@@ -12,6 +12,7 @@ triangular solves are unrolled over k and vectorised over groups.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -203,10 +204,19 @@ class Stats:
 def _group_sums(values_t: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
     """Row sums of *values_t* (m, n) by the group code of each column -> (m, n_groups).
 
-    One ``bincount`` a row: one pass, no sorting (faster than a sparse indicator product, whose
-    construction sorts, and an order of magnitude faster than ``np.add.reduceat`` over rows of
-    a wide array).
+    When the rows come grouped (codes never decrease: frames sorted by patient) the indicator
+    is built straight in CSR form (no sorting) and one sparse product sums every row, 2-4x
+    faster than a ``bincount`` a row; it adds each group's values in row order, as ``bincount``
+    does, so the sums are the same to the last bit. Otherwise one ``bincount`` a row.
     """
+    n = codes.shape[0]
+    if n > 1 and n_groups > 0 and bool(np.all(codes[1:] >= codes[:-1])) and codes[0] >= 0 \
+            and codes[-1] < n_groups:
+        indptr = np.zeros(n_groups + 1, dtype=np.int64)
+        np.cumsum(np.bincount(codes, minlength=n_groups), out=indptr[1:])
+        ind = sparse.csr_matrix((np.ones(n), np.arange(n, dtype=np.int64), indptr),
+                                shape=(n_groups, n))
+        return np.ascontiguousarray(np.asarray(ind @ values_t.T).T)
     out = np.empty((values_t.shape[0], n_groups))
     for r in range(values_t.shape[0]):
         out[r] = np.bincount(codes, weights=values_t[r], minlength=n_groups)
@@ -530,6 +540,14 @@ def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     return b0, Zty0, Xty0, yty0
 
 
+@functools.lru_cache(maxsize=16)
+def _projection(k: int) -> np.ndarray:
+    """The fixed random projection that keys the classes (one Generator a size, not a call)."""
+    v = np.random.default_rng(20150701).uniform(1.0, 2.0, k)
+    v.flags.writeable = False
+    return v
+
+
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
              ) -> _Classes | _NestedClasses | None:
     """Groups pooled by class of ZᵢᵀZᵢ, or None when pooling would not make evaluations cheaper."""
@@ -537,7 +555,7 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
     flat = np.ascontiguousarray(stats.ZtZ.reshape(q * q, G).T)
     # classes by a 1-D key (a fixed random projection), verified exactly; np.unique(axis=0)
     # sorts rows lexicographically and is ~20x slower
-    key = flat @ np.random.default_rng(20150701).uniform(1.0, 2.0, q * q)
+    key = flat @ _projection(q * q)
     _, first, cls, count = np.unique(key, return_index=True, return_inverse=True,
                                      return_counts=True)
     uniq = flat[first]
@@ -595,18 +613,15 @@ class _NestedClasses:
 
 def _pooled_omega(ZXa: np.ndarray, cls: np.ndarray, count: np.ndarray, K: int) -> np.ndarray:
     """Σ over each class of (ZᵢᵀXa_i)[a] (ZᵢᵀXa_i)[b]ᵀ: (K, q, q, m, m) from ZXa (q, m, G)."""
-    q, m = ZXa.shape[0], ZXa.shape[1]
+    q, m, G = ZXa.shape
     order = np.argsort(cls, kind="stable")
     bounds = np.r_[0, np.cumsum(count)]
-    omega = np.empty((K, q, q, m, m))
-    for k in range(K):
-        sub = ZXa[:, :, order[bounds[k]:bounds[k + 1]]]
-        for a in range(q):
-            for b in range(a, q):
-                omega[k, a, b] = sub[a] @ sub[b].T
-                if b != a:
-                    omega[k, b, a] = omega[k, a, b].T
-    return omega
+    flat = ZXa.reshape(q * m, G)[:, order]  # groups of a class side by side
+    omega = np.empty((K, q, m, q, m))
+    for k in range(K):  # one product a class: every (a, b) block at once, symmetric (syrk)
+        sub = flat[:, bounds[k]:bounds[k + 1]]
+        omega[k] = (sub @ sub.T).reshape(q, m, q, m)
+    return omega.transpose(0, 1, 3, 2, 4)
 
 
 def _nested_classes(stats: Stats, lay: Layout, uniq: np.ndarray, cls: np.ndarray,
@@ -954,10 +969,12 @@ class FastEngine:
 
     def fit(self, spec: ModelSpec, reml: bool = True, *, start: np.ndarray | None = None,
             options: dict | None = None) -> EngineResult:
-        stats, lay = self.prepare(spec)
-        return self.fit_stats(stats, lay, reml=reml, start=start, options=options,
-                              lower=theta_lower_bounds(spec),
-                              theta0=theta_start(spec) if start is None else start)
+        scope = blas_threads() if (options or {}).get("blas_one_thread", True) else nullcontext()
+        with scope:  # the statistics' products too (X'X on two threads waits on a busy core)
+            stats, lay = self.prepare(spec)
+            return self.fit_stats(stats, lay, reml=reml, start=start, options=options,
+                                  lower=theta_lower_bounds(spec),
+                                  theta0=theta_start(spec) if start is None else start)
 
     def fit_stats(self, stats: Stats, lay: Layout, *, reml: bool = True,
                   start: np.ndarray | None = None, options: dict | None = None,
@@ -1034,9 +1051,13 @@ class FastEngine:
                     if not tiny.any():
                         break
                     snapped = np.where(tiny, 0.0, th0)
-                    best, _ = probe_inside_bounds(objective_only, snapped,
-                                                  objective_only(th0), lower)
+                    f_th0 = objective_only(th0)
+                    best, _ = probe_inside_bounds(objective_only, snapped, f_th0, lower)
                     if best is None:
+                        # on the bound (θ within rounding of 0, as L-BFGS-B lands there): 0
+                        # itself when it is no worse than the iterate to the criterion's rounding
+                        if objective_only(snapped) <= f_th0 + 1e-13 * max(1.0, abs(f_th0)):
+                            newton = (snapped, newton[1])
                         break
                     newton = _quasi_newton(fg, pooled, best, reml, lay,
                                            min(int(opts["maxiter"]), 200))
@@ -1170,9 +1191,12 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         if not float(g @ d) < 0:
             Hinv = np.eye(k)
             d = -g
-        # a step of at most half the scale of θ: far from the optimum the criterion is not
-        # convex and a full Newton step can overshoot by an order of magnitude
-        cap = 0.5 * max(1.0, float(np.max(np.abs(x))))
+        # a step of at most a quarter of the scale of θ: far from the optimum the criterion is
+        # not convex and a full Newton step can overshoot by an order of magnitude (a diagonal
+        # θ thrown onto its symmetry point 0, where the gradient vanishes, costs many steps;
+        # 0.25 took 25-35 % fewer evaluations than 0.5 on the benchmark clinics, 60-10,000
+        # patients)
+        cap = 0.25 * max(1.0, float(np.max(np.abs(x))))
         big = float(np.max(np.abs(d)))
         if big > cap:
             d = d * (cap / big)
@@ -1183,7 +1207,11 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
             fn, gn = fg(xn)
             if fn <= f + 1e-4 * t * slope:
                 break
-            t /= 2
+            if np.isfinite(fn) and fn < 1e300:  # the minimum of the quadratic through f, slope
+                tq = -slope * t * t / (2.0 * (fn - f - slope * t))  # and fn, within [t/10, t/2]
+                t = min(max(tq, 0.1 * t), 0.5 * t)
+            else:
+                t /= 2
         else:
             converged = float(np.max(np.abs(g))) < 1e-3  # no descent left: rounding level
             break

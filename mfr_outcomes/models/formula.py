@@ -20,6 +20,7 @@ import pandas as pd
 from mfr_outcomes.models import grammar as g
 from mfr_outcomes.models.design import Design
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
+from mfr_outcomes.models.threads import blas_threads
 
 __all__ = ["ParsedFormula", "RandomTerm", "parse_formula", "build_spec", "fixed_matrix",
            "prepare_newdata", "lme4_kept_columns", "dqrdc2_rank"]
@@ -334,7 +335,8 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                           bars=list(parsed.bars))
     X = design.fixed_matrix(df, full=True)  # refuses a transformation that is not finite
     # lme4 drops rank-deficient fixed columns with a message (chkRank.drop.cols); so do we.
-    keep = lme4_kept_columns(X)
+    with blas_threads(X.shape[1]):  # X'X is n × p: two BLAS threads only wait on a busy core
+        keep = lme4_kept_columns(X)
     if keep.size < X.shape[1]:
         design = design.with_kept(keep)
         k = len(design.dropped)
