@@ -191,7 +191,7 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
     for v in gvars:
         s = df[v]
         if isinstance(s.dtype, pd.CategoricalDtype):
-            parts.append(_sorted_str_codes(s.cat.codes.to_numpy(), s.cat.categories))
+            parts.append(_sorted_str_codes(np.asarray(s.array.codes), s.dtype.categories))
         elif isinstance(s.dtype, pd.StringDtype):
             codes, uniq = _text_codes(s.array)
             if len(gvars) == 1:
@@ -216,6 +216,18 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
     return rank[inverse.ravel()], pd.Index(labels[order])
+
+
+def _missing(s: pd.Series) -> np.ndarray:
+    """``s.isna().to_numpy()`` without the Series round trip (~40 µs a column in pandas 3)."""
+    dt = s.dtype
+    if isinstance(dt, np.dtype):
+        if dt.kind in "iub":
+            return np.zeros(len(s), dtype=bool)
+        if dt.kind in "fc":
+            return np.isnan(s.to_numpy())
+        return s.isna().to_numpy()
+    return np.asarray(s.array.isna(), dtype=bool)  # extension arrays: their own mask
 
 
 def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str]) -> None:
@@ -254,7 +266,7 @@ def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str])
     for col in factor_vars:
         s = df[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
-            codes = s.cat.codes.to_numpy()
+            codes = np.asarray(s.array.codes)
             counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
             unused = [c for c, k in zip(s.cat.categories, counts) if k == 0]
             if unused:
@@ -317,7 +329,7 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     _check_columns(data, parsed, used)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
-    na_cols = {c: data[c].isna().to_numpy() for c in used}
+    na_cols = {c: _missing(data[c]) for c in used}
     any_na = np.logical_or.reduce(list(na_cols.values()))
     if any_na.any():
         excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
