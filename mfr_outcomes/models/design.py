@@ -284,6 +284,38 @@ def _group_parts(node: object) -> list[tuple[str, ...]]:
     return [tuple(v for p in chain[: i + 1] for v in p) for i in range(len(chain))]
 
 
+class ColumnCache:
+    """A frame read column by column during one build, each column looked up once.
+
+    pandas 3 builds a new Series on every ``frame[name]`` (~20 µs); a model's build reads the
+    same few columns 20-odd times. Offers what the builders read: ``[name]``, ``len``,
+    ``columns`` and ``index``; ``frame`` is the frame itself.
+    """
+
+    __slots__ = ("frame", "_cols")
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self._cols: dict = {}
+
+    def __getitem__(self, name: str) -> pd.Series:
+        s = self._cols.get(name)
+        if s is None:
+            s = self._cols[name] = self.frame[name]
+        return s
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def columns(self) -> pd.Index:
+        return self.frame.columns
+
+    @property
+    def index(self) -> pd.Index:
+        return self.frame.index
+
+
 def _is_categorical(s: pd.Series) -> bool:
     return isinstance(s.dtype, pd.CategoricalDtype) or (
         not pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s))

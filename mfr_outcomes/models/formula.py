@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mfr_outcomes.models import grammar as g
-from mfr_outcomes.models.design import Design
+from mfr_outcomes.models.design import ColumnCache, Design
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
 from mfr_outcomes.models.threads import blas_threads
 
@@ -260,11 +260,14 @@ def _split_offsets(terms: list) -> tuple[list, list]:
     return fixed, offsets
 
 
-def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str]) -> pd.DataFrame:
-    """The rows used, with the factor columns coded as the model sees them (no other copy)."""
+def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str],
+                     cols: ColumnCache | None = None) -> pd.DataFrame:
+    """The rows used, with the factor columns coded as the model sees them (no other copy);
+    *cols*: the columns of *df* already looked up."""
     changed: dict[str, object] = {}
+    get = cols if cols is not None else df
     for col in factor_vars:
-        s = df[col]
+        s = get[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
             codes = np.asarray(s.array.codes)
             counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
@@ -329,7 +332,8 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     _check_columns(data, parsed, used)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
-    na_cols = {c: _missing(data[c]) for c in used}
+    cols = ColumnCache(data)  # each column looked up once (see ColumnCache)
+    na_cols = {c: _missing(cols[c]) for c in used}
     any_na = np.logical_or.reduce(list(na_cols.values()))
     if any_na.any():
         excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
@@ -341,11 +345,12 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
     notes: list[str] = []
     factor_vars = sorted(set(term_vars) - set(resp_vars))
-    df = _prepare_columns(df, factor_vars, notes)
+    df = _prepare_columns(df, factor_vars, notes, cols if df is data else None)
+    cols = cols if df is data else ColumnCache(df)
 
-    design = Design.build(tree, df, fixed_terms=fixed_terms, offsets=offsets,
+    design = Design.build(tree, cols, fixed_terms=fixed_terms, offsets=offsets,
                           bars=list(parsed.bars))
-    X = design.fixed_matrix(df, full=True)  # refuses a transformation that is not finite
+    X = design.fixed_matrix(cols, full=True)  # refuses a transformation that is not finite
     # lme4 drops rank-deficient fixed columns with a message (chkRank.drop.cols); so do we.
     with blas_threads(X.shape[1]):  # X'X is n × p: two BLAS threads only wait on a busy core
         keep = lme4_kept_columns(X)
@@ -357,9 +362,9 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                      f"{', '.join(design.dropped)}")
         X = X[:, keep]
     names = design.fixed_names
-    y = design.response(df)
-    weights = design.weights(df)
-    offset = design.offset(df)
+    y = design.response(cols)
+    weights = design.weights(cols)
+    offset = design.offset(cols)
     for what, v in (("response", y), ("weights", weights), ("offset", offset)):
         if v is not None and not np.isfinite(v).all():
             raise ValueError(f"The {what} of {formula!r} is not finite on "
@@ -370,9 +375,9 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     codes_cache: dict[tuple[str, ...], tuple[np.ndarray, pd.Index]] = {}
     for k, layout in enumerate(design.random):
         if layout.group_vars not in codes_cache:
-            codes_cache[layout.group_vars] = _group_codes(df, layout.group_vars)
+            codes_cache[layout.group_vars] = _group_codes(cols, layout.group_vars)
         codes, levels = codes_cache[layout.group_vars]
-        Z = design.random_matrix(k, df)
+        Z = design.random_matrix(k, cols)
         blocks.append(RandomBlock(group=layout.group, terms=list(layout.terms),
                                   Z=Z, codes=codes, levels=levels,
                                   correlated=layout.correlated))
