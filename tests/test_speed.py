@@ -20,26 +20,20 @@ from mfr_outcomes.models.dfmethods import SatterthwaiteData, satterthwaite_df
 from mfr_outcomes.models.fit import fit_mixed
 from mfr_outcomes.models.formula import _missing, build_spec
 from mfr_outcomes.models.threads import blas_threads, current_limit
+from mfr_outcomes.study import analysis_frame
+from mfr_outcomes.synthetic import generate_frames
 
 FORMULA = "value ~ post * technique + session_number + (post | patient_id)"
 LEVELS = ["direct_pressure", "stretching", "massage", "combined"]
 
 
 def _clinic(n_patients: int, seed: int) -> pd.DataFrame:
-    """Six visits a patient, pain before and after each, a random intercept and slope."""
-    rng = np.random.default_rng(seed)
-    n_s = 6
-    pid = np.repeat(np.arange(n_patients), 2 * n_s)
-    sess = np.tile(np.repeat(np.arange(1, n_s + 1), 2), n_patients)
-    post = np.tile([0, 1], n_patients * n_s)
-    tech = rng.integers(0, 4, n_patients * n_s).repeat(2)
-    b0 = rng.normal(0, 1.5, n_patients)[pid]
-    b1 = rng.normal(0, 0.5, n_patients)[pid]
-    eff = np.array([-1.0, -0.6, -0.8, -0.75])[tech]
-    value = 6 + b0 - 0.2 * sess + (eff + b1) * post + rng.normal(0, 0.85, pid.size)
-    return pd.DataFrame({"patient_id": [f"p{i:04d}" for i in pid],
-                         "technique": pd.Categorical.from_codes(tech, LEVELS),
-                         "session_number": sess, "post": post, "value": value})
+    """The package's simulated clinic, treatment visits only (as the speed benchmark)."""
+    frames, _ = generate_frames(n_patients=n_patients, seed=seed, measures=["pain_nrs"])
+    d = analysis_frame(frames["patients"], frames["sessions"], frames["measurements"], "pain_nrs")
+    d = d.loc[d["technique"].astype(str) != "none"].reset_index(drop=True)
+    d["technique"] = pd.Categorical(d["technique"].astype(str), categories=LEVELS)
+    return d
 
 
 @pytest.fixture(scope="module")
