@@ -28,7 +28,7 @@ LEVELS = ["direct_pressure", "stretching", "massage", "combined"]
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results", help="folder for the tables")
-    p.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 10_000, 100_000],
+    p.add_argument("--sizes", type=int, nargs="*", default=[200, 2000, 10_000, 100_000],
                    help="numbers of patients")
     p.add_argument("--skip-mixedlm-above", type=int, default=10_000, metavar="N",
                    help="do not run mixedlm above N patients (minutes at 100k)")
@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="patients for the nested (patients within therapists) table vs lme4 "
                         "(empty: skip)")
     p.add_argument("--no-power", action="store_true", help="skip benchmarks/bench_power.py")
+    p.add_argument("--phases", type=int, nargs="*", default=[],
+                   help="patients for the per-phase CPU breakdown of one fit with df (empty: skip)")
+    p.add_argument("--phase-reps", type=int, default=30,
+                   help="fits averaged in the per-phase breakdown")
     p.add_argument("--seed", type=int, default=2026)
     return p.parse_args(argv)
 
@@ -419,6 +423,91 @@ def nested(args, engine) -> None:
     print(md)
 
 
+#: (module, attribute, label) of each timed phase; indented labels are inside the one above
+PHASES = [
+    ("fit", "build_spec", "formula → ModelSpec (build_spec)"),
+    ("fit", "gaussian_response_caution", "response caution"),
+    ("fit", "check_model", "lme4's checks"),
+    ("fit", "choose_engine", "engine choice"),
+    ("fast.FastEngine", "fit", "engine fit"),
+    ("fast", "_stats_of_spec", "  sufficient statistics"),
+    ("fast", "_classes", "  classes of ZᵢᵀZᵢ"),
+    ("batched", "pooled_from_classes", "  pooled sums"),
+    ("fast", "_quasi_newton", "  optimiser (quasi-Newton)"),
+    ("batched", "_profiled", "    its exact Hessian at the start"),
+    ("fast", "_evaluate", "  per-group pass (conditional modes)"),
+    ("fast", "_blups", "  conditional modes"),
+    ("fit", "verify_optimum", "convergence check"),
+    ("batched", "varpar_derivatives", "  Hessian and Jacobian in (θ, σ)"),
+    ("dfmethods", "satterthwaite_data", "Satterthwaite set-up"),
+    ("inference", "_table", "table of fixed effects (DataFrame)"),
+]
+
+
+def phases(args) -> None:
+    """CPU time (``time.process_time``, less noisy than wall time on a shared machine) of each
+    phase of ``fit_mixed(d, FORMULA).fixed_effects``, in µs a fit, averaged over --phase-reps
+    fits. Functions are wrapped with timers for the measurement and restored after."""
+    import functools
+    import importlib
+    import time
+    import warnings
+
+    import pandas as pd
+
+    from mfr_outcomes.models import fit_mixed
+
+    acc: dict[str, float] = {}
+    saved = []
+    for mod, name, label in PHASES:
+        parts = mod.split(".")
+        owner = importlib.import_module("mfr_outcomes.models." + parts[0])
+        for attr in parts[1:]:
+            owner = getattr(owner, attr)
+        fn = getattr(owner, name)
+        saved.append((owner, name, fn))
+
+        def timed(*a, _fn=fn, _label=label, **k):
+            t0 = time.process_time()
+            try:
+                return _fn(*a, **k)
+            finally:
+                acc[_label] = acc.get(_label, 0.0) + time.process_time() - t0
+
+        setattr(owner, name, functools.wraps(fn)(timed))
+    rows = []
+    try:
+        for n_pat in args.phases:
+            d = make_data(n_pat, args.seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _ = fit_mixed(d, FORMULA).fixed_effects  # warm: imports, caches
+                acc.clear()
+                t0 = time.process_time()
+                for _ in range(args.phase_reps):
+                    _ = fit_mixed(d, FORMULA).fixed_effects
+                total = time.process_time() - t0
+            us = {k: 1e6 * v / args.phase_reps for k, v in acc.items()}
+            rows.append({"patients": n_pat, "phase": "whole fit_mixed(...).fixed_effects",
+                         "cpu_us": 1e6 * total / args.phase_reps})
+            rows += [{"patients": n_pat, "phase": label, "cpu_us": us.get(label, 0.0)}
+                     for _, _, label in PHASES]
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    t = pd.DataFrame(rows)
+    t.to_csv(os.path.join(args.out, "bench_fit_phases.csv"), index=False)
+    wide = t.pivot(index="phase", columns="patients", values="cpu_us")
+    wide = wide.loc[[r["phase"] for r in rows[:len(PHASES) + 1]]]
+    md = ("| phase | " + " | ".join(f"{c:,} patients (µs CPU)" for c in wide.columns) + " |\n|---|"
+          + "---:|" * len(wide.columns) + "\n")
+    md += "\n".join(f"| {k.replace('  ', '· ')} | " + " | ".join(f"{v:,.0f}" for v in r) + " |"
+                    for k, r in wide.iterrows()) + "\n"
+    with open(os.path.join(args.out, "bench_fit_phases.md"), "w") as fh:
+        fh.write(md)
+    print(md)
+
+
 def _fmt(x, spec: str, suffix: str = "") -> str:
     import math
 
@@ -493,6 +582,11 @@ def main(argv=None) -> int:
 
     # BLAS threads are left at NumPy's default: the package scopes them itself (the busy-core
     # table shows what that changes); the peers and R run as they come
+    os.makedirs(args.out, exist_ok=True)
+    if args.phases:
+        phases(args)
+    if not args.sizes:
+        return 0
     bench(args)
     if args.kr_patients:
         kenward_roger(args)

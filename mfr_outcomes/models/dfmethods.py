@@ -183,7 +183,15 @@ def satterthwaite_data(devfun: Callable[[np.ndarray], float],
 def satterthwaite_df(sd: SatterthwaiteData, L: np.ndarray) -> np.ndarray:
     """Satterthwaite df of each row of L."""
     L = np.atleast_2d(np.asarray(L, dtype=float))
-    return np.array([sd.df_1d(row) for row in L])
+    if not len(sd.jac):
+        return np.array([sd.df_1d(row) for row in L])
+    # every row at once (df_1d's formula, one einsum a quantity instead of a loop of rows)
+    V = np.asarray(sd.vcov, dtype=float)
+    var = np.einsum("ip,pq,iq->i", L, V, L)
+    g = np.einsum("ip,kpq,iq->ik", L, np.asarray(sd.jac, dtype=float), L)
+    denom = np.einsum("ik,kl,il->i", g, sd.A, g)
+    ok = np.isfinite(denom) & (denom > 0)
+    return np.where(ok, 2.0 * var ** 2 / np.where(ok, denom, 1.0), np.inf)
 
 
 class DfMethod(Protocol):

@@ -1,0 +1,184 @@
+"""The per-call shortcuts of a small fit give the values of the long way round.
+
+Each shortcut (issue #14: fixed overhead of a 200-patient fit) is checked against the
+computation it replaces: conditional modes computed on first read against the eager per-group
+pass, the column cache against plain frame look-ups, the vectorised Satterthwaite df against the
+row-by-row formula, the 2×2 inverses against the general ones, the direct BLAS thread setting
+against threadpoolctl's view, and a singular fit landing on 0 exactly. No timings are asserted.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mfr_outcomes.models import batched, fast
+from mfr_outcomes.models.design import ColumnCache
+from mfr_outcomes.models.dfmethods import SatterthwaiteData, satterthwaite_df
+from mfr_outcomes.models.fit import fit_mixed
+from mfr_outcomes.models.formula import _missing, build_spec
+from mfr_outcomes.models.threads import blas_threads, current_limit
+from mfr_outcomes.study import analysis_frame
+from mfr_outcomes.synthetic import generate_frames
+
+FORMULA = "value ~ post * technique + session_number + (post | patient_id)"
+LEVELS = ["direct_pressure", "stretching", "massage", "combined"]
+
+
+def _clinic(n_patients: int, seed: int) -> pd.DataFrame:
+    """The package's simulated clinic, treatment visits only (as the speed benchmark)."""
+    frames, _ = generate_frames(n_patients=n_patients, seed=seed, measures=["pain_nrs"])
+    d = analysis_frame(frames["patients"], frames["sessions"], frames["measurements"], "pain_nrs")
+    d = d.loc[d["technique"].astype(str) != "none"].reset_index(drop=True)
+    d["technique"] = pd.Categorical(d["technique"].astype(str), categories=LEVELS)
+    return d
+
+
+@pytest.fixture(scope="module")
+def clinic() -> pd.DataFrame:
+    return _clinic(80, 14)
+
+
+def test_modes_on_demand_equal_the_eager_pass(clinic):
+    """The pooled fit defers the per-group pass: its modes equal _blups on a full evaluation."""
+    spec = build_spec(clinic, FORMULA)
+    res = fast.FastEngine().fit(spec)
+    assert res.n_classes is not None and "_pending" in res.__dict__
+    stats, lay = fast.FastEngine().prepare(spec)
+    ev = fast._evaluate(stats, lay, res.theta)
+    blups, condvar = fast._blups(ev, lay, res.sigma)
+    for got, want in zip(res.blups, blups):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(res.blup_condvar, condvar):
+        np.testing.assert_array_equal(got, want)
+    assert "_pending" not in res.__dict__
+    # β̂ and σ from the classes' evaluation agree with the per-group pass to rounding
+    np.testing.assert_allclose(res.beta, ev.beta, rtol=1e-10)
+    assert res.sigma == pytest.approx(float(np.sqrt(ev.pwrss / (spec.n - spec.p))), rel=1e-10)
+    # light fits have no modes, as before
+    light = fast.FastEngine().fit_stats(stats, lay, light=True)
+    assert light.blups == [] and light.blup_condvar is None
+
+
+def test_assigning_modes_resolves_the_pending_pass(clinic):
+    res = fast.FastEngine().fit(build_spec(clinic, FORMULA))
+    res.blups = ["replaced"]
+    assert res.blups == ["replaced"]
+    assert res.blup_condvar is not None and len(res.blup_condvar) == 1
+
+
+def test_fit_random_effects_unchanged_by_deferral(clinic):
+    """What a user reads (ranef, fitted values) is built from the deferred modes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_mixed(clinic, FORMULA)
+    spec = fit.spec
+    stats, lay = fast.FastEngine().prepare(spec)
+    blups, _ = fast._blups(fast._evaluate(stats, lay, fit.theta), lay, fit.sigma)
+    Z = spec.blocks[0].Z
+    b = blups[0][spec.blocks[0].codes]
+    np.testing.assert_allclose(fit.fitted(True), spec.X @ fit.result.beta + np.sum(Z * b, axis=1),
+                               rtol=1e-12)
+
+
+def test_column_cache_reads_as_the_frame(clinic):
+    cols = ColumnCache(clinic)
+    assert len(cols) == len(clinic)
+    assert cols.columns.equals(clinic.columns) and cols.index.equals(clinic.index)
+    s1 = cols["value"]
+    assert cols["value"] is s1  # looked up once
+    pd.testing.assert_series_equal(s1, clinic["value"])
+    with pytest.raises(KeyError):
+        cols["nope"]
+
+
+@pytest.mark.parametrize("values", [
+    [1.0, np.nan, 3.0],
+    [1, 2, 3],
+    [True, False, True],
+    pd.array([1, None, 3], dtype="Int64"),
+    pd.Categorical(["a", None, "b"]),
+    pd.array(["a", None, "c"], dtype="str"),
+    ["x", None, "z"],
+])
+def test_missing_mask_equals_isna(values):
+    s = pd.Series(values)
+    np.testing.assert_array_equal(_missing(s), s.isna().to_numpy())
+
+
+def test_build_spec_with_missing_rows_and_unused_levels():
+    """The cached columns follow the frame the rows were cut to (a second cache after .loc)."""
+    d = _clinic(30, 3)
+    d.loc[[0, 5, 17], "value"] = np.nan
+    d["technique"] = d["technique"].cat.add_categories(["none"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = build_spec(d, FORMULA)
+    keep = d["value"].notna().to_numpy()
+    assert spec.n == int(keep.sum()) and len(spec.excluded) == 3
+    np.testing.assert_array_equal(spec.y, d["value"].to_numpy()[keep])
+    assert any("none" in note for note in spec.notes)
+
+
+def test_vectorised_satterthwaite_equals_row_by_row():
+    rng = np.random.default_rng(5)
+    p, k = 6, 4
+    a = rng.normal(size=(p, p))
+    V = a @ a.T
+    jac = [(lambda m: m + m.T)(rng.normal(size=(p, p))) for _ in range(k)]
+    h = rng.normal(size=(k, k))
+    sd = SatterthwaiteData(V, h @ h.T, jac, [])
+    L = np.vstack([np.eye(p), rng.normal(size=(3, p))])
+    want = np.array([sd.df_1d(row) for row in L])
+    np.testing.assert_allclose(satterthwaite_df(sd, L), want, rtol=1e-12)
+    # a non-positive denominator gives ∞, as df_1d
+    sd0 = SatterthwaiteData(V, -np.eye(k), jac, [])
+    assert np.all(np.isinf(satterthwaite_df(sd0, L)))
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_inverse_and_logdet_of_small_stacks(q):
+    rng = np.random.default_rng(q)
+    a = rng.normal(size=(7, q, q))
+    A = a @ a.transpose(0, 2, 1) + np.eye(q)
+    inv, logdet = fast._inv_logdet(A.copy())
+    np.testing.assert_allclose(inv, np.linalg.inv(A), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+    ref_inv, ref_logdet = batched._inv_logdet(A.copy())
+    np.testing.assert_array_equal(inv, ref_inv)
+    np.testing.assert_array_equal(logdet, ref_logdet)
+
+
+def test_blas_scope_sets_and_restores_thread_counts():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    np.ones((4, 4)) @ np.ones((4, 4))  # BLAS loaded
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+              if i["user_api"] == "blas"]
+    with blas_threads() as lim:
+        assert lim == 1 and current_limit() == 1
+        inside = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                  if i["user_api"] == "blas"]
+        assert all(t == 1 for t in inside)
+        with blas_threads() as inner:  # nested: nothing to do
+            assert inner == 1
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+             if i["user_api"] == "blas"]
+    assert after == before and current_limit() is None
+
+
+def test_singular_diagonal_lands_on_zero():
+    """A random slope with no variance: the pooled fit reports θ = 0 exactly (as L-BFGS-B's
+    bound), not a rounding-level positive number."""
+    rng = np.random.default_rng(11)
+    n_pat = 60
+    pid = np.repeat(np.arange(n_pat), 8)
+    post = np.tile([0, 1], n_pat * 4)
+    y = 5 + rng.normal(0, 1.0, n_pat)[pid] - 0.8 * post + rng.normal(0, 1.0, pid.size)
+    d = pd.DataFrame({"patient_id": pid.astype(str), "post": post, "value": y})
+    spec = build_spec(d, "value ~ post + (post | patient_id)")
+    res = fast.FastEngine().fit(spec)
+    assert res.converged and res.n_classes == 1  # the pooled path
+    assert res.theta[2] == 0.0  # this seed puts the slope's variance on the boundary
+    assert any("singular" in m for m in res.messages)
