@@ -28,6 +28,7 @@ from mfr_outcomes.cells import (
     labels,
     numbers,
     text_and_markers,
+    text_codes,
     text_frame,
     times,
 )
@@ -41,6 +42,7 @@ from mfr_outcomes.table_rules import (
     post_checks,
     session_dates,
     shown,
+    values_list,
 )
 
 __all__ = [
@@ -335,7 +337,10 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
             if spec.kind in ("int", "float") and is_number(col):
                 t.raw[name] = col.reset_index(drop=True)  # typed numbers stay numbers
                 continue
-            t.raw[name], marker = text_and_markers(col)
+            if spec.kind in ("id", "category") or name in KEYS[t.name]:
+                t.raw[name], marker, t.text_factors[name] = text_codes(col)
+            else:
+                t.raw[name], marker = text_and_markers(col)
             if marker is not None:
                 t.markers[name] = marker
         else:
@@ -378,9 +383,11 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
     for spec in specs:
         raw = t.raw[spec.name]
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
-        if spec.default is not None:
+        factors = t.text_factors.get(spec.name)
+        if spec.default is not None and raw.isna().any():
             raw = raw.fillna(spec.default)
             t.raw[spec.name] = raw
+            factors = None
         if spec.required and spec.name in t.present:
             marker = t.markers.get(spec.name)
             for i in np.flatnonzero(raw.isna().to_numpy()):
@@ -416,7 +423,7 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
             bad = raw.notna() & typed.isna()
             what = "not true/false (yes/no, 1/0)"
         elif spec.kind == "category":
-            typed = labels(raw)
+            typed = labels(raw, factors)
             bad = None
         else:
             typed = raw
@@ -429,6 +436,8 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
                 why = (date_problem(text) or what) if spec.kind == "date" else what
                 t.add(int(i), spec.name, text, rule, f"{spec.name} = {text}, {why}", bad_action)
         t.typed[spec.name] = typed.reset_index(drop=True)
+        if typed is raw and factors is not None:  # the text's codes serve the key rules
+            t.remember_codes(spec.name, *factors)
 
 
 def _checks(t: TableState, specs: tuple[ColumnSpec, ...], measures: Mapping[str, Measure]
@@ -453,9 +462,9 @@ def _checks(t: TableState, specs: tuple[ColumnSpec, ...], measures: Mapping[str,
                     np.zeros(len(arr), bool)
             fails = [(out, "out_of_range"), (frac & ~out, "not_integer")]
         elif spec.kind == "category" and spec.categories is not None:
-            fails = [(_not_in(v, list(spec.categories)), "unknown_category")]
+            fails = [(_not_in(t, spec.name, list(spec.categories)), "unknown_category")]
         if t.name == "measurements" and spec.name == "measure":
-            fails = [(_not_in(v, list(measures)), "unknown_measure")]
+            fails = [(_not_in(t, spec.name, list(measures)), "unknown_measure")]
         hit = np.zeros(t.n, bool)
         for mask, rule in fails:
             for i in np.flatnonzero(mask):
@@ -469,10 +478,10 @@ def _checks(t: TableState, specs: tuple[ColumnSpec, ...], measures: Mapping[str,
         _measure_checks(t, before, measures)
 
 
-def _not_in(v: pd.Series, allowed: list[str]) -> np.ndarray:
-    """Present values not in *allowed*, tested once a distinct value."""
-    codes, uniques = pd.factorize(v)
-    bad = np.append(~pd.Index(uniques, dtype=object).isin(allowed), False)
+def _not_in(t: TableState, name: str, allowed: list[str]) -> np.ndarray:
+    """Present values of typed column *name* not in *allowed*, tested once a distinct value."""
+    codes, uniques = t.factors(name)
+    bad = np.append(~pd.Index(values_list(uniques), dtype=object).isin(allowed), False)
     return bad[codes] if len(codes) else np.zeros(0, bool)
 
 
@@ -499,8 +508,9 @@ def _measure_checks(t: TableState, typed: dict[str, pd.Series],
     """Each reading inside its measure's valid range, and whole when the measure is."""
     measure = typed["measure"]
     value = typed["value"].to_numpy(dtype="float64", na_value=np.nan)
-    codes, uniques = pd.factorize(measure)
-    regs = [measures.get(u) for u in uniques]
+    codes, uniques = t.factors("measure") if t.typed["measure"] is measure else \
+        pd.factorize(measure)
+    regs = [measures.get(u) for u in values_list(uniques)]
     low = np.array([m.low if m else np.nan for m in regs] + [np.nan])[codes]
     high = np.array([m.high if m else np.nan for m in regs] + [np.nan])[codes]
     whole = np.array([bool(m and m.integer) for m in regs] + [False])[codes]
