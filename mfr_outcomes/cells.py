@@ -68,6 +68,8 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
     """The cells of *series* as an Arrow string array (nulls for missing), without Python loops
     for text, number, flag and date columns."""
     s = series
+    if isinstance(s.dtype, pd.ArrowDtype) and pa_.types.is_dictionary(s.dtype.pyarrow_dtype):
+        return pc.cast(pa_.array(s), pa_.string())  # Parquet text read as a dictionary
     if pd.api.types.is_datetime64_any_dtype(s):
         stamps = pa_.array(s, from_pandas=True)
         whole = pc.all(pc.equal(pc.cast(stamps, pa_.int64()),
@@ -156,10 +158,14 @@ def text_codes(series: pd.Series
 
 
 def _text_parts(series: pd.Series, want_codes: bool):
-    arr = _arrow_text(series)
-    if isinstance(arr, pa_.ChunkedArray):
-        arr = arr.combine_chunks()
-    enc = pc.dictionary_encode(arr)
+    enc = _dictionary(series)
+    if enc is None:
+        arr = _arrow_text(series)
+        if isinstance(arr, pa_.ChunkedArray):
+            arr = arr.combine_chunks()
+        enc = pc.dictionary_encode(arr)
+    else:  # read as a dictionary (Parquet): its codes are the hash pass
+        arr = None
     uniq, codes = enc.dictionary, enc.indices
     none = pa_.scalar(None, pa_.string())
     ascii_only = pc.all(pc.string_is_ascii(uniq)).as_py() is not False
@@ -168,7 +174,7 @@ def _text_parts(series: pd.Series, want_codes: bool):
     trims = len(uniq) > 0 and pc.all(pc.equal(trimmed, uniq)).as_py() is False
     has_na = bool(pc.any(na).as_py())
     kept = pc.if_else(na, none, trimmed) if trims or has_na else uniq
-    text = pc.take(kept, codes) if trims or has_na else arr
+    text = pc.take(kept, codes) if trims or has_na or arr is None else arr
     index = series.index
     out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
     factors = _factors(kept, codes, trims or has_na) if want_codes else None
@@ -179,9 +185,29 @@ def _text_parts(series: pd.Series, want_codes: bool):
     return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index), factors
 
 
+def _dictionary(series: pd.Series) -> pa_.DictionaryArray | None:
+    """A text column held as an Arrow dictionary of distinct texts (see ``io._read_parquet``),
+    as one dictionary array; None for any other column."""
+    dt = series.dtype
+    if not (isinstance(dt, pd.ArrowDtype) and pa_.types.is_dictionary(dt.pyarrow_dtype)
+            and (pa_.types.is_string(dt.pyarrow_dtype.value_type)
+                 or pa_.types.is_large_string(dt.pyarrow_dtype.value_type))):
+        return None
+    arr = pa_.array(series)
+    if isinstance(arr, pa_.ChunkedArray):  # a dictionary a row group: one for all
+        arr = arr.unify_dictionaries().combine_chunks() if arr.num_chunks else \
+            pa_.array([], type=arr.type)
+    if pa_.types.is_large_string(arr.type.value_type):
+        arr = pa_.DictionaryArray.from_arrays(arr.indices, arr.dictionary.cast(pa_.string()))
+    if pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
+        return None  # a dictionary that repeats a text: encoded again by the caller
+    return arr
+
+
 def _factors(kept: pa_.Array, codes: pa_.Array, merged: bool) -> tuple[np.ndarray, pa_.Array]:
     """Codes of each cell's text (-1 missing) and the distinct texts, from the dictionary of
     the raw cells (*kept*: each raw distinct's text; two raw texts may trim to one)."""
+    codes = codes.cast(pa_.int64())
     if merged:  # trimming or NA tokens may have made two distinct raw texts one, or none
         again = pc.dictionary_encode(kept)
         relabel = np.append(pc.fill_null(again.indices, -1).to_numpy(zero_copy_only=False), -1)
