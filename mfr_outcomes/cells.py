@@ -90,7 +90,8 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
         txt = pc.strftime(stamps, format="%Y-%m-%d %H:%M:%S")
         return pc.replace_substring(txt, " 00:00:00", "")
     if isinstance(s.dtype, pd.StringDtype) or s.dtype == "str":
-        return pa_.array(s, type=pa_.string(), from_pandas=True)
+        arr = pa_.array(s, from_pandas=True)  # large_string kept: no copy of the offsets
+        return arr if pa_.types.is_large_string(arr.type) else arr.cast(pa_.string())
     if (pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)) \
             and len(s):
         # str() once a distinct value (the same text as str() of each cell)
@@ -159,14 +160,18 @@ def text_codes(series: pd.Series
 
 def _text_parts(series: pd.Series, want_codes: bool):
     enc = _dictionary(series)
-    if enc is None:
+    if enc is None:  # the text as it is (chunks are not copied into one: a CSV's are many)
         arr = _arrow_text(series)
-        if isinstance(arr, pa_.ChunkedArray):
-            arr = arr.combine_chunks()
+        if isinstance(arr, pa_.ChunkedArray) and arr.num_chunks <= 1:
+            arr = arr.chunk(0) if arr.num_chunks else pa_.array([], type=arr.type)
         enc = pc.dictionary_encode(arr)
+        if isinstance(enc, pa_.ChunkedArray):
+            enc = _one_dictionary(enc)
     else:  # read as a dictionary (Parquet): its codes are the hash pass
         arr = None
     uniq, codes = enc.dictionary, enc.indices
+    if pa_.types.is_large_string(uniq.type):
+        uniq = uniq.cast(pa_.string())
     none = pa_.scalar(None, pa_.string())
     ascii_only = pc.all(pc.string_is_ascii(uniq)).as_py() is not False
     trimmed = pc.ascii_trim_whitespace(uniq) if ascii_only else pc.utf8_trim_whitespace(uniq)
@@ -195,13 +200,20 @@ def _dictionary(series: pd.Series) -> pa_.DictionaryArray | None:
         return None
     arr = pa_.array(series)
     if isinstance(arr, pa_.ChunkedArray):  # a dictionary a row group: one for all
-        arr = arr.unify_dictionaries().combine_chunks() if arr.num_chunks else \
-            pa_.array([], type=arr.type)
+        arr = _one_dictionary(arr) if arr.num_chunks else pa_.array([], type=arr.type)
     if pa_.types.is_large_string(arr.type.value_type):
         arr = pa_.DictionaryArray.from_arrays(arr.indices, arr.dictionary.cast(pa_.string()))
     if pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
         return None  # a dictionary that repeats a text: encoded again by the caller
     return arr
+
+
+def _one_dictionary(chunks: pa_.ChunkedArray) -> pa_.DictionaryArray:
+    """Dictionary-encoded chunks as one array over one dictionary (only the indices copied)."""
+    chunks = chunks.unify_dictionaries()
+    first = chunks.chunk(0)
+    indices = pa_.concat_arrays([c.indices for c in chunks.chunks])
+    return pa_.DictionaryArray.from_arrays(indices, first.dictionary)
 
 
 def _factors(kept: pa_.Array, codes: pa_.Array, merged: bool) -> tuple[np.ndarray, pa_.Array]:
