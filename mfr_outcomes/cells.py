@@ -153,7 +153,7 @@ def text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
 def text_codes(series: pd.Series
                ) -> tuple[pd.Series, pd.Series | None, tuple[np.ndarray, pa_.Array]]:
     """:func:`text_and_markers`, and the text's factorisation from the same hash pass: codes
-    (int64, -1 where missing; equal texts, equal codes) and the distinct texts in code order, so
+    (int32, -1 where missing; equal texts, equal codes) and the distinct texts in code order, so
     that key and label columns are not hashed again by the rules that compare them."""
     return _text_parts(series, True)  # type: ignore[return-value]
 
@@ -217,15 +217,15 @@ def _one_dictionary(chunks: pa_.ChunkedArray) -> pa_.DictionaryArray:
 
 
 def _factors(kept: pa_.Array, codes: pa_.Array, merged: bool) -> tuple[np.ndarray, pa_.Array]:
-    """Codes of each cell's text (-1 missing) and the distinct texts, from the dictionary of
+    """Codes of each cell's text (int32, -1 missing) and the distinct texts, from the dictionary of
     the raw cells (*kept*: each raw distinct's text; two raw texts may trim to one)."""
-    codes = codes.cast(pa_.int64())
+    codes = codes.cast(pa_.int32())
     if merged:  # trimming or NA tokens may have made two distinct raw texts one, or none
         again = pc.dictionary_encode(kept)
         relabel = np.append(pc.fill_null(again.indices, -1).to_numpy(zero_copy_only=False), -1)
         raw = pc.fill_null(codes, len(kept)).to_numpy(zero_copy_only=False)
-        return relabel[raw].astype(np.int64, copy=False), again.dictionary
-    out = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        return relabel[raw].astype(np.int32, copy=False), again.dictionary
+    out = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return out, kept
 
 

@@ -92,7 +92,7 @@ class TableState:
         hit = self._factors.get(name)
         if hit is None or hit[0] is not col:
             if isinstance(col.dtype, pd.CategoricalDtype):  # its codes, not a hash pass
-                hit = (col, col.cat.codes.to_numpy().astype(np.int64), col.cat.categories)
+                hit = (col, col.cat.codes.to_numpy(), col.cat.categories)  # int8 mostly
             else:
                 hit = (col, *pd.factorize(col, use_na_sentinel=True))
             self._factors[name] = hit
