@@ -26,6 +26,7 @@ __all__ = [
     "labels",
     "numbers",
     "dates",
+    "stamps_as_dates",
     "date_problem",
     "times",
     "DATE_RANGE_TEXT",
@@ -265,6 +266,19 @@ def numbers(text: pd.Series, decimal: str) -> pd.Series:
     except (pa_.ArrowInvalid, pa_.ArrowTypeError):
         num = pd.to_numeric(t, errors="coerce").astype("float64")
     return num.where(np.isfinite(num), np.nan)
+
+
+def stamps_as_dates(stamps: pd.Series) -> pd.Series | None:
+    """Timestamps (no time zone) as :func:`dates` would read their text (:func:`cell_text`),
+    without the round trip through text; None when that text is not simply the same instants
+    (fractions of a second, which the text drops, or instants outside the dates we can hold)."""
+    if getattr(stamps.dtype, "tz", None) is not None:
+        return None
+    given = stamps.dropna()
+    if len(given) and (not (given >= _DATE_MIN).all() or not (given <= _DATE_MAX).all()
+                       or not (given == given.dt.floor("s")).all()):
+        return None
+    return stamps.astype("datetime64[ns]")
 
 
 _DMY = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d/%m/%y", "%d.%m.%y")

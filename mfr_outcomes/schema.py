@@ -27,6 +27,7 @@ from mfr_outcomes.cells import (
     is_number,
     labels,
     numbers,
+    stamps_as_dates,
     text_and_markers,
     text_codes,
     text_frame,
@@ -337,6 +338,8 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
             if spec.kind in ("int", "float") and is_number(col):
                 t.raw[name] = col.reset_index(drop=True)  # typed numbers stay numbers
                 continue
+            if spec.kind == "date" and pd.api.types.is_datetime64_dtype(col.dtype):
+                t.stamps[name] = col.reset_index(drop=True)  # typed already (Parquet, SQL)
             if spec.kind in ("id", "category") or name in KEYS[t.name]:
                 t.raw[name], marker, t.text_factors[name] = text_codes(col)
             else:
@@ -408,7 +411,8 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
             bad = raw.notna() & typed.isna()
             what = "not a number"
         elif spec.kind == "date":
-            typed = dates(raw, dayfirst)
+            typed = stamps_as_dates(t.stamps[spec.name]) if spec.name in t.stamps else None
+            typed = dates(raw, dayfirst) if typed is None else typed
             bad = raw.notna() & typed.isna()
             what = "not a valid date" + ("" if dayfirst else " (write YYYY-MM-DD, or pass "
                                          "dayfirst=True for day/month/year)")

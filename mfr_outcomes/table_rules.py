@@ -78,6 +78,7 @@ class TableState:
         self.present: set[str] = set()
         self.extra: list[str] = []
         self.markers: dict[str, pd.Series] = {}   # NA tokens as written ("NaN"), by column
+        self.stamps: dict[str, pd.Series] = {}    # date columns given as timestamps
         self._factors: dict[str, tuple[pd.Series, np.ndarray, Any]] = {}
         #: codes and distinct texts of raw text columns, from the text's own hash pass
         self.text_factors: dict[str, tuple[np.ndarray, pa.Array]] = {}
