@@ -2,8 +2,10 @@
 
 Data layer: for each size, the synthetic study is written as CSV and as Parquet; in a fresh process
 each, the three files are read with Arrow alone (the floor), and then loaded with ``load_study``
-(read, validate, type). The table gives rows, source kind, seconds (best of --reps), the peak
-memory added by the load (RSS high-water mark minus RSS after imports) and the ratio to Arrow.
+(read, validate, type). The table gives rows, source kind, seconds (best of --reps), the ratio
+to Arrow's read in wall clock and in CPU time (the process's, all threads: less moved by other
+processes on a loaded machine than the wall clock), and the peak memory added by the load (RSS
+high-water mark minus RSS after imports and Arrow's reads).
 
 Registry scale (``--registry``, readings): a registry written as Parquet by DuckDB (rows never in
 pandas; 8 visits a patient, pre and post of two measures, four techniques, twelve therapists),
@@ -40,21 +42,25 @@ _LOAD = textwrap.dedent("""
     def rss():
         return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
     def arrow():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for k in ("patients", "sessions", "measurements"):
             if kind == "csv":
                 pacsv.read_csv(f"{src}/{k}.csv")
             else:
                 pq.read_table(f"{src}/{k}.parquet")
-        return time.perf_counter() - t
-    ta = min(arrow() for _ in range(reps))
+        return time.perf_counter() - t, time.process_time() - c
+    ta = [arrow() for _ in range(reps)]
     base = rss()
     tl = []
     for _ in range(reps):
-        t = time.perf_counter(); s = mio.load_study(src); tl.append(time.perf_counter() - t)
+        t, c = time.perf_counter(), time.process_time()
+        s = mio.load_study(src)
+        tl.append((time.perf_counter() - t, time.process_time() - c))
         rows = len(s.measurements); del s
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"arrow": ta, "load": min(tl), "peak_mb": peak - base, "rows": rows}))
+    print(json.dumps({"arrow": min(a for a, _ in ta), "load": min(w for w, _ in tl),
+                      "arrow_cpu": min(c for _, c in ta), "load_cpu": min(c for _, c in tl),
+                      "peak_mb": peak - base, "rows": rows}))
 """)
 
 
@@ -171,6 +177,7 @@ def data_layer(sizes: list[int], reps: int, seed: int) -> list[dict]:
                                       str(reps)], capture_output=True, text=True, check=True)
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 r.update(kind=kind, patients=n, size_mb=mb[kind], ratio=r["load"] / r["arrow"],
+                         cpu_ratio=r["load_cpu"] / r["arrow_cpu"],
                          peak_over_size=r["peak_mb"] / mb["csv"])
                 out.append(r)
                 print(f"{n} patients, {kind}: {r}", flush=True)
@@ -214,12 +221,12 @@ def dask_table(patients: int, workers: list[int], partitions: list[int], seed: i
 
 def markdown(data: list[dict], dask_rows: list[dict]) -> str:
     lines = ["| patients | readings | source | size (MB) | Arrow read (s) | load_study (s) | "
-             "ratio | peak added (MB) | peak / CSV size |", "|---:|---:|---|---:|---:|---:|---:|"
-             "---:|---:|"]
+             "ratio | CPU ratio | peak added (MB) | peak / CSV size |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data:
         lines.append(f"| {r['patients']:,} | {r['rows']:,} | {r['kind']} | {r['size_mb']:.1f} | "
                      f"{r['arrow']:.3f} | {r['load']:.2f} | {r['ratio']:.1f} | "
-                     f"{r['peak_mb']:.0f} | {r['peak_over_size']:.1f} |")
+                     f"{r['cpu_ratio']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_size']:.1f} |")
     lines += ["", "| workers | partitions | rows | seconds | max abs difference of β̂ |",
               "|---:|---:|---:|---:|---:|"]
     for r in dask_rows:

@@ -20,11 +20,13 @@ __all__ = [
     "cell_text",
     "text_frame",
     "text_and_markers",
+    "text_codes",
     "is_number",
     "flag",
     "labels",
     "numbers",
     "dates",
+    "stamps_as_dates",
     "date_problem",
     "times",
     "DATE_RANGE_TEXT",
@@ -67,6 +69,8 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
     """The cells of *series* as an Arrow string array (nulls for missing), without Python loops
     for text, number, flag and date columns."""
     s = series
+    if isinstance(s.dtype, pd.ArrowDtype) and pa_.types.is_dictionary(s.dtype.pyarrow_dtype):
+        return pc.cast(pa_.array(s), pa_.string())  # Parquet text read as a dictionary
     if pd.api.types.is_datetime64_any_dtype(s):
         stamps = pa_.array(s, from_pandas=True)
         whole = pc.all(pc.equal(pc.cast(stamps, pa_.int64()),
@@ -77,10 +81,24 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
             return pa_.array(txt.astype(object).where(s.notna(), None), type=pa_.string())
         # seconds resolution, no time zone: "%S" then prints no fraction (Arrow's strftime)
         stamps = stamps.cast(pa_.timestamp("s"), safe=False)
+        secs = pc.cast(stamps, pa_.int64())
+        first = pc.min(secs).as_py()
+        midnight = pc.equal(pc.subtract(secs, pc.multiply(pc.divide(secs, 86_400), 86_400)), 0)
+        if first is not None and first >= _YEAR_1000 and pc.all(midnight).as_py() is not False:
+            # whole days (dates from Parquet or a database): the date's text, as strftime
+            # writes it, without strftime's cost (10 times slower)
+            return pc.cast(pc.cast(stamps, pa_.date32()), pa_.string())
         txt = pc.strftime(stamps, format="%Y-%m-%d %H:%M:%S")
         return pc.replace_substring(txt, " 00:00:00", "")
     if isinstance(s.dtype, pd.StringDtype) or s.dtype == "str":
-        return pa_.array(s, type=pa_.string(), from_pandas=True)
+        arr = pa_.array(s, from_pandas=True)  # large_string kept: no copy of the offsets
+        return arr if pa_.types.is_large_string(arr.type) else arr.cast(pa_.string())
+    if (pd.api.types.is_integer_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype)) \
+            and len(s):
+        # str() once a distinct value (the same text as str() of each cell)
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        words = pa_.array([str(u) for u in uniques.astype(object)], type=pa_.string())
+        return pc.take(words, pa_.array(codes, mask=codes < 0))
     if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
         obj = s.astype(object)
         txt = obj.where(s.isna(), obj.astype(str))
@@ -106,6 +124,10 @@ def _arrow_text(series: pd.Series) -> pa_.Array:
     return pa_.array(out, type=pa_.string())
 
 
+#: Seconds from 1970 to 1000-01-01: from then on a date's text has four digits of year.
+_YEAR_1000 = -30_610_224_000
+
+
 def _case_variants(token: str) -> set[str]:
     out = {""}
     for ch in token:
@@ -125,25 +147,87 @@ def text_and_markers(series: pd.Series) -> tuple[pd.Series, pd.Series | None]:
     The work is done once a distinct text (the column is dictionary-encoded in one hash pass):
     exports repeat their labels and codes, so this is a few thousand strings, not millions.
     """
-    arr = _arrow_text(series)
-    if isinstance(arr, pa_.ChunkedArray):
-        arr = arr.combine_chunks()
-    enc = pc.dictionary_encode(arr)
+    text, marker, _ = _text_parts(series, False)
+    return text, marker
+
+
+def text_codes(series: pd.Series
+               ) -> tuple[pd.Series, pd.Series | None, tuple[np.ndarray, pa_.Array]]:
+    """:func:`text_and_markers`, and the text's factorisation from the same hash pass: codes
+    (int32, -1 where missing; equal texts, equal codes) and the distinct texts in code order, so
+    that key and label columns are not hashed again by the rules that compare them."""
+    return _text_parts(series, True)  # type: ignore[return-value]
+
+
+def _text_parts(series: pd.Series, want_codes: bool):
+    enc = _dictionary(series)
+    if enc is None:  # the text as it is (chunks are not copied into one: a CSV's are many)
+        arr = _arrow_text(series)
+        if isinstance(arr, pa_.ChunkedArray) and arr.num_chunks <= 1:
+            arr = arr.chunk(0) if arr.num_chunks else pa_.array([], type=arr.type)
+        enc = pc.dictionary_encode(arr)
+        if isinstance(enc, pa_.ChunkedArray):
+            enc = _one_dictionary(enc)
+    else:  # read as a dictionary (Parquet): its codes are the hash pass
+        arr = None
     uniq, codes = enc.dictionary, enc.indices
+    if pa_.types.is_large_string(uniq.type):
+        uniq = uniq.cast(pa_.string())
     none = pa_.scalar(None, pa_.string())
     ascii_only = pc.all(pc.string_is_ascii(uniq)).as_py() is not False
     trimmed = pc.ascii_trim_whitespace(uniq) if ascii_only else pc.utf8_trim_whitespace(uniq)
     na = pc.is_in(trimmed, value_set=_NA_SET)
     trims = len(uniq) > 0 and pc.all(pc.equal(trimmed, uniq)).as_py() is False
     has_na = bool(pc.any(na).as_py())
-    text = pc.take(pc.if_else(na, none, trimmed), codes) if trims or has_na else arr
+    kept = pc.if_else(na, none, trimmed) if trims or has_na else uniq
+    text = pc.take(kept, codes) if trims or has_na or arr is None else arr
     index = series.index
     out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
+    factors = _factors(kept, codes, trims or has_na) if want_codes else None
     written = pc.and_(na, pc.greater(pc.utf8_length(trimmed), 0))
     if not pc.any(written).as_py():
-        return out, None
+        return out, None, factors
     marker = pc.take(pc.if_else(written, trimmed, none), codes)
-    return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index)
+    return out, pd.Series(marker.to_pandas(), dtype="str").set_axis(index), factors
+
+
+def _dictionary(series: pd.Series) -> pa_.DictionaryArray | None:
+    """A text column held as an Arrow dictionary of distinct texts (see ``io._read_parquet``),
+    as one dictionary array; None for any other column."""
+    dt = series.dtype
+    if not (isinstance(dt, pd.ArrowDtype) and pa_.types.is_dictionary(dt.pyarrow_dtype)
+            and (pa_.types.is_string(dt.pyarrow_dtype.value_type)
+                 or pa_.types.is_large_string(dt.pyarrow_dtype.value_type))):
+        return None
+    arr = pa_.array(series)
+    if isinstance(arr, pa_.ChunkedArray):  # a dictionary a row group: one for all
+        arr = _one_dictionary(arr) if arr.num_chunks else pa_.array([], type=arr.type)
+    if pa_.types.is_large_string(arr.type.value_type):
+        arr = pa_.DictionaryArray.from_arrays(arr.indices, arr.dictionary.cast(pa_.string()))
+    if pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
+        return None  # a dictionary that repeats a text: encoded again by the caller
+    return arr
+
+
+def _one_dictionary(chunks: pa_.ChunkedArray) -> pa_.DictionaryArray:
+    """Dictionary-encoded chunks as one array over one dictionary (only the indices copied)."""
+    chunks = chunks.unify_dictionaries()
+    first = chunks.chunk(0)
+    indices = pa_.concat_arrays([c.indices for c in chunks.chunks])
+    return pa_.DictionaryArray.from_arrays(indices, first.dictionary)
+
+
+def _factors(kept: pa_.Array, codes: pa_.Array, merged: bool) -> tuple[np.ndarray, pa_.Array]:
+    """Codes of each cell's text (int32, -1 missing) and the distinct texts, from the dictionary of
+    the raw cells (*kept*: each raw distinct's text; two raw texts may trim to one)."""
+    codes = codes.cast(pa_.int32())
+    if merged:  # trimming or NA tokens may have made two distinct raw texts one, or none
+        again = pc.dictionary_encode(kept)
+        relabel = np.append(pc.fill_null(again.indices, -1).to_numpy(zero_copy_only=False), -1)
+        raw = pc.fill_null(codes, len(kept)).to_numpy(zero_copy_only=False)
+        return relabel[raw].astype(np.int32, copy=False), again.dictionary
+    out = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return out, kept
 
 
 def is_number(col: pd.Series) -> bool:
@@ -156,10 +240,13 @@ def flag(text: str) -> bool | None:
     return True if key in TRUE_WORDS else (False if key in FALSE_WORDS else None)
 
 
-def labels(raw: pd.Series) -> pd.Series:
+def labels(raw: pd.Series, factors: tuple[np.ndarray, pa_.Array] | None = None) -> pd.Series:
     """Category labels matched ignoring case, spaces and hyphens, as a pandas Categorical (the
-    work is done once a distinct label, not once a row)."""
-    codes, uniques = pd.factorize(raw)
+    work is done once a distinct label, not once a row). *factors*: the codes and distinct
+    texts of *raw* when known (:func:`text_codes`), so that it is not hashed again."""
+    codes, uniques = factors if factors is not None else pd.factorize(raw)
+    if isinstance(uniques, pa_.Array):
+        uniques = uniques.to_pylist()
     norm = [re.sub(r"[\s\-]+", "_", str(u).strip().lower()) for u in uniques]
     new_codes, cats = pd.factorize(pd.Series(norm, dtype=object))
     mapped = np.append(new_codes, -1)[codes] if len(codes) else codes
@@ -179,6 +266,19 @@ def numbers(text: pd.Series, decimal: str) -> pd.Series:
     except (pa_.ArrowInvalid, pa_.ArrowTypeError):
         num = pd.to_numeric(t, errors="coerce").astype("float64")
     return num.where(np.isfinite(num), np.nan)
+
+
+def stamps_as_dates(stamps: pd.Series) -> pd.Series | None:
+    """Timestamps (no time zone) as :func:`dates` would read their text (:func:`cell_text`),
+    without the round trip through text; None when that text is not simply the same instants
+    (fractions of a second, which the text drops, or instants outside the dates we can hold)."""
+    if getattr(stamps.dtype, "tz", None) is not None:
+        return None
+    given = stamps.dropna()
+    if len(given) and (not (given >= _DATE_MIN).all() or not (given <= _DATE_MAX).all()
+                       or not (given == given.dt.floor("s")).all()):
+        return None
+    return stamps.astype("datetime64[ns]")
 
 
 _DMY = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d/%m/%y", "%d.%m.%y")

@@ -457,15 +457,29 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
-    """A Parquet file as a frame whose text columns stay Arrow strings (no Python string per
-    cell: the validator works on Arrow arrays), numbers numbers and timestamps timestamps."""
+    """A Parquet file as a frame whose text columns stay Arrow (no Python string per cell: the
+    validator works on Arrow arrays), numbers numbers and timestamps timestamps.
+
+    Text columns are read as Arrow dictionaries, as Parquet stores them: the distinct texts
+    once and an integer a cell, which is what the validator would otherwise hash each column
+    into (``cells.text_codes``), at a quarter of the reading time of plain strings.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    schema = pq.read_schema(path)
+    names = [f.name for f in schema]
+    texts = [f.name for f in schema if pa.types.is_string(f.type)
+             or pa.types.is_large_string(f.type)]
+    unique = len(set(names)) == len(names)
+    table = pq.read_table(path, read_dictionary=texts if unique else None)
     text = pd.StringDtype("pyarrow")
     mapping = {pa.string(): text, pa.large_string(): text}
-    return table.to_pandas(types_mapper=mapping.get, self_destruct=True, split_blocks=True)
+
+    def dtype(t: pa.DataType) -> Any:
+        return pd.ArrowDtype(t) if pa.types.is_dictionary(t) else mapping.get(t)
+
+    return table.to_pandas(types_mapper=dtype, self_destruct=True, split_blocks=True)
 
 
 def _table_files(path: Path) -> dict[str, Path]:

@@ -78,18 +78,35 @@ class TableState:
         self.present: set[str] = set()
         self.extra: list[str] = []
         self.markers: dict[str, pd.Series] = {}   # NA tokens as written ("NaN"), by column
-        self._factors: dict[str, tuple[pd.Series, np.ndarray, int]] = {}
+        self.stamps: dict[str, pd.Series] = {}    # date columns given as timestamps
+        self._factors: dict[str, tuple[pd.Series, np.ndarray, Any]] = {}
+        #: codes and distinct texts of raw text columns, from the text's own hash pass
+        self.text_factors: dict[str, tuple[np.ndarray, pa.Array]] = {}
+        #: key -> (parent state, first parent row of each row), from :func:`foreign`
+        self.parent_rows: dict[str, tuple[TableState, np.ndarray]] = {}
 
-    def factorized(self, name: str) -> tuple[np.ndarray, int]:
-        """Codes of typed column *name* (-1 missing) and the number of distinct values,
-        remembered while the column is unchanged (key columns serve several rules)."""
+    def factors(self, name: str) -> tuple[np.ndarray, Any]:
+        """Codes of typed column *name* (-1 missing; equal values, equal codes) and the values
+        they stand for (a categorical's categories: some may be unused), remembered while the
+        column is unchanged (key and label columns serve several rules)."""
         col = self.typed[name]
         hit = self._factors.get(name)
         if hit is None or hit[0] is not col:
-            codes, uniques = pd.factorize(col, use_na_sentinel=True)
-            hit = (col, codes, len(uniques))
+            if isinstance(col.dtype, pd.CategoricalDtype):  # its codes, not a hash pass
+                hit = (col, col.cat.codes.to_numpy(), col.cat.categories)  # int8 mostly
+            else:
+                hit = (col, *pd.factorize(col, use_na_sentinel=True))
             self._factors[name] = hit
         return hit[1], hit[2]
+
+    def factorized(self, name: str) -> tuple[np.ndarray, int]:
+        """:meth:`factors`: the codes and a bound they stay below."""
+        codes, uniques = self.factors(name)
+        return codes, len(uniques)
+
+    def remember_codes(self, name: str, codes: np.ndarray, uniques: Any) -> None:
+        """Codes of typed column *name* known already (from the text it was typed from)."""
+        self._factors[name] = (self.typed[name], codes, uniques)
 
     def text(self, column: str, i: int) -> str | None:
         """Cell *i* of raw *column* as written (numbers read as numbers shown as Python does)."""
@@ -195,8 +212,13 @@ def foreign(child: TableState, parent: TableState, key: str, parent_label: str) 
     pkeys = parent.typed[key]
     ck = child.typed[key]
     present = ck.notna().to_numpy()
-    in_all = isin_text(ck, pkeys)
-    in_used = isin_text(ck, pkeys[parent.ok])
+    pos = parent_rows(child, parent, key)
+    child.parent_rows[key] = (parent, pos)
+    in_all = pos >= 0
+    in_used = in_all & parent.ok[np.maximum(pos, 0)]
+    unsure = in_all & ~in_used  # the first parent row of the key is excluded: any other used?
+    if unsure.any():
+        in_used[unsure] = isin_text(ck[unsure], pkeys[parent.ok])
     for i in np.flatnonzero(present & ~in_all):
         k = ck.iat[i]
         child.add(int(i), key, k, "orphan", f"{key} = {k} is not in {parent.name}", "excluded")
@@ -229,6 +251,29 @@ def _arrow(series: pd.Series) -> pa.Array:
     return arr if pa.types.is_string(arr.type) else arr.cast(pa.string())
 
 
+def parent_rows(child: TableState, parent: TableState, key: str) -> np.ndarray:
+    """For each row of *child*, the first row of *parent* with its typed *key* (-1: none, or
+    missing): matched once a distinct key of the child (its codes), not once a row."""
+    codes, uniques = child.factors(key)
+    found = pc.index_in(_arrow_values(uniques), value_set=_arrow(parent.typed[key]),
+                        skip_nulls=True)
+    found = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.append(found, -1)[codes]
+
+
+def _arrow_values(values: Any) -> pa.Array:
+    """Distinct values (an Arrow array, a pandas array or index, a list) as Arrow text."""
+    if isinstance(values, pa.Array):
+        return values if pa.types.is_string(values.type) else values.cast(pa.string())
+    return _arrow(pd.Series(values, dtype=object) if isinstance(values, list)
+                  else pd.Series(values))
+
+
+def values_list(values: Any) -> list:
+    """Distinct values of :meth:`TableState.factors` as Python objects."""
+    return values.to_pylist() if isinstance(values, pa.Array) else list(values)
+
+
 def isin_text(values: pd.Series, allowed: pd.Series) -> np.ndarray:
     """values.isin(allowed) for text columns, in Arrow (missing values are never in).
 
@@ -247,6 +292,27 @@ def _lookup(keys: pd.Series, values: np.ndarray, wanted: pd.Series, missing: Any
     out = np.full(len(wanted), missing, dtype=values.dtype if len(values) else object)
     if found.any():
         out[found] = values[pos[found].astype(np.int64)]
+    return out
+
+
+def _lookup_used(child: TableState, parent: TableState, key: str, values: np.ndarray,
+                 missing: Any) -> np.ndarray:
+    """values[r] for each child row, r the first used parent row with its key (*missing* where
+    none), from the rows :func:`foreign` matched when the parent has not changed since."""
+    known = child.parent_rows.get(key)
+    if known is None or known[0] is not parent:
+        pos = parent_rows(child, parent, key)
+    else:
+        pos = known[1]
+    out = np.full(child.n, missing, dtype=values.dtype if len(values) else object)
+    hit = pos >= 0
+    used = hit & parent.ok[np.maximum(pos, 0)]
+    out[used] = values[pos[used]]
+    other = np.flatnonzero(hit & ~used)  # first row excluded: a later used one (rare)
+    if len(other):
+        ok = parent.ok
+        out[other] = _lookup(parent.typed[key][ok], values[ok], child.typed[key].iloc[other],
+                             missing)
     return out
 
 
@@ -279,17 +345,20 @@ def session_dates(s: TableState, p: TableState) -> None:
     if not len(idx):
         s.typed["session_number"] = final
         return
-    sub = pd.DataFrame({"pid": s.typed["patient_id"].iloc[idx].to_numpy(),
+    # "key": the patient's integer code (grouped and sorted on, not its text); "pid" for
+    # the sentences. Patients follow one another in code order; each one's visits in date order.
+    sub = pd.DataFrame({"key": s.factors("patient_id")[0][idx],
+                        "pid": s.typed["patient_id"].iloc[idx].array,
                         "date": s.typed["session_date"].iloc[idx].to_numpy(),
                         "given": given.iloc[idx].to_numpy(), "line": s.lines[idx],
                         "row": idx})
-    sub = sub.sort_values(["pid", "date", "given", "line"], na_position="last", kind="stable")
-    grp = sub.groupby("pid", sort=False)
+    sub = sub.sort_values(["key", "date", "given", "line"], na_position="last", kind="stable")
+    grp = sub.groupby("key", sort=False)
     sub["derived"] = (grp.cumcount() + 1).to_numpy()
     out = sub["derived"].astype("float64").to_numpy()
     if "session_number" in s.present:
         out = _given_numbers(s, sub, out)
-        numbered = sub.groupby("pid", sort=False)["given"].transform("count").to_numpy() > 0
+        numbered = sub.groupby("key", sort=False)["given"].transform("count").to_numpy() > 0
         _distant_dates(s, sub[~numbered])
     else:
         _distant_dates(s, sub)
@@ -300,18 +369,20 @@ def session_dates(s: TableState, p: TableState) -> None:
 def _given_numbers(s: TableState, sub: pd.DataFrame, out: np.ndarray) -> np.ndarray:
     """Keep given numbers where a patient is fully numbered; report disagreements and gaps."""
     known = sub[sub["given"].notna()]
-    prev_max = known.groupby("pid", sort=False)["given"].cummax()
-    prev_max = prev_max.groupby(known["pid"], sort=False).shift(1)
+    prev_max = known.groupby("key", sort=False)["given"].cummax()
+    prev_max = prev_max.groupby(known["key"], sort=False).shift(1)
     bad_rows = known.index[(known["given"] <= prev_max).to_numpy()]
-    n_known = sub.groupby("pid", sort=False)["given"].transform("count").to_numpy()
-    n_all = sub.groupby("pid", sort=False)["given"].transform("size").to_numpy()
+    by_patient = sub.groupby("key", sort=False)["given"]
+    n_known = by_patient.transform("count").to_numpy()
+    n_all = by_patient.transform("size").to_numpy()
     full = n_known == n_all
-    bad_pids = set(sub.loc[bad_rows, "pid"])
-    pos = {r: k for k, r in enumerate(sub.index)}
-    for j in bad_rows:  # rare: one sentence a disagreement
-        _order_finding(s, sub, known, j, keep=bool(full[pos[j]]))
+    bad_pids = np.unique(sub.loc[bad_rows, "key"].to_numpy())
+    if len(bad_rows):  # rare: one sentence a disagreement
+        pos = {r: k for k, r in enumerate(sub.index)}
+        for j in bad_rows:
+            _order_finding(s, sub, known, j, keep=bool(full[pos[j]]))
     partial = (~full) & (n_known > 0)
-    empty = partial & sub["given"].isna().to_numpy() & ~sub["pid"].isin(bad_pids).to_numpy()
+    empty = partial & sub["given"].isna().to_numpy() & ~np.isin(sub["key"].to_numpy(), bad_pids)
     for k in np.flatnonzero(empty):
         row = int(sub["row"].iat[k])
         if s.text("session_number", row) is None:  # else already reported as not a number
@@ -362,7 +433,7 @@ def _distant_dates(s: TableState, sub: pd.DataFrame) -> None:
     dated = sub[sub["date"].notna()]
     if dated.empty:
         return
-    g = dated.groupby("pid", sort=False)["date"]
+    g = dated.groupby("key", sort=False)["date"]
     gap_prev = (dated["date"] - g.shift(1)).dt.days
     gap_next = (g.shift(-1) - dated["date"]).dt.days
     nearest = pd.concat([gap_prev, gap_next], axis=1).min(axis=1)
@@ -384,10 +455,8 @@ def _distant_dates(s: TableState, sub: pd.DataFrame) -> None:
 def post_checks(m: TableState, s: TableState) -> None:
     """Post readings on assessment-only visits (excluded) and post readings without a pre."""
     sid, measure, side = m.typed["session_id"], m.typed["measure"], m.typed["side"]
-    tech = _lookup(s.typed["session_id"][s.ok], s.typed["technique"][s.ok].to_numpy(object),
-                   sid, None)
+    none = _lookup_used(m, s, "session_id", (s.typed["technique"] == "none").to_numpy(), False)
     post = (m.typed["phase"] == "post").to_numpy()
-    none = tech == "none"
     for i in np.flatnonzero(m.ok & post & none):
         m.add(int(i), "phase", "post", "post_on_assessment",
               f"post reading of {measure.iat[i]} in session {sid.iat[i]}, an assessment-only "

@@ -136,3 +136,70 @@ def test_byte_scan_reader_agrees_with_pythons_csv_module(seed):
     assert got.frame.to_numpy(dtype=object).tolist() == rows
     assert got.lines.tolist() == line_numbers
     assert got.blank_lines.tolist() == blank
+
+
+def _plain_parquet(path: Path) -> pd.DataFrame:
+    """The Parquet reading before text columns were read as dictionaries (the reference)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    text = pd.StringDtype("pyarrow")
+    mapping = {pa.string(): text, pa.large_string(): text}
+    return pq.read_table(path).to_pandas(types_mapper=mapping.get)
+
+
+def _factorized_text(series: pd.Series):
+    import pyarrow as pa
+
+    from mfr_outcomes.cells import text_and_markers
+
+    text, marker = text_and_markers(series)
+    codes, uniques = pd.factorize(text)
+    return text, marker, (codes.astype(np.int64), pa.array(list(uniques), type=pa.string()))
+
+
+@pytest.mark.parametrize("case", ["many_faults", "duplicate_reading", "cascade", "base"])
+def test_parquet_text_read_as_dictionaries_gives_the_same_study(case, tmp_path, monkeypatch):
+    """Text columns of Parquet are read as Arrow dictionaries (one per row group) and their
+    codes serve the key rules, and timestamps are dates without a round trip through text: the
+    same findings, accounting and frames as plain strings read as text, with untrimmed text,
+    NA tokens, timestamps at midnight and not, and a large_string column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mfr_outcomes import io as mio
+    from mfr_outcomes import schema
+
+    src = Path(__file__).resolve().parent / "data" / "bad" / case
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    for name in ("patients", "sessions", "measurements"):
+        file = src / f"{name}.csv" if (src / f"{name}.csv").exists() else BASE / f"{name}.csv"
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        if name == "measurements":  # untrimmed labels and a marker, spread over row groups
+            frame.loc[frame.index[::3], "phase"] = " " + frame["phase"].iloc[::3] + " "
+            frame.loc[frame.index[-1:], "side"] = "NaN"
+            again = frame.iloc[[0, 1]].assign(session_id=lambda f: f["session_id"] + "  ")
+            frame = pd.concat([frame, again], ignore_index=True)  # repeats once trimmed
+        if name == "sessions":
+            frame["session_date"] = pd.to_datetime(frame["session_date"], errors="coerce")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if name == "patients":
+            stamps = pd.to_datetime(frame["enrolled_on"], errors="coerce")
+            stamps.iloc[:1] += pd.Timedelta(hours=9)  # one not at midnight
+            table = table.set_column(table.schema.get_field_index("enrolled_on"), "enrolled_on",
+                                     pa.array(stamps))
+            table = table.set_column(0, "patient_id", table["patient_id"].cast(pa.large_string()))
+        pq.write_table(table, folder / f"{name}.parquet", row_group_size=4)
+    got = mio.load_study(folder)
+    # the reference: plain strings, codes from pandas' factorize of the text, and timestamps
+    # read back from their text
+    monkeypatch.setattr(mio, "_read_parquet", _plain_parquet)
+    monkeypatch.setattr(schema, "text_codes", _factorized_text)
+    monkeypatch.setattr(schema, "stamps_as_dates", lambda stamps: None)
+    ref = mio.load_study(folder)
+    assert len(got.report.findings) > (case != "base")
+    assert [f.message for f in got.report.findings] == [f.message for f in ref.report.findings]
+    assert got.report.accounting == ref.report.accounting
+    for name in ("patients", "sessions", "measurements"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(ref, name), check_exact=True)

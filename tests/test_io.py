@@ -331,3 +331,16 @@ def test_xlsx_and_database_findings_name_rows(tmp_path):
     assert finding.message == ("clinic.sqlite table sessions row 3: duration_min = -5, must be "
                                "5–180 (set to missing; row kept)")
     assert finding.line == 3
+
+
+def test_loading_a_study_does_not_import_pandera():
+    """pandera serves ``schema.table_schema`` only; a load (every CLI command starts with one)
+    does not pay its import (0.25 s of CPU)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings, mfr_outcomes as mfr; warnings.simplefilter('ignore'); "
+            "mfr.load_study(mfr.datasets.synthetic_path()); print('pandera' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.split()[-1] == "False"
