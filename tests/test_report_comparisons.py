@@ -15,7 +15,6 @@ import test_report_glmm
 from scipy.special import expit
 from test_report_glmm import _report, _rows
 
-import mfr_outcomes as mfr
 from mfr_outcomes.report.sections.comparisons import binary_effects
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,24 +23,19 @@ NEEDED = ("data_quality", "cohort", "comparisons", "methods")
 
 
 @pytest.fixture(scope="module")
-def study():
-    return mfr.load_study(ROOT / "data" / "synthetic")
-
-
-@pytest.fixture(scope="module")
-def report(study, tmp_path_factory):
+def report(synthetic_study, tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(test_report_glmm, "NEEDED", NEEDED)
-        return _report(study, out, measure="paresthesia", name_therapists=True), out
+        return _report(synthetic_study, out, measure="paresthesia", name_therapists=True), out
 
 
 @pytest.mark.parametrize("case, sites", [("therapist", False), ("therapist_site", True)])
-def test_binomial_glmm_effects_match_glmer(study, case, sites):
+def test_binomial_glmm_effects_match_glmer(synthetic_study, case, sites):
     ref = REF[case]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit, re = binary_effects(study.frame("paresthesia"), sites)
+        fit, re = binary_effects(synthetic_study.frame("paresthesia"), sites)
     assert fit.family.name == "binomial" and fit.nobs == ref["nobs"]
     # our optimum is at least as good as glmer's tight one, and the same point
     assert fit.deviance <= ref["minus2loglik"] + 1e-6
