@@ -55,6 +55,8 @@ __all__ = [
     "MR_LIMIT",
     "MIN_USEFUL_RUNS",
     "MIN_SPC_POINTS",
+    "PERIOD_FREQ",
+    "period_label",
     "SHIFT_LENGTH",
     "TREND_LENGTH",
 ]
@@ -71,6 +73,21 @@ MIN_USEFUL_RUNS = 10
 #: points move too much to judge them (Making Data Count asks for 15-20 and calls limits from
 #: fewer provisional; NHSRplotthedots warns below 12, and so does this module's notes).
 MIN_SPC_POINTS = 10
+
+#: pandas frequency of each period :func:`aggregate` knows (weeks run Monday to Sunday).
+PERIOD_FREQ = {"week": "W-SUN", "month": "M", "quarter": "Q"}
+
+
+def period_label(period: pd.Period) -> str:
+    """A period as a chart labels it: "2026-07" (month), "2026Q3", a week by its Monday
+    ("2026-07-06").
+
+    >>> period_label(pd.Period("2026-07-08", freq="W-SUN"))
+    '2026-07-06'
+    """
+    if period.freqstr.startswith("W"):
+        return f"{period.start_time:%Y-%m-%d}"
+    return str(period)
 #: Making Data Count: a shift is this many points in a row on one side of the mean.
 SHIFT_LENGTH = 7
 #: Making Data Count: a trend is this many points in a row each above (or below) the one before.
@@ -332,7 +349,7 @@ def _verdict(assessment: str) -> str:
 
 
 def aggregate(study_or_frame: Any, measure: str | None = None, *,
-              period: Literal["month", "quarter"] = "month", by: str | None = None,
+              period: Literal["week", "month", "quarter"] = "month", by: str | None = None,
               side: str | None = None, fill_gaps: bool = True) -> pd.DataFrame:
     """Per-period counts, means and responders of one measure, for QI charts.
 
@@ -343,8 +360,8 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
         (then *measure* names the measure the frame holds, for its thresholds and direction).
     measure : str
         Measure code.
-    period : {"month", "quarter"}
-        Calendar period of the session date.
+    period : {"week", "month", "quarter"}
+        Calendar period of the session date (weeks run Monday to Sunday).
     by : {"site_id", "therapist_id"}, optional
         Aggregate each site (or therapist) separately.
     side : {"left", "right", "none"}, optional
@@ -383,8 +400,8 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     >>> mfr.qi.aggregate(study, "pain_nrs", period="quarter").columns[:3].tolist()  # doctest: +SKIP
     ['period', 'period_start', 'n_patients']
     """
-    if period not in ("month", "quarter"):
-        raise ValueError(f"period must be 'month' or 'quarter', got {period!r}")
+    if period not in PERIOD_FREQ:
+        raise ValueError(f"period must be 'week', 'month' or 'quarter', got {period!r}")
     if isinstance(study_or_frame, pd.DataFrame):
         if measure is None:
             raise ValueError("pass the measure code of the frame, e.g. aggregate(frame, 'pain_nrs')")
@@ -407,7 +424,7 @@ def aggregate(study_or_frame: Any, measure: str | None = None, *,
     df = frame.copy()
     df["phase"] = df["phase"].astype(str)
     df["session_date"] = pd.to_datetime(df["session_date"])
-    freq = "M" if period == "month" else "Q"
+    freq = PERIOD_FREQ[period]
     df["period"] = df["session_date"].dt.to_period(freq)
     keys = ([by] if by else [])
     # per-side measures: the affected side (both sides averaged when bilateral or unknown), the

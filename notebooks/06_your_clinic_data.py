@@ -151,6 +151,95 @@ comparison = pd.DataFrame({
 comparison
 
 # %% [markdown]
+# ## The same mapping as a clinic profile
+#
+# A column map only renames. A **clinic profile** is one TOML file that holds the column and
+# label maps *and* the rest of what a clinic needs: labels added to the vocabularies (its own
+# techniques, regions or arms), its own measures, typed covariates and how its dates are
+# written. `mfr-outcomes profile init clinic.toml` writes a commented template;
+# `mfr-outcomes profile check clinic.toml` reads one back and summarises it. Here is the
+# profile of this export (keys are the clinic's words, values the package's):
+
+# %%
+profile_text = """
+[columns.patients]
+PatNr = "patient_id"
+Standort = "site_id"
+Alter = "age_years"
+Geschlecht = "sex"
+Diagnose = "condition"
+Seite = "affected_side"
+Beschwerdewochen = "symptom_weeks"
+Aufnahme = "enrolled_on"
+
+[columns.sessions]
+Besuch = "session_id"
+PatNr = "patient_id"
+Therapeut = "therapist_id"
+Datum = "session_date"
+Nr = "session_number"
+Technik = "technique"
+Region = "target_region"
+Minuten = "duration_min"
+Heimprogramm = "home_program"
+Nebenwirkung = "adverse_event"
+
+[columns.measurements]
+Besuch = "session_id"
+Zeitpunkt = "phase"
+Messung = "measure"
+Seite = "side"
+Wert = "value"
+
+[labels.technique]
+Druck = "direct_pressure"
+Dehnung = "stretching"
+Massage = "massage"
+Kombination = "combined"
+Kontrolle = "none"
+
+[labels.phase]
+vor = "pre"
+nach = "post"
+
+[labels.sex]
+w = "female"
+m = "male"
+d = "other"
+"k.A." = "unknown"
+
+[vocabulary]
+arm = ["active", "control"]   # arms this clinic could record (none in this export)
+
+[dates]
+dayfirst = true
+"""
+profile_path = folder / "clinic.toml"
+profile_path.write_text(profile_text, encoding="utf-8")
+profile = mfr.profile.load_profile(profile_path)
+
+# what the profile maps: one row per renamed column or label
+mapped = pd.DataFrame(
+    [(table, clinic_name, ours) for table, names in profile.column_map().items()
+     for clinic_name, ours in names.items()],
+    columns=["table or column", "clinic's word", "package's word"])
+print(f"dates day first: {profile.dayfirst}; arms: {profile.vocabulary.arm}")
+print("entries:", mapped.groupby("table or column").size().to_dict())
+mapped[~mapped["table or column"].isin(["patients", "sessions", "measurements"])]  # the labels
+
+# %% [markdown]
+# Loading with the profile instead of the column map (and without `dayfirst=True`: the profile
+# says it) gives the same tables and the same findings:
+
+# %%
+with_profile = mfr.load_study(folder, profile=profile_path)
+profile_matches_map = (
+    [f.rule for f in with_profile.report.findings] == [f.rule for f in clinic.report.findings]
+    and all(getattr(with_profile, t).equals(getattr(clinic, t))
+            for t in ("patients", "sessions", "measurements")))
+print("same study as with the column map:", profile_matches_map)
+
+# %% [markdown]
 # ## The same analysis
 #
 # From here on nothing depends on the export's format: the same pre/post model as notebook 2.
@@ -183,6 +272,9 @@ both
 # * A column map renames; it cannot fix meaning. If your clinic's "Massage" is not what the data
 #   model calls massage, say so in your methods.
 # * Free-text fields (notes) are not read: they may hold identifiers.
+# * A profile is checked key by key when it is read: a label mapped to a label the vocabulary
+#   does not have is an error naming the file, the key and the value; add it under
+#   `[vocabulary]` first.
 
 # %%
 results = {
@@ -192,5 +284,7 @@ results = {
     "n_patients": int(len(clinic.patients)),
     "max_abs_difference": float((both["clinic export"] - both["original"]).abs().max()),
     "change_by_technique": {str(k): float(v) for k, v in both["clinic export"].items()},
+    "profile_matches_map": bool(profile_matches_map),
+    "profile_entries": int(len(mapped)),
 }
 print(json.dumps(results))

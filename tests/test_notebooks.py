@@ -170,6 +170,10 @@ def test_06_your_clinic_data(tmp_path):
     assert r["excluded"]["sessions"] == 1 and r["excluded"]["measurements"] == 1
     assert r["n_patients"] == SMALL["n_patients"]
     assert r["max_abs_difference"] < 0.1  # one reading fewer barely moves the estimates
+    # the clinic profile holds the same map: the same tables and findings, 23 columns and 11
+    # labels renamed
+    assert r["profile_matches_map"] is True and r["profile_entries"] == 34
+    assert (export / "clinic.toml").exists()
     first = (export / "sessions.csv").read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("Besuch;PatNr;Therapeut;Datum")
 

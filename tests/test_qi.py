@@ -319,7 +319,7 @@ def test_aggregate_from_frame_and_errors():
     with pytest.raises(ValueError, match="pass the measure"):
         qi.aggregate(frame)
     with pytest.raises(ValueError, match="period must be"):
-        qi.aggregate(study, "pain_nrs", period="week")
+        qi.aggregate(study, "pain_nrs", period="day")
     with pytest.raises(ValueError, match="lacks column"):
         qi.aggregate(frame.drop(columns="session_date"), "pain_nrs")
 

@@ -8,17 +8,55 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["is_missing", "fmt_num", "fmt_p", "fmt_cell", "header", "label", "sentence"]
+__all__ = ["HEADERS", "TABLE_HEADERS", "is_missing", "fmt_num", "fmt_p", "fmt_cell", "header",
+           "has_header", "label", "sentence"]
 
-_HEADERS = {
-    "ci_low": "95% CI low", "ci_high": "95% CI high", "std_error": "SE", "df": "df",
-    "p_value": "p", "statistic": "t", "n": "n", "percent": "%", "per_100": "per 100 sessions",
-    "iqr_low": "IQR low", "iqr_high": "IQR high", "pre_n": "pre n", "post_n": "post n",
-    "pre_mean": "pre mean", "post_mean": "post mean", "median_minutes": "median minutes",
-    "with_event": "sessions with an event", "n_paired": "paired n", "finished_care":
-    "finished care", "responder_percent": "responders %", "mean_change": "mean change",
-    "not_eligible": "not classed", "lo95": "95% low", "hi95": "95% high",
-    "lo998": "99.8% low", "hi998": "99.8% high",
+#: The HTML header of every column a report table publishes. CSV files keep the column names
+#: themselves (machine-friendly and stable; listed in docs/report.md).
+HEADERS = {
+    # counts of people, sessions, rows
+    "patients": "Patients", "sessions": "Sessions", "readings": "Readings", "n": "Number",
+    "pre_n": "Readings before", "post_n": "Readings after", "n_pre": "Readings before",
+    "n_paired": "Paired readings", "finished_care": "Finished care",
+    "responders": "Responders", "present": "With the condition", "observations": "Observations",
+    "with_event": "Sessions with an event", "read": "Rows read", "used": "Rows used",
+    "excluded": "Rows excluded", "findings": "Findings", "cautions": "Cautions",
+    "blank": "Blank rows", "points": "Points",
+    # summaries
+    "percent": "%", "responder_percent": "Responders, %", "network_percent": "Network, %",
+    "percent_typical": "Typical patient, %", "per_100": "Per 100 sessions",
+    "rate_per_100": "Events per 100 sessions", "mean_pre": "Mean before",
+    "pre_mean": "Mean before", "post_mean": "Mean after", "mean_change": "Mean change",
+    "network_mean": "Network mean", "median": "Median", "median_minutes": "Median minutes",
+    "iqr_low": "IQR, lower", "iqr_high": "IQR, upper", "summary": "Summary",
+    # model results
+    "estimate": "Estimate", "emmean": "Estimated mean", "std_error": "SE", "df": "df",
+    "statistic": "Test statistic", "p_value": "p", "ci_low": "95% CI, lower",
+    "ci_high": "95% CI, upper", "odds_ratio": "Odds ratio", "rate_ratio": "Rate ratio",
+    "gee_odds_ratio": "GEE odds ratio", "gee_ci_low": "GEE 95% CI, lower",
+    "gee_ci_high": "GEE 95% CI, upper", "npar": "Parameters", "aic": "AIC", "bic": "BIC",
+    "loglik": "Log-likelihood", "chisq": "χ²", "model": "Model", "formula": "Formula",
+    "engine": "Engine", "df_method": "df method", "converged": "Converged",
+    "singular": "Singular fit",
+    # funnel limits
+    "lo95": "95% limit, lower", "hi95": "95% limit, upper", "lo998": "99.8% limit, lower",
+    "hi998": "99.8% limit, upper", "position": "Position",
+    # row labels
+    "stage": "Stage", "characteristic": "Characteristic", "category": "Category",
+    "measure": "Measure", "label": "Name", "technique": "Technique",
+    "target_region": "Target region", "therapist": "Therapist", "unit": "Unit",
+    "group": "Group", "split": "Grouped by", "arm": "Arm", "term": "Term", "event": "Event",
+    "item": "Item", "month": "Month", "week": "Week", "chart": "Chart",
+    "variation": "Variation", "assurance": "Assurance", "target": "Target", "grain": "Grain",
+    "table": "Table", "file": "File", "line": "Line", "column": "Column", "rule": "Rule",
+    "action": "Action", "finding": "Finding", "package": "Package", "version": "Version",
+}
+
+#: Headers that depend on the table: (table name, column) -> header.
+TABLE_HEADERS = {
+    ("prepost", "estimate"): "Change (post − pre)", ("prepost", "statistic"): "t",
+    ("followup", "estimate"): "Estimated mean", ("readings", "measure"): "Code",
+    ("baseline", "n"): "Number", ("findings_by_rule", "n"): "Findings",
 }
 
 
@@ -62,8 +100,26 @@ def fmt_cell(value: Any, column: str, decimals: dict[str, int]) -> str:
     return str(value)
 
 
-def header(column: str) -> str:
-    return _HEADERS.get(column, column.replace("_", " "))
+def header(column: str, table: str = "") -> str:
+    """The HTML header of *column* of the report table named *table*.
+
+    A funnel's or a model's "unit" is named after what it counts ("Therapist", "Site").
+
+    >>> header("ci_low"), header("estimate", "prepost"), header("unit", "funnel_present_site")
+    ('95% CI, lower', 'Change (post − pre)', 'Site')
+    """
+    if (table, column) in TABLE_HEADERS:
+        return TABLE_HEADERS[(table, column)]
+    if column == "unit":
+        for noun in ("therapist", "site"):
+            if table.endswith(f"_{noun}"):
+                return noun.capitalize()
+    return HEADERS.get(column, column.replace("_", " "))
+
+
+def has_header(column: str, table: str = "") -> bool:
+    """True when *column* has a header written for people (not the generic fallback)."""
+    return (table, column) in TABLE_HEADERS or column in HEADERS
 
 
 def label(value: Any) -> str:

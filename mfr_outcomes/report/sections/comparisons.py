@@ -2,20 +2,33 @@
 proportion and of the mean within-session change against the network (95 % and 99.8 % limits,
 Spiegelhalter 2005), and a caterpillar of their random effects from one mixed model.
 
+A yes/no main measure (paresthesia) has no responders and no within-session change: its funnel
+is of the patients with the condition at their latest reading, and its therapist and site
+effects come from a binomial GLMM (:data:`BINARY_COMPARISON_FORMULA`, glmer's Laplace
+approximation), shown as odds ratios against the network and as the percentage of a typical
+patient with the condition.
+
 Therapists appear as stable pseudonyms unless the report is built with ``name_therapists``.
 """
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
 from mfr_outcomes.report.blocks import Section, Table
 from mfr_outcomes.report.context import ReportContext
 from mfr_outcomes.rules import affected_side_rows
 
-__all__ = ["build", "main_therapist", "COMPARISON_FORMULA"]
+__all__ = ["build", "main_therapist", "COMPARISON_FORMULA", "BINARY_COMPARISON_FORMULA",
+           "latest_reading"]
 
 #: The model whose random effects are drawn, when the pre/post model has no therapist term.
 COMPARISON_FORMULA = "value ~ post + (1 | patient_id) + (0 + post | therapist_id)"
+#: The binomial GLMM of a yes/no measure's pre-session readings on treatment visits
+#: (``+ (1 | site_id)`` with several sites).
+BINARY_COMPARISON_FORMULA = "value ~ 1 + (1 | patient_id) + (1 | therapist_id)"
 
 
 def main_therapist(sessions: pd.DataFrame) -> pd.Series:
@@ -37,6 +50,9 @@ def build(ctx: ReportContext, sec: Section) -> None:
     units = [("therapist", "therapist_id")]
     if ctx.scoped.patients["site_id"].nunique() >= 2:
         units.append(("site", "site_id"))
+    if ctx.m.binary:
+        _build_binary(ctx, sec, units)
+        return
     for noun, col in units:
         ctx.attempt(sec, f"The funnel of responders by {noun}", _responder_funnel, ctx, sec,
                     noun, col)
@@ -44,6 +60,21 @@ def build(ctx: ReportContext, sec: Section) -> None:
                     sec, noun, col)
     sec.heading("Random effects of therapists and sites")
     ctx.attempt(sec, "The caterpillar of random effects", _caterpillar, ctx, sec)
+
+
+def _build_binary(ctx: ReportContext, sec: Section, units: list[tuple[str, str]]) -> None:
+    m = ctx.m
+    sec.para(f"{m.label} is a yes/no reading, so there are no responders and no "
+             f"within-session change to compare. The funnels below are of the patients with "
+             f"{m.label.lower()} at their latest reading (a proportion, with exact binomial "
+             f"limits), and the random effects come from a logistic (binomial) mixed model of "
+             f"every pre-session reading.")
+    for noun, col in units:
+        ctx.attempt(sec, f"The funnel of {m.label.lower()} by {noun}", _binary_funnel, ctx, sec,
+                    noun, col)
+    sec.heading("Random effects of therapists and sites")
+    ctx.attempt(sec, "The binomial mixed model of therapists and sites", _binary_effects, ctx,
+                sec)
 
 
 def _names(ctx: ReportContext, col: str) -> dict[str, str]:
@@ -59,31 +90,18 @@ def _unit_of(ctx: ReportContext, col: str) -> pd.Series:
 
 
 def _responder_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> None:
-    from mfr_outcomes import funnel
 
     m = ctx.m
     if m.binary or (m.threshold_points is None and m.mcid_percent is None):
         return
     resp = ctx.responders()
     resp = resp[resp["responder"].notna()]
-    unit = resp["patient_id"].map(_unit_of(ctx, col)).map(_names(ctx, col))
-    g = resp.assign(unit=unit).groupby("unit")
-    events = g["responder"].apply(lambda s: int(s.astype(bool).sum()))
-    if len(events) < 2:
-        sec.para(f"Only one {noun} has classed patients: there is nothing to compare.")
+    made = _proportion_funnel(ctx, sec, noun, col, resp["patient_id"],
+                              resp["responder"].astype(bool), "responders",
+                              f"Responders by {noun}", "classed patients", "responder proportion")
+    if made is None:
         return
-    fr = funnel.funnel_proportions(events.to_numpy(), g.size().to_numpy(), events.index)
-    frame = fr.rename(columns={"n": "patients", "events": "responders"})
-    for c in ("value", "target", "lo95", "hi95", "lo998", "hi998"):
-        frame[c] = 100.0 * frame[c]
-    frame = frame.rename(columns={"value": "percent", "target": "network_percent"})
-    sec.heading(f"Responders by {noun}")
-    table = ctx.add_table(sec, Table(
-        f"funnel_responders_{noun}", f"Responders by {noun} (main {noun} of each patient), "
-        f"with the funnel limits in %.", frame,
-        counts=("patients", "responders"), linked={"percent": ("patients", "responders")},
-        ratios=("percent",), decimals={c: 0 for c in ("percent", "network_percent", "lo95",
-                                                      "hi95", "lo998", "hi998")}))
+    table, fr = made
     if "responders" in ctx.tables:
         resp_t = ctx.tables["responders"]
         for c in ("patients", "responders"):
@@ -91,8 +109,137 @@ def _responder_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> 
                 ctx.ledger.relate(resp_t.cell(c, 0), table.column_cells(c))
             except ValueError:  # a different denominator: no shared margin
                 pass
-    sec.later(lambda: _funnel_figure(ctx, sec, table, fr, f"responders by {noun}",
-                                     "responder proportion"))
+
+
+def _proportion_funnel(ctx: ReportContext, sec: Section, noun: str, col: str,
+                       patients: pd.Series, event: pd.Series, what: str, title: str,
+                       classed: str, ylabel: str) -> tuple[Table, pd.DataFrame] | None:
+    """The funnel table (and, once the ledger has decided, the figure) of a proportion of
+    patients per unit: *event* (bool, one a patient in *patients*) counted as *what*."""
+    from mfr_outcomes import funnel
+
+    unit = patients.map(_unit_of(ctx, col)).map(_names(ctx, col))
+    g = pd.DataFrame({"unit": unit.to_numpy(), "event": event.to_numpy(dtype=bool)}).groupby(
+        "unit")["event"]
+    events = g.sum().astype("int64")
+    if len(events) < 2:
+        sec.para(f"Only one {noun} has {classed}: there is nothing to compare.")
+        return None
+    fr = funnel.funnel_proportions(events.to_numpy(), g.size().to_numpy(), events.index)
+    frame = fr.rename(columns={"n": "patients", "events": what})
+    for c in ("value", "target", "lo95", "hi95", "lo998", "hi998"):
+        frame[c] = 100.0 * frame[c]
+    frame = frame.rename(columns={"value": "percent", "target": "network_percent"})
+    sec.heading(title)
+    table = ctx.add_table(sec, Table(
+        f"funnel_{what}_{noun}", f"{title} (main {noun} of each patient), with the funnel "
+        f"limits in %.", frame,
+        counts=("patients", what), linked={"percent": ("patients", what)},
+        ratios=("percent",), decimals={c: 0 for c in ("percent", "network_percent", "lo95",
+                                                      "hi95", "lo998", "hi998")}))
+    name = title[0].lower() + title[1:]
+    sec.later(lambda: _funnel_figure(ctx, sec, table, fr, name, ylabel))
+    return table, fr
+
+
+def latest_reading(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each patient's latest pre-session reading (affected side), one row a patient."""
+    f = frame[affected_side_rows(frame) & (frame["post"] == 0)]
+    f = f.sort_values(["patient_id", "session_number"], kind="stable")
+    return f.groupby("patient_id", observed=True).tail(1).reset_index(drop=True)
+
+
+def _binary_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> None:
+    m = ctx.m
+    last = latest_reading(ctx.frame())
+    last = last[last["value"].notna()]
+    _proportion_funnel(ctx, sec, noun, col, last["patient_id"], last["value"] == 1, "present",
+                       f"Patients with {m.label.lower()} at their latest reading, by {noun}",
+                       "patients with a reading", f"proportion with {m.label.lower()}")
+
+
+def binary_effects(frame: pd.DataFrame, sites: bool) -> tuple[Any, pd.DataFrame]:
+    """The binomial GLMM of a yes/no measure's pre-session readings on treatment visits, and
+    its therapist (and site) effects: one row a unit with group, level, patients, log_odds
+    (the conditional mode), cond_sd, odds_ratio and its 95 % interval (exp of mode ± 1.96 SD)
+    and percent_typical (100 × expit(intercept + mode): a patient with a zero patient effect
+    seen by that unit)."""
+    from scipy.special import expit
+
+    from mfr_outcomes.models.fit import fit_mixed
+
+    f = frame[affected_side_rows(frame) & (frame["post"] == 0)
+              & (frame["technique"].astype(str) != "none")]
+    formula = BINARY_COMPARISON_FORMULA + (" + (1 | site_id)" if sites else "")
+    fit = fit_mixed(f, formula, family="binomial")
+    re = fit.random_effects()
+    re = re[re["group"] != "patient_id"].reset_index(drop=True)
+    n = {g: f.groupby(g, observed=True)["patient_id"].nunique() for g in set(re["group"])}
+    re["patients"] = [int(n[g].get(lv, 0)) for g, lv in zip(re["group"], re["level"])]
+    z = 1.959963984540054
+    re["log_odds"] = re["estimate"]
+    re["odds_ratio"] = np.exp(re["estimate"])
+    re["ci_low"] = np.exp(re["estimate"] - z * re["cond_sd"])
+    re["ci_high"] = np.exp(re["estimate"] + z * re["cond_sd"])
+    re["percent_typical"] = 100.0 * expit(float(fit.coef.iloc[0]) + re["estimate"])
+    cols = ["group", "level", "patients", "log_odds", "cond_sd", "odds_ratio", "ci_low",
+            "ci_high", "percent_typical"]
+    return fit, re[cols]
+
+
+def _binary_effects(ctx: ReportContext, sec: Section) -> None:
+
+    m = ctx.m
+    sites = ctx.scoped.patients["site_id"].nunique() >= 2
+    fit, re = binary_effects(ctx.frame(), sites)
+    ctx.fit_label("Therapists and sites (binomial GLMM)", fit)
+    sec.para(f"From the logistic mixed model {fit.formula} (glmer's Laplace approximation) of "
+             f"every pre-session reading on a treatment visit: each therapist's (and site's) "
+             f"deviation from the network on the log-odds scale, shrunken towards zero when it "
+             f"rests on few readings. An odds ratio above 1 means higher odds of "
+             f"{m.label.lower()} than the network's; the last column is the percentage of a "
+             f"typical patient (patient effect zero) with {m.label.lower()} when seen by that "
+             f"therapist or at that site. Wald 95 % intervals from the conditional SDs.")
+    for group, noun in (("therapist_id", "therapist"), ("site_id", "site")):
+        sub = re[re["group"] == group]
+        if sub.empty:
+            continue
+        names = _names(ctx, group)
+        frame = sub.assign(unit=sub["level"].astype(str).map(names))[
+            ["unit", "patients", "odds_ratio", "ci_low", "ci_high", "percent_typical"]]
+        derived = ("odds_ratio", "ci_low", "ci_high", "percent_typical")
+        table = ctx.add_table(sec, Table(
+            f"glmm_{noun}", f"{noun.capitalize()} effects on the odds of {m.label.lower()} "
+            f"(binomial mixed model).", frame, counts=("patients",),
+            linked={c: ("patients",) for c in derived}, decimals={"percent_typical": 0}))
+        if (sub["cond_sd"] == 0).all():
+            sec.para(f"The model estimates no variation between {noun}s (a variance of zero), "
+                     f"so every {noun} is at the network value.")
+            continue
+        data = sub.assign(name=sub["level"].astype(str).map(names)).rename(
+            columns={"log_odds": "estimate"})[["name", "estimate", "cond_sd"]]
+        sec.later(lambda t=table, d=data, w=noun: _caterpillar_figure(
+            ctx, sec, t, d, w, f"{w} effect on the log odds of {m.label.lower()}"))
+
+
+def _caterpillar_figure(ctx: ReportContext, sec: Section, table: Table, data: pd.DataFrame,
+                        noun: str, xlabel: str) -> list:
+    """The caterpillar of the units of *table* whose counts are all shown."""
+    from mfr_outcomes import plots
+
+    keep = _shown_rows(ctx, table)
+    if not keep:
+        return []
+    shown = data.iloc[keep]
+    before = len(sec.blocks)
+    ctx.figure(sec, f"caterpillar of {noun}s",
+               lambda: plots.named_caterpillar(shown, xlabel=xlabel,
+                                               title=f"Random effects: {noun}s"),
+               f"Random effects of {noun}s ({xlabel}), with 95 % intervals; {noun}s with a "
+               f"hidden count are left out.", f"Caterpillar plot of {noun} random effects.")
+    made = sec.blocks[before:]
+    del sec.blocks[before:]
+    return made
 
 
 def _change_funnel(ctx: ReportContext, sec: Section, noun: str, col: str) -> None:
@@ -128,8 +275,7 @@ def _funnel_figure(ctx: ReportContext, sec: Section, table: Table, fr: pd.DataFr
 
     # a point at (patients, proportion) shows its responders too: every count of the row must
     # be shown for the unit to be drawn
-    keep = [r for r in range(len(table.frame))
-            if not any(ctx.ledger.hidden(c) for (row, _), c in table.cells.items() if row == r)]
+    keep = _shown_rows(ctx, table)
     before = len(sec.blocks)
     shown = fr.iloc[keep]
     shown.attrs.update(fr.attrs)
@@ -142,6 +288,12 @@ def _funnel_figure(ctx: ReportContext, sec: Section, table: Table, fr: pd.DataFr
     made = sec.blocks[before:]
     del sec.blocks[before:]
     return made
+
+
+def _shown_rows(ctx: ReportContext, table: Table) -> list[int]:
+    """Rows of *table* whose counts are all shown (the units a figure may draw)."""
+    return [r for r in range(len(table.frame))
+            if not any(ctx.ledger.hidden(c) for (row, _), c in table.cells.items() if row == r)]
 
 
 def _random_effects(ctx: ReportContext) -> tuple[pd.DataFrame, str]:

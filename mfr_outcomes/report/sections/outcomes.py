@@ -14,7 +14,8 @@ from mfr_outcomes.report.fmt import fmt_num, is_missing, label
 from mfr_outcomes.report.sections import course
 from mfr_outcomes.vocab import TREATMENT_TECHNIQUES
 
-__all__ = ["build", "TIDY", "binary_model_table", "prepost_counts"]
+__all__ = ["build", "TIDY", "binary_model_table", "prepost_counts", "responder_table",
+           "responders_by_arm", "main_of"]
 
 TIDY = ["estimate", "std_error", "df", "statistic", "p_value", "ci_low", "ci_high"]
 
@@ -181,6 +182,70 @@ def responder_table(study: Any, measure: str) -> tuple[pd.DataFrame, dict[str, i
     return table[["group", "patients", "responders", "percent", "ci_low", "ci_high"]], reasons
 
 
+def main_of(sessions: pd.DataFrame, column: str) -> pd.Series:
+    """The value of *column* (target_region, ...) on most of each patient's treatment sessions
+    (ties: the earlier in the column's vocabulary, else in sorted order); patient_id index."""
+    s = sessions[sessions["technique"].astype(str).isin(TREATMENT_TECHNIQUES)
+                 & sessions[column].notna()]
+    dtype = sessions[column].dtype
+    vocab = (list(map(str, dtype.categories)) if isinstance(dtype, pd.CategoricalDtype)
+             else sorted(s[column].astype(str).unique()))
+    counts = (s.assign(v=s[column].astype(str)).groupby(["patient_id", "v"]).size()
+              .rename("n").reset_index())
+    counts["_o"] = counts["v"].map({v: i for i, v in enumerate(vocab)})
+    counts = counts.sort_values(["patient_id", "n", "_o"], ascending=[True, False, True])
+    return counts.groupby("patient_id").head(1).set_index("patient_id")["v"]
+
+
+#: The splits of :func:`responders_by_arm`: (column, split name, what the rows say).
+ARM_SPLITS = (("arm", "arm", "arm"), ("target_region", "region", "mainly treated at"))
+
+
+def responders_by_arm(study: Any, measure: str) -> pd.DataFrame:
+    """Responders by arm (when the study records two or more arms) and by each patient's main
+    target region: split, group, patients, responders, percent, ci_low, ci_high (Wilson).
+
+    Each split covers every classed patient (a patient with no arm, or no region recorded, is
+    a row "not recorded"), so its rows add up to "all patients" of :func:`responder_table`.
+    """
+    import warnings
+
+    from mfr_outcomes import effects
+    from mfr_outcomes.warnings_ import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        resp = effects.responders(study, measure)
+    values = {"target_region": resp["patient_id"].map(main_of(study.sessions, "target_region"))}
+    if "arm" in study.patients.columns:
+        arm = resp["patient_id"].map(study.patients.set_index("patient_id")["arm"])
+        if arm[resp["responder"].notna()].dropna().nunique() >= 2:
+            values["arm"] = arm
+    rows = []
+    for col, split, what in ARM_SPLITS:
+        if col not in values:
+            continue
+        v = values[col].astype(object).where(values[col].notna(), None)
+        by = effects.responder_rate(resp.assign(_g=[label(x) if x is not None else
+                                                    "not recorded" for x in v]), by="_g")
+        dtype = (study.patients if col == "arm" else study.sessions)[col].dtype
+        order = [label(c) for c in (dtype.categories if isinstance(dtype, pd.CategoricalDtype)
+                                    else sorted(by["_g"]))] + ["not recorded"]
+        by = by.assign(_o=by["_g"].map({g: i for i, g in enumerate(order)})).sort_values(
+            "_o", kind="stable").drop(columns="_o")
+        by.insert(0, "split", split)
+        by["group"] = [f"{what}: {g}" for g in by["_g"]]
+        rows.append(by.drop(columns="_g"))
+    if not rows:
+        return pd.DataFrame(columns=["split", "group", "patients", "responders", "percent",
+                                     "ci_low", "ci_high"])
+    table = pd.concat(rows, ignore_index=True).rename(columns={"n": "patients",
+                                                               "rate": "percent"})
+    for col in ("percent", "ci_low", "ci_high"):
+        table[col] = 100.0 * table[col].astype("float64")
+    return table[["split", "group", "patients", "responders", "percent", "ci_low", "ci_high"]]
+
+
 def _responders(ctx: ReportContext, sec: Section) -> None:
     m = ctx.m
     if m.threshold_points is None and m.mcid_percent is None:
@@ -216,6 +281,29 @@ def _responders(ctx: ReportContext, sec: Section) -> None:
                          resp.cell("patients", 0), " classed patients responded",
                          Pct(resp.cell("responders", 0), resp.cell("patients", 0)),
                          f"; 95 % CI {overall['ci_low']:.0f} to {overall['ci_high']:.0f} %."))
+    ctx.attempt(sec, "The responders by arm", _responders_by_arm, ctx, sec, resp)
+
+
+def _responders_by_arm(ctx: ReportContext, sec: Section, resp: Table) -> None:
+    frame = responders_by_arm(ctx.scoped, ctx.measure)
+    if frame.empty:
+        return
+    arms = "arm" in set(frame["split"])
+    sec.para("The same responders by " + ("the arm recorded for each patient, and " if arms
+                                          else "") +
+             "by the target region each patient was treated at most often (these are not "
+             "randomised comparisons" + ("" if arms else "; the study records no arms") + ").")
+    table = ctx.add_table(sec, Table(
+        "responders_by_arm", "Responders by " + ("arm and " if arms else "") +
+        "main target region.", frame, counts=("patients", "responders"),
+        linked={c: ("patients", "responders") for c in ("percent", "ci_low", "ci_high")},
+        ratios=("percent", "ci_low", "ci_high"),
+        decimals={"percent": 0, "ci_low": 0, "ci_high": 0}, keys=("group",),
+        by_site=lambda st: responders_by_arm(st, ctx.measure)))
+    for split in frame["split"].unique():  # each split adds up to "all patients"
+        rows = [i for i, v in enumerate(frame["split"]) if v == split]
+        for col in ("patients", "responders"):
+            ctx.ledger.relate(resp.cell(col, 0), table.column_cells(col, rows))
 
 
 def _followup(ctx: ReportContext, sec: Section) -> None:

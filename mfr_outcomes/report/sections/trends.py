@@ -1,5 +1,10 @@
-"""Trends: monthly Making Data Count charts (XmR and p-charts) with their icons, and a summary
-table of every chart at the top of the section."""
+"""Trends: Making Data Count charts (XmR and p-charts) with their icons, and a summary table of
+every chart at the top of the section.
+
+Charts are monthly. When a chart has fewer monthly points with a value than its rules need
+(:data:`mfr_outcomes.qi.MIN_SPC_POINTS`), it is drawn by week (Monday to Sunday) if that gives
+enough points; each chart says its grain, and the summary table has it in its ``grain``
+column. Months named by ``--rebase`` and ``--baseline`` become the weeks starting in them."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,7 +18,10 @@ from mfr_outcomes.report.blocks import Section, Table
 from mfr_outcomes.report.context import ReportContext
 from mfr_outcomes.vocab import TREATMENT_TECHNIQUES
 
-__all__ = ["build", "monthly_frame", "chart_keys"]
+__all__ = ["build", "monthly_frame", "chart_keys", "GRAINS"]
+
+#: The grains a chart may use, in the order they are tried.
+GRAINS = ("month", "week")
 
 
 def chart_keys(measure: str) -> dict[str, str]:
@@ -24,13 +32,15 @@ def chart_keys(measure: str) -> dict[str, str]:
             "responders": "responders", "adverse_events": "sessions with an adverse event"}
 
 
-def monthly_frame(study: Any, measure: str) -> pd.DataFrame:
+def monthly_frame(study: Any, measure: str, grain: str = "month") -> pd.DataFrame:
+    """Counts and means by calendar month (or week: *grain*), the first column named after it
+    and holding the chart's labels ("2026-07"; a week by its Monday, "2026-07-06")."""
     from mfr_outcomes import qi
 
-    agg = qi.aggregate(study, measure, period="month")
+    agg = qi.aggregate(study, measure, period=grain)
     table = agg[["n_patients", "n_sessions", "n_pre", "mean_pre", "n_paired", "mean_change",
                  "n_completed", "n_responders", "responder_rate"]].copy()
-    table.insert(0, "month", agg["period"].astype(str))
+    table.insert(0, grain, [qi.period_label(p) for p in agg["period"]])
     table["responder_rate"] = 100.0 * table["responder_rate"]
     table["n_responders"] = table["n_responders"].astype("float64")
     return table.rename(columns={"responder_rate": "responder_percent", "n_patients": "patients",
@@ -50,10 +60,12 @@ def build(ctx: ReportContext, sec: Section) -> None:
         f"follow NHS England's Making Data Count: points are grey (common cause), blue "
         f"(special cause, improvement) or orange (special cause, concern); the variation icon "
         f"says what the latest point shows, and the assurance icon, when a target is set, "
-        f"whether the process will meet it. A chart with fewer than {qi.MIN_SPC_POINTS} "
-        f"months with a value says 'not enough data' instead. A month is left out of a chart (a gap) when it has fewer than "
-        f"{ctx.min_cell} patients or readings, or, for a proportion, fewer than "
-        f"{ctx.min_cell} events in it.")
+        f"whether the process will meet it. A chart needs at least {qi.MIN_SPC_POINTS} points "
+        f"with a value: with fewer months it is drawn by week (Monday to Sunday) when that "
+        f"gives enough, and otherwise says 'not enough data' instead. Each chart says its "
+        f"grain. A month "
+        f"(or week) is left out of a chart (a gap) when it has fewer than {ctx.min_cell} "
+        f"patients or readings, or, for a proportion, fewer than {ctx.min_cell} events in it.")
     sec.later(lambda: _summary(ctx))
     table = monthly_frame(ctx.study, ctx.measure)
     ctx.add_table(sec, Table(
@@ -63,43 +75,67 @@ def build(ctx: ReportContext, sec: Section) -> None:
                 "responder_percent": ("finished_care", "responders")},
         ratios=("responder_percent",), decimals={"responder_percent": 0}, keys=("month",),
         by_site=lambda st: monthly_frame(st, ctx.measure), scope="history"))
-    k = ctx.min_cell
-    months = table["month"].tolist()
-    enough = table["patients"] >= k
-    pre = table["mean_pre"].where((table["n_pre"] >= k) & enough).to_numpy()
-    change = table["mean_change"].where((table["n_paired"] >= k) & enough).to_numpy()
-    targets = ctx.options.targets
-    specs: list[tuple[str, str, Callable[[], Any], str, bool]] = [
-        (ctx.measure, f"Monthly mean {m.label} before sessions",
-         lambda: qi.xmr_chart(pre, months, measure=ctx.measure, **_layout(ctx, ctx.measure)),
+    series = _Series(ctx, table)
+    specs: list[tuple[str, str, Callable[[str], Any], str, bool]] = [
+        (ctx.measure, f"Mean {m.label} before sessions",
+         lambda g: qi.xmr_chart(*series.means(g, "mean_pre", "n_pre"), measure=ctx.measure,
+                                **_layout(ctx, ctx.measure, series.labels(g))),
          m.axis_label, False),
-        (f"{ctx.measure}_change", f"Monthly mean within-session change of {m.label}",
-         lambda: qi.xmr_chart(change, months, better=m.better,
-                              **_layout(ctx, f"{ctx.measure}_change")),
+        (f"{ctx.measure}_change", f"Mean within-session change of {m.label}",
+         lambda g: qi.xmr_chart(*series.means(g, "mean_change", "n_paired"), better=m.better,
+                                **_layout(ctx, f"{ctx.measure}_change", series.labels(g))),
          f"post − pre ({m.unit})", False)]
     if m.threshold_points is not None or m.mcid_percent is not None:
-        # a p-chart shows its counts (the limits give the denominator): a month is drawn only
-        # when both are shown here and are not small at another site (the cross-report rule)
-        ok = (table["finished_care"] >= k) & (table["responders"] >= k)
-        ok &= ~table["month"].isin(_small_elsewhere(ctx, ("finished_care", "responders")))
-        succ = table["responders"].where(ok).to_numpy(dtype="float64")
-        tot = table["finished_care"].where(ok).to_numpy(dtype="float64")
-        specs.append(("responders", "Responders among patients finishing care in the month",
-                      lambda: qi.p_chart(succ, tot, months, better="higher", what="responders",
-                                         **_layout(ctx, "responders")),
+        specs.append(("responders", "Responders among patients finishing care",
+                      lambda g: qi.p_chart(*series.proportion(g), better="higher",
+                                           what="responders",
+                                           **_layout(ctx, "responders", series.labels(g))),
                       "proportion of responders", True))
     for key, title, make, ylabel, percent in specs:
         sec.heading(title)
         ctx.attempt(sec, f"The chart '{title}'", _chart, ctx, sec, key, title, make, ylabel,
-                    percent, targets)
+                    percent, ctx.options.targets)
     sec.heading("Treatment sessions with an adverse event")
     ctx.attempt(sec, "The chart of adverse events", _ae_chart, ctx, sec)
 
 
+class _Series:
+    """The values a chart plots, by grain, with the disclosure gates applied: a mean is shown
+    when its period has at least min_cell patients and readings; a proportion when both its
+    counts are at least min_cell here and not small at another site (the limits of a p-chart
+    give its denominator)."""
+
+    def __init__(self, ctx: ReportContext, monthly: pd.DataFrame) -> None:
+        self.ctx = ctx
+        self.frames = {"month": monthly}
+
+    def frame(self, grain: str) -> pd.DataFrame:
+        if grain not in self.frames:
+            self.frames[grain] = monthly_frame(self.ctx.study, self.ctx.measure, grain)
+        return self.frames[grain]
+
+    def labels(self, grain: str) -> list[str]:
+        return self.frame(grain)[grain].tolist()
+
+    def means(self, grain: str, mean: str, n: str) -> tuple[np.ndarray, list[str]]:
+        t, k = self.frame(grain), self.ctx.min_cell
+        ok = (t[n] >= k) & (t["patients"] >= k)
+        return t[mean].where(ok).to_numpy(dtype="float64"), self.labels(grain)
+
+    def proportion(self, grain: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        t, k = self.frame(grain), self.ctx.min_cell
+        ok = (t["finished_care"] >= k) & (t["responders"] >= k)
+        ok &= ~t[grain].isin(_small_elsewhere(
+            self.ctx, ("finished_care", "responders"),
+            lambda st: monthly_frame(st, self.ctx.measure, grain), grain))
+        return (t["responders"].where(ok).to_numpy(dtype="float64"),
+                t["finished_care"].where(ok).to_numpy(dtype="float64"), self.labels(grain))
+
+
 def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...],
-                     frame_of: Callable[[Any], pd.DataFrame] | None = None) -> set[str]:
-    """Months in which another site's count of *columns* is small (from 1 to min_cell − 1)."""
-    frame_of = frame_of or (lambda st: monthly_frame(st, ctx.measure))
+                     frame_of: Callable[[Any], pd.DataFrame], key: str = "month") -> set[str]:
+    """Periods (column *key*) in which another site's count of *columns* is small (from 1 to
+    min_cell − 1)."""
     out: set[str] = set()
     for _, history in ctx.other_sites():
         try:
@@ -108,47 +144,83 @@ def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...],
             continue
         for col in columns:
             v = pd.to_numeric(other[col], errors="coerce")
-            out |= set(other.loc[(v > 0) & (v < ctx.min_cell), "month"].astype(str))
+            out |= set(other.loc[(v > 0) & (v < ctx.min_cell), key].astype(str))
     return out
 
 
-def _ae_counts(study: Any) -> pd.DataFrame:
+def _ae_counts(study: Any, grain: str = "month") -> pd.DataFrame:
+    from mfr_outcomes import qi
+
     s = study.sessions
     s = s[s["technique"].astype(str).isin(TREATMENT_TECHNIQUES) & s["adverse_event"].notna()]
     if s.empty:
-        return pd.DataFrame(columns=["month", "events", "sessions"])
-    month = pd.to_datetime(s["session_date"]).dt.to_period("M")
-    g = s.assign(_e=s["adverse_event"].astype(str) != "none", _m=month).groupby("_m")["_e"]
+        return pd.DataFrame(columns=[grain, "events", "sessions"])
+    freq = qi.PERIOD_FREQ[grain]
+    period = pd.to_datetime(s["session_date"]).dt.to_period(freq)
+    g = s.assign(_e=s["adverse_event"].astype(str) != "none", _m=period).groupby("_m")["_e"]
     counts = pd.DataFrame({"events": g.sum(), "sessions": g.size()})
-    counts = counts.reindex(pd.period_range(counts.index.min(), counts.index.max(), freq="M"),
+    counts = counts.reindex(pd.period_range(counts.index.min(), counts.index.max(), freq=freq),
                             fill_value=0)
-    return counts.assign(month=[str(p) for p in counts.index]).reset_index(drop=True)
+    return counts.assign(**{grain: [qi.period_label(p) for p in counts.index]}).reset_index(
+        drop=True)
 
 
-def _layout(ctx: ReportContext, key: str) -> dict[str, Any]:
+def _layout(ctx: ReportContext, key: str, labels: list[str]) -> dict[str, Any]:
+    """Rebase, baseline and target of a chart whose points are *labels*: months given as
+    options become the first week starting in them (rebase) and the weeks starting in them
+    (baseline) on a weekly chart."""
     o = ctx.options
-    return {"rebase": list(o.rebase) or None, "baseline": o.baseline,
-            "target": o.targets.get(key)}
+    rebase: list[Any] = list(o.rebase)
+    baseline: Any = o.baseline
+    if labels and len(labels[0]) == 10:  # weeks, by their Monday
+        months = [lab[:7] for lab in labels]
+        rebase = [months.index(r) if r in months else next(
+            (i for i, mo in enumerate(months) if mo > r), r) for r in rebase]
+        if baseline is not None:
+            first = [i for i, mo in enumerate(months) if baseline[0] <= mo <= baseline[1]]
+            baseline = (first[0], first[-1]) if first else baseline
+    return {"rebase": rebase or None, "baseline": baseline, "target": o.targets.get(key)}
 
 
-def _chart(ctx: ReportContext, sec: Section, key: str, title: str, make: Callable[[], Any],
-           ylabel: str, percent: bool, targets: dict[str, float]) -> None:
+def _chart(ctx: ReportContext, sec: Section, key: str, title: str,
+           make: Callable[[str], Any], ylabel: str, percent: bool,
+           targets: dict[str, float]) -> None:
+    """The chart *make(grain)* draws: monthly, or weekly when months are too few for its rules
+    and weeks are enough."""
     import warnings
 
-    from mfr_outcomes import plots
+    from mfr_outcomes import plots, qi
 
-    with warnings.catch_warnings():
-        # a chart's cautions are its notes, shown under it when it is drawn
-        warnings.simplefilter("ignore")
-        res = make()
+    grain, res, points = "month", None, {}
+    for g in GRAINS:
+        with warnings.catch_warnings():
+            # a chart's cautions are its notes, shown under it when it is drawn
+            warnings.simplefilter("ignore")
+            got = make(g)
+        points[g] = got.n_points
+        res = res or got
+        if not got.shortfall():
+            grain, res = g, got
+            break
+    monthly_points = points["month"]
     short = res.shortfall()
-    ctx.charts.append({"chart": title, "key": key, "points": res.n_points,
+    ctx.charts.append({"chart": title, "key": key, "grain": grain, "points": res.n_points,
                        "variation": None if short else res.variation,
                        "assurance": None if short else res.assurance,
                        "target": targets.get(key, np.nan)})
     if short:
-        sec.para(short)
+        weekly = points.get("week")
+        sec.para(short if weekly is None else
+                 f"{short} By week it would have {weekly} points with a value, too few as well.")
         return
+    if grain != "month":
+        sec.para(f"Drawn by week (Monday to Sunday, each labelled by its Monday): the monthly "
+                 f"series has only {monthly_points} months with a value, fewer than the "
+                 f"{qi.MIN_SPC_POINTS} its rules need. Weekly points rest on fewer patients, so "
+                 f"they vary more from week to week.")
+    else:
+        sec.para("Drawn by calendar month.")
+    title = f"{title}, by {grain}"
     shade = _period_shade(ctx, res)
     ctx.figure(sec, title.lower(),
                lambda: plots.spc_chart(res, ylabel=ylabel, title=title, percent=percent,
@@ -171,8 +243,8 @@ def _period_shade(ctx: ReportContext, res: Any) -> tuple[float, float] | None:
         return None
     label = ctx.options.period[2]
     start, end, _ = ctx.options.period
-    months = pd.PeriodIndex(res.points["label"].astype(str), freq="M")
-    inside = np.flatnonzero((months.start_time >= start) & (months.start_time < end))
+    starts = pd.to_datetime(res.points["label"].astype(str))  # "2026-07" or "2026-07-06"
+    inside = np.flatnonzero((starts >= start) & (starts < end))
     del label
     return (inside[0] - 0.5, inside[-1] + 0.5) if len(inside) else None
 
@@ -180,18 +252,22 @@ def _period_shade(ctx: ReportContext, res: Any) -> tuple[float, float] | None:
 def _ae_chart(ctx: ReportContext, sec: Section) -> None:
     from mfr_outcomes import qi
 
-    counts = _ae_counts(ctx.study)
-    if counts.empty:
+    if _ae_counts(ctx.study).empty:
         sec.para("Adverse events were not recorded, so there is no chart.")
         return
-    ok = (counts["sessions"] >= ctx.min_cell) & (counts["events"] >= ctx.min_cell)
-    ok &= ~counts["month"].isin(_small_elsewhere(ctx, ("events", "sessions"), _ae_counts))
-    labels = counts["month"].tolist()
-    events = counts["events"].where(ok).to_numpy(dtype="float64")
-    sessions = counts["sessions"].where(ok).to_numpy(dtype="float64")
-    _chart(ctx, sec, "adverse_events", "Treatment sessions with an adverse event",
-           lambda: qi.p_chart(events, sessions, labels, better="lower",
-                              what="sessions with an event", **_layout(ctx, "adverse_events")),
+
+    def make(grain: str) -> Any:
+        counts = _ae_counts(ctx.study, grain)
+        ok = (counts["sessions"] >= ctx.min_cell) & (counts["events"] >= ctx.min_cell)
+        ok &= ~counts[grain].isin(_small_elsewhere(
+            ctx, ("events", "sessions"), lambda st: _ae_counts(st, grain), grain))
+        labels = counts[grain].tolist()
+        return qi.p_chart(counts["events"].where(ok).to_numpy(dtype="float64"),
+                          counts["sessions"].where(ok).to_numpy(dtype="float64"), labels,
+                          better="lower", what="sessions with an event",
+                          **_layout(ctx, "adverse_events", labels))
+
+    _chart(ctx, sec, "adverse_events", "Treatment sessions with an adverse event", make,
            "proportion of sessions", True, ctx.options.targets)
 
 
@@ -199,7 +275,8 @@ def _summary(ctx: ReportContext) -> list[tuple[str, Any]]:
     """The summary of every chart with its icons (made once the charts are built)."""
     if not ctx.charts:
         return []
-    frame = pd.DataFrame(ctx.charts)[["chart", "points", "variation", "assurance", "target"]]
+    frame = pd.DataFrame(ctx.charts)[["chart", "grain", "points", "variation", "assurance",
+                                      "target"]]
     for col in ("variation", "assurance"):
         frame[col] = frame[col].astype(object).where(frame[col].notna(), None)
     table = Table("chart_summary", "Every chart of this section with its Making Data Count "
