@@ -356,22 +356,48 @@ def _add(t: _Table, line: int | None, column: str | None, value: Any, rule: str,
     t.order += 1
 
 
+@dataclass
+class _RowRule:
+    """A rule on the rows of one staged table: its offending rows meet *cond*; *cols* (SQL) are
+    handed to *make* after the row number, which gives (value, sentence) or (value, sentence,
+    rule); *reason* is the SQL of ``_reason`` when it excludes (the rule's name by default);
+    *more* the sentence of the rows past the cap."""
+
+    cond: str
+    cols: str
+    rule: str
+    column: str | None
+    action: str
+    make: Callable[[tuple], tuple]
+    reason: str | None = None
+    more: Callable[[int, int], str] | None = None
+
+
+def _emit(t: _Table, r: _RowRule, rows: list[tuple], count: Callable[[], int], cap: int) -> None:
+    """Findings of the first *cap* offending *rows* (in row order; cap + 1 fetched) and one for
+    the rest (*count*: all offending rows, asked only when there are more)."""
+    for row in rows[:cap]:
+        out = r.make(row)
+        _add(t, row[0], r.column, out[0], out[2] if len(out) > 2 else r.rule, out[1], r.action)
+    if len(rows) > cap:
+        more = count() - cap
+        text = r.more(more, cap) if r.more else (
+            f"and {more} more row(s) with the same problem ({r.rule.replace('_', ' ')}); only "
+            f"the first {cap} are listed")
+        _add(t, rows[cap][0], r.column, None, r.rule, text, r.action)
+
+
 def _rule(con: Any, t: _Table, cond: str, cols: str, rule: str, column: str | None,
           action: str, make: Callable[[tuple], tuple[Any, str]], cap: int,
           exclude: bool | None = None, table: str | None = None) -> None:
-    """Findings of the rows of *t* meeting *cond* (the first *cap*, the rest counted), then the
-    exclusion of those rows (first rule wins)."""
+    """Findings of the rows of *t* (or of *table*, a view of them) meeting *cond* (the first
+    *cap*, the rest counted), then the exclusion of those rows (first rule wins)."""
     frm = table or t.stage
     rows = con.execute(f"SELECT _line, {cols} FROM {frm} WHERE {cond} ORDER BY _line "
                        f"LIMIT {cap + 1}").fetchall()
-    for r in rows[:cap]:
-        value, text = make(r)
-        _add(t, r[0], column, value, rule, text, action)
-    if len(rows) > cap:
-        more = int(con.execute(f"SELECT count(*) FROM {frm} WHERE {cond}").fetchone()[0]) - cap
-        _add(t, rows[cap][0], column, None, rule,
-             f"and {more} more row(s) with the same problem ({rule.replace('_', ' ')}); only the "
-             f"first {cap} are listed", action)
+    _emit(t, _RowRule(cond, cols, rule, column, action, make), rows,
+          lambda: int(con.execute(f"SELECT count(*) FROM {frm} WHERE {cond}").fetchone()[0]),
+          cap)
     if exclude if exclude is not None else action == "excluded":
         if table is None:
             con.execute(f"UPDATE {t.stage} SET _reason = {_lit(rule)} WHERE _reason IS NULL AND "
@@ -379,6 +405,39 @@ def _rule(con: Any, t: _Table, cond: str, cols: str, rule: str, column: str | No
         else:
             con.execute(f"UPDATE {t.stage} SET _reason = {_lit(rule)} WHERE _reason IS NULL AND "
                         f"_line IN (SELECT _line FROM {frm} WHERE {cond})")
+
+
+def _row_rules(con: Any, t: _Table, rules: list[_RowRule], nulls: list[tuple[int, str]],
+               cap: int) -> None:
+    """All row rules of a table in one scan, then one UPDATE.
+
+    One SELECT computes for every rule its count (``count(*) FILTER``) and its first cap + 1
+    offending rows (``arg_min(row(...), _line, cap + 1) FILTER``); the findings are made rule by
+    rule in the rules' order (as one query a rule made them). The UPDATE sets ``_reason`` to the
+    first excluding rule a row meets (``CASE`` in the rules' order: the first rule wins, as
+    one UPDATE a rule did) and *nulls* (column index, condition) set optional values missing;
+    every condition reads the values as staged, which is what the sequential statements read
+    (each rule reads only its own column, and a column is set missing after its own rules).
+    """
+    if rules:
+        aggs = [a for r in rules for a in (
+            f"count(*) FILTER (WHERE {r.cond})",
+            f"arg_min(row(_line, {r.cols}), _line, {cap + 1}) FILTER (WHERE {r.cond})")]
+        got = con.execute(f"SELECT {', '.join(aggs)} FROM {t.stage}").fetchone()
+        for k, r in enumerate(rules):
+            n, rows = int(got[2 * k]), [tuple(x) for x in (got[2 * k + 1] or [])]
+            _emit(t, r, rows, lambda n=n: n, cap)
+    sets, where = [], []
+    excl = [r for r in rules if r.action == "excluded"]
+    if excl:
+        case = " ".join(f"WHEN {r.cond} THEN {r.reason or _lit(r.rule)}" for r in excl)
+        sets.append(f"_reason = coalesce(_reason, CASE {case} END)")
+        where.append("(_reason IS NULL AND (" + " OR ".join(f"({r.cond})" for r in excl) + "))")
+    for i, cond in nulls:
+        sets.append(f"v_{i} = CASE WHEN {cond} THEN NULL ELSE v_{i} END")
+        where.append(f"({cond})")
+    if sets:
+        con.execute(f"UPDATE {t.stage} SET {', '.join(sets)} WHERE {' OR '.join(where)}")
 
 
 def _needed(table: str, spec: Any) -> bool:
@@ -393,7 +452,9 @@ def _shown_value(v: Any) -> str | None:
     return str(v)
 
 
-def _coerce(con: Any, t: _Table, cap: int, dayfirst: bool) -> None:
+def _coerce(t: _Table, dayfirst: bool) -> list[_RowRule]:
+    """Required cells present, and cells of the column's type, per column in order."""
+    rules = []
     for i, spec in enumerate(t.specs):
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         if spec.required and spec.name in t.present:
@@ -401,8 +462,8 @@ def _coerce(con: Any, t: _Table, cap: int, dayfirst: bool) -> None:
                 if r[1] is not None:
                     return r[1], f"{name} = {r[1]}, a missing-value marker, but it is required"
                 return None, f"{name} is empty, but it is required"
-            _rule(con, t, f"r_{i} IS NULL", f"k_{i}", "missing_value", spec.name, "excluded",
-                  mv, cap)
+            rules.append(_RowRule(f"r_{i} IS NULL", f"k_{i}", "missing_value", spec.name,
+                                  "excluded", mv))
         if spec.kind in ("int", "float", "date", "time", "bool"):
             rule = {"int": "not_a_number", "float": "not_a_number", "date": "invalid_date",
                     "time": "invalid_time", "bool": "wrong_type"}[spec.kind]
@@ -417,11 +478,16 @@ def _coerce(con: Any, t: _Table, cap: int, dayfirst: bool) -> None:
                 text = _shown_value(r[1])
                 why = (date_problem(text) or what) if kind == "date" else what
                 return text, f"{name} = {text}, {why}"
-            _rule(con, t, f"r_{i} IS NOT NULL AND v_{i} IS NULL", f"r_{i}", rule, spec.name,
-                  bad_action, conv, cap)
+            rules.append(_RowRule(f"r_{i} IS NOT NULL AND v_{i} IS NULL", f"r_{i}", rule,
+                                  spec.name, bad_action, conv))
+    return rules
 
 
-def _checks(con: Any, t: _Table, cap: int, measures: Mapping[str, Measure]) -> None:
+def _checks(t: _Table, measures: Mapping[str, Measure]
+            ) -> tuple[list[_RowRule], list[tuple[int, str]]]:
+    """Ranges, whole numbers, categories and measures per column in order; and the optional
+    columns whose failing values are set missing."""
+    rules, nulls = [], []
     for i, spec in enumerate(t.specs):
         action = "excluded" if _needed(t.name, spec) else "missing"
         fails: list[tuple[str, str]] = []
@@ -454,57 +520,49 @@ def _checks(con: Any, t: _Table, cap: int, measures: Mapping[str, Measure]) -> N
                 return raw, (f"measure = {raw}, not a registered measure (known: "
                              f"{', '.join(measures)})")
             act = "excluded" if rule == "unknown_measure" else action
-            _rule(con, t, f"v_{i} IS NOT NULL AND ({cond})", f"r_{i}", rule, spec.name, act,
-                  make, cap)
+            rules.append(_RowRule(f"v_{i} IS NOT NULL AND ({cond})", f"r_{i}", rule, spec.name,
+                                  act, make))
         if action == "missing" and fails:
             cond = " OR ".join(f"({c})" for c, _ in fails)
-            con.execute(f"UPDATE {t.stage} SET v_{i} = NULL WHERE v_{i} IS NOT NULL AND "
-                        f"({cond})")
+            nulls.append((i, f"v_{i} IS NOT NULL AND ({cond})"))
     if t.name == "measurements":
-        _measure_checks(con, t, cap, measures)
+        rules.append(_measure_rule(t, measures))
+    return rules, nulls
 
 
 def _col(t: _Table, name: str) -> int:
     return [s.name for s in t.specs].index(name)
 
 
-def _measure_checks(con: Any, t: _Table, cap: int, measures: Mapping[str, Measure]) -> None:
+def _measure_rule(t: _Table, measures: Mapping[str, Measure]) -> _RowRule:
+    """A value outside its measure's range, or not whole for a whole-number measure (one rule
+    in row order, as the in-memory loop): the measures' bounds as CASE expressions."""
     m, v = _col(t, "measure"), _col(t, "value")
     rows = [(c, float(x.low), float(x.high), bool(x.integer)) for c, x in measures.items()
             if x.low is not None and x.high is not None
             and not (math.isnan(float(x.low)) or math.isnan(float(x.high)))]
-    con.execute("CREATE OR REPLACE TEMP TABLE _measures (code VARCHAR, low DOUBLE, high DOUBLE, "
-                "whole BOOLEAN)")
-    if rows:
-        con.executemany("INSERT INTO _measures VALUES (?, ?, ?, ?)", rows)
-    joined = f"(SELECT s.*, g.code, g.low, g.high, g.whole FROM {t.stage} s JOIN _measures g " \
-             f"ON s.v_{m} = g.code WHERE s.v_{v} IS NOT NULL)"
-    out = f"(v_{v} < low OR v_{v} > high)"
-    frac = f"whole AND v_{v} <> round(v_{v}) AND NOT {out}"
 
-    def make_out(r: tuple) -> tuple[Any, str]:
-        raw, code = _shown_value(r[1]), r[2]
-        return raw, f"value = {raw}, must be {measures[code].range_text()} for {code}"
+    def per(k: int) -> str:
+        if not rows:
+            return "NULL"
+        return f"(CASE v_{m} " + " ".join(f"WHEN {_lit(r[0])} THEN {r[k]!r}" for r in rows) + \
+            " END)"
+    low, high, whole = per(1), per(2), per(3).replace("True", "true").replace("False", "false")
+    out = f"(v_{v} < {low} OR v_{v} > {high})"
+    frac = f"{whole} AND v_{v} <> round(v_{v}) AND NOT {out}"
+    cond = f"v_{v} IS NOT NULL AND {low} IS NOT NULL AND (({out}) OR ({frac}))"
 
-    def make_frac(r: tuple) -> tuple[Any, str]:
+    def make(r: tuple) -> tuple[Any, str, str]:
         raw, code = _shown_value(r[1]), r[2]
-        return raw, f"value = {raw}, must be a whole number for {code}"
-    # one pass in row order: out of range and not whole are one loop in memory
-    cond = f"({out}) OR ({frac})"
-    rows_ = con.execute(f"SELECT _line, r_{v}, code, {out} FROM {joined} WHERE {cond} "
-                        f"ORDER BY _line LIMIT {cap + 1}").fetchall()
-    for r in rows_[:cap]:
-        value, text = (make_out if r[3] else make_frac)(r)
-        _add(t, r[0], "value", value, "out_of_range" if r[3] else "not_integer", text,
-             "excluded")
-    if len(rows_) > cap:
-        more = int(con.execute(f"SELECT count(*) FROM {joined} WHERE {cond}").fetchone()[0])
-        _add(t, rows_[cap][0], "value", None, "out_of_range",
-             f"and {more - cap} more reading(s) outside their measure's range or not whole; only "
-             f"the first {cap} are listed", "excluded")
-    con.execute(f"UPDATE {t.stage} SET _reason = CASE WHEN {out} THEN 'out_of_range' ELSE "
-                f"'not_integer' END FROM _measures g WHERE _reason IS NULL AND v_{m} = g.code "
-                f"AND v_{v} IS NOT NULL AND (({out}) OR ({frac}))")
+        if r[3]:
+            return raw, f"value = {raw}, must be {measures[code].range_text()} for {code}", \
+                "out_of_range"
+        return raw, f"value = {raw}, must be a whole number for {code}", "not_integer"
+    return _RowRule(cond, f"r_{v}, v_{m}, {out}", "out_of_range", "value", "excluded", make,
+                    reason=f"CASE WHEN {out} THEN 'out_of_range' ELSE 'not_integer' END",
+                    more=lambda more, cap: (f"and {more} more reading(s) outside their measure's "
+                                            f"range or not whole; only the first {cap} are "
+                                            f"listed"))
 
 
 def _duplicates(con: Any, t: _Table, cap: int) -> None:
@@ -722,8 +780,8 @@ def validate_sql(source: Any, *, dayfirst: bool = False, decimal: str = ".", cap
             t = _Table(name, f"st_{name}", file, table_specs(name), cols, types)
             tables[name] = t
             _stage(con, t, frm, decimal, dayfirst)
-            _coerce(con, t, cap, dayfirst)
-            _checks(con, t, cap, known)
+            rules, nulls = _checks(t, known)
+            _row_rules(con, t, _coerce(t, dayfirst) + rules, nulls, cap)
             _duplicates(con, t, cap)
         p, s, m = tables["patients"], tables["sessions"], tables["measurements"]
         _foreign(con, s, p, "patient_id", "patient", cap)
