@@ -409,33 +409,37 @@ def _rule(con: Any, t: _Table, cond: str, cols: str, rule: str, column: str | No
 
 def _row_rules(con: Any, t: _Table, rules: list[_RowRule], nulls: list[tuple[int, str]],
                cap: int) -> None:
-    """All row rules of a table in one scan, then one UPDATE.
+    """All row rules of a table: one scan counts the rows of every rule, then only the rules
+    that have rows fetch their first cap + 1 (and, on data without faults, nothing more runs).
 
-    One SELECT computes for every rule its count (``count(*) FILTER``) and its first cap + 1
-    offending rows (``arg_min(row(...), _line, cap + 1) FILTER``); the findings are made rule by
-    rule in the rules' order (as one query a rule made them). The UPDATE sets ``_reason`` to the
-    first excluding rule a row meets (``CASE`` in the rules' order: the first rule wins, as
-    one UPDATE a rule did) and *nulls* (column index, condition) set optional values missing;
-    every condition reads the values as staged, which is what the sequential statements read
-    (each rule reads only its own column, and a column is set missing after its own rules).
+    The counts are one SELECT of ``count(*) FILTER (WHERE ...)``; the findings are made rule by
+    rule in the rules' order (as one query a rule made them). One UPDATE sets ``_reason`` to the
+    first excluding rule a row meets (``CASE`` in the rules' order: the first rule wins, as one
+    UPDATE a rule did) and *nulls* (column index, condition) set optional values missing; every
+    condition reads the values as staged, which is what the sequential statements read (each
+    rule reads only its own column, and a column is set missing after its own rules).
     """
-    if rules:
-        aggs = [a for r in rules for a in (
-            f"count(*) FILTER (WHERE {r.cond})",
-            f"arg_min(row(_line, {r.cols}), _line, {cap + 1}) FILTER (WHERE {r.cond})")]
-        got = con.execute(f"SELECT {', '.join(aggs)} FROM {t.stage}").fetchone()
-        for k, r in enumerate(rules):
-            n, rows = int(got[2 * k]), [tuple(x) for x in (got[2 * k + 1] or [])]
+    conds = [r.cond for r in rules] + [c for _, c in nulls]
+    if not conds:
+        return
+    got = con.execute("SELECT " + ", ".join(f"count(*) FILTER (WHERE {c})" for c in conds)
+                      + f" FROM {t.stage}").fetchone()
+    counts = [int(n) for n in got]
+    for r, n in zip(rules, counts):
+        if n:
+            rows = con.execute(f"SELECT _line, {r.cols} FROM {t.stage} WHERE {r.cond} ORDER BY "
+                               f"_line LIMIT {cap + 1}").fetchall()
             _emit(t, r, rows, lambda n=n: n, cap)
     sets, where = [], []
-    excl = [r for r in rules if r.action == "excluded"]
+    excl = [r for r, n in zip(rules, counts) if n and r.action == "excluded"]
     if excl:
         case = " ".join(f"WHEN {r.cond} THEN {r.reason or _lit(r.rule)}" for r in excl)
         sets.append(f"_reason = coalesce(_reason, CASE {case} END)")
         where.append("(_reason IS NULL AND (" + " OR ".join(f"({r.cond})" for r in excl) + "))")
-    for i, cond in nulls:
-        sets.append(f"v_{i} = CASE WHEN {cond} THEN NULL ELSE v_{i} END")
-        where.append(f"({cond})")
+    for (i, cond), n in zip(nulls, counts[len(rules):]):
+        if n:
+            sets.append(f"v_{i} = CASE WHEN {cond} THEN NULL ELSE v_{i} END")
+            where.append(f"({cond})")
     if sets:
         con.execute(f"UPDATE {t.stage} SET {', '.join(sets)} WHERE {' OR '.join(where)}")
 
