@@ -194,6 +194,16 @@ class ScaleStudy:
             LEFT JOIN a_patients p ON s.patient_id = p.patient_id
             WHERE m.measure = {_lit(measure)}"""
 
+    def _frame_table(self, measure: str) -> str:
+        """A temporary DuckDB table of :meth:`frame_sql` (made on first use): the fit's dozen
+        aggregates then scan its columns instead of joining the three tables each time."""
+        name = self._cache.get(("table", measure))
+        if name is None:
+            name = f"_frame_{len(self._cache)}"
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {self.frame_sql(measure)}")
+            self._cache[("table", measure)] = name
+        return name
+
     def followup_sql(self, measure: str) -> str:
         """``models.domain.followup_frame`` of *measure* as a DuckDB query: pre readings, per
         patient and side the first and last of treatment visits (baseline, discharge) and the
@@ -204,7 +214,7 @@ class ScaleStudy:
             WHEN _first = 1 THEN 'baseline' ELSE 'discharge' END AS stage FROM (
             SELECT *, row_number() OVER ({win} ORDER BY session_number, session_id) AS _first,
             row_number() OVER ({win} ORDER BY session_number DESC, session_id DESC) AS _last
-            FROM ({self.frame_sql(measure)}) WHERE post = 0 AND side IS NOT NULL)
+            FROM {self._frame_table(measure)} WHERE post = 0 AND side IS NOT NULL)
             WHERE _last = 1 OR (_first = 1 AND NOT {fu})"""
 
     def frame_dask(self, measure: str) -> Any:
@@ -260,8 +270,8 @@ class ScaleStudy:
         stages = any(f.column == "stage" for f in filters)
         if self.kind == "duckdb":
             where = " AND ".join(f.sql() for f in filters) or "true"
-            base = self.followup_sql(measure) if stages else self.frame_sql(measure)
-            return f"SELECT * FROM ({base}) WHERE {where}"
+            base = f"({self.followup_sql(measure)})" if stages else self._frame_table(measure)
+            return f"SELECT * FROM {base} WHERE {where}"
         ddf = self.followup_dask(measure) if stages else self.frame_dask(measure)
         for f in filters:
             ddf = ddf[f.mask(ddf)]
