@@ -8,9 +8,12 @@ report (``tests/test_scale_validate.py`` compares them on the shipped synthetic 
 bad-file corpus). Each table is staged once as a DuckDB table (spilled to disk when it does not
 fit in memory) holding, per row: its row number, the cell text (trimmed, missing-value markers
 missing, defaults filled), the marker as written, the typed value, and the first rule that
-excluded the row. Every rule is then one ``WHERE`` over the staged tables: its first
-:data:`CAP` offending rows are fetched and turned into findings with the in-memory sentences; the
-rest are counted in one finding. Row accounting is counted exactly in SQL.
+excluded the row. The rules on single rows of a table are counted together in one scan
+(``count(*) FILTER``), only rules with rows fetch their first :data:`CAP` (turned into findings
+with the in-memory sentences; the rest counted in one finding), and one UPDATE marks the
+exclusions (first rule wins, by CASE); the rules across rows are one query each, with the
+sentences of ``scale.rule_text`` shared with ``table_rules``. Row accounting is counted exactly
+in SQL.
 
 Not covered here (the in-memory path is used instead): clinic profiles and column maps, and CSV,
 workbook or URL sources (they are read into memory anyway).
@@ -30,6 +33,7 @@ from mfr_outcomes import vocab
 from mfr_outcomes.cells import FALSE_WORDS, NA_TOKENS, TRUE_WORDS, date_problem
 from mfr_outcomes.findings import Finding, RowAccount, ValidationReport
 from mfr_outcomes.measures import MEASURES, Measure
+from mfr_outcomes.scale import rule_text
 from mfr_outcomes.schema import _range_text
 from mfr_outcomes.table_rules import (
     CAUTION,
@@ -581,12 +585,7 @@ def _duplicates(con: Any, t: _Table, cap: int) -> None:
     names = list(KEYS[t.name])
 
     def make(r: tuple) -> tuple[Any, str]:
-        vals = [str(x) for x in r[1:-1]]
-        where = f"row {int(r[-1])}"
-        if len(names) == 1:
-            return vals[0], f"{names[0]} = {vals[0]} repeats {where}"
-        label = ", ".join(f"{k} {v}" for k, v in zip(names, vals))
-        return "/".join(vals), f"reading ({label}) repeats {where}"
+        return rule_text.duplicate(names, [str(x) for x in r[1:-1]], f"row {int(r[-1])}")
     rule = "duplicate_key" if len(names) == 1 else "duplicate_reading"
     _rule(con, t, "true", f"{part}, _first", rule, names[0] if len(names) == 1 else None,
           "excluded", make, cap, table=view)
@@ -598,7 +597,7 @@ def _foreign(con: Any, child: _Table, parent: _Table, key: str, label: str, cap:
     used = f"(SELECT DISTINCT v_{pk} AS k FROM {parent.stage} WHERE v_{pk} IS NOT NULL AND " \
            f"_reason IS NULL)"
     _rule(con, child, f"v_{ck} IS NOT NULL AND v_{ck} NOT IN {everyone}", f"v_{ck}", "orphan",
-          key, "excluded", lambda r: (str(r[1]), f"{key} = {r[1]} is not in {parent.name}"), cap)
+          key, "excluded", lambda r: (str(r[1]), rule_text.orphan(key, r[1], parent.name)), cap)
     cond = f"_reason IS NULL AND v_{ck} IN {everyone} AND v_{ck} NOT IN {used}"
     groups = con.execute(f"SELECT v_{ck}, min(_line) AS first, count(*), list(_line ORDER BY "
                          f"_line)[1:10] FROM {child.stage} WHERE {cond} GROUP BY v_{ck} "
@@ -609,8 +608,8 @@ def _foreign(con: Any, child: _Table, parent: _Table, key: str, label: str, cap:
         child.findings.append((child.order, Finding(
             table=child.name, file=child.file, line=int(first), column=key, value=k,
             rule="cascade",
-            message=f"{child.file} {unit} {lines_text}: excluded because {label} {k} was "
-                    f"excluded", action="excluded")))
+            message=rule_text.cascade(child.file, unit, lines_text, label, k),
+            action="excluded")))
         child.order += 1
     if len(groups) > cap:
         more = int(con.execute(f"SELECT count(DISTINCT v_{ck}) FROM {child.stage} WHERE {cond}"
@@ -636,8 +635,7 @@ def _session_dates(con: Any, s: _Table, p: _Table, cap: int) -> None:
                 f"s._reason IS NULL AND e.v IS NOT NULL AND s.v_{date} IS NOT NULL AND "
                 f"s.v_{date} < e.v")
     _rule(con, s, "true", f"r_{date}, v, v_{pid}", "before_enrolment", "session_date", "kept",
-          lambda r: (r[1], f"session_date = {r[1]} is before enrolled_on {r[2]:%Y-%m-%d} of "
-                           f"patient {r[3]}"), cap, table=view)
+          lambda r: (r[1], rule_text.before_enrolment(r[1], r[2], r[3])), cap, table=view)
     order = f"v_{date} ASC NULLS LAST, v_{num} ASC NULLS LAST, _line"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _order AS SELECT _line, v_{pid} AS pid, "
                 f"v_{date} AS d, v_{num} AS given, r_{num} AS raw_num, r_{date} AS raw_date, "
@@ -682,9 +680,7 @@ def _given_numbers(con: Any, s: _Table, cap: int) -> None:
     cond = (f"n_known < n_all AND n_known > 0 AND given IS NULL AND raw_num IS NULL AND pid NOT "
             f"IN {bad_pids}")
     _rule(con, s, cond, "pid", "session_order", "session_number", "kept",
-          lambda r: (None, f"session_number is empty while other visits of patient {r[1]} are "
-                           f"numbered; numbers of this patient are taken from date order"),
-          cap, table="_order")
+          lambda r: (None, rule_text.number_missing(r[1])), cap, table="_order")
 
 
 def _order_text(sub: pd.DataFrame, known: pd.DataFrame, j: Any) -> tuple[int, str, Any, str]:
@@ -705,9 +701,7 @@ def _distant(con: Any, s: _Table, which: str, cap: int) -> None:
         use_prev = g_prev is not None and (g_next is None or g_prev <= g_next)
         near = pd.Timestamp(d) - pd.Timedelta(days=int(g_prev)) if use_prev else \
             pd.Timestamp(d) + pd.Timedelta(days=int(g_next))
-        return raw, (f"session_date = {raw} is more than a year from every other visit of "
-                     f"patient {pid} (nearest {near:%Y-%m-%d}): a mistyped year? session numbers "
-                     f"follow date order")
+        return raw, rule_text.distant_date(raw, pid, near)
     _rule(con, s, cond, f"raw_date, pid, d, {gp}, {gn}", "distant_date", "session_date", "kept",
           make, cap, table="_order")
 
@@ -719,16 +713,14 @@ def _post_checks(con: Any, m: _Table, s: _Table, cap: int) -> None:
                 f"FROM {m.stage} m JOIN {tech} t ON m.v_{sid} = t.k WHERE m._reason IS NULL AND "
                 f"m.v_{ph} = 'post' AND t.v = 'none'")
     _rule(con, m, "true", f"v_{ms}, v_{sid}", "post_on_assessment", "phase", "excluded",
-          lambda r: ("post", f"post reading of {r[1]} in session {r[2]}, an assessment-only "
-                             f"visit (technique none)"), cap, table="_assess")
+          lambda r: ("post", rule_text.post_on_assessment(r[1], r[2])), cap, table="_assess")
     pre = f"(SELECT v_{sid} AS a, v_{ms} AS b, v_{sd} AS c FROM {m.stage} WHERE _reason IS NULL " \
           f"AND v_{ph} = 'pre' AND v_{sid} IS NOT NULL AND v_{ms} IS NOT NULL AND v_{sd} IS NOT " \
           f"NULL)"
     cond = (f"_reason IS NULL AND v_{ph} = 'post' AND NOT EXISTS (SELECT 1 FROM {pre} p WHERE "
             f"p.a = v_{sid} AND p.b = v_{ms} AND p.c = v_{sd})")
     _rule(con, m, cond, f"v_{ms}, v_{sd}, v_{sid}", "post_without_pre", "phase", "kept",
-          lambda r: ("post", f"post reading of {r[1]} (side {r[2]}) in session {r[3]} has no "
-                             f"pre reading"), cap)
+          lambda r: ("post", rule_text.post_without_pre(r[1], r[2], r[3])), cap)
 
 
 def _account(con: Any, t: _Table) -> RowAccount:
