@@ -65,7 +65,7 @@ _LOAD = textwrap.dedent("""
 
 
 _REGISTRY = textwrap.dedent("""
-    import json, resource, sys, time, warnings
+    import json, resource, sys, time, tracemalloc, warnings
     warnings.simplefilter("ignore")
     import pyarrow.parquet as pq
     import mfr_outcomes as mfr
@@ -75,6 +75,8 @@ _REGISTRY = textwrap.dedent("""
     def rss():
         return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
     base = rss()
+    formula = ""
+    tracemalloc.start()
     t = time.perf_counter()
     if what == "arrow":
         n = sum(pq.read_table(f"{src}/{k}.parquet").num_rows for k in ("measurements",))
@@ -87,10 +89,12 @@ _REGISTRY = textwrap.dedent("""
     else:
         study = ScaleStudy.from_duckdb(src)
         fit = mfr.fit_prepost(study, "pain_nrs")
-        n = int(fit.nobs)
+        n, formula = int(fit.nobs), fit.formula
     sec = time.perf_counter() - t
+    py_peak = tracemalloc.get_traced_memory()[1] / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": sec, "peak_mb": peak - base, "rows": n}))
+    print(json.dumps({"seconds": sec, "peak_mb": peak - base, "python_peak_mb": py_peak,
+                      "rss_peak_mb": peak, "rows": n, "formula": formula}))
 """)
 
 
@@ -121,14 +125,18 @@ def write_registry(folder: Path, readings: int) -> dict[str, float]:
     return {"parquet": sum(f.stat().st_size for f in folder.iterdir()) / 2**20}
 
 
-def registry_table(sizes: list[int], memory_max: int) -> list[dict]:
+STEPS = ("arrow", "validate", "load_study", "fit_prepost")
+
+
+def registry_table(sizes: list[int], memory_max: int, steps: tuple[str, ...] = STEPS
+                   ) -> list[dict]:
     out = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "registry"
             mb = write_registry(folder, n)
             arrow = None
-            for what in ("arrow", "validate", "load_study", "fit_prepost"):
+            for what in ("arrow", *[s for s in steps if s != "arrow"]):
                 if what == "load_study" and n > memory_max:
                     continue
                 res = subprocess.run([sys.executable, "-c", _REGISTRY, str(folder), what],
@@ -143,14 +151,15 @@ def registry_table(sizes: list[int], memory_max: int) -> list[dict]:
 
 
 def registry_markdown(rows: list[dict]) -> str:
-    lines = ["| readings | Parquet (MB) | what | seconds | ratio to Arrow | peak added (MB) |",
-             "|---:|---:|---|---:|---:|---:|"]
+    lines = ["| readings | Parquet (MB) | what | seconds | ratio to Arrow | peak RSS added (MB) "
+             "| peak Python (tracemalloc, MB) |", "|---:|---:|---|---:|---:|---:|---:|"]
     names = {"arrow": "Arrow read (floor)", "validate": "validate, engine duckdb",
              "load_study": "load_study (in memory)",
              "fit_prepost": "ScaleStudy.from_duckdb + fit_prepost"}
     for r in rows:
         lines.append(f"| {r['readings']:,} | {r['size_mb']:.0f} | {names[r['what']]} | "
-                     f"{r['seconds']:.1f} | {r['ratio']:.1f} | {r['peak_mb']:.0f} |")
+                     f"{r['seconds']:.1f} | {r['ratio']:.1f} | {r['peak_mb']:.0f} | "
+                     f"{r.get('python_peak_mb', float('nan')):.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -241,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patients", type=int, nargs="*", default=[2_000, 10_000, 15_000])
     p.add_argument("--registry", type=int, nargs="*", default=[],
                    help="readings of DuckDB-written registries (e.g. 1000000 20000000)")
+    p.add_argument("--steps", nargs="*", default=list(STEPS), choices=STEPS,
+                   help="registry steps to run (Arrow's read always runs: the floor)")
     p.add_argument("--memory-max", type=int, default=2_000_000,
                    help="largest registry also loaded in memory with load_study")
     p.add_argument("--reps", type=int, default=2)
@@ -253,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.registry:
-        reg = registry_table(args.registry, args.memory_max)
+        reg = registry_table(args.registry, args.memory_max, tuple(args.steps))
         (out / "registry.md").write_text(registry_markdown(reg), encoding="utf-8")
         (out / "registry.json").write_text(json.dumps(reg, indent=1), encoding="utf-8")
         print(registry_markdown(reg))

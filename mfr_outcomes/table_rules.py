@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mfr_outcomes.findings import Finding, RowAccount
+from mfr_outcomes.scale import rule_text
 
 __all__ = [
     "TableState",
@@ -197,14 +198,10 @@ def duplicates(t: TableState) -> None:
     first_of = dict(zip(idx[is_dup], first_row[is_dup]))
     for i in dup:
         row = tuple(c.iat[i] for c in cols)
-        where = f"{t.unit} {int(t.lines[first_of[i]])}"
-        if len(keys) == 1:
-            t.add(int(i), keys[0], row[0], "duplicate_key",
-                  f"{keys[0]} = {row[0]} repeats {where}", "excluded")
-        else:
-            label = ", ".join(f"{k} {v}" for k, v in zip(keys, row))
-            t.add(int(i), None, "/".join(map(str, row)), "duplicate_reading",
-                  f"reading ({label}) repeats {where}", "excluded")
+        value, text = rule_text.duplicate(keys, row, f"{t.unit} {int(t.lines[first_of[i]])}")
+        one = len(keys) == 1
+        t.add(int(i), keys[0] if one else None, value,
+              "duplicate_key" if one else "duplicate_reading", text, "excluded")
 
 
 def foreign(child: TableState, parent: TableState, key: str, parent_label: str) -> None:
@@ -221,7 +218,7 @@ def foreign(child: TableState, parent: TableState, key: str, parent_label: str) 
         in_used[unsure] = isin_text(ck[unsure], pkeys[parent.ok])
     for i in np.flatnonzero(present & ~in_all):
         k = ck.iat[i]
-        child.add(int(i), key, k, "orphan", f"{key} = {k} is not in {parent.name}", "excluded")
+        child.add(int(i), key, k, "orphan", rule_text.orphan(key, k, parent.name), "excluded")
     rows = np.flatnonzero(present & in_all & ~in_used & child.ok)
     if not len(rows):
         return
@@ -235,8 +232,7 @@ def foreign(child: TableState, parent: TableState, key: str, parent_label: str) 
         child.findings.append(Finding(
             table=child.name, file=child.file, line=int(lines[0]), column=key, value=k,
             rule="cascade",
-            message=f"{child.file} {unit} {shown(lines)}: excluded because {parent_label} {k} "
-                    f"was excluded",
+            message=rule_text.cascade(child.file, unit, shown(lines), parent_label, k),
             action="excluded"))
     child.exclude(rows, "cascade")
 
@@ -326,8 +322,7 @@ def _before_enrolment(s: TableState, p: TableState) -> None:
     for i in np.flatnonzero(early):
         raw = s.raw["session_date"].iat[i]
         s.add(int(i), "session_date", raw, "before_enrolment",
-              f"session_date = {raw} is before enrolled_on {e.iat[i]:%Y-%m-%d} of patient "
-              f"{pid.iat[i]}", "kept")
+              rule_text.before_enrolment(raw, e.iat[i], pid.iat[i]), "kept")
 
 
 def session_dates(s: TableState, p: TableState) -> None:
@@ -387,8 +382,7 @@ def _given_numbers(s: TableState, sub: pd.DataFrame, out: np.ndarray) -> np.ndar
         row = int(sub["row"].iat[k])
         if s.text("session_number", row) is None:  # else already reported as not a number
             s.add(row, "session_number", None, "session_order",
-                  f"session_number is empty while other visits of patient {sub['pid'].iat[k]} "
-                  f"are numbered; numbers of this patient are taken from date order", "kept")
+                  rule_text.number_missing(sub["pid"].iat[k]), "kept")
     keep = full
     out = out.copy()
     out[keep] = sub["given"].to_numpy()[keep]
@@ -447,9 +441,7 @@ def _distant_dates(s: TableState, sub: pd.DataFrame) -> None:
             date + pd.Timedelta(days=int(gap_next.iat[k]))
         raw = s.raw["session_date"].iat[row]
         s.add(row, "session_date", raw, "distant_date",
-              f"session_date = {raw} is more than a year from every other visit of patient "
-              f"{pid} (nearest {near:%Y-%m-%d}): a mistyped year? session numbers follow date "
-              f"order", "kept")
+              rule_text.distant_date(raw, pid, near), "kept")
 
 
 def post_checks(m: TableState, s: TableState) -> None:
@@ -459,12 +451,10 @@ def post_checks(m: TableState, s: TableState) -> None:
     post = (m.typed["phase"] == "post").to_numpy()
     for i in np.flatnonzero(m.ok & post & none):
         m.add(int(i), "phase", "post", "post_on_assessment",
-              f"post reading of {measure.iat[i]} in session {sid.iat[i]}, an assessment-only "
-              f"visit (technique none)", "excluded")
+              rule_text.post_on_assessment(measure.iat[i], sid.iat[i]), "excluded")
     code = _codes(m, ["session_id", "measure", "side"])
     pre = (m.typed["phase"] == "pre").to_numpy() & m.ok
     lone = m.ok & post & ~_member(code, code[pre])
     for i in np.flatnonzero(lone):
         m.add(int(i), "phase", "post", "post_without_pre",
-              f"post reading of {measure.iat[i]} (side {side.iat[i]}) in session {sid.iat[i]} "
-              f"has no pre reading", "kept")
+              rule_text.post_without_pre(measure.iat[i], side.iat[i], sid.iat[i]), "kept")

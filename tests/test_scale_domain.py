@@ -1,12 +1,14 @@
 """Domain fits (fit_prepost, fit_course) on a study whose rows stay in DuckDB or on a Dask cluster
 equal the in-memory domain fits of the same data.
 
-The independent answer is the in-memory fit of the loaded Study with ``therapist=False`` (out of
-memory the statistics of one grouping factor are used: the therapist level is left out with a
-caution, which is that model). Formulas must be equal; β̂ to 1e-8, standard errors, df and
-variance components to 1e-6 relative, BLUPs to 1e-6. Data: the shipped synthetic study, and a simulated multi-site
-registry (three sites, their own patients, a site shift); Dask on a LocalCluster of two worker
-processes.
+The independent answer is the in-memory fit of the loaded Study: with the therapist level
+(crossed with the patient where patients switched therapist: the sparse engine, out of memory
+from Gram blocks aggregated by patient and therapist) and without it (``therapist=False``: the
+fast engine's per-patient statistics). Formulas and notes must be equal; β̂ to 1e-8, standard
+errors, df and variance components to 1e-6 relative, BLUPs to 1e-6, the REML criterion to 1e-8
+relative. Data: the shipped synthetic study (with therapist switching), and a simulated
+multi-site registry (three sites, their own patients and therapists, a site shift); Dask on a
+LocalCluster of two worker processes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from test_duckdb_fit import same_estimates
 
 import mfr_outcomes as mfr
 from mfr_outcomes.scale.study_scale import ScaleStudy
@@ -27,8 +30,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::mfr_outcomes.warnings_.MfrWarni
 CASES = [("prepost", "pain_nrs", {}), ("prepost", "slr_deg", {"side": "separate"}),
          ("course", "pain_nrs", {}), ("course", "leg_pain_nrs",
                                       {"time": "session_number", "by": "technique"}),
-         ("prepost", "pain_nrs", {"by": None, "covariates": ["age_years"]})]
-FIT = {"prepost": mfr.fit_prepost, "course": mfr.fit_course}
+         ("prepost", "pain_nrs", {"by": None, "covariates": ["age_years"]}),
+         ("followup", "pain_nrs", {}), ("followup", "slr_deg", {"side": "separate"})]
+FIT = {"prepost": mfr.fit_prepost, "course": mfr.fit_course, "followup": mfr.fit_followup}
 
 
 def registry_tables(n_sites: int = 3, n: int = 30) -> dict[str, pd.DataFrame]:
@@ -73,21 +77,7 @@ def _same(a, b) -> None:
             _same(a[k], b[k])
         return
     assert a.formula == b.formula
-    fa, fb = a.fixed_effects, b.fixed_effects
-    assert fa["term"].tolist() == fb["term"].tolist()
-    np.testing.assert_allclose(fa["estimate"], fb["estimate"], rtol=0, atol=1e-8)
-    # θ-dependent quantities: where the optimiser stops on a flat criterion moves with rounding
-    # in the sums (seen: 5.6e-8 relative on an SE of the registry's course fit)
-    np.testing.assert_allclose(fa[["std_error", "df"]], fb[["std_error", "df"]], rtol=1e-6)
-    np.testing.assert_allclose(a.variance_components["variance"].astype(float),
-                               b.variance_components["variance"].astype(float), rtol=1e-6,
-                               atol=1e-8)
-    assert a.nobs == b.nobs
-    ra = a.random_effects().sort_values(["group", "term", "level"], ignore_index=True)
-    rb = b.random_effects().sort_values(["group", "term", "level"], ignore_index=True)
-    assert ra["level"].astype(str).tolist() == rb["level"].astype(str).tolist()
-    np.testing.assert_allclose(ra[["estimate", "cond_sd"]], rb[["estimate", "cond_sd"]],
-                               rtol=0, atol=1e-6)
+    same_estimates(a, b)
     # the notes of the in-memory fit are all there; the statistics path adds its own
     assert set(a.notes) <= set(b.notes)
     assert any("need the rows" in n for n in b.notes)
@@ -104,19 +94,42 @@ def test_duckdb_backed_domain_fits_equal_in_memory(sources, name, tmp_path):
         assert big.report.to_dict()["accounting"] == mem.report.to_dict()["accounting"]
         assert big.measures == mem.measures
         for model, measure, kw in CASES:
-            _same(FIT[model](mem, measure, therapist=False, **kw), FIT[model](big, measure, **kw))
+            _same(FIT[model](mem, measure, **kw), FIT[model](big, measure, **kw))
+        for model, measure, kw in (CASES[0], CASES[2]):
+            _same(FIT[model](mem, measure, therapist=False, **kw),
+                  FIT[model](big, measure, therapist=False, **kw))
         fit = mfr.fit_prepost(big, "pain_nrs")
-        assert any("therapist level was left out" in n for n in fit.notes)
-        assert any("therapist" in w for w in fit.diagnostics["warnings"])
+        assert "(1 | therapist_id)" in fit.formula
+        assert any("saw more than one therapist" in n for n in fit.notes)
+        assert any("Gram blocks" in n for n in fit.notes)
     finally:
         big.close()
 
 
-def test_followup_and_kenward_roger_are_refused_with_a_sentence(sources, tmp_path):
+def test_followup_emmeans_and_contrasts_equal_in_memory(sources, tmp_path):
+    """baseline → discharge → follow-up of the ODI (recorded at those visits only) with the
+    therapist level: the stage means and the changes from baseline as in memory."""
+    folder = _parquet(sources["shipped"], tmp_path / "s")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mem = mfr.fit_followup(mfr.load_study(folder), "odi")
+    big = ScaleStudy.from_duckdb(folder)
+    try:
+        fit = mfr.fit_followup(big, "odi")
+    finally:
+        big.close()
+    _same(mem, fit)
+    for a, b in ((mem.emmeans("stage"), fit.emmeans("stage")),
+                 (mem.contrasts("stage", method="trt.vs.ctrl"),
+                  fit.contrasts("stage", method="trt.vs.ctrl"))):
+        assert a.iloc[:, 0].tolist() == b.iloc[:, 0].tolist()
+        num = a.select_dtypes("number").columns
+        np.testing.assert_allclose(a[num], b[num], rtol=1e-6)
+
+
+def test_kenward_roger_and_unknown_measures_are_refused_with_a_sentence(sources, tmp_path):
     big = ScaleStudy.from_duckdb(_parquet(sources["shipped"], tmp_path / "s"))
     try:
-        with pytest.raises(ValueError, match="fit_followup on a study kept in DuckDB"):
-            mfr.fit_followup(big, "odi")
         with pytest.raises(ValueError, match="Kenward-Roger df need the rows"):
             mfr.fit_prepost(big, "pain_nrs", df_method="kenward-roger")
         with pytest.raises(ValueError, match="unknown measure 'vas'"):
@@ -143,8 +156,11 @@ def test_dask_backed_domain_fits_equal_in_memory(client, sources, name):
         mem = from_frames(*(sources[name][t] for t in TABLES))
     big = ScaleStudy.from_dask(*(dd.from_pandas(getattr(mem, t), npartitions=3)
                                  for t in TABLES))
-    for model, measure, kw in (CASES[0], CASES[2]) if name == "registry" else CASES[:1]:
-        _same(FIT[model](mem, measure, therapist=False, **kw), FIT[model](big, measure, **kw))
+    for model, measure, kw in (CASES[0], CASES[2], CASES[5]) if name == "registry" else \
+            CASES[:1]:
+        _same(FIT[model](mem, measure, **kw), FIT[model](big, measure, **kw))
+    _same(FIT["prepost"](mem, "pain_nrs", therapist=False),
+          FIT["prepost"](big, "pain_nrs", therapist=False))
 
 
 def test_cli_fit_on_a_large_source_keeps_the_rows_in_duckdb(sources, tmp_path, monkeypatch,
@@ -158,10 +174,10 @@ def test_cli_fit_on_a_large_source_keeps_the_rows_in_duckdb(sources, tmp_path, m
     monkeypatch.setattr(sql_validate, "SCALE_ROWS", 1000)  # "large" from 1,000 readings on
     assert main(["fit", folder, "--model", "course", "--format", "json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert got["formula"] == "value ~ weeks + (weeks | patient_id)"
+    assert got["formula"] == "value ~ weeks + (weeks | patient_id) + (1 | therapist_id)"
     assert any("fitted inside DuckDB" in n for n in got["notes"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        mem = mfr.fit_course(mfr.load_study(folder), "pain_nrs", therapist=False)
+        mem = mfr.fit_course(mfr.load_study(folder), "pain_nrs")
     np.testing.assert_allclose([r["estimate"] for r in got["fixed_effects"]],
                                mem.fixed_effects["estimate"], rtol=0, atol=1e-8)

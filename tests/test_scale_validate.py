@@ -204,6 +204,28 @@ def test_findings_of_one_rule_are_capped_and_the_rest_counted(tmp_path):
     assert len(dup) == 4 and f"and {n - 3} more row(s)" in dup[3].message
 
 
+def test_row_rules_past_the_cap_are_listed_then_counted(tmp_path):
+    """All row rules of a table run in one scan: with several rules past the cap, each lists its
+    first rows with the in-memory sentences and counts the rest; the accounting is exact."""
+    frames = _corpus_frames("base")
+    m = pd.concat([frames["measurements"]] * 5, ignore_index=True)  # repeats: duplicates too
+    m.loc[m.index[:15:2], "value"] = "99"  # out of range
+    m.loc[m.index[1:15:2], "value"] = "abc"  # not a number
+    m.loc[m.index[20:30], "phase"] = "middle"  # unknown category
+    s = frames["sessions"].copy()
+    s.loc[s.index[:5], "duration_min"] = "-4"  # optional: set missing
+    folder = _write_parquet(dict(frames, measurements=m, sessions=s), tmp_path / "many")
+    mem = validate(folder, engine="memory")
+    got = sql_validate.validate_sql(folder, cap=3)
+    assert got.accounting == mem.accounting
+    for table, rule in (("measurements", "out_of_range"), ("measurements", "not_a_number"),
+                        ("measurements", "unknown_category"), ("sessions", "out_of_range")):
+        want = [f.message for f in mem.findings if f.rule == rule and f.table == table]
+        have = [f.message for f in got.findings if f.rule == rule and f.table == table]
+        assert len(want) > 3 and have[:3] == want[:3], rule
+        assert len(have) == 4 and f"{len(want) - 3} more" in have[3], rule
+
+
 def test_engine_choice_and_refusals(tmp_path):
     folder = _write_parquet(_corpus_frames("many_faults"), tmp_path / "pq")
     assert validate(folder).to_dict() == validate(folder, engine="memory").to_dict()

@@ -146,18 +146,25 @@ def _therapist_term(frame: pd.DataFrame, therapist: bool, notes: list[str]) -> s
     if not therapist:
         return ""
     if "therapist_id" not in frame.columns or frame["therapist_id"].isna().all():
+        return therapist_term(0, 0, 0, notes)
+    per_patient = frame.groupby("patient_id", observed=True)["therapist_id"].nunique()
+    return therapist_term(int(frame["therapist_id"].nunique()), int((per_patient > 1).sum()),
+                          len(per_patient), notes)
+
+
+def therapist_term(n_ther: int, n_multi: int, n_pat: int, notes: list[str]) -> str:
+    """:func:`_therapist_term` from the counts of therapists, of patients who saw more than one
+    and of patients (shared with the out-of-memory fits of ``scale.study_scale``)."""
+    if n_ther == 0:
         notes.append("no therapist_id recorded, so no therapist level")
         return ""
-    per_patient = frame.groupby("patient_id", observed=True)["therapist_id"].nunique()
-    n_ther = frame["therapist_id"].nunique()
     if n_ther < MIN_THERAPISTS:
         notes.append(f"only {n_ther} therapist(s), fewer than {MIN_THERAPISTS}: too few to estimate "
                      f"a therapist variance, so the therapist level was left out")
         return ""
-    n_multi = int((per_patient > 1).sum())
     if n_multi:
         notes.append(f"patients and {n_ther} therapists are crossed: {n_multi} of "
-                     f"{len(per_patient)} patient(s) saw more than one therapist, so a crossed "
+                     f"{n_pat} patient(s) saw more than one therapist, so a crossed "
                      f"therapist random intercept (1 | therapist_id) is included")
     else:
         notes.append(f"patients nested in {n_ther} therapists: a therapist random intercept is "
@@ -502,7 +509,12 @@ def followup_frame(study: Any, measure: str = "odi") -> pd.DataFrame:
     reading on a later treatment visit, follow_up the last reading on an assessment-only visit
     (technique ``none``). Readings in between are not used. One row per patient, stage and side.
     """
-    frame = _frame(study, measure)
+    return followup_rows(_frame(study, measure))
+
+
+def followup_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`followup_frame` of an analysis frame (of whole patients: each Dask partition of
+    an out-of-memory study is one)."""
     frame = frame[frame["post"] == 0].copy()
     treat = frame[frame["technique"].astype(str) != "none"]
     fu = frame[frame["technique"].astype(str) == "none"]
@@ -515,6 +527,26 @@ def followup_frame(study: Any, measure: str = "odi") -> pd.DataFrame:
                      follow.assign(stage="follow_up")])
     out["stage"] = pd.Categorical(out["stage"], categories=list(FOLLOWUP_STAGES))
     return _frame_clean(out.sort_values(["patient_id", "side", "session_number"]))
+
+
+def followup_checks(present: pd.Series, per_patient: pd.Series, measure: str,
+                    notes: list[str]) -> None:
+    """Refusals and notes of :func:`fit_followup` from patients per stage (*present*) and
+    stages per patient (*per_patient*) (shared with the out-of-memory fit)."""
+    stages = pd.Series({s: int(present.get(s, 0)) for s in FOLLOWUP_STAGES})
+    absent = [str(s) for s, n in stages.items() if n == 0]
+    if "baseline" in absent:
+        raise ValueError(f"no baseline readings of {measure!r}.")
+    if len(absent) == 2:
+        raise ValueError(f"{measure!r} has only baseline readings (no discharge or follow-up "
+                         f"visit), so there is no change to model.")
+    if absent:
+        _caution(notes, f"no {', '.join(absent)} readings of {measure!r}; the stage factor has "
+                        f"only {', '.join(str(s) for s, n in stages.items() if n > 0)}",
+                 DataWarning)
+    n_complete = int((per_patient == len(stages) - len(absent)).sum())
+    notes.append(f"{n_complete} of {len(per_patient)} patients have every stage; the others "
+                 f"contribute the stages they have (missing at random assumed)")
 
 
 def fit_followup(study: Any, measure: str = "odi", *, covariates: Sequence[str] = (),
@@ -554,23 +586,9 @@ def fit_followup(study: Any, measure: str = "odi", *, covariates: Sequence[str] 
     frame = followup_frame(study, measure)
     if frame.empty:
         raise ValueError(f"{measure!r} has no pre-treatment readings.")
-    present = frame.groupby("stage", observed=True)["patient_id"].nunique()
-    stages = pd.Series({s: int(present.get(s, 0)) for s in FOLLOWUP_STAGES})
-    absent = [str(s) for s, n in stages.items() if n == 0]
-    if "baseline" in absent:
-        raise ValueError(f"no baseline readings of {measure!r}.")
-    if len(absent) == 2:
-        raise ValueError(f"{measure!r} has only baseline readings (no discharge or follow-up "
-                         f"visit), so there is no change to model.")
-    if absent:
-        _caution(notes, f"no {', '.join(absent)} readings of {measure!r}; the stage factor has "
-                        f"only {', '.join(str(s) for s, n in stages.items() if n > 0)}",
-                 DataWarning)
-    n_total = frame["patient_id"].nunique()
-    complete = frame.groupby("patient_id", observed=True)["stage"].nunique()
-    n_complete = int((complete == len(stages) - len(absent)).sum())
-    notes.append(f"{n_complete} of {n_total} patients have every stage; the others contribute "
-                 f"the stages they have (missing at random assumed)")
+    followup_checks(frame.groupby("stage", observed=True)["patient_id"].nunique(),
+                    frame.groupby("patient_id", observed=True)["stage"].nunique(), measure,
+                    notes)
     _check_patients(frame, measure, "readings", notes)
     covs = _covariate_terms(frame, covariates)
     ther = _therapist_term(frame, therapist, notes)

@@ -114,7 +114,12 @@ class SparseModel:
         self._beta_ols = sla.solve_triangular(R, Q.T @ spec.y, check_finite=False)
         self._ldR2 = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
         self.st_y = spec.y - Q @ (Q.T @ spec.y)
-        self.st = build_structure(spec, X=Q, y=self.st_y)
+        self._setup(build_structure(spec, X=Q, y=self.st_y))
+
+    def _setup(self, st: Structure) -> None:
+        """The state of a model of structure *st* (a hook: ``scale.gram`` builds *st* from
+        aggregated Gram blocks instead of rows)."""
+        self.st = st
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
@@ -237,11 +242,8 @@ class SparseModel:
         mZ, q1, l1 = st.mZ, f1.q, f1.n_levels
         lam1 = f1.lam(theta)
         lams = [f.lam(theta) for f in st.rest]
-        resid = spec.y - spec.X @ self.beta(theta)
-        z1r = np.stack([np.bincount(f1.codes, f1.Z[:, a] * resid, minlength=l1)
-                        for a in range(q1)])  # (q1, ℓ1)
+        z1r, r2 = self._z_resid(self.beta(theta))
         r1 = lam1.T @ z1r
-        r2 = np.asarray(st.Vz.T @ resid)
         r2 = _apply_lam(r2, st, lams, transpose=False)
         Bz = _b_matrix(st)  # (mZ, ℓ1 q1), column l q1 + a
         L1 = ev.L1
@@ -266,6 +268,15 @@ class SparseModel:
             cv_first, cv_rest = self._condvar(ev, lam1, lams, sigma)
         return _per_block(spec, [f1] + st.rest, [b_first] + b_rest,
                           None if not condvar else [cv_first] + cv_rest)
+
+    def _z_resid(self, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Zᵀ(y − Xβ): the first factor's (q1, ℓ1) and the rest's (mZ,), from the rows."""
+        st, spec = self.st, self.spec
+        f1 = st.first
+        resid = spec.y - spec.X @ beta
+        z1r = np.stack([np.bincount(f1.codes, f1.Z[:, a] * resid, minlength=f1.n_levels)
+                        for a in range(f1.q)])
+        return z1r, np.asarray(st.Vz.T @ resid)
 
     def _condvar(self, ev: _Eval, lam1: np.ndarray, lams: list[np.ndarray], sigma: float):
         Minv, rest = self._inverse_blocks(ev, lam1, lams, self.st.mZ)
@@ -948,20 +959,22 @@ class SparseEngine:
         return True, ""
 
     def fit(self, spec: ModelSpec, reml: bool = True, *, start: np.ndarray | None = None,
-            options: dict | None = None) -> EngineResult:
+            options: dict | None = None, model: SparseModel | None = None) -> EngineResult:
+        """*model*: a SparseModel of *spec* made elsewhere (``scale.gram``: from aggregated Gram
+        blocks, the spec without rows); by default the (cached) one of *spec*'s rows."""
         # One BLAS thread throughout, even for InstEval's 1,145-column block: on this 2-core
         # machine with other jobs running, two OpenBLAS threads made the InstEval fit 4-14x
         # slower (6-21 s against 1.5 s, same run; docs/sparse_engine.md)
         with blas_threads():
-            return self._fit(spec, reml, start, dict(options or {}))
+            return self._fit(spec, reml, start, dict(options or {}), model)
 
     def _fit(self, spec: ModelSpec, reml: bool, start: np.ndarray | None,
-             options: dict) -> EngineResult:
-        model = sparse_model(spec)
+             options: dict, model: SparseModel | None = None) -> EngineResult:
+        model = sparse_model(spec) if model is None else model
         lower = theta_lower_bounds(spec)
         if start is not None:
             x0 = np.asarray(start, float)
-        elif options.get("moment_start", True):
+        elif options.get("moment_start", True) and model.st_y is not None:
             x0 = moment_start(model)
         else:
             x0 = theta_start(spec)

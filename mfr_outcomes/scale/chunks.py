@@ -20,6 +20,7 @@ from mfr_outcomes.models.spec import ModelSpec
 
 __all__ = [
     "ChunkStats",
+    "group_names",
     "single_group",
     "reference_spec",
     "factors_of",
@@ -49,12 +50,16 @@ class ChunkStats:
     labels: Any = None  # group labels (pd.Index) in the order of the group axis, when known
 
 
-def single_group(formula: str) -> str:
-    """The one grouping factor of *formula*; ValueError naming the others when there are more."""
+def group_names(formula: str) -> list[str]:
+    """The grouping factors of *formula*'s random terms, sorted."""
     from mfr_outcomes.models.formula import parse_formula
 
-    parsed = parse_formula(formula)
-    groups = sorted({t.group.strip() for t in parsed.random})
+    return sorted({t.group.strip() for t in parse_formula(formula).random})
+
+
+def single_group(formula: str) -> str:
+    """The one grouping factor of *formula*; ValueError naming the others when there are more."""
+    groups = group_names(formula)
     if len(groups) != 1 or ":" in groups[0] or "/" in groups[0]:
         raise ValueError(f"out of memory, the fast engine fits random terms on one grouping "
                          f"factor; {formula!r} has {', '.join(groups) or 'none'}")
@@ -95,7 +100,7 @@ def chunk_arrays(ref: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
     Z = np.column_stack(zs) if zs else np.zeros((len(df), 0))
     codes, labels = pd.factorize(df[ref.blocks[0].group].astype(str), sort=True)
     return {"y": y, "X": X, "Z": Z, "codes": codes.astype(np.int64), "labels": labels,
-            "excluded": int((~keep).sum())}
+            "excluded": int((~keep).sum()), "frame": df}
 
 
 def chunk_stats(frame: pd.DataFrame, ref: ModelSpec) -> ChunkStats:

@@ -62,6 +62,25 @@ def tree_reduce(parts: list[Any], combine: Any, fan_in: int = 8) -> Any:
     return level[0]
 
 
+def _fit_crossed(ddf: Any, ref: Any, *, reml: bool, df_method: str,
+                 options: dict | None) -> Any:
+    """Several grouping factors: cell tables per partition, summed in a tree, fitted by the
+    sparse engine from the Gram blocks (``scale.gram``); the BLUPs come with it."""
+    import dask
+
+    from mfr_outcomes.scale import gram
+
+    used = [c for c in ref.design.variables if c in ddf.columns]
+    parts = [dask.delayed(gram.frame_cells)(p, ref) for p in ddf[used].to_delayed()]
+    (cells, glob), = dask.compute(tree_reduce(parts, gram.merge_cells))
+    g = gram.gram_from_cells({c: cells[c].to_numpy() for c in cells.columns}, glob, ref)
+    sizes = ", ".join(f"{len(lab)} {grp}" for grp, lab in zip(g.groups, g.labels))
+    notes = [f"fitted on a Dask DataFrame: {ddf.npartitions} partitions, each giving the sparse "
+             f"engine's Gram blocks of [Z X y] by {', '.join(g.groups)} ({sizes}; {len(cells)} "
+             f"cells), summed in a tree; {g.n} rows used"]
+    return gram.fit_gram(g, ref, reml=reml, df_method=df_method, options=options, notes=notes)
+
+
 def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
                    df_method: str = "satterthwaite", options: dict | None = None,
                    blups: bool = True, categories: dict[str, list[str]] | None = None) -> Any:
@@ -72,7 +91,9 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
     ddf : dask.dataframe.DataFrame
         One row a reading; the formula's grouping factor (the patient) is the partition key.
     formula : str
-        lme4 syntax with random terms on one grouping factor.
+        lme4 syntax with random terms on one grouping factor (the partition key), or on several
+        plain columns, crossed or nested: then each partition (no shuffle) gives its cell table
+        of the sparse engine's Gram blocks (``scale.gram``), summed in a tree.
     reml, df_method, options
         As :func:`~mfr_outcomes.models.fit.fit_mixed` (Kenward-Roger needs the rows in memory).
     blups : bool
@@ -92,8 +113,11 @@ def fit_mixed_dask(ddf: Any, formula: str, *, reml: bool = True,
 
     if df_method == "kenward-roger":
         raise ValueError("Kenward-Roger df need the rows in memory; use satterthwaite on Dask")
-    group = chunks.single_group(formula)
+    crossed = len(chunks.group_names(formula)) > 1
+    group = "" if crossed else chunks.single_group(formula)
     ref = chunks.reference_spec(_sample(ddf, formula, categories), formula)
+    if crossed:
+        return _fit_crossed(ddf, ref, reml=reml, df_method=df_method, options=options)
     used = [c for c in ref.design.variables if c in ddf.columns]
     by_patient = ddf[used].shuffle(on=group, method="tasks")
     parts = [dask.delayed(chunks.chunk_stats)(p, ref) for p in by_patient.to_delayed()]

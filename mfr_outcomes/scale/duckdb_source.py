@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mfr_outcomes.scale import chunks
+from mfr_outcomes.scale import chunks, gram
 
 __all__ = ["is_duckdb_source", "sql_columns", "fit_mixed_duckdb", "SAMPLE_ROWS"]
 
@@ -138,17 +138,8 @@ def _aggregates(rel: Any, ref: Any, xs: list[str], zs: list[str], y: str, used: 
     cols = [f"{_quote(group)} AS g", f"{y} AS y"] + [f"{e} AS x{i}" for i, e in enumerate(xs)] + \
         [f"{e} AS z{i}" for i, e in enumerate(zs)]
     inner = rel.filter(where).select(", ".join(cols))
-    glob = [f"SUM(x{a} * x{b})" for a in range(p) for b in range(a, p)] + \
-        [f"SUM(x{a} * y)" for a in range(p)] + ["SUM(y * y)", "COUNT(*)"]
-    g = inner.aggregate(", ".join(glob)).fetchall()[0]
-    XtX = np.zeros((p, p))
-    k = 0
-    for a in range(p):
-        for b in range(a, p):
-            XtX[a, b] = XtX[b, a] = g[k]
-            k += 1
-    Xty = np.array(g[k:k + p], dtype=float)
-    yty, n = float(g[k + p]), int(g[k + p + 1])
+    _keys, _cells, glob = gram.cells_sql(0, 0, p)
+    XtX, Xty, yty, n = gram.global_from_row(inner.aggregate(glob).fetchall()[0], p)
     per = [f"SUM(z{a} * z{b}) AS zz_{a}_{b}" for a in range(q) for b in range(a, q)] + \
         [f"SUM(z{a} * x{b}) AS zx_{a}_{b}" for a in range(q) for b in range(p)] + \
         [f"SUM(z{a} * y) AS zy_{a}" for a in range(q)] + ["COUNT(*) AS n_rows"]
@@ -171,6 +162,29 @@ def _aggregates(rel: Any, ref: Any, xs: list[str], zs: list[str], y: str, used: 
     return stats, G
 
 
+def _fit_crossed(rel: Any, ref: Any, xs: list[str], zs: list[str], y: str, used: list[str],
+                 label: str, *, reml: bool, df_method: str, options: dict | None) -> Any:
+    """Several grouping factors: the cell table (``GROUP BY`` every factor) and the global sums
+    inside DuckDB, the sparse engine's fit from the Gram blocks they add up to."""
+    groups, _owner = gram.random_groups(ref)
+    p, q = len(xs), len(zs)
+    where = " AND ".join(f"{_quote(c)} IS NOT NULL" for c in used)
+    cols = [f"CAST({_quote(g)} AS VARCHAR) AS g{k}" for k, g in enumerate(groups)] + \
+        [f"{y} AS y"] + [f"{e} AS x{i}" for i, e in enumerate(xs)] + \
+        [f"{e} AS z{i}" for i, e in enumerate(zs)]
+    inner = rel.filter(where).select(", ".join(cols))
+    keys, cell_aggs, glob = gram.cells_sql(len(groups), q, p)
+    cells = inner.aggregate(cell_aggs, keys).fetchnumpy()
+    XtX, Xty, yty, n = gram.global_from_row(inner.aggregate(glob).fetchall()[0], p)
+    total = int(rel.aggregate("COUNT(*)").fetchall()[0][0])
+    g = gram.gram_from_cells(cells, (XtX, Xty, yty, n, total - n), ref)
+    sizes = ", ".join(f"{len(lab)} {grp}" for grp, lab in zip(g.groups, g.labels))
+    notes = [f"fitted inside DuckDB from {label}: the sparse engine's Gram blocks of [Z X y] by "
+             f"GROUP BY {', '.join(groups)} ({sizes}; {len(cells['n_rows'])} cells, {n} rows); "
+             f"no row entered pandas beyond a {SAMPLE_ROWS}-row design sample"]
+    return gram.fit_gram(g, ref, reml=reml, df_method=df_method, options=options, notes=notes)
+
+
 def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
                      df_method: str = "satterthwaite", options: dict | None = None,
                      categories: dict[str, list[str]] | None = None, label: str | None = None,
@@ -182,7 +196,9 @@ def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
     data : duckdb.DuckDBPyRelation, str or Path
         A relation, a Parquet file, or a folder of Parquet files.
     formula : str
-        lme4 syntax, random terms on one grouping factor; fixed columns plain numbers,
+        lme4 syntax; random terms on one grouping factor (the fast engine's per-group sums) or
+        on several plain columns, crossed or nested (the sparse engine's Gram blocks, summed
+        by ``GROUP BY`` of all of them: ``scale.gram``); fixed columns plain numbers,
         treatment-coded factors and their interactions.
     reml, df_method, options
         As :func:`~mfr_outcomes.models.fit.fit_mixed` (Kenward-Roger needs rows in memory).
@@ -209,7 +225,8 @@ def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
 
     if df_method == "kenward-roger":
         raise ValueError("Kenward-Roger df need the rows in memory; use satterthwaite")
-    group = chunks.single_group(formula)
+    crossed = len(chunks.group_names(formula)) > 1
+    group = "" if crossed else chunks.single_group(formula)
     con = duckdb.connect()
     try:
         rel, where = _relation(con, data)
@@ -217,6 +234,9 @@ def fit_mixed_duckdb(data: Any, formula: str, *, reml: bool = True,
         sample = _sample(rel, formula, categories)
         ref = chunks.reference_spec(sample, formula)
         xs, zs, y, used = _design_sql(ref, sample)
+        if crossed:
+            return _fit_crossed(rel, ref, xs, zs, y, used, label, reml=reml,
+                                df_method=df_method, options=options)
         merged, G = _aggregates(rel, ref, xs, zs, y, used, group)
     finally:
         con.close()

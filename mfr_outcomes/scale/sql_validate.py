@@ -8,9 +8,12 @@ report (``tests/test_scale_validate.py`` compares them on the shipped synthetic 
 bad-file corpus). Each table is staged once as a DuckDB table (spilled to disk when it does not
 fit in memory) holding, per row: its row number, the cell text (trimmed, missing-value markers
 missing, defaults filled), the marker as written, the typed value, and the first rule that
-excluded the row. Every rule is then one ``WHERE`` over the staged tables: its first
-:data:`CAP` offending rows are fetched and turned into findings with the in-memory sentences; the
-rest are counted in one finding. Row accounting is counted exactly in SQL.
+excluded the row. The rules on single rows of a table are counted together in one scan
+(``count(*) FILTER``), only rules with rows fetch their first :data:`CAP` (turned into findings
+with the in-memory sentences; the rest counted in one finding), and one UPDATE marks the
+exclusions (first rule wins, by CASE); the rules across rows are one query each, with the
+sentences of ``scale.rule_text`` shared with ``table_rules``. Row accounting is counted exactly
+in SQL.
 
 Not covered here (the in-memory path is used instead): clinic profiles and column maps, and CSV,
 workbook or URL sources (they are read into memory anyway).
@@ -30,6 +33,7 @@ from mfr_outcomes import vocab
 from mfr_outcomes.cells import FALSE_WORDS, NA_TOKENS, TRUE_WORDS, date_problem
 from mfr_outcomes.findings import Finding, RowAccount, ValidationReport
 from mfr_outcomes.measures import MEASURES, Measure
+from mfr_outcomes.scale import rule_text
 from mfr_outcomes.schema import _range_text
 from mfr_outcomes.table_rules import (
     CAUTION,
@@ -356,22 +360,48 @@ def _add(t: _Table, line: int | None, column: str | None, value: Any, rule: str,
     t.order += 1
 
 
+@dataclass
+class _RowRule:
+    """A rule on the rows of one staged table: its offending rows meet *cond*; *cols* (SQL) are
+    handed to *make* after the row number, which gives (value, sentence) or (value, sentence,
+    rule); *reason* is the SQL of ``_reason`` when it excludes (the rule's name by default);
+    *more* the sentence of the rows past the cap."""
+
+    cond: str
+    cols: str
+    rule: str
+    column: str | None
+    action: str
+    make: Callable[[tuple], tuple]
+    reason: str | None = None
+    more: Callable[[int, int], str] | None = None
+
+
+def _emit(t: _Table, r: _RowRule, rows: list[tuple], count: Callable[[], int], cap: int) -> None:
+    """Findings of the first *cap* offending *rows* (in row order; cap + 1 fetched) and one for
+    the rest (*count*: all offending rows, asked only when there are more)."""
+    for row in rows[:cap]:
+        out = r.make(row)
+        _add(t, row[0], r.column, out[0], out[2] if len(out) > 2 else r.rule, out[1], r.action)
+    if len(rows) > cap:
+        more = count() - cap
+        text = r.more(more, cap) if r.more else (
+            f"and {more} more row(s) with the same problem ({r.rule.replace('_', ' ')}); only "
+            f"the first {cap} are listed")
+        _add(t, rows[cap][0], r.column, None, r.rule, text, r.action)
+
+
 def _rule(con: Any, t: _Table, cond: str, cols: str, rule: str, column: str | None,
           action: str, make: Callable[[tuple], tuple[Any, str]], cap: int,
           exclude: bool | None = None, table: str | None = None) -> None:
-    """Findings of the rows of *t* meeting *cond* (the first *cap*, the rest counted), then the
-    exclusion of those rows (first rule wins)."""
+    """Findings of the rows of *t* (or of *table*, a view of them) meeting *cond* (the first
+    *cap*, the rest counted), then the exclusion of those rows (first rule wins)."""
     frm = table or t.stage
     rows = con.execute(f"SELECT _line, {cols} FROM {frm} WHERE {cond} ORDER BY _line "
                        f"LIMIT {cap + 1}").fetchall()
-    for r in rows[:cap]:
-        value, text = make(r)
-        _add(t, r[0], column, value, rule, text, action)
-    if len(rows) > cap:
-        more = int(con.execute(f"SELECT count(*) FROM {frm} WHERE {cond}").fetchone()[0]) - cap
-        _add(t, rows[cap][0], column, None, rule,
-             f"and {more} more row(s) with the same problem ({rule.replace('_', ' ')}); only the "
-             f"first {cap} are listed", action)
+    _emit(t, _RowRule(cond, cols, rule, column, action, make), rows,
+          lambda: int(con.execute(f"SELECT count(*) FROM {frm} WHERE {cond}").fetchone()[0]),
+          cap)
     if exclude if exclude is not None else action == "excluded":
         if table is None:
             con.execute(f"UPDATE {t.stage} SET _reason = {_lit(rule)} WHERE _reason IS NULL AND "
@@ -379,6 +409,43 @@ def _rule(con: Any, t: _Table, cond: str, cols: str, rule: str, column: str | No
         else:
             con.execute(f"UPDATE {t.stage} SET _reason = {_lit(rule)} WHERE _reason IS NULL AND "
                         f"_line IN (SELECT _line FROM {frm} WHERE {cond})")
+
+
+def _row_rules(con: Any, t: _Table, rules: list[_RowRule], nulls: list[tuple[int, str]],
+               cap: int) -> None:
+    """All row rules of a table: one scan counts the rows of every rule, then only the rules
+    that have rows fetch their first cap + 1 (and, on data without faults, nothing more runs).
+
+    The counts are one SELECT of ``count(*) FILTER (WHERE ...)``; the findings are made rule by
+    rule in the rules' order (as one query a rule made them). One UPDATE sets ``_reason`` to the
+    first excluding rule a row meets (``CASE`` in the rules' order: the first rule wins, as one
+    UPDATE a rule did) and *nulls* (column index, condition) set optional values missing; every
+    condition reads the values as staged, which is what the sequential statements read (each
+    rule reads only its own column, and a column is set missing after its own rules).
+    """
+    conds = [r.cond for r in rules] + [c for _, c in nulls]
+    if not conds:
+        return
+    got = con.execute("SELECT " + ", ".join(f"count(*) FILTER (WHERE {c})" for c in conds)
+                      + f" FROM {t.stage}").fetchone()
+    counts = [int(n) for n in got]
+    for r, n in zip(rules, counts):
+        if n:
+            rows = con.execute(f"SELECT _line, {r.cols} FROM {t.stage} WHERE {r.cond} ORDER BY "
+                               f"_line LIMIT {cap + 1}").fetchall()
+            _emit(t, r, rows, lambda n=n: n, cap)
+    sets, where = [], []
+    excl = [r for r, n in zip(rules, counts) if n and r.action == "excluded"]
+    if excl:
+        case = " ".join(f"WHEN {r.cond} THEN {r.reason or _lit(r.rule)}" for r in excl)
+        sets.append(f"_reason = coalesce(_reason, CASE {case} END)")
+        where.append("(_reason IS NULL AND (" + " OR ".join(f"({r.cond})" for r in excl) + "))")
+    for (i, cond), n in zip(nulls, counts[len(rules):]):
+        if n:
+            sets.append(f"v_{i} = CASE WHEN {cond} THEN NULL ELSE v_{i} END")
+            where.append(f"({cond})")
+    if sets:
+        con.execute(f"UPDATE {t.stage} SET {', '.join(sets)} WHERE {' OR '.join(where)}")
 
 
 def _needed(table: str, spec: Any) -> bool:
@@ -393,7 +460,9 @@ def _shown_value(v: Any) -> str | None:
     return str(v)
 
 
-def _coerce(con: Any, t: _Table, cap: int, dayfirst: bool) -> None:
+def _coerce(t: _Table, dayfirst: bool) -> list[_RowRule]:
+    """Required cells present, and cells of the column's type, per column in order."""
+    rules = []
     for i, spec in enumerate(t.specs):
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         if spec.required and spec.name in t.present:
@@ -401,8 +470,8 @@ def _coerce(con: Any, t: _Table, cap: int, dayfirst: bool) -> None:
                 if r[1] is not None:
                     return r[1], f"{name} = {r[1]}, a missing-value marker, but it is required"
                 return None, f"{name} is empty, but it is required"
-            _rule(con, t, f"r_{i} IS NULL", f"k_{i}", "missing_value", spec.name, "excluded",
-                  mv, cap)
+            rules.append(_RowRule(f"r_{i} IS NULL", f"k_{i}", "missing_value", spec.name,
+                                  "excluded", mv))
         if spec.kind in ("int", "float", "date", "time", "bool"):
             rule = {"int": "not_a_number", "float": "not_a_number", "date": "invalid_date",
                     "time": "invalid_time", "bool": "wrong_type"}[spec.kind]
@@ -417,11 +486,16 @@ def _coerce(con: Any, t: _Table, cap: int, dayfirst: bool) -> None:
                 text = _shown_value(r[1])
                 why = (date_problem(text) or what) if kind == "date" else what
                 return text, f"{name} = {text}, {why}"
-            _rule(con, t, f"r_{i} IS NOT NULL AND v_{i} IS NULL", f"r_{i}", rule, spec.name,
-                  bad_action, conv, cap)
+            rules.append(_RowRule(f"r_{i} IS NOT NULL AND v_{i} IS NULL", f"r_{i}", rule,
+                                  spec.name, bad_action, conv))
+    return rules
 
 
-def _checks(con: Any, t: _Table, cap: int, measures: Mapping[str, Measure]) -> None:
+def _checks(t: _Table, measures: Mapping[str, Measure]
+            ) -> tuple[list[_RowRule], list[tuple[int, str]]]:
+    """Ranges, whole numbers, categories and measures per column in order; and the optional
+    columns whose failing values are set missing."""
+    rules, nulls = [], []
     for i, spec in enumerate(t.specs):
         action = "excluded" if _needed(t.name, spec) else "missing"
         fails: list[tuple[str, str]] = []
@@ -454,57 +528,49 @@ def _checks(con: Any, t: _Table, cap: int, measures: Mapping[str, Measure]) -> N
                 return raw, (f"measure = {raw}, not a registered measure (known: "
                              f"{', '.join(measures)})")
             act = "excluded" if rule == "unknown_measure" else action
-            _rule(con, t, f"v_{i} IS NOT NULL AND ({cond})", f"r_{i}", rule, spec.name, act,
-                  make, cap)
+            rules.append(_RowRule(f"v_{i} IS NOT NULL AND ({cond})", f"r_{i}", rule, spec.name,
+                                  act, make))
         if action == "missing" and fails:
             cond = " OR ".join(f"({c})" for c, _ in fails)
-            con.execute(f"UPDATE {t.stage} SET v_{i} = NULL WHERE v_{i} IS NOT NULL AND "
-                        f"({cond})")
+            nulls.append((i, f"v_{i} IS NOT NULL AND ({cond})"))
     if t.name == "measurements":
-        _measure_checks(con, t, cap, measures)
+        rules.append(_measure_rule(t, measures))
+    return rules, nulls
 
 
 def _col(t: _Table, name: str) -> int:
     return [s.name for s in t.specs].index(name)
 
 
-def _measure_checks(con: Any, t: _Table, cap: int, measures: Mapping[str, Measure]) -> None:
+def _measure_rule(t: _Table, measures: Mapping[str, Measure]) -> _RowRule:
+    """A value outside its measure's range, or not whole for a whole-number measure (one rule
+    in row order, as the in-memory loop): the measures' bounds as CASE expressions."""
     m, v = _col(t, "measure"), _col(t, "value")
     rows = [(c, float(x.low), float(x.high), bool(x.integer)) for c, x in measures.items()
             if x.low is not None and x.high is not None
             and not (math.isnan(float(x.low)) or math.isnan(float(x.high)))]
-    con.execute("CREATE OR REPLACE TEMP TABLE _measures (code VARCHAR, low DOUBLE, high DOUBLE, "
-                "whole BOOLEAN)")
-    if rows:
-        con.executemany("INSERT INTO _measures VALUES (?, ?, ?, ?)", rows)
-    joined = f"(SELECT s.*, g.code, g.low, g.high, g.whole FROM {t.stage} s JOIN _measures g " \
-             f"ON s.v_{m} = g.code WHERE s.v_{v} IS NOT NULL)"
-    out = f"(v_{v} < low OR v_{v} > high)"
-    frac = f"whole AND v_{v} <> round(v_{v}) AND NOT {out}"
 
-    def make_out(r: tuple) -> tuple[Any, str]:
-        raw, code = _shown_value(r[1]), r[2]
-        return raw, f"value = {raw}, must be {measures[code].range_text()} for {code}"
+    def per(k: int) -> str:
+        if not rows:
+            return "NULL"
+        return f"(CASE v_{m} " + " ".join(f"WHEN {_lit(r[0])} THEN {r[k]!r}" for r in rows) + \
+            " END)"
+    low, high, whole = per(1), per(2), per(3).replace("True", "true").replace("False", "false")
+    out = f"(v_{v} < {low} OR v_{v} > {high})"
+    frac = f"{whole} AND v_{v} <> round(v_{v}) AND NOT {out}"
+    cond = f"v_{v} IS NOT NULL AND {low} IS NOT NULL AND (({out}) OR ({frac}))"
 
-    def make_frac(r: tuple) -> tuple[Any, str]:
+    def make(r: tuple) -> tuple[Any, str, str]:
         raw, code = _shown_value(r[1]), r[2]
-        return raw, f"value = {raw}, must be a whole number for {code}"
-    # one pass in row order: out of range and not whole are one loop in memory
-    cond = f"({out}) OR ({frac})"
-    rows_ = con.execute(f"SELECT _line, r_{v}, code, {out} FROM {joined} WHERE {cond} "
-                        f"ORDER BY _line LIMIT {cap + 1}").fetchall()
-    for r in rows_[:cap]:
-        value, text = (make_out if r[3] else make_frac)(r)
-        _add(t, r[0], "value", value, "out_of_range" if r[3] else "not_integer", text,
-             "excluded")
-    if len(rows_) > cap:
-        more = int(con.execute(f"SELECT count(*) FROM {joined} WHERE {cond}").fetchone()[0])
-        _add(t, rows_[cap][0], "value", None, "out_of_range",
-             f"and {more - cap} more reading(s) outside their measure's range or not whole; only "
-             f"the first {cap} are listed", "excluded")
-    con.execute(f"UPDATE {t.stage} SET _reason = CASE WHEN {out} THEN 'out_of_range' ELSE "
-                f"'not_integer' END FROM _measures g WHERE _reason IS NULL AND v_{m} = g.code "
-                f"AND v_{v} IS NOT NULL AND (({out}) OR ({frac}))")
+        if r[3]:
+            return raw, f"value = {raw}, must be {measures[code].range_text()} for {code}", \
+                "out_of_range"
+        return raw, f"value = {raw}, must be a whole number for {code}", "not_integer"
+    return _RowRule(cond, f"r_{v}, v_{m}, {out}", "out_of_range", "value", "excluded", make,
+                    reason=f"CASE WHEN {out} THEN 'out_of_range' ELSE 'not_integer' END",
+                    more=lambda more, cap: (f"and {more} more reading(s) outside their measure's "
+                                            f"range or not whole; only the first {cap} are "
+                                            f"listed"))
 
 
 def _duplicates(con: Any, t: _Table, cap: int) -> None:
@@ -519,12 +585,7 @@ def _duplicates(con: Any, t: _Table, cap: int) -> None:
     names = list(KEYS[t.name])
 
     def make(r: tuple) -> tuple[Any, str]:
-        vals = [str(x) for x in r[1:-1]]
-        where = f"row {int(r[-1])}"
-        if len(names) == 1:
-            return vals[0], f"{names[0]} = {vals[0]} repeats {where}"
-        label = ", ".join(f"{k} {v}" for k, v in zip(names, vals))
-        return "/".join(vals), f"reading ({label}) repeats {where}"
+        return rule_text.duplicate(names, [str(x) for x in r[1:-1]], f"row {int(r[-1])}")
     rule = "duplicate_key" if len(names) == 1 else "duplicate_reading"
     _rule(con, t, "true", f"{part}, _first", rule, names[0] if len(names) == 1 else None,
           "excluded", make, cap, table=view)
@@ -536,7 +597,7 @@ def _foreign(con: Any, child: _Table, parent: _Table, key: str, label: str, cap:
     used = f"(SELECT DISTINCT v_{pk} AS k FROM {parent.stage} WHERE v_{pk} IS NOT NULL AND " \
            f"_reason IS NULL)"
     _rule(con, child, f"v_{ck} IS NOT NULL AND v_{ck} NOT IN {everyone}", f"v_{ck}", "orphan",
-          key, "excluded", lambda r: (str(r[1]), f"{key} = {r[1]} is not in {parent.name}"), cap)
+          key, "excluded", lambda r: (str(r[1]), rule_text.orphan(key, r[1], parent.name)), cap)
     cond = f"_reason IS NULL AND v_{ck} IN {everyone} AND v_{ck} NOT IN {used}"
     groups = con.execute(f"SELECT v_{ck}, min(_line) AS first, count(*), list(_line ORDER BY "
                          f"_line)[1:10] FROM {child.stage} WHERE {cond} GROUP BY v_{ck} "
@@ -547,8 +608,8 @@ def _foreign(con: Any, child: _Table, parent: _Table, key: str, label: str, cap:
         child.findings.append((child.order, Finding(
             table=child.name, file=child.file, line=int(first), column=key, value=k,
             rule="cascade",
-            message=f"{child.file} {unit} {lines_text}: excluded because {label} {k} was "
-                    f"excluded", action="excluded")))
+            message=rule_text.cascade(child.file, unit, lines_text, label, k),
+            action="excluded")))
         child.order += 1
     if len(groups) > cap:
         more = int(con.execute(f"SELECT count(DISTINCT v_{ck}) FROM {child.stage} WHERE {cond}"
@@ -574,8 +635,7 @@ def _session_dates(con: Any, s: _Table, p: _Table, cap: int) -> None:
                 f"s._reason IS NULL AND e.v IS NOT NULL AND s.v_{date} IS NOT NULL AND "
                 f"s.v_{date} < e.v")
     _rule(con, s, "true", f"r_{date}, v, v_{pid}", "before_enrolment", "session_date", "kept",
-          lambda r: (r[1], f"session_date = {r[1]} is before enrolled_on {r[2]:%Y-%m-%d} of "
-                           f"patient {r[3]}"), cap, table=view)
+          lambda r: (r[1], rule_text.before_enrolment(r[1], r[2], r[3])), cap, table=view)
     order = f"v_{date} ASC NULLS LAST, v_{num} ASC NULLS LAST, _line"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _order AS SELECT _line, v_{pid} AS pid, "
                 f"v_{date} AS d, v_{num} AS given, r_{num} AS raw_num, r_{date} AS raw_date, "
@@ -620,9 +680,7 @@ def _given_numbers(con: Any, s: _Table, cap: int) -> None:
     cond = (f"n_known < n_all AND n_known > 0 AND given IS NULL AND raw_num IS NULL AND pid NOT "
             f"IN {bad_pids}")
     _rule(con, s, cond, "pid", "session_order", "session_number", "kept",
-          lambda r: (None, f"session_number is empty while other visits of patient {r[1]} are "
-                           f"numbered; numbers of this patient are taken from date order"),
-          cap, table="_order")
+          lambda r: (None, rule_text.number_missing(r[1])), cap, table="_order")
 
 
 def _order_text(sub: pd.DataFrame, known: pd.DataFrame, j: Any) -> tuple[int, str, Any, str]:
@@ -643,9 +701,7 @@ def _distant(con: Any, s: _Table, which: str, cap: int) -> None:
         use_prev = g_prev is not None and (g_next is None or g_prev <= g_next)
         near = pd.Timestamp(d) - pd.Timedelta(days=int(g_prev)) if use_prev else \
             pd.Timestamp(d) + pd.Timedelta(days=int(g_next))
-        return raw, (f"session_date = {raw} is more than a year from every other visit of "
-                     f"patient {pid} (nearest {near:%Y-%m-%d}): a mistyped year? session numbers "
-                     f"follow date order")
+        return raw, rule_text.distant_date(raw, pid, near)
     _rule(con, s, cond, f"raw_date, pid, d, {gp}, {gn}", "distant_date", "session_date", "kept",
           make, cap, table="_order")
 
@@ -657,16 +713,14 @@ def _post_checks(con: Any, m: _Table, s: _Table, cap: int) -> None:
                 f"FROM {m.stage} m JOIN {tech} t ON m.v_{sid} = t.k WHERE m._reason IS NULL AND "
                 f"m.v_{ph} = 'post' AND t.v = 'none'")
     _rule(con, m, "true", f"v_{ms}, v_{sid}", "post_on_assessment", "phase", "excluded",
-          lambda r: ("post", f"post reading of {r[1]} in session {r[2]}, an assessment-only "
-                             f"visit (technique none)"), cap, table="_assess")
+          lambda r: ("post", rule_text.post_on_assessment(r[1], r[2])), cap, table="_assess")
     pre = f"(SELECT v_{sid} AS a, v_{ms} AS b, v_{sd} AS c FROM {m.stage} WHERE _reason IS NULL " \
           f"AND v_{ph} = 'pre' AND v_{sid} IS NOT NULL AND v_{ms} IS NOT NULL AND v_{sd} IS NOT " \
           f"NULL)"
     cond = (f"_reason IS NULL AND v_{ph} = 'post' AND NOT EXISTS (SELECT 1 FROM {pre} p WHERE "
             f"p.a = v_{sid} AND p.b = v_{ms} AND p.c = v_{sd})")
     _rule(con, m, cond, f"v_{ms}, v_{sd}, v_{sid}", "post_without_pre", "phase", "kept",
-          lambda r: ("post", f"post reading of {r[1]} (side {r[2]}) in session {r[3]} has no "
-                             f"pre reading"), cap)
+          lambda r: ("post", rule_text.post_without_pre(r[1], r[2], r[3])), cap)
 
 
 def _account(con: Any, t: _Table) -> RowAccount:
@@ -722,8 +776,8 @@ def validate_sql(source: Any, *, dayfirst: bool = False, decimal: str = ".", cap
             t = _Table(name, f"st_{name}", file, table_specs(name), cols, types)
             tables[name] = t
             _stage(con, t, frm, decimal, dayfirst)
-            _coerce(con, t, cap, dayfirst)
-            _checks(con, t, cap, known)
+            rules, nulls = _checks(t, known)
+            _row_rules(con, t, _coerce(t, dayfirst) + rules, nulls, cap)
             _duplicates(con, t, cap)
         p, s, m = tables["patients"], tables["sessions"], tables["measurements"]
         _foreign(con, s, p, "patient_id", "patient", cap)

@@ -8,14 +8,16 @@ analysis frame of a measure is a DuckDB query or a Dask DataFrame, never a panda
 
 ``fit_prepost``, ``fit_course`` and ``fit_followup`` of ``models.domain`` hand such a study to
 :func:`fit_domain`, which makes the same choices as in memory (the same formula and notes) from
-aggregates — counts, per-patient counts, levels present — and fits by the statistics path:
-per-patient sums inside DuckDB (``GROUP BY``) or mapped over Dask partitions and reduced in a
-tree. The conditional modes (BLUPs) are computed from the per-patient statistics (DuckDB) or by
-a second pass over the partitions (Dask). What needs the rows is said in ``fit.notes``:
-fitted values, residuals and Kenward-Roger df; and a therapist level, which the statistics of one
-grouping factor cannot hold (in memory it is added with at least ``MIN_THERAPISTS``
-therapists; out of memory a caution says it was left out, ``therapist=False`` in memory is the
-same model).
+aggregates — counts, per-patient counts, levels present — and fits without the rows: with one
+grouping factor by the fast engine's per-patient sums (``GROUP BY`` inside DuckDB, or mapped
+over Dask partitions and reduced in a tree); with the therapist level (crossed or nested, as in
+memory) by the sparse engine from its Gram blocks summed by patient × therapist cell
+(``scale.gram``). ``fit_followup``'s visit stages are a window query (DuckDB) or the in-memory
+code per partition of whole patients (Dask). The conditional modes (BLUPs) come from the
+statistics (or a second pass over the partitions, Dask with one factor). The fixed-effect
+variables of the readings used are kept, counted by distinct combination, for emmeans and
+contrasts (up to :data:`EMMEANS_ROWS` readings). What needs the rows is said in ``fit.notes``:
+fitted values, residuals and Kenward-Roger df.
 """
 from __future__ import annotations
 
@@ -27,8 +29,13 @@ import numpy as np
 import pandas as pd
 
 from mfr_outcomes.findings import ValidationReport
+from mfr_outcomes.scale import chunks
 
-__all__ = ["ScaleStudy", "fit_domain"]
+__all__ = ["ScaleStudy", "fit_domain", "EMMEANS_ROWS"]
+
+#: Readings up to which an out-of-memory domain fit keeps its fixed-effect variables (counted
+#: by distinct combination, then repeated: a few bytes a reading) for emmeans and contrasts.
+EMMEANS_ROWS = 5_000_000
 
 #: Columns of the analysis frame that are categories, with the table that holds them.
 _CATEGORY_TABLE = {"technique": "sessions", "target_region": "sessions", "phase": "measurements",
@@ -187,12 +194,48 @@ class ScaleStudy:
             LEFT JOIN a_patients p ON s.patient_id = p.patient_id
             WHERE m.measure = {_lit(measure)}"""
 
+    def _frame_table(self, measure: str) -> str:
+        """A temporary DuckDB table of :meth:`frame_sql` (made on first use): the fit's dozen
+        aggregates then scan its columns instead of joining the three tables each time."""
+        name = self._cache.get(("table", measure))
+        if name is None:
+            name = f"_frame_{len(self._cache)}"
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {self.frame_sql(measure)}")
+            self._cache[("table", measure)] = name
+        return name
+
+    def followup_sql(self, measure: str) -> str:
+        """``models.domain.followup_frame`` of *measure* as a DuckDB query: pre readings, per
+        patient and side the first and last of treatment visits (baseline, discharge) and the
+        last of assessment-only visits (follow_up), with a ``stage`` column."""
+        fu = "(technique IS NOT DISTINCT FROM 'none')"
+        win = f"PARTITION BY patient_id, side, {fu}"
+        return f"""SELECT * EXCLUDE (_first, _last), CASE WHEN {fu} THEN 'follow_up'
+            WHEN _first = 1 THEN 'baseline' ELSE 'discharge' END AS stage FROM (
+            SELECT *, row_number() OVER ({win} ORDER BY session_number, session_id) AS _first,
+            row_number() OVER ({win} ORDER BY session_number DESC, session_id DESC) AS _last
+            FROM {self._frame_table(measure)} WHERE post = 0 AND side IS NOT NULL)
+            WHERE _last = 1 OR (_first = 1 AND NOT {fu})"""
+
     def frame_dask(self, measure: str) -> Any:
         """The analysis frame of *measure* as a Dask DataFrame (categories as text), built once
         and persisted on the cluster (its rows stay on the workers)."""
         hit = self._cache.get(measure)
         if hit is None:
             hit = self._cache[measure] = self._frame_dask(measure).persist()
+        return hit
+
+    def followup_dask(self, measure: str) -> Any:
+        """``models.domain.followup_frame`` of *measure* on the cluster: the frame shuffled by
+        patient, each partition (whole patients) labelled by the in-memory code; persisted."""
+        key = ("followup", measure)
+        hit = self._cache.get(key)
+        if hit is None:
+            ddf = self.frame_dask(measure)
+            by_patient = ddf.shuffle(on="patient_id", method="tasks")
+            meta = _followup_part(ddf._meta)
+            hit = self._cache[key] = by_patient.map_partitions(_followup_part,
+                                                               meta=meta).persist()
         return hit
 
     def _frame_dask(self, measure: str) -> Any:
@@ -223,10 +266,13 @@ class ScaleStudy:
 
     # ---------------------------------------------------------------- aggregates
     def _source(self, measure: str, filters: Sequence[_Filter]) -> Any:
+        """The rows kept by *filters*; a filter on ``stage`` selects the follow-up frame."""
+        stages = any(f.column == "stage" for f in filters)
         if self.kind == "duckdb":
             where = " AND ".join(f.sql() for f in filters) or "true"
-            return f"SELECT * FROM ({self.frame_sql(measure)}) WHERE {where}"
-        ddf = self.frame_dask(measure)
+            base = f"({self.followup_sql(measure)})" if stages else self._frame_table(measure)
+            return f"SELECT * FROM {base} WHERE {where}"
+        ddf = self.followup_dask(measure) if stages else self.frame_dask(measure)
         for f in filters:
             ddf = ddf[f.mask(ddf)]
         return ddf
@@ -238,21 +284,25 @@ class ScaleStudy:
         return int(len(src))
 
     def per_patient(self, measure: str, filters: Sequence[_Filter]) -> pd.DataFrame:
-        """One row a patient (not a reading): n, n_post, n_sessions, n_therapists."""
+        """One row a patient (not a reading): n, n_post, n_sessions, n_therapists (and
+        n_stages on the follow-up frame)."""
         src = self._source(measure, filters)
+        stages = any(f.column == "stage" for f in filters)
         if self.kind == "duckdb":
+            extra = ", count(DISTINCT stage) AS n_stages" if stages else ""
             return self._con.execute(
                 f"SELECT patient_id, count(*) AS n, sum(post) AS n_post, count(DISTINCT "
-                f"session_id) AS n_sessions, count(DISTINCT therapist_id) AS n_therapists "
-                f"FROM ({src}) GROUP BY patient_id").df()
+                f"session_id) AS n_sessions, count(DISTINCT therapist_id) AS n_therapists"
+                f"{extra} FROM ({src}) GROUP BY patient_id").df()
         import dask
 
         g = src.groupby("patient_id")
-        n, n_post, n_s, n_t = dask.compute(g["value"].size(), g["post"].sum(),
-                                           g["session_id"].nunique(),
-                                           g["therapist_id"].nunique())
-        return pd.DataFrame({"n": n, "n_post": n_post, "n_sessions": n_s,
-                             "n_therapists": n_t}).rename_axis("patient_id").reset_index()
+        cols = {"n": g["value"].size(), "n_post": g["post"].sum(),
+                "n_sessions": g["session_id"].nunique(), "n_therapists": g["therapist_id"].nunique()}
+        if stages:
+            cols["n_stages"] = g["stage"].nunique()
+        got = dask.compute(*cols.values())
+        return pd.DataFrame(dict(zip(cols, got))).rename_axis("patient_id").reset_index()
 
     def levels(self, measure: str, filters: Sequence[_Filter], column: str) -> pd.Series:
         """Patients per level of *column* (levels present, missing left out)."""
@@ -266,6 +316,27 @@ class ScaleStudy:
         got = sub.groupby(column)["patient_id"].nunique().compute()
         return got.astype("int64").rename(index=str)
 
+    def fixed_frame(self, measure: str, filters: Sequence[_Filter], design: Any
+                    ) -> pd.DataFrame | None:
+        """The fixed-effect variables of the readings a fit used (what ``emmeans`` and
+        ``contrasts`` read of ``fit.spec.data``): counted by ``GROUP BY`` of their distinct
+        combinations, then repeated; None beyond :data:`EMMEANS_ROWS` readings."""
+        fixed = list(design.fixed_variables)
+        src = self._source(measure, [*filters, *(_Filter(c, "notna") for c in design.variables)])
+        if self.kind == "duckdb":
+            cols = ", ".join(_q(c) for c in fixed)
+            got = self._con.execute(f"SELECT {cols + ', ' if fixed else ''}count(*) AS _n "
+                                    f"FROM ({src}) {'GROUP BY ALL' if fixed else ''}").df()
+        elif fixed:
+            got = src.groupby(fixed).size().rename("_n").reset_index().compute()
+        else:
+            got = pd.DataFrame({"_n": [len(src)]})
+        if int(got["_n"].sum()) > EMMEANS_ROWS:
+            return None
+        out = got.loc[np.repeat(np.arange(len(got)), got["_n"].to_numpy()), fixed]
+        out = out.reset_index(drop=True)
+        return chunks.with_categories(out, dict(design.categories))
+
     def columns(self) -> list[str]:
         from mfr_outcomes.study import ANALYSIS_COLUMNS
 
@@ -275,10 +346,14 @@ class ScaleStudy:
                    ) -> dict[str, list[str]]:
         """Levels present of each category column, in the vocabulary's order (as the in-memory
         Study's categoricals after unused levels are dropped)."""
+        from mfr_outcomes.models.domain import FOLLOWUP_STAGES
         from mfr_outcomes.schema import table_specs
 
         out = {}
         for col in cols:
+            if col == "stage":
+                present = set(self.levels(measure, filters, col).index)
+                out[col] = [c for c in FOLLOWUP_STAGES if c in present]
             if col not in _CATEGORY_TABLE:
                 continue
             spec = {s.name: s for s in table_specs(_CATEGORY_TABLE[col])}[col]
@@ -292,7 +367,8 @@ class ScaleStudy:
         import re
 
         words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", formula))
-        cats = self.categories(measure, filters, [c for c in _CATEGORY_TABLE if c in words])
+        cats = self.categories(measure, filters, [c for c in (*_CATEGORY_TABLE, "stage")
+                                                  if c in words])
         src = self._source(measure, filters)
         if self.kind == "duckdb":
             from mfr_outcomes.scale.duckdb_source import fit_mixed_duckdb
@@ -314,31 +390,31 @@ def fit_domain(model: str, study: ScaleStudy, measure: str, **options: Any) -> A
         return _prepost(study, measure, **options)
     if model == "course":
         return _course(study, measure, **options)
-    raise ValueError(f"fit_{model} on a study kept in DuckDB or on Dask is not available (the "
-                     f"visit stages need per-patient ordering of the rows); use fit_prepost or "
-                     f"fit_course, or load the study in memory")
+    if model == "followup":
+        return _followup(study, measure, **options)
+    raise ValueError(f"fit_{model} on a study kept in DuckDB or on Dask is not available; use "
+                     f"fit_prepost, fit_course or fit_followup, or load the study in memory")
 
 
-def _therapist_note(study: ScaleStudy, measure: str, filters: list[_Filter],
-                    pp: pd.DataFrame, therapist: bool, notes: list[str]) -> None:
-    from mfr_outcomes.models.domain import MIN_THERAPISTS, _caution
+def _followup_part(frame: pd.DataFrame) -> pd.DataFrame:
+    """The follow-up rows of a partition of whole patients (stage as text)."""
+    from mfr_outcomes.models.domain import followup_rows
+
+    out = followup_rows(frame.reset_index(drop=True))
+    out["stage"] = out["stage"].astype(object)
+    return out
+
+
+def _therapist_term(study: ScaleStudy, measure: str, filters: list[_Filter],
+                    pp: pd.DataFrame, therapist: bool, notes: list[str]) -> str:
+    """The in-memory choice of a therapist level (``models.domain.therapist_term``) from
+    aggregates: therapists present, and per patient the number seen (*pp*)."""
+    from mfr_outcomes.models.domain import therapist_term
 
     if not therapist:
-        return
+        return ""
     n_ther = len(study.levels(measure, filters, "therapist_id"))
-    if n_ther == 0:
-        notes.append("no therapist_id recorded, so no therapist level")
-    elif n_ther < MIN_THERAPISTS:
-        notes.append(f"only {n_ther} therapist(s), fewer than {MIN_THERAPISTS}: too few to "
-                     f"estimate a therapist variance, so the therapist level was left out")
-    else:
-        n_multi = int((pp["n_therapists"] > 1).sum())
-        how = (f"crossed with patients ({n_multi} of {len(pp)} patient(s) saw more than one)"
-               if n_multi else "with patients nested in them")
-        _caution(notes, f"{n_ther} therapists, {how}: in memory a therapist random intercept "
-                        f"(1 | therapist_id) is added; out of memory the statistics of one "
-                        f"grouping factor (the patient) are used, so the therapist level was "
-                        f"left out (therapist=False in memory is the same model)")
+    return therapist_term(n_ther, int((pp["n_therapists"] > 1).sum()), len(pp), notes)
 
 
 def _check_by(study: ScaleStudy, measure: str, filters: list[_Filter], by: str | None,
@@ -385,6 +461,13 @@ def _finish(study: ScaleStudy, measure: str, filters: list[_Filter], formula: st
 
     fit = study.fit(measure, filters, formula, reml=reml, df_method=df_method)
     fit.measure, fit.model = measure, model
+    fixed = study.fixed_frame(measure, filters, fit.spec.design)
+    if fixed is not None:
+        fit.spec.data = fixed
+    else:
+        notes.append(f"emmeans and contrasts are not available: they need the fixed-effect "
+                     f"variables of each reading, kept in memory up to {EMMEANS_ROWS:,} "
+                     f"readings")
     warn_list = fit.diagnostics.setdefault("warnings", [])
     for n in notes:
         if isinstance(n, _Caution) and n not in warn_list:
@@ -438,7 +521,7 @@ def _prepost(study: ScaleStudy, measure: str, *, by: str | None = "technique",
                         notes)
     covs = _covariates(study, covariates)
     by = _check_by(study, measure, filters, by, notes)
-    _therapist_note(study, measure, filters, pp, therapist, notes)
+    ther = _therapist_term(study, measure, filters, pp, therapist, notes)
     filters, side_mode = _sides(study, measure, filters, side, notes)
     single = bool((pp["n_sessions"] <= 1).all())
     if single and time is not None:
@@ -451,8 +534,8 @@ def _prepost(study: ScaleStudy, measure: str, *, by: str | None = "technique",
                "t-test's design)" if single else "too few readings per patient")
         counts = study.per_patient(measure, sub) if sub != filters else pp
         patient = patient_term(int(counts["n"].sum()), len(counts), "post", extra, why)
-        formula = prepost_formula(by=by, covariates=covs, side_factor=side_factor, time=time,
-                                  patient_term=patient)
+        formula = prepost_formula(by=by, covariates=covs, therapist_term=ther,
+                                  side_factor=side_factor, time=time, patient_term=patient)
         return _finish(study, measure, sub, formula, "prepost", extra, reml, df_method)
 
     return _each_side(study, measure, filters, side_mode, notes, build)
@@ -517,7 +600,7 @@ def _course(study: ScaleStudy, measure: str, *, time: str = "weeks", by: str | N
         random_slope = False
     covs = _covariates(study, covariates)
     by = _check_by(study, measure, filters, by, notes)
-    _therapist_note(study, measure, filters, pp, therapist, notes)
+    ther = _therapist_term(study, measure, filters, pp, therapist, notes)
     filters, side_mode = _sides(study, measure, filters, side, notes)
     fixed = f"{time} * {by}" if by else time
     for c in covs:
@@ -528,7 +611,34 @@ def _course(study: ScaleStudy, measure: str, *, time: str = "weeks", by: str | N
         rand = patient_term(int(counts["n"].sum()), len(counts),
                              time if random_slope else None, extra,
                              "too few readings per patient")
-        formula = f"value ~ {fixed}{' + side' if side_factor else ''} + {rand}"
+        formula = f"value ~ {fixed}{' + side' if side_factor else ''} + {rand}{ther}"
         return _finish(study, measure, sub, formula, "course", extra, reml, df_method)
+
+    return _each_side(study, measure, filters, side_mode, notes, build)
+
+
+def _followup(study: ScaleStudy, measure: str, *, covariates: Sequence[str] = (),
+              therapist: bool = True, side: Any = "auto", engine: str = "auto",
+              reml: bool = True, df_method: str = "satterthwaite") -> Any:
+    from mfr_outcomes.models.domain import _check_measure, check_patient_count, followup_checks
+
+    _check_measure(measure, "fit_followup")
+    study._check_measure(measure)
+    _engine_ok(engine, df_method)
+    notes: list[str] = []
+    filters = [_Filter("stage", "notna")]  # the follow-up frame
+    if not study.count(measure, filters):
+        raise ValueError(f"{measure!r} has no pre-treatment readings.")
+    pp = study.per_patient(measure, filters)
+    followup_checks(study.levels(measure, filters, "stage"), pp["n_stages"], measure, notes)
+    check_patient_count(len(pp), measure, "readings", notes)
+    covs = _covariates(study, covariates)
+    ther = _therapist_term(study, measure, filters, pp, therapist, notes)
+    filters, side_mode = _sides(study, measure, filters, side, notes)
+    fixed = "stage" + "".join(f" + {c}" for c in covs)
+
+    def build(sub: list[_Filter], extra: list[str], side_factor: bool = False) -> Any:
+        formula = f"value ~ {fixed}{' + side' if side_factor else ''} + (1 | patient_id){ther}"
+        return _finish(study, measure, sub, formula, "followup", extra, reml, df_method)
 
     return _each_side(study, measure, filters, side_mode, notes, build)
