@@ -644,17 +644,22 @@ def moment_start(model: SparseModel) -> np.ndarray:
     """
     spec, st = model.spec, model.st
     x0 = theta_start(spec)
-    r = model.st_y
-    rr = float(r @ r)
-    n_p = model.n - model.p
+    # Everything from the structure (the Gram matrix of [Z X r] with r the residual of y on X),
+    # so a model aggregated without rows (scale.gram) starts where the in-memory one does.
+    m = st.m
+    rr = float(st.Arr[m - 1, m - 1])
+    n_p = st.n - st.p
+    sums = []
+    if st.first.q == 1:
+        sums.append((st.first, st.A11[0, 0, :], st.Bx[0, st.p, :]))
+    for f, off in zip(st.rest, st.rest_offset):
+        if f.q == 1:
+            cols = off + np.arange(f.n_levels)
+            sums.append((f, st.Arr[cols, cols], st.Arr[cols, m - 1]))
     est = []
-    for f in [st.first] + st.rest:
-        if f.q != 1:
-            continue
-        z = f.Z[:, 0]
-        w = np.bincount(f.codes, z * z, minlength=f.n_levels)
+    for f, w, s in sums:
         keep = w > 0
-        s_l = np.bincount(f.codes, z * r, minlength=f.n_levels)[keep]
+        s_l = s[keep]
         ssb = float(np.sum(s_l * s_l / w[keep]))
         dfw = n_p - int(keep.sum())
         sw = (rr - ssb) / dfw if dfw > 0 else 0.0
@@ -974,7 +979,7 @@ class SparseEngine:
         lower = theta_lower_bounds(spec)
         if start is not None:
             x0 = np.asarray(start, float)
-        elif options.get("moment_start", True) and model.st_y is not None:
+        elif options.get("moment_start", True):
             x0 = moment_start(model)
         else:
             x0 = theta_start(spec)
