@@ -212,7 +212,7 @@ def foreign(child: TableState, parent: TableState, key: str, parent_label: str) 
     pos = parent_rows(child, parent, key)
     child.parent_rows[key] = (parent, pos)
     in_all = pos >= 0
-    in_used = in_all & parent.ok[np.maximum(pos, 0)]
+    in_used = _used_at(parent, pos)
     unsure = in_all & ~in_used  # the first parent row of the key is excluded: any other used?
     if unsure.any():
         in_used[unsure] = isin_text(ck[unsure], pkeys[parent.ok])
@@ -255,6 +255,11 @@ def parent_rows(child: TableState, parent: TableState, key: str) -> np.ndarray:
                         skip_nulls=True)
     found = pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.append(found, -1)[codes]
+
+
+def _used_at(parent: TableState, pos: np.ndarray) -> np.ndarray:
+    """Whether parent row *pos* is used, for each position (-1: no row, False)."""
+    return np.append(parent.ok, False)[pos]
 
 
 def _arrow_values(values: Any) -> pa.Array:
@@ -302,7 +307,7 @@ def _lookup_used(child: TableState, parent: TableState, key: str, values: np.nda
         pos = known[1]
     out = np.full(child.n, missing, dtype=values.dtype if len(values) else object)
     hit = pos >= 0
-    used = hit & parent.ok[np.maximum(pos, 0)]
+    used = _used_at(parent, pos)
     out[used] = values[pos[used]]
     other = np.flatnonzero(hit & ~used)  # first row excluded: a later used one (rare)
     if len(other):

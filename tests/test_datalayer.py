@@ -203,3 +203,13 @@ def test_parquet_text_read_as_dictionaries_gives_the_same_study(case, tmp_path, 
     assert got.report.accounting == ref.report.accounting
     for name in ("patients", "sessions", "measurements"):
         pd.testing.assert_frame_equal(getattr(got, name), getattr(ref, name), check_exact=True)
+
+
+def test_an_empty_parent_table_makes_every_child_row_an_orphan(tmp_path):
+    """Orphans are matched by position in the parent; a parent without rows has none (found by
+    hypothesis: a sessions file of one NUL byte)."""
+    header = (BASE / "sessions.csv").read_text().splitlines()[0]
+    report = mfr.validate(_folder(tmp_path, sessions=header + "\n"))
+    acc = report.accounting["measurements"]
+    assert acc.used == 0 and acc.reasons == {"orphan": acc.read}
+    assert all(f.rule == "orphan" for f in report.findings if f.table == "measurements")
