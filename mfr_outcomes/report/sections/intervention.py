@@ -142,7 +142,7 @@ def _dose(ctx: ReportContext, sec: Section, tx: pd.DataFrame, n_pat: Any, n_tx: 
     for r, unit in enumerate(dose["unit"]):  # a row of every patient or every session
         if (r, "n") in table.cells and unit in ("patients", "sessions"):
             ctx.ledger.relate_if(n_pat if unit == "patients" else n_tx, [table.cell("n", r)])
-    sec.para("n is the number of patients or sessions the row describes (its unit); a median "
+    sec.para("Number counts the patients or sessions the row describes (its unit); a median "
              "of a handful of values is hidden with its count. 'Not recorded': the source has "
              "no such column, or it is empty.")
 
