@@ -266,6 +266,35 @@ def test_site_counts_cannot_be_recovered_from_the_all_sites_report(attacked):
     assert not recovered, recovered
 
 
+def test_therapist_pseudonyms_are_the_same_in_every_report_of_the_study(attacked):
+    """A therapist has one letter in the all-sites report and in their site's report (so the
+    reports can be matched row by row), a site's report names only its own therapists, and no
+    pseudonym is a therapist's code."""
+    from mfr_outcomes.report.context import therapist_pseudonyms
+
+    study, _, out = attacked
+    names = therapist_pseudonyms(study)
+    codes = {str(t) for t in study.sessions["therapist_id"].dropna()}
+    assert set(names) == codes and len(set(names.values())) == len(codes)
+    assert not any(code in name for code in codes for name in names.values())
+    site_of = study.sessions.merge(study.patients[["patient_id", "site_id"]], on="patient_id")
+    sites_of = site_of.groupby(site_of["therapist_id"].astype(str))["site_id"].nunique()
+    everyone = {r["therapist"]: r for r in _read(out / "all", "intervention_therapists")}
+    hidden = (f"<{K}", "suppressed")
+    for site in sorted(study.patients["site_id"].unique()):
+        own = {names[str(t)] for t in site_of.loc[site_of["site_id"] == site, "therapist_id"]}
+        rows = _read(out / site, "intervention_therapists")
+        assert {r["therapist"] for r in rows} == own
+        for r in rows:
+            code = next(c for c, n in names.items() if n == r["therapist"])
+            if sites_of[code] == 1:  # one site's therapist: the same row in both reports
+                for col in ("sessions", "patients"):
+                    if hidden[0] != r[col] != hidden[1] and \
+                            hidden[0] != everyone[r["therapist"]][col] != hidden[1]:
+                        assert r[col] == everyone[r["therapist"]][col]
+    assert therapist_pseudonyms(study) == names  # the same letters on every call
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -323,24 +352,15 @@ def test_p_values_keep_full_precision_in_csv(tmp_path):
 # one. Every hidden count must keep two or more feasible values.
 
 
-def _row_names(result, report: str, study) -> dict[str, list[str]]:
-    """table -> the name of each row, with therapists by their code (pseudonyms differ
-    between reports, a reader matches them by their counts)."""
-    from mfr_outcomes.report.context import pseudonyms
-
-    sessions = study.sessions
-    if report != "all":
-        sessions = sessions[sessions["patient_id"].isin(
-            study.patients.loc[study.patients["site_id"] == report, "patient_id"])]
-    code = {f"Therapist {p}": t for t, p in pseudonyms(
-        [str(t) for t in sessions["therapist_id"].dropna().unique()]).items()}
+def _row_names(result) -> dict[str, list[str]]:
+    """table -> the name of each row as published (therapists by their pseudonyms, which are
+    the same in every report of the study, so a reader matches them across reports)."""
     out = {}
     for sec in result.sections.values():
         for table in sec.tables:
             first = table.keys or tuple(table.frame.columns[:1])
-            out[table.name] = [code.get(n, n) for n in (
-                " / ".join(str(table.frame[c].iloc[r]) for c in first)
-                for r in range(len(table.frame)))]
+            out[table.name] = [" / ".join(str(table.frame[c].iloc[r]) for c in first)
+                               for r in range(len(table.frame))]
     return out
 
 
@@ -348,7 +368,7 @@ def _published(result, folder: Path, report: str, study) -> list[tuple[tuple, st
     """(key, label as published in the CSV, true count, ledger id) of every count cell, and of
     every count said only in a sentence. Each CSV label must be the ledger's label."""
     led = result.ledger
-    names = _row_names(result, report, study)
+    names = _row_names(result)
     out, in_tables = [], set()
     for key, sec in result.sections.items():
         for table in sec.tables:

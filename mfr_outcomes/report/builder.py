@@ -18,7 +18,7 @@ import pandas as pd
 
 from mfr_outcomes.measures import get_measure
 from mfr_outcomes.report.blocks import ReportResult, Section
-from mfr_outcomes.report.context import Options, ReportContext
+from mfr_outcomes.report.context import Options, ReportContext, therapist_pseudonyms
 from mfr_outcomes.report.disclosure import Redactor, safe_write
 from mfr_outcomes.report.icons import icon_svg
 from mfr_outcomes.report.publish import (
@@ -160,7 +160,7 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     _check_out(out)
     others: list[tuple[Any, Any]] = []
     ctx = ReportContext(history, options, Redactor(_identifiers(study)),
-                        other_sites=lambda: others)
+                        other_sites=lambda: others, names=therapist_pseudonyms(study))
     others.extend(_other_sites(study, site, period))
     sections = []
     for key, (title, build) in SECTIONS.items():

@@ -3,6 +3,7 @@ published counts, and the record of failures and cautions."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import re
@@ -23,7 +24,7 @@ from mfr_outcomes.report.fmt import sentence
 from mfr_outcomes.vocab import TREATMENT_TECHNIQUES
 from mfr_outcomes.warnings_ import MfrWarning
 
-__all__ = ["Options", "ReportContext", "pseudonyms"]
+__all__ = ["Options", "ReportContext", "pseudonyms", "therapist_pseudonyms"]
 
 log = logging.getLogger("mfr_outcomes.report")
 
@@ -50,23 +51,43 @@ class Options:
     name_therapists: bool = False
 
 
-def pseudonyms(ids: list[str]) -> dict[str, str]:
-    """Stable pseudonyms in the sorted order of *ids*: "A", "B", ..., "Z", "AA", ...
+def pseudonyms(ids: list[str], key: bytes | None = None) -> dict[str, str]:
+    """Stable pseudonyms "A", "B", ..., "Z", "AA", ... in the sorted order of *ids*, or, with
+    *key*, in the order of a keyed hash of each id (the letters then say nothing of the ids'
+    order to whoever lacks the key).
 
     >>> pseudonyms(["T9", "T1", "T5"])
     {'T1': 'A', 'T5': 'B', 'T9': 'C'}
+    >>> sorted(pseudonyms(["T9", "T1", "T5"], key=b"salt").values())
+    ['A', 'B', 'C']
     """
     letters = string.ascii_uppercase
+    order = sorted(set(ids))
+    if key is not None:
+        order.sort(key=lambda t: hashlib.blake2b(t.encode("utf-8"), key=key[:64],
+                                                 digest_size=16).digest())
     out = {}
-    for k, key in enumerate(sorted(set(ids))):
+    for k, ident in enumerate(order):
         name, n = "", k
         while True:
             name = letters[n % 26] + name
             n = n // 26 - 1
             if n < 0:
                 break
-        out[key] = name
+        out[ident] = name
     return out
+
+
+def therapist_pseudonyms(study: Any) -> dict[str, str]:
+    """Therapist id -> "Therapist C", the same in every report of *study* (all sites, each
+    site, any period): letters given in the order of a keyed hash of the id, the key being a
+    digest of the study's patient identifiers (which no report publishes). A site's report
+    shows only its own therapists, under the letters of the whole study."""
+    h = hashlib.blake2b(digest_size=32, person=b"mfr-therapists")
+    for pid in sorted({str(p) for p in study.patients["patient_id"].dropna().unique()}):
+        h.update(pid.encode("utf-8") + b"\0")
+    ids = [str(t) for t in study.sessions["therapist_id"].dropna().unique()]
+    return {t: f"Therapist {p}" for t, p in pseudonyms(ids, key=h.digest()).items()}
 
 
 class ReportContext:
@@ -82,14 +103,19 @@ class ReportContext:
         Identifiers of the whole source (patients, sessions, and those named in findings).
     other_sites : callable, optional
         Returns (period study, history study) of every other site (the cross-report rule).
+    names : dict, optional
+        Therapist id -> pseudonym for the whole study (:func:`therapist_pseudonyms`), so that
+        every report of the study names a therapist alike; by default, of this scope alone.
     """
 
     def __init__(self, study: Any, options: Options, redactor: Redactor, *,
-                 other_sites: Callable[[], list[Any]] | None = None) -> None:
+                 other_sites: Callable[[], list[Any]] | None = None,
+                 names: dict[str, str] | None = None) -> None:
         self.study = study
         self.options = options
         self.redactor = redactor
         self.other_sites = other_sites or (lambda: [])
+        self._names = names
         self.ledger = Ledger(options.min_cell)
         self.failures: list[str] = []
         self.cautions: list[str] = []
@@ -148,12 +174,15 @@ class ReportContext:
 
     @cached_property
     def therapist_names(self) -> dict[str, str]:
-        """Therapist id -> name shown: a stable pseudonym ("Therapist C", in the sorted order
-        of the site's therapists) unless ``name_therapists``."""
+        """Therapist id -> name shown: a pseudonym ("Therapist C") the same in every report of
+        the study (see :func:`therapist_pseudonyms`) unless ``name_therapists``."""
         ids = [str(t) for t in self.study.sessions["therapist_id"].dropna().unique()]
         if self.options.name_therapists:
             return {t: t for t in ids}
-        return {t: f"Therapist {p}" for t, p in pseudonyms(ids).items()}
+        names = self._names
+        if names is None or any(t not in names for t in ids):
+            names = therapist_pseudonyms(self.study)
+        return {t: names[t] for t in ids}
 
     # -- counts
 

@@ -80,7 +80,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
     ctx.ledger.relate(n_tx, therapists.column_cells("sessions"))
     if not ctx.options.name_therapists:
         sec.para("Therapists are shown by stable pseudonyms (the same letter for the same "
-                 "therapist in every report of this site); the clinic holds the key.")
+                 "therapist in every report of this study); the clinic holds the key.")
     sec.para("How well (fidelity) cannot be judged from visit records alone: these tables show "
              "what was recorded, not whether each technique followed its protocol.")
 
