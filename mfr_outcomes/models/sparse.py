@@ -926,7 +926,8 @@ class SparseEngine:
     "l-bfgs-b"; "cobyqa", derivative-free), ``analytic_gradient`` (True; False: finite
     differences, ``fd`` "forward" or "central"), ``maxiter`` (2000), ``boundary_tol`` (1e-5),
     ``grad_tol`` (2e-3, on the largest free component of the deviance's gradient),
-    ``condvar`` (True: conditional variances of the modes).
+    ``condvar`` (True: conditional variances of the modes), ``moment_start`` (True: scalar
+    factors start from one-way moment estimates, :func:`moment_start`; False: lme4's start).
 
     Examples
     --------
