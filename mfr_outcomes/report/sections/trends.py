@@ -168,7 +168,8 @@ class _Series:
     counts are at least min_cell here and not small at another site (the limits of a p-chart
     give its denominator). Once the ledger has decided (:attr:`decided`), a period is shown
     only when the ledger publishes its counts too: the counts of a proportion chart are ledger
-    cells (:meth:`register`), and a mean is drawn only where the monthly table shows it."""
+    cells (:meth:`register`). A mean is drawn as the monthly table shows it (a mean of enough
+    readings, whether or not its count is hidden to protect another)."""
 
     def __init__(self, ctx: ReportContext, monthly: Table) -> None:
         self.ctx = ctx
@@ -232,7 +233,7 @@ class _Series:
 
     def means(self, grain: str, mean: str, n: str) -> tuple[np.ndarray, list[str]]:
         t, k = self.frame(grain), self.ctx.min_cell
-        ok = (t[n] >= k) & (t["patients"] >= k) & self.published(grain, (n, "patients"))
+        ok = (t[n] >= k) & (t["patients"] >= k)  # a mean reveals no count: as in the table
         return t[mean].where(ok).to_numpy(dtype="float64"), self.labels(grain)
 
     def proportion(self, grain: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
