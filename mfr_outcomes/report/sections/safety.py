@@ -83,6 +83,13 @@ def build(ctx: ReportContext, sec: Section) -> None:
     recorded = ctx.count(int((ae != "not recorded").sum()))
     ctx.ledger.relate(k, types.column_cells("sessions", events))
     ctx.ledger.relate(recorded, types.column_cells("sessions", recorded_rows))
+    chart = ctx.tables.get("chart_adverse_events_month")  # the trends chart's counts
+    if chart is not None:  # its months of the report period add up to these totals
+        period = ctx.options.period
+        rows = [r for r, month in enumerate(chart.frame["month"]) if period is None
+                or period[0] <= pd.Timestamp(str(month)) < period[1]]
+        ctx.ledger.relate_if(k, chart.column_cells("ae_events", rows))
+        ctx.ledger.relate_if(recorded, chart.column_cells("ae_sessions", rows))
     sec.para(Text.of(
         "Adverse events recorded at treatment sessions: ", k, " of ", recorded,
         " sessions with a record", Pct(k, recorded), ". Soreness and bruising are expected "

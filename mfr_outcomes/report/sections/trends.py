@@ -66,16 +66,19 @@ def build(ctx: ReportContext, sec: Section) -> None:
         f"grain. A month "
         f"(or week) is left out of a chart (a gap) when it has fewer than {ctx.min_cell} "
         f"patients or readings, or, for a proportion, fewer than {ctx.min_cell} events in it.")
-    sec.later(lambda: _summary(ctx))
+    # Charts are drawn once the ledger has decided (later blocks), from the counts it
+    # publishes; the grain is chosen now, so that the counts of that grain are in the ledger.
+    charts: list[_Deferred] = []
+    sec.later(lambda: _summary(ctx, series, charts))  # first: it draws them
     table = monthly_frame(ctx.study, ctx.measure)
-    ctx.add_table(sec, Table(
+    monthly = ctx.add_table(sec, Table(
         "monthly", f"{m.label} by calendar month.", table,
         counts=("patients", "sessions", "n_pre", "n_paired", "finished_care", "responders"),
         linked={"mean_pre": ("n_pre", "patients"), "mean_change": ("n_paired", "patients"),
                 "responder_percent": ("finished_care", "responders")},
         ratios=("responder_percent",), decimals={"responder_percent": 0}, keys=("month",),
         by_site=lambda st: monthly_frame(st, ctx.measure), scope="history"))
-    series = _Series(ctx, table)
+    series = _Series(ctx, monthly)
     specs: list[tuple[str, str, Callable[[str], Any], str, bool]] = [
         (ctx.measure, f"Mean {m.label} before sessions",
          lambda g: qi.xmr_chart(*series.means(g, "mean_pre", "n_pre"), measure=ctx.measure,
@@ -93,33 +96,144 @@ def build(ctx: ReportContext, sec: Section) -> None:
                       "proportion of responders", True))
     for key, title, make, ylabel, percent in specs:
         sec.heading(title)
-        ctx.attempt(sec, f"The chart '{title}'", _chart, ctx, sec, key, title, make, ylabel,
-                    percent, ctx.options.targets)
+        what = f"The chart '{title}'"
+        grain = ctx.attempt(sec, what, _prepare, ctx, series, key, make)
+        if grain is not None:
+            charts.append(_Deferred(ctx, sec, what, _chart, ctx, series, key, title, make,
+                                    ylabel, percent, ctx.options.targets, grain))
     sec.heading("Treatment sessions with an adverse event")
-    ctx.attempt(sec, "The chart of adverse events", _ae_chart, ctx, sec)
+    what = "The chart of adverse events"
+    make = ctx.attempt(sec, what, _ae_prepare, ctx, sec, series)
+    if make is not None:
+        grain = ctx.attempt(sec, what, _prepare, ctx, series, "adverse_events", make)
+        if grain is not None:
+            charts.append(_Deferred(ctx, sec, what, _chart, ctx, series, "adverse_events",
+                                    "Treatment sessions with an adverse event", make,
+                                    "proportion of sessions", True, ctx.options.targets,
+                                    grain))
+
+
+class _Deferred:
+    """A chart drawn after the ledger's decision: a later block of *sec*, made once (the
+    summary of the charts, which comes first, draws every chart before it is made)."""
+
+    def __init__(self, ctx: ReportContext, sec: Section, what: str,
+                 fn: Callable[..., None], *args: Any) -> None:
+        self.ctx, self.sec, self.what, self.fn, self.args = ctx, sec, what, fn, args
+        self.blocks: list[tuple[str, Any]] | None = None
+        sec.later(self)
+
+    def __call__(self) -> list[tuple[str, Any]]:
+        if self.blocks is None:
+            part = Section(self.sec.key, self.sec.title)
+            self.ctx.attempt(part, self.what, self.fn, part, *self.args)
+            self.sec.problems.extend(part.problems)
+            self.blocks = part.blocks
+        return self.blocks
+
+
+def _cell_name(kind: str, col: str) -> str:
+    return f"ae_{col}" if kind == "ae" else col
+
+
+#: Counts each proportion chart plots (numerator, denominator) in its frame.
+_PROPORTION = {"responders": ("responders", "finished_care"),
+               "adverse_events": ("events", "sessions")}
+
+
+def _prepare(ctx: ReportContext, series: _Series, key: str,
+             make: Callable[[str], Any]) -> str:
+    """The grain of a chart (monthly, or weekly when months are too few for its rules), chosen
+    with the small-count gates alone, and the counts a proportion chart plots at that grain
+    registered in the ledger with their margins: the periods add up to the monthly total."""
+    import warnings
+
+    grain, series.points[key] = GRAINS[0], {}
+    for g in GRAINS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its cautions are shown when it is drawn
+            got = make(g)
+        series.points[key][g] = got.n_points
+        if not got.shortfall():
+            grain = g
+            break
+    if key in _PROPORTION:
+        series.register(key, grain, _PROPORTION[key])
+    return grain
 
 
 class _Series:
     """The values a chart plots, by grain, with the disclosure gates applied: a mean is shown
     when its period has at least min_cell patients and readings; a proportion when both its
     counts are at least min_cell here and not small at another site (the limits of a p-chart
-    give its denominator)."""
+    give its denominator). Once the ledger has decided (:attr:`decided`), a period is shown
+    only when the ledger publishes its counts too: the counts of a proportion chart are ledger
+    cells (:meth:`register`). A mean is drawn as the monthly table shows it (a mean of enough
+    readings, whether or not its count is hidden to protect another)."""
 
-    def __init__(self, ctx: ReportContext, monthly: pd.DataFrame) -> None:
+    def __init__(self, ctx: ReportContext, monthly: Table) -> None:
         self.ctx = ctx
-        self.frames = {"month": monthly}
+        self.frames = {("monthly", "month"): monthly.frame}
+        self.tables: dict[tuple[str, str], Table] = {("monthly", "month"): monthly}
+        self.points: dict[str, dict[str, int]] = {}
+        self.decided = False
 
-    def frame(self, grain: str) -> pd.DataFrame:
-        if grain not in self.frames:
-            self.frames[grain] = monthly_frame(self.ctx.study, self.ctx.measure, grain)
-        return self.frames[grain]
+    def frame(self, grain: str, kind: str = "monthly") -> pd.DataFrame:
+        if (kind, grain) not in self.frames:
+            self.frames[(kind, grain)] = monthly_frame(self.ctx.study, self.ctx.measure, grain) \
+                if kind == "monthly" else _ae_counts(self.ctx.study, grain)
+        return self.frames[(kind, grain)]
 
     def labels(self, grain: str) -> list[str]:
         return self.frame(grain)[grain].tolist()
 
+    def register(self, key: str, grain: str, cols: tuple[str, ...]) -> Table:
+        """Put the counts *cols* of chart *key* at *grain* in the ledger (a table registered but
+        not shown: the chart publishes it), with the margin a reader finds: each column adds
+        up to the monthly column's total."""
+        kind = "ae" if key == "adverse_events" else "monthly"
+        if (kind, grain) in self.tables:
+            return self.tables[(kind, grain)]
+        ctx = self.ctx
+        # the adverse-event counts are named apart from the monthly table's "sessions" (all
+        # sessions), so that no month is taken for the same count by its name
+        names = {c: _cell_name(kind, c) for c in cols}
+
+        def of(st: Any) -> pd.DataFrame:
+            frame = monthly_frame(st, ctx.measure, grain) if kind == "monthly" else \
+                _ae_counts(st, grain)
+            return frame.rename(columns=names)
+
+        table = Table(f"chart_{key}_{grain}", f"Counts of the chart '{key}' by {grain}.",
+                      self.frame(grain, kind).rename(columns=names),
+                      counts=tuple(names.values()), keys=(grain,), scope="history", by_site=of)
+        ctx.add_table(Section("chart", ""), table)  # in the ledger, not in the report
+        self.tables[(kind, grain)] = table
+        if grain != "month":
+            months = self.register(key, "month", cols)
+            for col in names.values():
+                total = ctx.count(int(sum(ctx.ledger.values[c.id]
+                                          for c in table.column_cells(col))))
+                ctx.ledger.relate_if(total, table.column_cells(col))
+                ctx.ledger.relate_if(total, months.column_cells(col))
+        return table
+
+    def published(self, grain: str, cols: tuple[str, ...], kind: str = "monthly") -> np.ndarray:
+        """True for each period whose counts *cols* the ledger publishes (all True before the
+        decision, or for counts it does not hold)."""
+        n = len(self.frame(grain, kind))
+        ok = np.ones(n, dtype=bool)
+        table = self.tables.get((kind, grain))
+        if not self.decided or table is None:
+            return ok
+        for r in range(n):
+            cells = [table.cells.get((r, _cell_name(kind, c))) for c in cols]
+            ok[r] = not any(c is not None and self.ctx.ledger.hidden(c) for c in cells)
+        return ok
+
     def means(self, grain: str, mean: str, n: str) -> tuple[np.ndarray, list[str]]:
         t, k = self.frame(grain), self.ctx.min_cell
-        ok = (t[n] >= k) & (t["patients"] >= k)
+        ok = (t[n] >= k) & (t["patients"] >= k)  # a mean reveals no count: as in the table
         return t[mean].where(ok).to_numpy(dtype="float64"), self.labels(grain)
 
     def proportion(self, grain: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -128,8 +242,19 @@ class _Series:
         ok &= ~t[grain].isin(_small_elsewhere(
             self.ctx, ("finished_care", "responders"),
             lambda st: monthly_frame(st, self.ctx.measure, grain), grain))
+        ok &= self.published(grain, _PROPORTION["responders"])
         return (t["responders"].where(ok).to_numpy(dtype="float64"),
                 t["finished_care"].where(ok).to_numpy(dtype="float64"), self.labels(grain))
+
+    def adverse(self, grain: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        counts, k = self.frame(grain, "ae"), self.ctx.min_cell
+        ok = (counts["sessions"] >= k) & (counts["events"] >= k)
+        ok &= ~counts[grain].isin(_small_elsewhere(
+            self.ctx, ("events", "sessions"), lambda st: _ae_counts(st, grain), grain))
+        ok &= self.published(grain, _PROPORTION["adverse_events"], "ae")
+        return (counts["events"].where(ok).to_numpy(dtype="float64"),
+                counts["sessions"].where(ok).to_numpy(dtype="float64"),
+                counts[grain].tolist())
 
 
 def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...],
@@ -182,42 +307,35 @@ def _layout(ctx: ReportContext, key: str, labels: list[str]) -> dict[str, Any]:
     return {"rebase": rebase or None, "baseline": baseline, "target": o.targets.get(key)}
 
 
-def _chart(ctx: ReportContext, sec: Section, key: str, title: str,
+def _chart(sec: Section, ctx: ReportContext, series: _Series, key: str, title: str,
            make: Callable[[str], Any], ylabel: str, percent: bool,
-           targets: dict[str, float]) -> None:
-    """The chart *make(grain)* draws: monthly, or weekly when months are too few for its rules
-    and weeks are enough."""
+           targets: dict[str, float], grain: str) -> None:
+    """The chart *make(grain)* draws, from the counts the ledger publishes (drawn after its
+    decision): monthly, or weekly when months were too few for its rules and weeks enough."""
     import warnings
 
     from mfr_outcomes import plots, qi
 
-    grain, res, points = "month", None, {}
-    for g in GRAINS:
-        with warnings.catch_warnings():
-            # a chart's cautions are its notes, shown under it when it is drawn
-            warnings.simplefilter("ignore")
-            got = make(g)
-        points[g] = got.n_points
-        res = res or got
-        if not got.shortfall():
-            grain, res = g, got
-            break
-    monthly_points = points["month"]
+    points = series.points.get(key, {})
+    with warnings.catch_warnings():
+        # a chart's cautions are its notes, shown under it when it is drawn
+        warnings.simplefilter("ignore")
+        res = make(grain)
     short = res.shortfall()
     ctx.charts.append({"chart": title, "key": key, "grain": grain, "points": res.n_points,
                        "variation": None if short else res.variation,
                        "assurance": None if short else res.assurance,
                        "target": targets.get(key, np.nan)})
     if short:
-        weekly = points.get("week")
+        weekly = points.get("week") if grain == "month" else None
         sec.para(short if weekly is None else
                  f"{short} By week it would have {weekly} points with a value, too few as well.")
         return
     if grain != "month":
         sec.para(f"Drawn by week (Monday to Sunday, each labelled by its Monday): the monthly "
-                 f"series has only {monthly_points} months with a value, fewer than the "
-                 f"{qi.MIN_SPC_POINTS} its rules need. Weekly points rest on fewer patients, so "
-                 f"they vary more from week to week.")
+                 f"series has only {points.get('month', 0)} months with a value, fewer than "
+                 f"the {qi.MIN_SPC_POINTS} its rules need. Weekly points rest on fewer "
+                 f"patients, so they vary more from week to week.")
     else:
         sec.para("Drawn by calendar month.")
     title = f"{title}, by {grain}"
@@ -235,6 +353,14 @@ def _chart(ctx: ReportContext, sec: Section, key: str, title: str,
         sentences.append(f"Assurance icon (target {res.target:g}): "
                          f"{mdc.icon_text(res.assurance)}.")
     sentences += [f"Note: {ctx.safe(n)}" for n in res.notes]
+    gaps = int(res.points["value"].isna().sum())
+    if gaps and ctx.min_cell > 1:
+        what = (f"fewer than {ctx.min_cell} events or cases in it" if key in _PROPORTION
+                else f"fewer than {ctx.min_cell} patients or readings in it")
+        sentences.append(
+            f"Note: {gaps} {grain}(s) are not shown (gaps): a {grain} with {what}, or whose "
+            f"count this report hides (in its tables, or to protect another count), is left "
+            f"out, and the centre line and limits are computed from the {grain}s shown only.")
     sec.items(sentences)
 
 
@@ -249,30 +375,33 @@ def _period_shade(ctx: ReportContext, res: Any) -> tuple[float, float] | None:
     return (inside[0] - 0.5, inside[-1] + 0.5) if len(inside) else None
 
 
-def _ae_chart(ctx: ReportContext, sec: Section) -> None:
+def _ae_prepare(ctx: ReportContext, sec: Section, series: _Series) -> Callable[[str], Any] | None:
+    """The adverse-event chart's maker, its monthly counts registered in the ledger (the
+    safety section ties the months of the report period to its totals); None (with a
+    sentence) when adverse events were not recorded."""
     from mfr_outcomes import qi
 
-    if _ae_counts(ctx.study).empty:
+    if series.frame("month", "ae").empty:
         sec.para("Adverse events were not recorded, so there is no chart.")
-        return
+        return None
+    series.register("adverse_events", "month", _PROPORTION["adverse_events"])
 
     def make(grain: str) -> Any:
-        counts = _ae_counts(ctx.study, grain)
-        ok = (counts["sessions"] >= ctx.min_cell) & (counts["events"] >= ctx.min_cell)
-        ok &= ~counts[grain].isin(_small_elsewhere(
-            ctx, ("events", "sessions"), lambda st: _ae_counts(st, grain), grain))
-        labels = counts[grain].tolist()
-        return qi.p_chart(counts["events"].where(ok).to_numpy(dtype="float64"),
-                          counts["sessions"].where(ok).to_numpy(dtype="float64"), labels,
-                          better="lower", what="sessions with an event",
+        events, sessions, labels = series.adverse(grain)
+        return qi.p_chart(events, sessions, labels, better="lower",
+                          what="sessions with an event",
                           **_layout(ctx, "adverse_events", labels))
 
-    _chart(ctx, sec, "adverse_events", "Treatment sessions with an adverse event", make,
-           "proportion of sessions", True, ctx.options.targets)
+    return make
 
 
-def _summary(ctx: ReportContext) -> list[tuple[str, Any]]:
-    """The summary of every chart with its icons (made once the charts are built)."""
+def _summary(ctx: ReportContext, series: _Series,
+             charts: list[_Deferred]) -> list[tuple[str, Any]]:
+    """The summary of every chart with its icons: the first later block of the section, so it
+    draws every chart (now that the ledger has decided) before it is made."""
+    series.decided = True
+    for chart in charts:
+        chart()
     if not ctx.charts:
         return []
     frame = pd.DataFrame(ctx.charts)[["chart", "grain", "points", "variation", "assurance",
