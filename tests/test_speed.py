@@ -8,6 +8,7 @@ against threadpoolctl's view, and a singular fit landing on 0 exactly. No timing
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -182,3 +183,75 @@ def test_singular_diagonal_lands_on_zero():
     assert res.converged and res.n_classes == 1  # the pooled path
     assert res.theta[2] == 0.0  # this seed puts the slope's variance on the boundary
     assert any("singular" in m for m in res.messages)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("theta", [[0.8, 0.1, 0.3], [1.0, 0.0, 1.0], [0.05, -0.4, 0.0],
+                                   [2.5, 1.2, 0.7]])
+def test_fused_criterion_and_gradient_equal_the_two_step_ones(clinic, reml, theta):
+    """The optimiser's one-pass criterion and gradient (merged data terms) give the values of the
+    classes' evaluation + ``_objective`` + ``_gradient_classes``, and a central difference."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    assert isinstance(cl, fast._Classes)
+    th = np.asarray(theta, dtype=float)
+    ev = fast._evaluate_classes(cl, stats, lay, th)
+    f, g = fast._fg_classes(cl, stats, lay, th, reml)
+    assert f == pytest.approx(fast._objective(ev, stats.n, stats.p, reml), rel=1e-13)
+    want = fast._gradient_classes(cl, stats, lay, ev, reml)
+    np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-9 * float(np.abs(want).max()))
+    assert fast._fg_classes(cl, stats, lay, th, reml, gradient=False) == (f, None)
+    h = 1e-6
+    fd = [(fast._fg_classes(cl, stats, lay, th + h * e, reml, gradient=False)[0]
+           - fast._fg_classes(cl, stats, lay, th - h * e, reml, gradient=False)[0]) / (2 * h)
+          for e in np.eye(th.size)]
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def _caution_by_sorting(y, response):
+    """The response caution as it was written before (np.unique of the finite values)."""
+    y = np.asarray(y, float)
+    y = y[np.isfinite(y)]
+    if y.size == 0:
+        return None
+    values = np.unique(y)
+    if values.size <= 2 and set(values.tolist()) <= {0.0, 1.0}:
+        return "binary"
+    whole = np.all(y >= 0) and np.all(np.abs(y - np.round(y)) < 1e-12)
+    if whole and y.max() > 10 and y.std() > 0:
+        skew = float(np.mean((y - y.mean()) ** 3) / y.std() ** 3)
+        if skew > 1.0:
+            return "count"
+    return None
+
+
+def test_response_caution_without_sorting_agrees_with_np_unique():
+    from mfr_outcomes.models.checks import gaussian_response_caution
+
+    rng = np.random.default_rng(7)
+    cases = [np.zeros(5), np.ones(5), np.array([0.0, 1.0, 1.0]), np.array([0.0, 1.0, 2.0]),
+             np.array([0.0, 0.5, 1.0]), np.array([np.nan, 0.0, 1.0]), np.array([np.nan, np.inf]),
+             np.array([1e308, 1e308, 0.0, 1.0]), np.array([-1.0, 0.0, 1.0]),
+             rng.integers(0, 11, 300).astype(float), rng.poisson(0.7, 300) * 7.0,
+             np.append(rng.poisson(0.7, 300) * 7.0, [np.nan, -np.inf]),
+             rng.normal(5, 2, 300), np.array([])]
+    for y in cases:
+        got = gaussian_response_caution(y, "pain")
+        want = _caution_by_sorting(y, "pain")
+        assert (got is None) == (want is None), y
+        if want is not None:
+            assert ("0/1" in got) == (want == "binary") and ("count" in got) == (want == "count")
+
+
+def test_non_finite_values_still_refused_by_the_fast_engine(clinic):
+    spec = build_spec(clinic, FORMULA)
+    assert fast.FastEngine().supports(spec)[0]
+    for bad in (np.nan, np.inf):
+        y = spec.y.copy()
+        y[3] = bad
+        ok, why = fast.FastEngine().supports(dataclasses.replace(spec, y=y))
+        assert not ok and "non-finite" in why
+    big = spec.X.copy()
+    big[:, -1] = 1e308  # sums overflow, values finite: checked value by value
+    assert fast.FastEngine().supports(dataclasses.replace(spec, X=big))[0]

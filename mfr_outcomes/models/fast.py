@@ -849,6 +849,56 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     return grad_m[lay.theta_rows, lay.theta_cols]
 
 
+def _fg_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, reml: bool,
+                gradient: bool = True) -> tuple[float, np.ndarray | None]:
+    """Criterion and gradient of the pooled classes in one pass (the optimiser's inner loop): the
+    formulas of ``_evaluate_classes`` and ``_gradient_classes`` with their two data terms merged.
+
+    With F = I − C Λ A⁻¹ Λᵀ and H = A⁻¹ Λᵀ, FᵀΛ = Λ A⁻¹ = Hᵀ (ΛᵀCΛ = A − I), so the REML term
+    (Λᵀ Σ F Πₖ Fᵀ)ᵀ = Σ F Πₖ Hᵀ and the residual term Σ F Eₖ Hᵀ share one product with Ω:
+    Σ F (α Eₖ + 2 Πₖ) Hᵀ, α = 2 (n − p) / r², with Eₖ and Πₖ both linear in Ω. Returns
+    (inf, None) where the criterion is not finite, (f, None) when *gradient* is false.
+    """
+    q, p, n = lay.q_inner, stats.p, stats.n
+    m = p + 1
+    lam, _ = lay.lambdas(theta)
+    C = cl.Ck
+    K = C.shape[0]
+    CL = C @ lam
+    A = lam.T @ CL
+    A.reshape(K, q * q)[:, ::q + 1] += 1.0
+    Ainv, logdets = _inv_logdet(A)
+    H = Ainv @ lam.T
+    S = ((lam @ H).reshape(-1) @ cl.omega_flat).reshape(m, m)
+    RX, info = _potrf(stats.XtX - S[:p, :p], lower=0, clean=1)
+    if info != 0:
+        return np.inf, None
+    XtVy = cl.Xty0 - S[:p, p]
+    beta0 = _potrs(RX, XtVy, lower=0)[0]
+    pwrss = max(cl.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
+    nn = (n - p) if reml else n
+    f = float(cl.count @ logdets) + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
+    if reml:
+        f += 2.0 * float(np.log(np.abs(RX.diagonal())).sum())
+    if not math.isfinite(f):
+        return np.inf, None
+    if not gradient:
+        return f, None
+    W = np.empty((m, m))
+    W[:p, :p] = _potrs(RX, np.eye(p), lower=0)[0] if reml else 0.0
+    W[:p, p] = W[p, :p] = 0.0
+    W[p, p] = 0.0
+    W *= 2.0
+    w = np.append(-beta0, 1.0)  # the data hold y − X b0
+    W += (2.0 * nn / pwrss) * (w[:, None] * w)
+    T = (cl.omega_flat @ W.reshape(-1)).reshape(K, q, q)
+    F = -(CL @ H)  # I − C Λ A⁻¹ Λᵀ
+    F.reshape(K, q * q)[:, ::q + 1] += 1.0
+    grad_m = 2.0 * (cl.count @ (H @ C).reshape(K, q * q)).reshape(q, q).T
+    grad_m -= (F @ T @ H.transpose(0, 2, 1)).sum(axis=0)
+    return f, grad_m[lay.theta_rows, lay.theta_cols]
+
+
 def _eval_any(stats: Stats, lay: Layout, theta: np.ndarray,
               classes: _Classes | _NestedClasses | None) -> _Eval:
     theta = np.asarray(theta, dtype=float)
@@ -979,7 +1029,10 @@ class FastEngine:
         lay, why = layout_of(spec)
         if lay is None:
             return False, why
-        if not (np.all(np.isfinite(spec.y)) and np.all(np.isfinite(spec.X))):
+        # a finite sum means every value is finite (one reduction, no mask); a sum that
+        # overflowed is checked value by value
+        if not (math.isfinite(float(spec.y.sum())) and math.isfinite(float(spec.X.sum()))) and not (
+                np.all(np.isfinite(spec.y)) and np.all(np.isfinite(spec.X))):
             return False, "the response or the fixed-effects matrix holds non-finite values"
         return True, ""
 
@@ -1029,9 +1082,13 @@ class FastEngine:
         analytic = bool(opts.get("analytic_gradient", True))
         classes = _classes(stats, lay) if opts.get("compress", True) else None
         nev = [0]
+        pooled_fg = isinstance(classes, _Classes)
 
         def fg(th: np.ndarray):
             nev[0] += 1
+            if pooled_fg:
+                f, g = _fg_classes(classes, stats, lay, np.asarray(th, dtype=float), reml)
+                return (1e300, np.zeros(nth)) if g is None else (f, g)
             ev = _eval_any(stats, lay, th, classes)
             f = _objective(ev, n, p, reml)
             if not np.isfinite(f):
@@ -1052,6 +1109,9 @@ class FastEngine:
 
         def objective_only(th: np.ndarray) -> float:
             nev[0] += 1
+            if pooled_fg:
+                return _fg_classes(classes, stats, lay, np.asarray(th, dtype=float), reml,
+                                   gradient=False)[0]
             return _objective(_eval_any(stats, lay, th, classes), n, p, reml)
 
         pooled = newton = None
