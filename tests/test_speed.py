@@ -255,3 +255,23 @@ def test_non_finite_values_still_refused_by_the_fast_engine(clinic):
     big = spec.X.copy()
     big[:, -1] = 1e308  # sums overflow, values finite: checked value by value
     assert fast.FastEngine().supports(dataclasses.replace(spec, X=big))[0]
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_pooled_deviance_in_varpar_equals_the_per_group_one(clinic, reml):
+    """The convergence check's deviance from the pooled pieces alone (no _Eval) equals the
+    per-group evaluation's, and the 2×2 adjugate inverse equals numpy.linalg's."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    for vp in ([0.8, 0.1, 0.3, 1.1], [1.3, -0.02, 0.0, 0.9], [0.0, 0.0, 0.0, 2.0]):
+        vp = np.asarray(vp)
+        assert fast.deviance_varpar(stats, lay, vp, reml, cl) == pytest.approx(
+            fast.deviance_varpar(stats, lay, vp, reml, None), rel=1e-11)
+    A = np.random.default_rng(3).normal(size=(7, 2, 2))
+    A = A @ A.transpose(0, 2, 1) + np.eye(2)
+    inv, logdet = fast._inv_logdet_sym2(A.copy())
+    np.testing.assert_allclose(inv, np.linalg.inv(A), rtol=1e-12)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+    RX = np.diag([1e-200, 1e-200, 3.0])  # the product leaves the range: the sum of logs
+    assert fast._logdet_rx(RX) == pytest.approx(2 * (2 * np.log(1e-200) + np.log(3.0)))

@@ -849,6 +849,51 @@ def _gradient_classes(cl: _Classes, stats: Stats, lay: Layout, ev: _Eval, reml: 
     return grad_m[lay.theta_rows, lay.theta_cols]
 
 
+def _inv_logdet_sym2(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses and log-determinants of a (K, 2, 2) stack of symmetric matrices: the adjugate is
+    A with both axes reversed and the off-diagonal negated (fewer NumPy calls than
+    ``_inv_logdet``, same arithmetic)."""
+    det = A[:, 0, 0] * A[:, 1, 1]
+    det -= A[:, 0, 1] * A[:, 0, 1]
+    inv = A[:, ::-1, ::-1] * _ADJ_SIGN
+    inv /= det[:, None, None]
+    return inv, np.log(det)
+
+
+_ADJ_SIGN = np.array([[1.0, -1.0], [-1.0, 1.0]])
+
+
+def _pooled_core(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> tuple | None:
+    """The pooled classes' pieces at θ: log|L_θ|², r², R_X, β̂ − b0 and, for the gradient, Λ,
+    CΛ and H = A⁻¹Λᵀ (A = ΛᵀCΛ + I); None when XᵀV⁻¹X is not positive definite. The formulas of
+    ``_evaluate_classes`` without building an ``_Eval``."""
+    q, p = lay.q_inner, stats.p
+    lam, _ = lay.lambdas(theta)
+    C = cl.Ck
+    CL = C @ lam
+    A = lam.T @ CL
+    A.reshape(A.shape[0], q * q)[:, ::q + 1] += 1.0
+    Ainv, logdets = _inv_logdet_sym2(A) if q == 2 else _inv_logdet(A)
+    H = Ainv @ lam.T
+    S = ((lam @ H).reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
+    RX, info = _potrf(stats.XtX - S[:p, :p], lower=0, clean=1)
+    if info != 0:
+        return None
+    XtVy = cl.Xty0 - S[:p, p]
+    beta0 = _potrs(RX, XtVy, lower=0)[0]
+    pwrss = max(cl.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
+    return float(cl.count @ logdets), pwrss, RX, beta0, lam, CL, H
+
+
+def _logdet_rx(RX: np.ndarray) -> float:
+    """log |XᵀV⁻¹X| = 2 log |prod diag R_X| (the sum of logs when the product leaves the range)."""
+    d = RX.diagonal()
+    pr = abs(float(d.prod()))
+    if 1e-280 < pr < 1e280:
+        return 2.0 * math.log(pr)
+    return 2.0 * float(np.log(np.abs(d)).sum())
+
+
 def _fg_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, reml: bool,
                 gradient: bool = True) -> tuple[float, np.ndarray | None]:
     """Criterion and gradient of the pooled classes in one pass (the optimiser's inner loop): the
@@ -859,38 +904,28 @@ def _fg_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, reml
     Σ F (α Eₖ + 2 Πₖ) Hᵀ, α = 2 (n − p) / r², with Eₖ and Πₖ both linear in Ω. Returns
     (inf, None) where the criterion is not finite, (f, None) when *gradient* is false.
     """
+    core = _pooled_core(cl, stats, lay, theta)
+    if core is None:
+        return np.inf, None
+    logdet, pwrss, RX, beta0, lam, CL, H = core
     q, p, n = lay.q_inner, stats.p, stats.n
     m = p + 1
-    lam, _ = lay.lambdas(theta)
-    C = cl.Ck
-    K = C.shape[0]
-    CL = C @ lam
-    A = lam.T @ CL
-    A.reshape(K, q * q)[:, ::q + 1] += 1.0
-    Ainv, logdets = _inv_logdet(A)
-    H = Ainv @ lam.T
-    S = ((lam @ H).reshape(-1) @ cl.omega_flat).reshape(m, m)
-    RX, info = _potrf(stats.XtX - S[:p, :p], lower=0, clean=1)
-    if info != 0:
-        return np.inf, None
-    XtVy = cl.Xty0 - S[:p, p]
-    beta0 = _potrs(RX, XtVy, lower=0)[0]
-    pwrss = max(cl.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
     nn = (n - p) if reml else n
-    f = float(cl.count @ logdets) + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
+    f = logdet + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
     if reml:
-        f += 2.0 * float(np.log(np.abs(RX.diagonal())).sum())
+        f += _logdet_rx(RX)
     if not math.isfinite(f):
         return np.inf, None
     if not gradient:
         return f, None
-    W = np.empty((m, m))
-    W[:p, :p] = _potrs(RX, np.eye(p), lower=0)[0] if reml else 0.0
-    W[:p, p] = W[p, :p] = 0.0
-    W[p, p] = 0.0
-    W *= 2.0
-    w = np.append(-beta0, 1.0)  # the data hold y − X b0
-    W += (2.0 * nn / pwrss) * (w[:, None] * w)
+    w = np.empty(m)
+    w[:p] = beta0
+    w[p] = -1.0  # the data hold y − X b0; (−w)(−w)ᵀ = w wᵀ
+    W = (2.0 * nn / pwrss) * (w[:, None] * w)
+    if reml:
+        W[:p, :p] += 2.0 * _potrs(RX, np.eye(p), lower=0)[0]
+    C = cl.Ck
+    K = C.shape[0]
     T = (cl.omega_flat @ W.reshape(-1)).reshape(K, q, q)
     F = -(CL @ H)  # I − C Λ A⁻¹ Λᵀ
     F.reshape(K, q * q)[:, ::q + 1] += 1.0
@@ -977,8 +1012,17 @@ def deviance_varpar(stats: Stats, lay: Layout, varpar: np.ndarray, reml: bool = 
     """Deviance at varpar = (θ..., σ), not profiled in σ (lmerTest's ``devfun_vp``)."""
     varpar = np.asarray(varpar, dtype=float)
     sigma2 = varpar[-1] ** 2
-    ev = _eval_any(stats, lay, varpar[:-1], classes)
     n, p = stats.n, stats.p
+    if isinstance(classes, _Classes):  # the pooled pieces alone (no _Eval)
+        core = _pooled_core(classes, stats, lay, varpar[:-1])
+        if core is None:
+            return np.inf
+        logdet, pwrss, RX = core[:3]
+        dev = logdet + pwrss / sigma2 + n * math.log(2.0 * math.pi * sigma2)
+        if reml:
+            dev += _logdet_rx(RX) - p * math.log(2.0 * math.pi * sigma2)
+        return float(dev)
+    ev = _eval_any(stats, lay, varpar[:-1], classes)
     dev = ev.logdet + ev.pwrss / sigma2 + n * np.log(2.0 * np.pi * sigma2)
     if not reml:
         return float(dev)
