@@ -1165,7 +1165,8 @@ class FastEngine:
             # closed forms then give the checks and Satterthwaite's derivatives
             pooled = batched.pooled_from_classes(
                 classes.count, classes.Ck, classes.omega_flat, stats.XtX, classes.Xty0,
-                classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos])
+                classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos],
+                oxx=classes.omega_x_flat, centred=True)
             with np.errstate(all="ignore"):
                 newton = _quasi_newton(fg, pooled, np.asarray(theta0, dtype=float), reml,
                                        lay, min(int(opts["maxiter"]), 200))
