@@ -8,6 +8,7 @@ against threadpoolctl's view, and a singular fit landing on 0 exactly. No timing
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -182,3 +183,128 @@ def test_singular_diagonal_lands_on_zero():
     assert res.converged and res.n_classes == 1  # the pooled path
     assert res.theta[2] == 0.0  # this seed puts the slope's variance on the boundary
     assert any("singular" in m for m in res.messages)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("theta", [[0.8, 0.1, 0.3], [1.0, 0.0, 1.0], [0.05, -0.4, 0.0],
+                                   [2.5, 1.2, 0.7]])
+def test_fused_criterion_and_gradient_equal_the_two_step_ones(clinic, reml, theta):
+    """The optimiser's one-pass criterion and gradient (merged data terms) give the values of the
+    classes' evaluation + ``_objective`` + ``_gradient_classes``, and a central difference."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    assert isinstance(cl, fast._Classes)
+    th = np.asarray(theta, dtype=float)
+    ev = fast._evaluate_classes(cl, stats, lay, th)
+    f, g = fast._fg_classes(cl, stats, lay, th, reml)
+    assert f == pytest.approx(fast._objective(ev, stats.n, stats.p, reml), rel=1e-13)
+    want = fast._gradient_classes(cl, stats, lay, ev, reml)
+    np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-9 * float(np.abs(want).max()))
+    assert fast._fg_classes(cl, stats, lay, th, reml, gradient=False) == (f, None)
+    h = 1e-6
+    fd = [(fast._fg_classes(cl, stats, lay, th + h * e, reml, gradient=False)[0]
+           - fast._fg_classes(cl, stats, lay, th - h * e, reml, gradient=False)[0]) / (2 * h)
+          for e in np.eye(th.size)]
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def _caution_by_sorting(y, response):
+    """The response caution as it was written before (np.unique of the finite values)."""
+    y = np.asarray(y, float)
+    y = y[np.isfinite(y)]
+    if y.size == 0:
+        return None
+    values = np.unique(y)
+    if values.size <= 2 and set(values.tolist()) <= {0.0, 1.0}:
+        return "binary"
+    whole = np.all(y >= 0) and np.all(np.abs(y - np.round(y)) < 1e-12)
+    if whole and y.max() > 10 and y.std() > 0:
+        skew = float(np.mean((y - y.mean()) ** 3) / y.std() ** 3)
+        if skew > 1.0:
+            return "count"
+    return None
+
+
+def test_response_caution_without_sorting_agrees_with_np_unique():
+    from mfr_outcomes.models.checks import gaussian_response_caution
+
+    rng = np.random.default_rng(7)
+    cases = [np.zeros(5), np.ones(5), np.array([0.0, 1.0, 1.0]), np.array([0.0, 1.0, 2.0]),
+             np.array([0.0, 0.5, 1.0]), np.array([np.nan, 0.0, 1.0]), np.array([np.nan, np.inf]),
+             np.array([1e308, 1e308, 0.0, 1.0]), np.array([-1.0, 0.0, 1.0]),
+             rng.integers(0, 11, 300).astype(float), rng.poisson(0.7, 300) * 7.0,
+             np.append(rng.poisson(0.7, 300) * 7.0, [np.nan, -np.inf]),
+             rng.normal(5, 2, 300), np.array([])]
+    for y in cases:
+        got = gaussian_response_caution(y, "pain")
+        want = _caution_by_sorting(y, "pain")
+        assert (got is None) == (want is None), y
+        if want is not None:
+            assert ("0/1" in got) == (want == "binary") and ("count" in got) == (want == "count")
+
+
+def test_non_finite_values_still_refused_by_the_fast_engine(clinic):
+    spec = build_spec(clinic, FORMULA)
+    assert fast.FastEngine().supports(spec)[0]
+    for bad in (np.nan, np.inf):
+        y = spec.y.copy()
+        y[3] = bad
+        ok, why = fast.FastEngine().supports(dataclasses.replace(spec, y=y))
+        assert not ok and "non-finite" in why
+    big = spec.X.copy()
+    big[:, -1] = 1e308  # sums overflow, values finite: checked value by value
+    assert fast.FastEngine().supports(dataclasses.replace(spec, X=big))[0]
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_pooled_deviance_in_varpar_equals_the_per_group_one(clinic, reml):
+    """The convergence check's deviance from the pooled pieces alone (no _Eval) equals the
+    per-group evaluation's, and the 2×2 adjugate inverse equals numpy.linalg's."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    for vp in ([0.8, 0.1, 0.3, 1.1], [1.3, -0.02, 0.0, 0.9], [0.0, 0.0, 0.0, 2.0]):
+        vp = np.asarray(vp)
+        assert fast.deviance_varpar(stats, lay, vp, reml, cl) == pytest.approx(
+            fast.deviance_varpar(stats, lay, vp, reml, None), rel=1e-11)
+    A = np.random.default_rng(3).normal(size=(7, 2, 2))
+    A = A @ A.transpose(0, 2, 1) + np.eye(2)
+    inv, logdet = fast._inv_logdet_sym2(A.copy())
+    np.testing.assert_allclose(inv, np.linalg.inv(A), rtol=1e-12)
+    np.testing.assert_allclose(logdet, np.linalg.slogdet(A)[1], rtol=1e-12)
+    RX = np.diag([1e-200, 1e-200, 3.0])  # the product leaves the range: the sum of logs
+    assert fast._logdet_rx(RX) == pytest.approx(2 * (2 * np.log(1e-200) + np.log(3.0)))
+
+
+def test_pooled_quasi_newton_on_floats_reaches_the_per_group_optimum(clinic):
+    """The pooled BFGS (Python floats, a rounding tie at the optimum taken) lands where the
+    per-group L-BFGS-B path does, with a gradient at the rounding level."""
+    spec = build_spec(clinic, FORMULA)
+    pooled = fast.FastEngine().fit(spec)
+    assert pooled.optimizer.startswith("BFGS")
+    plain = fast.FastEngine().fit(spec, options={"compress": False, "gtol": 1e-10,
+                                                 "ftol": 1e-15})
+    assert pooled.objective <= plain.objective + 1e-8 * abs(plain.objective)
+    np.testing.assert_allclose(pooled.theta, plain.theta, atol=2e-5)
+    np.testing.assert_allclose(pooled.beta, plain.beta, rtol=1e-6, atol=1e-8)
+    g = pooled.gradient_varpar(np.append(pooled.theta, pooled.sigma))
+    assert float(np.abs(g).max()) < 1e-4
+
+
+def test_pooled_study_without_second_centring_gives_the_same_derivatives(clinic):
+    """The fast engine's classes already hold y − X b0: building its pooled study without a
+    second centring gives the gradient, Hessian and Jacobian in (θ, σ) of the re-centred one."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    pos = [(r, c) for (_, r, c) in lay.theta_pos]
+    args = (cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0, cl.yty0, stats.n, pos)
+    again = batched.pooled_from_classes(*args)
+    once = batched.pooled_from_classes(*args, oxx=cl.omega_x_flat, centred=True)
+    for reml in (True, False):
+        for vp in ([0.8, 0.1, 0.3, 1.1], [1.3, -0.02, 0.05, 0.9]):
+            for got, want in zip(batched.varpar_derivatives(once, np.asarray(vp), reml),
+                                 batched.varpar_derivatives(again, np.asarray(vp), reml)):
+                np.testing.assert_allclose(got, want, rtol=1e-9,
+                                           atol=1e-9 * float(np.abs(want).max()))

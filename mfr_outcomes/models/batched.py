@@ -188,16 +188,22 @@ def pool(d: BatchDesign, Zy: np.ndarray, Xty: np.ndarray, yty: np.ndarray) -> Po
 
 def pooled_from_classes(count: np.ndarray, Ck: np.ndarray, omega_flat: np.ndarray,
                         XtX: np.ndarray, Xty: np.ndarray, yty: float, n: int,
-                        theta_pos: list[tuple[int, int]]) -> Pooled:
+                        theta_pos: list[tuple[int, int]], *, oxx: np.ndarray | None = None,
+                        centred: bool = False) -> Pooled:
     """One study (the fast engine's fit) from its classes: counts (K,), ZᵢᵀZᵢ (K, q, q) and
-    Ω (K q q, (p+1)²) of [X, y]."""
+    Ω (K q q, (p+1)²) of [X, y]; *oxx* its X block (K q q, p²) when already at hand. With
+    ``centred`` the response is already y − X b0 (the fast engine's classes): b0 = 0 and no
+    second centring."""
     K, q = Ck.shape[0], Ck.shape[1]
     p = XtX.shape[0]
     Om = omega_flat.reshape(1, K * q * q, (p + 1) ** 2)
-    Oxx = np.ascontiguousarray(Om.reshape(1, K * q * q, p + 1, p + 1)[..., :p, :p]).reshape(
-        1, K * q * q, p * p)
-    Om, Xty0, yty0, b0 = _centre(Om, XtX[None], np.asarray(Xty, float)[None],
-                                 np.array([float(yty)]))
+    Oxx = (np.ascontiguousarray(Om.reshape(1, K * q * q, p + 1, p + 1)[..., :p, :p]).reshape(
+        1, K * q * q, p * p) if oxx is None else oxx.reshape(1, K * q * q, p * p))
+    if centred:
+        Xty0, yty0, b0 = np.asarray(Xty, float)[None], np.array([float(yty)]), np.zeros((1, p))
+    else:
+        Om, Xty0, yty0, b0 = _centre(Om, XtX[None], np.asarray(Xty, float)[None],
+                                     np.array([float(yty)]))
     return Pooled(C=np.asarray(Ck, float), count=np.asarray(count, float)[None], Oxx=Oxx, Om=Om,
                   XtX=XtX[None], Xty0=Xty0, yty0=yty0, b0=b0, n=np.array([float(n)]),
                   theta_pos=list(theta_pos), q=q)

@@ -15,6 +15,7 @@ the polished point) and one that reported failure at a verified optimum is not f
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -282,15 +283,17 @@ def gaussian_response_caution(y: np.ndarray, response: str) -> str | None:
     0–10 rating scale (max > 10, skewness > 1), so that pain ratings are not flagged.
     """
     y = np.asarray(y, float)
-    y = y[np.isfinite(y)]
+    if not math.isfinite(float(y.sum())):  # a finite sum: every value finite (no copy)
+        y = y[np.isfinite(y)]
     if y.size == 0:
         return None
-    values = np.unique(y)
-    if values.size <= 2 and set(values.tolist()) <= {0.0, 1.0}:
+    # the range first (two passes, no sort): a 0–10 rating stops there
+    lo, hi = float(y.min()), float(y.max())
+    if lo >= 0.0 and hi <= 1.0 and np.all((y == 0.0) | (y == 1.0)):
         return (f"The response {response!r} is 0/1: a linear (Gaussian) mixed model of it is a "
                 f"linear-probability model. For odds ratios fit family='binomial'.")
-    whole = np.all(y >= 0) and np.all(np.abs(y - np.round(y)) < 1e-12)
-    if whole and y.max() > 10 and y.std() > 0:
+    if (lo >= 0.0 and hi > 10 and np.all(np.abs(y - np.round(y)) < 1e-12)
+            and y.std() > 0):
         skew = float(np.mean((y - y.mean()) ** 3) / y.std() ** 3)
         if skew > 1.0:
             return (f"The response {response!r} looks like a count (whole numbers ≥ 0, skewed "
