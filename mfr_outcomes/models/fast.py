@@ -799,26 +799,32 @@ def _inv_logdet(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inv.reshape(K, 2, 2), np.log(det)
 
 
+def _pooled_terms(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, inv_logdet
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """What every pooled evaluation starts from: Λ, CΛ, H = A⁻¹Λᵀ (A = ΛᵀCΛ + I, inverted by
+    *inv_logdet*), S = Σ_k Ω_k-weighted ΛA⁻¹Λᵀ ((p+1)×(p+1)) and Σ log|A_k|, stacks laid out
+    (K, q, q). K is small here, so the cost is the number of NumPy calls, not arithmetic."""
+    q, p = lay.q_inner, stats.p
+    lam, _ = lay.lambdas(theta)
+    CL = cl.Ck @ lam
+    A = lam.T @ CL
+    A.reshape(A.shape[0], q * q)[:, ::q + 1] += 1.0  # the diagonals, as one strided view
+    Ainv, logdets = inv_logdet(A)
+    H = Ainv @ lam.T
+    S = ((lam @ H).reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
+    return lam, CL, H, S, float(cl.count @ logdets)
+
+
 def _evaluate_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval:
     """Profiled-deviance pieces with groups pooled by class; stacks laid out (K, q, q).
 
     K is small here, so the cost is the number of NumPy calls, not arithmetic: batched matmul
     and 2×2 inverses on (K, q, q) stacks keep that number at about a dozen.
     """
-    q, p = lay.q_inner, stats.p
-    lam, _ = lay.lambdas(theta)
-    C = cl.Ck
-    CL = C @ lam  # (K, q, q)
-    A = lam.T @ CL
-    K = A.shape[0]
-    A.reshape(K, q * q)[:, ::q + 1] += 1.0  # the diagonals, as one strided view
-    Ainv, logdets = _inv_logdet(A)
-    H = Ainv @ lam.T  # A⁻¹Λᵀ
-    N = lam @ H  # Λ A⁻¹ Λᵀ
-    S = (N.reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
+    p = stats.p
+    lam, CL, H, S, logdet = _pooled_terms(cl, stats, lay, theta, _inv_logdet)
     XtVX = stats.XtX - S[:p, :p]
     XtVy = cl.Xty0 - S[:p, p]
-    logdet = float(cl.count @ logdets)
     parts = {"H": H, "CL": CL, "lg": lam}
     ev = _finish(theta, logdet, XtVX, XtVy, cl.yty0 - float(S[p, p]), parts)
     parts["beta0"] = ev.beta  # β̂ − b0, for the centred response
@@ -865,24 +871,18 @@ _ADJ_SIGN = np.array([[1.0, -1.0], [-1.0, 1.0]])
 
 def _pooled_core(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> tuple | None:
     """The pooled classes' pieces at θ: log|L_θ|², r², R_X, β̂ − b0 and, for the gradient, Λ,
-    CΛ and H = A⁻¹Λᵀ (A = ΛᵀCΛ + I); None when XᵀV⁻¹X is not positive definite. The formulas of
-    ``_evaluate_classes`` without building an ``_Eval``."""
-    q, p = lay.q_inner, stats.p
-    lam, _ = lay.lambdas(theta)
-    C = cl.Ck
-    CL = C @ lam
-    A = lam.T @ CL
-    A.reshape(A.shape[0], q * q)[:, ::q + 1] += 1.0
-    Ainv, logdets = _inv_logdet_sym2(A) if q == 2 else _inv_logdet(A)
-    H = Ainv @ lam.T
-    S = ((lam @ H).reshape(-1) @ cl.omega_flat).reshape(p + 1, p + 1)
+    CΛ and H = A⁻¹Λᵀ (A = ΛᵀCΛ + I); None when XᵀV⁻¹X is not positive definite. Like
+    ``_evaluate_classes``, from ``_pooled_terms``, without building an ``_Eval``."""
+    p = stats.p
+    inv = _inv_logdet_sym2 if lay.q_inner == 2 else _inv_logdet
+    lam, CL, H, S, logdet = _pooled_terms(cl, stats, lay, theta, inv)
     RX, info = _potrf(stats.XtX - S[:p, :p], lower=0, clean=1)
     if info != 0:
         return None
     XtVy = cl.Xty0 - S[:p, p]
     beta0 = _potrs(RX, XtVy, lower=0)[0]
     pwrss = max(cl.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
-    return float(cl.count @ logdets), pwrss, RX, beta0, lam, CL, H
+    return logdet, pwrss, RX, beta0, lam, CL, H
 
 
 def _logdet_rx(RX: np.ndarray) -> float:
