@@ -212,14 +212,21 @@ def _binary_effects(ctx: ReportContext, sec: Section) -> None:
             f"glmm_{noun}", f"{noun.capitalize()} effects on the odds of {m.label.lower()} "
             f"(binomial mixed model).", frame, counts=("patients",),
             linked={c: ("patients",) for c in derived}, decimals={"percent_typical": 0}))
-        if (sub["cond_sd"] == 0).all():
-            sec.para(f"The model estimates no variation between {noun}s (a variance of zero), "
-                     f"so every {noun} is at the network value.")
+        if _no_variation(sec, sub, noun):
             continue
         data = sub.assign(name=sub["level"].astype(str).map(names)).rename(
             columns={"log_odds": "estimate"})[["name", "estimate", "cond_sd"]]
         sec.later(lambda t=table, d=data, w=noun: _caterpillar_figure(
             ctx, sec, t, d, w, f"{w} effect on the log odds of {m.label.lower()}"))
+
+
+def _no_variation(sec: Section, effects: pd.DataFrame, noun: str) -> bool:
+    """Say so, and return True, when the model puts every unit at the network value."""
+    if not (effects["cond_sd"] == 0).all():
+        return False
+    sec.para(f"The model estimates no variation between {noun}s (a variance of zero), "
+             f"so every {noun} is at the network value.")
+    return True
 
 
 def _caterpillar_figure(ctx: ReportContext, sec: Section, table: Table, data: pd.DataFrame,
@@ -336,9 +343,7 @@ def _caterpillar(ctx: ReportContext, sec: Section) -> None:
         names = _names(ctx, group)
         data = sub.assign(name=sub["level"].astype(str).map(names))[["name", "estimate",
                                                                       "cond_sd"]]
-        if (data["cond_sd"] == 0).all():
-            sec.para(f"The model estimates no variation between {noun}s (a variance of zero), "
-                     f"so every {noun} is at the network value.")
+        if _no_variation(sec, data, noun):
             continue
         ctx.figure(sec, f"caterpillar of {noun}s",
                    lambda d=data, w=noun: plots.named_caterpillar(
