@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.transforms import Bbox
 from scipy import stats
 
 from mfr_outcomes.measures import get_measure
@@ -31,6 +32,7 @@ __all__ = [
     "ASSESSMENT_COLORS",
     "SIGNAL_MARKERS",
     "prepost_slopes",
+    "label_points",
     "trajectories",
     "marginal_means",
     "forest",
@@ -1182,9 +1184,6 @@ def funnel(frame: pd.DataFrame, *, ax: Axes | None = None, xlabel: str = "number
                for p in frame["position"]]
     ax.scatter(frame["n"], frame["value"], s=40, color=colours, edgecolors="black",
                linewidths=0.5, zorder=4, gid="units")
-    for _, row in frame.iterrows():
-        ax.annotate(str(row["unit"]), (row["n"], row["value"]), xytext=(4, 3),
-                    textcoords="offset points", fontsize=7)
     if percent:
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f} %"))
     ax.set_xlim(0, n_max)
@@ -1192,9 +1191,86 @@ def funnel(frame: pd.DataFrame, *, ax: Axes | None = None, xlabel: str = "number
     ax.set_ylabel(ylabel or ("proportion" if kind == "proportion" else "mean"))
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(frameon=False, fontsize=7, loc="best")
     sns.despine(ax=ax)
+    label_points(ax, frame["n"], frame["value"], frame["unit"])
+    ax.legend(frameon=False, fontsize=7, loc="best")
     return ax
+
+
+# label positions around a point, in points: (dx, dy, ha, va); the last ones further out, with a
+# leader line back to the point
+_LABEL_SPOTS = [(5, 2, "left", "bottom"), (5, -2, "left", "top"), (-5, 2, "right", "bottom"),
+                (-5, -2, "right", "top")] + [
+    (dx, sign * (2 + 9 * k), ha, va) for k in range(1, 6) for sign, va in ((1, "bottom"), (-1, "top"))
+    for dx, ha in ((8, "left"), (-8, "right"))]
+
+
+def label_points(ax: Axes, xs: Sequence[float], ys: Sequence[float], names: Sequence[Any], *,
+                 fontsize: float = 7, marker_radius: float = 4.0) -> list:
+    """Name each point of a scatter without two names on top of each other.
+
+    Points at the same place share one label ("Therapist D, Therapist E"). Labels are placed from
+    the highest point down; each takes the first spot around its point (right, left, then further
+    up or down with a leader line) whose box meets no label placed before, no other point and stays
+    inside the axes; when no spot is free, the one that covers least (inside the axes first).
+    Returns the annotations.
+    """
+    groups: dict[tuple[float, float], list[str]] = {}
+    for x, y, nm in zip(xs, ys, names):
+        groups.setdefault((float(x), float(y)), []).append(str(nm))
+    if not groups:
+        return []
+    fig = ax.figure
+    fig.draw_without_rendering()  # settle the layout: positions are measured on screen
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    keys = list(groups)
+    px = ax.transData.transform(np.asarray(keys, dtype=float))
+    r = marker_radius * fig.dpi / 72
+    dots = [Bbox.from_extents(a - r, b - r, a + r, b + r) for a, b in px]
+    placed: list[Bbox] = []
+    out = []
+
+    def put(text: str, at: tuple[float, float], spot: tuple, leader: bool) -> Any:
+        dx, dy, ha, va = spot
+        line = dict(arrowstyle="-", lw=0.5, color="#5B5B5B", shrinkA=0, shrinkB=marker_radius)
+        ann = ax.annotate(text, at, xytext=(dx, dy), textcoords="offset points",
+                          fontsize=fontsize, ha=ha, va=va, annotation_clip=False,
+                          arrowprops=line if leader and abs(dy) > 2 else None)
+        ann.set_in_layout(False)
+        return ann
+
+    def clash(box: Bbox, i: int) -> float:
+        """Area this box covers of other labels and points; anything outside the axes is worse."""
+        area = sum(_overlap(box, b) for b in placed)
+        area += sum(_overlap(box, d) for j, d in enumerate(dots) if j != i)
+        outside = box.width * box.height - _overlap(box, inside)
+        return area + 100 * outside
+
+    for i in np.argsort(-px[:, 1], kind="stable"):
+        text = ", ".join(groups[keys[i]])
+        best = None
+        for spot in _LABEL_SPOTS:
+            ann = put(text, keys[i], spot, leader=False)  # measure the words, not the line
+            box = ann.get_window_extent(renderer)
+            cost = clash(box, i)
+            ann.remove()
+            if best is None or cost < best[0]:
+                best = (cost, spot)
+            if cost == 0:
+                break
+        ann = put(text, keys[i], best[1], leader=False)
+        placed.append(ann.get_window_extent(renderer))
+        ann.remove()
+        ann = put(text, keys[i], best[1], leader=True)
+        out.append(ann)
+    return out
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
 
 
 def named_caterpillar(effects: pd.DataFrame, *, ax: Axes | None = None, level: float = 0.95,

@@ -474,6 +474,43 @@ def test_funnel_plot_limits_and_units():
     plt.close(ax.figure)
 
 
+def test_funnel_labels_never_cover_each_other_and_stay_inside_the_axes():
+    """Close and coincident units, and one at the right edge: every name readable."""
+    from mfr_outcomes import funnel
+
+    names = [f"Therapist {c}" for c in "ABCDEFGH"]
+    fr = funnel.funnel_proportions([12, 9, 9, 8, 8, 10, 7, 8], [15, 15, 15, 16, 14, 15, 15, 15],
+                                   names)
+    ax = plots.funnel(fr, ylabel="responders")
+    fig = ax.figure
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in ax.texts if t.get_text().startswith("Therapist")]
+    # B and C sit on the same point (9 of 15): one label names both
+    assert sorted(t.get_text() for t in texts) == sorted(
+        ["Therapist A", "Therapist B, Therapist C", "Therapist D", "Therapist E", "Therapist F",
+         "Therapist G", "Therapist H"])
+    inside = ax.get_window_extent(renderer)
+    boxes = []
+    for t in texts:  # the words' box, not the leader line's: the same text without the line
+        bare = ax.annotate(t.get_text(), t.xy, xytext=t.xyann, textcoords="offset points",
+                           fontsize=t.get_fontsize(), ha=t.get_ha(), va=t.get_va())
+        boxes.append(bare.get_window_extent(renderer))
+        bare.remove()
+    for k, b in enumerate(boxes):
+        assert inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+        for other in boxes[k + 1:]:
+            assert not b.overlaps(other), (texts[k].get_text(), b, other)
+    # the old placement (all labels up and to the right) did overlap here: the test can fail
+    naive = []
+    for x, y, nm in zip(fr["n"], fr["value"], fr["unit"]):
+        t = ax.annotate(nm, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        naive.append(t.get_window_extent(renderer))
+        t.remove()
+    assert any(a.overlaps(b) for k, a in enumerate(naive) for b in naive[k + 1:])
+    plt.close(fig)
+
+
 def test_named_caterpillar_and_count_bars_and_course_curves():
     eff = pd.DataFrame({"name": ["Therapist B", "Therapist A"], "estimate": [0.3, -0.2],
                         "cond_sd": [0.1, 0.1]})
