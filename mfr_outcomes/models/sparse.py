@@ -123,9 +123,7 @@ class SparseModel:
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
-        self._Bt: sp.csr_matrix | None = None
-        self._B: sp.csr_matrix | None = None
-        self._Tt: sp.csr_matrix | None = None
+        self._Bxf: np.ndarray | None = None
         self._gram_y: tuple[np.ndarray, np.ndarray] | None = None
         self.n_gradients = 0
         self._grad_cache: tuple | None = None
@@ -158,10 +156,23 @@ class SparseModel:
         S = st.Arr.copy()
         # T stays in CSC (its transpose serves the gradient as CSR): the product's scatter costs
         # ~0.7 ms more per evaluation than a CSR copy would, which takes ~27 ms to make (InstEval)
-        S.flat[st.pair_flat] -= st.T @ w.ravel()
-        # X-and-y block: Σ_l B_l G_lᵀ G_l B_lᵀ, one product over all levels
-        H = np.einsum("bal,ajl->bjl", G, st.Bx) if f1.q > 1 else st.Bx * G[0, 0]
-        S[st.mZ:, st.mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
+        if st.T.shape[0]:
+            S.flat[st.pair_flat] -= st.T @ w.ravel()
+        # the rows of X and y, W_l = G_lᵀG_l: Σ_l [X y]ᵀZ_l W_l Z_lᵀ[X y] as one product over all
+        # levels, and the cross block Σ_l Z_rᵀZ_l W_l Z_lᵀ[X y] as the sparse B_Z times W_l B_x,l
+        mZ = st.mZ
+        if f1.q > 1:
+            H = np.einsum("bal,ajl->bjl", G, st.Bx)
+            S[mZ:, mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
+            if mZ:
+                HW = np.einsum("bal,bjl->laj", G, H)  # (ℓ1, q1, p + 1): W_l B_x,l
+        else:
+            H = st.Bx[0] * G[0, 0]
+            S[mZ:, mZ:] -= H @ H.T
+            if mZ:
+                HW = (st.Bx[0] * w[:, 0]).T[:, None, :]
+        if mZ:
+            S[mZ:, :mZ] -= (st.Bz @ HW.reshape(-1, st.p + 1)).T
         if self._symmetric:
             il = np.tril_indices(st.m, -1)
             S[il[1], il[0]] = S[il]
@@ -175,7 +186,7 @@ class SparseModel:
             return ev
         C = U.T
         dg = np.diag(C)
-        mZ, p = st.mZ, st.p
+        p = st.p
         ev.ok = True
         ev.L1, ev.C = L1, C
         ev.ldL2 = 2.0 * float(np.sum(np.log(np.diagonal(L1, axis1=0, axis2=1)))) + \
@@ -245,7 +256,7 @@ class SparseModel:
         z1r, r2 = self._z_resid(self.beta(theta))
         r1 = lam1.T @ z1r
         r2 = _apply_lam(r2, st, lams, transpose=False)
-        Bz = _b_matrix(st)  # (mZ, ℓ1 q1), column l q1 + a
+        Bz = st.Bz  # (mZ, ℓ1 q1), column l q1 + a
         L1 = ev.L1
         dinv_r1 = _bbsolve(L1, _bfsolve(L1, r1))
 
@@ -308,10 +319,9 @@ class SparseModel:
             for f, off, lam in zip(st.rest, st.rest_offset, lams):
                 dg[off:off + f.size] = lam[0, 0]
             dg[mZ:cut] = 1.0
-            inside = st.pair_r < cut
-            r, c = st.pair_r[inside], st.pair_s[inside]
-            pr = np.zeros(st.pair_flat.size)
-            pr[inside] = Sinv.ravel()[r * cut + c] * dg[r] * dg[c] * twice[inside]
+            r, c = st.pair_r, st.pair_s  # all inside: T's pairs are random-effect rows
+            pr = Sinv.ravel()[r * cut + c] * dg[r] * dg[c] * twice
+            pxz = Sinv[mZ:cut, :mZ] * dg[:mZ]  # below the diagonal: valid as dpotri wrote it
             diag = np.diagonal(Sinv)
             rest = [diag[off:off + f.size].reshape(f.n_levels, 1, 1)
                     for f, off in zip(st.rest, st.rest_offset)]
@@ -330,14 +340,20 @@ class SparseModel:
             _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
             pr = P.flat[st.pair_flat] * twice
             pxx = P[mZ:cut, mZ:cut]
-        kv = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
-        K = np.empty((f1.q, f1.q, f1.n_levels))
-        for comp, (a, b) in enumerate(st.w_index):
-            K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
-        if cut > mZ:  # the X-by-X part (T holds only pairs with a random-effect row)
+            pxz = P[mZ:cut, :mZ]
+        K = np.zeros((f1.q, f1.q, f1.n_levels))
+        if pr.size:
+            kv = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
+            for comp, (a, b) in enumerate(st.w_index):
+                K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
+        if cut > mZ:  # the rows of X (T holds the random-effect pairs only)
             bx = st.Bx[:, :cut - mZ]
             hx = np.einsum("ajl,jk->akl", bx, pxx)
             K += np.einsum("ajl,bjl->abl", hx, bx)
+            if mZ:  # the cross part B_Zᵀ P_ZX B_X and its transpose
+                Y = np.asarray(st.Bz.T @ pxz.T).reshape(f1.n_levels, f1.q, cut - mZ)
+                kc = np.einsum("laj,bjl->abl", Y, bx)
+                K += kc + kc.transpose(1, 0, 2)
         DK = np.einsum("abl,bc,cdl->adl", Dinv, lam1.T, K, optimize=True)
         Minv = Dinv + np.einsum("abl,bc,cdl->adl", DK, lam1, Dinv, optimize=True)
         return Minv, rest
@@ -376,35 +392,34 @@ class SparseModel:
         v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
         v[mZ:c] = x[mZ:]
         v[-1] = -1.0
-        t = -(self._bt() @ v).reshape(f1.n_levels, f1.q).T  # (q1, ℓ1): Λ1ᵀ-less rhs
+        t = -self._bt_mul(v).reshape(f1.n_levels, f1.q).T  # (q1, ℓ1): Λ1ᵀ-less rhs
         lam1 = f1.lam(theta)
         u1 = _bbsolve(ev.L1, _bfsolve(ev.L1, lam1.T @ t))
         return [u1] + [x[off:off + f.size].reshape(f.n_levels, f.q).T
                        for f, off in zip(st.rest, st.rest_offset)]
 
-    def _bt(self) -> sp.csr_matrix:
-        """Bᵀ (ℓ1 q1 × m): the Gram matrix's trailing rows (Z_rest, X, y) in the first factor's
-        columns, row l q1 + a."""
-        if self._Bt is None:
+    def _bxf(self) -> np.ndarray:
+        """B_X as one (p + 1, ℓ1 q1) matrix, column l q1 + a (kept)."""
+        if self._Bxf is None:
             st = self.st
-            q1, l1 = st.first.q, st.first.n_levels
-            lev = np.repeat(np.arange(l1), np.diff(st.pat.indptr))
-            rows = np.concatenate([lev * q1 + a for a in range(q1)])
-            cols = np.tile(st.pat.indices, q1)
-            self._Bt = sp.csr_matrix((st.Bdata.T.ravel(), (rows, cols)), shape=(l1 * q1, st.m))
-        return self._Bt
+            self._Bxf = np.ascontiguousarray(st.Bx.transpose(1, 2, 0)).reshape(st.p + 1, -1)
+        return self._Bxf
 
-    def _b(self) -> sp.csr_matrix:
-        """B = (Bᵀ)ᵀ in CSR (m × ℓ1 q1), kept."""
-        if self._B is None:
-            self._B = self._bt().T.tocsr()
-        return self._B
+    def _bt_mul(self, v: np.ndarray) -> np.ndarray:
+        """Bᵀv for v (m,) or (m, r): B (m × ℓ1 q1) the Gram matrix's trailing rows (Z_rest, X,
+        y) in the first factor's columns (column l q1 + a); sparse B_Z, dense B_X."""
+        mZ = self.st.mZ
+        return np.asarray(self.st.Bz.T @ v[:mZ]) + self._bxf().T @ v[mZ:]
+
+    def _b_mul(self, c: np.ndarray) -> np.ndarray:
+        """B c for c (ℓ1 q1, r) -> (m, r)."""
+        bx = self._bxf() @ c
+        return np.concatenate([np.asarray(self.st.Bz @ c).reshape((self.st.mZ,) + bx.shape[1:]),
+                               bx])
 
     def _tt(self) -> sp.csr_matrix:
-        """Tᵀ in CSR, kept."""
-        if self._Tt is None:
-            self._Tt = self.st.T.T.tocsr()
-        return self._Tt
+        """Tᵀ in CSR: the same arrays as T in CSC, no copy."""
+        return self.st.T.T.tocsr()
 
     def gradient(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
         """The analytic gradient of :meth:`objective` in θ, or None where it does not apply.
@@ -463,14 +478,12 @@ class SparseModel:
         (ℓ1 q1, r) (row l q1 + a), ct (m, r); returns the first factor's and the trailing part."""
         st = self.st
         q1, l1, r = st.first.q, st.first.n_levels, c1.shape[1]
-        Bt = self._bt()
         a = c1.reshape(l1, q1, r)
         g1 = np.zeros((l1, q1, r))
         for i in range(q1):
             for j in range(q1):
                 g1[:, i, :] += st.A11[i, j][:, None] * a[:, j, :]
-        return g1.reshape(l1 * q1, r) + np.asarray(Bt @ ct), \
-            np.asarray(self._b() @ c1) + st.Arr @ ct
+        return g1.reshape(l1 * q1, r) + self._bt_mul(ct), self._b_mul(c1) + st.Arr @ ct
 
     def _pls_fit(self, theta: np.ndarray, g1: np.ndarray, gt: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -483,7 +496,6 @@ class SparseModel:
         c, q1, l1, r = mZ + p, f1.q, f1.n_levels, g1.shape[1]
         lam1 = f1.lam(theta)
         lams = [f.lam(theta) for f in st.rest]
-        Bt = self._bt()
 
         def lev(M: np.ndarray) -> np.ndarray:  # (ℓ1 q1, r) -> (q1, r, ℓ1)
             return M.reshape(l1, q1, r).transpose(1, 2, 0)
@@ -493,7 +505,7 @@ class SparseModel:
 
         rhs1 = np.tensordot(lam1.T, lev(g1), 1)  # Λ1ᵀZ1ᵀw
         h = _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1))  # D⁻¹ rhs1
-        bh = np.asarray(self._b() @ flat(np.tensordot(lam1, h, 1)))
+        bh = self._b_mul(flat(np.tensordot(lam1, h, 1)))
         bh[:mZ] = _apply_lam(bh[:mZ], st, lams, transpose=False)
         rhs_r = gt[:c].copy()
         rhs_r[:mZ] = _apply_lam(rhs_r[:mZ], st, lams, transpose=False)
@@ -502,7 +514,7 @@ class SparseModel:
         v = np.zeros((st.m, r))
         v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
         v[mZ:c] = x[mZ:]
-        t = lev(np.asarray(Bt @ v))
+        t = lev(self._bt_mul(v))
         b1 = np.tensordot(lam1, _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1 - np.tensordot(lam1.T, t, 1))),
                           1)
         return flat(b1), v
@@ -584,17 +596,6 @@ def _apply_lam(v: np.ndarray, st: Structure, lams: list[np.ndarray], transpose: 
         blk = out[seg].reshape((f.n_levels, f.q) + out.shape[1:])
         out[seg] = np.einsum("lj...,ij->li...", blk, M).reshape(out[seg].shape)
     return out
-
-
-def _b_matrix(st: Structure) -> sp.csr_matrix:
-    """B_Z = Z_restᵀ Z_1 (mZ × ℓ1 q1) from the stored pattern and values."""
-    q1, l1 = st.first.q, st.first.n_levels
-    lev = np.repeat(np.arange(l1), np.diff(st.pat.indptr))
-    rows = np.tile(st.pat.indices, q1)
-    cols = np.concatenate([lev * q1 + a for a in range(q1)])
-    vals = st.Bdata.T.ravel()
-    keep = rows < st.mZ
-    return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(st.mZ, l1 * q1))
 
 
 def _per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
@@ -687,6 +688,52 @@ def _fd_grad(f, x: np.ndarray, fx: float, lower: np.ndarray, central: bool) -> n
             dn[i] -= h
             g[i] = (f(up) - f(dn)) / (2 * h)
     return g
+
+
+def _polish_free(f, x: np.ndarray, fx: float, lower: np.ndarray, h: float = 1e-4,
+                 maxit: int = 20) -> tuple[np.ndarray, float]:
+    """Newton steps on the θ not held at a bound of 0, gradient and Hessian by central
+    differences (step *h*); a step is kept when it stays inside the bounds and the deviance does
+    not rise by more than its rounding. Returns the last point kept."""
+    idx = np.flatnonzero(~((lower == 0.0) & (x <= 0.0)))
+    k = idx.size
+    if k == 0:
+        return x, fx
+    for _ in range(maxit):
+        fp, fm = np.empty(k), np.empty(k)
+        H = np.empty((k, k))
+        for a in range(k):
+            e = np.zeros_like(x)
+            e[idx[a]] = h
+            if lower[idx[a]] == 0.0 and x[idx[a]] - h < 0.0:
+                return x, fx  # too close to the bound for a central difference
+            fp[a], fm[a] = f(x + e), f(x - e)
+            H[a, a] = (fp[a] - 2.0 * fx + fm[a]) / h ** 2
+        for a in range(k):
+            for b in range(a + 1, k):
+                e = np.zeros_like(x)
+                e[idx[a]] = e[idx[b]] = h
+                H[a, b] = H[b, a] = (f(x + e) - fp[a] - fp[b] + 2.0 * fx - fm[a] - fm[b]
+                                     + f(x - e)) / (2.0 * h ** 2)
+        g = (fp - fm) / (2.0 * h)
+        try:
+            d = -sla.cho_solve(sla.cho_factor(H, lower=True, check_finite=False), g,
+                               check_finite=False)
+        except np.linalg.LinAlgError:
+            return x, fx
+        xn = x.copy()
+        xn[idx] += d
+        if not np.all(np.isfinite(xn)) or np.any((lower == 0.0) & (xn < 0.0)):
+            return x, fx
+        fn = f(xn)
+        # near the optimum the decrease is below the deviance's rounding: a step that raises it
+        # by no more than that is still taken (the difference gradient decides, not the noise)
+        if not fn <= fx + 1e-12 * max(1.0, abs(fx)):
+            return x, fx
+        x, fx = xn, fn
+        if np.max(np.abs(d)) <= 1e-10 * max(1.0, float(np.max(np.abs(x)))):
+            break
+    return x, fx
 
 
 def _grad_and_curvature(f, x: np.ndarray, fx: float, lower: np.ndarray,
@@ -866,6 +913,11 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         ft = f(trial)
         if ft <= fx:
             x, fx = trial, ft
+    if analytic and model.gradient(x, reml) is None:
+        # Λ singular (a vector factor's diagonal θ at 0): the optimum came from differences and
+        # is only as sharp as their line searches; Newton steps on the free θ with a central
+        # difference Hessian settle it (to ~1e-9: two routes to the same data agree)
+        x, fx = _polish_free(f, x, fx, lower)
     # lme4's checkConv: the gradient scaled by the (here diagonal) Hessian, min(|scaled|, |raw|)
     # against 0.002 on free coordinates. The scaled value is at most the raw one, so an analytic
     # gradient below the tolerance decides it; otherwise (or without one) central differences
