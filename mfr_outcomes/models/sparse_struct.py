@@ -284,11 +284,14 @@ def build_structure(spec: ModelSpec, X: np.ndarray | None = None, y: np.ndarray 
         for b in range(a, q1):
             A11[a, b] = A11[b, a] = np.bincount(codes, first.Z[:, a] * first.Z[:, b],
                                                 minlength=l1)
-    # [X y]ᵀ Z_1 per level, dense: the X-and-y rows of the update are products of these
-    Bx = np.empty((q1, p + 1, l1))
-    for a in range(q1):
-        for j in range(p + 1):
-            Bx[a, j] = np.bincount(codes, XY[:, j] * first.Z[:, a], minlength=l1)
+    # [X y]ᵀ Z_1 per level, dense: the X-and-y rows of the update are products of these; one
+    # sparse product with Z_1 laid out by level (column l q1 + a)
+    zr = np.arange(n + 1, dtype=np.int64) * q1
+    z1 = sp.csr_matrix((np.ascontiguousarray(first.Z, dtype=float).ravel(),
+                        (codes[:, None] * q1 + np.arange(q1)[None, :]).ravel(), zr),
+                       shape=(n, l1 * q1))
+    Bx = np.ascontiguousarray(np.asarray(z1.T @ XY).reshape(l1, q1, p + 1).transpose(1, 2, 0))
+    del z1
     # Z_restᵀZ_1 by level: the pattern from ones (ones never cancel), each a's values aligned
     # to it (a product may drop an entry that cancels to zero)
     lev, rows, Bvals = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, q1))
