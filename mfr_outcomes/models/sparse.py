@@ -127,12 +127,13 @@ def _thin_qr(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = np.abs(np.diag(R1))
         if d.min() <= 1e-5 * d.max():  # near-collinear columns: CholeskyQR2 may lose them
             raise np.linalg.LinAlgError
-        Q1 = sla.solve_triangular(R1, X.T, trans="T", check_finite=False).T
+        # X R⁻¹ as one matrix product (a triangular solve with n right-hand sides of length p
+        # is several times slower); the second pass mends what the explicit inverse loses
+        Q1 = X @ sla.solve_triangular(R1, np.eye(p), check_finite=False)
         R2 = np.linalg.cholesky(Q1.T @ Q1).T
     except np.linalg.LinAlgError:
         return np.linalg.qr(X)
-    Q = sla.solve_triangular(R2, Q1.T, trans="T", check_finite=False).T
-    return Q, R2 @ R1
+    return Q1 @ sla.solve_triangular(R2, np.eye(p), check_finite=False), R2 @ R1
 
 
 class SparseModel:
@@ -147,9 +148,10 @@ class SparseModel:
         Q, R = _thin_qr(spec.X)
         self._R = R
         self._Q = Q
-        self._beta_ols = sla.solve_triangular(R, Q.T @ spec.y, check_finite=False)
+        qty = Q.T @ spec.y
+        self._beta_ols = sla.solve_triangular(R, qty, check_finite=False)
         self._ldR2 = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
-        self.st_y = spec.y - Q @ (Q.T @ spec.y)
+        self.st_y = spec.y - Q @ qty
         self._setup(build_structure(spec, X=Q, y=self.st_y))
 
     def _setup(self, st: Structure) -> None:
@@ -193,7 +195,7 @@ class SparseModel:
         # T stays in CSC (its transpose serves the gradient as CSR): the product's scatter costs
         # ~0.7 ms more per evaluation than a CSR copy would, which takes ~27 ms to make (InstEval)
         if st.T.shape[0]:
-            S.flat[st.pair_flat] -= st.T @ w.ravel()
+            S.flat[st.pair_flat] -= st.T @ w[st.level_order].ravel()
         # the rows of X and y, W_l = G_lᵀG_l: Σ_l [X y]ᵀZ_l W_l Z_lᵀ[X y] as one product over all
         # levels, and the cross block Σ_l Z_rᵀZ_l W_l Z_lᵀ[X y] as the sparse B_Z times W_l B_x,l
         mZ = st.mZ
@@ -379,7 +381,8 @@ class SparseModel:
             pxz = P[mZ:cut, :mZ]
         K = np.zeros((f1.q, f1.q, f1.n_levels))
         if pr.size:
-            kv = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
+            kv = np.empty((f1.n_levels, st.nw))
+            kv[st.level_order] = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
             for comp, (a, b) in enumerate(st.w_index):
                 K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
         if cut > mZ:  # the rows of X (T holds the random-effect pairs only)

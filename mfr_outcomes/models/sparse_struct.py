@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from mfr_outcomes.models.spec import ModelSpec
 
 __all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "factors_of",
-           "trailing_size"]
+           "gram_update", "trailing_size"]
 
 
 @dataclass
@@ -121,6 +121,7 @@ class Structure:
     Bz: sp.csc_matrix  # (mZ, ℓ1 q1): Z_restᵀZ_1, structural pattern shared by a level's columns
     Bx: np.ndarray  # (q1, p + 1, ℓ1): [X y]ᵀ Z_1 per level
     T: sp.csc_matrix  # (n_pairs, ℓ1 · nw): Σ_l B_l W_l B_lᵀ on the Z-by-Z pairs = T @ w
+    level_order: np.ndarray  # (ℓ1,) the level of each nw columns of T: w[level_order].ravel()
     pair_flat: np.ndarray  # (n_pairs,) flat index r·m + s (r ≥ s, both < mZ) in an m×m matrix
     pair_r: np.ndarray
     pair_s: np.ndarray
@@ -152,42 +153,48 @@ def _rest_matrix(n: int, rest: list[Factor], offsets: list[int], mZ: int) -> sp.
 
 
 def _pair_matrix(indptr: np.ndarray, indices: np.ndarray, Bdata: np.ndarray, m: int, mZ: int,
-                 w_index: list[tuple[int, int]]) -> tuple[sp.csc_matrix, np.ndarray]:
+                 w_index: list[tuple[int, int]]
+                 ) -> tuple[sp.csc_matrix, np.ndarray, np.ndarray]:
     """T with T[(r, s), (l, a, b)] = B_rla B_slb + [a < b] B_rlb B_sla over the pairs r ≥ s of
     level l's random-effect rows (``indices[indptr[l]:indptr[l + 1]]``, increasing; values
-    ``Bdata`` (nnz, q1)), and the flat index r·m + s of each pair in an m×m matrix.
+    ``Bdata`` (nnz, q1)), the flat index r·m + s of each pair in an m×m matrix, and the order
+    of the levels in T's columns.
 
-    Built in CSC directly, column (l, a, b) holding level l's pairs, in two passes over the
-    levels grouped by their number of rows (mark the pairs met, then number and fill them): no
-    sort, no list of all keys, int32 row indices.
+    Built in CSC directly with the levels ordered by their number of rows, so that the levels
+    of one count fill one contiguous block (level, (a, b), pair) by strided writes: column
+    i·nw + t holds level ``order[i]``'s pairs for the t-th (a, b). The pairs are numbered with a
+    marker over the mZ×mZ block (no sort) where that is small, else by a sort of their keys.
     """
     nl, nw = indptr.size - 1, len(w_index)
     counts = np.diff(indptr).astype(np.int64)
-    kpl = counts * (counts + 1) // 2  # pairs per level
+    order = np.argsort(counts, kind="stable")
+    kpl = (counts * (counts + 1) // 2)[order]  # pairs per column, in T's level order
     base = np.zeros(nl + 1, dtype=np.int64)
     np.cumsum(kpl * nw, out=base[1:])
     total = int(base[-1])
     if total == 0:
-        return sp.csc_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64)
-    cmax = int(counts.max())
+        return sp.csc_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64), order
+    cs = counts[order]
+    cmax = int(cs[-1])
     ti, tj = np.tril_indices(cmax)  # tril_indices(c) is the first c(c + 1)/2 of these
-    groups = [(int(c), np.flatnonzero(counts == c)) for c in np.unique(counts) if c > 0]
-
-    def keys_of(c: int, levels: np.ndarray) -> np.ndarray:
+    bounds = np.flatnonzero(np.diff(cs)) + 1
+    groups = [(int(cs[r0]), r0, r1) for r0, r1 in zip(np.r_[0, bounds], np.r_[bounds, nl])
+              if cs[r0] > 0]
+    keys = []
+    for c, r0, r1 in groups:  # rows increase within a level: r ≥ s
+        R = indices[indptr[order[r0:r1]][:, None] + np.arange(c)[None, :]].astype(np.int64)
         k = c * (c + 1) // 2
-        R = indices[indptr[levels][:, None] + np.arange(c)[None, :]].astype(np.int64)
-        return R[:, ti[:k]] * mZ + R[:, tj[:k]]  # rows increase within a level: r ≥ s
-
-    dense = mZ * mZ <= 1 << 24
-    if dense:  # a marker over the mZ×mZ block numbers the pairs met in order: no sort
+        keys.append(R[:, ti[:k]] * mZ + R[:, tj[:k]])
+    if mZ * mZ <= 1 << 24:
         idmap = np.zeros(mZ * mZ, dtype=np.int32)
-        for c, levels in groups:
-            idmap[keys_of(c, levels)] = 1
+        for kk in keys:
+            idmap[kk] = 1
         pair_key = np.flatnonzero(idmap)
         np.cumsum(idmap, out=idmap)
         idmap -= 1
     else:
-        pair_key = np.unique(np.concatenate([keys_of(c, lv).ravel() for c, lv in groups]))
+        idmap = None
+        pair_key = np.unique(np.concatenate([kk.ravel() for kk in keys]))
     n_pairs = pair_key.size
     itype = np.int32 if max(n_pairs, total) < np.iinfo(np.int32).max else np.int64
     t_indptr = np.empty(nl * nw + 1, dtype=np.int64)
@@ -195,25 +202,23 @@ def _pair_matrix(indptr: np.ndarray, indices: np.ndarray, Bdata: np.ndarray, m: 
     t_indptr[-1] = total
     t_ind = np.empty(total, dtype=itype)
     vals = np.empty(total)
-    for c, levels in groups:
-        k = c * (c + 1) // 2
-        keys = keys_of(c, levels)
-        ids = idmap[keys] if dense else np.searchsorted(pair_key, keys).astype(itype)
-        del keys
-        pos = indptr[levels][:, None] + np.arange(c)[None, :]
-        Bv = Bdata[pos]  # (n_c, c, q1)
-        del pos
+    for (c, r0, r1), kk in zip(groups, keys):
+        k, n_c = c * (c + 1) // 2, r1 - r0
+        blk = slice(int(base[r0]), int(base[r1]))
+        ind_v = t_ind[blk].reshape(n_c, nw, k)
+        ind_v[:] = (idmap[kk] if idmap is not None else
+                    np.searchsorted(pair_key, kk).astype(itype))[:, None, :]
+        Bv = Bdata[indptr[order[r0:r1]][:, None] + np.arange(c)[None, :]]  # (n_c, c, q1)
+        val_v = vals[blk].reshape(n_c, nw, k)
         ii, jj = ti[:k], tj[:k]
         for comp, (a, b) in enumerate(w_index):
-            v = Bv[:, ii, a] * Bv[:, jj, b]
+            out = val_v[:, comp, :]
+            np.multiply(Bv[:, ii, a], Bv[:, jj, b], out=out)
             if a != b:
-                v += Bv[:, ii, b] * Bv[:, jj, a]
-            at = (base[levels] + comp * k)[:, None] + np.arange(k)[None, :]
-            vals[at] = v
-            t_ind[at] = ids
+                out += Bv[:, ii, b] * Bv[:, jj, a]
     T = sp.csc_matrix((vals, t_ind, t_indptr.astype(itype)), shape=(n_pairs, nl * nw))
     pair_flat = (pair_key // mZ) * m + pair_key % mZ
-    return T, pair_flat
+    return T, pair_flat, order
 
 
 def assemble_structure(*, n: int, p: int, first: Factor, rest: list[Factor],
@@ -233,7 +238,7 @@ def assemble_structure(*, n: int, p: int, first: Factor, rest: list[Factor],
     indptr = np.zeros(l1 + 1, dtype=np.int64)
     np.cumsum(cz, out=indptr[1:])
     w_index = [(a, b) for a in range(q1) for b in range(a, q1)]
-    T, pair_flat = _pair_matrix(indptr, rows, Bvals, m, mZ, w_index)
+    T, pair_flat, order = _pair_matrix(indptr, rows, Bvals, m, mZ, w_index)
     # Bz in CSC, column l q1 + a: level l's rows, once per a
     nnz = rows.size
     bz_ptr = (indptr[:-1, None] * q1 + cz[:, None] * np.arange(q1)[None, :]).ravel()
@@ -249,7 +254,8 @@ def assemble_structure(*, n: int, p: int, first: Factor, rest: list[Factor],
     Bz = sp.csc_matrix((bz_val, bz_ind.astype(itype, copy=False), bz_ptr.astype(itype)),
                        shape=(mZ, l1 * q1))
     return Structure(n=n, p=p, first=first, rest=rest, rest_offset=list(rest_offset), mZ=mZ,
-                     m=m, A11=A11, Arr=Arr, Vz=Vz, Bz=Bz, Bx=Bx, T=T, pair_flat=pair_flat,
+                     m=m, A11=A11, Arr=Arr, Vz=Vz, Bz=Bz, Bx=Bx, T=T, level_order=order,
+                     pair_flat=pair_flat,
                      pair_r=pair_flat // m, pair_s=pair_flat % m, w_index=w_index)
 
 
@@ -326,3 +332,21 @@ def _aligned(Vz: sp.csr_matrix, za: sp.csr_matrix, patz: sp.csc_matrix, lev: np.
     out = np.zeros(patz.nnz)
     out[np.searchsorted(pkeys, bkeys)] = Ba.data
     return out
+
+
+def gram_update(st: Structure, W: np.ndarray) -> np.ndarray:
+    """Σ_l B_l W_l B_lᵀ (m × m, lower triangle) for W (q1, q1, ℓ1), symmetric per level, from
+    the structure's parts as the engine combines them: ``T`` on the random-effect pairs, the
+    sparse ``Bz`` times W_l B_x,l for the cross block, dense ``Bx`` for the X-and-y block.
+    (The engine's evaluation fuses the same steps with W_l = G_lᵀG_l; this is its reference.)"""
+    q1, nl = st.first.q, st.first.n_levels
+    mZ, m = st.mZ, st.m
+    U = np.zeros((m, m))
+    if st.T.shape[0]:
+        w = np.stack([W[a, b] for a, b in st.w_index], axis=1)  # (ℓ1, nw)
+        U.flat[st.pair_flat] = st.T @ w[st.level_order].ravel()
+    WB = np.einsum("abl,bjl->laj", W, st.Bx)  # (ℓ1, q1, p + 1): W_l B_x,l
+    if mZ:
+        U[mZ:, :mZ] = (st.Bz @ WB.reshape(nl * q1, -1)).T
+    U[mZ:, mZ:] = np.einsum("ail,laj->ij", st.Bx, WB)
+    return np.tril(U)
