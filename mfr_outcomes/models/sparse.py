@@ -680,7 +680,9 @@ def moment_start(model: SparseModel) -> np.ndarray:
     quarter of the smallest σ_w², as nested factors count the same variance twice), and
     θ = σ_b/σ, kept within [0.05, 5] (never 0: a scalar θ at 0 has derivative 0 and would stay
     there). A start, not an estimate: on InstEval it is within 20 % of the optimum and Newton
-    needs 4 steps instead of 8. Vector factors keep the identity.
+    needs 4 steps instead of 8. A vector factor starts from the moment estimate of its covariance
+    (``_vector_moments``, masked to its blocks, eigenvalues kept within [0.05², 25]σ²) with σ²
+    at most its within-level variance; Λ is its Cholesky factor.
     """
     spec, st = model.spec, model.st
     x0 = theta_start(spec)
@@ -706,11 +708,64 @@ def moment_start(model: SparseModel) -> np.ndarray:
         if sw > 0:
             est.append((int(f.theta_index[0]), max((ssb - keep.sum() * sw) / float(w.sum()), 0.0),
                         sw))
-    if est:
-        s2 = max(rr / n_p - sum(vb for _, vb, _ in est), 0.25 * min(sw for _, _, sw in est))
-        for t, vb, _ in est:
-            x0[t] = float(np.clip(np.sqrt(vb / s2), 0.05, 5.0))
+    vec = []
+    if st.first.q > 1:
+        vec.append((st.first, st.A11, st.Bx[:, st.p, :]))
+    for f, off in zip(st.rest, st.rest_offset):
+        if f.q > 1:
+            cols = off + np.arange(f.size).reshape(f.n_levels, f.q)  # (ℓ, q)
+            A = st.Arr[cols[:, :, None], cols[:, None, :]].transpose(1, 2, 0)
+            vec.append((f, A, st.Arr[cols, m - 1].T))
+    vest = [(f, *mom) for f, A, sv in vec if (mom := _vector_moments(A, sv, rr, n_p))]
+    if not est and not vest:
+        return x0
+    s2 = max(rr / n_p - sum(vb for _, vb, _ in est), 0.25 * min(sw for _, _, sw in est)) \
+        if est else np.inf
+    if vest:  # a vector factor's within-level variance: the closest bound on σ² at hand
+        s2 = min(s2, min(sw for _, _, sw in vest))
+    for t, vb, _ in est:
+        x0[t] = float(np.clip(np.sqrt(vb / s2), 0.05, 5.0))
+    for f, sig, _ in vest:
+        mask = np.zeros((f.q, f.q), dtype=bool)
+        for i, j in f.theta_pos:
+            mask[i, j] = mask[j, i] = True
+        ev, U = np.linalg.eigh(np.where(mask, sig, 0.0) / s2)
+        L = np.linalg.cholesky((U * np.clip(ev, 0.05 ** 2, 25.0)) @ U.T)
+        for t, (i, j) in zip(f.theta_index, f.theta_pos):
+            x0[t] = float(L[i, j])
     return x0
+
+
+def _vector_moments(A: np.ndarray, s: np.ndarray, rr: float, n_p: int
+                    ) -> tuple[np.ndarray, float] | None:
+    """Moment estimates for a vector factor from A_l = Z_lᵀZ_l (q, q, ℓ) and s_l = Z_lᵀr (q, ℓ):
+    per-level least squares b̂_l = A_l⁻¹s_l (levels with a well-conditioned A_l) has
+    E[b̂_l b̂_lᵀ] = Σ + σ_w²A_l⁻¹, so Σ ≈ mean(b̂_l b̂_lᵀ − σ_w²A_l⁻¹) with the within-level
+    variance σ_w² = (rᵀr − Σ s_lᵀb̂_l)/(n − p − q·ℓ); correlations kept within ±0.9. Returns
+    (Σ, σ_w²), or None with fewer than 50q such levels."""
+    q = A.shape[0]
+    Al = A.transpose(2, 0, 1)
+    tr = np.trace(Al, axis1=1, axis2=2) / q
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keep = np.linalg.det(Al) > 1e-8 * tr ** q
+    nk = int(keep.sum())
+    dfw = n_p - q * nk
+    if nk < 50 * q or dfw <= 0:  # few levels: too noisy a start to beat the identity
+        return None
+    Ainv = np.linalg.inv(Al[keep])
+    sk = s.T[keep]
+    b = np.einsum("lij,lj->li", Ainv, sk)
+    sw = (rr - float(np.sum(b * sk))) / dfw
+    if not sw > 0:
+        return None
+    sig = (b.T @ b - sw * Ainv.sum(axis=0)) / nk
+    sig = 0.5 * (sig + sig.T)
+    # correlations shrunk to at most 0.9: a start near a singular Σ can lead to a boundary
+    # optimum that is not the best one
+    d = np.sqrt(np.clip(np.diag(sig), 1e-12, None))
+    corr = np.clip(sig / np.outer(d, d), -0.9, 0.9)
+    np.fill_diagonal(corr, 1.0)
+    return corr * np.outer(d, d), sw
 
 
 def _fd_grad(f, x: np.ndarray, fx: float, lower: np.ndarray, central: bool) -> np.ndarray:
