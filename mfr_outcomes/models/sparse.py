@@ -133,7 +133,10 @@ def _thin_qr(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         R2 = np.linalg.cholesky(Q1.T @ Q1).T
     except np.linalg.LinAlgError:
         return np.linalg.qr(X)
-    return Q1 @ sla.solve_triangular(R2, np.eye(p), check_finite=False), R2 @ R1
+    Q = Q1 @ sla.solve_triangular(R2, np.eye(p), check_finite=False)
+    if np.max(np.abs(Q.T @ Q - np.eye(p))) > 1e-12:  # the diagonal understated cond(X)
+        return np.linalg.qr(X)
+    return Q, R2 @ R1
 
 
 class SparseModel:
