@@ -60,8 +60,23 @@ _bfsolve, _bbsolve = fsolve, bsolve
 
 
 def _sandwich(M: np.ndarray, A: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """M A N for fixed small M (r, q), N (q', s) and a stack A (q, q', ℓ)."""
-    return np.einsum("ia,abl,bj->ijl", M, A, N, optimize=True)
+    """M A N for fixed small M (r, q), N (q', s) and a stack A (q, q', ℓ): two matrix products
+    with the level axis as the long one (einsum's batched path copies and is several times
+    slower at ~10⁵ levels)."""
+    q, q2, nl = A.shape
+    tmp = (M @ np.ascontiguousarray(A).reshape(q, q2 * nl)).reshape(M.shape[0], q2, nl)
+    return np.matmul(N.T[None], tmp)
+
+
+def _stack_mul(G: np.ndarray, B: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """G_l B_l (G_lᵀ B_l when *transpose*) for stacks G (q, q, ℓ), B (q, r, ℓ), as q
+    broadcast products of (r, ℓ) slices."""
+    out = None
+    for a in range(G.shape[1]):
+        g = G[a, :, None, :] if transpose else G[:, a, None, :]  # (q, 1, ℓ)
+        term = g * B[a][None]
+        out = term if out is None else out + term
+    return out
 
 
 def _eye_stack(q: int, n: int) -> np.ndarray:
@@ -99,6 +114,31 @@ def _scale_rest(S: np.ndarray, st: Structure, lams: list[np.ndarray], transpose:
         S[:, seg] = np.einsum("mlj,ij->mli", cols, M).reshape(m, f.size)
 
 
+def _thin_qr(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """X = QR, Q with orthonormal columns: CholeskyQR2 (Fukaya et al. 2014: R from the Cholesky
+    factor of XᵀX, once more on Q to restore orthogonality; two passes of n p² flops, 10-20x
+    faster than Householder at n ~ 10⁵) when X is well enough conditioned for it (cond(X) well
+    below 1/√ε, judged from the first factor), else Householder."""
+    n, p = X.shape
+    if p == 0 or n < 4 * p:
+        return np.linalg.qr(X)
+    try:
+        R1 = np.linalg.cholesky(X.T @ X).T
+        d = np.abs(np.diag(R1))
+        if d.min() <= 1e-5 * d.max():  # near-collinear columns: CholeskyQR2 may lose them
+            raise np.linalg.LinAlgError
+        # X R⁻¹ as one matrix product (a triangular solve with n right-hand sides of length p
+        # is several times slower); the second pass mends what the explicit inverse loses
+        Q1 = X @ sla.solve_triangular(R1, np.eye(p), check_finite=False)
+        R2 = np.linalg.cholesky(Q1.T @ Q1).T
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(X)
+    Q = Q1 @ sla.solve_triangular(R2, np.eye(p), check_finite=False)
+    if np.max(np.abs(Q.T @ Q - np.eye(p))) > 1e-12:  # the diagonal understated cond(X)
+        return np.linalg.qr(X)
+    return Q, R2 @ R1
+
+
 class SparseModel:
     """The fixed structure of one ModelSpec and the profiled deviance at any θ."""
 
@@ -108,12 +148,13 @@ class SparseModel:
         # The deviance is unchanged when X is replaced by Q = X R⁻¹ (orthonormal columns; log|R_X|²
         # shifts by the constant log|R|²) and y by its residual from X (β shifts). Both shrink the
         # cancellation in the trailing block's X and y entries by orders of magnitude.
-        Q, R = np.linalg.qr(spec.X)
+        Q, R = _thin_qr(spec.X)
         self._R = R
         self._Q = Q
-        self._beta_ols = sla.solve_triangular(R, Q.T @ spec.y, check_finite=False)
+        qty = Q.T @ spec.y
+        self._beta_ols = sla.solve_triangular(R, qty, check_finite=False)
         self._ldR2 = 2.0 * float(np.sum(np.log(np.abs(np.diag(R)))))
-        self.st_y = spec.y - Q @ (Q.T @ spec.y)
+        self.st_y = spec.y - Q @ qty
         self._setup(build_structure(spec, X=Q, y=self.st_y))
 
     def _setup(self, st: Structure) -> None:
@@ -123,9 +164,7 @@ class SparseModel:
         self._last: _Eval | None = None
         self._symmetric = any(f.q > 1 for f in self.st.rest)
         self._diag_z = np.arange(self.st.mZ) * (self.st.m + 1)
-        self._Bt: sp.csr_matrix | None = None
-        self._B: sp.csr_matrix | None = None
-        self._Tt: sp.csr_matrix | None = None
+        self._Bxf: np.ndarray | None = None
         self._gram_y: tuple[np.ndarray, np.ndarray] | None = None
         self.n_gradients = 0
         self._grad_cache: tuple | None = None
@@ -158,10 +197,23 @@ class SparseModel:
         S = st.Arr.copy()
         # T stays in CSC (its transpose serves the gradient as CSR): the product's scatter costs
         # ~0.7 ms more per evaluation than a CSR copy would, which takes ~27 ms to make (InstEval)
-        S.flat[st.pair_flat] -= st.T @ w.ravel()
-        # X-and-y block: Σ_l B_l G_lᵀ G_l B_lᵀ, one product over all levels
-        H = np.einsum("bal,ajl->bjl", G, st.Bx) if f1.q > 1 else st.Bx * G[0, 0]
-        S[st.mZ:, st.mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
+        if st.T.shape[0]:
+            S.flat[st.pair_flat] -= st.T @ w[st.level_order].ravel()
+        # the rows of X and y, W_l = G_lᵀG_l: Σ_l [X y]ᵀZ_l W_l Z_lᵀ[X y] as one product over all
+        # levels, and the cross block Σ_l Z_rᵀZ_l W_l Z_lᵀ[X y] as the sparse B_Z times W_l B_x,l
+        mZ = st.mZ
+        if f1.q > 1:
+            H = _stack_mul(G, st.Bx)  # G_l B_x,l
+            S[mZ:, mZ:] -= sum(H[b] @ H[b].T for b in range(f1.q))
+            if mZ:  # (ℓ1, q1, p + 1): W_l B_x,l = G_lᵀ G_l B_x,l
+                HW = _stack_mul(G, H, transpose=True).transpose(2, 0, 1)
+        else:
+            H = st.Bx[0] * G[0, 0]
+            S[mZ:, mZ:] -= H @ H.T
+            if mZ:
+                HW = (st.Bx[0] * w[:, 0]).T[:, None, :]
+        if mZ:
+            S[mZ:, :mZ] -= (st.Bz @ np.ascontiguousarray(HW).reshape(-1, st.p + 1)).T
         if self._symmetric:
             il = np.tril_indices(st.m, -1)
             S[il[1], il[0]] = S[il]
@@ -175,7 +227,7 @@ class SparseModel:
             return ev
         C = U.T
         dg = np.diag(C)
-        mZ, p = st.mZ, st.p
+        p = st.p
         ev.ok = True
         ev.L1, ev.C = L1, C
         ev.ldL2 = 2.0 * float(np.sum(np.log(np.diagonal(L1, axis1=0, axis2=1)))) + \
@@ -245,7 +297,7 @@ class SparseModel:
         z1r, r2 = self._z_resid(self.beta(theta))
         r1 = lam1.T @ z1r
         r2 = _apply_lam(r2, st, lams, transpose=False)
-        Bz = _b_matrix(st)  # (mZ, ℓ1 q1), column l q1 + a
+        Bz = st.Bz  # (mZ, ℓ1 q1), column l q1 + a
         L1 = ev.L1
         dinv_r1 = _bbsolve(L1, _bfsolve(L1, r1))
 
@@ -308,10 +360,9 @@ class SparseModel:
             for f, off, lam in zip(st.rest, st.rest_offset, lams):
                 dg[off:off + f.size] = lam[0, 0]
             dg[mZ:cut] = 1.0
-            inside = st.pair_r < cut
-            r, c = st.pair_r[inside], st.pair_s[inside]
-            pr = np.zeros(st.pair_flat.size)
-            pr[inside] = Sinv.ravel()[r * cut + c] * dg[r] * dg[c] * twice[inside]
+            r, c = st.pair_r, st.pair_s  # all inside: T's pairs are random-effect rows
+            pr = Sinv.ravel()[r * cut + c] * dg[r] * dg[c] * twice
+            pxz = Sinv[mZ:cut, :mZ] * dg[:mZ]  # below the diagonal: valid as dpotri wrote it
             diag = np.diagonal(Sinv)
             rest = [diag[off:off + f.size].reshape(f.n_levels, 1, 1)
                     for f, off in zip(st.rest, st.rest_offset)]
@@ -330,14 +381,21 @@ class SparseModel:
             _scale_rest(P, st, lams, transpose=True)  # Λ_r S⁻¹ Λ_rᵀ
             pr = P.flat[st.pair_flat] * twice
             pxx = P[mZ:cut, mZ:cut]
-        kv = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
-        K = np.empty((f1.q, f1.q, f1.n_levels))
-        for comp, (a, b) in enumerate(st.w_index):
-            K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
-        if cut > mZ:  # the X-by-X part (T holds only pairs with a random-effect row)
+            pxz = P[mZ:cut, :mZ]
+        K = np.zeros((f1.q, f1.q, f1.n_levels))
+        if pr.size:
+            kv = np.empty((f1.n_levels, st.nw))
+            kv[st.level_order] = (self._tt() @ pr).reshape(f1.n_levels, st.nw)
+            for comp, (a, b) in enumerate(st.w_index):
+                K[a, b] = K[b, a] = kv[:, comp] * (1.0 if a == b else 0.5)
+        if cut > mZ:  # the rows of X (T holds the random-effect pairs only)
             bx = st.Bx[:, :cut - mZ]
             hx = np.einsum("ajl,jk->akl", bx, pxx)
             K += np.einsum("ajl,bjl->abl", hx, bx)
+            if mZ:  # the cross part B_Zᵀ P_ZX B_X and its transpose
+                Y = np.asarray(st.Bz.T @ pxz.T).reshape(f1.n_levels, f1.q, cut - mZ)
+                kc = np.einsum("laj,bjl->abl", Y, bx)
+                K += kc + kc.transpose(1, 0, 2)
         DK = np.einsum("abl,bc,cdl->adl", Dinv, lam1.T, K, optimize=True)
         Minv = Dinv + np.einsum("abl,bc,cdl->adl", DK, lam1, Dinv, optimize=True)
         return Minv, rest
@@ -376,35 +434,34 @@ class SparseModel:
         v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
         v[mZ:c] = x[mZ:]
         v[-1] = -1.0
-        t = -(self._bt() @ v).reshape(f1.n_levels, f1.q).T  # (q1, ℓ1): Λ1ᵀ-less rhs
+        t = -self._bt_mul(v).reshape(f1.n_levels, f1.q).T  # (q1, ℓ1): Λ1ᵀ-less rhs
         lam1 = f1.lam(theta)
         u1 = _bbsolve(ev.L1, _bfsolve(ev.L1, lam1.T @ t))
         return [u1] + [x[off:off + f.size].reshape(f.n_levels, f.q).T
                        for f, off in zip(st.rest, st.rest_offset)]
 
-    def _bt(self) -> sp.csr_matrix:
-        """Bᵀ (ℓ1 q1 × m): the Gram matrix's trailing rows (Z_rest, X, y) in the first factor's
-        columns, row l q1 + a."""
-        if self._Bt is None:
+    def _bxf(self) -> np.ndarray:
+        """B_X as one (p + 1, ℓ1 q1) matrix, column l q1 + a (kept)."""
+        if self._Bxf is None:
             st = self.st
-            q1, l1 = st.first.q, st.first.n_levels
-            lev = np.repeat(np.arange(l1), np.diff(st.pat.indptr))
-            rows = np.concatenate([lev * q1 + a for a in range(q1)])
-            cols = np.tile(st.pat.indices, q1)
-            self._Bt = sp.csr_matrix((st.Bdata.T.ravel(), (rows, cols)), shape=(l1 * q1, st.m))
-        return self._Bt
+            self._Bxf = np.ascontiguousarray(st.Bx.transpose(1, 2, 0)).reshape(st.p + 1, -1)
+        return self._Bxf
 
-    def _b(self) -> sp.csr_matrix:
-        """B = (Bᵀ)ᵀ in CSR (m × ℓ1 q1), kept."""
-        if self._B is None:
-            self._B = self._bt().T.tocsr()
-        return self._B
+    def _bt_mul(self, v: np.ndarray) -> np.ndarray:
+        """Bᵀv for v (m,) or (m, r): B (m × ℓ1 q1) the Gram matrix's trailing rows (Z_rest, X,
+        y) in the first factor's columns (column l q1 + a); sparse B_Z, dense B_X."""
+        mZ = self.st.mZ
+        return np.asarray(self.st.Bz.T @ v[:mZ]) + self._bxf().T @ v[mZ:]
+
+    def _b_mul(self, c: np.ndarray) -> np.ndarray:
+        """B c for c (ℓ1 q1, r) -> (m, r)."""
+        bx = self._bxf() @ c
+        return np.concatenate([np.asarray(self.st.Bz @ c).reshape((self.st.mZ,) + bx.shape[1:]),
+                               bx])
 
     def _tt(self) -> sp.csr_matrix:
-        """Tᵀ in CSR, kept."""
-        if self._Tt is None:
-            self._Tt = self.st.T.T.tocsr()
-        return self._Tt
+        """Tᵀ in CSR: the same arrays as T in CSC, no copy."""
+        return self.st.T.T.tocsr()
 
     def gradient(self, theta: np.ndarray, reml: bool) -> np.ndarray | None:
         """The analytic gradient of :meth:`objective` in θ, or None where it does not apply.
@@ -463,14 +520,12 @@ class SparseModel:
         (ℓ1 q1, r) (row l q1 + a), ct (m, r); returns the first factor's and the trailing part."""
         st = self.st
         q1, l1, r = st.first.q, st.first.n_levels, c1.shape[1]
-        Bt = self._bt()
         a = c1.reshape(l1, q1, r)
         g1 = np.zeros((l1, q1, r))
         for i in range(q1):
             for j in range(q1):
                 g1[:, i, :] += st.A11[i, j][:, None] * a[:, j, :]
-        return g1.reshape(l1 * q1, r) + np.asarray(Bt @ ct), \
-            np.asarray(self._b() @ c1) + st.Arr @ ct
+        return g1.reshape(l1 * q1, r) + self._bt_mul(ct), self._b_mul(c1) + st.Arr @ ct
 
     def _pls_fit(self, theta: np.ndarray, g1: np.ndarray, gt: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -483,7 +538,6 @@ class SparseModel:
         c, q1, l1, r = mZ + p, f1.q, f1.n_levels, g1.shape[1]
         lam1 = f1.lam(theta)
         lams = [f.lam(theta) for f in st.rest]
-        Bt = self._bt()
 
         def lev(M: np.ndarray) -> np.ndarray:  # (ℓ1 q1, r) -> (q1, r, ℓ1)
             return M.reshape(l1, q1, r).transpose(1, 2, 0)
@@ -493,7 +547,7 @@ class SparseModel:
 
         rhs1 = np.tensordot(lam1.T, lev(g1), 1)  # Λ1ᵀZ1ᵀw
         h = _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1))  # D⁻¹ rhs1
-        bh = np.asarray(self._b() @ flat(np.tensordot(lam1, h, 1)))
+        bh = self._b_mul(flat(np.tensordot(lam1, h, 1)))
         bh[:mZ] = _apply_lam(bh[:mZ], st, lams, transpose=False)
         rhs_r = gt[:c].copy()
         rhs_r[:mZ] = _apply_lam(rhs_r[:mZ], st, lams, transpose=False)
@@ -502,7 +556,7 @@ class SparseModel:
         v = np.zeros((st.m, r))
         v[:mZ] = _apply_lam(x[:mZ], st, lams, transpose=True)
         v[mZ:c] = x[mZ:]
-        t = lev(np.asarray(Bt @ v))
+        t = lev(self._bt_mul(v))
         b1 = np.tensordot(lam1, _bbsolve(ev.L1, _bfsolve(ev.L1, rhs1 - np.tensordot(lam1.T, t, 1))),
                           1)
         return flat(b1), v
@@ -586,17 +640,6 @@ def _apply_lam(v: np.ndarray, st: Structure, lams: list[np.ndarray], transpose: 
     return out
 
 
-def _b_matrix(st: Structure) -> sp.csr_matrix:
-    """B_Z = Z_restᵀ Z_1 (mZ × ℓ1 q1) from the stored pattern and values."""
-    q1, l1 = st.first.q, st.first.n_levels
-    lev = np.repeat(np.arange(l1), np.diff(st.pat.indptr))
-    rows = np.tile(st.pat.indices, q1)
-    cols = np.concatenate([lev * q1 + a for a in range(q1)])
-    vals = st.Bdata.T.ravel()
-    keep = rows < st.mZ
-    return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(st.mZ, l1 * q1))
-
-
 def _per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
                cvs: list[np.ndarray] | None):
     blups: list[np.ndarray] = [None] * len(spec.blocks)  # type: ignore[list-item]
@@ -640,7 +683,9 @@ def moment_start(model: SparseModel) -> np.ndarray:
     quarter of the smallest σ_w², as nested factors count the same variance twice), and
     θ = σ_b/σ, kept within [0.05, 5] (never 0: a scalar θ at 0 has derivative 0 and would stay
     there). A start, not an estimate: on InstEval it is within 20 % of the optimum and Newton
-    needs 4 steps instead of 8. Vector factors keep the identity.
+    needs 4 steps instead of 8. A vector factor starts from the moment estimate of its covariance
+    (``_vector_moments``, masked to its blocks, eigenvalues kept within [0.05², 25]σ²) with σ²
+    at most its within-level variance; Λ is its Cholesky factor.
     """
     spec, st = model.spec, model.st
     x0 = theta_start(spec)
@@ -666,11 +711,64 @@ def moment_start(model: SparseModel) -> np.ndarray:
         if sw > 0:
             est.append((int(f.theta_index[0]), max((ssb - keep.sum() * sw) / float(w.sum()), 0.0),
                         sw))
-    if est:
-        s2 = max(rr / n_p - sum(vb for _, vb, _ in est), 0.25 * min(sw for _, _, sw in est))
-        for t, vb, _ in est:
-            x0[t] = float(np.clip(np.sqrt(vb / s2), 0.05, 5.0))
+    vec = []
+    if st.first.q > 1:
+        vec.append((st.first, st.A11, st.Bx[:, st.p, :]))
+    for f, off in zip(st.rest, st.rest_offset):
+        if f.q > 1:
+            cols = off + np.arange(f.size).reshape(f.n_levels, f.q)  # (ℓ, q)
+            A = st.Arr[cols[:, :, None], cols[:, None, :]].transpose(1, 2, 0)
+            vec.append((f, A, st.Arr[cols, m - 1].T))
+    vest = [(f, *mom) for f, A, sv in vec if (mom := _vector_moments(A, sv, rr, n_p))]
+    if not est and not vest:
+        return x0
+    s2 = max(rr / n_p - sum(vb for _, vb, _ in est), 0.25 * min(sw for _, _, sw in est)) \
+        if est else np.inf
+    if vest:  # a vector factor's within-level variance: the closest bound on σ² at hand
+        s2 = min(s2, min(sw for _, _, sw in vest))
+    for t, vb, _ in est:
+        x0[t] = float(np.clip(np.sqrt(vb / s2), 0.05, 5.0))
+    for f, sig, _ in vest:
+        mask = np.zeros((f.q, f.q), dtype=bool)
+        for i, j in f.theta_pos:
+            mask[i, j] = mask[j, i] = True
+        ev, U = np.linalg.eigh(np.where(mask, sig, 0.0) / s2)
+        L = np.linalg.cholesky((U * np.clip(ev, 0.05 ** 2, 25.0)) @ U.T)
+        for t, (i, j) in zip(f.theta_index, f.theta_pos):
+            x0[t] = float(L[i, j])
     return x0
+
+
+def _vector_moments(A: np.ndarray, s: np.ndarray, rr: float, n_p: int
+                    ) -> tuple[np.ndarray, float] | None:
+    """Moment estimates for a vector factor from A_l = Z_lᵀZ_l (q, q, ℓ) and s_l = Z_lᵀr (q, ℓ):
+    per-level least squares b̂_l = A_l⁻¹s_l (levels with a well-conditioned A_l) has
+    E[b̂_l b̂_lᵀ] = Σ + σ_w²A_l⁻¹, so Σ ≈ mean(b̂_l b̂_lᵀ − σ_w²A_l⁻¹) with the within-level
+    variance σ_w² = (rᵀr − Σ s_lᵀb̂_l)/(n − p − q·ℓ); correlations kept within ±0.9. Returns
+    (Σ, σ_w²), or None with fewer than 50q such levels."""
+    q = A.shape[0]
+    Al = A.transpose(2, 0, 1)
+    tr = np.trace(Al, axis1=1, axis2=2) / q
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keep = np.linalg.det(Al) > 1e-8 * tr ** q
+    nk = int(keep.sum())
+    dfw = n_p - q * nk
+    if nk < 50 * q or dfw <= 0:  # few levels: too noisy a start to beat the identity
+        return None
+    Ainv = np.linalg.inv(Al[keep])
+    sk = s.T[keep]
+    b = np.einsum("lij,lj->li", Ainv, sk)
+    sw = (rr - float(np.sum(b * sk))) / dfw
+    if not sw > 0:
+        return None
+    sig = (b.T @ b - sw * Ainv.sum(axis=0)) / nk
+    sig = 0.5 * (sig + sig.T)
+    # correlations shrunk to at most 0.9: a start near a singular Σ can lead to a boundary
+    # optimum that is not the best one
+    d = np.sqrt(np.clip(np.diag(sig), 1e-12, None))
+    corr = np.clip(sig / np.outer(d, d), -0.9, 0.9)
+    np.fill_diagonal(corr, 1.0)
+    return corr * np.outer(d, d), sw
 
 
 def _fd_grad(f, x: np.ndarray, fx: float, lower: np.ndarray, central: bool) -> np.ndarray:
@@ -687,6 +785,52 @@ def _fd_grad(f, x: np.ndarray, fx: float, lower: np.ndarray, central: bool) -> n
             dn[i] -= h
             g[i] = (f(up) - f(dn)) / (2 * h)
     return g
+
+
+def _polish_free(f, x: np.ndarray, fx: float, lower: np.ndarray, h: float = 1e-4,
+                 maxit: int = 20) -> tuple[np.ndarray, float]:
+    """Newton steps on the θ not held at a bound of 0, gradient and Hessian by central
+    differences (step *h*); a step is kept when it stays inside the bounds and the deviance does
+    not rise by more than its rounding. Returns the last point kept."""
+    idx = np.flatnonzero(~((lower == 0.0) & (x <= 0.0)))
+    k = idx.size
+    if k == 0:
+        return x, fx
+    for _ in range(maxit):
+        fp, fm = np.empty(k), np.empty(k)
+        H = np.empty((k, k))
+        for a in range(k):
+            e = np.zeros_like(x)
+            e[idx[a]] = h
+            if lower[idx[a]] == 0.0 and x[idx[a]] - h < 0.0:
+                return x, fx  # too close to the bound for a central difference
+            fp[a], fm[a] = f(x + e), f(x - e)
+            H[a, a] = (fp[a] - 2.0 * fx + fm[a]) / h ** 2
+        for a in range(k):
+            for b in range(a + 1, k):
+                e = np.zeros_like(x)
+                e[idx[a]] = e[idx[b]] = h
+                H[a, b] = H[b, a] = (f(x + e) - fp[a] - fp[b] + 2.0 * fx - fm[a] - fm[b]
+                                     + f(x - e)) / (2.0 * h ** 2)
+        g = (fp - fm) / (2.0 * h)
+        try:
+            d = -sla.cho_solve(sla.cho_factor(H, lower=True, check_finite=False), g,
+                               check_finite=False)
+        except np.linalg.LinAlgError:
+            return x, fx
+        xn = x.copy()
+        xn[idx] += d
+        if not np.all(np.isfinite(xn)) or np.any((lower == 0.0) & (xn < 0.0)):
+            return x, fx
+        fn = f(xn)
+        # near the optimum the decrease is below the deviance's rounding: a step that raises it
+        # by no more than that is still taken (the difference gradient decides, not the noise)
+        if not fn <= fx + 1e-12 * max(1.0, abs(fx)):
+            return x, fx
+        x, fx = xn, fn
+        if np.max(np.abs(d)) <= 1e-10 * max(1.0, float(np.max(np.abs(x)))):
+            break
+    return x, fx
 
 
 def _grad_and_curvature(f, x: np.ndarray, fx: float, lower: np.ndarray,
@@ -866,6 +1010,11 @@ def optimize_theta(model: SparseModel, lower: np.ndarray, x0: np.ndarray, reml: 
         ft = f(trial)
         if ft <= fx:
             x, fx = trial, ft
+    if analytic and model.gradient(x, reml) is None:
+        # Λ singular (a vector factor's diagonal θ at 0): the optimum came from differences and
+        # is only as sharp as their line searches; Newton steps on the free θ with a central
+        # difference Hessian settle it (to ~1e-9: two routes to the same data agree)
+        x, fx = _polish_free(f, x, fx, lower)
     # lme4's checkConv: the gradient scaled by the (here diagonal) Hessian, min(|scaled|, |raw|)
     # against 0.002 on free coordinates. The scaled value is at most the raw one, so an analytic
     # gradient below the tolerance decides it; otherwise (or without one) central differences

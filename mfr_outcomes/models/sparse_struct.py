@@ -8,7 +8,9 @@ and is eliminated level by level. Everything else — the other factors' columns
 
 The elimination's update of the trailing block, Σ_l B_l W_l B_lᵀ (B_l the trailing rows of the
 Gram matrix in the columns of level l, W_l a q×q matrix that depends on θ), is linear in the W_l:
-it is one sparse matrix-vector product ``T @ w`` with a fixed matrix T built here once.
+on the random-effect rows it is one sparse matrix-vector product ``T @ w`` with a fixed matrix T
+built here once; the rows of X and y (p + 1 for every level) are dense per-level products instead,
+which keeps T to a few pairs per level (memory: most of a level's pairs would have an X or y row).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import scipy.sparse as sp
 
 from mfr_outcomes.models.spec import ModelSpec
 
-__all__ = ["Factor", "Structure", "build_structure", "factors_of", "trailing_size"]
+__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "factors_of",
+           "gram_update", "trailing_size"]
 
 
 @dataclass
@@ -97,6 +100,12 @@ class Structure:
 
     ``first`` is eliminated level by level; ``rest`` are the other factors, whose columns start at
     ``rest_offset`` in the trailing part (mZ columns), followed by X (p) and y (1).
+
+    The trailing rows of the Gram matrix in the first factor's columns are kept in two parts:
+    ``Bz`` (sparse, Z_restᵀZ_1: column l q1 + a holds the rest's rows that level l meets, the same
+    rows for every a) and ``Bx`` (dense per level, [X y]ᵀZ_1). ``T`` holds the random-effect by
+    random-effect pairs of the update Σ_l B_l W_l B_lᵀ only; its X-and-y rows are dense products
+    of ``Bx`` (with ``Bz`` for the cross block), done per evaluation.
     """
 
     n: int
@@ -108,12 +117,12 @@ class Structure:
     m: int
     A11: np.ndarray  # (q1, q1, ℓ1): Z_1ᵀZ_1 per level, level axis last
     Arr: np.ndarray  # (m, m) dense: [Z_rest X y]ᵀ[Z_rest X y]
-    Vz: sp.csr_matrix  # (n, mZ): Z_rest
-    pat: sp.csc_matrix  # (m, ℓ1): which trailing rows meet each level of the first factor
-    Bdata: np.ndarray  # (nnz(pat), q1): B = Vᵀ Z_1 on pat's pattern, per column a of level l
+    Vz: sp.csr_matrix  # (n, mZ): Z_rest (no rows: (0, mZ), out of memory)
+    Bz: sp.csc_matrix  # (mZ, ℓ1 q1): Z_restᵀZ_1, structural pattern shared by a level's columns
     Bx: np.ndarray  # (q1, p + 1, ℓ1): [X y]ᵀ Z_1 per level
-    T: sp.csc_matrix  # (n_pairs, ℓ1 · nw): Σ_l B_l W_l B_lᵀ on the pairs = T @ w
-    pair_flat: np.ndarray  # (n_pairs,) flat index r·m + s (r ≥ s) of each pair in an m×m matrix
+    T: sp.csc_matrix  # (n_pairs, ℓ1 · nw): Σ_l B_l W_l B_lᵀ on the Z-by-Z pairs = T @ w
+    level_order: np.ndarray  # (ℓ1,) the level of each nw columns of T: w[level_order].ravel()
+    pair_flat: np.ndarray  # (n_pairs,) flat index r·m + s (r ≥ s, both < mZ) in an m×m matrix
     pair_r: np.ndarray
     pair_s: np.ndarray
     w_index: list[tuple[int, int]]  # the nw (a, b), a ≤ b, elements of W_l in w
@@ -128,73 +137,126 @@ def _rest_matrix(n: int, rest: list[Factor], offsets: list[int], mZ: int) -> sp.
     increasing column order (explicit zeros kept, so the pattern is structural)."""
     if not rest:
         return sp.csr_matrix((n, 0))
-    idx, val = [], []
+    k = sum(f.q for f in rest)
+    idx = np.empty((n, k), dtype=np.int32)
+    val = np.empty((n, k))
+    c = 0
     for f, off in zip(rest, offsets):
         for j in range(f.q):
-            idx.append(off + f.codes * f.q + j)
-            val.append(f.Z[:, j])
-    k = len(idx)
-    return sp.csr_matrix((np.column_stack(val).ravel(), np.column_stack(idx).ravel(),
-                          np.arange(n + 1, dtype=np.int64) * k), shape=(n, mZ))
+            idx[:, c] = off + f.codes * f.q + j
+            val[:, c] = f.Z[:, j]
+            c += 1
+    indptr = np.arange(n + 1, dtype=np.int64) * k
+    if indptr[-1] < np.iinfo(np.int32).max:
+        indptr = indptr.astype(np.int32)
+    return sp.csr_matrix((val.ravel(), idx.ravel(), indptr), shape=(n, mZ))
 
 
-def _pair_matrix(pat: sp.csc_matrix, Bdata: np.ndarray, m: int, mZ: int,
-                 w_index: list[tuple[int, int]]):
-    """T with T[(r, s), (l, a, b)] = B_rla B_slb + [a < b] B_rlb B_sla over r ≥ s in level l,
-    for the pairs with a random-effect row (s < mZ); the X-and-y block is done densely.
+def _pair_matrix(indptr: np.ndarray, indices: np.ndarray, Bdata: np.ndarray, m: int, mZ: int,
+                 w_index: list[tuple[int, int]]
+                 ) -> tuple[sp.csc_matrix, np.ndarray, np.ndarray]:
+    """T with T[(r, s), (l, a, b)] = B_rla B_slb + [a < b] B_rlb B_sla over the pairs r ≥ s of
+    level l's random-effect rows (``indices[indptr[l]:indptr[l + 1]]``, increasing; values
+    ``Bdata`` (nnz, q1)), the flat index r·m + s of each pair in an m×m matrix, and the order
+    of the levels in T's columns.
 
-    Built in CSC directly, column (l, a, b) holding level l's pairs: no sort of the entries.
+    Built in CSC directly with the levels ordered by their number of rows, so that the levels
+    of one count fill one contiguous block (level, (a, b), pair) by strided writes: column
+    i·nw + t holds level ``order[i]``'s pairs for the t-th (a, b). The pairs are numbered with a
+    marker over the mZ×mZ block (no sort) where that is small, else by a sort of their keys.
     """
-    nl = pat.shape[1]
-    nw = len(w_index)
-    counts = np.diff(pat.indptr)
-    groups = []
-    kpl = np.zeros(nl, dtype=np.int64)  # pairs per level
-    # tril_indices(c) is the first c(c + 1)/2 pairs of tril_indices(c_max) (row-major): made once
-    ti, tj = np.tril_indices(int(counts.max()) if counts.size else 0)
-    for c in np.unique(counts):
-        if c == 0:
-            continue
-        levels = np.flatnonzero(counts == c)
-        ii, jj = ti[:c * (c + 1) // 2], tj[:c * (c + 1) // 2]
-        pos = pat.indptr[levels][:, None] + np.arange(c)[None, :]  # (n_c, c)
-        R = pat.indices[pos]
-        zpair = R[0, jj] < mZ  # X and y rows are the last of every column: same for all levels
-        ii, jj = ii[zpair], jj[zpair]
-        if ii.size == 0:
-            continue
-        kpl[levels] = ii.size
-        groups.append((levels, ii, jj, R, Bdata[pos]))
-    base = np.concatenate([[0], np.cumsum(kpl * nw)])
-    indptr = np.append((base[:-1, None] + np.arange(nw)[None, :] * kpl[:, None]).ravel(),
-                       base[-1])
-    vals = np.empty(base[-1])
-    slots = np.empty(base[-1], dtype=np.int64)  # index into keys, per entry
-    keys_parts, start = [], 0
-    for levels, ii, jj, R, Bv in groups:
-        k = ii.size
-        keys_parts.append((R[:, ii] * m + R[:, jj]).ravel())  # rows sorted: r ≥ s
-        kidx = start + np.arange(levels.size * k).reshape(levels.size, k)
-        start += levels.size * k
-        for comp, (a, b) in enumerate(w_index):
-            v = Bv[:, ii, a] * Bv[:, jj, b]
-            if a != b:
-                v = v + Bv[:, ii, b] * Bv[:, jj, a]
-            pos = (base[levels] + comp * k)[:, None] + np.arange(k)[None, :]
-            vals[pos] = v
-            slots[pos] = kidx
-    if not keys_parts:
-        return sp.csc_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64)
-    keys = np.concatenate(keys_parts)
-    if m * m <= 1 << 24:  # a dense marker over the m×m block: no sort
-        mark = np.zeros(m * m, dtype=bool)
-        mark[keys] = True
-        pair_flat = np.flatnonzero(mark)
-        ids = (np.cumsum(mark, dtype=np.int32) - 1)[keys]
+    nl, nw = indptr.size - 1, len(w_index)
+    counts = np.diff(indptr).astype(np.int64)
+    order = np.argsort(counts, kind="stable")
+    kpl = (counts * (counts + 1) // 2)[order]  # pairs per column, in T's level order
+    base = np.zeros(nl + 1, dtype=np.int64)
+    np.cumsum(kpl * nw, out=base[1:])
+    total = int(base[-1])
+    if total == 0:
+        return sp.csc_matrix((0, nl * nw)), np.zeros(0, dtype=np.int64), order
+    cs = counts[order]
+    cmax = int(cs[-1])
+    ti, tj = np.tril_indices(cmax)  # tril_indices(c) is the first c(c + 1)/2 of these
+    bounds = np.flatnonzero(np.diff(cs)) + 1
+    groups = [(int(cs[r0]), r0, r1) for r0, r1 in zip(np.r_[0, bounds], np.r_[bounds, nl])
+              if cs[r0] > 0]
+    keys = []
+    for c, r0, r1 in groups:  # rows increase within a level: r ≥ s
+        R = indices[indptr[order[r0:r1]][:, None] + np.arange(c)[None, :]].astype(np.int64)
+        k = c * (c + 1) // 2
+        keys.append(R[:, ti[:k]] * mZ + R[:, tj[:k]])
+    if mZ * mZ <= 1 << 24:
+        idmap = np.zeros(mZ * mZ, dtype=np.int32)
+        for kk in keys:
+            idmap[kk] = 1
+        pair_key = np.flatnonzero(idmap)
+        np.cumsum(idmap, out=idmap)
+        idmap -= 1
     else:
-        pair_flat, ids = np.unique(keys, return_inverse=True)
-    T = sp.csc_matrix((vals, ids[slots], indptr), shape=(pair_flat.size, nl * nw))
-    return T, pair_flat
+        idmap = None
+        pair_key = np.unique(np.concatenate([kk.ravel() for kk in keys]))
+    n_pairs = pair_key.size
+    itype = np.int32 if max(n_pairs, total) < np.iinfo(np.int32).max else np.int64
+    t_indptr = np.empty(nl * nw + 1, dtype=np.int64)
+    t_indptr[:-1] = (base[:-1, None] + np.arange(nw)[None, :] * kpl[:, None]).ravel()
+    t_indptr[-1] = total
+    t_ind = np.empty(total, dtype=itype)
+    vals = np.empty(total)
+    for (c, r0, r1), kk in zip(groups, keys):
+        k, n_c = c * (c + 1) // 2, r1 - r0
+        blk = slice(int(base[r0]), int(base[r1]))
+        ind_v = t_ind[blk].reshape(n_c, nw, k)
+        ind_v[:] = (idmap[kk] if idmap is not None else
+                    np.searchsorted(pair_key, kk).astype(itype))[:, None, :]
+        Bv = Bdata[indptr[order[r0:r1]][:, None] + np.arange(c)[None, :]]  # (n_c, c, q1)
+        val_v = vals[blk].reshape(n_c, nw, k)
+        ii, jj = ti[:k], tj[:k]
+        for comp, (a, b) in enumerate(w_index):
+            out = val_v[:, comp, :]
+            np.multiply(Bv[:, ii, a], Bv[:, jj, b], out=out)
+            if a != b:
+                out += Bv[:, ii, b] * Bv[:, jj, a]
+    T = sp.csc_matrix((vals, t_ind, t_indptr.astype(itype)), shape=(n_pairs, nl * nw))
+    pair_flat = (pair_key // mZ) * m + pair_key % mZ
+    return T, pair_flat, order
+
+
+def assemble_structure(*, n: int, p: int, first: Factor, rest: list[Factor],
+                       rest_offset: list[int], A11: np.ndarray, Arr: np.ndarray,
+                       Vz: sp.csr_matrix, Bx: np.ndarray, lev: np.ndarray, rows: np.ndarray,
+                       Bvals: np.ndarray) -> Structure:
+    """A :class:`Structure` from its blocks; Z_restᵀZ_1 given per entry: level ``lev``
+    (non-decreasing), rest row ``rows`` (increasing within a level), values ``Bvals`` (nnz, q1).
+
+    Shared by :func:`build_structure` (from rows) and ``scale.gram`` (from aggregated blocks).
+    """
+    mZ = int(sum(f.size for f in rest))
+    m = mZ + p + 1
+    q1, l1 = first.q, first.n_levels
+    rows = np.asarray(rows, dtype=np.int32)
+    cz = np.bincount(lev, minlength=l1)
+    indptr = np.zeros(l1 + 1, dtype=np.int64)
+    np.cumsum(cz, out=indptr[1:])
+    w_index = [(a, b) for a in range(q1) for b in range(a, q1)]
+    T, pair_flat, order = _pair_matrix(indptr, rows, Bvals, m, mZ, w_index)
+    # Bz in CSC, column l q1 + a: level l's rows, once per a
+    nnz = rows.size
+    bz_ptr = (indptr[:-1, None] * q1 + cz[:, None] * np.arange(q1)[None, :]).ravel()
+    bz_ptr = np.append(bz_ptr, nnz * q1)
+    at = (indptr[lev] * q1 + (np.arange(nnz) - indptr[lev]))[:, None] + \
+        (cz[lev][:, None] * np.arange(q1)[None, :])  # (nnz, q1): position of entry, column a
+    bz_ind = np.empty(nnz * q1, dtype=np.int32)
+    bz_val = np.empty(nnz * q1)
+    bz_ind[at] = rows[:, None]
+    bz_val[at] = Bvals
+    del at
+    itype = np.int32 if nnz * q1 < np.iinfo(np.int32).max else np.int64
+    Bz = sp.csc_matrix((bz_val, bz_ind.astype(itype, copy=False), bz_ptr.astype(itype)),
+                       shape=(mZ, l1 * q1))
+    return Structure(n=n, p=p, first=first, rest=rest, rest_offset=list(rest_offset), mZ=mZ,
+                     m=m, A11=A11, Arr=Arr, Vz=Vz, Bz=Bz, Bx=Bx, T=T, level_order=order,
+                     pair_flat=pair_flat,
+                     pair_r=pair_flat // m, pair_s=pair_flat % m, w_index=w_index)
 
 
 def build_structure(spec: ModelSpec, X: np.ndarray | None = None, y: np.ndarray | None = None
@@ -222,47 +284,69 @@ def build_structure(spec: ModelSpec, X: np.ndarray | None = None, y: np.ndarray 
     zx = np.asarray(Vz.T @ XY)
     Arr[:mZ, mZ:], Arr[mZ:, :mZ] = zx, zx.T
     Arr[mZ:, mZ:] = XY.T @ XY
+    codes = first.codes
     A11 = np.empty((q1, q1, l1))
     for a in range(q1):
         for b in range(a, q1):
-            A11[a, b] = A11[b, a] = np.bincount(first.codes, first.Z[:, a] * first.Z[:, b],
+            A11[a, b] = A11[b, a] = np.bincount(codes, first.Z[:, a] * first.Z[:, b],
                                                 minlength=l1)
-    # [X y]ᵀ Z_1 per level, dense: the X-and-y block of the update is one matrix product
-    Bx = np.empty((q1, p + 1, l1))
-    for a in range(q1):
-        for j in range(p + 1):
-            Bx[a, j] = np.bincount(first.codes, XY[:, j] * first.Z[:, a], minlength=l1)
-    # which rows of Z_rest meet each level of Z_1 (from ones: ones never cancel), and the
-    # values of Z_restᵀ Z_1 aligned to that pattern
-    ind = sp.csr_matrix((np.ones(n), (np.arange(n), first.codes)), shape=(n, l1))
-    ones = Vz.copy()
-    ones.data = np.ones_like(ones.data)
-    patz = (ones.T @ ind).tocsc()
-    patz.sort_indices()
-    cz = np.diff(patz.indptr)
-    lev_z = np.repeat(np.arange(l1, dtype=np.int64), cz)
-    pkeys = lev_z * m + patz.indices
-    Bz = np.zeros((patz.nnz, q1))
-    for a in range(q1):
-        za = sp.csr_matrix((first.Z[:, a], (np.arange(n), first.codes)), shape=(n, l1))
-        Ba = (Vz.T @ za).tocsc()
-        Ba.sort_indices()
-        bkeys = np.repeat(np.arange(l1, dtype=np.int64), np.diff(Ba.indptr)) * m + Ba.indices
-        Bz[np.searchsorted(pkeys, bkeys), a] = Ba.data
-    # the full pattern: each level's Z_rest rows, then the p + 1 rows of X and y
-    counts = cz + p + 1
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    indices = np.empty(indptr[-1], dtype=np.int64)
-    Bdata = np.empty((indptr[-1], q1))
-    zpos = np.arange(patz.nnz) + (p + 1) * lev_z
-    indices[zpos] = patz.indices
-    Bdata[zpos] = Bz
-    xpos = (indptr[:-1] + cz)[:, None] + np.arange(p + 1)[None, :]  # (ℓ1, p + 1)
-    indices[xpos] = mZ + np.arange(p + 1)[None, :]
-    Bdata[xpos] = Bx.transpose(2, 1, 0)
-    pat = sp.csc_matrix((np.ones(indptr[-1]), indices, indptr), shape=(m, l1))
-    w_index = [(a, b) for a in range(q1) for b in range(a, q1)]
-    T, pair_flat = _pair_matrix(pat, Bdata, m, mZ, w_index)
-    return Structure(n=n, p=p, first=first, rest=rest, rest_offset=offsets, mZ=mZ, m=m, A11=A11,
-                     Arr=Arr, Vz=Vz, pat=pat, Bdata=Bdata, Bx=Bx, T=T, pair_flat=pair_flat,
-                     pair_r=pair_flat // m, pair_s=pair_flat % m, w_index=w_index)
+    # [X y]ᵀ Z_1 per level, dense: the X-and-y rows of the update are products of these; one
+    # sparse product with Z_1 laid out by level (column l q1 + a)
+    zr = np.arange(n + 1, dtype=np.int64) * q1
+    z1 = sp.csr_matrix((np.ascontiguousarray(first.Z, dtype=float).ravel(),
+                        (codes[:, None] * q1 + np.arange(q1)[None, :]).ravel(), zr),
+                       shape=(n, l1 * q1))
+    Bx = np.ascontiguousarray(np.asarray(z1.T @ XY).reshape(l1, q1, p + 1).transpose(1, 2, 0))
+    del z1
+    # Z_restᵀZ_1 by level: the pattern from ones (ones never cancel), each a's values aligned
+    # to it (a product may drop an entry that cancels to zero)
+    lev, rows, Bvals = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, q1))
+    if mZ:
+        zr = np.arange(n + 1, dtype=np.int64)
+        ind = sp.csr_matrix((np.ones(n), codes, zr), shape=(n, l1))
+        ones = sp.csr_matrix((np.ones_like(Vz.data), Vz.indices, Vz.indptr), shape=Vz.shape)
+        patz = (ones.T @ ind).tocsc()
+        del ones
+        patz.sort_indices()
+        lev = np.repeat(np.arange(l1, dtype=np.int64), np.diff(patz.indptr))
+        rows = patz.indices
+        Bvals = np.zeros((patz.nnz, q1))
+        for a in range(q1):
+            za = ind if np.all(first.Z[:, a] == 1.0) else \
+                sp.csr_matrix((first.Z[:, a], codes, zr), shape=(n, l1))
+            Bvals[:, a] = _aligned(Vz, za, patz, lev, m)
+        del patz
+    return assemble_structure(n=n, p=p, first=first, rest=rest, rest_offset=offsets, A11=A11,
+                              Arr=Arr, Vz=Vz, Bx=Bx, lev=lev, rows=rows, Bvals=Bvals)
+
+
+def _aligned(Vz: sp.csr_matrix, za: sp.csr_matrix, patz: sp.csc_matrix, lev: np.ndarray,
+             m: int) -> np.ndarray:
+    """The values of Vzᵀ za on the pattern *patz* (zeros where the product dropped an entry)."""
+    Ba = (Vz.T @ za).tocsc()
+    Ba.sort_indices()
+    if Ba.nnz == patz.nnz:
+        return Ba.data
+    pkeys = lev * m + patz.indices
+    bkeys = np.repeat(np.arange(Ba.shape[1], dtype=np.int64), np.diff(Ba.indptr)) * m + Ba.indices
+    out = np.zeros(patz.nnz)
+    out[np.searchsorted(pkeys, bkeys)] = Ba.data
+    return out
+
+
+def gram_update(st: Structure, W: np.ndarray) -> np.ndarray:
+    """Σ_l B_l W_l B_lᵀ (m × m, lower triangle) for W (q1, q1, ℓ1), symmetric per level, from
+    the structure's parts as the engine combines them: ``T`` on the random-effect pairs, the
+    sparse ``Bz`` times W_l B_x,l for the cross block, dense ``Bx`` for the X-and-y block.
+    (The engine's evaluation fuses the same steps with W_l = G_lᵀG_l; this is its reference.)"""
+    q1, nl = st.first.q, st.first.n_levels
+    mZ, m = st.mZ, st.m
+    U = np.zeros((m, m))
+    if st.T.shape[0]:
+        w = np.stack([W[a, b] for a, b in st.w_index], axis=1)  # (ℓ1, nw)
+        U.flat[st.pair_flat] = st.T @ w[st.level_order].ravel()
+    WB = np.einsum("abl,bjl->laj", W, st.Bx)  # (ℓ1, q1, p + 1): W_l B_x,l
+    if mZ:
+        U[mZ:, :mZ] = (st.Bz @ WB.reshape(nl * q1, -1)).T
+    U[mZ:, mZ:] = np.einsum("ail,laj->ij", st.Bx, WB)
+    return np.tril(U)

@@ -178,9 +178,11 @@ def _fit_crossed(rel: Any, ref: Any, xs: list[str], zs: list[str], y: str, used:
     XtX, Xty, yty, n = gram.global_from_row(inner.aggregate(glob).fetchall()[0], p)
     total = int(rel.aggregate("COUNT(*)").fetchall()[0][0])
     g = gram.gram_from_cells(cells, (XtX, Xty, yty, n, total - n), ref)
+    n_cells = len(cells["n_rows"])
+    del cells  # the cell table (one row per patient and therapist) is not needed in the fit
     sizes = ", ".join(f"{len(lab)} {grp}" for grp, lab in zip(g.groups, g.labels))
     notes = [f"fitted inside DuckDB from {label}: the sparse engine's Gram blocks of [Z X y] by "
-             f"GROUP BY {', '.join(groups)} ({sizes}; {len(cells['n_rows'])} cells, {n} rows); "
+             f"GROUP BY {', '.join(groups)} ({sizes}; {n_cells} cells, {n} rows); "
              f"no row entered pandas beyond a {SAMPLE_ROWS}-row design sample"]
     return gram.fit_gram(g, ref, reml=reml, df_method=df_method, options=options, notes=notes)
 

@@ -29,7 +29,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from mfr_outcomes.models.sparse import SparseModel
-from mfr_outcomes.models.sparse_struct import Structure, _pair_matrix, factors_of
+from mfr_outcomes.models.sparse_struct import Structure, assemble_structure, factors_of
 
 __all__ = ["Gram", "random_groups", "cell_columns", "cells_sql", "frame_cells", "merge_cells",
            "gram_from_cells", "gram_model", "fit_gram"]
@@ -256,7 +256,7 @@ def gram_model(gram: Gram, ref: Any) -> tuple[GramModel, Any]:
         offsets.append(mZ)
         mZ += f.size
     m = mZ + p + 1
-    q1, l1, k1 = first.q, first.n_levels, idx[first.group]
+    q1, k1 = first.q, idx[first.group]
     Arr = np.zeros((m, m))
     Arr[mZ:mZ + p, mZ:mZ + p] = np.eye(p)
     Arr[-1, -1] = yres2
@@ -293,24 +293,11 @@ def gram_model(gram: Gram, ref: Any) -> tuple[GramModel, Any]:
     lev_z = np.concatenate(lev) if lev else np.zeros(0, np.int64)
     r_z = np.concatenate(rr) if rr else np.zeros(0, np.int64)
     Bz = np.concatenate(vals) if vals else np.zeros((0, q1))
+    del lev, rr, vals
     order = np.lexsort((r_z, lev_z))
-    lev_z, r_z, Bz = lev_z[order], r_z[order], Bz[order]
-    cz = np.bincount(lev_z, minlength=l1)
-    indptr = np.concatenate([[0], np.cumsum(cz + p + 1)]).astype(np.int64)
-    indices = np.empty(indptr[-1], dtype=np.int64)
-    Bdata = np.empty((indptr[-1], q1))
-    zpos = np.arange(lev_z.size) + (p + 1) * lev_z
-    indices[zpos], Bdata[zpos] = r_z, Bz
-    xpos = (indptr[:-1] + cz)[:, None] + np.arange(p + 1)[None, :]
-    indices[xpos] = mZ + np.arange(p + 1)[None, :]
-    Bdata[xpos] = Bx.transpose(2, 1, 0)
-    pat = sp.csc_matrix((np.ones(indptr[-1]), indices, indptr), shape=(m, l1))
-    w_index = [(a, b) for a in range(q1) for b in range(a, q1)]
-    T, pair_flat = _pair_matrix(pat, Bdata, m, mZ, w_index)
-    st = Structure(n=gram.n, p=p, first=first, rest=rest, rest_offset=offsets, mZ=mZ, m=m,
-                   A11=gram.ZtZ[k1], Arr=Arr, Vz=sp.csr_matrix((0, mZ)), pat=pat, Bdata=Bdata,
-                   Bx=Bx, T=T, pair_flat=pair_flat, pair_r=pair_flat // m, pair_s=pair_flat % m,
-                   w_index=w_index)
+    st = assemble_structure(n=gram.n, p=p, first=first, rest=rest, rest_offset=offsets,
+                            A11=gram.ZtZ[k1], Arr=Arr, Vz=sp.csr_matrix((0, mZ)), Bx=Bx,
+                            lev=lev_z[order], rows=r_z[order], Bvals=Bz[order])
     model = GramModel(spec, st, R, qty, gram.ZtX[k1], gram.Zty[k1], zxr, zyr)
     return model, spec
 
