@@ -127,8 +127,10 @@ def test_fit_matches_pls_and_sparse(seed: int) -> None:
         assert np.max(np.abs(c1 - c2)) < 1e-3 * max(1e-3, float(np.max(np.abs(c2))))
 
 
-def test_selected_inverse_matches_dense_inverse() -> None:
-    """Takahashi's recurrence on the factor's pattern against numpy's dense inverse."""
+@pytest.mark.parametrize("max_pairs", [1, 50, 1 << 22])
+def test_selected_inverse_matches_dense_inverse(max_pairs: int) -> None:
+    """Takahashi's recurrence on the factor's pattern against numpy's dense inverse (one column
+    at a time, small chunks, whole depths of the elimination tree)."""
     import qdldl
 
     rng = np.random.default_rng(7)
@@ -137,7 +139,7 @@ def test_selected_inverse_matches_dense_inverse() -> None:
     A = (A @ A.T + sp.eye(n)).tocsc()
     solver = qdldl.Solver(sp.triu(A, format="csc"), upper=True)
     L, D, P = solver.factors()
-    sig = selected_inverse(L, D)
+    sig = selected_inverse(L, D, max_pairs=max_pairs)
     Ainv = np.linalg.inv(A.toarray())[np.ix_(P, P)]  # in the factor's order
     Lc = sp.csc_matrix(L)
     Lc.sort_indices()
@@ -189,3 +191,14 @@ def test_out_of_core_data_is_refused_with_a_sentence() -> None:
     rel = con.from_df(_big_crossed(60, 20, 4))
     with pytest.raises(ValueError, match="out of memory only the fast engine"):
         fit_mixed(rel, "y ~ 1 + (1 | patient_id) + (1 | therapist_id)", engine="sparse_ldl")
+
+
+def test_pattern_survives_a_first_factorisation_at_theta_zero() -> None:
+    """The factor's pattern is fixed at the first θ: explicit zeros there (all θ at 0) must not
+    shrink it, or later θ would factor the wrong matrix."""
+    d, formula, reml = _design(3)
+    spec = build_spec(d, formula)
+    ldl, pls = LDLModel(spec), pls_model(spec)
+    for theta in (np.zeros(spec.n_theta), np.full(spec.n_theta, 0.5)):
+        f = ldl.objective(theta, reml)
+        assert abs(f - pls.profiled_deviance(theta, reml)) < 1e-8 * abs(f)

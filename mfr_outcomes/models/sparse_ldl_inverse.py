@@ -52,42 +52,78 @@ class SelectedInverse:
         return out
 
 
-def selected_inverse(L: sp.csc_matrix, D: np.ndarray) -> SelectedInverse:
-    """Ω⁻¹ on the pattern of the strictly lower unit factor *L* (Ω = (I + L) D (I + L)ᵀ)."""
+def selected_inverse(L: sp.csc_matrix, D: np.ndarray, max_pairs: int = 1 << 22
+                     ) -> SelectedInverse:
+    """Ω⁻¹ on the pattern of the strictly lower unit factor *L* (Ω = (I + L) D (I + L)ᵀ).
+
+    Column i needs Σ only in the columns of struct(L[:, i]), its ancestors in the elimination
+    tree, so all columns at one depth of the tree are done at once (vectorised over the pairs
+    (s, t) of each column's rows; at most *max_pairs* pairs at a time): the Python loop runs
+    over depths, not columns.
+    """
     L = sp.csc_matrix(L)
     L.sort_indices()
     n = D.size
     indptr, indices, lv_all = L.indptr.astype(np.int64), L.indices.astype(np.int64), L.data
+    lens = np.diff(indptr)
+    keys = np.repeat(np.arange(n, dtype=np.int64), lens) * n + indices
     data = np.zeros(indices.size)
     diag = np.empty(n)
-    mark = np.full(n, -1, dtype=np.int64)
-    lens = np.diff(indptr)
-    for i in range(n - 1, -1, -1):
-        s, e = indptr[i], indptr[i + 1]
-        if s == e:
-            diag[i] = 1.0 / D[i]
-            continue
-        J = indices[s:e]
-        lv = lv_all[s:e]
-        k = J.size
-        # every entry of the columns in J: positions of their ranges, concatenated
-        cl = lens[J]
-        tot = int(cl.sum())
-        y = diag[J] * lv
-        if tot:
-            starts = indptr[J]
-            col_t = np.repeat(np.arange(k), cl)
-            idx = np.arange(tot) - np.repeat(np.cumsum(cl) - cl, cl) + np.repeat(starts, cl)
-            mark[J] = np.arange(k)
-            pos = mark[indices[idx]]
-            mark[J] = -1
-            keep = pos >= 0
-            pos, ct, v = pos[keep], col_t[keep], data[idx[keep]]
-            y += np.bincount(pos, v * lv[ct], minlength=k)
-            y += np.bincount(ct, v * lv[pos], minlength=k)
-        data[s:e] = -y
-        diag[i] = 1.0 / D[i] + float(lv @ y)
+    # the elimination tree: parent(i) = the first row below the diagonal in column i
+    parent = np.where(lens > 0, indices[np.minimum(indptr[:-1], max(indices.size - 1, 0))], -1)
+    depth = np.zeros(n, dtype=np.int64)
+    par = parent.tolist()
+    dl = depth.tolist()
+    for i in range(n - 1, -1, -1):  # parent(i) > i: ancestors first
+        if par[i] >= 0:
+            dl[i] = dl[par[i]] + 1
+    depth = np.asarray(dl, dtype=np.int64)
+    leaves = lens == 0
+    diag[leaves] = 1.0 / D[leaves]
+    order = np.argsort(depth, kind="stable")
+    order = order[~leaves[order]]
+    cuts = np.flatnonzero(np.diff(depth[order])) + 1
+    for cols in np.split(order, cuts):
+        # chunks of columns with at most max_pairs pairs (a column alone may exceed it)
+        pairs = np.cumsum(lens[cols] ** 2)
+        start = 0
+        while start < cols.size:
+            stop = max(int(np.searchsorted(pairs, pairs[start] - lens[cols[start]] ** 2
+                                           + max_pairs, side="right")), start + 1)
+            _takahashi_columns(cols[start:stop], indptr, indices, lv_all, lens, keys, data,
+                               diag, D, n)
+            start = stop
     return SelectedInverse(indptr=indptr, indices=indices, data=data, diag=diag)
+
+
+def _takahashi_columns(cols: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
+                       lv_all: np.ndarray, lens: np.ndarray, keys: np.ndarray, data: np.ndarray,
+                       diag: np.ndarray, D: np.ndarray, n: int) -> None:
+    """One step of the recurrence for columns whose ancestors are all done, in place."""
+    k = lens[cols]
+    nc = cols.size
+    first = np.cumsum(k) - k
+    K = int(k.sum())
+    seg = np.repeat(np.arange(nc), k)
+    ent = np.repeat(indptr[cols] - first, k) + np.arange(K)  # entries of L, column by column
+    J, lv = indices[ent], lv_all[ent]
+    kk = k * k
+    P = int(kk.sum())
+    pseg = np.repeat(np.arange(nc), kk)
+    local = np.arange(P) - np.repeat(np.cumsum(kk) - kk, kk)
+    kp = k[pseg]
+    es = first[pseg] + local // kp  # (s, t) over each column's rows
+    et = first[pseg] + local % kp
+    a, b = J[es], J[et]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    val = np.empty(P)
+    on = lo == hi
+    val[on] = diag[lo[on]]
+    off = ~on
+    val[off] = data[np.searchsorted(keys, lo[off] * n + hi[off])]
+    y = np.bincount(es, val * lv[et], minlength=K)
+    data[ent] = -y
+    diag[cols] = 1.0 / D[cols] + np.bincount(seg, lv * y, minlength=nc)
 
 
 def level_blocks(sig: SelectedInverse, perm: np.ndarray, offset: int, n_levels: int, q: int
