@@ -384,10 +384,12 @@ class SparseLDLEngine:
     """Any random structure with all factors in one sparse LDLᵀ factor: for crossed models whose
     second factor is too large for the dense trailing block of "sparse".
 
-    Options (``options`` of ``fit``): ``fd`` ("central", the default, or "forward": the
-    finite-difference gradient of L-BFGS-B), ``maxiter`` (2000), ``boundary_tol`` (1e-5),
-    ``grad_tol`` (2e-3, lme4's scaled-gradient check), ``condvar`` (True: conditional variances
-    of the modes by a selected inverse), ``moment_start`` (True).
+    Options (``options`` of ``fit``): ``optimizer`` ("cobyqa", the default: derivative-free,
+    fewer deviance evaluations than difference gradients need; or "l-bfgs-b"), ``fd``
+    ("central", the default, or "forward": L-BFGS-B's difference gradient), ``maxiter``
+    (2000), ``boundary_tol`` (1e-5), ``grad_tol`` (2e-3, lme4's scaled-gradient check),
+    ``condvar`` (True: conditional variances of the modes by a selected inverse),
+    ``moment_start`` (True).
 
     Examples
     --------
@@ -431,7 +433,11 @@ class SparseLDLEngine:
             x0 = moment_start_ldl(model)
         else:
             x0 = theta_start(spec)
-        opt = dict(options, analytic_gradient=False, optimizer="l-bfgs-b",
+        method = options.get("optimizer") or "cobyqa"
+        if method not in ("cobyqa", "l-bfgs-b"):
+            raise ValueError(f"options['optimizer'] for the sparse_ldl engine is 'cobyqa' or "
+                             f"'l-bfgs-b', not {method!r}")
+        opt = dict(options, analytic_gradient=False, optimizer=method,
                    fd=options.get("fd", "central"))
         theta, obj, converged, messages, nev = optimize_theta(model, lower, x0, reml, opt)
         for _ in range(3):  # a θ at 0 can hide a lower criterion inside (see the probe)
@@ -449,9 +455,14 @@ class SparseLDLEngine:
             messages.append("conditional variances of the modes were not computed "
                             "(options['condvar'] is False)")
         nnz_a, nnz_l = model.fill()
-        messages.append(f"sparse LDLᵀ of Λ'Z'ZΛ + I: {model.q} random effects, {nnz_a} stored "
-                        f"entries, {nnz_l} in the factor (AMD ordering; the sparse engine's "
-                        f"dense trailing block would have {trailing_size(spec)} columns)")
+        how = ("COBYQA (scipy, derivative-free: Powell's successor to lme4's bobyqa)"
+               if method == "cobyqa" else
+               f"L-BFGS-B (scipy, {opt['fd']}-difference gradient)")
+        label = (f"{how} on the profiled deviance; "
+                 f"QDLDL sparse LDLᵀ of Λ'Z'ZΛ + I ({model.q} random effects, {nnz_a} stored "
+                 f"entries, {nnz_l} in the factor, AMD ordering; the sparse engine's dense "
+                 f"trailing block would have {trailing_size(spec)} columns), "
+                 f"{model.n_factorisations} factorisations")
 
         def devfun_varpar(vp: np.ndarray, _m=model, _r=reml) -> float:
             return _m.deviance_varpar(vp, _r)
@@ -460,8 +471,7 @@ class SparseLDLEngine:
             engine=self.name, reml=reml, theta=theta, beta=model.beta(theta), sigma=sigma,
             vcov_beta=model.vcov_beta(np.append(theta, sigma)), objective=obj,
             converged=converged, messages=messages,
-            optimizer=(f"L-BFGS-B (scipy, {opt['fd']}-difference gradient) on the profiled "
-                       f"deviance; QDLDL sparse LDLᵀ, {model.n_factorisations} factorisations"),
+            optimizer=label,
             n_evaluations=nev, blups=blups, blup_condvar=condvar,
             devfun_varpar=devfun_varpar, vcov_varpar=model.vcov_beta,
         )
