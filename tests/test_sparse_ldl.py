@@ -202,3 +202,31 @@ def test_pattern_survives_a_first_factorisation_at_theta_zero() -> None:
     for theta in (np.zeros(spec.n_theta), np.full(spec.n_theta, 0.5)):
         f = ldl.objective(theta, reml)
         assert abs(f - pls.profiled_deviance(theta, reml)) < 1e-8 * abs(f)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:10])
+def test_superlu_path_matches_pls(seed: int, monkeypatch) -> None:
+    """Heavy fill switches the factorisation to SuperLU (forced here): the same deviance, β,
+    modes and conditional variances as the dense engine at a common θ, and the same fit."""
+    from mfr_outcomes.models import sparse_ldl
+
+    monkeypatch.setattr(sparse_ldl, "HEAVY_FILL", 0)
+    d, formula, reml = _design(seed)
+    spec = build_spec(d, formula)
+    ldl, pls = LDLModel(spec), pls_model(spec)
+    theta = np.where(np.asarray([v == 0.0 for v in _lower(spec)]), 0.7, 0.2)
+    f = ldl.objective(theta, reml)
+    assert ldl._slu is not None
+    assert abs(f - pls.profiled_deviance(theta, reml)) < 1e-8 * abs(f)
+    sigma = ldl.sigma(theta, reml)
+    assert _rel(ldl.beta(theta), pls.solve(theta)["beta"]) < 1e-8
+    modes, cv = ldl.random_modes(theta, sigma)
+    pmodes, pcv = pls.random_modes(theta, sigma)
+    for m1, m2, c1, c2 in zip(modes, pmodes, cv, pcv):
+        assert _rel(m1, m2) < 1e-8
+        assert _rel(c1, c2, floor=1e-6) < 1e-8
+
+
+def _lower(spec) -> list[float]:
+    return [0.0 if i == j else -np.inf for b in spec.blocks for j in range(b.q)
+            for i in range(j, b.q)]
