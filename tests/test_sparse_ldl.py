@@ -127,19 +127,23 @@ def test_fit_matches_pls_and_sparse(seed: int) -> None:
         assert np.max(np.abs(c1 - c2)) < 1e-3 * max(1e-3, float(np.max(np.abs(c2))))
 
 
-@pytest.mark.parametrize("max_pairs", [1, 50, 1 << 22])
-def test_selected_inverse_matches_dense_inverse(max_pairs: int) -> None:
+@pytest.mark.parametrize(("max_pairs", "density", "min_tail"),
+                         [(1, 0.01, 200), (50, 0.01, 200), (1 << 22, 0.01, 200),
+                          (50, 0.01, 2), (1 << 22, 0.03, 20)])
+def test_selected_inverse_matches_dense_inverse(max_pairs: int, density: float,
+                                                min_tail: int) -> None:
     """Takahashi's recurrence on the factor's pattern against numpy's dense inverse (one column
-    at a time, small chunks, whole depths of the elimination tree)."""
+    at a time, small chunks, whole depths of the elimination tree; with a dense trailing block
+    inverted densely)."""
     import qdldl
 
     rng = np.random.default_rng(7)
     n = 300
-    A = sp.random(n, n, density=0.01, random_state=rng)
+    A = sp.random(n, n, density=density, random_state=rng)
     A = (A @ A.T + sp.eye(n)).tocsc()
     solver = qdldl.Solver(sp.triu(A, format="csc"), upper=True)
     L, D, P = solver.factors()
-    sig = selected_inverse(L, D, max_pairs=max_pairs)
+    sig = selected_inverse(L, D, max_pairs=max_pairs, min_tail=min_tail)
     Ainv = np.linalg.inv(A.toarray())[np.ix_(P, P)]  # in the factor's order
     Lc = sp.csc_matrix(L)
     Lc.sort_indices()

@@ -52,14 +52,15 @@ class SelectedInverse:
         return out
 
 
-def selected_inverse(L: sp.csc_matrix, D: np.ndarray, max_pairs: int = 1 << 22
-                     ) -> SelectedInverse:
+def selected_inverse(L: sp.csc_matrix, D: np.ndarray, max_pairs: int = 1 << 22,
+                     min_tail: int = 200) -> SelectedInverse:
     """Ω⁻¹ on the pattern of the strictly lower unit factor *L* (Ω = (I + L) D (I + L)ᵀ).
 
     Column i needs Σ only in the columns of struct(L[:, i]), its ancestors in the elimination
     tree, so all columns at one depth of the tree are done at once (vectorised over the pairs
     (s, t) of each column's rows; at most *max_pairs* pairs at a time): the Python loop runs
-    over depths, not columns.
+    over depths, not columns. A (nearly) dense trailing block of at least *min_tail* columns
+    is inverted densely first (``_dense_tail``).
     """
     L = sp.csc_matrix(L)
     L.sort_indices()
@@ -78,12 +79,14 @@ def selected_inverse(L: sp.csc_matrix, D: np.ndarray, max_pairs: int = 1 << 22
         if par[i] >= 0:
             dl[i] = dl[par[i]] + 1
     depth = np.asarray(dl, dtype=np.int64)
-    leaves = lens == 0
+    t0, tail = _dense_tail(indptr, indices, lv_all, lens, D, n, data, diag,
+                           min_size=min_tail)
+    leaves = (lens == 0) & (np.arange(n) < t0)
     diag[leaves] = 1.0 / D[leaves]
     order = np.argsort(depth, kind="stable")
-    order = order[~leaves[order]]
+    order = order[~leaves[order] & (order < t0)]
     cuts = np.flatnonzero(np.diff(depth[order])) + 1
-    for cols in np.split(order, cuts):
+    for cols in np.split(order, cuts) if order.size else []:
         # chunks of columns with at most max_pairs pairs (a column alone may exceed it)
         pairs = np.cumsum(lens[cols] ** 2)
         start = 0
@@ -91,14 +94,47 @@ def selected_inverse(L: sp.csc_matrix, D: np.ndarray, max_pairs: int = 1 << 22
             stop = max(int(np.searchsorted(pairs, pairs[start] - lens[cols[start]] ** 2
                                            + max_pairs, side="right")), start + 1)
             _takahashi_columns(cols[start:stop], indptr, indices, lv_all, lens, keys, data,
-                               diag, D, n)
+                               diag, D, n, t0, tail)
             start = stop
     return SelectedInverse(indptr=indptr, indices=indices, data=data, diag=diag)
 
 
+def _dense_tail(indptr: np.ndarray, indices: np.ndarray, lv_all: np.ndarray, lens: np.ndarray,
+                D: np.ndarray, n: int, data: np.ndarray, diag: np.ndarray,
+                min_size: int = 200, max_size: int = 5000, density: float = 0.5):
+    """Σ on the trailing columns t0.. where the factor is (nearly) dense, by a dense inverse
+    (LAPACK), written into *data* and *diag*; returns (t0, Σ_tail) or (n, None).
+
+    Heavy fill (randomly crossed factors) leaves a dense trailing block whose pairs the
+    recurrence would look up one by one; a dense triangular inverse does them at BLAS speed.
+    """
+    tot = np.cumsum(lens[::-1])[::-1]  # entries of L in columns j.. (all in rows > j)
+    size = n - np.arange(n)
+    full = size * (size - 1) / 2.0
+    ok = (tot >= density * np.maximum(full, 1.0)) & (size <= max_size)
+    cand = np.flatnonzero(ok)
+    if cand.size == 0 or n - cand[0] < min_size:
+        return n, None
+    import scipy.linalg as sla
+
+    t0 = int(cand[0])
+    t = n - t0
+    Lt = np.eye(t)
+    cols = np.repeat(np.arange(t0, n), lens[t0:])
+    ent = np.arange(indptr[t0], indptr[n])
+    Lt[indices[ent] - t0, cols - t0] = lv_all[ent]
+    Li = sla.solve_triangular(Lt, np.eye(t), lower=True, unit_diagonal=True,
+                              check_finite=False)
+    tail = (Li.T / D[t0:]) @ Li  # (I + L)⁻ᵀ D⁻¹ (I + L)⁻¹ on the tail
+    data[ent] = tail[indices[ent] - t0, cols - t0]
+    diag[t0:] = np.diag(tail)
+    return t0, tail
+
+
 def _takahashi_columns(cols: np.ndarray, indptr: np.ndarray, indices: np.ndarray,
                        lv_all: np.ndarray, lens: np.ndarray, keys: np.ndarray, data: np.ndarray,
-                       diag: np.ndarray, D: np.ndarray, n: int) -> None:
+                       diag: np.ndarray, D: np.ndarray, n: int, t0: int = 0,
+                       tail: np.ndarray | None = None) -> None:
     """One step of the recurrence for columns whose ancestors are all done, in place."""
     k = lens[cols]
     nc = cols.size
@@ -120,6 +156,10 @@ def _takahashi_columns(cols: np.ndarray, indptr: np.ndarray, indices: np.ndarray
     on = lo == hi
     val[on] = diag[lo[on]]
     off = ~on
+    if tail is not None:  # both in the dense tail: read the dense inverse
+        dense = off & (lo >= t0)
+        val[dense] = tail[hi[dense] - t0, lo[dense] - t0]
+        off &= ~dense
     val[off] = data[np.searchsorted(keys, lo[off] * n + hi[off])]
     y = np.bincount(es, val * lv[et], minlength=K)
     data[ent] = -y
