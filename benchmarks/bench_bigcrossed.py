@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SIZES = [(5_000, 4_500), (10_000, 6_000), (20_000, 10_000)]
+#: patients x therapists; "r": crossed at random over all therapists (heavy fill) instead of
+#: within sites
+SIZES = ["5000x4500", "10000x6000", "20000x10000", "5000x4500r"]
 FORMULAS = {
     "intercepts": "value ~ post + session_number + (1 | patient_id) + (1 | therapist_id)",
     "slope": "value ~ post + session_number + (post | patient_id) + (1 | therapist_id)",
@@ -36,7 +38,8 @@ PEERS = ["glmm", "mixedlm"]
 
 def site_crossed(n_patients: int, n_therapists: int, per_site: int = 20, sessions: int = 3,
                  seed: int = 2026):
-    """Patients crossed with therapists within sites; a seeded simulation (numpy Generator)."""
+    """Patients crossed with therapists within sites (one site of all therapists when
+    *per_site* is *n_therapists*: crossed at random); a seeded simulation (numpy Generator)."""
     import numpy as np
     import pandas as pd
 
@@ -222,7 +225,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(HERE / "results" / "bigcrossed"))
     p.add_argument("--timeout", type=float, default=900.0)
-    p.add_argument("--sizes", nargs="*", default=[f"{a}x{b}" for a, b in SIZES])
+    p.add_argument("--sizes", nargs="*", default=SIZES)
     p.add_argument("--cases", nargs="*", default=list(FORMULAS))
     p.add_argument("--methods", nargs="*", default=["sparse_ldl", "lme4"] + PEERS)
     p.add_argument("--child", nargs=3, metavar=("METHOD", "CASE", "PATH"))
@@ -234,10 +237,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for size in args.sizes:
-        n_p, n_t = (int(v) for v in size.split("x"))
-        path = out / f"site_crossed_{n_p}x{n_t}.csv"
+        at_random = size.endswith("r")
+        n_p, n_t = (int(v) for v in size.rstrip("r").split("x"))
+        path = out / f"{'random' if at_random else 'site'}_crossed_{n_p}x{n_t}.csv"
         if not path.exists():
-            site_crossed(n_p, n_t).to_csv(path, index=False)
+            site_crossed(n_p, n_t, per_site=n_t if at_random else 20).to_csv(path, index=False)
         rows = sum(1 for _ in open(path)) - 1
         for case in args.cases:
             methods = []
@@ -248,7 +252,8 @@ def main(argv=None) -> int:
                 print(json.dumps({"size": size, "case": case, **{k: v for k, v in res.items()
                                                                if "beta" not in k}}), flush=True)
             ref = next((m for m in methods if m["method"] == "lme4" and "error" not in m), None)
-            results.append({"label": f"{case}, {n_p:,} × {n_t:,}", "rows": rows,
+            label = f"{case}, {n_p:,} × {n_t:,}" + (" at random" if at_random else "")
+            results.append({"label": label, "rows": rows,
                             "methods": methods, "reference": ref,
                             "load": os.getloadavg()})
     (out / "results.json").write_text(json.dumps(results, indent=1))
