@@ -9,9 +9,12 @@ The profiled REML/ML deviance is lme4's (Bates, Mächler, Bolker & Walker 2015, 
 eqs. 34, 41): log|L|² = Σ log D, and r²(θ), log|R_X|² from the Schur complement of [X y] in the
 bordered system, S = [X y]'[X y] − B'Ω⁻¹B with B = Λ'Z'[X y] (p + 1 solves with the factor).
 As in "sparse", X is replaced by Q = XR⁻¹ and y by its residual from X, which removes most of the
-cancellation in S. Conditional variances come from a selected inverse of the factor (Takahashi,
-Fagan & Chen 1973): Ω⁻¹ on the pattern of L only, never a dense inverse. See
-``sparse_ldl_inverse`` for that part.
+cancellation in S. When the ordering leaves heavy fill (randomly crossed factors), SuperLU's
+supernodal factorisation on the same ordering replaces QDLDL (``HEAVY_FILL``). θ is optimised by
+COBYQA (derivative-free, as lme4's bobyqa) through ``sparse.optimize_theta``, with its bound
+probes and lme4's convergence check. Conditional variances come from a selected inverse of the
+factor (Takahashi, Fagan & Chen 1973): Ω⁻¹ on the pattern of L only, never a dense inverse of
+Ω. See ``sparse_ldl_inverse`` for that part.
 """
 from __future__ import annotations
 
