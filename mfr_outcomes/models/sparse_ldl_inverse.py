@@ -124,8 +124,10 @@ def _dense_tail(indptr: np.ndarray, indices: np.ndarray, lv_all: np.ndarray, len
     ent = np.arange(indptr[t0], indptr[n])
     Lt[indices[ent] - t0, cols - t0] = lv_all[ent]
     Li = sla.solve_triangular(Lt, np.eye(t), lower=True, unit_diagonal=True,
-                              check_finite=False)
-    tail = (Li.T / D[t0:]) @ Li  # (I + L)⁻ᵀ D⁻¹ (I + L)⁻¹ on the tail
+                              check_finite=False, overwrite_b=True)
+    del Lt  # the tail can be 5,000 columns: 200 MB a copy
+    Li /= np.sqrt(D[t0:])[:, None]
+    tail = Li.T @ Li  # (I + L)⁻ᵀ D⁻¹ (I + L)⁻¹ on the tail
     data[ent] = tail[indices[ent] - t0, cols - t0]
     diag[t0:] = np.diag(tail)
     return t0, tail
