@@ -23,6 +23,7 @@ MODULES = {
     "mfr_outcomes.models.fit": 1,
     "mfr_outcomes.models.fast": 1,
     "mfr_outcomes.models.sparse": 1,
+    "mfr_outcomes.models.sparse_ldl": 1,
     "mfr_outcomes.models.formula": 1,
     "mfr_outcomes.models.grammar": 2,
     "mfr_outcomes.models.domain": 1,

@@ -329,7 +329,7 @@ def test_predict_with_factor_slope_and_boolean() -> None:
 def test_auto_takes_the_engine_of_highest_priority_and_says_why() -> None:
     from mfr_outcomes.models.fit import auto_order
 
-    assert auto_order()[:4] == ["fast", "sparse", "pls", "statsmodels"]
+    assert auto_order()[:5] == ["fast", "sparse", "sparse_ldl", "pls", "statsmodels"]
     d = sim(n_groups=20, per=6, seed=4)
     f = fit_mixed(d, "y ~ x + (1 | g)")
     assert f.engine == "fast" and "fast: chosen" in f.diagnostics["engine_reason"]
@@ -397,4 +397,4 @@ def test_auto_order_falls_back_to_auto_order_list_for_engines_without_priority(m
     import mfr_outcomes.models.fit as fit_module
 
     monkeypatch.setattr(fit_module, "AUTO_ORDER", spec.AUTO_ORDER)
-    assert auto_order() == ["fast", "plain", "pls", "statsmodels", "sparse"]
+    assert auto_order() == ["fast", "plain", "pls", "statsmodels", "sparse", "sparse_ldl"]

@@ -70,7 +70,7 @@ print(json.dumps({"before": before, "after": "mfr_outcomes.models.pls" in sys.mo
                          check=True, timeout=300)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert not any(res["before"].values()), res["before"]
-    assert res["after"] and res["names"] == ["fast", "pls", "sparse", "statsmodels"]
+    assert res["after"] and res["names"] == ["fast", "pls", "sparse", "sparse_ldl", "statsmodels"]
 
 
 def test_package_verbs_resolve_lazily() -> None:

@@ -271,9 +271,10 @@ class _Registry(dict):
 #: supports the model; the shipped engines other than "fast" load on first use.
 ENGINES: _Registry = _Registry({"fast": ("mfr_outcomes.models.fast", 30),
                                 "sparse": ("mfr_outcomes.models.sparse", 25),
+                                "sparse_ldl": ("mfr_outcomes.models.sparse_ldl", 22),
                                 "pls": ("mfr_outcomes.models.pls", 20),
                                 "statsmodels": ("mfr_outcomes.models.statsmodels_engine", 10)})
-AUTO_ORDER: list[str] = ["fast", "sparse", "pls", "statsmodels"]
+AUTO_ORDER: list[str] = ["fast", "sparse", "sparse_ldl", "pls", "statsmodels"]
 
 
 def register_engine(engine: Engine) -> Engine:
