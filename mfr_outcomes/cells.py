@@ -210,11 +210,44 @@ def _dictionary(series: pd.Series) -> pa_.DictionaryArray | None:
 
 
 def _one_dictionary(chunks: pa_.ChunkedArray) -> pa_.DictionaryArray:
-    """Dictionary-encoded chunks as one array over one dictionary (only the indices copied)."""
-    chunks = chunks.unify_dictionaries()
-    first = chunks.chunk(0)
-    indices = pa_.concat_arrays([c.indices for c in chunks.chunks])
-    return pa_.DictionaryArray.from_arrays(indices, first.dictionary)
+    """Dictionary-encoded chunks as one array over one dictionary (only the indices copied).
+
+    Parquet's reader gives a chunk a batch and one dictionary a row group, shared (the same
+    buffers) by that row group's batches: each distinct dictionary is hashed once, not once a
+    batch (Arrow's ``unify_dictionaries`` hashes every chunk's). The dictionary is the one
+    ``unify_dictionaries`` makes (texts in order of first appearance over the dictionaries in
+    chunk order), so codes are the same.
+    """
+    parts = chunks.chunks
+    seen: dict[tuple, int] = {}
+    which = []
+    for c in parts:
+        d = c.dictionary
+        key = (len(d), d.offset, *(b.address if b is not None else 0 for b in d.buffers()))
+        which.append(seen.setdefault(key, len(seen)))
+    if len(seen) == len(parts) or any(c.dictionary.null_count for c in parts):
+        # nothing shared (or a missing value in a dictionary): Arrow's unifier as it is
+        chunks = chunks.unify_dictionaries()
+        indices = pa_.concat_arrays([c.indices for c in chunks.chunks])
+        return pa_.DictionaryArray.from_arrays(indices, chunks.chunk(0).dictionary)
+    firsts = {}
+    for c, k in zip(parts, which):
+        firsts.setdefault(k, c.dictionary)
+    dicts = [firsts[k] for k in range(len(seen))]
+    enc = pc.dictionary_encode(pa_.concat_arrays(dicts))
+    starts = np.cumsum([0] + [len(d) for d in dicts])
+    maps = [enc.indices.slice(starts[k], len(dicts[k])) for k in range(len(dicts))]
+    itype = parts[0].indices.type
+    same = [_identity(m) for m in maps]  # e.g. every row group's "pre", "post" in one order
+    indices = pa_.concat_arrays([c.indices if same[k] else pc.take(maps[k], c.indices).cast(itype)
+                                 for c, k in zip(parts, which)])
+    return pa_.DictionaryArray.from_arrays(indices, enc.dictionary)
+
+
+def _identity(mapping: pa_.Array) -> bool:
+    """A transpose map that maps every code to itself (the first dictionary, duplicate-free)."""
+    return mapping.null_count == 0 and bool(
+        np.array_equal(mapping.to_numpy(zero_copy_only=False), np.arange(len(mapping))))
 
 
 def _factors(kept: pa_.Array, codes: pa_.Array, merged: bool) -> tuple[np.ndarray, pa_.Array]:

@@ -48,6 +48,7 @@ from mfr_outcomes.table_rules import (
     shown,
     values_list,
 )
+from mfr_outcomes.threads import beside, load_threads
 
 __all__ = [
     "ColumnSpec",
@@ -131,10 +132,6 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
                         "is unique"),
     ),
 }
-
-#: Optional columns (added with the clinic profile) that a validated frame has only when the
-#: source gives them, so that studies without them keep their earlier shape.
-WHEN_GIVEN = ("arm", "session_time")
 
 #: Optional columns (added with the clinic profile) that a validated frame has only when the
 #: source gives them, so that studies without them keep their earlier shape.
@@ -655,26 +652,43 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     findings: dict[str, list[Finding]] = {name: [] for name in vocab.TABLES}
     covariates = covariates or {}
     known = MEASURES if measures is None else measures
-    tables = {}
-    specs = {}
-    for name in vocab.TABLES:
+    specs = {name: table_specs(name, vocabulary, covariates.get(name, ())) for name in vocab.TABLES}
+
+    def one(name: str) -> TableState:
         inp = inputs[name]
-        specs[name] = table_specs(name, vocabulary, covariates.get(name, ()))
         t = TableState(name, inp.file, inp.unit, inp.lines, findings[name],
                        blank=len(inp.blank_lines))
-        tables[name] = t
         _columns(t, inp.frame, specs[name])
         _absent_covariates(t, specs[name])
         _reading_problems(t, inp)
         _coerce(t, specs[name], decimal=inp.decimal or decimal, dayfirst=dayfirst)
         _checks(t, specs[name], known)
         duplicates(t)
-    p, s, m = tables["patients"], tables["sessions"], tables["measurements"]
+        return t
+
+    def final(t: TableState) -> pd.DataFrame:
+        return _final(t, inputs[t.name].frame, specs[t.name])
+
+    # Each table's findings go to its own list and each step below writes only the state of
+    # the table it names, so the two pieces may run side by side (threads.beside): the rules
+    # on the readings read sessions, which session_dates changes only in session_number.
+    threads = load_threads()
+    (p, s), m = beside(lambda: (one("patients"), one("sessions")),
+                       lambda: one("measurements"), threads)
     foreign(s, p, "patient_id", "patient")
-    session_dates(s, p)
-    foreign(m, s, "session_id", "session")
-    post_checks(m, s)
-    frames = {name: _final(t, inputs[name].frame, specs[name]) for name, t in tables.items()}
+
+    def parents() -> tuple[pd.DataFrame, pd.DataFrame]:
+        session_dates(s, p)
+        return final(p), final(s)
+
+    def readings() -> pd.DataFrame:
+        foreign(m, s, "session_id", "session")
+        post_checks(m, s)
+        return final(m)
+
+    (fp, fs), fm = beside(parents, readings, threads)
+    tables = {"patients": p, "sessions": s, "measurements": m}
+    frames = {"patients": fp, "sessions": fs, "measurements": fm}
     accounting = {name: t.account() for name, t in tables.items()}
     # within a table, whole-column findings first, then by line (stable: order found)
     ordered = [f for name in vocab.TABLES
