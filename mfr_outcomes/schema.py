@@ -28,6 +28,7 @@ from mfr_outcomes.cells import (
     dates,
     flag,
     is_number,
+    label_codes,
     labels,
     numbers,
     stamps_as_dates,
@@ -342,7 +343,9 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                 continue
             if spec.kind == "date" and pd.api.types.is_datetime64_dtype(col.dtype):
                 t.stamps[name] = col.reset_index(drop=True)  # typed already (Parquet, SQL)
-            if spec.kind in ("id", "category") or name in KEYS[t.name]:
+            if spec.kind == "category":
+                t.raw[name], marker, t.text_factors[name] = label_codes(col)
+            elif spec.kind == "id" or name in KEYS[t.name]:
                 t.raw[name], marker, t.text_factors[name] = text_codes(col)
             else:
                 t.raw[name], marker = text_and_markers(col)
@@ -390,6 +393,9 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         factors = t.text_factors.get(spec.name)
         if spec.default is not None and raw.isna().any():
+            if isinstance(raw.dtype, pd.CategoricalDtype) and \
+                    spec.default not in raw.cat.categories:  # label text (cells.text_codes)
+                raw = raw.cat.add_categories([spec.default])
             raw = raw.fillna(spec.default)
             t.raw[spec.name] = raw
             factors = None
