@@ -49,7 +49,7 @@ from mfr_outcomes.table_rules import (
     shown,
     values_list,
 )
-from mfr_outcomes.threads import beside, load_threads
+from mfr_outcomes.threads import Later, beside, load_threads
 
 __all__ = [
     "ColumnSpec",
@@ -306,11 +306,23 @@ def unique_names(names: Iterable[object]) -> list[str]:
 
 # ----------------------------------------------------------------------------- per table
 
-def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...]) -> None:
+def _canon(col: Any) -> str:
+    return printable(str(col).strip()).lower().replace(" ", "_")
+
+
+def _first_column(frame: pd.DataFrame, name: str) -> Any:
+    """The column of *frame* that :func:`_columns` reads as canonical *name* (None: none)."""
+    return next((col for col in frame.columns if _canon(col) == name), None)
+
+
+def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...],
+             ready: Mapping[str, Later] | None = None) -> None:
     """Match column names, report missing required and unexpected columns (one caution for all
-    unexpected columns, however many)."""
+    unexpected columns, however many). *ready*: canonical name -> the :func:`text_codes` of
+    that column computed in another thread (see :func:`validate_tables`), taken last."""
     specs = {s.name: s for s in table_specs}
     seen: dict[str, str] = {}
+    later = []
     for col in frame.columns:
         key = printable(str(col).strip())
         canon = key.lower().replace(" ", "_")
@@ -345,6 +357,9 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                 t.stamps[name] = col.reset_index(drop=True)  # typed already (Parquet, SQL)
             if spec.kind == "category":
                 t.raw[name], marker, t.text_factors[name] = label_codes(col)
+            elif ready is not None and name in ready and spec.kind == "id":
+                later.append(name)
+                continue
             elif spec.kind == "id" or name in KEYS[t.name]:
                 t.raw[name], marker, t.text_factors[name] = text_codes(col)
             else:
@@ -358,6 +373,10 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                       f"required column {name} is missing; all {t.n} rows excluded",
                       "excluded", suffix="")
                 t.exclude_all("missing_column")
+    for name in later:  # computed beside the other columns
+        t.raw[name], marker, t.text_factors[name] = ready[name].get()  # type: ignore[index]
+        if marker is not None:
+            t.markers[name] = marker
 
 
 def _absent_covariates(t: TableState, specs: tuple[ColumnSpec, ...]) -> None:
@@ -660,11 +679,11 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     known = MEASURES if measures is None else measures
     specs = {name: table_specs(name, vocabulary, covariates.get(name, ())) for name in vocab.TABLES}
 
-    def one(name: str) -> TableState:
+    def one(name: str, ready: Mapping[str, Later] | None = None) -> TableState:
         inp = inputs[name]
         t = TableState(name, inp.file, inp.unit, inp.lines, findings[name],
                        blank=len(inp.blank_lines))
-        _columns(t, inp.frame, specs[name])
+        _columns(t, inp.frame, specs[name], ready)
         _absent_covariates(t, specs[name])
         _reading_problems(t, inp)
         _coerce(t, specs[name], decimal=inp.decimal or decimal, dayfirst=dayfirst)
@@ -679,20 +698,30 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     # the table it names, so the two pieces may run side by side (threads.beside): the rules
     # on the readings read sessions, which session_dates changes only in session_number.
     threads = load_threads()
-    (p, s), m = beside(lambda: (one("patients"), one("sessions")),
-                       lambda: one("measurements"), threads)
+    # the readings' session ids, the largest text pass, are read in the second thread first
+    # (_columns takes them last), so that the two pieces take about as long as each other
+    readings = inputs["measurements"].frame
+    key = _first_column(readings, "session_id")
+    ready = {} if key is None else {"session_id": Later(lambda: text_codes(readings[key]))}
+
+    def small() -> tuple[TableState, TableState]:
+        for later in ready.values():
+            later.run()
+        return one("patients"), one("sessions")
+
+    (p, s), m = beside(small, lambda: one("measurements", ready), threads)
     foreign(s, p, "patient_id", "patient")
 
     def parents() -> tuple[pd.DataFrame, pd.DataFrame]:
         session_dates(s, p)
         return final(p), final(s)
 
-    def readings() -> pd.DataFrame:
+    def children() -> pd.DataFrame:
         foreign(m, s, "session_id", "session")
         post_checks(m, s)
         return final(m)
 
-    (fp, fs), fm = beside(parents, readings, threads)
+    (fp, fs), fm = beside(parents, children, threads)
     tables = {"patients": p, "sessions": s, "measurements": m}
     frames = {"patients": fp, "sessions": fs, "measurements": fm}
     accounting = {name: t.account() for name, t in tables.items()}

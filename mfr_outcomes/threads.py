@@ -12,11 +12,11 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from mfr_outcomes.warnings_ import MfrWarning
 
-__all__ = ["ENV", "load_threads", "beside"]
+__all__ = ["ENV", "load_threads", "beside", "Later"]
 
 #: The environment variable that sets the number of threads (1: serial).
 ENV = "MFR_OUTCOMES_THREADS"
@@ -74,3 +74,29 @@ def beside(first: Callable[[], A], second: Callable[[], B], threads: int) -> tup
     if failed is not None:
         raise failed
     return box["value"], b  # type: ignore[return-value]
+
+
+class Later(Generic[A]):
+    """A value computed by :meth:`run` in one thread and waited for by :meth:`get` in another
+    (an error in *compute* is raised by both)."""
+
+    def __init__(self, compute: Callable[[], A]) -> None:
+        self._compute = compute
+        self._done = threading.Event()
+        self._value: A | None = None
+        self._error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._value = self._compute()
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._done.set()
+
+    def get(self) -> A:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
