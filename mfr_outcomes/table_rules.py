@@ -162,10 +162,11 @@ def _codes(t: TableState, names: Sequence[str]) -> np.ndarray:
     """One integer per distinct combination of the typed *names* (-1 where any is missing)."""
     code = np.zeros(t.n, dtype=np.int64)
     missing = np.zeros(t.n, dtype=bool)
-    for name in names:
+    for name in names:  # in place: no temporary 1.3 M-row int64 arrays
         c, k = t.factorized(name)
         missing |= c < 0
-        code = code * (k + 1) + c
+        code *= k + 1
+        code += c
     code[missing] = -1
     return code
 
