@@ -190,10 +190,11 @@ def duplicates(t: TableState) -> None:
     if not has_key.any():
         return
     idx = np.flatnonzero(has_key)
-    keyed = pd.Series(idx, index=code[idx])
-    is_dup = keyed.index.duplicated(keep="first")
+    keys_ = pd.Index(code if len(idx) == t.n else code[idx], copy=False)  # not copied again
+    is_dup = keys_.duplicated(keep="first")
     if not is_dup.any():
         return
+    keyed = pd.Series(idx, index=keys_)
     first_row = keyed.groupby(level=0, sort=False).transform("first").to_numpy()
     dup = idx[is_dup]
     first_of = dict(zip(idx[is_dup], first_row[is_dup]))
