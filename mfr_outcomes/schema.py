@@ -542,13 +542,19 @@ def _measure_checks(t: TableState, typed: dict[str, pd.Series],
     codes, uniques = t.factors("measure") if t.typed["measure"] is measure else \
         pd.factorize(measure)
     regs = [measures.get(u) for u in values_list(uniques)]
-    low = np.array([m.low if m else np.nan for m in regs] + [np.nan])[codes]
-    high = np.array([m.high if m else np.nan for m in regs] + [np.nan])[codes]
-    whole = np.array([bool(m and m.integer) for m in regs] + [False])[codes]
-    with np.errstate(invalid="ignore"):
-        known = ~np.isnan(value) & ~np.isnan(low)
-        out = known & ((value < low) | (value > high))
-        frac = known & whole & (value != np.round(value)) & ~out
+    # one entry a distinct measure (the last for a missing one); a measure without a low
+    # bound is checked for neither bound, as before: NaN compares false
+    low_t = np.array([m.low if m else np.nan for m in regs] + [np.nan], dtype="float64")
+    high_t = np.array([m.high if m else np.nan for m in regs] + [np.nan], dtype="float64")
+    high_t[np.isnan(low_t)] = np.nan
+    whole_t = np.array([bool(m and m.integer) for m in regs] + [False]) & ~np.isnan(low_t)
+    with np.errstate(invalid="ignore"):  # in place: few temporary arrays of every reading
+        out = value < low_t[codes]
+        out |= value > high_t[codes]
+        frac = value != np.rint(value)
+        frac &= whole_t[codes]
+        frac &= ~out
+        frac &= ~np.isnan(value)
     for i in np.flatnonzero(out | frac):
         m = measures[measure.iat[i]]
         raw = t.text("value", int(i))
