@@ -213,11 +213,14 @@ def _dictionary(series: pd.Series) -> pa_.DictionaryArray | None:
                  or pa_.types.is_large_string(dt.pyarrow_dtype.value_type))):
         return None
     arr = pa_.array(series)
+    # two chunks or more are unified into one dictionary of distinct texts (a hash pass over
+    # the dictionaries); one chunk's dictionary is the file's, checked here
+    distinct = isinstance(arr, pa_.ChunkedArray) and arr.num_chunks >= 2
     if isinstance(arr, pa_.ChunkedArray):  # a dictionary a row group: one for all
         arr = _one_dictionary(arr) if arr.num_chunks else pa_.array([], type=arr.type)
     if pa_.types.is_large_string(arr.type.value_type):
         arr = pa_.DictionaryArray.from_arrays(arr.indices, arr.dictionary.cast(pa_.string()))
-    if pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
+    if not distinct and pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
         return None  # a dictionary that repeats a text: encoded again by the caller
     return arr
 

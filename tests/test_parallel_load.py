@@ -158,3 +158,35 @@ def test_without_the_variable_two_threads_where_there_are_two_cores(monkeypatch)
         warnings.simplefilter("error")
         assert threads.load_threads() == 1
 
+
+
+@pytest.mark.parametrize("layout", ["shared", "distinct", "repeats", "one"])
+def test_one_dictionary_a_column_equals_arrows_unifier(layout):
+    """Parquet's batches share their row group's dictionary: each distinct dictionary is hashed
+    once (cells._one_dictionary), and the codes and texts equal Arrow's unify_dictionaries."""
+    import pyarrow as pa
+
+    from mfr_outcomes.cells import _dictionary
+
+    def chunk(codes, texts):
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(texts))
+
+    d1, d2 = pa.array(["b", "a", "c"]), pa.array(["c", "d", "b"])
+    if layout == "shared":  # two row groups of three batches, the dictionary buffers shared
+        chunks = [pa.DictionaryArray.from_arrays(pa.array(c, pa.int32()), d)
+                  for d in (d1, d2) for c in ([0, 1], [2, None], [1, 1])]
+    elif layout == "distinct":
+        chunks = [chunk([0, 2], ["b", "a", "c"]), chunk([1, 0, 2], ["c", "d", "b"])]
+    elif layout == "repeats":  # a dictionary that repeats a text
+        chunks = [chunk([0, 2], ["x", "y", "x"]), chunk([0, 1], ["x", "y", "x"])]
+    else:
+        chunks = [chunk([0, 1, 0], ["x", "y"])]
+    col = pa.chunked_array(chunks)
+    got = _dictionary(pd.Series(pd.arrays.ArrowExtensionArray(col)))
+    unified = col.unify_dictionaries()
+    texts = unified.chunk(0).dictionary.to_pylist()
+    want = [None if i is None else texts[i]
+            for c in unified.chunks for i in c.indices.to_pylist()]
+    assert got.dictionary.to_pylist() == texts
+    assert [None if i is None else texts[i] for i in got.indices.to_pylist()] == want
+    assert got.indices.to_pylist() == [i for c in unified.chunks for i in c.indices.to_pylist()]
