@@ -103,6 +103,12 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     DataValidationError
         With ``strict=True``, when validation found anything.
 
+    Notes
+    -----
+    Validation runs in two threads where there are two cores (patients and sessions beside the
+    readings; see :mod:`mfr_outcomes.threads`). The environment variable
+    ``MFR_OUTCOMES_THREADS=1`` keeps it in the calling thread; the Study is the same either way.
+
     Examples
     --------
     >>> import mfr_outcomes as mfr
