@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -100,6 +101,26 @@ def test_an_error_in_the_worker_thread_is_raised_as_serially(monkeypatch):
             _load(monkeypatch, n, path)
     assert ("patients", False) in seen  # with two threads, the patients ran in the worker
     assert ("measurements", True) in seen
+
+
+def test_unreadable_files_give_the_same_source_error_with_one_and_two_threads(monkeypatch,
+                                                                             tmp_path):
+    """Patients and sessions are read in the worker beside the readings: with two unreadable
+    files the first in table order is named, as when read one after the other."""
+    from mfr_outcomes.io import SourceError
+
+    src = mfr.datasets.synthetic_path()
+    for name in ("patients", "sessions", "measurements"):
+        pd.read_csv(Path(src) / f"{name}.csv").to_parquet(tmp_path / f"{name}.parquet")
+    (tmp_path / "sessions.parquet").write_bytes(b"not parquet")
+    (tmp_path / "measurements.parquet").write_bytes(b"PAR1 nor this")
+    sentences = []
+    for n in (1, 2):
+        with pytest.raises(SourceError) as err:
+            _load(monkeypatch, n, tmp_path)
+        sentences.append(str(err.value))
+    assert sentences[0] == sentences[1]
+    assert sentences[0].startswith("sessions.parquet is not a readable Parquet file")
 
 
 def test_an_error_in_the_cross_table_rules_of_the_worker_is_raised_as_serially(monkeypatch):
