@@ -326,7 +326,7 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
     later = []
     for col in frame.columns:
         key = printable(str(col).strip())
-        canon = key.lower().replace(" ", "_")
+        canon = _canon(col)
         if canon in specs and canon not in seen:
             seen[canon] = col
         elif canon in specs:
@@ -414,7 +414,7 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
         factors = t.text_factors.get(spec.name)
         if spec.default is not None and raw.isna().any():
             if isinstance(raw.dtype, pd.CategoricalDtype) and \
-                    spec.default not in raw.cat.categories:  # label text (cells.text_codes)
+                    spec.default not in raw.cat.categories:  # label text (cells.label_codes)
                 raw = raw.cat.add_categories([spec.default])
             raw = raw.fillna(spec.default)
             t.raw[spec.name] = raw
