@@ -1,7 +1,7 @@
 """How many threads the data layer uses, and two pieces of work run side by side.
 
-Validation of the three tables is split in two: patients and sessions in a second thread beside
-the readings in this one. The kernels (Arrow compute, NumPy, pandas' hash tables) release the GIL
+Reading and validating the three tables is split in two: patients and sessions in a second
+thread beside the readings in this one (``io._read_folder``, ``schema.validate_tables``). The kernels (Arrow compute, NumPy, pandas' hash tables) release the GIL
 for much of their work, so the small tables cost little wall time. ``MFR_OUTCOMES_THREADS=1``
 keeps everything in the calling thread (the order of the work is then the order written here);
 the results are the same either way.
