@@ -18,12 +18,14 @@ Out of memory: ``fit_mixed`` on a Dask DataFrame on a local cluster (workers, pa
 seconds, largest difference of β̂ from the in-memory fit) and on a Parquet source inside DuckDB.
 
     python benchmarks/bench_data.py --patients 2000 10000 15000 --out benchmarks/results
+    python benchmarks/bench_data.py --patients 10000 --reps 3 --workers --threads 1 2
     python benchmarks/bench_data.py --patients --registry 1000000 5000000 20000000 --workers
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -176,18 +178,27 @@ def _write(n_patients: int, folder: Path, seed: int) -> dict[str, float]:
             for kind in ("csv", "parquet")}
 
 
-def data_layer(sizes: list[int], reps: int, seed: int) -> list[dict]:
+def data_layer(sizes: list[int], reps: int, seed: int, threads: list[str] | None = None
+               ) -> list[dict]:
+    """One row a size, source kind and thread count (``MFR_OUTCOMES_THREADS``; "" = the
+    default), with the 1-minute load average when the row was measured."""
     out = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             mb = _write(n, Path(tmp), seed)
-            for kind in ("csv", "parquet"):
+            for kind, th in [(k, t) for k in ("csv", "parquet") for t in (threads or [""])]:
+                env = dict(os.environ)
+                env.pop("MFR_OUTCOMES_THREADS", None)
+                if th:
+                    env["MFR_OUTCOMES_THREADS"] = th
                 res = subprocess.run([sys.executable, "-c", _LOAD, str(Path(tmp) / kind), kind,
-                                      str(reps)], capture_output=True, text=True, check=True)
+                                      str(reps)], capture_output=True, text=True, check=True,
+                                     env=env)
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 r.update(kind=kind, patients=n, size_mb=mb[kind], ratio=r["load"] / r["arrow"],
                          cpu_ratio=r["load_cpu"] / r["arrow_cpu"],
-                         peak_over_size=r["peak_mb"] / mb["csv"])
+                         peak_over_size=r["peak_mb"] / mb["csv"], threads=th or "default",
+                         loadavg=os.getloadavg()[0])
                 out.append(r)
                 print(f"{n} patients, {kind}: {r}", flush=True)
     return out
@@ -229,13 +240,16 @@ def dask_table(patients: int, workers: list[int], partitions: list[int], seed: i
 
 
 def markdown(data: list[dict], dask_rows: list[dict]) -> str:
-    lines = ["| patients | readings | source | size (MB) | Arrow read (s) | load_study (s) | "
-             "ratio | CPU ratio | peak added (MB) | peak / CSV size |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| patients | readings | source | threads | size (MB) | Arrow read (s) | "
+             "load_study (s) | ratio | load_study CPU (s) | CPU ratio | peak added (MB) | "
+             "peak / CSV size | load average |",
+             "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data:
-        lines.append(f"| {r['patients']:,} | {r['rows']:,} | {r['kind']} | {r['size_mb']:.1f} | "
-                     f"{r['arrow']:.3f} | {r['load']:.2f} | {r['ratio']:.1f} | "
-                     f"{r['cpu_ratio']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_size']:.1f} |")
+        lines.append(f"| {r['patients']:,} | {r['rows']:,} | {r['kind']} | "
+                     f"{r.get('threads', 'default')} | {r['size_mb']:.1f} | {r['arrow']:.3f} | "
+                     f"{r['load']:.2f} | {r['ratio']:.1f} | {r['load_cpu']:.2f} | "
+                     f"{r['cpu_ratio']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_size']:.1f} | "
+                     f"{r.get('loadavg', float('nan')):.1f} |")
     lines += ["", "| workers | partitions | rows | seconds | max abs difference of β̂ |",
               "|---:|---:|---:|---:|---:|"]
     for r in dask_rows:
@@ -259,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="*", default=[1, 2])
     p.add_argument("--partitions", type=int, nargs="*", default=[4, 16])
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--threads", nargs="*", default=[],
+                   help="MFR_OUTCOMES_THREADS values to load with, one row each (default: "
+                        "the variable unset)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -270,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(registry_markdown(reg))
     if not args.patients and not args.workers:
         return 0
-    data = data_layer(args.patients, args.reps, args.seed)
+    data = data_layer(args.patients, args.reps, args.seed, args.threads)
     dask_rows = dask_table(args.dask_patients, args.workers, args.partitions, args.seed) \
         if args.workers else []
     (out / "data_layer.md").write_text(markdown(data, dask_rows), encoding="utf-8")

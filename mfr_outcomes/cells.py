@@ -21,6 +21,7 @@ __all__ = [
     "text_frame",
     "text_and_markers",
     "text_codes",
+    "label_codes",
     "is_number",
     "flag",
     "labels",
@@ -159,7 +160,15 @@ def text_codes(series: pd.Series
     return _text_parts(series, True)  # type: ignore[return-value]
 
 
-def _text_parts(series: pd.Series, want_codes: bool):
+def label_codes(series: pd.Series
+                ) -> tuple[pd.Series, pd.Series | None, tuple[np.ndarray, pa_.Array]]:
+    """:func:`text_codes` with the text as a pandas Categorical over those codes (the same
+    cells): a label column's text is only looked at cell by cell, for sentences, so no string
+    a cell is made (for Parquet's dictionaries, a third of a label column's cost)."""
+    return _text_parts(series, True, True)  # type: ignore[return-value]
+
+
+def _text_parts(series: pd.Series, want_codes: bool, categorical: bool = False):
     enc = _dictionary(series)
     if enc is None:  # the text as it is (chunks are not copied into one: a CSV's are many)
         arr = _arrow_text(series)
@@ -180,10 +189,14 @@ def _text_parts(series: pd.Series, want_codes: bool):
     trims = len(uniq) > 0 and pc.all(pc.equal(trimmed, uniq)).as_py() is False
     has_na = bool(pc.any(na).as_py())
     kept = pc.if_else(na, none, trimmed) if trims or has_na else uniq
-    text = pc.take(kept, codes) if trims or has_na or arr is None else arr
     index = series.index
-    out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
     factors = _factors(kept, codes, trims or has_na) if want_codes else None
+    if categorical and factors is not None:
+        cats = pd.Index(factors[1].to_pandas(), dtype="str")
+        out = pd.Series(pd.Categorical.from_codes(factors[0], categories=cats), index=index)
+    else:
+        text = pc.take(kept, codes) if trims or has_na or arr is None else arr
+        out = pd.Series(text.to_pandas(), dtype="str").set_axis(index)
     written = pc.and_(na, pc.greater(pc.utf8_length(trimmed), 0))
     if not pc.any(written).as_py():
         return out, None, factors
@@ -200,21 +213,57 @@ def _dictionary(series: pd.Series) -> pa_.DictionaryArray | None:
                  or pa_.types.is_large_string(dt.pyarrow_dtype.value_type))):
         return None
     arr = pa_.array(series)
+    # two chunks or more are unified into one dictionary of distinct texts (a hash pass over
+    # the dictionaries); one chunk's dictionary is the file's, checked here
+    distinct = isinstance(arr, pa_.ChunkedArray) and arr.num_chunks >= 2
     if isinstance(arr, pa_.ChunkedArray):  # a dictionary a row group: one for all
         arr = _one_dictionary(arr) if arr.num_chunks else pa_.array([], type=arr.type)
     if pa_.types.is_large_string(arr.type.value_type):
         arr = pa_.DictionaryArray.from_arrays(arr.indices, arr.dictionary.cast(pa_.string()))
-    if pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
+    if not distinct and pc.count_distinct(arr.dictionary).as_py() != len(arr.dictionary):
         return None  # a dictionary that repeats a text: encoded again by the caller
     return arr
 
 
 def _one_dictionary(chunks: pa_.ChunkedArray) -> pa_.DictionaryArray:
-    """Dictionary-encoded chunks as one array over one dictionary (only the indices copied)."""
-    chunks = chunks.unify_dictionaries()
-    first = chunks.chunk(0)
-    indices = pa_.concat_arrays([c.indices for c in chunks.chunks])
-    return pa_.DictionaryArray.from_arrays(indices, first.dictionary)
+    """Dictionary-encoded chunks as one array over one dictionary (only the indices copied).
+
+    Parquet's reader gives a chunk a batch and one dictionary a row group, shared (the same
+    buffers) by that row group's batches: each distinct dictionary is hashed once, not once a
+    batch (Arrow's ``unify_dictionaries`` hashes every chunk's). The dictionary is the one
+    ``unify_dictionaries`` makes (texts in order of first appearance over the dictionaries in
+    chunk order), so codes are the same.
+    """
+    parts = chunks.chunks
+    seen: dict[tuple, int] = {}
+    which = []
+    for c in parts:
+        d = c.dictionary
+        key = (len(d), d.offset, *(b.address if b is not None else 0 for b in d.buffers()))
+        which.append(seen.setdefault(key, len(seen)))
+    if len(seen) == len(parts) or any(c.dictionary.null_count for c in parts):
+        # nothing shared (or a missing value in a dictionary): Arrow's unifier as it is
+        chunks = chunks.unify_dictionaries()
+        indices = pa_.concat_arrays([c.indices for c in chunks.chunks])
+        return pa_.DictionaryArray.from_arrays(indices, chunks.chunk(0).dictionary)
+    firsts = {}
+    for c, k in zip(parts, which):
+        firsts.setdefault(k, c.dictionary)
+    dicts = [firsts[k] for k in range(len(seen))]
+    enc = pc.dictionary_encode(pa_.concat_arrays(dicts))
+    starts = np.cumsum([0] + [len(d) for d in dicts])
+    maps = [enc.indices.slice(starts[k], len(dicts[k])) for k in range(len(dicts))]
+    itype = parts[0].indices.type
+    same = [_identity(m) for m in maps]  # e.g. every row group's "pre", "post" in one order
+    indices = pa_.concat_arrays([c.indices if same[k] else pc.take(maps[k], c.indices).cast(itype)
+                                 for c, k in zip(parts, which)])
+    return pa_.DictionaryArray.from_arrays(indices, enc.dictionary)
+
+
+def _identity(mapping: pa_.Array) -> bool:
+    """A transpose map that maps every code to itself (the first dictionary, duplicate-free)."""
+    return mapping.null_count == 0 and bool(
+        np.array_equal(mapping.to_numpy(zero_copy_only=False), np.arange(len(mapping))))
 
 
 def _factors(kept: pa_.Array, codes: pa_.Array, merged: bool) -> tuple[np.ndarray, pa_.Array]:

@@ -29,6 +29,7 @@ from mfr_outcomes.csvread import CsvReadError, decode_csv, parse_csv, sniff_sep
 from mfr_outcomes.findings import DataValidationError, ValidationReport
 from mfr_outcomes.schema import TableInput, unique_names, validate_tables
 from mfr_outcomes.study import Study
+from mfr_outcomes.threads import beside, load_threads
 from mfr_outcomes.vocab import TABLES
 from mfr_outcomes.warnings_ import DataWarning
 
@@ -102,6 +103,12 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
         When the profile cannot be used (the sentence names the key and value).
     DataValidationError
         With ``strict=True``, when validation found anything.
+
+    Notes
+    -----
+    Validation runs in two threads where there are two cores (patients and sessions beside the
+    readings; see :mod:`mfr_outcomes.threads`). The environment variable
+    ``MFR_OUTCOMES_THREADS=1`` keeps it in the calling thread; the Study is the same either way.
 
     Examples
     --------
@@ -438,22 +445,26 @@ def _read_csv(path: Path, table: str, *, encoding: str | None, sep: str | None,
 def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
                  decimal: str | None) -> dict[str, TableInput]:
     found_files = _table_files(path)
-    out = {}
-    for table in TABLES:
+
+    def one(table: str) -> TableInput:
         found = found_files[table]
         ext = found.suffix.lower()
         if ext in _TEXT_EXT:
-            out[table] = _read_csv(found, table, encoding=encoding, sep=sep, decimal=decimal)
-        elif ext in _PARQUET_EXT:
+            return _read_csv(found, table, encoding=encoding, sep=sep, decimal=decimal)
+        if ext in _PARQUET_EXT:
             try:
                 frame = _read_parquet(found)
             except Exception as exc:  # pyarrow raises many kinds on a bad file
                 raise SourceError(f"{found.name} is not a readable Parquet file: {exc}") from None
-            out[table] = TableInput.from_frame(table, frame, file=found.name, unit="row")
-        else:
-            name = _pick_sheet(found, table, first_if_none=True)
-            out[table] = _sheet_input(found, name, table, file=found.name)
-    return out
+            return TableInput.from_frame(table, frame, file=found.name, unit="row")
+        name = _pick_sheet(found, table, first_if_none=True)
+        return _sheet_input(found, name, table, file=found.name)
+
+    # the readings are read here while patients and sessions are read in a second thread
+    # (errors are raised in table order, as when read one after the other)
+    (p, s), m = beside(lambda: (one("patients"), one("sessions")),
+                       lambda: one("measurements"), load_threads())
+    return {"patients": p, "sessions": s, "measurements": m}
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

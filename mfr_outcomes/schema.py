@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow
 
 if TYPE_CHECKING:  # pandera is imported by table_schema only: 0.25 s off every command's start
     import pandera.pandas as pa
@@ -28,6 +29,7 @@ from mfr_outcomes.cells import (
     dates,
     flag,
     is_number,
+    label_codes,
     labels,
     numbers,
     stamps_as_dates,
@@ -48,6 +50,7 @@ from mfr_outcomes.table_rules import (
     shown,
     values_list,
 )
+from mfr_outcomes.threads import Later, beside, load_threads
 
 __all__ = [
     "ColumnSpec",
@@ -131,10 +134,6 @@ TABLE_SPECS: dict[str, tuple[ColumnSpec, ...]] = {
                         "is unique"),
     ),
 }
-
-#: Optional columns (added with the clinic profile) that a validated frame has only when the
-#: source gives them, so that studies without them keep their earlier shape.
-WHEN_GIVEN = ("arm", "session_time")
 
 #: Optional columns (added with the clinic profile) that a validated frame has only when the
 #: source gives them, so that studies without them keep their earlier shape.
@@ -308,14 +307,26 @@ def unique_names(names: Iterable[object]) -> list[str]:
 
 # ----------------------------------------------------------------------------- per table
 
-def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...]) -> None:
+def _canon(col: Any) -> str:
+    return printable(str(col).strip()).lower().replace(" ", "_")
+
+
+def _first_column(frame: pd.DataFrame, name: str) -> Any:
+    """The column of *frame* that :func:`_columns` reads as canonical *name* (None: none)."""
+    return next((col for col in frame.columns if _canon(col) == name), None)
+
+
+def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...],
+             ready: Mapping[str, Later] | None = None) -> None:
     """Match column names, report missing required and unexpected columns (one caution for all
-    unexpected columns, however many)."""
+    unexpected columns, however many). *ready*: canonical name -> the :func:`text_codes` of
+    that column computed in another thread (see :func:`validate_tables`), taken last."""
     specs = {s.name: s for s in table_specs}
     seen: dict[str, str] = {}
+    later = []
     for col in frame.columns:
         key = printable(str(col).strip())
-        canon = key.lower().replace(" ", "_")
+        canon = _canon(col)
         if canon in specs and canon not in seen:
             seen[canon] = col
         elif canon in specs:
@@ -345,7 +356,12 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                 continue
             if spec.kind == "date" and pd.api.types.is_datetime64_dtype(col.dtype):
                 t.stamps[name] = col.reset_index(drop=True)  # typed already (Parquet, SQL)
-            if spec.kind in ("id", "category") or name in KEYS[t.name]:
+            if spec.kind == "category":
+                t.raw[name], marker, t.text_factors[name] = label_codes(col)
+            elif ready is not None and name in ready and spec.kind == "id":
+                later.append(name)
+                continue
+            elif spec.kind == "id" or name in KEYS[t.name]:
                 t.raw[name], marker, t.text_factors[name] = text_codes(col)
             else:
                 t.raw[name], marker = text_and_markers(col)
@@ -358,6 +374,10 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                       f"required column {name} is missing; all {t.n} rows excluded",
                       "excluded", suffix="")
                 t.exclude_all("missing_column")
+    for name in later:  # computed beside the other columns
+        t.raw[name], marker, t.text_factors[name] = ready[name].get()  # type: ignore[index]
+        if marker is not None:
+            t.markers[name] = marker
 
 
 def _absent_covariates(t: TableState, specs: tuple[ColumnSpec, ...]) -> None:
@@ -393,6 +413,9 @@ def _coerce(t: TableState, specs: tuple[ColumnSpec, ...], *, decimal: str,
         bad_action = "excluded" if _needed(t.name, spec) else "missing"
         factors = t.text_factors.get(spec.name)
         if spec.default is not None and raw.isna().any():
+            if isinstance(raw.dtype, pd.CategoricalDtype) and \
+                    spec.default not in raw.cat.categories:  # label text (cells.label_codes)
+                raw = raw.cat.add_categories([spec.default])
             raw = raw.fillna(spec.default)
             t.raw[spec.name] = raw
             factors = None
@@ -520,13 +543,19 @@ def _measure_checks(t: TableState, typed: dict[str, pd.Series],
     codes, uniques = t.factors("measure") if t.typed["measure"] is measure else \
         pd.factorize(measure)
     regs = [measures.get(u) for u in values_list(uniques)]
-    low = np.array([m.low if m else np.nan for m in regs] + [np.nan])[codes]
-    high = np.array([m.high if m else np.nan for m in regs] + [np.nan])[codes]
-    whole = np.array([bool(m and m.integer) for m in regs] + [False])[codes]
-    with np.errstate(invalid="ignore"):
-        known = ~np.isnan(value) & ~np.isnan(low)
-        out = known & ((value < low) | (value > high))
-        frac = known & whole & (value != np.round(value)) & ~out
+    # one entry a distinct measure (the last for a missing one); a measure without a low
+    # bound is checked for neither bound, as before: NaN compares false
+    low_t = np.array([m.low if m else np.nan for m in regs] + [np.nan], dtype="float64")
+    high_t = np.array([m.high if m else np.nan for m in regs] + [np.nan], dtype="float64")
+    high_t[np.isnan(low_t)] = np.nan
+    whole_t = np.array([bool(m and m.integer) for m in regs] + [False]) & ~np.isnan(low_t)
+    with np.errstate(invalid="ignore"):  # in place: few temporary arrays of every reading
+        out = value < low_t[codes]
+        out |= value > high_t[codes]
+        frac = value != np.rint(value)
+        frac &= whole_t[codes]
+        frac &= ~out
+        frac &= ~np.isnan(value)
     for i in np.flatnonzero(out | frac):
         m = measures[measure.iat[i]]
         raw = t.text("value", int(i))
@@ -655,26 +684,58 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     findings: dict[str, list[Finding]] = {name: [] for name in vocab.TABLES}
     covariates = covariates or {}
     known = MEASURES if measures is None else measures
-    tables = {}
-    specs = {}
-    for name in vocab.TABLES:
+    specs = {name: table_specs(name, vocabulary, covariates.get(name, ())) for name in vocab.TABLES}
+
+    def one(name: str, ready: Mapping[str, Later] | None = None) -> TableState:
         inp = inputs[name]
-        specs[name] = table_specs(name, vocabulary, covariates.get(name, ()))
         t = TableState(name, inp.file, inp.unit, inp.lines, findings[name],
                        blank=len(inp.blank_lines))
-        tables[name] = t
-        _columns(t, inp.frame, specs[name])
+        _columns(t, inp.frame, specs[name], ready)
         _absent_covariates(t, specs[name])
         _reading_problems(t, inp)
         _coerce(t, specs[name], decimal=inp.decimal or decimal, dayfirst=dayfirst)
         _checks(t, specs[name], known)
         duplicates(t)
-    p, s, m = tables["patients"], tables["sessions"], tables["measurements"]
+        return t
+
+    def final(t: TableState) -> pd.DataFrame:
+        return _final(t, inputs[t.name].frame, specs[t.name])
+
+    # Each table's findings go to its own list and each step below writes only the state of
+    # the table it names, so the two pieces may run side by side (threads.beside): the rules
+    # on the readings read sessions, which session_dates changes only in session_number.
+    threads = load_threads()
+    # the readings' session ids, the largest text pass, are read in the second thread first
+    # (_columns takes them last), so that the two pieces take about as long as each other.
+    # Only for text read as Arrow dictionaries (Parquet): from CSV the pass is a hash pass
+    # over every cell whose memory, beside the other columns' passes, raised the peak by a
+    # fifth (30 MB at 1.3 M readings), and CSV's time is far inside its goal
+    readings = inputs["measurements"].frame
+    key = _first_column(readings, "session_id")
+    coded = key is not None and isinstance(readings[key].dtype, pd.ArrowDtype) and \
+        pyarrow.types.is_dictionary(readings[key].dtype.pyarrow_dtype)
+    ready = {"session_id": Later(lambda: text_codes(readings[key]))} if coded else {}
+
+    def small() -> tuple[TableState, TableState]:
+        for later in ready.values():
+            later.run()
+        return one("patients"), one("sessions")
+
+    (p, s), m = beside(small, lambda: one("measurements", ready), threads)
     foreign(s, p, "patient_id", "patient")
-    session_dates(s, p)
-    foreign(m, s, "session_id", "session")
-    post_checks(m, s)
-    frames = {name: _final(t, inputs[name].frame, specs[name]) for name, t in tables.items()}
+
+    def parents() -> tuple[pd.DataFrame, pd.DataFrame]:
+        session_dates(s, p)
+        return final(p), final(s)
+
+    def children() -> pd.DataFrame:
+        foreign(m, s, "session_id", "session")
+        post_checks(m, s)
+        return final(m)
+
+    (fp, fs), fm = beside(parents, children, threads)
+    tables = {"patients": p, "sessions": s, "measurements": m}
+    frames = {"patients": fp, "sessions": fs, "measurements": fm}
     accounting = {name: t.account() for name, t in tables.items()}
     # within a table, whole-column findings first, then by line (stable: order found)
     ordered = [f for name in vocab.TABLES

@@ -1,0 +1,213 @@
+"""Loading with two threads (``MFR_OUTCOMES_THREADS``) gives what loading with one gives.
+
+Validation runs patients and sessions in a second thread beside the readings
+(:mod:`mfr_outcomes.threads`). The Study (frames, findings and their sentences, row accounting)
+must not depend on the number of threads: on the shipped study, on a 10,000-patient simulated
+study read from Parquet, and on every case of the frozen bad-file corpus. An error in the
+worker thread surfaces as the same exception and sentence as serially, never as a traceback of
+another thread.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import test_findings_snapshot as snap
+
+import mfr_outcomes as mfr
+from mfr_outcomes import schema, threads
+from mfr_outcomes.findings import DataValidationError
+from mfr_outcomes.warnings_ import MfrWarning
+
+pytestmark = pytest.mark.filterwarnings("ignore::mfr_outcomes.warnings_.DataWarning")
+
+
+def _load(monkeypatch: pytest.MonkeyPatch, n: int, source: object, **options: object):
+    monkeypatch.setenv(threads.ENV, str(n))
+    return mfr.load_study(source, **options)
+
+
+def _same(a: mfr.Study, b: mfr.Study) -> None:
+    assert a.report.to_dict() == b.report.to_dict()  # findings, sentences, accounting
+    for name in ("patients", "sessions", "measurements"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
+
+
+def test_the_shipped_study_is_the_same_with_one_and_two_threads(monkeypatch):
+    path = mfr.datasets.synthetic_path()
+    _same(_load(monkeypatch, 1, path), _load(monkeypatch, 2, path))
+
+
+def test_a_large_parquet_study_is_the_same_with_one_and_two_threads(monkeypatch, tmp_path):
+    """10,000 simulated patients (1.3 M readings) written as Parquet, with a few faults laid in
+    each table so that findings come from both threads."""
+    from mfr_outcomes.synthetic import generate_frames
+
+    frames, _ = generate_frames(n_patients=10_000, seed=11)
+    p, s, m = (frames[k].copy() for k in ("patients", "sessions", "measurements"))
+    p.loc[[3, 70], "age_years"] = [7, 130]                       # out of range
+    p = pd.concat([p, p.iloc[[5]]], ignore_index=True)          # a repeated patient
+    s.loc[[10, 11], "technique"] = ["Massage ", "reiki"]         # mended label, unknown one
+    s.loc[20, "patient_id"] = "P-nobody"                         # orphan, and its readings cascade
+    m.loc[[0, 100], "value"] = [-3.0, 1e6]                       # outside the measure's range
+    m.loc[200, "phase"] = "NaN"                                  # a missing-value marker
+    m = pd.concat([m, m.iloc[[300]]], ignore_index=True)         # a repeated reading
+    for name, frame in (("patients", p), ("sessions", s), ("measurements", m)):
+        frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+    one, two = _load(monkeypatch, 1, tmp_path), _load(monkeypatch, 2, tmp_path)
+    _same(one, two)
+    rules = {f.rule for f in two.report.findings}
+    assert {"out_of_range", "duplicate_key", "unknown_category", "orphan", "cascade",
+            "missing_value", "duplicate_reading"} <= rules
+    assert len(two.measurements) > 1_200_000
+
+
+@pytest.mark.parametrize("case", snap.CASES)
+def test_the_bad_file_corpus_is_the_same_with_one_and_two_threads(case, monkeypatch, tmp_path):
+    options = {"dayfirst": True} if case == "x_semicolon_latin1" else {}
+    source = snap._source(case, tmp_path)  # one source: its path is in the report
+    _same(_load(monkeypatch, 1, source, **options), _load(monkeypatch, 2, source, **options))
+
+
+def test_strict_raises_the_same_sentence_with_one_and_two_threads(monkeypatch, tmp_path):
+    source = snap._source("many_faults", tmp_path)
+    sentences = []
+    for n in (1, 2):
+        with pytest.raises(DataValidationError) as err:
+            _load(monkeypatch, n, source, strict=True)
+        sentences.append(str(err.value))
+    assert sentences[0] == sentences[1] and "many_faults" in sentences[0]
+
+
+def test_an_error_in_the_worker_thread_is_raised_as_serially(monkeypatch):
+    """The patients' rules (worker thread) and the readings' (this thread) both fail: the
+    patients' error wins, as in table order, with its own type and sentence."""
+    real = schema._checks
+    seen = set()
+
+    def failing(t, specs, measures):
+        seen.add((t.name, threading.current_thread() is threading.main_thread()))
+        if t.name in ("patients", "measurements"):
+            raise ValueError(f"{t.name} rules failed")
+        return real(t, specs, measures)
+
+    monkeypatch.setattr(schema, "_checks", failing)
+    path = mfr.datasets.synthetic_path()
+    for n in (1, 2):
+        with pytest.raises(ValueError, match="^patients rules failed$"):
+            _load(monkeypatch, n, path)
+    assert ("patients", False) in seen  # with two threads, the patients ran in the worker
+    assert ("measurements", True) in seen
+
+
+def test_unreadable_files_give_the_same_source_error_with_one_and_two_threads(monkeypatch,
+                                                                             tmp_path):
+    """Patients and sessions are read in the worker beside the readings: with two unreadable
+    files the first in table order is named, as when read one after the other."""
+    from mfr_outcomes.io import SourceError
+
+    src = mfr.datasets.synthetic_path()
+    for name in ("patients", "sessions", "measurements"):
+        pd.read_csv(Path(src) / f"{name}.csv").to_parquet(tmp_path / f"{name}.parquet")
+    (tmp_path / "sessions.parquet").write_bytes(b"not parquet")
+    (tmp_path / "measurements.parquet").write_bytes(b"PAR1 nor this")
+    sentences = []
+    for n in (1, 2):
+        with pytest.raises(SourceError) as err:
+            _load(monkeypatch, n, tmp_path)
+        sentences.append(str(err.value))
+    assert sentences[0] == sentences[1]
+    assert sentences[0].startswith("sessions.parquet is not a readable Parquet file")
+
+
+def test_an_error_in_the_cross_table_rules_of_the_worker_is_raised_as_serially(monkeypatch):
+    def failing(s, p):
+        raise KeyError("session_date")
+
+    monkeypatch.setattr(schema, "session_dates", failing)
+    path = mfr.datasets.synthetic_path()
+    for n in (1, 2):
+        with pytest.raises(KeyError, match="session_date"):
+            _load(monkeypatch, n, path)
+
+
+def test_beside_runs_the_first_piece_in_another_thread_and_keeps_serial_errors():
+    where = []
+
+    def first():
+        where.append(threading.current_thread() is threading.main_thread())
+        return "a"
+
+    assert threads.beside(first, lambda: "b", 2) == ("a", "b") and where == [False]
+    assert threads.beside(first, lambda: "b", 1) == ("a", "b") and where[-1] is True
+
+    def boom():
+        raise ZeroDivisionError("first")
+
+    def other():
+        raise LookupError("second")
+
+    for n in (1, 2):
+        with pytest.raises(ZeroDivisionError, match="first"):
+            threads.beside(boom, other, n)
+        with pytest.raises(LookupError, match="second"):
+            threads.beside(lambda: 1, other, n)
+
+
+@pytest.mark.parametrize("text, want", [("1", 1), ("3", 3), (" 2 ", 2)])
+def test_threads_come_from_the_environment(monkeypatch, text, want):
+    monkeypatch.setenv(threads.ENV, text)
+    assert threads.load_threads() == want
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
+def test_a_bad_thread_count_warns_and_loads_with_one_thread(monkeypatch, text):
+    monkeypatch.setenv(threads.ENV, text)
+    with pytest.warns(MfrWarning, match=threads.ENV):
+        assert threads.load_threads() == 1
+
+
+def test_without_the_variable_two_threads_where_there_are_two_cores(monkeypatch):
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)
+    assert threads.load_threads() == 2
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert threads.load_threads() == 1
+
+
+
+@pytest.mark.parametrize("layout", ["shared", "distinct", "repeats", "one"])
+def test_one_dictionary_a_column_equals_arrows_unifier(layout):
+    """Parquet's batches share their row group's dictionary: each distinct dictionary is hashed
+    once (cells._one_dictionary), and the codes and texts equal Arrow's unify_dictionaries."""
+    import pyarrow as pa
+
+    from mfr_outcomes.cells import _dictionary
+
+    def chunk(codes, texts):
+        return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.array(texts))
+
+    d1, d2 = pa.array(["b", "a", "c"]), pa.array(["c", "d", "b"])
+    if layout == "shared":  # two row groups of three batches, the dictionary buffers shared
+        chunks = [pa.DictionaryArray.from_arrays(pa.array(c, pa.int32()), d)
+                  for d in (d1, d2) for c in ([0, 1], [2, None], [1, 1])]
+    elif layout == "distinct":
+        chunks = [chunk([0, 2], ["b", "a", "c"]), chunk([1, 0, 2], ["c", "d", "b"])]
+    elif layout == "repeats":  # a dictionary that repeats a text
+        chunks = [chunk([0, 2], ["x", "y", "x"]), chunk([0, 1], ["x", "y", "x"])]
+    else:
+        chunks = [chunk([0, 1, 0], ["x", "y"])]
+    col = pa.chunked_array(chunks)
+    got = _dictionary(pd.Series(pd.arrays.ArrowExtensionArray(col)))
+    unified = col.unify_dictionaries()
+    texts = unified.chunk(0).dictionary.to_pylist()
+    want = [None if i is None else texts[i]
+            for c in unified.chunks for i in c.indices.to_pylist()]
+    assert got.dictionary.to_pylist() == texts
+    assert [None if i is None else texts[i] for i in got.indices.to_pylist()] == want
+    assert got.indices.to_pylist() == [i for c in unified.chunks for i in c.indices.to_pylist()]
