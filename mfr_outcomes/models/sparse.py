@@ -23,10 +23,11 @@ import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrf, dpotri
 
 from mfr_outcomes.models.sparse_struct import (
-    Factor,
     Structure,
     build_structure,
+    cached_model,
     factors_of,
+    per_block,
     trailing_size,
 )
 from mfr_outcomes.models.spec import (
@@ -318,7 +319,7 @@ class SparseModel:
         cv_first = cv_rest = None
         if condvar:
             cv_first, cv_rest = self._condvar(ev, lam1, lams, sigma)
-        return _per_block(spec, [f1] + st.rest, [b_first] + b_rest,
+        return per_block(spec, [f1] + st.rest, [b_first] + b_rest,
                           None if not condvar else [cv_first] + cv_rest)
 
     def _z_resid(self, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -640,34 +641,12 @@ def _apply_lam(v: np.ndarray, st: Structure, lams: list[np.ndarray], transpose: 
     return out
 
 
-def _per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
-               cvs: list[np.ndarray] | None):
-    blups: list[np.ndarray] = [None] * len(spec.blocks)  # type: ignore[list-item]
-    condvar: list[np.ndarray] | None = None if cvs is None else [None] * len(spec.blocks)
-    for k, f in enumerate(factors):
-        for blk, off in zip(f.blocks, f.block_offset):
-            sl = slice(off, off + spec.blocks[blk].q)
-            blups[blk] = np.ascontiguousarray(modes[k][sl].T)
-            if cvs is not None:
-                condvar[blk] = np.ascontiguousarray(cvs[k][sl, sl].transpose(2, 0, 1))
-    return blups, condvar
-
-
 _MODELS: OrderedDict[int, tuple[ModelSpec, SparseModel]] = OrderedDict()
 
 
 def sparse_model(spec: ModelSpec) -> SparseModel:
     """A (cached) :class:`SparseModel` for *spec*; the cache keeps the last few specs."""
-    key = id(spec)
-    hit = _MODELS.get(key)
-    if hit is not None and hit[0] is spec:
-        _MODELS.move_to_end(key)
-        return hit[1]
-    model = SparseModel(spec)
-    _MODELS[key] = (spec, model)
-    while len(_MODELS) > 3:
-        _MODELS.popitem(last=False)
-    return model
+    return cached_model(_MODELS, spec, SparseModel)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,13 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from mfr_outcomes.models.sparse_ldl_inverse import level_blocks, selected_inverse
-from mfr_outcomes.models.sparse_struct import Factor, factors_of, trailing_size
+from mfr_outcomes.models.sparse_struct import (
+    Factor,
+    cached_model,
+    factors_of,
+    per_block,
+    trailing_size,
+)
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -340,24 +346,11 @@ class LDLModel:
             for f, off, lam in zip(self.factors, self.offsets, lams):
                 blk = level_blocks(Sig, P, off, f.n_levels, f.q)  # (ℓ, q, q)
                 cvs.append(sigma ** 2 * np.einsum("ia,lab,jb->ijl", lam, blk, lam))
-        return _per_block(self.spec, self.factors, modes, cvs)
+        return per_block(self.spec, self.factors, modes, cvs)
 
     def fill(self) -> tuple[int, int]:
         """(nnz of Ω's upper triangle, nnz of the factor L): the fill of the ordering."""
         return int(self._up_rows.size), int(self.ldl_factors()[0].nnz)
-
-
-def _per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
-               cvs: list[np.ndarray] | None):
-    blups: list[np.ndarray] = [None] * len(spec.blocks)  # type: ignore[list-item]
-    condvar: list[np.ndarray] | None = None if cvs is None else [None] * len(spec.blocks)
-    for k, f in enumerate(factors):
-        for blk, off in zip(f.blocks, f.block_offset):
-            sl = slice(off, off + spec.blocks[blk].q)
-            blups[blk] = np.ascontiguousarray(modes[k][sl].T)
-            if cvs is not None:
-                condvar[blk] = np.ascontiguousarray(cvs[k][sl, sl].transpose(2, 0, 1))
-    return blups, condvar
 
 
 _MODELS: OrderedDict[int, tuple[ModelSpec, LDLModel]] = OrderedDict()
@@ -365,16 +358,7 @@ _MODELS: OrderedDict[int, tuple[ModelSpec, LDLModel]] = OrderedDict()
 
 def ldl_model(spec: ModelSpec) -> LDLModel:
     """A (cached) :class:`LDLModel` for *spec*; the cache keeps the last few specs."""
-    key = id(spec)
-    hit = _MODELS.get(key)
-    if hit is not None and hit[0] is spec:
-        _MODELS.move_to_end(key)
-        return hit[1]
-    model = LDLModel(spec)
-    _MODELS[key] = (spec, model)
-    while len(_MODELS) > 3:
-        _MODELS.popitem(last=False)
-    return model
+    return cached_model(_MODELS, spec, LDLModel)
 
 
 def moment_start_ldl(model: LDLModel) -> np.ndarray:

@@ -14,6 +14,7 @@ which keeps T to a few pairs per level (memory: most of a level's pairs would ha
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,8 @@ import scipy.sparse as sp
 
 from mfr_outcomes.models.spec import ModelSpec
 
-__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "factors_of",
-           "gram_update", "trailing_size"]
+__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "cached_model", "factors_of",
+           "gram_update", "per_block", "trailing_size"]
 
 
 @dataclass
@@ -350,3 +351,31 @@ def gram_update(st: Structure, W: np.ndarray) -> np.ndarray:
         U[mZ:, :mZ] = (st.Bz @ WB.reshape(nl * q1, -1)).T
     U[mZ:, mZ:] = np.einsum("ail,laj->ij", st.Bx, WB)
     return np.tril(U)
+
+
+def per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
+              cvs: list[np.ndarray] | None):
+    """Conditional modes (and variances) of amalgamated factors split back into the spec's blocks."""
+    blups: list[np.ndarray] = [None] * len(spec.blocks)  # type: ignore[list-item]
+    condvar: list[np.ndarray] | None = None if cvs is None else [None] * len(spec.blocks)
+    for k, f in enumerate(factors):
+        for blk, off in zip(f.blocks, f.block_offset):
+            sl = slice(off, off + spec.blocks[blk].q)
+            blups[blk] = np.ascontiguousarray(modes[k][sl].T)
+            if cvs is not None:
+                condvar[blk] = np.ascontiguousarray(cvs[k][sl, sl].transpose(2, 0, 1))
+    return blups, condvar
+
+
+def cached_model(cache: OrderedDict, spec: ModelSpec, build):
+    """``build(spec)``, kept in *cache* by the spec's identity; the cache keeps the last few."""
+    key = id(spec)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is spec:
+        cache.move_to_end(key)
+        return hit[1]
+    model = build(spec)
+    cache[key] = (spec, model)
+    while len(cache) > 3:
+        cache.popitem(last=False)
+    return model
