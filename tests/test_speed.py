@@ -209,6 +209,59 @@ def test_fused_criterion_and_gradient_equal_the_two_step_ones(clinic, reml, thet
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula", [
+    FORMULA,
+    "value ~ post * technique + (1 + post + session_number | patient_id)",
+    "value ~ post + technique + session_number + (1 | patient_id) + (0 + post | patient_id)",
+])
+def test_pooled2_equals_the_stacked_classes(clinic, reml, formula):
+    """pooled2's criterion and gradient (products by Λ as Kronecker products over all classes)
+    give the stacked (K, q, q) evaluation's values, q = 2 and 3, correlated and diagonal Λ, at
+    random θ of either sign (seeded); and the deviance in (θ, σ) those pieces give."""
+    spec = build_spec(clinic, formula)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    assert isinstance(cl, fast._Classes)
+    p2 = fast._pooled2_of(cl, stats, lay)
+    assert p2 is not None
+    rng = np.random.default_rng(2026)
+    for _ in range(4):
+        th = rng.normal(size=len(lay.theta_pos))
+        f, g = fast._fg_classes_stacked(cl, stats, lay, th, reml)
+        f2, g2 = fast._fg_classes(cl, stats, lay, th, reml)
+        assert f2 == pytest.approx(f, rel=1e-13)
+        np.testing.assert_allclose(g2, g, rtol=1e-9, atol=1e-9 * float(np.abs(g).max()))
+        vp = np.append(th, 1.7)
+        core = fast._pooled_core(cl, stats, lay, th)
+        logdet, pwrss, RX = core[:3]
+        want = (logdet + pwrss / 1.7 ** 2 + stats.n * np.log(2 * np.pi * 1.7 ** 2)
+                + ((fast._logdet_rx(RX) - stats.p * np.log(2 * np.pi * 1.7 ** 2)) if reml else 0))
+        assert fast.deviance_varpar(stats, lay, vp, reml, cl) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("formula", [FORMULA, "value ~ post + session_number + (1 | patient_id)"])
+def test_core_one_equals_the_batched_core(clinic, formula):
+    """batched._core_one (one study, products by Λ ⊗ Λ, Cholesky) gives every piece of the
+    batched ``_core`` (LU solve and slogdet), REML and ML, at random θ (seeded)."""
+    spec = build_spec(clinic, formula)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
+                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
+                                    oxx=cl.omega_x_flat, centred=True)
+    rng = np.random.default_rng(7)
+    for reml in (True, False):
+        for _ in range(3):
+            th = rng.normal(size=(1, len(lay.theta_pos)))
+            want, got = batched._core(P, np.arange(1), th, reml), batched._core_one(P, th, reml)
+            assert want.keys() == got.keys()
+            for key in want:
+                np.testing.assert_allclose(np.asarray(got[key], float),
+                                           np.asarray(want[key], float), rtol=1e-11,
+                                           atol=1e-11, err_msg=key)
+
+
 def _caution_by_sorting(y, response):
     """The response caution as it was written before (np.unique of the finite values)."""
     y = np.asarray(y, float)

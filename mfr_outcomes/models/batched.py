@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models.threads import blas_threads
 
@@ -240,8 +242,9 @@ def _swap(A: np.ndarray) -> np.ndarray:
 
 def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A @ B for stacks of small q×q matrices: broadcast products summed (matmul's per-matrix
-    dispatch costs more than 2×2 arithmetic)."""
-    if A.shape[-1] > 3:
+    dispatch costs more than 2×2 arithmetic); matmul where both stacks have one shape and are
+    small (one study's classes: no broadcasting, and the sums cost three calls)."""
+    if A.shape[-1] > 3 or (A.shape == B.shape and A.size <= 4096):
         return A @ B
     out = A[..., :, 0, None] * B[..., None, 0, :]
     for j in range(1, A.shape[-1]):
@@ -276,6 +279,42 @@ def _core(P: Pooled, idx: np.ndarray, theta: np.ndarray, reml: bool = True) -> d
             crit = crit + ldrx
     ok = (pwrss > 0) & (sign > 0) & np.isfinite(crit)
     return {"idx": idx, "lam": lam[:, 0], "N": N, "XtKX": XtKX, "beta0": beta0,
+            "pwrss": pwrss, "crit": np.where(ok, crit, np.inf), "n": n, "nn": nn,
+            "logdet": logdet, "ldrx": ldrx}
+
+
+def _core_one(P: Pooled, theta: np.ndarray, reml: bool = True) -> dict:
+    """``_core`` of the one study of *P* at θ (1, k), with fewer NumPy calls: every product by Λ
+    over all classes as one product with Λ ⊗ Λ (row-major vec(ΛᵀXΛ) = (Λᵀ ⊗ Λᵀ) vec(X)), XᵀKX by
+    Cholesky (LAPACK directly). Falls back to ``_core`` where XᵀKX is not positive definite, so
+    the two agree everywhere (the same criterion where finite, inf where not)."""
+    q, p = P.q, P.p
+    m = p + 1
+    K = P.C.shape[0]
+    count, XtX, n, _ = P.design(np.arange(1))
+    lam = _lambdas(theta, P)[0]
+    kron = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(q * q, q * q)
+    A = (P.C.reshape(K, q * q) @ kron).reshape(1, K, q, q)
+    A[..., range(q), range(q)] += 1.0
+    Ainv, logdetA = _inv_logdet(A)
+    N = (Ainv.reshape(K, q * q) @ kron.T).reshape(1, K, q, q)  # vec(Λ A⁻¹ Λᵀ)
+    S1 = (N.reshape(1, -1) @ P.Om[0]).reshape(1, m, m)
+    XtKX = XtX - S1[:, :p, :p]
+    RX, info = _potrf(XtKX[0], lower=0, clean=1)
+    if info != 0:
+        return _core(P, np.arange(1), theta, reml)
+    XtKy = P.Xty0[:1] - S1[:, :p, p]
+    beta0 = _potrs(RX, XtKy[0], lower=0)[0][None]
+    pwrss = P.yty0[:1] - S1[:, p, p] - XtKy[0] @ beta0[0]
+    ldrx = np.array([2.0 * float(np.log(RX.diagonal()).sum())])
+    nn = n - p if reml else n
+    logdet = np.array([float(count[0] @ logdetA[0])])
+    with np.errstate(all="ignore"):
+        crit = logdet + nn * (1.0 + np.log(2.0 * np.pi * pwrss / nn))
+    if reml:
+        crit = crit + ldrx
+    ok = (pwrss > 0) & np.isfinite(crit)
+    return {"idx": np.arange(1), "lam": lam[None], "N": N, "XtKX": XtKX, "beta0": beta0,
             "pwrss": pwrss, "crit": np.where(ok, crit, np.inf), "n": n, "nn": nn,
             "logdet": logdet, "ldrx": ldrx}
 
@@ -628,7 +667,7 @@ def varpar_derivatives(P: Pooled, varpar: np.ndarray, reml: bool = True
     in closed form."""
     varpar = np.asarray(varpar, dtype=float)
     with blas_threads():
-        core = _core(P, np.arange(1), varpar[None, :-1], reml)
+        core = _core_one(P, varpar[None, :-1], reml)
         bl = _blocks(P, core, varpar[-1:])
         H, g, Pm = _hessian(bl, P, reml)
         Phi = bl["Phi"][0]
@@ -640,7 +679,7 @@ def deviance_varpar(P: Pooled, varpar: np.ndarray, reml: bool = True) -> float:
     ``devfun_vp``), from the centred sums (less rounding than from yᵀy)."""
     varpar = np.asarray(varpar, dtype=float)
     with np.errstate(all="ignore"):
-        core = _core(P, np.arange(1), varpar[None, :-1], reml)
+        core = _core_one(P, varpar[None, :-1], reml)
     if not np.isfinite(core["crit"][0]):
         return np.inf
     s2 = float(varpar[-1]) ** 2

@@ -22,7 +22,7 @@ from scipy import sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
-from mfr_outcomes.models import batched, block_inference
+from mfr_outcomes.models import batched, block_inference, pooled2
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -531,6 +531,7 @@ class _Classes:
     b0: np.ndarray  # (p,) least-squares β: y enters as y − X b0 (see _nested_classes)
     Xty0: np.ndarray  # Xᵀ(y − X b0)
     yty0: float  # |y − X b0|²
+    p2: object = field(default=None, repr=False)  # pooled2's layout (False: not applicable)
 
 
 def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -894,8 +895,29 @@ def _logdet_rx(RX: np.ndarray) -> float:
     return 2.0 * float(np.log(np.abs(d)).sum())
 
 
+def _pooled2_of(cl: _Classes, stats: Stats, lay: Layout) -> pooled2.Pooled2 | None:
+    """The classes laid out for :mod:`~mfr_outcomes.models.pooled2` (built once, kept on *cl*),
+    or None: one random-effect column (a scalar per class, where the stacked code is as fast) or
+    a layout it does not cover."""
+    if cl.p2 is None:
+        got = pooled2.pooled2(cl, stats, lay) if lay.q_inner >= 2 else None
+        cl.p2 = False if got is None else got
+    return cl.p2 or None
+
+
 def _fg_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, reml: bool,
                 gradient: bool = True) -> tuple[float, np.ndarray | None]:
+    """Criterion and gradient of the pooled classes in one pass (the optimiser's inner loop):
+    :func:`pooled2.fg2` (every product by Λ one product over all classes) where it applies,
+    else :func:`_fg_classes_stacked` (same formulas, on (K, q, q) stacks)."""
+    p2 = _pooled2_of(cl, stats, lay)
+    if p2 is not None:
+        return pooled2.fg2(p2, theta, reml, _logdet_rx, gradient)
+    return _fg_classes_stacked(cl, stats, lay, theta, reml, gradient)
+
+
+def _fg_classes_stacked(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, reml: bool,
+                        gradient: bool = True) -> tuple[float, np.ndarray | None]:
     """Criterion and gradient of the pooled classes in one pass (the optimiser's inner loop): the
     formulas of ``_evaluate_classes`` and ``_gradient_classes`` with their two data terms merged.
 
@@ -1014,7 +1036,9 @@ def deviance_varpar(stats: Stats, lay: Layout, varpar: np.ndarray, reml: bool = 
     sigma2 = varpar[-1] ** 2
     n, p = stats.n, stats.p
     if isinstance(classes, _Classes):  # the pooled pieces alone (no _Eval)
-        core = _pooled_core(classes, stats, lay, varpar[:-1])
+        p2 = _pooled2_of(classes, stats, lay)
+        core = (_pooled_core(classes, stats, lay, varpar[:-1]) if p2 is None
+                else pooled2.core2(p2, varpar[:-1]))
         if core is None:
             return np.inf
         logdet, pwrss, RX = core[:3]
@@ -1341,7 +1365,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
     f, g = fg(x)
     if not np.isfinite(f) or f >= 1e300:
         return None
-    _, _, Hp, _ = batched._profiled(batched._core(pooled, np.arange(1), x[None], reml), pooled,
+    _, _, Hp, _ = batched._profiled(batched._core_one(pooled, x[None], reml), pooled,
                                     reml)
     w, V = np.linalg.eigh(Hp[0])
     if not np.all(np.isfinite(w)):
