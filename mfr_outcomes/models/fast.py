@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -1384,8 +1385,8 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         if max(map(abs, g)) < gtol:
             converged = True
             break
-        d = [-sum(Hi[j] * g[j] for j in rk) for Hi in Hinv]
-        if not sum(g[j] * d[j] for j in rk) < 0:
+        d = [-_dot(Hi, g) for Hi in Hinv]
+        if not _dot(g, d) < 0:
             Hinv = [[float(i == j) for j in rk] for i in rk]
             d = [-v for v in g]
         # a step of at most a quarter of the scale of θ: far from the optimum the criterion is
@@ -1397,7 +1398,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         big = max(map(abs, d))
         if big > cap:
             d = [v * (cap / big) for v in d]
-        slope = sum(g[j] * d[j] for j in rk)
+        slope = _dot(g, d)
         t = 1.0
         for _ in range(50):
             xn = [x[j] + t * d[j] for j in rk]
@@ -1420,11 +1421,11 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         gn = np.asarray(gn, dtype=float).tolist()
         sv = [xn[j] - x[j] for j in rk]
         yv = [gn[j] - g[j] for j in rk]
-        sy = sum(sv[j] * yv[j] for j in rk)
-        if sy > 1e-12 * math.sqrt(sum(v * v for v in sv)) * math.sqrt(sum(v * v for v in yv)):
+        sy = _dot(sv, yv)
+        if sy > 1e-12 * math.sqrt(_dot(sv, sv)) * math.sqrt(_dot(yv, yv)):
             rho = 1.0 / sy
-            Hy = [sum(Hi[j] * yv[j] for j in rk) for Hi in Hinv]
-            cc = rho * rho * sum(yv[j] * Hy[j] for j in rk) + rho
+            Hy = [_dot(Hi, yv) for Hi in Hinv]
+            cc = rho * rho * _dot(yv, Hy) + rho
             Hinv = [[Hinv[i][j] - rho * (sv[i] * Hy[j] + Hy[i] * sv[j]) + cc * sv[i] * sv[j]
                      for j in rk] for i in rk]
         small = abs(f - fn) <= 1e-15 * max(1.0, abs(f)) and max(map(abs, sv)) < 1e-10
@@ -1440,6 +1441,12 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
             col = [i for i, (_, _, c2) in enumerate(lay.theta_pos) if c2 == c]
             x[col] = -x[col]
     return x, it
+
+
+def _dot(u: list, v: list) -> float:
+    """Σ uᵢvᵢ of two short lists of floats (the terms in order, as the generator sum it replaces:
+    the same value, a third of the interpreter's work)."""
+    return sum(map(operator.mul, u, v))
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:
