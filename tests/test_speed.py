@@ -262,6 +262,30 @@ def test_core_one_equals_the_batched_core(clinic, formula):
                                            atol=1e-11, err_msg=key)
 
 
+@pytest.mark.parametrize("reml", [True, False])
+def test_one_study_hessian_equals_the_batched_one(clinic, reml):
+    """varpar_derivatives of one study (the Kronecker-product sandwiches, ``_core_one``) equals
+    the batched code's (S = 2: the stacked products, ``_core``) on the same study twice."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
+                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
+                                    oxx=cl.omega_x_flat, centred=True)
+    P2 = dataclasses.replace(P, Om=np.concatenate([P.Om, P.Om]),
+                             Xty0=np.concatenate([P.Xty0, P.Xty0]),
+                             yty0=np.concatenate([P.yty0, P.yty0]), b0=np.concatenate([P.b0, P.b0]))
+    vp = np.array([0.9, -0.2, 0.4, 1.3])
+    g, H, J = batched.varpar_derivatives(P, vp, reml)
+    core = batched._core(P2, np.arange(2), np.tile(vp[:-1], (2, 1)), reml)
+    bl = batched._blocks(P2, core, np.full(2, vp[-1]))
+    H2, g2, Pm2 = batched._hessian(bl, P2, reml)
+    J2 = bl["Phi"][1] @ Pm2[1] @ bl["Phi"][1]
+    np.testing.assert_allclose(H, H2[1], rtol=1e-10, atol=1e-10 * np.abs(H2[1]).max())
+    np.testing.assert_allclose(g, g2[1], rtol=1e-10, atol=1e-10 * np.abs(g2[1]).max())
+    np.testing.assert_allclose(J, J2, rtol=1e-10, atol=1e-10 * np.abs(J2).max())
+
+
 def _caution_by_sorting(y, response):
     """The response caution as it was written before (np.unique of the finite values)."""
     y = np.asarray(y, float)
