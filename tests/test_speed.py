@@ -385,3 +385,21 @@ def test_pooled_study_without_second_centring_gives_the_same_derivatives(clinic)
                                  batched.varpar_derivatives(again, np.asarray(vp), reml)):
                 np.testing.assert_allclose(got, want, rtol=1e-9,
                                            atol=1e-9 * float(np.abs(want).max()))
+
+
+def test_group_sums_sorted_runs_equal_the_bincounts():
+    """Group sums of columns sorted by group (one reduceat over the runs) equal the bincounts of
+    the same columns shuffled (the general path), and a group split into two runs takes the
+    general path (seeded)."""
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(50), rng.integers(1, 9, size=50))
+    vals = rng.normal(size=(7, codes.size))
+    perm = rng.permutation(codes.size)
+    sorted_sums = fast._group_sums(vals, codes, 50)
+    np.testing.assert_allclose(sorted_sums, fast._group_sums(vals[:, perm], codes[perm], 50),
+                               rtol=1e-12, atol=1e-12)
+    split = codes.copy()
+    split[-1] = 0  # group 0 now also at the end
+    want = np.stack([np.bincount(split, weights=v, minlength=50) for v in vals])
+    np.testing.assert_allclose(fast._group_sums(vals, split, 50), want, rtol=1e-12, atol=1e-12)
+    assert fast._group_sums(vals[:, :1], codes[:1], 1).shape == (7, 1)
