@@ -923,6 +923,17 @@ def _pooled2_of(cl: _Classes, stats: Stats, lay: Layout) -> pooled2.Pooled2 | No
     return cl.p2 or None
 
 
+def _pooled2_eval(cl, stats: Stats, lay: Layout, theta: np.ndarray) -> _Eval | None:
+    """β̂, r², R_X and log|L_θ|² at θ from :func:`pooled2.core2` (what the fit reports), or None
+    where pooled2 does not apply or XᵀV⁻¹X is not positive definite."""
+    p2 = _pooled2_of(cl, stats, lay) if isinstance(cl, _Classes) else None
+    core = None if p2 is None else pooled2.core2(p2, theta)
+    if core is None:
+        return None
+    logdet, pwrss, RX, beta0 = core[:4]
+    return _Eval(np.asarray(theta, dtype=float), logdet, RX, beta0 + cl.b0, pwrss, {})
+
+
 def _fg_classes(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray, reml: bool,
                 gradient: bool = True) -> tuple[float, np.ndarray | None]:
     """Criterion and gradient of the pooled classes in one pass (the optimiser's inner loop):
@@ -1236,7 +1247,9 @@ class FastEngine:
             theta, n_iter = newton
             # the classes' evaluation (centred sums) gives β̂, σ and Var(β̂); the per-group pass
             # the conditional modes need runs when they are first read (_ModesOnDemand)
-            ev = _eval_any(stats, lay, theta, classes)
+            ev = _pooled2_eval(classes, stats, lay, theta)
+            if ev is None:
+                ev = _eval_any(stats, lay, theta, classes)
             f = _objective(ev, n, p, reml)
             converged = True
             optimizer, opt_message = "BFGS from the exact Hessian (analytic gradient)", "converged"
