@@ -403,7 +403,3 @@ def test_group_sums_sorted_runs_equal_the_bincounts():
     want = np.stack([np.bincount(split, weights=v, minlength=50) for v in vals])
     np.testing.assert_allclose(fast._group_sums(vals, split, 50), want, rtol=1e-12, atol=1e-12)
     assert fast._group_sums(vals[:, :1], codes[:1], 1).shape == (7, 1)
-    many = np.repeat(np.arange(1500), rng.integers(1, 4, size=1500))  # the sparse-product path
-    wide = rng.normal(size=(5, many.size))
-    want = np.stack([np.bincount(many, weights=v, minlength=1500) for v in wide])
-    np.testing.assert_allclose(fast._group_sums(wide, many, 1500), want, rtol=1e-12, atol=1e-12)
