@@ -9,6 +9,7 @@ against threadpoolctl's view, and a singular fit landing on 0 exactly. No timing
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -403,3 +404,22 @@ def test_group_sums_sorted_runs_equal_the_bincounts():
     want = np.stack([np.bincount(split, weights=v, minlength=50) for v in vals])
     np.testing.assert_allclose(fast._group_sums(vals, split, 50), want, rtol=1e-12, atol=1e-12)
     assert fast._group_sums(vals[:, :1], codes[:1], 1).shape == (7, 1)
+
+
+def test_fixed_effects_table_from_blocks_equals_the_dict_constructor():
+    """The t-test table built from its two blocks is the frame pandas' dict constructor builds
+    (values, column order, dtypes, index), with an infinite df (normal tails) among the rows;
+    names that are not all text take the constructor itself."""
+    from mfr_outcomes.models import inference
+
+    L = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, -1.0, 0.5]])
+    beta, vcov = np.array([1.0, -2.0, 0.3]), np.diag([0.1, 0.2, 0.3])
+    df = np.array([4.5, np.inf, 30.0])
+    got = inference._table(L, beta, vcov, df, ["a", "b", "a - b"], 0.95)
+    want = pd.DataFrame({"term": ["a", "b", "a - b"],
+                         **{c: got[c].to_numpy().copy() for c in got.columns[1:]}})
+    pd.testing.assert_frame_equal(got, want)
+    t = 2.0 / np.sqrt(0.2)  # the infinite-df row: a normal test, 2 Φ(−|t|) = erfc(|t| / √2)
+    assert got["p_value"].iloc[1] == pytest.approx(math.erfc(t / math.sqrt(2.0)), rel=1e-12)
+    other = inference._table(L, beta, vcov, df, [1, 2, 3], 0.95)
+    assert list(other["term"]) == [1, 2, 3]
