@@ -962,9 +962,7 @@ def _fg_classes_stacked(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarr
     q, p, n = lay.q_inner, stats.p, stats.n
     m = p + 1
     nn = (n - p) if reml else n
-    f = logdet + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
-    if reml:
-        f += _logdet_rx(RX)
+    f = pooled2.criterion(logdet, pwrss, RX, n, p, reml, _logdet_rx)
     if not math.isfinite(f):
         return np.inf, None
     if not gradient:

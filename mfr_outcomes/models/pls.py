@@ -19,7 +19,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from mfr_outcomes.models.sparse_struct import factors_of, probe_zero_diagonals
+from mfr_outcomes.models.sparse_struct import cached_model, factors_of, probe_zero_diagonals
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -187,16 +187,7 @@ _MODELS: OrderedDict[int, tuple[ModelSpec, PLSModel]] = OrderedDict()
 
 def pls_model(spec: ModelSpec) -> PLSModel:
     """A (cached) :class:`PLSModel` for *spec*; the cache keeps the last few specs."""
-    key = id(spec)
-    hit = _MODELS.get(key)
-    if hit is not None and hit[0] is spec:
-        _MODELS.move_to_end(key)
-        return hit[1]
-    model = PLSModel(spec)
-    _MODELS[key] = (spec, model)
-    while len(_MODELS) > 3:  # each holds a dense q×q Z'Z
-        _MODELS.popitem(last=False)
-    return model
+    return cached_model(_MODELS, spec, PLSModel)  # each holds a dense q×q Z'Z
 
 
 def profiled_deviance(spec: ModelSpec, theta: np.ndarray, reml: bool = True) -> float:

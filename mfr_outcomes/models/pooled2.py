@@ -92,6 +92,15 @@ def core2(P: Pooled2, theta) -> tuple | None:
     return logdet, pwrss, RX, beta0, lam, Ainv, N
 
 
+def criterion(logdet: float, pwrss: float, RX: np.ndarray, n: int, p: int, reml: bool,
+              logdet_rx) -> float:
+    """lme4's profiled criterion from its pieces: log|L|² + N (1 + log(2π r²/N)), N = n − p
+    (REML, plus log|R_X|² from *logdet_rx*) or n (ML)."""
+    nn = (n - p) if reml else n
+    f = logdet + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
+    return f + logdet_rx(RX) if reml else f
+
+
 def fg2(P: Pooled2, theta, reml: bool, logdet_rx, gradient: bool = True
         ) -> tuple[float, np.ndarray | None]:
     """Criterion and gradient in θ of the pooled classes (``fast._fg_classes``'s formulas):
@@ -103,9 +112,7 @@ def fg2(P: Pooled2, theta, reml: bool, logdet_rx, gradient: bool = True
     logdet, pwrss, RX, beta0, lam, Ainv, N = core
     p, n, q, K = P.p, P.n, P.q, P.K
     nn = (n - p) if reml else n
-    f = logdet + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
-    if reml:
-        f += logdet_rx(RX)
+    f = criterion(logdet, pwrss, RX, n, p, reml, logdet_rx)
     if not math.isfinite(f):
         return np.inf, None
     if not gradient:

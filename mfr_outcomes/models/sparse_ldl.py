@@ -29,9 +29,11 @@ from mfr_outcomes.models.sparse_ldl_inverse import level_blocks, selected_invers
 from mfr_outcomes.models.sparse_struct import (
     Factor,
     cached_model,
+    deviance_at_sigma,
     factors_of,
     per_block,
     probe_zero_diagonals,
+    profiled_sigma,
     trailing_size,
 )
 from mfr_outcomes.models.spec import (
@@ -293,20 +295,11 @@ class LDLModel:
         return None
 
     def sigma(self, theta: np.ndarray, reml: bool) -> float:
-        ev = self.evaluate(theta)
-        return float(np.sqrt(ev.pwrss / (self.n - self.p if reml else self.n)))
+        return profiled_sigma(self, theta, reml)
 
     def deviance_varpar(self, varpar: np.ndarray, reml: bool) -> float:
         """lmerTest's ``devfun_vp``: the deviance at (θ, σ), not profiled over σ."""
-        varpar = np.asarray(varpar, dtype=float)
-        sigma2 = varpar[-1] ** 2
-        ev = self.evaluate(varpar[:-1])
-        if not ev.ok:
-            return np.inf
-        dev = ev.ldL2 + ev.pwrss / sigma2 + self.n * np.log(2.0 * np.pi * sigma2)
-        if reml:
-            dev += ev.ldRX2 - self.p * np.log(2.0 * np.pi * sigma2)
-        return float(dev)
+        return deviance_at_sigma(self, varpar, reml)
 
     def _beta_q(self, ev: _Eval) -> np.ndarray:
         """β in the basis Q = XR⁻¹ of the residual y: S_XX⁻¹ S_Xy."""

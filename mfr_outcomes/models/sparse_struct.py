@@ -23,8 +23,9 @@ import scipy.sparse as sp
 
 from mfr_outcomes.models.spec import ModelSpec
 
-__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "cached_model", "factors_of",
-           "gram_update", "per_block", "probe_zero_diagonals", "trailing_size"]
+__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "cached_model", "deviance_at_sigma", "factors_of",
+           "gram_update", "per_block", "probe_zero_diagonals", "profiled_sigma",
+           "trailing_size"]
 
 
 @dataclass
@@ -398,6 +399,26 @@ def per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
             if cvs is not None:
                 condvar[blk] = np.ascontiguousarray(cvs[k][sl, sl].transpose(2, 0, 1))
     return blups, condvar
+
+
+def profiled_sigma(model, theta: np.ndarray, reml: bool) -> float:
+    """σ̂ at θ from a sparse model's evaluation (``pwrss``): lme4's √(r²/(n − p)) or √(r²/n)."""
+    ev = model.evaluate(theta)
+    return float(np.sqrt(ev.pwrss / (model.n - model.p if reml else model.n)))
+
+
+def deviance_at_sigma(model, varpar: np.ndarray, reml: bool) -> float:
+    """lmerTest's ``devfun_vp`` for the sparse models: the deviance at (θ, σ) = *varpar*, not
+    profiled over σ, from one evaluation (``ok``, ``ldL2``, ``ldRX2``, ``pwrss``)."""
+    varpar = np.asarray(varpar, dtype=float)
+    sigma2 = varpar[-1] ** 2
+    ev = model.evaluate(varpar[:-1])
+    if not ev.ok:
+        return np.inf
+    dev = ev.ldL2 + ev.pwrss / sigma2 + model.n * np.log(2.0 * np.pi * sigma2)
+    if reml:
+        dev += ev.ldRX2 - model.p * np.log(2.0 * np.pi * sigma2)
+    return float(dev)
 
 
 def cached_model(cache: OrderedDict, spec: ModelSpec, build):
