@@ -111,6 +111,38 @@ def test_a_fit_short_of_the_optimum_is_flagged_with_lme4s_words() -> None:
                for m in check.messages)
 
 
+def _counting(res):
+    """*res* with its deviance function counting its calls."""
+    calls = []
+
+    def devfun(v, _f=res.devfun_varpar):
+        calls.append(v)
+        return _f(v)
+    return dataclasses.replace(res, devfun_varpar=devfun), calls
+
+
+def test_closed_form_check_skips_the_polish_only_where_no_step_can_gain() -> None:
+    """The fast engine's exact Hessian predicts the Newton step's gain: at its optimum the check
+    evaluates nothing more; 1e-5 off it, where the gain is tiny but not negligible, it tries the
+    step, and 1e-4 off (a gain above RESTART_RTOL, far below what the gradient test sees) it
+    restarts from it."""
+    spec = sleepstudy_spec()
+    res = ENGINES["fast"].fit(spec)
+    at, calls = _counting(res)
+    check = verify_optimum(spec, at)
+    assert check.converged and check.restart_from is None and calls == []
+    near, calls = _counting(dataclasses.replace(res, theta=res.theta * (1 + 1e-5)))
+    check = verify_optimum(spec, near)
+    assert len(calls) == 4 and check.decrease > 0  # tried, though too small to restart for
+    off, calls = _counting(dataclasses.replace(res, theta=res.theta * (1 + 1e-4)))
+    check = verify_optimum(spec, off)
+    assert len(calls) == 4 and check.restart_from is not None
+    assert check.restart_from == pytest.approx(res.theta, rel=1e-7)
+    far, _ = _counting(dataclasses.replace(res, theta=res.theta * np.array([1.3, 1.0, 0.8])))
+    check = verify_optimum(spec, far)
+    assert not check.converged and check.restart_from is not None
+
+
 def test_an_optimiser_stopped_early_is_sent_on_to_lme4s_optimum() -> None:
     """Two iterations of L-BFGS-B: the fit layer restarts from the polished point and ends at
     lme4's criterion (tight bobyqa), so "converged" never stands short of it."""

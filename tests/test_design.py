@@ -323,3 +323,52 @@ def test_transformations_that_are_not_finite_are_named() -> None:
         build_spec(d, "y ~ log(x) + (1 | g)")
     with pytest.raises(ValueError, match="categorical"):
         build_spec(d.assign(x=list("abab")), "y ~ log(x) + (1 | g)")
+
+
+def _clinic(seed: int, categories: list[str]) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 240
+    return pd.DataFrame({
+        "y": rng.normal(size=n), "x": rng.normal(size=n),
+        "t": pd.Categorical(rng.choice(["a", "b", "c"], n), categories=categories),
+        "g": [f"p{i % 30:02d}" for i in range(n)]})
+
+
+def test_a_design_is_reused_only_for_columns_of_the_same_types(monkeypatch) -> None:
+    """Designs are kept per formula and column types: a second frame of the same types reuses
+    the Design, other category orders or types, or a term that learns from the values, get
+    their own (text is coded as its sorted categories, so it shares the categorical's); every
+    spec equals the one built with no Design kept."""
+    from mfr_outcomes.models import formula as fm
+
+    built = []
+    real = Design.build.__func__
+
+    def counting(cls, *a, **k):
+        built.append(1)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(Design, "build", classmethod(counting))
+    fm._DESIGNS.clear()
+    f = "y ~ x * t + (1 | g)"
+    a, b = _clinic(1, ["a", "b", "c"]), _clinic(2, ["a", "b", "c"])
+    reordered = _clinic(2, ["c", "a", "b"])  # another reference level
+    as_text = b.assign(t=b["t"].astype(str))  # coded as categories a, b, c: the same types
+    as_int = b.assign(t=b["t"].cat.codes.map({0: 10, 1: 20, 2: 30}).astype("category"))
+    scaled = "y ~ scale(x) + t + (1 | g)"
+    cases = [(a, f, 1), (b, f, 0), (reordered, f, 1), (reordered, f, 0), (as_text, f, 0),
+             (as_int, f, 1), (a, scaled, 1), (b, scaled, 1)]
+    specs = []
+    for frame, formula, n_built in cases:
+        before = len(built)
+        specs.append(build_spec(frame, formula))
+        assert len(built) - before == n_built, (formula, n_built)
+    assert specs[2].fixed_names == ["(Intercept)", "x", "t[T.a]", "t[T.b]", "x:t[T.a]",
+                                    "x:t[T.b]"]
+    assert specs[6].design.factors["scale(x)"].params != specs[7].design.factors[
+        "scale(x)"].params
+    for (frame, formula, _), spec in zip(cases, specs, strict=True):
+        fm._DESIGNS.clear()
+        fresh = build_spec(frame, formula)
+        assert fresh.fixed_names == spec.fixed_names and fresh.design == spec.design
+        assert np.array_equal(fresh.X, spec.X) and np.array_equal(fresh.y, spec.y)

@@ -336,15 +336,8 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     if not parsed.random:
         raise ValueError(f"The formula {formula!r} has no random-effects term such as "
                          f"'(1 | patient_id)'; a mixed model needs at least one.")
-    tree = parsed.tree
-    fixed_terms, offsets = _split_offsets(g.expand_terms(list(parsed.fixed_items), formula))
-    resp_vars = g.variables(tree.response)
-    group_vars = [v for b in parsed.bars for v in g.variables(b.group)]
-    term_vars = [v for b in parsed.bars for v in g.variables(b.expr)]
-    term_vars += [v for t in fixed_terms for f in t for v in g.variables(f)]
-    term_vars += [v for o in offsets for v in g.variables(o)]
-    rest = set(term_vars) | set(group_vars)
-    used = resp_vars + sorted(rest - set(resp_vars))
+    terms = _terms_of(formula) if type(formula) is str else _terms_of.__wrapped__(formula)
+    used = list(terms.used)
     _check_columns(data, parsed, used)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
@@ -360,12 +353,10 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
     notes: list[str] = []
-    factor_vars = sorted(set(term_vars) - set(resp_vars))
-    df = _prepare_columns(df, factor_vars, notes, cols if df is data else None)
+    df = _prepare_columns(df, list(terms.factor_vars), notes, cols if df is data else None)
     cols = cols if df is data else ColumnCache(df)
 
-    design = Design.build(tree, cols, fixed_terms=fixed_terms, offsets=offsets,
-                          bars=list(parsed.bars))
+    design = _design(parsed, terms, cols)
     X = design.fixed_matrix(cols, full=True)  # refuses a transformation that is not finite
     # lme4 drops rank-deficient fixed columns with a message (chkRank.drop.cols); so do we.
     with blas_threads(X.shape[1]):  # X'X is n × p: two BLAS threads only wait on a busy core
@@ -405,6 +396,78 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                      fixed_names=names, blocks=blocks, data=df, excluded=excluded, design=design,
                      fixed_formula=parsed.fixed_formula, notes=notes, offset=offset,
                      weights=weights)
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """What build_spec reads of a formula before it looks at the data: the fixed terms and
+    offsets, the columns used (response first), the columns the terms read."""
+
+    fixed_terms: tuple
+    offsets: tuple
+    used: tuple[str, ...]
+    factor_vars: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=128)
+def _terms_of(formula: str) -> _Terms:
+    parsed = parse_formula(formula)
+    tree = parsed.tree
+    fixed_terms, offsets = _split_offsets(g.expand_terms(list(parsed.fixed_items), formula))
+    resp_vars = g.variables(tree.response)
+    group_vars = [v for b in parsed.bars for v in g.variables(b.group)]
+    term_vars = [v for b in parsed.bars for v in g.variables(b.expr)]
+    term_vars += [v for t in fixed_terms for f in t for v in g.variables(f)]
+    term_vars += [v for o in offsets for v in g.variables(o)]
+    rest = set(term_vars) | set(group_vars)
+    return _Terms(tuple(tuple(t) for t in fixed_terms), tuple(offsets),
+                  tuple(resp_vars + sorted(rest - set(resp_vars))),
+                  tuple(sorted(set(term_vars) - set(resp_vars))))
+
+
+#: Designs already built, by formula and the types of the columns the terms read (see _design).
+_DESIGNS: dict[tuple, Design] = {}
+#: Categorical columns with more levels than this are not part of a design's key.
+_KEY_LEVELS = 1000
+
+
+def _design(parsed: ParsedFormula, terms: _Terms, cols: ColumnCache) -> Design:
+    """The typed Design of *parsed* on the rows used (*cols*, factor columns as build_spec
+    codes them). A Design depends on the data only through the types of the columns its terms
+    read (a category's levels and their order are part of its type) unless a term learns from
+    the values (``scale``, ``center``, ``poly``, ``factor`` of a non-categorical column); such
+    a Design is built once per formula and column types and reused, so that a formula refitted
+    to new data of the same shape (power simulation, bootstrap, a refit) builds X straight
+    from it."""
+    key: tuple | None = (parsed.formula,) if type(parsed.formula) is str else None
+    for v in terms.factor_vars if key is not None else ():
+        dt = cols[v].dtype
+        if isinstance(dt, pd.CategoricalDtype):
+            if len(dt.categories) > _KEY_LEVELS:
+                key = None
+                break
+            key += (v, "category", dt.ordered, tuple(dt.categories),
+                    tuple(type(c).__name__ for c in dt.categories))
+        else:
+            key += (v, dt)
+    design = _DESIGNS.get(key) if key is not None else None
+    if design is not None:
+        return design
+    design = Design.build(parsed.tree, cols, fixed_terms=list(terms.fixed_terms),
+                          offsets=list(terms.offsets), bars=list(parsed.bars))
+    if key is not None and all(_type_only(f, cols) for f in design.factors.values()):
+        if len(_DESIGNS) >= 64:
+            _DESIGNS.pop(next(iter(_DESIGNS)))
+        _DESIGNS[key] = design
+    return design
+
+
+def _type_only(f, cols: ColumnCache) -> bool:
+    """Whether factor *f* of a Design is decided by its column's type alone."""
+    node = f.node
+    if f.kind == "numeric":
+        return not (isinstance(node, g.Call) and node.func in ("scale", "center", "poly"))
+    return isinstance(cols[f.variable].dtype, pd.CategoricalDtype)
 
 
 #: The exclusions of a frame without missing values (copied, never handed out itself).
