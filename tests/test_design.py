@@ -356,16 +356,18 @@ def test_a_design_is_reused_only_for_columns_of_the_same_types(monkeypatch) -> N
     as_text = b.assign(t=b["t"].astype(str))  # coded as categories a, b, c: the same types
     as_int = b.assign(t=b["t"].cat.codes.map({0: 10, 1: 20, 2: 30}).astype("category"))
     scaled = "y ~ scale(x) + t + (1 | g)"
-    cases = [(a, f, 1), (b, f, 0), (reordered, f, 1), (reordered, f, 0), (as_text, f, 0),
+    bool_group = b.assign(g=np.arange(len(b)) % 2 == 0)  # bool_columns differ
+    cases = [(a, f, 1), (b, f, 0), (bool_group, f, 1), (reordered, f, 1), (reordered, f, 0), (as_text, f, 0),
              (as_int, f, 1), (a, scaled, 1), (b, scaled, 1)]
     specs = []
     for frame, formula, n_built in cases:
         before = len(built)
         specs.append(build_spec(frame, formula))
         assert len(built) - before == n_built, (formula, n_built)
-    assert specs[2].fixed_names == ["(Intercept)", "x", "t[T.a]", "t[T.b]", "x:t[T.a]",
+    assert specs[2].design.bool_columns == ("g",) and specs[1].design.bool_columns == ()
+    assert specs[3].fixed_names == ["(Intercept)", "x", "t[T.a]", "t[T.b]", "x:t[T.a]",
                                     "x:t[T.b]"]
-    assert specs[6].design.factors["scale(x)"].params != specs[7].design.factors[
+    assert specs[7].design.factors["scale(x)"].params != specs[8].design.factors[
         "scale(x)"].params
     for (frame, formula, _), spec in zip(cases, specs, strict=True):
         fm._DESIGNS.clear()

@@ -407,6 +407,7 @@ class _Terms:
     offsets: tuple
     used: tuple[str, ...]
     factor_vars: tuple[str, ...]
+    group_only: tuple[str, ...]
 
 
 @functools.lru_cache(maxsize=128)
@@ -422,7 +423,8 @@ def _terms_of(formula: str) -> _Terms:
     rest = set(term_vars) | set(group_vars)
     return _Terms(tuple(tuple(t) for t in fixed_terms), tuple(offsets),
                   tuple(resp_vars + sorted(rest - set(resp_vars))),
-                  tuple(sorted(set(term_vars) - set(resp_vars))))
+                  tuple(sorted(set(term_vars) - set(resp_vars))),
+                  tuple(sorted(set(group_vars) - set(term_vars) - set(resp_vars))))
 
 
 #: Designs already built, by formula and the types of the columns the terms read (see _design).
@@ -450,6 +452,8 @@ def _design(parsed: ParsedFormula, terms: _Terms, cols: ColumnCache) -> Design:
                     tuple(type(c).__name__ for c in dt.categories))
         else:
             key += (v, dt)
+    if key is not None:  # a grouping column's type matters only as bool or not (bool_columns)
+        key += tuple(pd.api.types.is_bool_dtype(cols[v]) for v in terms.group_only)
     design = _DESIGNS.get(key) if key is not None else None
     if design is not None:
         return design
