@@ -24,6 +24,7 @@ from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models import batched, block_inference, pooled2
+from mfr_outcomes.models.moment_start import moment_theta
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -1219,8 +1220,16 @@ class FastEngine:
                 classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos],
                 oxx=classes.omega_x_flat, centred=True)
             with np.errstate(all="ignore"):
-                newton = _quasi_newton(fg, pooled, np.asarray(theta0, dtype=float), reml,
-                                       lay, min(int(opts["maxiter"]), 200))
+                x0 = np.asarray(theta0, dtype=float)
+                fg0 = None
+                if start is None and opts.get("moment_start", True) and lay.q_outer == 0:
+                    tm = _moment_start(classes, stats, lay)
+                    if tm is not None:
+                        fm, gm = fg(tm)
+                        if fm < objective_only(x0):
+                            x0, fg0 = tm, (fm, gm)
+                newton = _quasi_newton(fg, pooled, x0, reml, lay,
+                                       min(int(opts["maxiter"]), 200), fg0=fg0)
                 for _ in range(4):  # a diagonal θ at (or next to) 0 may sit on a saddle
                     if newton is None:
                         break
@@ -1382,7 +1391,8 @@ class _ModesOnDemand(EngineResult):
 
 
 def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxiter: int,
-                  gtol: float = 1e-6) -> tuple[np.ndarray, int] | None:
+                  gtol: float = 1e-6, fg0: tuple | None = None
+                  ) -> tuple[np.ndarray, int] | None:
     """Minimise the profiled criterion by BFGS started from its exact Hessian at θ0, or None.
 
     θ is left unconstrained: changing the sign of a column of Λ leaves ΛΛᵀ and the criterion
@@ -1391,7 +1401,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
     diagonal changes sign (lme4's θ, diagonal ≥ 0).
     """
     x = theta0.copy()
-    f, g = fg(x)
+    f, g = fg(x) if fg0 is None else fg0
     if not np.isfinite(f) or f >= 1e300:
         return None
     _, _, Hp, _ = batched._profiled(batched._core_one(pooled, x[None], reml), pooled,
@@ -1475,6 +1485,16 @@ def _dot(u: list, v: list) -> float:
     """Σ uᵢvᵢ of two short lists of floats (the terms in order, as the generator sum it replaces:
     the same value, a third of the interpreter's work)."""
     return sum(map(operator.mul, u, v))
+
+
+def _moment_start(cl: _Classes, stats: Stats, lay: Layout) -> np.ndarray | None:
+    """θ from the classes' moments (:func:`moment_start.moment_theta`), or None."""
+    K, q, m = cl.Ck.shape[0], lay.q_inner, stats.p + 1
+    U = cl.omega_flat.reshape(K, q, q, m, m)[:, :, :, m - 1, m - 1]
+    blocks = [(o, b) for o, b, lev in zip(lay.block_offset, lay.block_q, lay.block_level)
+              if lev == 0]
+    return moment_theta(cl.Ck, cl.count, U, cl.yty0, stats.n, stats.p, blocks,
+                        [(r, c) for (_, r, c) in lay.theta_pos])
 
 
 def _fd_gradient(f, th: np.ndarray, f0: float, lower: np.ndarray) -> np.ndarray:
