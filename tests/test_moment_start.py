@@ -83,3 +83,20 @@ def test_the_moment_start_reaches_lme4s_starts_optimum(formula, seed, lam) -> No
     np.testing.assert_allclose(got.theta, ref.theta, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.beta, ref.beta, rtol=1e-7, atol=1e-9)
     assert got.n_evaluations <= ref.n_evaluations + 1
+
+
+@pytest.mark.parametrize("D", [
+    [[1.6, -0.02], [-0.02, 0.016]],  # one eigenvalue below 1 % of the other
+    [[0.3, 0.29], [0.29, 0.3]],  # nearly singular
+    [[-0.5, 0.1], [0.1, -0.2]],  # no positive eigenvalue
+    [[2.0, 0.3], [0.3, 1.0]],  # well inside
+])
+def test_the_two_column_factor_equals_the_eigendecomposition(D) -> None:
+    """The by-hand 2×2 factor against the general route (NumPy's eigh and Cholesky)."""
+    from mfr_outcomes.models.moment_start import _chol_floored
+
+    D = np.array(D)
+    w, V = np.linalg.eigh(D)
+    w = np.maximum(w, max(1e-2 * w.max(), 1e-2))
+    want = np.linalg.cholesky((V * w) @ V.T)
+    np.testing.assert_allclose(_chol_floored(D, 1e-2), want, rtol=1e-12, atol=1e-14)
