@@ -423,3 +423,37 @@ def test_fixed_effects_table_from_blocks_equals_the_dict_constructor():
     assert got["p_value"].iloc[1] == pytest.approx(math.erfc(t / math.sqrt(2.0)), rel=1e-12)
     other = inference._table(L, beta, vcov, df, [1, 2, 3], 0.95)
     assert list(other["term"]) == [1, 2, 3]
+
+
+def test_a_written_term_column_leaves_the_next_table_alone():
+    """The term column's array is kept per tuple of names and copied into each table: a write to
+    one table's terms reaches neither the kept array nor the next table."""
+    from mfr_outcomes.models import inference
+
+    L, beta, vcov, df = np.eye(2), np.array([1.0, 2.0]), np.eye(2), np.array([5.0, 6.0])
+    first = inference._table(L, beta, vcov, df, ["a", "b"], 0.95)
+    first.loc[0, "term"] = "changed"
+    first["term"].array[1] = "also"
+    second = inference._table(L, beta, vcov, df, ["a", "b"], 0.95)
+    assert list(second["term"]) == ["a", "b"]
+    assert list(first["term"]) == ["changed", "also"]
+
+
+def test_pooled2_keeps_only_the_last_thetas_pieces(clinic):
+    """core2 returns its kept pieces only for the θ it last computed (equal bytes), read-only;
+    another θ in between is computed afresh, and going back gives the first values again."""
+    from mfr_outcomes.models import pooled2
+
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    p2 = fast._pooled2_of(cl, stats, lay)
+    a, b = np.array([1.1, -0.2, 0.4]), np.array([0.7, 0.1, 0.9])
+    first = pooled2.core2(p2, a)
+    assert pooled2.core2(p2, a.copy()) is first  # the kept pieces
+    other = pooled2.core2(p2, b)
+    assert other[1] != first[1]
+    again = pooled2.core2(p2, a)
+    assert again is not first and again[:2] == first[:2]
+    np.testing.assert_array_equal(again[2], first[2])
+    assert not again[2].flags.writeable

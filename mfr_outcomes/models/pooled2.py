@@ -29,7 +29,7 @@ class Pooled2:
     count-weighted 2C, the flattened Ω, where θ goes in Λ, XᵀX, Xᵀ(y − X b0), |y − X b0|²."""
 
     __slots__ = ("C", "C4", "two_count_C", "count", "omega", "flat", "q", "K", "p", "n",
-                 "XtX", "Xty0", "yty0", "eye_flat", "eye_p")
+                 "XtX", "Xty0", "yty0", "eye_flat", "eye_p", "last")
 
     def __init__(self, cl, stats, flat: np.ndarray, q: int):
         K = cl.Ck.shape[0]
@@ -43,6 +43,7 @@ class Pooled2:
         self.XtX, self.Xty0, self.yty0 = stats.XtX, cl.Xty0, cl.yty0
         self.eye_flat = np.eye(q).reshape(-1)
         self.eye_p = np.eye(stats.p)
+        self.last: tuple | None = None  # (θ's bytes, core2 at θ): the optimiser's last point
 
 
 def pooled2(cl, stats, lay) -> Pooled2 | None:
@@ -71,7 +72,11 @@ _ADJ_SIGN = np.array([1.0, -1.0, -1.0, 1.0])
 
 def core2(P: Pooled2, theta) -> tuple | None:
     """log|L_θ|², r², R_X, β̂ − b0, Λ and A⁻¹ at θ; None when XᵀV⁻¹X is not positive definite
-    (as ``fast._pooled_core``)."""
+    (as ``fast._pooled_core``). The pieces at the last θ are kept: the fit reads β̂, σ and
+    Var(β̂) at the optimiser's last point, where they were just computed (read-only arrays)."""
+    key = theta.tobytes() if type(theta) is np.ndarray else None
+    if key is not None and P.last is not None and P.last[0] == key:
+        return P.last[1]
     q, K, p = P.q, P.K, P.p
     lam = np.zeros(q * q)
     lam[P.flat] = theta
@@ -89,7 +94,11 @@ def core2(P: Pooled2, theta) -> tuple | None:
     beta0 = _potrs(RX, XtVy, lower=0)[0]
     pwrss = max(P.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
     logdet = float(P.count @ np.log(det))
-    return logdet, pwrss, RX, beta0, lam, Ainv, N
+    for a in (RX, beta0, lam, Ainv, N):
+        a.flags.writeable = False
+    out = logdet, pwrss, RX, beta0, lam, Ainv, N
+    P.last = (key, out) if key is not None else None
+    return out
 
 
 def criterion(logdet: float, pwrss: float, RX: np.ndarray, n: int, p: int, reml: bool,
