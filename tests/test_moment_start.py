@@ -100,3 +100,24 @@ def test_the_two_column_factor_equals_the_eigendecomposition(D) -> None:
     w = np.maximum(w, max(1e-2 * w.max(), 1e-2))
     want = np.linalg.cholesky((V * w) @ V.T)
     np.testing.assert_allclose(_chol_floored(D, 1e-2), want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula", [
+    "value ~ session_number + post + (post | patient_id)",
+    "value ~ session_number * post + (1 + post + session_number | patient_id)",
+])
+def test_stacked_gradients_equal_one_at_a_time(formula, reml) -> None:
+    """pooled2.gradients (the start Hessian's differences, all θ in one pass) gives fg2's
+    gradient at each θ, q = 2 and 3, at random θ of either sign (seeded)."""
+    from mfr_outcomes.models import fast, pooled2
+
+    spec = build_spec(_simulate(120, np.array([[1.0, 0.0], [0.3, 0.6]]), 1.0, seed=5), formula)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    p2 = fast._pooled2_of(cl, stats, lay)
+    thetas = np.random.default_rng(9).normal(size=(4, len(lay.theta_pos)))
+    got = pooled2.gradients(p2, thetas, reml)
+    for th, g in zip(thetas, got):
+        want = pooled2.fg2(p2, th, reml, fast._logdet_rx)[1]
+        np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-9 * float(np.abs(want).max()))
