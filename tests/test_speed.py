@@ -457,3 +457,26 @@ def test_pooled2_keeps_only_the_last_thetas_pieces(clinic):
     assert again is not first and again[:2] == first[:2]
     np.testing.assert_array_equal(again[2], first[2])
     assert not again[2].flags.writeable
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_derivatives_from_the_kept_pieces_equal_the_fresh_ones(clinic, reml):
+    """At θ̂ the fit's closed-form gradient, Hessian and Jacobian in (θ, σ) start from the
+    optimiser's kept pieces (pooled2.kept_at); they equal batched.varpar_derivatives computing
+    its own (``_core_one``)."""
+    spec = build_spec(clinic, FORMULA)
+    eng = fast.FastEngine()
+    res = eng.fit(spec, reml=reml)
+    stats, lay = eng.prepare(spec)
+    cl = fast._classes(stats, lay)
+    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
+                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
+                                    oxx=cl.omega_x_flat, centred=True)
+    vp = np.append(res.theta, res.sigma)
+    g, H, J = batched.varpar_derivatives(P, vp, reml)
+    np.testing.assert_allclose(res.gradient_varpar(vp), g, rtol=1e-9,
+                               atol=1e-9 * float(np.abs(H).max()))
+    np.testing.assert_allclose(res.hessian_varpar(vp), H, rtol=1e-10,
+                               atol=1e-10 * float(np.abs(H).max()))
+    np.testing.assert_allclose(res.jacobian_vcov_varpar(vp), J, rtol=1e-10,
+                               atol=1e-10 * float(np.abs(J).max()))

@@ -703,14 +703,24 @@ def satterthwaite_df(fit: BatchFit, row: np.ndarray) -> np.ndarray:
     return df
 
 
-def varpar_derivatives(P: Pooled, varpar: np.ndarray, reml: bool = True
+def core_of_pieces(P: Pooled, lam: np.ndarray, N: np.ndarray, XtKX: np.ndarray,
+                   beta0: np.ndarray, pwrss: float) -> dict:
+    """The pieces :func:`_blocks` reads of ``_core_one``'s result, from those already computed
+    at θ by the caller (Λ, N = ΛA⁻¹Λᵀ per class, XᵀV⁻¹X, β̂ − b0, r²: the same formulas)."""
+    K, q = P.C.shape[0], P.q
+    return {"idx": np.arange(1), "lam": lam[None], "N": N.reshape(1, K, q, q),
+            "XtKX": XtKX[None], "beta0": beta0[None], "pwrss": np.array([float(pwrss)])}
+
+
+def varpar_derivatives(P: Pooled, varpar: np.ndarray, reml: bool = True, core: dict | None = None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradient (k+1,) and Hessian (k+1, k+1) of the deviance in varpar = (θ..., σ) (lmerTest's
     ``devfun_vp``, profiled over β) and the Jacobian of Var(β̂), (k+1, p, p), of one pooled study,
-    in closed form."""
+    in closed form. *core*: the pieces at θ when already at hand (:func:`core_of_pieces`)."""
     varpar = np.asarray(varpar, dtype=float)
     with blas_threads():
-        core = _core_one(P, varpar[None, :-1], reml)
+        if core is None:
+            core = _core_one(P, varpar[None, :-1], reml)
         bl = _blocks(P, core, varpar[-1:])
         H, g, Pm = _hessian(bl, P, reml)
         Phi = bl["Phi"][0]

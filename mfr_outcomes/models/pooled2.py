@@ -21,7 +21,7 @@ import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
-__all__ = ["Pooled2", "pooled2", "core2", "fg2", "gradients"]
+__all__ = ["Pooled2", "pooled2", "core2", "fg2", "gradients", "kept_at"]
 
 
 class Pooled2:
@@ -94,11 +94,21 @@ def core2(P: Pooled2, theta) -> tuple | None:
     beta0 = _potrs(RX, XtVy, lower=0)[0]
     pwrss = max(P.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
     logdet = float(P.count @ np.log(det))
-    for a in (RX, beta0, lam, Ainv, N):
+    XtKX = P.XtX - S[:p, :p]
+    for a in (RX, beta0, lam, Ainv, N, XtKX):
         a.flags.writeable = False
     out = logdet, pwrss, RX, beta0, lam, Ainv, N
-    P.last = (key, out) if key is not None else None
+    P.last = (key, out, XtKX) if key is not None else None
     return out
+
+
+def kept_at(P: Pooled2, theta: np.ndarray) -> tuple | None:
+    """(core2's pieces, XᵀV⁻¹X) kept at θ when θ is the last θ :func:`core2` computed, else
+    None."""
+    last = P.last
+    if last is None or last[0] != np.asarray(theta, dtype=float).tobytes():
+        return None
+    return last[1], last[2]
 
 
 def criterion(logdet: float, pwrss: float, RX: np.ndarray, n: int, p: int, reml: bool,
