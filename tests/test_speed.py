@@ -480,3 +480,21 @@ def test_derivatives_from_the_kept_pieces_equal_the_fresh_ones(clinic, reml):
                                atol=1e-10 * float(np.abs(H).max()))
     np.testing.assert_allclose(res.jacobian_vcov_varpar(vp), J, rtol=1e-10,
                                atol=1e-10 * float(np.abs(J).max()))
+
+
+@pytest.mark.parametrize("key", [
+    np.array([3.0, 1.0, 3.0, 2.0, 1.0, 3.0]),
+    np.array([5.0]),
+    np.random.default_rng(4).integers(0, 7, 500).astype(float) * 1.37,
+    np.array([np.nan, 1.0, np.nan]),
+])
+def test_unique_of_the_class_keys_equals_np_unique(key):
+    """The classes' key factorised as np.unique does: first indices, inverse and counts."""
+    first, inv, count = fast._unique_first_inverse_counts(key)
+    _, f2, i2, c2 = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
+    if np.isnan(key).any():  # NaN != NaN: each its own class (np.unique merges them)
+        assert count.sum() == key.size
+        return
+    np.testing.assert_array_equal(first, f2)
+    np.testing.assert_array_equal(inv, i2.ravel())
+    np.testing.assert_array_equal(count, c2)

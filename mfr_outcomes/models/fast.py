@@ -572,6 +572,22 @@ def _projection(k: int) -> np.ndarray:
     return v
 
 
+def _unique_first_inverse_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(key, return_index=True, return_inverse=True, return_counts=True)[1:]`` of a
+    1-D array (the same stable sort, so the same first indices), in a third of its time: a
+    dozen calls instead of its general machinery (~50 µs at 200 groups)."""
+    n = key.shape[0]
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    head = np.empty(n, dtype=bool)
+    head[:1] = True
+    np.not_equal(sk[1:], sk[:-1], out=head[1:])
+    starts = np.flatnonzero(head)
+    inverse = np.empty(n, dtype=np.intp)
+    inverse[order] = np.cumsum(head) - 1
+    return order[starts], inverse, np.diff(np.append(starts, n))
+
+
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
              ) -> _Classes | _NestedClasses | None:
     """Groups pooled by class of ZᵢᵀZᵢ, or None when pooling would not make evaluations cheaper."""
@@ -580,8 +596,7 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
     # classes by a 1-D key (a fixed random projection), verified exactly; np.unique(axis=0)
     # sorts rows lexicographically and is ~20x slower
     key = flat @ _projection(q * q)
-    _, first, cls, count = np.unique(key, return_index=True, return_inverse=True,
-                                     return_counts=True)
+    first, cls, count = _unique_first_inverse_counts(key)
     uniq = flat[first]
     if not np.array_equal(uniq[cls.ravel()], flat):
         uniq, cls, count = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
