@@ -1117,7 +1117,10 @@ class FastEngine:
     (default True: pool groups with equal ZᵢᵀZᵢ when that makes evaluations cheaper),
     ``blas_one_thread`` (default True: BLAS on one thread during the fit; False leaves BLAS's
     own thread count, for measuring what the scope saves),
-    ``analytic_gradient`` (default True; False: central differences, for checking).
+    ``analytic_gradient`` (default True; False: central differences, for checking),
+    ``moment_start`` (default True: with groups pooled by class and no start given, the
+    optimiser starts from the classes' moment estimate of Λ where its criterion is below
+    Λ = I's; False: lme4's start Λ = I).
 
     Examples
     --------
@@ -1234,9 +1237,10 @@ class FastEngine:
                 return pooled2.gradients(p2, ths, reml)
         pooled = newton = None
         if isinstance(classes, _Classes) and analytic:
-            # groups pooled by class: quasi-Newton from the exact Hessian at the start
-            # (models/batched.py), in θ unconstrained (see _quasi_newton); the same pooled
-            # closed forms then give the checks and Satterthwaite's derivatives
+            # groups pooled by class: quasi-Newton from the Hessian at the start (the moment
+            # start where it is lower), in θ unconstrained (see _quasi_newton); the pooled
+            # closed forms (models/batched.py) then give the checks and Satterthwaite's
+            # derivatives
             pooled = batched.pooled_from_classes(
                 classes.count, classes.Ck, classes.omega_flat, stats.XtX, classes.Xty0,
                 classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos],
@@ -1281,7 +1285,7 @@ class FastEngine:
                 ev = _eval_any(stats, lay, theta, classes)
             f = _objective(ev, n, p, reml)
             converged = True
-            optimizer, opt_message = "BFGS from the exact Hessian (analytic gradient)", "converged"
+            optimizer, opt_message = "BFGS from the start's Hessian (analytic gradient)", "converged"
         else:
             from scipy import optimize  # not on the pooled path: SciPy's optimisers load slowly
 
@@ -1419,7 +1423,11 @@ class _ModesOnDemand(EngineResult):
 def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxiter: int,
                   gtol: float = 1e-6, fg0: tuple | None = None, grads=None
                   ) -> tuple[np.ndarray, int] | None:
-    """Minimise the profiled criterion by BFGS started from its exact Hessian at θ0, or None.
+    """Minimise the profiled criterion by BFGS started from its Hessian at θ0, or None.
+
+    The start's Hessian: forward differences of the analytic gradient for up to three θ (*grads*
+    gives the gradients at several θ in one pass), else the closed form (``batched``); *fg0*
+    is (f, g) at θ0 when already evaluated.
 
     θ is left unconstrained: changing the sign of a column of Λ leaves ΛΛᵀ and the criterion
     unchanged, so a step past a diagonal's bound of 0 lands on a mirror image of a feasible point

@@ -40,7 +40,7 @@ _NUMERICAL = (np.linalg.LinAlgError, FloatingPointError, ZeroDivisionError, Over
 #: grad_tol).
 LINEAR_OPTIONS = frozenset({"gtol", "ftol", "maxiter", "boundary_tol", "compress",
                             "analytic_gradient", "grad_tol", "optimizer", "blas_one_thread",
-                            "condvar", "fd"})
+                            "condvar", "fd", "moment_start"})
 
 
 class ModelFitError(ValueError):
