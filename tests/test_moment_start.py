@@ -121,3 +121,16 @@ def test_stacked_gradients_equal_one_at_a_time(formula, reml) -> None:
     for th, g in zip(thetas, got):
         want = pooled2.fg2(p2, th, reml, fast._logdet_rx)[1]
         np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-9 * float(np.abs(want).max()))
+
+
+def test_fit_mixed_takes_the_option_and_gives_the_same_table() -> None:
+    """``fit_mixed(..., options={"moment_start": False})`` (lme4's start) gives the default
+    fit's fixed-effects table: estimates, SEs and Satterthwaite df."""
+    from mfr_outcomes.models import fit_mixed
+
+    d = _simulate(150, np.array([[1.2, 0.0], [-0.3, 0.5]]), 1.0, seed=3)
+    formula = "value ~ session_number + post + (post | patient_id)"
+    a = fit_mixed(d, formula).fixed_effects
+    b = fit_mixed(d, formula, options={"moment_start": False}).fixed_effects
+    for col in ("estimate", "std_error", "df"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-6)
