@@ -92,6 +92,10 @@ class Ledger:
         #: Hidden cells still pinned after every count around them was hidden (see decide).
         self.unprotected: list[int] = []
         self._decided = False
+        self._rel_of: dict[int, list[int]] | None = None
+        self._rel_count = 0
+        #: feasible values of hidden cells found while deciding (see _is_pinned)
+        self._witness: list[dict[int, float]] = []
 
     def add(self, value: float) -> Cell:
         """Register a published count and return its handle."""
@@ -133,18 +137,48 @@ class Ledger:
     def _hidden_ids(self) -> list[int]:
         return sorted(self.status)
 
-    def interval(self, cell: Cell | int) -> tuple[float, float]:
-        """The values *cell* could take given every published count and sum (min, max)."""
-        from scipy.optimize import linprog
+    def _relations_of(self) -> dict[int, list[int]]:
+        """cell id -> the relations it is in (built once per set of relations)."""
+        if self._rel_of is None or self._rel_count != len(self.relations):
+            rel_of: dict[int, list[int]] = {}
+            for r, (total, parts) in enumerate(self.relations):
+                for j in dict.fromkeys((total, *parts)):
+                    rel_of.setdefault(j, []).append(r)
+            self._rel_of, self._rel_count = rel_of, len(self.relations)
+        return self._rel_of
 
-        i = cell.id if isinstance(cell, Cell) else int(cell)
-        if i not in self.status:
-            return (self.values[i], self.values[i])
-        hidden = self._hidden_ids()
-        col = {h: k for k, h in enumerate(hidden)}
+    def component(self, i: int) -> tuple[list[int], list[int]]:
+        """The hidden cells tied to hidden cell *i* through sums, and those sums.
+
+        Published counts are constants, so the feasible values of *i* depend on this part of
+        the linear programme alone (an exact reduction)."""
+        rel_of = self._relations_of()
+        cells, rels, frontier = {i}, set(), [i]
+        while frontier:
+            h = frontier.pop()
+            for r in rel_of.get(h, ()):
+                if r in rels:
+                    continue
+                rels.add(r)
+                total, parts = self.relations[r]
+                for j in (total, *parts):
+                    if j in self.status and j not in cells:
+                        cells.add(j)
+                        frontier.append(j)
+        return sorted(cells), sorted(rels)
+
+    def _bounds(self, h: int) -> tuple[float, float | None]:
+        # what a reader knows of a hidden cell: "<k" is 1 to k - 1 (zeros are shown), and a
+        # cell hidden to protect another is a count of at least k
+        k = self.min_cell
+        return (1, k - 1) if self.status[h] == "primary" else (k, None)
+
+    def _system(self, cells: list[int], rels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        col = {h: k for k, h in enumerate(cells)}
         rows, rhs = [], []
-        for total, parts in self.relations:
-            coef = np.zeros(len(hidden))
+        for r in rels:
+            total, parts = self.relations[r]
+            coef = np.zeros(len(cells))
             const = 0.0
             for j, sign in [(total, -1.0)] + [(p, 1.0) for p in parts]:
                 if j in col:
@@ -154,16 +188,28 @@ class Ledger:
             if coef.any():
                 rows.append(coef)
                 rhs.append(-const)
-        if not rows or not any(r[col[i]] for r in rows):
-            return (1.0, self.min_cell - 1.0) if self.status[i] == "primary" else \
-                (float(self.min_cell), math.inf)
-        a_eq, b_eq = np.vstack(rows), np.array(rhs)
-        c = np.zeros(len(hidden))
-        c[col[i]] = 1.0
-        # what a reader knows of each hidden cell: "<k" is 1 to k - 1 (zeros are shown), and a
-        # cell hidden to protect another is a count of at least k
-        k = self.min_cell
-        bounds = [(1, k - 1) if self.status[h] == "primary" else (k, None) for h in hidden]
+        if not rows:
+            return np.zeros((0, len(cells))), np.zeros(0)
+        return np.vstack(rows), np.array(rhs)
+
+    def interval(self, cell: Cell | int) -> tuple[float, float]:
+        """The values *cell* could take given every published count and sum (min, max)."""
+        from scipy.optimize import linprog
+
+        i = cell.id if isinstance(cell, Cell) else int(cell)
+        if i not in self.status:
+            return (self.values[i], self.values[i])
+        cells, rels = self.component(i)
+        a_eq, b_eq = self._system(cells, rels)
+        col = cells.index(i)
+        low, high = self._bounds(i)
+        if not len(b_eq) or not a_eq[:, col].any():
+            return (float(low), math.inf if high is None else float(high))
+        if len(cells) == 1:  # one unknown: each sum gives its value
+            return (float(b_eq[a_eq[:, 0] != 0][0] / a_eq[a_eq[:, 0] != 0][0, 0]),) * 2
+        c = np.zeros(len(cells))
+        c[col] = 1.0
+        bounds = [self._bounds(h) for h in cells]
         lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
         hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
         low = float(lo.fun) if lo.status == 0 else -math.inf
@@ -171,22 +217,60 @@ class Ledger:
         return (low, high)
 
     def _is_pinned(self, i: int) -> bool:
-        lo, hi = self.interval(i)
-        return hi - lo < 0.5  # counts are whole numbers: one feasible value
+        """True when hidden cell *i* has a single feasible value (counts are whole numbers).
+
+        The true counts are one feasible solution; any other solution found on the way (a
+        *witness*) stays feasible when more cells are hidden, so a cell it moves is free
+        without solving anything."""
+        v = self.values[i]
+        for w in self._witness:
+            if abs(w.get(i, v) - v) >= 0.5:
+                return False
+        from scipy.optimize import linprog
+
+        cells, rels = self.component(i)
+        a_eq, b_eq = self._system(cells, rels)
+        col = cells.index(i)
+        if not len(b_eq) or not a_eq[:, col].any():
+            low, high = self._bounds(i)
+            return high is not None and high - low < 0.5
+        bounds = [self._bounds(h) for h in cells]
+        for sign in (1.0, -1.0):
+            c = np.zeros(len(cells))
+            c[col] = sign
+            res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+            if res.status == 3:  # unbounded above
+                return False
+            if res.status == 0 and abs(res.x[col] - v) >= 0.5:
+                self._witness.append(dict(zip(cells, res.x.tolist(), strict=True)))
+                return False
+        return True
+
+    def _frees(self, i: int, cells: list[int]) -> bool:
+        """True when hiding *cells* (published now) would give hidden cell *i* a second
+        feasible value. Solutions found meanwhile are not kept: they hide *cells*."""
+        kept = len(self._witness)
+        for j in cells:
+            self.status[j] = "secondary"
+        try:
+            return not self._is_pinned(i)
+        finally:
+            for j in cells:
+                del self.status[j]
+            del self._witness[kept:]
 
     def _complement(self, i: int) -> int | None:
         """The smallest published non-zero count sharing a sum with cell *i* (searching sums
         further away when every close one is hidden)."""
+        rel_of = self._relations_of()
         seen_rel: set[int] = set()
         frontier = {i}
         while frontier:
             cands, nxt = set(), set()
-            for r, (total, parts) in enumerate(self.relations):
-                members = {total, *parts}
-                if r in seen_rel or not (members & frontier):
-                    continue
+            for r in sorted({r for h in frontier for r in rel_of.get(h, ())} - seen_rel):
+                total, parts = self.relations[r]
                 seen_rel.add(r)
-                for j in members:
+                for j in {total, *parts}:
                     if j in self.status:
                         nxt.add(j)
                     elif self.values[j] > 0:
@@ -195,12 +279,12 @@ class Ledger:
                 # the smallest count whose hiding frees cell i (else the smallest count)
                 order = sorted(cands, key=lambda j: (self._degree[j], self.rank.get(j, ("~",)),
                                                      self.values[j], j))
-                for j in order:
-                    self.status[j] = "secondary"
-                    freed = not self._is_pinned(i)
-                    del self.status[j]
-                    if freed:
-                        return j
+                # hiding them all at once frees i at least as much as hiding any one of
+                # them (hiding more only widens): when that does not free it, none does
+                if len(order) > 1 and self._frees(i, order):
+                    for j in order:
+                        if self._frees(i, [j]):
+                            return j
                 return order[0]
             frontier = nxt - frontier
         return None
@@ -210,27 +294,54 @@ class Ledger:
         self.status = {i: "primary" for i, v in enumerate(self.values)
                        if 0 < v < self.min_cell}
         self.unprotected: list[int] = []
+        self._witness = []
         for i, reason in self._forced.items():
             self.status.setdefault(i, reason)
         self._degree = {}
         for total, parts in self.relations:
             for j in (total, *parts):
                 self._degree[j] = self._degree.get(j, 0) + 1
+        self._protect(sorted(self.status))
+        self._decided = True
+
+    def protect(self, cells: Iterable[Cell | int], reason: str = "cross-report") -> list[int]:
+        """After a decision, hide *cells* too and protect them (and any complement they need)
+        without undoing anything already hidden; returns the ids newly hidden.
+
+        Hiding more only widens the feasible values of every hidden cell, so only the new ones
+        need checking: the decision grows and never changes its mind."""
+        if not self._decided:
+            self.decide()
+        before = set(self.status)
+        new = []
+        for c in cells:
+            i = c.id if isinstance(c, Cell) else int(c)
+            if i in self.status:
+                continue
+            if self.values[i] <= 0:
+                raise ValueError("a published 0 is never hidden: it names no one")
+            self._forced[i] = reason
+            self.status[i] = reason
+            new.append(i)
+        self._protect(sorted(new))
+        return sorted(set(self.status) - before)
+
+    def _protect(self, start: list[int]) -> None:
         related = set(self._degree)
         # hiding more cells only widens every interval, so a cell found free stays free: each
         # hidden cell is checked until it is free, and each new complement is checked once
-        queue = [i for i in sorted(self.status) if i in related]
+        queue = [i for i in start if i in related]
         while queue:
             i = queue.pop(0)
             if not self._is_pinned(i):
                 continue
             j = self._complement(i)
             if j is None:  # every count around it is hidden already: nothing more to hide
-                self.unprotected.append(i)
+                if i not in self.unprotected:
+                    self.unprotected.append(i)
                 continue
             self.status[j] = "secondary"
             queue = [i, j] + queue
-        self._decided = True
 
     def hidden(self, cell: Cell) -> bool:
         if not self._decided:
