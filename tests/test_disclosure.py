@@ -235,9 +235,6 @@ def test_each_suppressed_cell_is_outside_the_span_of_published_sums(attacked):
         assert hi - lo >= 1, (i, led.values[i], lo, hi)
 
 
-@pytest.mark.xfail(strict=True, reason="since every margin a reader can find is declared "
-                   "(link_margins), a site's report hides more complements, and complements "
-                   "are not coordinated across reports (see docs/report.md)")
 def test_site_counts_cannot_be_recovered_from_the_all_sites_report(attacked):
     """all-sites count − the other sites' counts = this site's count: never for a hidden one."""
     study, result, out = attacked
@@ -494,9 +491,6 @@ def test_no_hidden_cell_of_a_report_is_recovered_from_its_own_numbers(every_repo
     assert not joint.pinned()
 
 
-@pytest.mark.xfail(strict=True, reason="complements are chosen by each report on its own: a "
-                   "count one report hides as a complement can be shown by another "
-                   "(see docs/report.md)")
 def test_no_hidden_cell_is_recovered_across_the_all_sites_and_site_reports(every_report):
     _, results, cells = every_report
     names = list(results)
@@ -507,9 +501,6 @@ def test_no_hidden_cell_is_recovered_across_the_all_sites_and_site_reports(every
     assert not joint.pinned()
 
 
-@pytest.mark.xfail(strict=True, reason="the cross-report rule hides a site's count when another "
-                   "site's is small; a count another site's report hides only as a complement "
-                   "is not known here (see docs/report.md)")
 def test_no_site_count_is_all_sites_minus_the_other_sites(every_report):
     """The --min-cell rule across reports, for every table of the report: a site's hidden count
     is never the all-sites count minus the other sites' published counts (a row missing from a

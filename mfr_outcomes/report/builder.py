@@ -10,6 +10,7 @@ value, and CSV text cells cannot start a spreadsheet formula.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from mfr_outcomes.measures import get_measure
 from mfr_outcomes.report.blocks import ReportResult, Section
 from mfr_outcomes.report.context import Options, ReportContext, therapist_pseudonyms
 from mfr_outcomes.report.disclosure import Redactor, safe_write
+from mfr_outcomes.report.family import ALL_SITES, Scope, decide_family
 from mfr_outcomes.report.icons import icon_svg
 from mfr_outcomes.report.publish import (
-    cross_site,
     link_margins,
     publish_table,
     rank_cells,
@@ -158,22 +159,13 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
                        name_therapists=name_therapists, scope_text=scope_text, bounds=bounds)
     out = Path(out_dir)
     _check_out(out)
-    others: list[tuple[Any, Any]] = []
-    ctx = ReportContext(history, options, Redactor(_identifiers(study)),
-                        other_sites=lambda: others, names=therapist_pseudonyms(study))
-    others.extend(_other_sites(study, site, period))
-    sections = []
-    for key, (title, build) in SECTIONS.items():
-        sec = Section(key, title)
-        ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
-        sections.append(sec)
-    link_margins(ctx)
-    rank_cells(ctx)
-    cross_site(ctx, others)
-    ctx.ledger.decide()
-    if ctx.ledger.unprotected:
-        ctx.caution(f"{len(ctx.ledger.unprotected)} hidden count(s) are tied to other hidden "
-                    f"counts only and could not be protected further.")
+    redactor, names = Redactor(_identifiers(study)), therapist_pseudonyms(study)
+    ctx, sections = _build_scope(history, options, redactor, names,
+                                 _other_sites(study, site, period), figures=True)
+    unprotected = _decide(study, ctx, redactor, names)
+    if unprotected:
+        ctx.caution(f"{unprotected} hidden count(s) are tied to other hidden counts only and "
+                    f"could not be protected further.")
     resolve_later(sections)
     csv_paths = _write_tables(ctx, sections, out)
     for sec in sections:
@@ -188,6 +180,52 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     return ReportResult(html_path=html_path, csv_paths=csv_paths,
                         sections={s.key: s for s in sections}, failures=list(ctx.failures),
                         cautions=list(ctx.cautions), ledger=ctx.ledger)
+
+
+def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict[str, str],
+                 others: list[tuple[Any, Any]], *, figures: bool
+                 ) -> tuple[ReportContext, list[Section]]:
+    """Every section of one scope's report, its counts in the ledger (not yet decided)."""
+    ctx = ReportContext(history, options, redactor, other_sites=lambda: others, names=names,
+                        figures=figures)
+    sections = []
+    for key, (title, build) in SECTIONS.items():
+        sec = Section(key, title)
+        ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
+        sections.append(sec)
+    link_margins(ctx)
+    rank_cells(ctx)
+    return ctx, sections
+
+
+def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str, str]) -> int:
+    """Decide which counts *ctx*'s report hides: with ``min_cell`` above 1, as its share of
+    the one decision of the study's family of reports (the all-sites report and each site's,
+    see :mod:`mfr_outcomes.report.family`), the other scopes built without figures. Returns
+    the number of hidden counts of this report that could not be protected."""
+    o = ctx.options
+    period = o.period[2] if o.period else None
+    sites = sorted(set(study.patients["site_id"].dropna().astype(str)))
+    if o.min_cell <= 1 or not sites:
+        ctx.ledger.decide()
+        return len(ctx.ledger.unprotected)
+    scopes, own = [], None
+    for name in [ALL_SITES, *sites]:
+        site = None if name == ALL_SITES else name
+        if site == (None if o.site is None else str(o.site)):
+            scopes.append(Scope(name, ctx.ledger, ctx.tables))
+            own = scopes[-1]
+            continue
+        try:
+            history, text, bounds = site_history(study, site, period)
+        except ValueError:  # no session of that site in the period: no such report
+            continue
+        options = replace(o, site=site, scope_text=text, period=bounds)
+        other, _ = _build_scope(history, options, redactor, names,
+                                _other_sites(study, site, period), figures=False)
+        scopes.append(Scope(name, other.ledger, other.tables))
+    decide_family(scopes)
+    return len(set(own.unprotected) | set(own.ledger.unprotected))
 
 
 def _check_out(out: Path) -> None:

@@ -89,6 +89,9 @@ class Ledger:
         #: report ranks cells by table, row and column, so that every site of a study hides the
         #: same rows and the all-sites report minus the other sites recovers none.
         self.rank: dict[int, tuple] = {}
+        #: Cells tried first as complements (a site's count whose counterpart another report
+        #: of the study hides: hiding both keeps the sums across reports open).
+        self.prefer: set[int] = set()
         #: Hidden cells still pinned after every count around them was hidden (see decide).
         self.unprotected: list[int] = []
         self._decided = False
@@ -126,6 +129,10 @@ class Ledger:
     def same(self, a: Cell, b: Cell) -> None:
         """Declare that two cells publish the same count."""
         self.relate(a, [b])
+
+    def forced(self) -> list[int]:
+        """Ids of the cells hidden for a reason found outside this report."""
+        return sorted(self._forced)
 
     def hide(self, cell: Cell, reason: str = "cross-site") -> None:
         """Hide *cell* for a reason found outside this report (e.g. another site's count)."""
@@ -277,7 +284,8 @@ class Ledger:
                         cands.add(j)
             if cands:
                 # the smallest count whose hiding frees cell i (else the smallest count)
-                order = sorted(cands, key=lambda j: (self._degree[j], self.rank.get(j, ("~",)),
+                order = sorted(cands, key=lambda j: (j not in self.prefer, self._degree[j],
+                                                     self.rank.get(j, ("~",)),
                                                      self.values[j], j))
                 # hiding them all at once frees i at least as much as hiding any one of
                 # them (hiding more only widens): when that does not free it, none does
@@ -325,6 +333,45 @@ class Ledger:
             new.append(i)
         self._protect(sorted(new))
         return sorted(set(self.status) - before)
+
+    def recheck(self, cells: Iterable[int]) -> list[int]:
+        """Check hidden *cells* again (after sums were added, or in a combined ledger) and
+        hide complements where one is pinned; returns the ids newly hidden."""
+        if not self._decided:
+            self.decide()
+        before = set(self.status)
+        self._degree = {}
+        for total, parts in self.relations:
+            for j in (total, *parts):
+                self._degree[j] = self._degree.get(j, 0) + 1
+        self._protect([i for i in cells if i in self.status])
+        return sorted(set(self.status) - before)
+
+    @classmethod
+    def combine(cls, ledgers: Sequence[Ledger],
+                sums: Sequence[tuple[tuple[int, int], Sequence[tuple[int, int]]]] = ()
+                ) -> tuple[Ledger, list[int]]:
+        """One decided ledger holding the cells, sums, ranks and decisions of *ledgers* (cell
+        ``i`` of ``ledgers[k]`` is cell ``offsets[k] + i``), for checks across reports, with
+        the sums *sums* between them (``(k, i)`` is cell ``i`` of ``ledgers[k]``) declared
+        last."""
+        joint = cls(ledgers[0].min_cell)
+        offsets = []
+        for led in ledgers:
+            if not led._decided:
+                led.decide()
+            off = len(joint.values)
+            offsets.append(off)
+            joint.values.extend(led.values)
+            joint.relations.extend((off + t, tuple(off + p for p in parts))
+                                   for t, parts in led.relations)
+            joint.status.update({off + i: kind for i, kind in led.status.items()})
+            joint.rank.update({off + i: r for i, r in led.rank.items()})
+            joint.prefer.update(off + i for i in led.prefer)
+        for (k, t), parts in sums:
+            joint.relate(Cell(offsets[k] + t), [Cell(offsets[j] + p) for j, p in parts])
+        joint._decided = True
+        return joint, offsets
 
     def _protect(self, start: list[int]) -> None:
         related = set(self._degree)
