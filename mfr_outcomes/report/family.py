@@ -158,11 +158,9 @@ def decide_family(scopes: Sequence[Scope]) -> None:
         seen.update(cells)
         if any(r >= first_cross for r in rels):
             check.extend(cells)
-    # sites first, and complements sought in the sites' reports before the all-sites one: a
-    # count hidden in two sites leaves the all-sites count open, one hidden in the all-sites
-    # report leaves every site's open
-    joint.prefer = set(range(offsets[1], len(joint.values)))
-    joint.recheck(sorted(check, key=lambda i: (i < offsets[1], i)))
+    # complements are sought first among a site's counts that another site hides too (the
+    # per-scope preferences), which leaves the all-sites count open
+    joint.recheck(sorted(check))
     for n, s in enumerate(scopes):
         lo, hi = offsets[n], offsets[n] + len(s.ledger.values)
         mine = sorted(i - lo for i in joint.status if lo <= i < hi)
