@@ -14,9 +14,9 @@ The rules (stated in the report's methods section and ``docs/report.md``):
   least k) — two linear programmes. While one is pinned to a single value, the smallest
   published non-zero count in a sum it belongs to whose hiding frees it is hidden too, shown
   as ``"suppressed"`` with a footnote.
-- **Across reports**: in a site's report of a multi-site study, a count is also hidden
-  (``"suppressed"``) when the same count of another site is below ``min_cell``, so that the
-  all-sites report minus the other sites' reports cannot recover it.
+- **Across reports**: the all-sites report and every site's report of a study take one
+  decision together (:mod:`mfr_outcomes.report.family`), so that no sum across reports ("all
+  sites = the sum of the sites") recovers a count one of them hides.
 """
 from __future__ import annotations
 
