@@ -520,3 +520,62 @@ def test_no_site_count_is_all_sites_minus_the_other_sites(every_report):
             if all(v not in hidden for v in others):
                 recovered.append((s, *key[1:]))
     assert not recovered, recovered
+
+
+# ---------------------------------------------------------------------------- the family decision
+
+
+def _scope(name: str, counts: dict[str, int]):
+    """A report with one table of events and its total (a sum the report declares)."""
+    from mfr_outcomes.report.blocks import Table
+    from mfr_outcomes.report.family import Scope
+
+    led = Ledger(K)
+    table = Table("types", "", pd.DataFrame({"event": list(counts), "n": list(counts.values())}),
+                  counts=("n",), keys=("event",))
+    for r, v in enumerate(counts.values()):
+        table.cells[(r, "n")] = led.add(v)
+    led.relate(led.add(sum(counts.values())), table.column_cells("n"))
+    return Scope(name, led, {"types": table})
+
+
+def test_family_pairs_a_count_hidden_in_one_site_with_the_same_count_of_another():
+    """all = site-1 + site-2 for each event: site-1's small count of flares would be the
+    all-sites count minus site-2's, so site-2 hides its count of flares too, and each site
+    then needs a complement in its own table; the all-sites report keeps its counts, and an
+    attacker holding the three reports (every sum within and across) pins no hidden count."""
+    from mfr_outcomes.report.family import ALL_SITES, cross_sums, decide_family
+
+    scopes = [_scope(ALL_SITES, {"flare": 20, "soreness": 30, "bruising": 12}),
+              _scope("site-1", {"flare": 3, "soreness": 12, "bruising": 6}),
+              _scope("site-2", {"flare": 17, "soreness": 18, "bruising": 6})]
+    decide_family(scopes)
+    label = {s.name: [s.ledger.label(c) for c in s.tables["types"].column_cells("n")]
+             for s in scopes}
+    assert label[ALL_SITES] == [20, 30, 12]
+    assert label["site-1"][0] == f"<{K}" and label["site-2"][0] == "suppressed"
+    # the attacker: every cell an unknown or a constant, every sum an equation
+    cells = [(k, i) for k, s in enumerate(scopes) for i in range(len(s.ledger.values))]
+    hidden = [c for c in cells if c[1] in scopes[c[0]].ledger.status]
+    col = {c: j for j, c in enumerate(hidden)}
+    eqs = [((k, t), [(k, p) for p in parts]) for k, s in enumerate(scopes)
+           for t, parts in s.ledger.relations] + cross_sums(scopes)
+    a, b = [], []
+    for total, parts in eqs:
+        row, rhs = np.zeros(len(hidden)), 0.0
+        for c, sign in [(total, -1.0)] + [(p, 1.0) for p in parts]:
+            if c in col:
+                row[col[c]] += sign
+            else:
+                rhs -= sign * scopes[c[0]].ledger.values[c[1]]
+        a.append(row)
+        b.append(rhs)
+    bounds = [(1, K - 1) if scopes[k].ledger.status[i] == "primary" else (K, None)
+              for k, i in hidden]
+    for c, j in col.items():
+        obj = np.zeros(len(hidden))
+        obj[j] = 1
+        lo = linprog(obj, A_eq=np.array(a), b_eq=np.array(b), bounds=bounds, method="highs")
+        hi = linprog(-obj, A_eq=np.array(a), b_eq=np.array(b), bounds=bounds, method="highs")
+        assert lo.status == 0
+        assert hi.status == 3 or -hi.fun - lo.fun >= 1, (c, lo.fun, -hi.fun)
