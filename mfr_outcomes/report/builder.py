@@ -223,6 +223,7 @@ def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str,
         options = replace(o, site=site, scope_text=text, period=bounds)
         other, _ = _build_scope(history, options, redactor, names,
                                 _other_sites(study, site, period), figures=False)
+        other.release()
         scopes.append(Scope(name, other.ledger, other.tables))
     decide_family(scopes)
     return len(set(own.unprotected) | set(own.ledger.unprotected))

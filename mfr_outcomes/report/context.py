@@ -189,6 +189,16 @@ class ReportContext:
             names = therapist_pseudonyms(self.study)
         return {t: names[t] for t in ids}
 
+    def release(self) -> None:
+        """Drop the frames, responders and fits cached while building (a scope built only for
+        its counts keeps its ledger and tables, not its data)."""
+        self._frames.clear()
+        self._responders = None
+        self.fits.clear()
+        self.models.clear()
+        for name in ("scoped", "treatment_sessions"):
+            self.__dict__.pop(name, None)
+
     # -- counts
 
     def count(self, value: int | float) -> Cell:
