@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench_crossed import _fmt, one_thread_env, run_rscript, spawn_json
 
 HERE = Path(__file__).resolve().parent
 #: patients x therapists; "r": crossed at random over all therapists (heavy fill) instead of
@@ -124,18 +123,8 @@ def run_child(method: str, case: str, path: str, timeout: float) -> dict:
         if importlib.util.find_spec(method) is None:
             return {"method": method, "error": f"{method} is not installed (uv sync --group "
                                                f"bench): skipped"}
-    cmd = [sys.executable, __file__, "--child", method, case, path]
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               RAYON_NUM_THREADS="1", PYTHONHASHSEED="0")
-    try:
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"method": method, "error": f"no result within {timeout:.0f} s"}
-    lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-    if cp.returncode != 0 or not lines:
-        err = (cp.stderr.strip().splitlines() or ["(no message)"])[-1]
-        return {"method": method, "error": err[:200]}
-    return json.loads(lines[-1])
+    return spawn_json(method, [sys.executable, __file__, "--child", method, case, path],
+                      timeout, one_thread_env())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,32 +151,12 @@ cat(toJSON(list(seconds = tm[["elapsed"]], cpu_seconds = tm[["user.self"]] + tm[
 
 
 def run_lme4(case: str, path: str, timeout: float) -> dict:
-    if shutil.which("Rscript") is None:
-        return {"method": "lme4", "error": "Rscript not found: lme4 skipped"}
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as fh:
-        fh.write(R_SCRIPT)
-    try:
-        cp = subprocess.run(["Rscript", fh.name, path, FORMULAS[case]], capture_output=True,
-                            text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"method": "lme4", "error": f"no result within {timeout:.0f} s"}
-    finally:
-        os.unlink(fh.name)
-    lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"method": "lme4", "error": (cp.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    out = json.loads(lines[-1])
-    out["method"] = "lme4"
-    return out
+    return run_rscript(R_SCRIPT, [path, FORMULAS[case]], timeout)
 
 
 # ----------------------------------------------------------------------------------------------
 # Table
 # ----------------------------------------------------------------------------------------------
-def _fmt(v, spec: str = ".3g") -> str:
-    if v is None:
-        return "—"
-    return format(v, spec) if isinstance(v, float) else str(v)
 
 
 def table(results: list[dict]) -> str:

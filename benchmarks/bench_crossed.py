@@ -199,10 +199,15 @@ def _best(fn, reps: int):
     return best, res
 
 
-def run_child(method: str, case: str, path: str, reps: int, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, case, path, str(reps)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               RAYON_NUM_THREADS="1", PYTHONHASHSEED="0")
+def one_thread_env() -> dict:
+    """The environment of a child process: one BLAS / OpenMP / Rayon thread, fixed hashing."""
+    return dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                RAYON_NUM_THREADS="1", PYTHONHASHSEED="0")
+
+
+def spawn_json(method: str, cmd: list[str], timeout: float, env: dict | None = None) -> dict:
+    """Run *cmd* and read the last JSON line it prints; a timeout, a failure or no JSON line is
+    a row with an ``error`` sentence instead."""
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -211,7 +216,26 @@ def run_child(method: str, case: str, path: str, reps: int, timeout: float) -> d
     if cp.returncode != 0 or not lines:
         err = (cp.stderr.strip().splitlines() or ["(no message)"])[-1]
         return {"method": method, "error": err[:200]}
-    return json.loads(lines[-1])
+    out = json.loads(lines[-1])
+    out["method"] = method
+    return out
+
+
+def run_rscript(script: str, args: list[str], timeout: float) -> dict:
+    """lme4's row: *script* run by Rscript with *args* (skipped with a note without R)."""
+    if shutil.which("Rscript") is None:
+        return {"method": "lme4", "error": "Rscript not found: lme4 skipped"}
+    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as fh:
+        fh.write(script)
+    try:
+        return spawn_json("lme4", ["Rscript", fh.name, *args], timeout)
+    finally:
+        os.unlink(fh.name)
+
+
+def run_child(method: str, case: str, path: str, reps: int, timeout: float) -> dict:
+    return spawn_json(method, [sys.executable, __file__, "--child", method, case, path,
+                               str(reps)], timeout, one_thread_env())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,23 +271,7 @@ cat(toJSON(list(seconds = best, evaluations = m@optinfo$feval, peak_mb = mem,
 
 
 def run_lme4(case: str, path: str, reps: int, timeout: float) -> dict:
-    if shutil.which("Rscript") is None:
-        return {"method": "lme4", "error": "Rscript not found: lme4 skipped"}
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as fh:
-        fh.write(R_SCRIPT)
-    try:
-        cp = subprocess.run(["Rscript", fh.name, path, CASES[case][0], str(reps)],
-                            capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"method": "lme4", "error": f"no result within {timeout:.0f} s"}
-    finally:
-        os.unlink(fh.name)
-    lines = [ln for ln in cp.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        return {"method": "lme4", "error": (cp.stderr.strip().splitlines() or ["?"])[-1][:200]}
-    out = json.loads(lines[-1])
-    out["method"] = "lme4"
-    return out
+    return run_rscript(R_SCRIPT, [path, CASES[case][0], str(reps)], timeout)
 
 
 # ----------------------------------------------------------------------------------------------

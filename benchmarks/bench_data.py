@@ -40,7 +40,12 @@ _LOAD = textwrap.dedent("""
     warnings.simplefilter("ignore")
     import pyarrow.csv as pacsv, pyarrow.parquet as pq
     import mfr_outcomes.io as mio
-    src, kind, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    src, kind, reps, what = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    def run():
+        if what == "validate":  # the validate command's work: the report, no Study kept
+            report = mio.validate(src, engine="memory")
+            return report.accounting["measurements"].used
+        return len(mio.load_study(src).measurements)
     def rss():
         return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
     def arrow():
@@ -56,9 +61,8 @@ _LOAD = textwrap.dedent("""
     tl = []
     for _ in range(reps):
         t, c = time.perf_counter(), time.process_time()
-        s = mio.load_study(src)
+        rows = run()
         tl.append((time.perf_counter() - t, time.process_time() - c))
-        rows = len(s.measurements); del s
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"arrow": min(a for a, _ in ta), "load": min(w for w, _ in tl),
                       "arrow_cpu": min(c for _, c in ta), "load_cpu": min(c for _, c in tl),
@@ -178,26 +182,29 @@ def _write(n_patients: int, folder: Path, seed: int) -> dict[str, float]:
             for kind in ("csv", "parquet")}
 
 
-def data_layer(sizes: list[int], reps: int, seed: int, threads: list[str] | None = None
-               ) -> list[dict]:
-    """One row a size, source kind and thread count (``MFR_OUTCOMES_THREADS``; "" = the
-    default), with the 1-minute load average when the row was measured."""
+def data_layer(sizes: list[int], reps: int, seed: int, threads: list[str] | None = None,
+               whats: tuple[str, ...] = ("load_study",)) -> list[dict]:
+    """One row a size, source kind, thread count (``MFR_OUTCOMES_THREADS``; "" = the
+    default) and call (``load_study``, or ``validate`` with ``engine="memory"``), with the
+    1-minute load average when the row was measured."""
     out = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             mb = _write(n, Path(tmp), seed)
-            for kind, th in [(k, t) for k in ("csv", "parquet") for t in (threads or [""])]:
+            for kind, th, what in [(k, t, w) for k in ("csv", "parquet")
+                                   for t in (threads or [""]) for w in whats]:
                 env = dict(os.environ)
                 env.pop("MFR_OUTCOMES_THREADS", None)
                 if th:
                     env["MFR_OUTCOMES_THREADS"] = th
                 res = subprocess.run([sys.executable, "-c", _LOAD, str(Path(tmp) / kind), kind,
-                                      str(reps)], capture_output=True, text=True, check=True,
+                                      str(reps), what], capture_output=True, text=True,
+                                     check=True,
                                      env=env)
                 r = json.loads(res.stdout.strip().splitlines()[-1])
                 r.update(kind=kind, patients=n, size_mb=mb[kind], ratio=r["load"] / r["arrow"],
                          cpu_ratio=r["load_cpu"] / r["arrow_cpu"],
-                         peak_over_size=r["peak_mb"] / mb["csv"], threads=th or "default",
+                         peak_over_size=r["peak_mb"] / mb["csv"], threads=th or "default", what=what,
                          loadavg=os.getloadavg()[0])
                 out.append(r)
                 print(f"{n} patients, {kind}: {r}", flush=True)
@@ -240,13 +247,14 @@ def dask_table(patients: int, workers: list[int], partitions: list[int], seed: i
 
 
 def markdown(data: list[dict], dask_rows: list[dict]) -> str:
-    lines = ["| patients | readings | source | threads | size (MB) | Arrow read (s) | "
-             "load_study (s) | ratio | load_study CPU (s) | CPU ratio | peak added (MB) | "
+    lines = ["| patients | readings | source | threads | call | size (MB) | Arrow read (s) | "
+             "call (s) | ratio | call CPU (s) | CPU ratio | peak added (MB) | "
              "peak / CSV size | load average |",
-             "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data:
         lines.append(f"| {r['patients']:,} | {r['rows']:,} | {r['kind']} | "
-                     f"{r.get('threads', 'default')} | {r['size_mb']:.1f} | {r['arrow']:.3f} | "
+                     f"{r.get('threads', 'default')} | {r.get('what', 'load_study')} | "
+                     f"{r['size_mb']:.1f} | {r['arrow']:.3f} | "
                      f"{r['load']:.2f} | {r['ratio']:.1f} | {r['load_cpu']:.2f} | "
                      f"{r['cpu_ratio']:.1f} | {r['peak_mb']:.0f} | {r['peak_over_size']:.1f} | "
                      f"{r.get('loadavg', float('nan')):.1f} |")
@@ -276,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", nargs="*", default=[],
                    help="MFR_OUTCOMES_THREADS values to load with, one row each (default: "
                         "the variable unset)")
+    p.add_argument("--calls", nargs="*", default=["load_study", "validate"],
+                   choices=["load_study", "validate"],
+                   help="what each data-layer row times: load_study, validate (in memory)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -287,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(registry_markdown(reg))
     if not args.patients and not args.workers:
         return 0
-    data = data_layer(args.patients, args.reps, args.seed, args.threads)
+    data = data_layer(args.patients, args.reps, args.seed, args.threads, tuple(args.calls))
     dask_rows = dask_table(args.dask_patients, args.workers, args.partitions, args.seed) \
         if args.workers else []
     (out / "data_layer.md").write_text(markdown(data, dask_rows), encoding="utf-8")

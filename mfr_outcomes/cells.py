@@ -302,7 +302,27 @@ def labels(raw: pd.Series, factors: tuple[np.ndarray, pa_.Array] | None = None) 
     return pd.Series(pd.Categorical.from_codes(mapped, categories=list(cats)), index=raw.index)
 
 
+def few_distinct(series: pd.Series) -> bool:
+    """A text column held as an Arrow dictionary (CSV, Parquet) with at most one distinct text
+    in four cells: worth reading once a distinct text (:func:`label_codes`) rather than once a
+    cell."""
+    dt = series.dtype
+    if not (isinstance(dt, pd.ArrowDtype) and pa_.types.is_dictionary(dt.pyarrow_dtype)):
+        return False
+    arr = pa_.array(series)
+    chunks = arr.chunks if isinstance(arr, pa_.ChunkedArray) else [arr]
+    # the chunks' dictionaries together bound the distinct texts from above (no unifying here)
+    return 4 * sum(len(c.dictionary) for c in chunks) <= len(series)
+
+
 def numbers(text: pd.Series, decimal: str) -> pd.Series:
+    """Numbers written as text (*decimal* the decimal mark), NaN where a cell is not one. A
+    Categorical of texts (:func:`label_codes`) is parsed once a distinct text."""
+    if isinstance(text.dtype, pd.CategoricalDtype):
+        per = numbers(pd.Series(np.asarray(text.cat.categories, dtype=object), dtype="str"),
+                      decimal).to_numpy()
+        codes = text.cat.codes.to_numpy()
+        return pd.Series(np.append(per, np.nan)[codes], index=text.index)
     t = text
     if decimal != ".":
         has = t.str.contains(decimal, regex=False).fillna(False).astype(bool)

@@ -107,8 +107,10 @@ def load_study(source: Any, column_map: Mapping[str, Mapping[str, str]] | str | 
     Notes
     -----
     Validation runs in two threads where there are two cores (patients and sessions beside the
-    readings; see :mod:`mfr_outcomes.threads`). The environment variable
-    ``MFR_OUTCOMES_THREADS=1`` keeps it in the calling thread; the Study is the same either way.
+    readings; see :mod:`mfr_outcomes.threads`), except for readings from a CSV file, which load
+    in one thread (lower peak memory; Arrow's CSV reader uses the cores). The environment
+    variable ``MFR_OUTCOMES_THREADS`` sets the number either way (1: the calling thread only);
+    the Study is the same either way.
 
     Examples
     --------
@@ -463,7 +465,8 @@ def _read_folder(path: Path, *, encoding: str | None, sep: str | None,
     # the readings are read here while patients and sessions are read in a second thread
     # (errors are raised in table order, as when read one after the other)
     (p, s), m = beside(lambda: (one("patients"), one("sessions")),
-                       lambda: one("measurements"), load_threads())
+                       lambda: one("measurements"),
+                       load_threads(found_files["measurements"].suffix.lower() in _TEXT_EXT))
     return {"patients": p, "sessions": s, "measurements": m}
 
 

@@ -27,6 +27,7 @@ from mfr_outcomes.cells import (
     NA_TOKENS,
     date_problem,
     dates,
+    few_distinct,
     flag,
     is_number,
     label_codes,
@@ -50,7 +51,7 @@ from mfr_outcomes.table_rules import (
     shown,
     values_list,
 )
-from mfr_outcomes.threads import Later, beside, load_threads
+from mfr_outcomes.threads import beside, load_threads
 
 __all__ = [
     "ColumnSpec",
@@ -311,19 +312,11 @@ def _canon(col: Any) -> str:
     return printable(str(col).strip()).lower().replace(" ", "_")
 
 
-def _first_column(frame: pd.DataFrame, name: str) -> Any:
-    """The column of *frame* that :func:`_columns` reads as canonical *name* (None: none)."""
-    return next((col for col in frame.columns if _canon(col) == name), None)
-
-
-def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...],
-             ready: Mapping[str, Later] | None = None) -> None:
+def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, ...]) -> None:
     """Match column names, report missing required and unexpected columns (one caution for all
-    unexpected columns, however many). *ready*: canonical name -> the :func:`text_codes` of
-    that column computed in another thread (see :func:`validate_tables`), taken last."""
+    unexpected columns, however many)."""
     specs = {s.name: s for s in table_specs}
     seen: dict[str, str] = {}
-    later = []
     for col in frame.columns:
         key = printable(str(col).strip())
         canon = _canon(col)
@@ -358,11 +351,12 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                 t.stamps[name] = col.reset_index(drop=True)  # typed already (Parquet, SQL)
             if spec.kind == "category":
                 t.raw[name], marker, t.text_factors[name] = label_codes(col)
-            elif ready is not None and name in ready and spec.kind == "id":
-                later.append(name)
-                continue
             elif spec.kind == "id" or name in KEYS[t.name]:
                 t.raw[name], marker, t.text_factors[name] = text_codes(col)
+            elif spec.kind in ("int", "float") and few_distinct(col):
+                # numbers as written, few distinct (scores, degrees): their text as a
+                # Categorical over the distinct texts, parsed once a text (cells.numbers)
+                t.raw[name], marker, _ = label_codes(col)
             else:
                 t.raw[name], marker = text_and_markers(col)
             if marker is not None:
@@ -374,10 +368,6 @@ def _columns(t: TableState, frame: pd.DataFrame, table_specs: tuple[ColumnSpec, 
                       f"required column {name} is missing; all {t.n} rows excluded",
                       "excluded", suffix="")
                 t.exclude_all("missing_column")
-    for name in later:  # computed beside the other columns
-        t.raw[name], marker, t.text_factors[name] = ready[name].get()  # type: ignore[index]
-        if marker is not None:
-            t.markers[name] = marker
 
 
 def _absent_covariates(t: TableState, specs: tuple[ColumnSpec, ...]) -> None:
@@ -636,13 +626,21 @@ def extra_columns(frame: pd.DataFrame, names: list[Any]) -> pd.DataFrame:
     """
     sub = frame[names]
     labels_ = [str(c).strip() for c in names]
-    if len(names) and all(isinstance(dt, pd.StringDtype) for dt in sub.dtypes):
+    if len(names) and all(_is_text_dtype(dt) for dt in sub.dtypes):
         block = sub.to_numpy(dtype=object, na_value=None)
         text, _ = text_and_markers(pd.Series(block.ravel(order="F"), dtype=object))
         cells = text.to_numpy(dtype=object, na_value=None).reshape(block.shape, order="F")
     else:
         cells = text_frame(sub).to_numpy(dtype=object, na_value=None)
     return pd.DataFrame(cells, columns=labels_, index=frame.index, dtype=object)
+
+
+def _is_text_dtype(dt: Any) -> bool:
+    """Text cells as read: pandas strings, or Arrow dictionaries of strings (CSV and Parquet)."""
+    if isinstance(dt, pd.StringDtype):
+        return True
+    return isinstance(dt, pd.ArrowDtype) and pyarrow.types.is_dictionary(dt.pyarrow_dtype) \
+        and pyarrow.types.is_string(dt.pyarrow_dtype.value_type)
 
 
 def _open_categories(col: pd.Series) -> list[str]:
@@ -686,11 +684,11 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     known = MEASURES if measures is None else measures
     specs = {name: table_specs(name, vocabulary, covariates.get(name, ())) for name in vocab.TABLES}
 
-    def one(name: str, ready: Mapping[str, Later] | None = None) -> TableState:
+    def one(name: str) -> TableState:
         inp = inputs[name]
         t = TableState(name, inp.file, inp.unit, inp.lines, findings[name],
                        blank=len(inp.blank_lines))
-        _columns(t, inp.frame, specs[name], ready)
+        _columns(t, inp.frame, specs[name])
         _absent_covariates(t, specs[name])
         _reading_problems(t, inp)
         _coerce(t, specs[name], decimal=inp.decimal or decimal, dayfirst=dayfirst)
@@ -704,24 +702,12 @@ def validate_tables(inputs: dict[str, TableInput], *, dayfirst: bool = False,
     # Each table's findings go to its own list and each step below writes only the state of
     # the table it names, so the two pieces may run side by side (threads.beside): the rules
     # on the readings read sessions, which session_dates changes only in session_number.
-    threads = load_threads()
-    # the readings' session ids, the largest text pass, are read in the second thread first
-    # (_columns takes them last), so that the two pieces take about as long as each other.
-    # Only for text read as Arrow dictionaries (Parquet): from CSV the pass is a hash pass
-    # over every cell whose memory, beside the other columns' passes, raised the peak by a
-    # fifth (30 MB at 1.3 M readings), and CSV's time is far inside its goal
-    readings = inputs["measurements"].frame
-    key = _first_column(readings, "session_id")
-    coded = key is not None and isinstance(readings[key].dtype, pd.ArrowDtype) and \
-        pyarrow.types.is_dictionary(readings[key].dtype.pyarrow_dtype)
-    ready = {"session_id": Later(lambda: text_codes(readings[key]))} if coded else {}
-
-    def small() -> tuple[TableState, TableState]:
-        for later in ready.values():
-            later.run()
-        return one("patients"), one("sessions")
-
-    (p, s), m = beside(small, lambda: one("measurements", ready), threads)
+    threads = load_threads(text_readings=inputs["measurements"].unit == "line")
+    # (Moving the readings' session-id pass to the second thread to even the two pieces out
+    # saved 15 ms of 0.2 s at 1.3 M readings from Parquet and raised the peak memory by 30–50 MB,
+    # a quarter: not done.)
+    (p, s), m = beside(lambda: (one("patients"), one("sessions")),
+                       lambda: one("measurements"), threads)
     foreign(s, p, "patient_id", "patient")
 
     def parents() -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,10 +1,12 @@
 """How many threads the data layer uses, and two pieces of work run side by side.
 
 Reading and validating the three tables is split in two: patients and sessions in a second
-thread beside the readings in this one (``io._read_folder``, ``schema.validate_tables``). The kernels (Arrow compute, NumPy, pandas' hash tables) release the GIL
-for much of their work, so the small tables cost little wall time. ``MFR_OUTCOMES_THREADS=1``
-keeps everything in the calling thread (the order of the work is then the order written here);
-the results are the same either way.
+thread beside the readings in this one (``io._read_folder``, ``schema.validate_tables``). The
+kernels (Arrow compute, NumPy, pandas' hash tables) release the GIL for much of their work, so the
+small tables cost little wall time. ``MFR_OUTCOMES_THREADS=1`` keeps everything in the calling
+thread (the order of the work is then the order written here); readings from a CSV file load that
+way unless the variable asks for more (see :func:`load_threads`). The results are the same either
+way.
 """
 from __future__ import annotations
 
@@ -12,11 +14,11 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from mfr_outcomes.warnings_ import MfrWarning
 
-__all__ = ["ENV", "load_threads", "beside", "Later"]
+__all__ = ["ENV", "load_threads", "beside"]
 
 #: The environment variable that sets the number of threads (1: serial).
 ENV = "MFR_OUTCOMES_THREADS"
@@ -25,12 +27,19 @@ A = TypeVar("A")
 B = TypeVar("B")
 
 
-def load_threads() -> int:
-    """Threads for one load: ``MFR_OUTCOMES_THREADS`` when set (a whole number ≥ 1), else 2 on a
-    machine with two or more cores, else 1. Only 1 and more than 1 differ today (two pieces)."""
+def load_threads(text_readings: bool = False) -> int:
+    """Threads for one load: ``MFR_OUTCOMES_THREADS`` when set (a whole number ≥ 1); else 1 when
+    the readings come from a text file (*text_readings*), else 2 on a machine with two or more
+    cores, else 1. Only 1 and more than 1 differ today (two pieces).
+
+    Text readings load serially by default: Arrow's CSV reader already uses every core, the
+    serial load is well inside the time goal (8 × Arrow's read), and with the two halves'
+    temporaries alive at once the peak memory of a 1.3 M-reading CSV load rose from about 3.2 to
+    about 4.3 times the files' size (``benchmarks/scale.md``). Columnar sources (Parquet, frames,
+    sheets) gain a third of their wall time from the second thread."""
     text = os.environ.get(ENV, "").strip()
     if not text:
-        return min(2, os.cpu_count() or 1)
+        return 1 if text_readings else min(2, os.cpu_count() or 1)
     try:
         value = int(text)
     except ValueError:
@@ -74,29 +83,3 @@ def beside(first: Callable[[], A], second: Callable[[], B], threads: int) -> tup
     if failed is not None:
         raise failed
     return box["value"], b  # type: ignore[return-value]
-
-
-class Later(Generic[A]):
-    """A value computed by :meth:`run` in one thread and waited for by :meth:`get` in another
-    (an error in *compute* is raised by both)."""
-
-    def __init__(self, compute: Callable[[], A]) -> None:
-        self._compute = compute
-        self._done = threading.Event()
-        self._value: A | None = None
-        self._error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._value = self._compute()
-        except BaseException as exc:
-            self._error = exc
-            raise
-        finally:
-            self._done.set()
-
-    def get(self) -> A:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]

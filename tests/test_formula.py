@@ -208,3 +208,28 @@ def test_build_errors_name_the_problem(frame: pd.DataFrame, formula: str, words:
 def test_no_usable_rows(frame: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="No row"):
         build_spec(frame.assign(y=np.nan), "y ~ post + (1 | patient_id)")
+
+
+def test_text_codes_agree_with_factorize_for_arrow_python_and_missing_text():
+    """Group codes of a text column (runs of equal values coded in pyarrow for Arrow-backed
+    text) are pandas' sorted factorisation, in order and shuffled, for Arrow and Python string
+    storage; a missing value takes pandas' comparisons."""
+    import numpy as np
+    import pandas as pd
+
+    from mfr_outcomes.models.formula import _text_codes
+
+    rng = np.random.default_rng(11)
+    ids = [f"p{i:03d}" for i in range(40)]
+    runs = np.repeat(ids, rng.integers(1, 6, size=40))
+    cases = [runs, runs[rng.permutation(runs.size)], ["b", "b", "a", "c", "a"], ["z"]]
+    for values in cases:
+        for dtype in ("str", "string[python]"):
+            arr = pd.array(list(values), dtype=dtype)
+            codes, levels = _text_codes(arr)
+            want_codes, want_levels = pd.factorize(np.asarray(values, dtype=object), sort=True)
+            np.testing.assert_array_equal(codes, want_codes)
+            assert list(levels) == list(want_levels)
+    arr = pd.array(["b", None, "a", "a"], dtype="str")  # a missing value: pandas' comparisons
+    codes, levels = _text_codes(arr)
+    assert codes.size == 4 and len(levels) >= 2

@@ -211,3 +211,62 @@ def test_one_dictionary_a_column_equals_arrows_unifier(layout):
     assert got.dictionary.to_pylist() == texts
     assert [None if i is None else texts[i] for i in got.indices.to_pylist()] == want
     assert got.indices.to_pylist() == [i for c in unified.chunks for i in c.indices.to_pylist()]
+
+
+def test_csv_readings_load_in_one_thread_unless_the_variable_asks_for_more(monkeypatch):
+    """Text readings default to one thread (two raised the peak memory of a 1.3 M-reading CSV
+    load past four times the files' size); the variable still decides when set."""
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 8)
+    assert threads.load_threads(text_readings=True) == 1
+    assert threads.load_threads(text_readings=False) == 2
+    monkeypatch.setenv(threads.ENV, "2")
+    assert threads.load_threads(text_readings=True) == 2
+    seen = []
+    real = threads.beside
+    monkeypatch.delenv(threads.ENV)
+    monkeypatch.setattr(schema, "beside", lambda a, b, n: seen.append(n) or real(a, b, n))
+    mfr.load_study(mfr.datasets.synthetic_path())
+    assert seen and set(seen) == {1}
+
+
+def test_csv_read_as_dictionaries_gives_the_study_plain_strings_give(monkeypatch, tmp_path):
+    """CSV cells are read as Arrow dictionaries and repeated numbers parsed once a distinct text
+    (cells.few_distinct, cells.numbers on a Categorical). The Study, findings and sentences
+    equal those of reading every cell as a plain string, on a file with faults in the numbers
+    (words, a decimal comma, padding, missing-value markers) and in the keys."""
+    import pyarrow as pa
+
+    from mfr_outcomes import cells, csvread
+    from mfr_outcomes.synthetic import generate_frames
+
+    frames, _ = generate_frames(n_patients=300, seed=5)
+    m = frames["measurements"].astype({"value": object}).copy()
+    m.loc[[1, 2, 3], "value"] = ["abc", "7,5", " 6 "]
+    m.loc[[10, 11], "value"] = ["NaN", "n/a"]
+    m.loc[20, "value"] = "1e6"
+    m.loc[30, "measure"] = "Pain_NRS "
+    m = pd.concat([m, m.iloc[[40]]], ignore_index=True)
+    frames["measurements"] = m
+    for name, frame in frames.items():
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    few = []
+    real = cells.few_distinct
+    monkeypatch.setattr(schema, "few_distinct", lambda col: few.append(real(col)) or few[-1])
+    coded = _load(monkeypatch, 1, tmp_path)
+    assert True in few  # the value column went the once-a-distinct-text way
+    monkeypatch.setattr(csvread, "_DICT_TEXT", pa.string())
+    plain = _load(monkeypatch, 1, tmp_path)
+    _same(coded, plain)
+    text = str(coded.report)
+    assert "value = abc, not a number" in text and "value = 7,5, not a number" in text
+
+
+def test_numbers_of_a_categorical_equal_numbers_of_its_text():
+    from mfr_outcomes.cells import numbers
+
+    cells_ = ["1", "2.5", "2,5", "abc", None, "1e3", "inf", "2.5", "1"]
+    for decimal in (".", ","):
+        text = pd.Series(cells_, dtype="str")
+        pd.testing.assert_series_equal(numbers(text.astype("category"), decimal),
+                                       numbers(text, decimal), check_exact=True)

@@ -234,3 +234,18 @@ def test_superlu_path_matches_pls(seed: int, monkeypatch) -> None:
 def _lower(spec) -> list[float]:
     return [0.0 if i == j else -np.inf for b in spec.blocks for j in range(b.q)
             for i in range(j, b.q)]
+
+
+@pytest.mark.parametrize("seed", [6, 24, 54, 57])
+def test_pls_leaves_a_zero_diagonal_saddle_and_never_stops_at_a_probe(seed: int) -> None:
+    """Designs on which the dense reference engine used to stop short: at Λ[j, j] = 0 with the
+    column's correlation on the side that does not descend (seeds 6, 57: a criterion 4e-4 and
+    1e-3 above the optimum, reported as converged), or at the trial point of its last bound
+    probe (24, 54: θ = 0.1 exactly, flagged as not converged). Its optimum now equals the
+    blocked engine's, with a verdict of converged."""
+    d, formula, reml = _design(seed)
+    spec = build_spec(d, formula)
+    dense = ENGINES["pls"].fit(spec, reml=reml)
+    blocked = ENGINES["sparse"].fit(spec, reml=reml)
+    assert dense.converged, dense.messages
+    assert abs(dense.objective - blocked.objective) < 1e-8 * abs(blocked.objective)

@@ -9,6 +9,7 @@ against threadpoolctl's view, and a singular fit landing on 0 exactly. No timing
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 import numpy as np
@@ -209,6 +210,83 @@ def test_fused_criterion_and_gradient_equal_the_two_step_ones(clinic, reml, thet
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula", [
+    FORMULA,
+    "value ~ post * technique + (1 + post + session_number | patient_id)",
+    "value ~ post + technique + session_number + (1 | patient_id) + (0 + post | patient_id)",
+])
+def test_pooled2_equals_the_stacked_classes(clinic, reml, formula):
+    """pooled2's criterion and gradient (products by Λ as Kronecker products over all classes)
+    give the stacked (K, q, q) evaluation's values, q = 2 and 3, correlated and diagonal Λ, at
+    random θ of either sign (seeded); and the deviance in (θ, σ) those pieces give."""
+    spec = build_spec(clinic, formula)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    assert isinstance(cl, fast._Classes)
+    p2 = fast._pooled2_of(cl, stats, lay)
+    assert p2 is not None
+    rng = np.random.default_rng(2026)
+    for _ in range(4):
+        th = rng.normal(size=len(lay.theta_pos))
+        f, g = fast._fg_classes_stacked(cl, stats, lay, th, reml)
+        f2, g2 = fast._fg_classes(cl, stats, lay, th, reml)
+        assert f2 == pytest.approx(f, rel=1e-13)
+        np.testing.assert_allclose(g2, g, rtol=1e-9, atol=1e-9 * float(np.abs(g).max()))
+        vp = np.append(th, 1.7)
+        core = fast._pooled_core(cl, stats, lay, th)
+        logdet, pwrss, RX = core[:3]
+        want = (logdet + pwrss / 1.7 ** 2 + stats.n * np.log(2 * np.pi * 1.7 ** 2)
+                + ((fast._logdet_rx(RX) - stats.p * np.log(2 * np.pi * 1.7 ** 2)) if reml else 0))
+        assert fast.deviance_varpar(stats, lay, vp, reml, cl) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("formula", [FORMULA, "value ~ post + session_number + (1 | patient_id)"])
+def test_core_one_equals_the_batched_core(clinic, formula):
+    """batched._core_one (one study, products by Λ ⊗ Λ, Cholesky) gives every piece of the
+    batched ``_core`` (LU solve and slogdet), REML and ML, at random θ (seeded)."""
+    spec = build_spec(clinic, formula)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
+                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
+                                    oxx=cl.omega_x_flat, centred=True)
+    rng = np.random.default_rng(7)
+    for reml in (True, False):
+        for _ in range(3):
+            th = rng.normal(size=(1, len(lay.theta_pos)))
+            want, got = batched._core(P, np.arange(1), th, reml), batched._core_one(P, th, reml)
+            assert want.keys() == got.keys()
+            for key in want:
+                np.testing.assert_allclose(np.asarray(got[key], float),
+                                           np.asarray(want[key], float), rtol=1e-11,
+                                           atol=1e-11, err_msg=key)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_one_study_hessian_equals_the_batched_one(clinic, reml):
+    """varpar_derivatives of one study (the Kronecker-product sandwiches, ``_core_one``) equals
+    the batched code's (S = 2: the stacked products, ``_core``) on the same study twice."""
+    spec = build_spec(clinic, FORMULA)
+    stats, lay = fast.FastEngine().prepare(spec)
+    cl = fast._classes(stats, lay)
+    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
+                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
+                                    oxx=cl.omega_x_flat, centred=True)
+    P2 = dataclasses.replace(P, Om=np.concatenate([P.Om, P.Om]),
+                             Xty0=np.concatenate([P.Xty0, P.Xty0]),
+                             yty0=np.concatenate([P.yty0, P.yty0]), b0=np.concatenate([P.b0, P.b0]))
+    vp = np.array([0.9, -0.2, 0.4, 1.3])
+    g, H, J = batched.varpar_derivatives(P, vp, reml)
+    core = batched._core(P2, np.arange(2), np.tile(vp[:-1], (2, 1)), reml)
+    bl = batched._blocks(P2, core, np.full(2, vp[-1]))
+    H2, g2, Pm2 = batched._hessian(bl, P2, reml)
+    J2 = bl["Phi"][1] @ Pm2[1] @ bl["Phi"][1]
+    np.testing.assert_allclose(H, H2[1], rtol=1e-10, atol=1e-10 * np.abs(H2[1]).max())
+    np.testing.assert_allclose(g, g2[1], rtol=1e-10, atol=1e-10 * np.abs(g2[1]).max())
+    np.testing.assert_allclose(J, J2, rtol=1e-10, atol=1e-10 * np.abs(J2).max())
+
+
 def _caution_by_sorting(y, response):
     """The response caution as it was written before (np.unique of the finite values)."""
     y = np.asarray(y, float)
@@ -308,3 +386,40 @@ def test_pooled_study_without_second_centring_gives_the_same_derivatives(clinic)
                                  batched.varpar_derivatives(again, np.asarray(vp), reml)):
                 np.testing.assert_allclose(got, want, rtol=1e-9,
                                            atol=1e-9 * float(np.abs(want).max()))
+
+
+def test_group_sums_sorted_runs_equal_the_bincounts():
+    """Group sums of columns sorted by group (one reduceat over the runs) equal the bincounts of
+    the same columns shuffled (the general path), and a group split into two runs takes the
+    general path (seeded)."""
+    rng = np.random.default_rng(3)
+    codes = np.repeat(np.arange(50), rng.integers(1, 9, size=50))
+    vals = rng.normal(size=(7, codes.size))
+    perm = rng.permutation(codes.size)
+    sorted_sums = fast._group_sums(vals, codes, 50)
+    np.testing.assert_allclose(sorted_sums, fast._group_sums(vals[:, perm], codes[perm], 50),
+                               rtol=1e-12, atol=1e-12)
+    split = codes.copy()
+    split[-1] = 0  # group 0 now also at the end
+    want = np.stack([np.bincount(split, weights=v, minlength=50) for v in vals])
+    np.testing.assert_allclose(fast._group_sums(vals, split, 50), want, rtol=1e-12, atol=1e-12)
+    assert fast._group_sums(vals[:, :1], codes[:1], 1).shape == (7, 1)
+
+
+def test_fixed_effects_table_from_blocks_equals_the_dict_constructor():
+    """The t-test table built from its two blocks is the frame pandas' dict constructor builds
+    (values, column order, dtypes, index), with an infinite df (normal tails) among the rows;
+    names that are not all text take the constructor itself."""
+    from mfr_outcomes.models import inference
+
+    L = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, -1.0, 0.5]])
+    beta, vcov = np.array([1.0, -2.0, 0.3]), np.diag([0.1, 0.2, 0.3])
+    df = np.array([4.5, np.inf, 30.0])
+    got = inference._table(L, beta, vcov, df, ["a", "b", "a - b"], 0.95)
+    want = pd.DataFrame({"term": ["a", "b", "a - b"],
+                         **{c: got[c].to_numpy().copy() for c in got.columns[1:]}})
+    pd.testing.assert_frame_equal(got, want)
+    t = 2.0 / np.sqrt(0.2)  # the infinite-df row: a normal test, 2 Φ(−|t|) = erfc(|t| / √2)
+    assert got["p_value"].iloc[1] == pytest.approx(math.erfc(t / math.sqrt(2.0)), rel=1e-12)
+    other = inference._table(L, beta, vcov, df, [1, 2, 3], 0.95)
+    assert list(other["term"]) == [1, 2, 3]

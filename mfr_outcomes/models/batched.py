@@ -17,10 +17,14 @@ in its batch: the same study gives the same fit in any batch.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models.threads import blas_threads
 
@@ -240,8 +244,9 @@ def _swap(A: np.ndarray) -> np.ndarray:
 
 def _mm(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A @ B for stacks of small q×q matrices: broadcast products summed (matmul's per-matrix
-    dispatch costs more than 2×2 arithmetic)."""
-    if A.shape[-1] > 3:
+    dispatch costs more than 2×2 arithmetic); matmul where both stacks have one shape and are
+    small (one study's classes: no broadcasting, and the sums cost three calls)."""
+    if A.shape[-1] > 3 or (A.shape == B.shape and A.size <= 4096):
         return A @ B
     out = A[..., :, 0, None] * B[..., None, 0, :]
     for j in range(1, A.shape[-1]):
@@ -280,6 +285,40 @@ def _core(P: Pooled, idx: np.ndarray, theta: np.ndarray, reml: bool = True) -> d
             "logdet": logdet, "ldrx": ldrx}
 
 
+def _core_one(P: Pooled, theta: np.ndarray, reml: bool = True) -> dict:
+    """``_core`` of the one study of *P* at θ (1, k), with fewer NumPy calls: every product by Λ
+    over all classes as one product with Λ ⊗ Λ (row-major vec(ΛᵀXΛ) = (Λᵀ ⊗ Λᵀ) vec(X)), XᵀKX by
+    Cholesky (LAPACK directly). Falls back to ``_core`` where XᵀKX is not positive definite, so
+    the two agree everywhere (the same criterion where finite, inf where not)."""
+    q, p = P.q, P.p
+    m = p + 1
+    K = P.C.shape[0]
+    count, XtX, n, _ = P.design(np.arange(1))
+    lam = _lambdas(theta, P)[0]
+    kron = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(q * q, q * q)
+    A = P.C.reshape(K, q * q) @ kron
+    A[:, ::q + 1] += 1.0  # the diagonals, as one strided view
+    Ainv, logdetA = _inv_logdet(A.reshape(1, K, q, q))
+    N = (Ainv.reshape(K, q * q) @ kron.T).reshape(1, K, q, q)  # vec(Λ A⁻¹ Λᵀ)
+    S1 = (N.reshape(1, -1) @ P.Om[0]).reshape(1, m, m)
+    XtKX = XtX - S1[:, :p, :p]
+    RX, info = _potrf(XtKX[0], lower=0, clean=1)
+    if info != 0:
+        return _core(P, np.arange(1), theta, reml)
+    XtKy = P.Xty0[:1] - S1[:, :p, p]
+    beta0 = _potrs(RX, XtKy[0], lower=0)[0][None]
+    pwrss = float(P.yty0[0] - S1[0, p, p] - XtKy[0] @ beta0[0])
+    ldrx = 2.0 * float(np.log(RX.diagonal()).sum())
+    nn = float(n[0]) - p if reml else float(n[0])
+    logdet = float(count[0] @ logdetA[0])
+    crit = math.inf
+    if pwrss > 0:
+        crit = logdet + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn)) + (ldrx if reml else 0.0)
+    return {"idx": np.arange(1), "lam": lam[None], "N": N, "XtKX": XtKX, "beta0": beta0,
+            "pwrss": np.array([pwrss]), "crit": np.array([crit if math.isfinite(crit) else math.inf]),
+            "n": n, "nn": np.array([nn]), "logdet": np.array([logdet]), "ldrx": np.array([ldrx])}
+
+
 def _blocks(P: Pooled, core: dict, sigma: np.ndarray) -> dict:
     """Per class M = ZᵢᵀV⁻¹Zᵢ, F = (I − ZᵢᵀZᵢN)/σ², the residual moments E2 = Σ eᵢeᵢᵀ and
     Oxe = Σ ZXᵢ[a] eᵢ[b] (eᵢ = Zᵢᵀ(y − Xβ̂)), Φ = Var(β̂) and the sums the derivatives need."""
@@ -305,26 +344,58 @@ def _blocks(P: Pooled, core: dict, sigma: np.ndarray) -> dict:
             "Ss": _mm(_mm(F, E2), _swap(F)).sum(axis=1), "sigma": sigma, "lam": core["lam"]}
 
 
+@functools.lru_cache(maxsize=64)
+def _unit_products(theta_pos: tuple, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """U_t (the unit matrix at θ_t's place in Λ) and U_iU_jᵀ + U_jU_iᵀ: constants of the model's
+    layout (read-only, kept between calls)."""
+    k = len(theta_pos)
+    U = np.zeros((k, q, q))
+    for t, (r, c) in enumerate(theta_pos):
+        U[t, r, c] = 1.0
+    UU = U[:, None] @ _swap(U)[None]
+    UU2 = UU + _swap(UU)
+    U.flags.writeable = False
+    UU2.flags.writeable = False
+    return U, UU2
+
+
 def _derivs(bl: dict, P: Pooled) -> tuple:
     """First (S, k+1, q, q), (S, k+1) and second (S, k+1, k+1, q, q), (S, k+1, k+1) derivatives
     of V in varpar = (θ, σ) as ∂V = Z E Zᵀ + c V."""
     lam, sig = bl["lam"], bl["sigma"]
     S, q, k = lam.shape[0], P.q, len(P.theta_pos)
     s2 = (sig ** 2)[:, None, None, None]
-    U = np.zeros((k, q, q))
-    for t, (r, c) in enumerate(P.theta_pos):
-        U[t, r, c] = 1.0
+    U, UU2 = _unit_products(tuple(P.theta_pos), q)
     E1 = np.zeros((S, k + 1, q, q))
-    E1[:, :k] = s2 * (_mm(U[None], _swap(lam)[:, None]) + _mm(lam[:, None], _swap(U)[None]))
+    UL = _mm(U[None], _swap(lam)[:, None])  # U Λᵀ; its transpose is Λ Uᵀ (the same products)
+    E1[:, :k] = s2 * (UL + _swap(UL))
     c1 = np.zeros((S, k + 1))
     c1[:, k] = 2.0 / sig
-    UU = U[:, None] @ _swap(U)[None]  # U_i U_jᵀ
     E2 = np.zeros((S, k + 1, k + 1, q, q))
-    E2[:, :k, :k] = s2[:, None] * (UU + _swap(UU))[None]
+    E2[:, :k, :k] = s2[:, None] * UU2[None]
     E2[:, :k, k] = E2[:, k, :k] = (2.0 / sig)[:, None, None, None] * E1[:, :k]
     c2 = np.zeros((S, k + 1, k + 1))
     c2[:, k, k] = 2.0 / sig ** 2
     return E1, c1, E2, c2
+
+
+def _kron(F: np.ndarray) -> np.ndarray:
+    """F ⊗ F of each matrix of a (S, K, q, q) stack: (S, K, q², q²)."""
+    q = F.shape[-1]
+    return (F[..., :, None, :, None] * F[..., None, :, None, :]).reshape(
+        F.shape[:-2] + (q * q, q * q))
+
+
+def _sandwich(KFF: np.ndarray, X: np.ndarray, n_pairs: int) -> np.ndarray:
+    """FₖᵀXFₖ for every class k of one study and every matrix of X (n_pairs of them, one per
+    class (S, …, K, q, q) or shared by the classes (S, …, q, q)), as (S, n_pairs, K, q²):
+    row-major vec(FᵀXF) = vec(X) (F ⊗ F) as rows, one product per class."""
+    S, K, q2 = KFF.shape[0], KFF.shape[1], KFF.shape[-1]
+    if X.size == S * n_pairs * q2:  # shared by the classes
+        rows = X.reshape(S, 1, n_pairs, q2)
+    else:
+        rows = X.reshape(S, n_pairs, K, q2).transpose(0, 2, 1, 3)
+    return (rows @ KFF).transpose(0, 2, 1, 3)
 
 
 def _hessian(bl: dict, P: Pooled, reml: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -338,16 +409,26 @@ def _hessian(bl: dict, P: Pooled, reml: bool = True) -> tuple[np.ndarray, np.nda
     Ft = _swap(F)
     Oxx = bl["Oxx"]  # (1 or S, Kqq, pp)
     PhiOxx = Oxx @ Phi.reshape(S, p * p, 1)  # (S, Kqq, 1): <Φ, Σ_class ZX[a] ZX[b]ᵀ>
-    T1 = _mm(_mm(Ft[:, None], E1[:, :, None]), F[:, None]).reshape(S, k1, -1)
+    one = S == 1  # one study: the sandwiches as products with Kronecker matrices (fewer calls)
+    KFF = _kron(F) if one else None
+    T1 = (_sandwich(KFF, E1, k1) if one else
+          _mm(_mm(Ft[:, None], E1[:, :, None]), F[:, None])).reshape(S, k1, -1)
     bbE = (T1 @ Oxx).reshape(S, k1, p, p)  # Σ BᵀE_iB
     Pm = bbE + c1[..., None, None] * Phi_inv[:, None]
     PB = (T1 @ PhiOxx)[..., 0]  # <Φ, Σ BᵀE_iB>
     trME = np.einsum("sab,siba->si", bl["Msum"], E1)
     sEs = np.einsum("sab,siab->si", bl["Ss"], E1)
     u = T1 @ bl["Oxe"].reshape(S, -1, p)  # Σ BᵀE_is  (S, k1, p)
-    EM = _mm(E1[:, :, None], M[:, None])  # E_i M  (S, k1, K, q, q)
-    W = _mm(EM[:, :, None], E1[:, None, :, None])  # E_i M E_j  (S, k1, k1, K, q, q)
-    TW = _mm(_mm(Ft[:, None, None], W), F[:, None, None]).reshape(S, k1 * k1, -1)
+    if one:  # vec(E_i M E_j) = vec(M) (E_iᵀ ⊗ E_j) as rows, then Fᵀ(·)F the same way
+        qq = E1.shape[-1] ** 2
+        KE = (_swap(E1)[:, :, None, :, None, :, None] * E1[:, None, :, None, :, None, :]
+              ).reshape(S, k1 * k1, qq, qq)
+        W = M.reshape(S, 1, -1, qq) @ KE  # (S, k1 k1, K, q²)
+        TW = _sandwich(KFF, W, k1 * k1).reshape(S, k1 * k1, -1)
+    else:
+        EM = _mm(E1[:, :, None], M[:, None])  # E_i M  (S, k1, K, q, q)
+        W = _mm(EM[:, :, None], E1[:, None, :, None])  # E_i M E_j  (S, k1, k1, K, q, q)
+        TW = _mm(_mm(Ft[:, None, None], W), F[:, None, None]).reshape(S, k1 * k1, -1)
     spair = (TW @ bl["E2"].reshape(S, -1, 1)).reshape(S, k1, k1)
     ME = _mm(M[:, None], E1[:, :, None])
     MEc = ME * bl["count"][:, None, :, None, None]
@@ -361,7 +442,8 @@ def _hessian(bl: dict, P: Pooled, reml: bool = True) -> tuple[np.ndarray, np.nda
     tr2 = trKK
     rKr = bl["rKr"][:, None, None]
     if reml:
-        T2 = _mm(_mm(Ft[:, None, None], E2d[:, :, :, None]), F[:, None, None]).reshape(
+        T2 = (_sandwich(KFF, E2d, k1 * k1) if one else
+              _mm(_mm(Ft[:, None, None], E2d[:, :, :, None]), F[:, None, None])).reshape(
             S, k1 * k1, -1)
         tr1 = tr1 - (T2 @ PhiOxx).reshape(S, k1, k1) - c2 * p
         PhiPair = (TW @ PhiOxx).reshape(S, k1, k1)
@@ -628,7 +710,7 @@ def varpar_derivatives(P: Pooled, varpar: np.ndarray, reml: bool = True
     in closed form."""
     varpar = np.asarray(varpar, dtype=float)
     with blas_threads():
-        core = _core(P, np.arange(1), varpar[None, :-1], reml)
+        core = _core_one(P, varpar[None, :-1], reml)
         bl = _blocks(P, core, varpar[-1:])
         H, g, Pm = _hessian(bl, P, reml)
         Phi = bl["Phi"][0]
@@ -640,7 +722,7 @@ def deviance_varpar(P: Pooled, varpar: np.ndarray, reml: bool = True) -> float:
     ``devfun_vp``), from the centred sums (less rounding than from yᵀy)."""
     varpar = np.asarray(varpar, dtype=float)
     with np.errstate(all="ignore"):
-        core = _core(P, np.arange(1), varpar[None, :-1], reml)
+        core = _core_one(P, varpar[None, :-1], reml)
     if not np.isfinite(core["crit"][0]):
         return np.inf
     s2 = float(varpar[-1]) ** 2

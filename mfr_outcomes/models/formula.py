@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from mfr_outcomes.models import grammar as g
 from mfr_outcomes.models.design import ColumnCache, Design
@@ -173,13 +174,28 @@ def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
     sorted by patient), so the column is cut into runs of equal values first and only the run
     heads are factorised; when the heads are already strictly increasing they are the levels."""
     n = len(arr)
+    # Arrow-backed text without missing values: the comparisons in pyarrow.compute directly
+    # (the same kernels pandas calls, without its wrapping: ~60 µs less at 2,000 rows)
+    ca = arr.__arrow_array__() if isinstance(arr, pd.arrays.ArrowStringArray) else None
+    if ca is not None and ca.null_count:
+        ca = None
     change = np.ones(n, dtype=bool)
     if n > 1:
-        change[1:] = np.asarray(arr[1:] != arr[:-1], dtype=bool)
+        if ca is not None:
+            change[1:] = pc.not_equal(ca.slice(1), ca.slice(0, n - 1)).to_numpy()
+        else:
+            change[1:] = np.asarray(arr[1:] != arr[:-1], dtype=bool)
     starts = np.flatnonzero(change)
     run = np.cumsum(change, dtype=np.int64) - 1
     heads = arr.take(starts)
-    if len(heads) < 2 or bool(np.asarray(heads[1:] > heads[:-1], dtype=bool).all()):
+    if len(heads) < 2:
+        return run, pd.Index(heads)
+    if ca is not None:
+        hc = heads.__arrow_array__()
+        increasing = bool(pc.all(pc.greater(hc.slice(1), hc.slice(0, len(hc) - 1))).as_py())
+    else:
+        increasing = bool(np.asarray(heads[1:] > heads[:-1], dtype=bool).all())
+    if increasing:
         return run, pd.Index(heads)
     codes, levels = pd.factorize(heads, sort=True)
     return codes.astype(np.int64)[run], pd.Index(levels)

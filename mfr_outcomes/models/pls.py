@@ -19,6 +19,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
+from mfr_outcomes.models.sparse_struct import cached_model, factors_of, probe_zero_diagonals
 from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
@@ -186,16 +187,7 @@ _MODELS: OrderedDict[int, tuple[ModelSpec, PLSModel]] = OrderedDict()
 
 def pls_model(spec: ModelSpec) -> PLSModel:
     """A (cached) :class:`PLSModel` for *spec*; the cache keeps the last few specs."""
-    key = id(spec)
-    hit = _MODELS.get(key)
-    if hit is not None and hit[0] is spec:
-        _MODELS.move_to_end(key)
-        return hit[1]
-    model = PLSModel(spec)
-    _MODELS[key] = (spec, model)
-    while len(_MODELS) > 3:  # each holds a dense q×q Z'Z
-        _MODELS.popitem(last=False)
-    return model
+    return cached_model(_MODELS, spec, PLSModel)  # each holds a dense q×q Z'Z
 
 
 def profiled_deviance(spec: ModelSpec, theta: np.ndarray, reml: bool = True) -> float:
@@ -228,9 +220,11 @@ def optimize_theta(spec: ModelSpec, reml: bool, start: np.ndarray | None = None,
                    options: dict | None = None) -> tuple[np.ndarray, float, bool, list[str], int]:
     """Minimise the profiled deviance over θ within lme4's bounds.
 
-    L-BFGS-B with central-difference gradients, restarted from its optimum (lme4's
-    ``restart_edge``), then θ elements within ``boundary_tol`` of 0 are tried at 0 and kept there
-    when the deviance is no larger (lme4's ``boundary.tol`` check).
+    L-BFGS-B with central-difference gradients, restarted from its optimum while a probe inside
+    the bounds finds a lower deviance (lme4's ``restart_edge``; and, as the sparse engines do,
+    a diagonal θ at 0 moved inside with its column of Λ kept or negated, which leaves the saddle
+    a gradient optimiser can stop at there), then θ elements within ``boundary_tol`` of 0 are
+    tried at 0 and kept there when the deviance is no larger (lme4's ``boundary.tol`` check).
     """
     options = dict(options or {})
     model = pls_model(spec)
@@ -253,10 +247,16 @@ def optimize_theta(spec: ModelSpec, reml: bool, start: np.ndarray | None = None,
     messages: list[str] = []
     x, fx = x0, f(x0)
     converged = False
+    factors = factors_of(spec)
+    lbfgs = {"maxiter": int(options.get("maxiter", 2000)), "ftol": 1e-15, "gtol": 1e-9,
+             "maxcor": 20}
+    # L-BFGS-B again from wherever a run improved or a probe found a lower deviance inside the
+    # bounds (a diagonal θ at 0 moved inside, its column of Λ kept or negated); a probe's trial
+    # point is always optimised from, never returned as it is
+    probed = False
     for _attempt in range(6):
-        res = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"maxiter": int(options.get("maxiter", 2000)), "ftol": 1e-15,
-                                "gtol": 1e-9, "maxcor": 20})
+        res = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
+        probed = False
         improved = res.fun < fx - 1e-10
         if res.fun <= fx:
             x, fx = np.asarray(res.x, float), float(res.fun)
@@ -265,8 +265,15 @@ def optimize_theta(spec: ModelSpec, reml: bool, start: np.ndarray | None = None,
             continue
         best, best_f = probe_inside_bounds(f, x, fx, lb)
         if best is None:
+            best, best_f = probe_zero_diagonals(factors, f, x, fx)
+        if best is None:
             break
-        x, fx = best, best_f
+        x, fx, probed = best, best_f, True
+    if probed:
+        res = minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds, options=lbfgs)
+        if res.fun <= fx:
+            x, fx = np.asarray(res.x, float), float(res.fun)
+        converged = bool(res.success) or "ABNORMAL" in str(res.message)
     if not np.isfinite(fx):
         converged = False
         messages.append("the deviance could not be evaluated at any θ tried")

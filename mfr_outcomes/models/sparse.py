@@ -26,8 +26,10 @@ from mfr_outcomes.models.sparse_struct import (
     Structure,
     build_structure,
     cached_model,
+    deviance_at_sigma,
     factors_of,
     per_block,
+    profiled_sigma,
     trailing_size,
 )
 from mfr_outcomes.models.spec import (
@@ -248,20 +250,11 @@ class SparseModel:
         return ev.ldL2 + self.n * (1.0 + _LOG2PI + np.log(ev.pwrss / self.n))
 
     def sigma(self, theta: np.ndarray, reml: bool) -> float:
-        ev = self.evaluate(theta)
-        return float(np.sqrt(ev.pwrss / (self.n - self.p if reml else self.n)))
+        return profiled_sigma(self, theta, reml)
 
     def deviance_varpar(self, varpar: np.ndarray, reml: bool) -> float:
         """lmerTest's ``devfun_vp``: the deviance at (θ, σ), not profiled over σ."""
-        varpar = np.asarray(varpar, dtype=float)
-        sigma2 = varpar[-1] ** 2
-        ev = self.evaluate(varpar[:-1])
-        if not ev.ok:
-            return np.inf
-        dev = ev.ldL2 + ev.pwrss / sigma2 + self.n * np.log(2.0 * np.pi * sigma2)
-        if reml:
-            dev += ev.ldRX2 - self.p * np.log(2.0 * np.pi * sigma2)
-        return float(dev)
+        return deviance_at_sigma(self, varpar, reml)
 
     def _rx(self, ev: _Eval) -> np.ndarray:
         mZ, p = self.st.mZ, self.p

@@ -29,8 +29,11 @@ from mfr_outcomes.models.sparse_ldl_inverse import level_blocks, selected_invers
 from mfr_outcomes.models.sparse_struct import (
     Factor,
     cached_model,
+    deviance_at_sigma,
     factors_of,
     per_block,
+    probe_zero_diagonals,
+    profiled_sigma,
     trailing_size,
 )
 from mfr_outcomes.models.spec import (
@@ -292,20 +295,11 @@ class LDLModel:
         return None
 
     def sigma(self, theta: np.ndarray, reml: bool) -> float:
-        ev = self.evaluate(theta)
-        return float(np.sqrt(ev.pwrss / (self.n - self.p if reml else self.n)))
+        return profiled_sigma(self, theta, reml)
 
     def deviance_varpar(self, varpar: np.ndarray, reml: bool) -> float:
         """lmerTest's ``devfun_vp``: the deviance at (θ, σ), not profiled over σ."""
-        varpar = np.asarray(varpar, dtype=float)
-        sigma2 = varpar[-1] ** 2
-        ev = self.evaluate(varpar[:-1])
-        if not ev.ok:
-            return np.inf
-        dev = ev.ldL2 + ev.pwrss / sigma2 + self.n * np.log(2.0 * np.pi * sigma2)
-        if reml:
-            dev += ev.ldRX2 - self.p * np.log(2.0 * np.pi * sigma2)
-        return float(dev)
+        return deviance_at_sigma(self, varpar, reml)
 
     def _beta_q(self, ev: _Eval) -> np.ndarray:
         """β in the basis Q = XR⁻¹ of the residual y: S_XX⁻¹ S_Xy."""
@@ -392,38 +386,6 @@ def moment_start_ldl(model: LDLModel) -> np.ndarray:
     return x0
 
 
-def _probe_zero_diagonals(model: LDLModel, theta: np.ndarray, fx: float, reml: bool
-                          ) -> tuple[np.ndarray | None, float]:
-    """A lower deviance with a diagonal θ at 0 moved inside its bound, with the rest of its
-    column of Λ as it is and negated, or (None, fx).
-
-    ``sparse.optimize_theta`` probes only θ that its optimiser left at exactly 0; L-BFGS-B with
-    difference gradients can stop a hair above 0 (its boundary check then sets it to 0), where
-    the criterion is flat (even in a scalar θ). And with Λ[j, j] = 0 the sign of column j is
-    arbitrary (b = Λu, u_j ↦ −u_j) while moving Λ[j, j] off 0 picks one sign of the correlations
-    it brings: a gradient optimiser stops at the saddle between the two.
-    """
-    scale = max(float(np.max(np.abs(theta))), 1.0)
-    best, best_f = None, fx
-    for f in model.factors:
-        pos = dict(zip(f.theta_pos, f.theta_index))
-        for j in range(f.q):
-            t_jj = pos[(j, j)]
-            if theta[t_jj] > 0.0:
-                continue
-            below = [pos[(i, j)] for i in range(j + 1, f.q) if (i, j) in pos]
-            signs = (1.0, -1.0) if np.any(theta[below] != 0.0) else (1.0,)
-            for sign in signs:
-                for delta in (1e-3, 1e-2, 0.1):
-                    trial = theta.copy()
-                    trial[below] = sign * trial[below]
-                    trial[t_jj] = delta * scale
-                    ft = model.objective(trial, reml)
-                    if ft < best_f - 1e-12 * max(1.0, abs(best_f)):
-                        best, best_f = trial, ft
-    return best, best_f
-
-
 class SparseLDLEngine:
     """Any random structure with all factors in one sparse LDLᵀ factor: for crossed models whose
     second factor is too large for the dense trailing block of "sparse".
@@ -485,7 +447,8 @@ class SparseLDLEngine:
                    fd=options.get("fd", "central"))
         theta, obj, converged, messages, nev = optimize_theta(model, lower, x0, reml, opt)
         for _ in range(3):  # a θ at 0 can hide a lower criterion inside (see the probe)
-            trial, ft = _probe_zero_diagonals(model, theta, obj, reml)
+            trial, ft = probe_zero_diagonals(model.factors, lambda th: model.objective(th, reml),
+                                             theta, obj)
             if trial is None:
                 break
             theta2, obj2, conv2, msg2, nev2 = optimize_theta(model, lower, trial, reml, opt)

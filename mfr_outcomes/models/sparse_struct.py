@@ -15,6 +15,7 @@ which keeps T to a few pairs per level (memory: most of a level's pairs would ha
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,9 @@ import scipy.sparse as sp
 
 from mfr_outcomes.models.spec import ModelSpec
 
-__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "cached_model", "factors_of",
-           "gram_update", "per_block", "trailing_size"]
+__all__ = ["Factor", "Structure", "assemble_structure", "build_structure", "cached_model", "deviance_at_sigma", "factors_of",
+           "gram_update", "per_block", "probe_zero_diagonals", "profiled_sigma",
+           "trailing_size"]
 
 
 @dataclass
@@ -87,6 +89,38 @@ def factors_of(spec: ModelSpec) -> list[Factor]:
     # stable: ties keep lme4's block order (most levels first)
     out.sort(key=lambda f: -f.size)
     return out
+
+
+def probe_zero_diagonals(factors: list[Factor], f: Callable[[np.ndarray], float],
+                         theta: np.ndarray, fx: float) -> tuple[np.ndarray | None, float]:
+    """A lower deviance *f* with a diagonal θ at 0 moved inside its bound, with the rest of its
+    column of Λ as it is and negated, or (None, fx).
+
+    With Λ[j, j] = 0 the sign of column j is arbitrary (b = Λu, u_j ↦ −u_j), while moving
+    Λ[j, j] off 0 picks one sign of the correlations it brings: a gradient optimiser can stop at
+    the saddle between the two, and ``spec.probe_inside_bounds`` (which moves the diagonal
+    alone) can miss the side that descends. Optimisers with difference gradients can also stop
+    a hair above 0, where the criterion is flat (even in a scalar θ).
+    """
+    scale = max(float(np.max(np.abs(theta))), 1.0)
+    best, best_f = None, fx
+    for fac in factors:
+        pos = dict(zip(fac.theta_pos, fac.theta_index))
+        for j in range(fac.q):
+            t_jj = pos[(j, j)]
+            if theta[t_jj] > 0.0:
+                continue
+            below = [pos[(i, j)] for i in range(j + 1, fac.q) if (i, j) in pos]
+            signs = (1.0, -1.0) if np.any(theta[below] != 0.0) else (1.0,)
+            for sign in signs:
+                for delta in (1e-3, 1e-2, 0.1):
+                    trial = theta.copy()
+                    trial[below] = sign * trial[below]
+                    trial[t_jj] = delta * scale
+                    ft = f(trial)
+                    if ft < best_f - 1e-12 * max(1.0, abs(best_f)):
+                        best, best_f = trial, ft
+    return best, best_f
 
 
 def trailing_size(spec: ModelSpec) -> int:
@@ -365,6 +399,26 @@ def per_block(spec: ModelSpec, factors: list[Factor], modes: list[np.ndarray],
             if cvs is not None:
                 condvar[blk] = np.ascontiguousarray(cvs[k][sl, sl].transpose(2, 0, 1))
     return blups, condvar
+
+
+def profiled_sigma(model, theta: np.ndarray, reml: bool) -> float:
+    """σ̂ at θ from a sparse model's evaluation (``pwrss``): lme4's √(r²/(n − p)) or √(r²/n)."""
+    ev = model.evaluate(theta)
+    return float(np.sqrt(ev.pwrss / (model.n - model.p if reml else model.n)))
+
+
+def deviance_at_sigma(model, varpar: np.ndarray, reml: bool) -> float:
+    """lmerTest's ``devfun_vp`` for the sparse models: the deviance at (θ, σ) = *varpar*, not
+    profiled over σ, from one evaluation (``ok``, ``ldL2``, ``ldRX2``, ``pwrss``)."""
+    varpar = np.asarray(varpar, dtype=float)
+    sigma2 = varpar[-1] ** 2
+    ev = model.evaluate(varpar[:-1])
+    if not ev.ok:
+        return np.inf
+    dev = ev.ldL2 + ev.pwrss / sigma2 + model.n * np.log(2.0 * np.pi * sigma2)
+    if reml:
+        dev += ev.ldRX2 - model.p * np.log(2.0 * np.pi * sigma2)
+    return float(dev)
 
 
 def cached_model(cache: OrderedDict, spec: ModelSpec, build):

@@ -1,0 +1,132 @@
+"""The pooled criterion and gradient of the "fast" engine with every product by Λ as one matrix
+product over all classes (one grouping factor).
+
+With groups pooled by class of ZᵢᵀZᵢ (:class:`mfr_outcomes.models.fast._Classes`), each class
+contributes a few q×q products; K is small (a few dozen classes), so the time is the number of
+NumPy calls, not arithmetic. Λ is the same in every class, so a product Λᵀ X Λ of every class's
+X is one (K, q²) × (q², q²) product with the Kronecker matrix Λ ⊗ Λ (row-major vec:
+vec(L X R) = (L ⊗ Rᵀ) vec(X)); the sums over classes of per-class products are one product of
+(q, K q) and (K q, q) matrices. The algebra is that of ``fast._pooled_terms`` and
+``fast._fg_classes``:
+
+    A = ΛᵀCΛ + I,  N = ΛA⁻¹Λᵀ,  S = Σₖ Nₖ : Ωₖ   (Ωₖ the outer products of Zᵢᵀ[X, y]),
+    ∂f/∂Λ = Σₖ (2 countₖ Cₖ − Fₖ Tₖ) Hₖᵀ  with F = I − CN, H = A⁻¹Λᵀ, Tₖ = Ωₖ : W,
+          = Σₖ (2 countₖ Cₖ − Tₖ + CₖNₖTₖ) ΛAₖ⁻¹.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
+
+__all__ = ["Pooled2", "pooled2", "core2", "fg2"]
+
+
+class Pooled2:
+    """What :func:`core2` and :func:`fg2` read of the classes: C as (K, q, q) and (K, q²), the
+    count-weighted 2C, the flattened Ω, where θ goes in Λ, XᵀX, Xᵀ(y − X b0), |y − X b0|²."""
+
+    __slots__ = ("C", "C4", "two_count_C", "count", "omega", "flat", "q", "K", "p", "n",
+                 "XtX", "Xty0", "yty0", "eye_flat", "eye_p")
+
+    def __init__(self, cl, stats, flat: np.ndarray, q: int):
+        K = cl.Ck.shape[0]
+        self.K, self.q, self.p, self.n = K, q, stats.p, stats.n
+        self.C = np.ascontiguousarray(cl.Ck)
+        self.C4 = self.C.reshape(K, q * q)
+        self.count = cl.count
+        self.two_count_C = 2.0 * cl.count[:, None, None] * self.C
+        self.omega = cl.omega_flat
+        self.flat = flat
+        self.XtX, self.Xty0, self.yty0 = stats.XtX, cl.Xty0, cl.yty0
+        self.eye_flat = np.eye(q).reshape(-1)
+        self.eye_p = np.eye(stats.p)
+
+
+def pooled2(cl, stats, lay) -> Pooled2 | None:
+    """The layout of *cl* for :func:`fg2`, or None when the model is not one factor with every
+    θ on it (the general stacked code then applies)."""
+    flat = lay._inner_flat
+    if lay.q_outer or flat is None:
+        return None
+    return Pooled2(cl, stats, flat, lay.q_inner)
+
+
+def _adj_inv(A: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses and determinants of a (K, q, q) stack of SPD matrices (closed form for 2×2)."""
+    if q == 2:
+        f = A.reshape(-1, 4)
+        det = f[:, 0] * f[:, 3] - f[:, 1] * f[:, 2]
+        inv = (f[:, _ADJ_ORDER] * _ADJ_SIGN) / det[:, None]
+        return inv.reshape(A.shape), det
+    inv = np.linalg.inv(A)
+    return inv, np.linalg.det(A)
+
+
+_ADJ_ORDER = np.array([3, 1, 2, 0])
+_ADJ_SIGN = np.array([1.0, -1.0, -1.0, 1.0])
+
+
+def core2(P: Pooled2, theta) -> tuple | None:
+    """log|L_θ|², r², R_X, β̂ − b0, Λ and A⁻¹ at θ; None when XᵀV⁻¹X is not positive definite
+    (as ``fast._pooled_core``)."""
+    q, K, p = P.q, P.K, P.p
+    lam = np.zeros(q * q)
+    lam[P.flat] = theta
+    lam = lam.reshape(q, q)
+    kron = (lam[:, None, :, None] * lam[None, :, None, :]).reshape(q * q, q * q)  # Λ ⊗ Λ
+    A = P.C4 @ kron  # vec(Λᵀ C Λ) = (Λᵀ ⊗ Λᵀ) vec(C), as rows: C4 (Λ ⊗ Λ)
+    A += P.eye_flat
+    Ainv, det = _adj_inv(A.reshape(K, q, q), q)
+    N = Ainv.reshape(K, q * q) @ kron.T  # vec(Λ A⁻¹ Λᵀ)
+    S = (N.reshape(-1) @ P.omega).reshape(p + 1, p + 1)
+    RX, info = _potrf(P.XtX - S[:p, :p], lower=0, clean=1)
+    if info != 0:
+        return None
+    XtVy = P.Xty0 - S[:p, p]
+    beta0 = _potrs(RX, XtVy, lower=0)[0]
+    pwrss = max(P.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
+    logdet = float(P.count @ np.log(det))
+    return logdet, pwrss, RX, beta0, lam, Ainv, N
+
+
+def criterion(logdet: float, pwrss: float, RX: np.ndarray, n: int, p: int, reml: bool,
+              logdet_rx) -> float:
+    """lme4's profiled criterion from its pieces: log|L|² + N (1 + log(2π r²/N)), N = n − p
+    (REML, plus log|R_X|² from *logdet_rx*) or n (ML)."""
+    nn = (n - p) if reml else n
+    f = logdet + nn * (1.0 + math.log(2.0 * math.pi * pwrss / nn))
+    return f + logdet_rx(RX) if reml else f
+
+
+def fg2(P: Pooled2, theta, reml: bool, logdet_rx, gradient: bool = True
+        ) -> tuple[float, np.ndarray | None]:
+    """Criterion and gradient in θ of the pooled classes (``fast._fg_classes``'s formulas):
+    (inf, None) where the criterion is not finite, (f, None) when *gradient* is false.
+    *logdet_rx* gives log|XᵀV⁻¹X| from R_X."""
+    core = core2(P, theta)
+    if core is None:
+        return np.inf, None
+    logdet, pwrss, RX, beta0, lam, Ainv, N = core
+    p, n, q, K = P.p, P.n, P.q, P.K
+    nn = (n - p) if reml else n
+    f = criterion(logdet, pwrss, RX, n, p, reml, logdet_rx)
+    if not math.isfinite(f):
+        return np.inf, None
+    if not gradient:
+        return f, None
+    w = np.empty(p + 1)
+    w[:p] = beta0
+    w[p] = -1.0  # the data hold y − X b0
+    W = (2.0 * nn / pwrss) * (w[:, None] * w)
+    if reml:
+        W[:p, :p] += 2.0 * _potrs(RX, P.eye_p, lower=0)[0]
+    T = (P.omega @ W.reshape(-1)).reshape(K, q, q)
+    Q = P.two_count_C - T
+    Q += P.C @ (N.reshape(K, q, q) @ T)  # 2 count C − F T, F = I − C N
+    U = lam @ Ainv  # Λ A⁻¹ (= Hᵀ) of every class
+    # Σₖ Qₖ Uₖ: rows (r) by the stacked (k, j) against (k, j) by columns (s)
+    grad_m = Q.transpose(1, 0, 2).reshape(q, K * q) @ U.reshape(K * q, q)
+    return f, grad_m.reshape(-1)[P.flat]
