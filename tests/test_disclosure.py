@@ -482,15 +482,60 @@ def test_every_count_of_every_table_goes_through_the_ledger(every_report):
                 "monthly", "models", "techniques", "flow"} <= tables, tables
 
 
+def _declared(results, cells) -> set[tuple]:
+    """The counts the reports say they could not protect (a caution in each site's report):
+    each report's own, and the all-sites report's that a site's report found the sites'
+    counts give away."""
+    out = set()
+    for name, result in results.items():
+        key = {c[3]: c[0] for c in cells[name]}
+        out |= {key[i] for i in result.ledger.unprotected}
+        if name != "all":
+            key = {c[3]: c[0] for c in cells["all"]}
+            out |= {key[i] for i in result.family["all sites"].unprotected}
+    return out
+
+
 @pytest.mark.parametrize("report", ["all", "site-1", "site-2", "site-3"])
 def test_no_hidden_cell_of_a_report_is_recovered_from_its_own_numbers(every_report, report):
+    """The all-sites report protects every count it hides. A site's report does too, except a
+    count that only counts the all-sites report publishes pin (the all-sites report decides
+    alone, and a site's report never hides a count the all-sites report gives away: it would
+    protect nothing): each of those is said in a caution of the site's report."""
     _, results, cells = every_report
     joint = _Joint(cells[report])
     assert joint.hidden, "the report should hide some counts"
     _within(joint, results[report], report)
-    assert not joint.pinned()
+    pinned = joint.pinned()
+    if report == "all":
+        assert not pinned
+    assert set(pinned) <= _declared({report: results[report]} | (
+        {"all": results["all"]} if report != "all" else {}), cells), pinned
+    if pinned:
+        assert any("could not be protected further" in c for c in results[report].cautions)
 
 
+def test_every_count_recovered_across_reports_is_said_in_a_caution(every_report):
+    """An attacker holding the all-sites report and every site's report (every sum within and
+    across) pins only counts that the site reports declare they could not protect."""
+    _, results, cells = every_report
+    names = list(results)
+    joint = _Joint([c for n in names for c in cells[n]])
+    for n in names:
+        _within(joint, results[n], n)
+    _across(joint, names)
+    pinned = joint.pinned()
+    assert set(pinned) <= _declared(results, cells), set(pinned) - _declared(results, cells)
+    # and the site reports protect far more than they cannot: most hidden counts stay open
+    assert len(pinned) < len(joint.hidden) / 10, (len(pinned), len(joint.hidden))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the all-sites report decides alone, so some counts are recovered across reports whatever "
+    "the site reports hide: three sites each showing '<5' for a row the all-sites report shows "
+    "as 12 (each is 4); an all-sites count hidden as a complement that is the sum of counts "
+    "each site's report gives away; a site's small count pinned by a margin that holds by "
+    "chance with counts the all-sites report publishes (see docs/report.md)"))
 def test_no_hidden_cell_is_recovered_across_the_all_sites_and_site_reports(every_report):
     _, results, cells = every_report
     names = list(results)
@@ -499,6 +544,38 @@ def test_no_hidden_cell_is_recovered_across_the_all_sites_and_site_reports(every
         _within(joint, results[n], n)
     _across(joint, names)
     assert not joint.pinned()
+
+
+def test_the_all_sites_decision_is_its_own_whichever_report_computes_it(every_report):
+    """The all-sites report builds no other scope and decides alone (a fresh decision of its
+    own counts and sums gives the same hidden counts), and every site's report, which builds
+    the all-sites scope without figures, reaches that same decision and adds nothing to it."""
+    _, results, _ = every_report
+    led = results["all"].ledger
+    assert list(results["all"].family) == ["all sites"]
+    fresh = Ledger(K)
+    fresh.values, fresh.relations, fresh.rank = list(led.values), list(led.relations), led.rank
+    fresh.decide()
+    assert fresh.status == led.status
+    for name, result in results.items():
+        if name == "all":
+            continue
+        other = result.family["all sites"]
+        assert other.values == led.values and other.relations == led.relations
+        assert other.status == led.status, name
+
+
+def test_each_site_decision_is_the_same_in_every_site_report(every_report):
+    """Site s's hidden counts as its own report publishes them are the ones every other
+    site's report computes for s (one deterministic decision over the whole study)."""
+    _, results, _ = every_report
+    sites = [n for n in results if n != "all"]
+    for s in sites:
+        own = results[s].ledger
+        for t in sites:
+            other = results[t].family[s]
+            assert other.values == own.values, (s, t)
+            assert other.status == own.status, (s, t)
 
 
 def test_no_site_count_is_all_sites_minus_the_other_sites(every_report):

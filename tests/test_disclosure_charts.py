@@ -174,12 +174,8 @@ def charted(request, tmp_path_factory):
     return request.param, study, result, out, drawn
 
 
-def test_both_p_charts_are_drawn(charted, request):
+def test_both_p_charts_are_drawn(charted):
     name, _, result, _, drawn = charted
-    if name in ("clinic", "one-small-month"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the suppression decision shared with the site reports (report/family.py) hides "
-            "the all-sites report's chart counts too: its p-charts lose their points")))
     assert not result.failures, result.failures
     if name == "one-small-month":  # May is a gap, and another month hides it
         ae = [_p_counts(res) for t, res in drawn if "adverse" in t]
@@ -191,12 +187,8 @@ def test_both_p_charts_are_drawn(charted, request):
     assert any("Responders" in t for t in titles) and any("adverse" in t for t in titles), titles
 
 
-def test_no_hidden_count_is_read_off_a_chart(charted, request):
-    name, study, result, out, drawn = charted
-    if name == "clinic":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "a count the family decision hides in the all-sites report (readings of the main "
-            "measure) is pinned by this attacker's chart margins: not yet protected")))
+def test_no_hidden_count_is_read_off_a_chart(charted):
+    _, study, result, out, drawn = charted
     reader = _Reader()
     cells = _published(result, out, "all", study)
     by_id = {}

@@ -162,10 +162,15 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     redactor, names = Redactor(_identifiers(study)), therapist_pseudonyms(study)
     ctx, sections = _build_scope(history, options, redactor, names,
                                  _other_sites(study, site, period), figures=True)
-    unprotected = _decide(study, ctx, redactor, names)
-    if unprotected:
-        ctx.caution(f"{unprotected} hidden count(s) are tied to other hidden counts only and "
+    within, across, family = _decide(study, ctx, redactor, names)
+    if within:
+        ctx.caution(f"{within} hidden count(s) are tied to other hidden counts only and "
                     f"could not be protected further.")
+    if across:
+        ctx.caution(f"{across} hidden count(s) of this report or of the all-sites report could "
+                    f"be worked out from the all-sites report together with the sites' reports "
+                    f"(the all-sites report decides what it hides on its own) and could not be "
+                    f"protected further in this report.")
     resolve_later(sections)
     csv_paths = _write_tables(ctx, sections, out)
     for sec in sections:
@@ -179,7 +184,7 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     safe_write(html_path, html, out)
     return ReportResult(html_path=html_path, csv_paths=csv_paths,
                         sections={s.key: s for s in sections}, failures=list(ctx.failures),
-                        cautions=list(ctx.cautions), ledger=ctx.ledger)
+                        cautions=list(ctx.cautions), ledger=ctx.ledger, family=family)
 
 
 def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict[str, str],
@@ -198,21 +203,27 @@ def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict
     return ctx, sections
 
 
-def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str, str]) -> int:
-    """Decide which counts *ctx*'s report hides: with ``min_cell`` above 1, as its share of
-    the one decision of the study's family of reports (the all-sites report and each site's,
-    see :mod:`mfr_outcomes.report.family`), the other scopes built without figures. Returns
-    the number of hidden counts of this report that could not be protected."""
+def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str, str]
+            ) -> tuple[int, int, dict[str, Any]]:
+    """Decide which counts *ctx*'s report hides. The all-sites report decides alone. A site's
+    report (``min_cell`` above 1) takes its share of the decision of every site of the study
+    against the all-sites report (see :mod:`mfr_outcomes.report.family`), the all-sites scope
+    and the other sites' scopes built without figures. Returns the number of hidden counts that
+    could not be protected within this report, the number that could not be protected across
+    reports (this report's, and the all-sites report's that the sites' counts would give away),
+    and the decided ledger of every scope by name (only this one's for the all-sites
+    report)."""
     o = ctx.options
     period = o.period[2] if o.period else None
     sites = sorted(set(study.patients["site_id"].dropna().astype(str)))
-    if o.min_cell <= 1 or not sites:
+    if o.site is None or o.min_cell <= 1 or not sites:
         ctx.ledger.decide()
-        return len(ctx.ledger.unprotected)
+        return len(ctx.ledger.unprotected), 0, {ALL_SITES if o.site is None else str(o.site):
+                                                ctx.ledger}
     scopes, own = [], None
     for name in [ALL_SITES, *sites]:
         site = None if name == ALL_SITES else name
-        if site == (None if o.site is None else str(o.site)):
+        if site == str(o.site):
             scopes.append(Scope(name, ctx.ledger, ctx.tables))
             own = scopes[-1]
             continue
@@ -226,7 +237,11 @@ def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str,
         other.release()
         scopes.append(Scope(name, other.ledger, other.tables))
     decide_family(scopes)
-    return len(set(own.unprotected) | set(own.ledger.unprotected))
+    across = set(own.unprotected)
+    within = set(own.ledger.unprotected) - across
+    if scopes[0].name == ALL_SITES:
+        across |= {(ALL_SITES, i) for i in scopes[0].unprotected}
+    return len(within), len(across), {s.name: s.ledger for s in scopes}
 
 
 def _check_out(out: Path) -> None:

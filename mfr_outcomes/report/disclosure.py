@@ -14,8 +14,9 @@ The rules (stated in the report's methods section and ``docs/report.md``):
   least k) — two linear programmes. While one is pinned to a single value, the smallest
   published non-zero count in a sum it belongs to whose hiding frees it is hidden too, shown
   as ``"suppressed"`` with a footnote.
-- **Across reports**: the all-sites report and every site's report of a study take one
-  decision together (:mod:`mfr_outcomes.report.family`), so that no sum across reports ("all
+- **Across reports**: the all-sites report decides alone; a site's report takes the extra
+  suppression, decided for every site of the study together against the all-sites report's
+  published counts (:mod:`mfr_outcomes.report.family`), so that no sum across reports ("all
   sites = the sum of the sites") recovers a count one of them hides.
 """
 from __future__ import annotations
@@ -92,6 +93,10 @@ class Ledger:
         #: Cells tried first as complements (a site's count whose counterpart another report
         #: of the study hides: hiding both keeps the sums across reports open).
         self.prefer: set[int] = set()
+        #: Cells never chosen as complements: a site's count that the all-sites report gives
+        #: away (hidden, it would stay known and protect nothing), or, in a check across
+        #: reports, a count of a report decided already.
+        self.avoid: set[int] = set()
         #: Hidden cells still pinned after every count around them was hidden (see decide).
         self.unprotected: list[int] = []
         self._decided = False
@@ -268,7 +273,7 @@ class Ledger:
 
     def _complement(self, i: int) -> int | None:
         """The smallest published non-zero count sharing a sum with cell *i* (searching sums
-        further away when every close one is hidden)."""
+        further away when every close one is hidden; never one of :attr:`avoid`)."""
         rel_of = self._relations_of()
         seen_rel: set[int] = set()
         frontier = {i}
@@ -280,7 +285,7 @@ class Ledger:
                 for j in {total, *parts}:
                     if j in self.status:
                         nxt.add(j)
-                    elif self.values[j] > 0:
+                    elif self.values[j] > 0 and j not in self.avoid:
                         cands.add(j)
             if cands:
                 # the smallest count whose hiding frees cell i (else the smallest count)
@@ -368,6 +373,7 @@ class Ledger:
             joint.status.update({off + i: kind for i, kind in led.status.items()})
             joint.rank.update({off + i: r for i, r in led.rank.items()})
             joint.prefer.update(off + i for i in led.prefer)
+            joint.avoid.update(off + i for i in led.avoid)
         for (k, t), parts in sums:
             joint.relate(Cell(offsets[k] + t), [Cell(offsets[j] + p) for j, p in parts])
         joint._decided = True

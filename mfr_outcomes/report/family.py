@@ -1,24 +1,34 @@
-"""One suppression pattern for every report of a study.
+"""Suppression across the reports of a study: the all-sites report decides alone, and the
+sites' reports take the extra suppression.
 
 The all-sites report and each site's report of one study (same period, same ``min_cell``)
 are read side by side by anyone who has them all: for every table, row and column they share,
-the all-sites count is the sum of the sites' counts. So each report decides which counts to
-hide for the whole family, in the same way, from the counts of every scope (built without
-figures), and publishes its own share of that one decision:
+the all-sites count is the sum of the sites' counts. A count a site's report hides must not
+come back as the all-sites count minus the other sites' counts, and a count the all-sites
+report hides must not come back as the sum of the sites' counts.
 
-1. each scope's ledger decides alone (primary and complementary suppression);
-2. **pairing**: in every equation "all sites = sum of sites" (and "all sites = this site", for
-   a row only one site has, or a count of the source that every report repeats), a count
-   hidden in one member alone is recovered by subtraction, so the smallest published non-zero
-   other member is hidden too (ties: a site's count before the all-sites one, then scope and
-   table order), until no equation has exactly one hidden member;
-3. **the joint check**: the ledgers are combined, with those equations, into one linear
+**The all-sites report decides alone**, exactly as a report of a study without sites: it never
+builds another scope (it costs what one report costs, its charts keep their points), and its
+decision is the same whichever report computes it. **A site's report** builds the all-sites
+scope and every other site's scope (their counts, without figures) and decides:
+
+1. the all-sites ledger, alone; it is fixed from then on (nothing is ever added to it);
+2. **seeding**: a count small in one site's report is hidden in every other site's report
+   where it is not 0;
+3. each site's ledger (primary and complementary suppression), its complements first sought
+   among counts another site hides (two sites hiding the same count leave "all sites = sum of
+   sites" open) and never a count the all-sites report gives away (:func:`given_away`);
+4. **pairing**: in every equation "all sites = sum of sites" with exactly one hidden non-zero
+   member (the all-sites count included), the smallest published non-zero *site* member is
+   hidden too (never the all-sites count: it is fixed), and its report protects it, until no
+   equation has exactly one hidden member;
+5. **the joint check**: the ledgers are combined, with those equations, into one linear
    programme; each hidden count tied to an equation across reports is solved for as an
-   attacker holding every report would, and complements are hidden (as within a report) until
-   each keeps two or more feasible values.
+   attacker holding every report would, and complements (site counts only, never one given
+   away) are hidden until each keeps two or more feasible values.
 
-Every step is deterministic and sees only the counts of the whole family, so every report of
-the study reaches the same decision.
+Every step is deterministic and sees only the counts of the whole study, so every site's
+report reaches the same decision for every site, and publishes its own share of it.
 """
 from __future__ import annotations
 
@@ -28,10 +38,13 @@ from dataclasses import dataclass, field
 from mfr_outcomes.report.blocks import Table
 from mfr_outcomes.report.disclosure import Cell, Ledger
 
-__all__ = ["ALL_SITES", "Scope", "cross_sums", "decide_family", "row_names"]
+__all__ = ["ALL_SITES", "Scope", "cross_sums", "decide_family", "given_away", "row_names"]
 
 #: The name of the all-sites scope (the others are named by their site).
 ALL_SITES = "all sites"
+
+#: A cell of one scope: (index of the scope, id of the cell in its ledger).
+Member = tuple[int, int]
 
 
 @dataclass
@@ -62,7 +75,7 @@ def _index(scope: Scope) -> dict[tuple[str, str, str], int]:
     return out
 
 
-def cross_sums(scopes: Sequence[Scope]) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+def cross_sums(scopes: Sequence[Scope]) -> list[tuple[Member, list[Member]]]:
     """Equations across reports, as (scope, cell) pairs: the all-sites count = the sum of the
     sites' counts of the same table, row and column, and = one site's count; each kept only
     when it holds (a reader who assumed a false one would learn nothing)."""
@@ -70,7 +83,7 @@ def cross_sums(scopes: Sequence[Scope]) -> list[tuple[tuple[int, int], list[tupl
         return []
     index = [_index(s) for s in scopes]
 
-    def value(m: tuple[int, int]) -> float:
+    def value(m: Member) -> float:
         return scopes[m[0]].ledger.values[m[1]]
 
     out = []
@@ -86,11 +99,75 @@ def cross_sums(scopes: Sequence[Scope]) -> list[tuple[tuple[int, int], list[tupl
     return out
 
 
+def given_away(scopes: Sequence[Scope], sums: Sequence[tuple[Member, list[Member]]],
+               n: int) -> set[int]:
+    """The cells of site scope *n* that the all-sites report gives away: the all-sites count
+    is published (its decision is fixed) and equals this site's count (a row only this site
+    has, a row every other site has as 0, a count of the source every report repeats). Such a
+    cell is never chosen as a complement: hidden, it would stay pinned and nothing could free
+    it. (A small one is hidden in the all-sites report too, being the same small count.)
+
+    So is a count that the site's own sums determine from those (and from its zeros, which
+    are never hidden): a site's treatment sessions are the sum of its therapists' sessions, and
+    each of its therapists is a row of the all-sites report. Determined means fixed by the
+    equations whatever the other counts are: the cell's unit vector lies in the row space of
+    the sums over the cells not known (a null-space test, one connected part of the sums at a
+    time)."""
+    top, led = scopes[0].ledger, scopes[n].ledger
+    known = {parts[0][1] for total, parts in sums
+             if len(parts) == 1 and parts[0][0] == n and total[1] not in top.status}
+    if not known:
+        return known
+    return known | _determined(led, known | {i for i, v in enumerate(led.values) if v == 0})
+
+
+def _determined(led: Ledger, known: set[int]) -> set[int]:
+    """Cells of *led* whose value the sums fix once the cells *known* are known."""
+    import numpy as np
+    from scipy.linalg import null_space
+
+    rows = [tuple(dict.fromkeys(j for j in (t, *ps) if j not in known))
+            for t, ps in led.relations]
+    # connected parts of the unknown cells through the sums (union-find)
+    parent: dict[int, int] = {}
+
+    def find(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for row in rows:
+        for j in row[1:]:
+            parent[find(j)] = find(row[0])
+        if row:
+            find(row[0])
+    parts: dict[int, list[int]] = {}
+    for r, row in enumerate(rows):
+        if row:
+            parts.setdefault(find(row[0]), []).append(r)
+    out: set[int] = set()
+    for rel_ids in parts.values():
+        cells = sorted({j for r in rel_ids for j in rows[r]})
+        col = {j: c for c, j in enumerate(cells)}
+        a = np.zeros((len(rel_ids), len(cells)))
+        for k, r in enumerate(rel_ids):
+            total, ps = led.relations[r]
+            for j, sign in [(total, -1.0)] + [(p, 1.0) for p in ps]:
+                if j in col:
+                    a[k, col[j]] += sign
+        basis = null_space(a)
+        free = np.abs(basis).max(axis=1) if basis.size else np.zeros(len(cells))
+        out.update(j for j in cells if free[col[j]] < 1e-9)
+    return out
+
+
 def _pair(scopes: Sequence[Scope], sums: list) -> dict[int, set[int]]:
-    """Step 2: hide one more member of every equation with exactly one hidden member."""
+    """Step 4: in every equation with exactly one hidden non-zero member, hide one more site
+    member (the all-sites count is fixed)."""
     new: dict[int, set[int]] = {}
 
-    def hidden(m: tuple[int, int]) -> bool:
+    def hidden(m: Member) -> bool:
         return m[1] in scopes[m[0]].ledger.status or m[1] in new.get(m[0], ())
 
     changed = True
@@ -98,55 +175,62 @@ def _pair(scopes: Sequence[Scope], sums: list) -> dict[int, set[int]]:
         changed = False
         for total, parts in sums:
             members = [m for m in (total, *parts) if scopes[m[0]].ledger.values[m[1]] > 0]
-            shut = [m for m in members if hidden(m)]
-            if len(shut) != 1:
+            if sum(hidden(m) for m in members) != 1:
                 continue
-            open_ = [m for m in members if not hidden(m)]
-            if not open_:
+            open_ = [m for m in members if m[0] != 0 and not hidden(m)
+                     and m[1] not in scopes[m[0]].ledger.avoid]
+            if not open_:  # the joint check finds it pinned and reports it
                 continue
-            pick = min(open_, key=lambda m: (m[0] == 0, scopes[m[0]].ledger.values[m[1]],
-                                             m[0], scopes[m[0]].ledger.rank.get(m[1], ("~",)),
-                                             m[1]))
+            pick = min(open_, key=lambda m: (scopes[m[0]].ledger.values[m[1]], m[0],
+                                             scopes[m[0]].ledger.rank.get(m[1], ("~",)), m[1]))
             new.setdefault(pick[0], set()).add(pick[1])
             changed = True
     return new
 
 
 def decide_family(scopes: Sequence[Scope]) -> None:
-    """Decide every scope's ledger as one family (see the module docstring).
+    """Decide every scope's ledger (see the module docstring).
 
     ``scopes[0]`` is the all-sites scope (:data:`ALL_SITES`), the others its sites, in the
-    same order in every report of the study. On return each ledger is decided; a hidden count
-    that could not be protected across reports is listed in its scope's ``unprotected``.
+    same order in every report of the study. The all-sites ledger is decided alone; on return
+    every ledger is decided, and a hidden count that could not be protected across reports is
+    listed in its scope's ``unprotected`` (the all-sites scope's too: a count of the all-sites
+    report that the sites' counts would give away).
     """
+    scopes[0].ledger.decide()
     sums = cross_sums(scopes)
     if not sums:
-        for s in scopes:
+        for s in scopes[1:]:
             s.ledger.decide()
         return
     index = [_index(s) for s in scopes]
     keys = [{cid: key for key, cid in ix.items()} for ix in index]
     k = scopes[0].ledger.min_cell
+    for n in range(1, len(scopes)):
+        scopes[n].ledger.avoid = given_away(scopes, sums, n)
     # seed: a count small in one site's report is hidden in every other site's report too
     small = {key for ix, s in zip(index[1:], scopes[1:], strict=True)
              for key, cid in ix.items() if 0 < s.ledger.values[cid] < k}
     for ix, s in zip(index[1:], scopes[1:], strict=True):
         for key in sorted(small & set(ix)):
-            if s.ledger.values[ix[key]] > 0:
-                s.ledger.hide(_cell(ix[key]), "cross-report")
-    for n, s in enumerate(scopes):
+            # a count the all-sites report gives away protects nothing by being hidden
+            if s.ledger.values[ix[key]] > 0 and ix[key] not in s.ledger.avoid:
+                s.ledger.hide(Cell(ix[key]), "cross-report")
+    for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
-        s.ledger.decide()
-    while True:  # pairing, and each report's complements, to a fixed point
+        scopes[n].ledger.decide()
+    while True:  # pairing, and each site's complements, to a fixed point
         new = _pair(scopes, sums)
         if not new:
             break
         for n, ids in sorted(new.items()):
             _prefer(scopes, index, keys, n)
             scopes[n].ledger.protect(sorted(ids), "cross-report")
-    for n in range(len(scopes)):
+    for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
     joint, offsets = Ledger.combine([s.ledger for s in scopes], sums)
+    # the all-sites decision is fixed: none of its counts is ever a complement
+    joint.avoid.update(range(offsets[0], offsets[0] + len(scopes[0].ledger.values)))
     first_cross = len(joint.relations) - len(sums)
     # only counts tied to an equation across reports can be pinned by it: the others were
     # checked by their own report, against the same sums
@@ -158,27 +242,19 @@ def decide_family(scopes: Sequence[Scope]) -> None:
         seen.update(cells)
         if any(r >= first_cross for r in rels):
             check.extend(cells)
-    # complements are sought first among a site's counts that another site hides too (the
-    # per-scope preferences), which leaves the all-sites count open
     joint.recheck(sorted(check))
     for n, s in enumerate(scopes):
         lo, hi = offsets[n], offsets[n] + len(s.ledger.values)
-        mine = sorted(i - lo for i in joint.status if lo <= i < hi)
-        s.ledger.protect([i for i in mine if i not in s.ledger.status], "cross-report")
+        if n:
+            mine = sorted(i - lo for i in joint.status if lo <= i < hi)
+            s.ledger.protect([i for i in mine if i not in s.ledger.status], "cross-report")
         s.unprotected = sorted(i - lo for i in joint.unprotected if lo <= i < hi)
+        s.ledger.unprotected = sorted(set(s.ledger.unprotected) | set(s.unprotected))
 
 
 def _prefer(scopes: Sequence[Scope], index: list, keys: list, n: int) -> None:
-    """A site's complements are first sought among its counts hidden in another site's
-    report (two sites hiding the same count leave "all sites = sum of sites" open); the
-    all-sites report has no such preference."""
-    if n == 0:
-        scopes[n].ledger.prefer = set()
-        return
+    """Site *n*'s complements are first sought among its counts hidden in another site's
+    report (two sites hiding the same count leave "all sites = sum of sites" open)."""
     elsewhere = {keys[m][i] for m, s in enumerate(scopes) if m not in (0, n)
                  for i in (*s.ledger.status, *s.ledger.forced()) if i in keys[m]}
     scopes[n].ledger.prefer = {cid for key, cid in index[n].items() if key in elsewhere}
-
-
-def _cell(i: int) -> Cell:
-    return Cell(i)
