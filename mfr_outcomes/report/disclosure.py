@@ -384,10 +384,19 @@ class Ledger:
         # hiding more cells only widens every interval, so a cell found free stays free: each
         # hidden cell is checked until it is free, and each new complement is checked once
         queue = [i for i in start if i in related]
+        tried: set[int] = set()
         while queue:
             i = queue.pop(0)
             if not self._is_pinned(i):
                 continue
+            # with counts that may never be hidden (avoid), a cell can stay pinned however many
+            # others are hidden: found first, so that no complement is hidden in vain
+            if self.avoid and i not in tried:
+                tried.add(i)
+                if self._hopeless(i):
+                    if i not in self.unprotected:
+                        self.unprotected.append(i)
+                    continue
             j = self._complement(i)
             if j is None:  # every count around it is hidden already: nothing more to hide
                 if i not in self.unprotected:
@@ -395,6 +404,25 @@ class Ledger:
                 continue
             self.status[j] = "secondary"
             queue = [i, j] + queue
+
+    def _hopeless(self, i: int) -> bool:
+        """True when hidden cell *i* stays pinned even with every non-zero count that sums
+        reach from it hidden, except those of :attr:`avoid` (which are known)."""
+        rel_of = self._relations_of()
+        seen, frontier, rels = {i}, [i], set()
+        while frontier:
+            h = frontier.pop()
+            for r in rel_of.get(h, ()):
+                if r in rels:
+                    continue
+                rels.add(r)
+                total, parts = self.relations[r]
+                for j in (total, *parts):
+                    if j not in seen and j not in self.avoid and self.values[j] > 0:
+                        seen.add(j)
+                        frontier.append(j)
+        extra = sorted(j for j in seen if j not in self.status)
+        return not extra or not self._frees(i, extra)
 
     def hidden(self, cell: Cell) -> bool:
         if not self._decided:

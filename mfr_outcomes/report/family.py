@@ -32,6 +32,7 @@ report reaches the same decision for every site, and publishes its own share of 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,8 @@ from mfr_outcomes.report.blocks import Table
 from mfr_outcomes.report.disclosure import Cell, Ledger
 
 __all__ = ["ALL_SITES", "Scope", "cross_sums", "decide_family", "given_away", "row_names"]
+
+_log = logging.getLogger(__name__)
 
 #: The name of the all-sites scope (the others are named by their site).
 ALL_SITES = "all sites"
@@ -211,6 +214,7 @@ def decide_family(scopes: Sequence[Scope]) -> None:
     # seed: a count small in one site's report is hidden in every other site's report too
     small = {key for ix, s in zip(index[1:], scopes[1:], strict=True)
              for key, cid in ix.items() if 0 < s.ledger.values[cid] < k}
+    _log.debug("each scope alone: %s", _hidden(scopes))
     for ix, s in zip(index[1:], scopes[1:], strict=True):
         for key in sorted(small & set(ix)):
             # a count the all-sites report gives away protects nothing by being hidden
@@ -219,6 +223,7 @@ def decide_family(scopes: Sequence[Scope]) -> None:
     for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
         scopes[n].ledger.decide()
+    _log.debug("after seeding and each site's decision: %s", _hidden(scopes))
     while True:  # pairing, and each site's complements, to a fixed point
         new = _pair(scopes, sums)
         if not new:
@@ -226,6 +231,7 @@ def decide_family(scopes: Sequence[Scope]) -> None:
         for n, ids in sorted(new.items()):
             _prefer(scopes, index, keys, n)
             scopes[n].ledger.protect(sorted(ids), "cross-report")
+    _log.debug("after pairing: %s", _hidden(scopes))
     for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
     joint, offsets = Ledger.combine([s.ledger for s in scopes], sums)
@@ -250,6 +256,11 @@ def decide_family(scopes: Sequence[Scope]) -> None:
             s.ledger.protect([i for i in mine if i not in s.ledger.status], "cross-report")
         s.unprotected = sorted(i - lo for i in joint.unprotected if lo <= i < hi)
         s.ledger.unprotected = sorted(set(s.ledger.unprotected) | set(s.unprotected))
+    _log.debug("after the joint check: %s", _hidden(scopes))
+
+
+def _hidden(scopes: Sequence[Scope]) -> str:
+    return ", ".join(f"{s.name} {len(s.ledger.status)}/{len(s.ledger.values)}" for s in scopes)
 
 
 def _prefer(scopes: Sequence[Scope], index: list, keys: list, n: int) -> None:
