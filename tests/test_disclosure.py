@@ -656,3 +656,32 @@ def test_family_pairs_a_count_hidden_in_one_site_with_the_same_count_of_another(
         hi = linprog(-obj, A_eq=np.array(a), b_eq=np.array(b), bounds=bounds, method="highs")
         assert lo.status == 0
         assert hi.status == 3 or -hi.fun - lo.fun >= 1, (c, lo.fun, -hi.fun)
+
+
+def test_a_count_the_all_sites_report_gives_away_is_never_a_complement():
+    """A row only site-1 has (itching) is the same count in the all-sites report, which
+    publishes it: hidden in site-1's report it would stay known, so site-1 protects its small
+    count of flares with other counts, and the attacker holding the three reports pins none.
+    A count the site's sums then fix (its total, with every row given away) is known too."""
+    from mfr_outcomes.report.family import ALL_SITES, cross_sums, decide_family, given_away
+
+    # itching is site-1's smallest published count: the complement a report alone would hide
+    scopes = [_scope(ALL_SITES, {"flare": 20, "soreness": 30, "bruising": 14, "itch": 5}),
+              _scope("site-1", {"flare": 3, "soreness": 12, "bruising": 8, "itch": 5}),
+              _scope("site-2", {"flare": 17, "soreness": 18, "bruising": 6})]
+    decide_family(scopes)
+    site1 = scopes[1]
+    itch = site1.tables["types"].column_cells("n")[3]
+    assert itch.id in site1.ledger.avoid
+    assert not site1.ledger.hidden(itch)
+    assert site1.ledger.label(site1.tables["types"].column_cells("n")[0]) == f"<{K}"
+    assert not any(s.unprotected for s in scopes)
+    joint, _ = Ledger.combine([s.ledger for s in scopes], cross_sums(scopes))
+    for i in joint.status:
+        lo, hi = joint.interval(i)
+        assert hi - lo >= 1, (i, lo, hi)
+    # one site with every row in the all-sites report: its rows and its total are known
+    alone = [_scope(ALL_SITES, {"flare": 7, "soreness": 8}),
+             _scope("site-1", {"flare": 7, "soreness": 8})]
+    known = given_away(alone, cross_sums(alone), 1)
+    assert known == {0, 1, 2}  # the two rows and the total the table declares
