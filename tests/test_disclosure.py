@@ -498,21 +498,27 @@ def _declared(results, cells) -> set[tuple]:
 
 @pytest.mark.parametrize("report", ["all", "site-1", "site-2", "site-3"])
 def test_no_hidden_cell_of_a_report_is_recovered_from_its_own_numbers(every_report, report):
-    """The all-sites report protects every count it hides. A site's report does too, except a
-    count that only counts the all-sites report publishes pin (the all-sites report decides
-    alone, and a site's report never hides a count the all-sites report gives away: it would
-    protect nothing): each of those is said in a caution of the site's report."""
+    """Every report protects every count it hides against a reader of that report alone: a
+    site's report too, where a count is pinned across reports by counts the all-sites report
+    publishes (said in a caution), by last-resort complements among the counts the all-sites
+    report gives away."""
     _, results, cells = every_report
     joint = _Joint(cells[report])
     assert joint.hidden, "the report should hide some counts"
     _within(joint, results[report], report)
-    pinned = joint.pinned()
-    if report == "all":
-        assert not pinned
-    assert set(pinned) <= _declared({report: results[report]} | (
-        {"all": results["all"]} if report != "all" else {}), cells), pinned
-    if pinned:
-        assert any("could not be protected further" in c for c in results[report].cautions)
+    assert not joint.pinned()
+
+
+def _given_away(results, cells) -> set[tuple]:
+    """The counts of each site's report that the all-sites report gives away (a row only that
+    site has, or what its own sums fix from such rows): published on main, hidden now only as
+    last-resort complements within the site's report, and known to a reader of both."""
+    out = set()
+    for name, result in results.items():
+        if name != "all":
+            key = {c[3]: c[0] for c in cells[name]}
+            out |= {key[i] for i in result.ledger.last_resort if i in key}
+    return out
 
 
 def test_every_count_recovered_across_reports_is_said_in_a_caution(every_report):
@@ -526,8 +532,13 @@ def test_every_count_recovered_across_reports_is_said_in_a_caution(every_report)
     _across(joint, names)
     pinned = joint.pinned()
     assert set(pinned) <= _declared(results, cells), set(pinned) - _declared(results, cells)
-    # and the site reports protect far more than they cannot: most hidden counts stay open
-    assert len(pinned) < len(joint.hidden) / 10, (len(pinned), len(joint.hidden))
+    # and the site reports protect far more than they cannot: apart from the counts the
+    # all-sites report gives away, most hidden counts stay open
+    given = _given_away(results, cells)
+    assert given, "the small-cell study has rows only one site has"
+    rest = set(pinned) - given
+    assert len(rest) < (len(joint.hidden) - len(given & set(joint.hidden))) / 10, (
+        len(rest), len(joint.hidden))
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -581,8 +592,11 @@ def test_each_site_decision_is_the_same_in_every_site_report(every_report):
 def test_no_site_count_is_all_sites_minus_the_other_sites(every_report):
     """The --min-cell rule across reports, for every table of the report: a site's hidden count
     is never the all-sites count minus the other sites' published counts (a row missing from a
-    site's table counts as a published 0)."""
+    site's table counts as a published 0), except a count the all-sites report gives away,
+    which the site's report hides only to protect its own counts against a reader of it
+    alone (and declares)."""
     _, results, cells = every_report
+    exempt = _given_away(results, cells) & _declared(results, cells)
     sites = [n for n in results if n != "all"]
     shown = {c[0]: c[1] for n in results for c in cells[n]}
     hidden = (f"<{K}", "suppressed")
@@ -594,7 +608,7 @@ def test_no_site_count_is_all_sites_minus_the_other_sites(every_report):
             if shown.get((s, *key[1:])) not in hidden:
                 continue
             others = [shown.get((o, *key[1:]), "0") for o in sites if o != s]
-            if all(v not in hidden for v in others):
+            if all(v not in hidden for v in others) and (s, *key[1:]) not in exempt:
                 recovered.append((s, *key[1:]))
     assert not recovered, recovered
 

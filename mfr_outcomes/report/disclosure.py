@@ -97,6 +97,11 @@ class Ledger:
         #: away (hidden, it would stay known and protect nothing), or, in a check across
         #: reports, a count of a report decided already.
         self.avoid: set[int] = set()
+        #: Cells of :attr:`avoid` that may still be hidden as complements when nothing else
+        #: protects a count within this report (a site's count the all-sites report gives away:
+        #: hidden, it protects nothing across reports, but it still protects against a reader of
+        #: this report alone). Not carried into a combined ledger.
+        self.last_resort: set[int] = set()
         #: Hidden cells still pinned after every count around them was hidden (see decide).
         self.unprotected: list[int] = []
         self._decided = False
@@ -271,9 +276,11 @@ class Ledger:
                 del self.status[j]
             del self._witness[kept:]
 
-    def _complement(self, i: int) -> int | None:
+    def _complement(self, i: int, last_resort: bool = False) -> int | None:
         """The smallest published non-zero count sharing a sum with cell *i* (searching sums
-        further away when every close one is hidden; never one of :attr:`avoid`)."""
+        further away when every close one is hidden; never one of :attr:`avoid`, unless it is
+        in :attr:`last_resort` and *last_resort* is true)."""
+        banned = self.avoid - self.last_resort if last_resort else self.avoid
         rel_of = self._relations_of()
         seen_rel: set[int] = set()
         frontier = {i}
@@ -285,7 +292,7 @@ class Ledger:
                 for j in {total, *parts}:
                     if j in self.status:
                         nxt.add(j)
-                    elif self.values[j] > 0 and j not in self.avoid:
+                    elif self.values[j] > 0 and j not in banned:
                         cands.add(j)
             if cands:
                 # the smallest count whose hiding frees cell i (else the smallest count)
@@ -385,6 +392,7 @@ class Ledger:
         # hidden cell is checked until it is free, and each new complement is checked once
         queue = [i for i in start if i in related]
         tried: set[int] = set()
+        hopeless: set[int] = set()
         while queue:
             i = queue.pop(0)
             if not self._is_pinned(i):
@@ -394,10 +402,16 @@ class Ledger:
             if self.avoid and i not in tried:
                 tried.add(i)
                 if self._hopeless(i):
-                    if i not in self.unprotected:
+                    hopeless.add(i)
+                    if not self.last_resort and i not in self.unprotected:
                         self.unprotected.append(i)
-                    continue
-            j = self._complement(i)
+            # such a cell is still protected within this report by last-resort complements
+            # (it stays listed: a reader of the other reports knows them)
+            j = None
+            if i not in hopeless:
+                j = self._complement(i)
+            elif self.last_resort:
+                j = self._complement(i, last_resort=True)
             if j is None:  # every count around it is hidden already: nothing more to hide
                 if i not in self.unprotected:
                     self.unprotected.append(i)

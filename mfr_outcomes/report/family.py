@@ -214,6 +214,7 @@ def decide_family(scopes: Sequence[Scope]) -> None:
     keys = [{cid: key for key, cid in ix.items()} for ix in index]
     for n in range(1, len(scopes)):
         scopes[n].ledger.avoid = given_away(scopes, sums, n)
+        scopes[n].ledger.last_resort = set(scopes[n].ledger.avoid)
     for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
         scopes[n].ledger.decide()
