@@ -184,6 +184,11 @@ class ReportResult:
         Statistical and data cautions raised while building (also in the methods section).
     ledger : Ledger
         Every published count and whether it is hidden (for audits and tests).
+    family : dict
+        Scope name (``"all sites"`` or a site) -> the decided ledger of that report of the
+        study, for every scope this report built to decide its suppression across reports
+        (this report's alone for the all-sites report; every site's and the all-sites one
+        for a site's report).
     """
 
     html_path: Path
@@ -192,3 +197,4 @@ class ReportResult:
     failures: list[str] = field(default_factory=list)
     cautions: list[str] = field(default_factory=list)
     ledger: Any = None
+    family: dict[str, Any] = field(default_factory=dict)

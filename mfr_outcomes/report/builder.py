@@ -10,6 +10,7 @@ value, and CSV text cells cannot start a spreadsheet formula.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from mfr_outcomes.measures import get_measure
 from mfr_outcomes.report.blocks import ReportResult, Section
 from mfr_outcomes.report.context import Options, ReportContext, therapist_pseudonyms
 from mfr_outcomes.report.disclosure import Redactor, safe_write
+from mfr_outcomes.report.family import ALL_SITES, Scope, decide_family
 from mfr_outcomes.report.icons import icon_svg
 from mfr_outcomes.report.publish import (
-    cross_site,
     link_margins,
     publish_table,
     rank_cells,
@@ -158,22 +159,18 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
                        name_therapists=name_therapists, scope_text=scope_text, bounds=bounds)
     out = Path(out_dir)
     _check_out(out)
-    others: list[tuple[Any, Any]] = []
-    ctx = ReportContext(history, options, Redactor(_identifiers(study)),
-                        other_sites=lambda: others, names=therapist_pseudonyms(study))
-    others.extend(_other_sites(study, site, period))
-    sections = []
-    for key, (title, build) in SECTIONS.items():
-        sec = Section(key, title)
-        ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
-        sections.append(sec)
-    link_margins(ctx)
-    rank_cells(ctx)
-    cross_site(ctx, others)
-    ctx.ledger.decide()
-    if ctx.ledger.unprotected:
-        ctx.caution(f"{len(ctx.ledger.unprotected)} hidden count(s) are tied to other hidden "
-                    f"counts only and could not be protected further.")
+    redactor, names = Redactor(_identifiers(study)), therapist_pseudonyms(study)
+    ctx, sections = _build_scope(history, options, redactor, names,
+                                 _other_sites(study, site, period), figures=True)
+    within, across, family = _decide(study, ctx, redactor, names)
+    if within:
+        ctx.caution(f"{within} hidden count(s) are tied to other hidden counts only and "
+                    f"could not be protected further.")
+    if across:
+        ctx.caution(f"{across} hidden count(s) of this report or of the all-sites report could "
+                    f"be worked out from the all-sites report together with the sites' reports "
+                    f"(the all-sites report decides what it hides on its own) and could not be "
+                    f"protected further in this report.")
     resolve_later(sections)
     csv_paths = _write_tables(ctx, sections, out)
     for sec in sections:
@@ -187,7 +184,64 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     safe_write(html_path, html, out)
     return ReportResult(html_path=html_path, csv_paths=csv_paths,
                         sections={s.key: s for s in sections}, failures=list(ctx.failures),
-                        cautions=list(ctx.cautions), ledger=ctx.ledger)
+                        cautions=list(ctx.cautions), ledger=ctx.ledger, family=family)
+
+
+def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict[str, str],
+                 others: list[tuple[Any, Any]], *, figures: bool
+                 ) -> tuple[ReportContext, list[Section]]:
+    """Every section of one scope's report, its counts in the ledger (not yet decided)."""
+    ctx = ReportContext(history, options, redactor, other_sites=lambda: others, names=names,
+                        figures=figures)
+    sections = []
+    for key, (title, build) in SECTIONS.items():
+        sec = Section(key, title)
+        ctx.attempt(sec, f"The {title.lower()} section", build, ctx, sec)
+        sections.append(sec)
+    link_margins(ctx)
+    rank_cells(ctx)
+    return ctx, sections
+
+
+def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str, str]
+            ) -> tuple[int, int, dict[str, Any]]:
+    """Decide which counts *ctx*'s report hides. The all-sites report decides alone. A site's
+    report (``min_cell`` above 1) takes its share of the decision of every site of the study
+    against the all-sites report (see :mod:`mfr_outcomes.report.family`), the all-sites scope
+    and the other sites' scopes built without figures. Returns the number of hidden counts that
+    could not be protected within this report, the number that could not be protected across
+    reports (this report's, and the all-sites report's that the sites' counts would give away),
+    and the decided ledger of every scope by name (only this one's for the all-sites
+    report)."""
+    o = ctx.options
+    period = o.period[2] if o.period else None
+    sites = sorted(set(study.patients["site_id"].dropna().astype(str)))
+    if o.site is None or o.min_cell <= 1 or not sites:
+        ctx.ledger.decide()
+        return len(ctx.ledger.unprotected), 0, {ALL_SITES if o.site is None else str(o.site):
+                                                ctx.ledger}
+    scopes, own = [], None
+    for name in [ALL_SITES, *sites]:
+        site = None if name == ALL_SITES else name
+        if site == str(o.site):
+            scopes.append(Scope(name, ctx.ledger, ctx.tables))
+            own = scopes[-1]
+            continue
+        try:
+            history, text, bounds = site_history(study, site, period)
+        except ValueError:  # no session of that site in the period: no such report
+            continue
+        options = replace(o, site=site, scope_text=text, period=bounds)
+        other, _ = _build_scope(history, options, redactor, names,
+                                _other_sites(study, site, period), figures=False)
+        other.release()
+        scopes.append(Scope(name, other.ledger, other.tables))
+    decide_family(scopes)
+    across = set(own.unprotected)
+    within = set(own.ledger.unprotected) - across
+    if scopes[0].name == ALL_SITES:
+        across |= {(ALL_SITES, i) for i in scopes[0].unprotected}
+    return len(within), len(across), {s.name: s.ledger for s in scopes}
 
 
 def _check_out(out: Path) -> None:

@@ -106,12 +106,17 @@ class ReportContext:
     names : dict, optional
         Therapist id -> pseudonym for the whole study (:func:`therapist_pseudonyms`), so that
         every report of the study names a therapist alike; by default, of this scope alone.
+    figures : bool
+        Draw figures (False: the counts alone, for the suppression shared across reports).
     """
 
     def __init__(self, study: Any, options: Options, redactor: Redactor, *,
                  other_sites: Callable[[], list[Any]] | None = None,
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, figures: bool = True) -> None:
         self.study = study
+        #: False for the reports of the other scopes of a study, built only for their counts
+        #: (see :mod:`mfr_outcomes.report.family`): no figure is drawn
+        self.figures = figures
         self.options = options
         self.redactor = redactor
         self.other_sites = other_sites or (lambda: [])
@@ -184,6 +189,16 @@ class ReportContext:
             names = therapist_pseudonyms(self.study)
         return {t: names[t] for t in ids}
 
+    def release(self) -> None:
+        """Drop the frames, responders and fits cached while building (a scope built only for
+        its counts keeps its ledger and tables, not its data)."""
+        self._frames.clear()
+        self._responders = None
+        self.fits.clear()
+        self.models.clear()
+        for name in ("scoped", "treatment_sessions"):
+            self.__dict__.pop(name, None)
+
     # -- counts
 
     def count(self, value: int | float) -> Cell:
@@ -255,6 +270,8 @@ class ReportContext:
         A plotting error is a reported failure naming the figure; there is no second
         renderer. Returns True when the figure was added.
         """
+        if not self.figures:
+            return False
         import matplotlib.pyplot as plt
 
         try:

@@ -14,9 +14,10 @@ The rules (stated in the report's methods section and ``docs/report.md``):
   least k) — two linear programmes. While one is pinned to a single value, the smallest
   published non-zero count in a sum it belongs to whose hiding frees it is hidden too, shown
   as ``"suppressed"`` with a footnote.
-- **Across reports**: in a site's report of a multi-site study, a count is also hidden
-  (``"suppressed"``) when the same count of another site is below ``min_cell``, so that the
-  all-sites report minus the other sites' reports cannot recover it.
+- **Across reports**: the all-sites report decides alone; a site's report takes the extra
+  suppression, decided for every site of the study together against the all-sites report's
+  published counts (:mod:`mfr_outcomes.report.family`), so that no sum across reports ("all
+  sites = the sum of the sites") recovers a count one of them hides.
 """
 from __future__ import annotations
 
@@ -89,6 +90,18 @@ class Ledger:
         #: report ranks cells by table, row and column, so that every site of a study hides the
         #: same rows and the all-sites report minus the other sites recovers none.
         self.rank: dict[int, tuple] = {}
+        #: Cells tried first as complements (a site's count whose counterpart another report
+        #: of the study hides: hiding both keeps the sums across reports open).
+        self.prefer: set[int] = set()
+        #: Cells never chosen as complements: a site's count that the all-sites report gives
+        #: away (hidden, it would stay known and protect nothing), or, in a check across
+        #: reports, a count of a report decided already.
+        self.avoid: set[int] = set()
+        #: Cells of :attr:`avoid` that may still be hidden as complements when nothing else
+        #: protects a count within this report (a site's count the all-sites report gives away:
+        #: hidden, it protects nothing across reports, but it still protects against a reader of
+        #: this report alone). Not carried into a combined ledger.
+        self.last_resort: set[int] = set()
         #: Hidden cells still pinned after every count around them was hidden (see decide).
         self.unprotected: list[int] = []
         self._decided = False
@@ -126,6 +139,10 @@ class Ledger:
     def same(self, a: Cell, b: Cell) -> None:
         """Declare that two cells publish the same count."""
         self.relate(a, [b])
+
+    def forced(self) -> list[int]:
+        """Ids of the cells hidden for a reason found outside this report."""
+        return sorted(self._forced)
 
     def hide(self, cell: Cell, reason: str = "cross-site") -> None:
         """Hide *cell* for a reason found outside this report (e.g. another site's count)."""
@@ -259,9 +276,11 @@ class Ledger:
                 del self.status[j]
             del self._witness[kept:]
 
-    def _complement(self, i: int) -> int | None:
+    def _complement(self, i: int, last_resort: bool = False) -> int | None:
         """The smallest published non-zero count sharing a sum with cell *i* (searching sums
-        further away when every close one is hidden)."""
+        further away when every close one is hidden; never one of :attr:`avoid`, unless it is
+        in :attr:`last_resort` and *last_resort* is true)."""
+        banned = self.avoid - self.last_resort if last_resort else self.avoid
         rel_of = self._relations_of()
         seen_rel: set[int] = set()
         frontier = {i}
@@ -273,11 +292,12 @@ class Ledger:
                 for j in {total, *parts}:
                     if j in self.status:
                         nxt.add(j)
-                    elif self.values[j] > 0:
+                    elif self.values[j] > 0 and j not in banned:
                         cands.add(j)
             if cands:
                 # the smallest count whose hiding frees cell i (else the smallest count)
-                order = sorted(cands, key=lambda j: (self._degree[j], self.rank.get(j, ("~",)),
+                order = sorted(cands, key=lambda j: (j not in self.prefer, self._degree[j],
+                                                     self.rank.get(j, ("~",)),
                                                      self.values[j], j))
                 # hiding them all at once frees i at least as much as hiding any one of
                 # them (hiding more only widens): when that does not free it, none does
@@ -326,22 +346,97 @@ class Ledger:
         self._protect(sorted(new))
         return sorted(set(self.status) - before)
 
+    def recheck(self, cells: Iterable[int]) -> list[int]:
+        """Check hidden *cells* again (after sums were added, or in a combined ledger) and
+        hide complements where one is pinned; returns the ids newly hidden."""
+        if not self._decided:
+            self.decide()
+        before = set(self.status)
+        self._degree = {}
+        for total, parts in self.relations:
+            for j in (total, *parts):
+                self._degree[j] = self._degree.get(j, 0) + 1
+        self._protect([i for i in cells if i in self.status])
+        return sorted(set(self.status) - before)
+
+    @classmethod
+    def combine(cls, ledgers: Sequence[Ledger],
+                sums: Sequence[tuple[tuple[int, int], Sequence[tuple[int, int]]]] = ()
+                ) -> tuple[Ledger, list[int]]:
+        """One decided ledger holding the cells, sums, ranks and decisions of *ledgers* (cell
+        ``i`` of ``ledgers[k]`` is cell ``offsets[k] + i``), for checks across reports, with
+        the sums *sums* between them (``(k, i)`` is cell ``i`` of ``ledgers[k]``) declared
+        last."""
+        joint = cls(ledgers[0].min_cell)
+        offsets = []
+        for led in ledgers:
+            if not led._decided:
+                led.decide()
+            off = len(joint.values)
+            offsets.append(off)
+            joint.values.extend(led.values)
+            joint.relations.extend((off + t, tuple(off + p for p in parts))
+                                   for t, parts in led.relations)
+            joint.status.update({off + i: kind for i, kind in led.status.items()})
+            joint.rank.update({off + i: r for i, r in led.rank.items()})
+            joint.prefer.update(off + i for i in led.prefer)
+            joint.avoid.update(off + i for i in led.avoid)
+        for (k, t), parts in sums:
+            joint.relate(Cell(offsets[k] + t), [Cell(offsets[j] + p) for j, p in parts])
+        joint._decided = True
+        return joint, offsets
+
     def _protect(self, start: list[int]) -> None:
         related = set(self._degree)
         # hiding more cells only widens every interval, so a cell found free stays free: each
         # hidden cell is checked until it is free, and each new complement is checked once
         queue = [i for i in start if i in related]
+        tried: set[int] = set()
+        hopeless: set[int] = set()
         while queue:
             i = queue.pop(0)
             if not self._is_pinned(i):
                 continue
-            j = self._complement(i)
+            # with counts that may never be hidden (avoid), a cell can stay pinned however many
+            # others are hidden: found first, so that no complement is hidden in vain
+            if self.avoid and i not in tried:
+                tried.add(i)
+                if self._hopeless(i):
+                    hopeless.add(i)
+                    if not self.last_resort and i not in self.unprotected:
+                        self.unprotected.append(i)
+            # such a cell is still protected within this report by last-resort complements
+            # (it stays listed: a reader of the other reports knows them)
+            j = None
+            if i not in hopeless:
+                j = self._complement(i)
+            elif self.last_resort:
+                j = self._complement(i, last_resort=True)
             if j is None:  # every count around it is hidden already: nothing more to hide
                 if i not in self.unprotected:
                     self.unprotected.append(i)
                 continue
             self.status[j] = "secondary"
             queue = [i, j] + queue
+
+    def _hopeless(self, i: int) -> bool:
+        """True when hidden cell *i* stays pinned even with every non-zero count that sums
+        reach from it hidden, except those of :attr:`avoid` (which are known)."""
+        rel_of = self._relations_of()
+        seen, frontier, rels = {i}, [i], set()
+        while frontier:
+            h = frontier.pop()
+            for r in rel_of.get(h, ()):
+                if r in rels:
+                    continue
+                rels.add(r)
+                total, parts = self.relations[r]
+                for j in (total, *parts):
+                    if j not in seen and j not in self.avoid and self.values[j] > 0:
+                        seen.add(j)
+                        frontier.append(j)
+        extra = sorted(j for j in seen if j not in self.status)
+        return not extra or not self._frees(i, extra)
 
     def hidden(self, cell: Cell) -> bool:
         if not self._decided:

@@ -22,41 +22,10 @@ from mfr_outcomes.report.disclosure import (
 )
 from mfr_outcomes.report.fmt import fmt_cell, header
 
-__all__ = ["cross_site", "link_margins", "rank_cells", "resolve_later", "publish_table",
+__all__ = ["link_margins", "rank_cells", "resolve_later", "publish_table",
            "render_text", "write_csv", "render_html"]
 
 _ID_COLUMNS = frozenset({"patient_id", "session_id"})
-
-
-def cross_site(ctx: ReportContext, others: list[tuple[Any, Any]]) -> None:
-    """Hide counts of this site whose counterpart in another site's report is small.
-
-    *others* holds (period study, history study) of every other site.
-    """
-    k = ctx.min_cell
-    if not others:
-        return
-    for table in ctx.tables.values():
-        if table.by_site is None or not table.keys or not table.cells:
-            continue
-        small: set[tuple[tuple, str]] = set()
-        for period_study, history in others:
-            st = history if table.scope == "history" else period_study
-            try:
-                frame = table.by_site(st)
-            except Exception:  # noqa: BLE001 - a site whose table cannot be built shows nothing
-                continue
-            for _, row in frame.iterrows():
-                key = tuple(str(row[c]) for c in table.keys)
-                for col in table.counts:
-                    v = row.get(col)
-                    if v is not None and not pd.isna(v) and 0 < float(v) < k:
-                        small.add((key, col))
-        for (r, col), cell in table.cells.items():
-            key = tuple(str(table.frame[c].iloc[r]) for c in table.keys)
-            # a published 0 never helps the subtraction: only non-zero counts are hidden
-            if (key, col) in small and ctx.ledger.values[cell.id] > 0:
-                ctx.ledger.hide(cell, "cross-site")
 
 
 def link_margins(ctx: ReportContext) -> None:

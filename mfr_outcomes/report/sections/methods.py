@@ -30,10 +30,11 @@ def build(ctx: ReportContext, sec: Section) -> None:
         f"'{SECONDARY_LABEL}' is not small: it is hidden because, with the totals this report "
         f"publishes (a table's total, 'all patients', rows read = used + excluded, readings = "
         f"pre + post, a count repeated in a sentence), it would let a small count be worked "
-        f"out; every hidden count is checked by solving for it from everything published. In "
-        f"a site's report, a count is also hidden when the same count of another site is "
-        f"small, so that the all-sites report minus the other sites' reports cannot recover "
-        f"it. No patient or session identifier, and no value rejected by validation, appears "
+        f"out; every hidden count is checked by solving for it from everything published. "
+        f"The all-sites report decides what it hides on its own; in a site's report a count "
+        f"is also hidden when, with the all-sites report and the other sites' reports (each "
+        f"all-sites count is the sum of the sites' counts), it or a count one of them hides "
+        f"could be worked out. No patient or session identifier, and no value rejected by validation, appears "
         f"in the report or its CSV files.")
     rows = [_model_row(name, fit) for name, fit in ctx.fits.items()] + list(ctx.models)
     if rows:

@@ -357,10 +357,13 @@ def _chart(sec: Section, ctx: ReportContext, series: _Series, key: str, title: s
     if gaps and ctx.min_cell > 1:
         what = (f"fewer than {ctx.min_cell} events or cases in it" if key in _PROPORTION
                 else f"fewer than {ctx.min_cell} patients or readings in it")
+        across = (", or so that the all-sites report and the other sites' reports cannot "
+                  "give it away" if ctx.options.site is not None else "")
         sentences.append(
             f"Note: {gaps} {grain}(s) are not shown (gaps): a {grain} with {what}, or whose "
-            f"count this report hides (in its tables, or to protect another count), is left "
-            f"out, and the centre line and limits are computed from the {grain}s shown only.")
+            f"count this report hides (in its tables, or to protect another count{across}), "
+            f"is left out, and the centre line and limits are computed from the {grain}s "
+            f"shown only.")
     sec.items(sentences)
 
 
