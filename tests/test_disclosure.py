@@ -509,6 +509,17 @@ def test_no_hidden_cell_of_a_report_is_recovered_from_its_own_numbers(every_repo
     assert not joint.pinned()
 
 
+def _holding_every_report(results, cells) -> _Joint:
+    """The attacker holding the all-sites report and every site's report: every count, every
+    sum within each report and "all sites = sum of sites" across them."""
+    names = list(results)
+    joint = _Joint([c for n in names for c in cells[n]])
+    for n in names:
+        _within(joint, results[n], n)
+    _across(joint, names)
+    return joint
+
+
 def _given_away(results, cells) -> set[tuple]:
     """The counts of each site's report that the all-sites report gives away (a row only that
     site has, or what its own sums fix from such rows): published on main, hidden now only as
@@ -525,11 +536,7 @@ def test_every_count_recovered_across_reports_is_said_in_a_caution(every_report)
     """An attacker holding the all-sites report and every site's report (every sum within and
     across) pins only counts that the site reports declare they could not protect."""
     _, results, cells = every_report
-    names = list(results)
-    joint = _Joint([c for n in names for c in cells[n]])
-    for n in names:
-        _within(joint, results[n], n)
-    _across(joint, names)
+    joint = _holding_every_report(results, cells)
     pinned = joint.pinned()
     assert set(pinned) <= _declared(results, cells), set(pinned) - _declared(results, cells)
     # and the site reports protect far more than they cannot: apart from the counts the
@@ -549,11 +556,7 @@ def test_every_count_recovered_across_reports_is_said_in_a_caution(every_report)
     "chance with counts the all-sites report publishes (see docs/report.md)"))
 def test_no_hidden_cell_is_recovered_across_the_all_sites_and_site_reports(every_report):
     _, results, cells = every_report
-    names = list(results)
-    joint = _Joint([c for n in names for c in cells[n]])
-    for n in names:
-        _within(joint, results[n], n)
-    _across(joint, names)
+    joint = _holding_every_report(results, cells)
     assert not joint.pinned()
 
 

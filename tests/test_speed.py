@@ -248,9 +248,7 @@ def test_core_one_equals_the_batched_core(clinic, formula):
     spec = build_spec(clinic, formula)
     stats, lay = fast.FastEngine().prepare(spec)
     cl = fast._classes(stats, lay)
-    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
-                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
-                                    oxx=cl.omega_x_flat, centred=True)
+    P = fast.pooled_of_classes(cl, stats, lay)
     rng = np.random.default_rng(7)
     for reml in (True, False):
         for _ in range(3):
@@ -270,9 +268,7 @@ def test_one_study_hessian_equals_the_batched_one(clinic, reml):
     spec = build_spec(clinic, FORMULA)
     stats, lay = fast.FastEngine().prepare(spec)
     cl = fast._classes(stats, lay)
-    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
-                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
-                                    oxx=cl.omega_x_flat, centred=True)
+    P = fast.pooled_of_classes(cl, stats, lay)
     P2 = dataclasses.replace(P, Om=np.concatenate([P.Om, P.Om]),
                              Xty0=np.concatenate([P.Xty0, P.Xty0]),
                              yty0=np.concatenate([P.yty0, P.yty0]), b0=np.concatenate([P.b0, P.b0]))
@@ -469,9 +465,7 @@ def test_derivatives_from_the_kept_pieces_equal_the_fresh_ones(clinic, reml):
     res = eng.fit(spec, reml=reml)
     stats, lay = eng.prepare(spec)
     cl = fast._classes(stats, lay)
-    P = batched.pooled_from_classes(cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0,
-                                    cl.yty0, stats.n, [(r, c) for (_, r, c) in lay.theta_pos],
-                                    oxx=cl.omega_x_flat, centred=True)
+    P = fast.pooled_of_classes(cl, stats, lay)
     vp = np.append(res.theta, res.sigma)
     g, H, J = batched.varpar_derivatives(P, vp, reml)
     np.testing.assert_allclose(res.gradient_varpar(vp), g, rtol=1e-9,

@@ -911,12 +911,10 @@ def _pooled_core(cl: _Classes, stats: Stats, lay: Layout, theta: np.ndarray) -> 
     p = stats.p
     inv = _inv_logdet_sym2 if lay.q_inner == 2 else _inv_logdet
     lam, CL, H, S, logdet = _pooled_terms(cl, stats, lay, theta, inv)
-    RX, info = _potrf(stats.XtX - S[:p, :p], lower=0, clean=1)
-    if info != 0:
+    solved = pooled2.fixed_solve(stats.XtX, cl.Xty0, cl.yty0, S, p)
+    if solved is None:
         return None
-    XtVy = cl.Xty0 - S[:p, p]
-    beta0 = _potrs(RX, XtVy, lower=0)[0]
-    pwrss = max(cl.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
+    RX, beta0, pwrss = solved
     return logdet, pwrss, RX, beta0, lam, CL, H
 
 
@@ -927,6 +925,14 @@ def _logdet_rx(RX: np.ndarray) -> float:
     if 1e-280 < pr < 1e280:
         return 2.0 * math.log(pr)
     return 2.0 * float(np.log(np.abs(d)).sum())
+
+
+def pooled_of_classes(cl: _Classes, stats: Stats, lay: Layout) -> batched.Pooled:
+    """The classes as :mod:`~mfr_outcomes.models.batched` reads them (one study, centred sums):
+    what the optimiser's start, the checks and Satterthwaite's derivatives use."""
+    return batched.pooled_from_classes(
+        cl.count, cl.Ck, cl.omega_flat, stats.XtX, cl.Xty0, cl.yty0, stats.n,
+        [(r, c) for (_, r, c) in lay.theta_pos], oxx=cl.omega_x_flat, centred=True)
 
 
 def _pooled2_of(cl: _Classes, stats: Stats, lay: Layout) -> pooled2.Pooled2 | None:
@@ -1241,10 +1247,7 @@ class FastEngine:
             # start where it is lower), in θ unconstrained (see _quasi_newton); the pooled
             # closed forms (models/batched.py) then give the checks and Satterthwaite's
             # derivatives
-            pooled = batched.pooled_from_classes(
-                classes.count, classes.Ck, classes.omega_flat, stats.XtX, classes.Xty0,
-                classes.yty0, n, [(r, c) for (_, r, c) in lay.theta_pos],
-                oxx=classes.omega_x_flat, centred=True)
+            pooled = pooled_of_classes(classes, stats, lay)
             with np.errstate(all="ignore"):
                 x0 = np.asarray(theta0, dtype=float)
                 fg0 = None

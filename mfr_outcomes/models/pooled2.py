@@ -87,12 +87,10 @@ def core2(P: Pooled2, theta) -> tuple | None:
     Ainv, det = _adj_inv(A.reshape(K, q, q), q)
     N = Ainv.reshape(K, q * q) @ kron.T  # vec(Λ A⁻¹ Λᵀ)
     S = (N.reshape(-1) @ P.omega).reshape(p + 1, p + 1)
-    RX, info = _potrf(P.XtX - S[:p, :p], lower=0, clean=1)
-    if info != 0:
+    solved = fixed_solve(P.XtX, P.Xty0, P.yty0, S, p)
+    if solved is None:
         return None
-    XtVy = P.Xty0 - S[:p, p]
-    beta0 = _potrs(RX, XtVy, lower=0)[0]
-    pwrss = max(P.yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
+    RX, beta0, pwrss = solved
     logdet = float(P.count @ np.log(det))
     XtKX = P.XtX - S[:p, :p]
     for a in (RX, beta0, lam, Ainv, N, XtKX):
@@ -109,6 +107,18 @@ def kept_at(P: Pooled2, theta: np.ndarray) -> tuple | None:
     if last is None or last[0] != np.asarray(theta, dtype=float).tobytes():
         return None
     return last[1], last[2]
+
+
+def fixed_solve(XtX: np.ndarray, Xty0: np.ndarray, yty0: float, S: np.ndarray, p: int
+                ) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """R_X, β̂ − b0 and r² from the pooled sums: XᵀV⁻¹X = XᵀX − S[:p, :p] = R_XᵀR_X, and the
+    response's column of S; None when XᵀV⁻¹X is not positive definite."""
+    RX, info = _potrf(XtX - S[:p, :p], lower=0, clean=1)
+    if info != 0:
+        return None
+    XtVy = Xty0 - S[:p, p]
+    beta0 = _potrs(RX, XtVy, lower=0)[0]
+    return RX, beta0, max(yty0 - float(S[p, p]) - float(XtVy @ beta0), 1e-300)
 
 
 def criterion(logdet: float, pwrss: float, RX: np.ndarray, n: int, p: int, reml: bool,

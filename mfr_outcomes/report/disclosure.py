@@ -169,6 +169,12 @@ class Ledger:
 
         Published counts are constants, so the feasible values of *i* depend on this part of
         the linear programme alone (an exact reduction)."""
+        cells, rels = self._reach(i, lambda j: j in self.status)
+        return sorted(cells), sorted(rels)
+
+    def _reach(self, i: int, keep) -> tuple[set[int], set[int]]:
+        """The cells reached from cell *i* through sums, stepping only onto cells for which
+        *keep* holds, and the sums met."""
         rel_of = self._relations_of()
         cells, rels, frontier = {i}, set(), [i]
         while frontier:
@@ -179,10 +185,10 @@ class Ledger:
                 rels.add(r)
                 total, parts = self.relations[r]
                 for j in (total, *parts):
-                    if j in self.status and j not in cells:
+                    if j not in cells and keep(j):
                         cells.add(j)
                         frontier.append(j)
-        return sorted(cells), sorted(rels)
+        return cells, rels
 
     def _bounds(self, h: int) -> tuple[float, float | None]:
         # what a reader knows of a hidden cell: "<k" is 1 to k - 1 (zeros are shown), and a
@@ -422,19 +428,7 @@ class Ledger:
     def _hopeless(self, i: int) -> bool:
         """True when hidden cell *i* stays pinned even with every non-zero count that sums
         reach from it hidden, except those of :attr:`avoid` (which are known)."""
-        rel_of = self._relations_of()
-        seen, frontier, rels = {i}, [i], set()
-        while frontier:
-            h = frontier.pop()
-            for r in rel_of.get(h, ()):
-                if r in rels:
-                    continue
-                rels.add(r)
-                total, parts = self.relations[r]
-                for j in (total, *parts):
-                    if j not in seen and j not in self.avoid and self.values[j] > 0:
-                        seen.add(j)
-                        frontier.append(j)
+        seen, _ = self._reach(i, lambda j: j not in self.avoid and self.values[j] > 0)
         extra = sorted(j for j in seen if j not in self.status)
         return not extra or not self._frees(i, extra)
 
