@@ -63,11 +63,6 @@ class Table:
         Column -> decimals shown in HTML (2 by default).
     keys : tuple of str
         Columns naming a row, to match it with the same row of another site's table.
-    by_site : callable, optional
-        Study -> the same frame for another site (the cross-report rule).
-    scope : {"period", "history"}
-        What *by_site* is given: the other site's study over the report period, or its whole
-        record up to the end of the period (for monthly tables).
     cells : dict
         (row position, column) -> :class:`~mfr_outcomes.report.disclosure.Cell`, filled when
         the table is added to a section.
@@ -85,8 +80,6 @@ class Table:
     decimals: dict[str, int] = field(default_factory=dict)
     note: str = ""
     keys: tuple[str, ...] = ()
-    by_site: Callable[[Any], pd.DataFrame] | None = None
-    scope: str = "period"
     cells: dict[tuple[int, str], Cell] = field(default_factory=dict)
     shown: pd.DataFrame | None = None
     csv_path: Path | None = None

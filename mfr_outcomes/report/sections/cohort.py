@@ -57,7 +57,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
         f"({ctx.options.scope_text}), to the patients who contribute to each analysis.")
     table = ctx.add_table(sec, Table(
         "flow", "Patients (and visits) at each stage.", flow, counts=("patients", "sessions"),
-        keys=("stage",), by_site=lambda st: flow_frame(st, ctx.measure)))
+        keys=("stage",)))
     if source:
         # the same counts as the data-quality table: they must be hidden together
         dq = ctx.tables["row_accounting"]
@@ -77,8 +77,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
     base = ctx.add_table(sec, Table(
         "baseline", "Baseline characteristics.", baseline_frame(ctx.scoped, ctx.measure),
         counts=("n",), linked={"percent": ("n",), "summary": ("n",)}, ratios=("percent",),
-        decimals={"percent": 0}, keys=("characteristic", "category"),
-        by_site=lambda st: baseline_frame(st, ctx.measure)))
+        decimals={"percent": 0}, keys=("characteristic", "category")))
     total = base.cell("n", 0)
     ctx.ledger.same(total, table.cell("patients", len(source)))
     chars = base.frame["characteristic"].tolist()

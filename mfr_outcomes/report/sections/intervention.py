@@ -63,8 +63,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
             name, f"Treatment sessions by {label(col)}.", by_category(ctx.scoped, col),
             counts=("sessions", "patients"),
             linked={"percent": ("sessions",), "median_minutes": ("sessions",)},
-            ratios=("percent",), decimals={"percent": 0, "median_minutes": 0}, keys=(col,),
-            by_site=lambda st, c=col: by_category(st, c)))
+            ratios=("percent",), decimals={"percent": 0, "median_minutes": 0}, keys=(col,)))
         ctx.ledger.relate(n_tx, table.column_cells("sessions"))
     if "techniques" in ctx.tables:
         sec.later(lambda: _technique_figure(ctx, sec))

@@ -79,8 +79,7 @@ def _readings(ctx: ReportContext, sec: Section) -> None:
         "readings", "Readings in scope by measure (pre and post each session; raw means, not "
         "model estimates).", summary,
         counts=("patients", "sessions", "readings", "pre_n", "post_n"),
-        linked={"pre_mean": ("pre_n",), "post_mean": ("post_n",)}, keys=("measure",),
-        by_site=_readings_frame))
+        linked={"pre_mean": ("pre_n",), "post_mean": ("post_n",)}, keys=("measure",)))
     for r in range(len(table.frame)):  # readings = pre + post: hidden together
         ctx.ledger.relate(table.cell("readings", r),
                           [table.cell("pre_n", r), table.cell("post_n", r)])
@@ -115,8 +114,7 @@ def _prepost(ctx: ReportContext, sec: Section) -> None:
     ctx.add_table(sec, Table(
         "prepost", f"Change in {m.label} from before to after a session (post − pre), by "
         f"technique.", table, counts=("patients", "sessions"),
-        linked={c: ("patients",) for c in TIDY}, keys=("technique",),
-        by_site=lambda st: prepost_counts(st, ctx.measure)))
+        linked={c: ("patients",) for c in TIDY}, keys=("technique",)))
     shown = table[table["patients"] >= ctx.min_cell]
     sec.items([_change_sentence(m, row) for _, row in shown.iterrows()])
     if len(shown):
@@ -265,8 +263,7 @@ def _responders(ctx: ReportContext, sec: Section) -> None:
         counts=("patients", "responders"),
         linked={c: ("patients", "responders") for c in ("percent", "ci_low", "ci_high")},
         ratios=("percent", "ci_low", "ci_high"),
-        decimals={"percent": 0, "ci_low": 0, "ci_high": 0}, keys=("group",),
-        by_site=lambda st: responder_table(st, ctx.measure)[0]))
+        decimals={"percent": 0, "ci_low": 0, "ci_high": 0}, keys=("group",)))
     groups = list(range(1, len(resp.frame)))
     for col in ("patients", "responders"):  # "all patients" = the sum of the groups
         ctx.ledger.relate(resp.cell(col, 0), resp.column_cells(col, groups))
@@ -298,8 +295,7 @@ def _responders_by_arm(ctx: ReportContext, sec: Section, resp: Table) -> None:
         "main target region.", frame, counts=("patients", "responders"),
         linked={c: ("patients", "responders") for c in ("percent", "ci_low", "ci_high")},
         ratios=("percent", "ci_low", "ci_high"),
-        decimals={"percent": 0, "ci_low": 0, "ci_high": 0}, keys=("group",),
-        by_site=lambda st: responders_by_arm(st, ctx.measure)))
+        decimals={"percent": 0, "ci_low": 0, "ci_high": 0}, keys=("group",)))
     for split in frame["split"].unique():  # each split adds up to "all patients"
         rows = [i for i, v in enumerate(frame["split"]) if v == split]
         for col in ("patients", "responders"):

@@ -72,7 +72,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
     types = ctx.add_table(sec, Table(
         "types", "Treatment sessions by adverse event.", types_frame(ctx.scoped),
         counts=("sessions",), linked={"percent": ("sessions",)}, ratios=("percent",),
-        decimals={"percent": 1}, keys=("event",), by_site=types_frame))
+        decimals={"percent": 1}, keys=("event",)))
     flow = ctx.tables["flow"]
     tx_row = list(flow.frame["stage"]).index("With at least one treatment session")
     ctx.ledger.relate(flow.cell("sessions", tx_row), types.column_cells("sessions"))
@@ -99,7 +99,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
         "by_technique", "Sessions with an adverse event, by technique.",
         by_technique_frame(ctx.scoped), counts=("sessions", "with_event"),
         linked={"per_100": ("sessions", "with_event")}, ratios=("per_100",),
-        decimals={"per_100": 1}, keys=("technique",), by_site=by_technique_frame))
+        decimals={"per_100": 1}, keys=("technique",)))
     ctx.ledger.relate(recorded, by_tech.column_cells("sessions"))
     ctx.ledger.relate(k, by_tech.column_cells("with_event"))
     flare_rows = [r for r, e in enumerate(types.frame["event"]) if e == "symptom flare"]
@@ -199,7 +199,7 @@ def _model(ctx: ReportContext, sec: Section, by_tech: Table, family: str) -> Non
         linked={c: ("sessions", "with_event") for c in columns},
         ratios=columns,
         decimals={kind["level"]: 1, "p_value": 3},
-        keys=("technique",), by_site=lambda st: model_frame(st, family)[0]))
+        keys=("technique",)))
     shown = list(by_tech.frame["technique"])
     for r, tech in enumerate(frame["technique"]):  # the same counts as the table above
         if tech not in shown:

@@ -76,8 +76,7 @@ def build(ctx: ReportContext, sec: Section) -> None:
         counts=("patients", "sessions", "n_pre", "n_paired", "finished_care", "responders"),
         linked={"mean_pre": ("n_pre", "patients"), "mean_change": ("n_paired", "patients"),
                 "responder_percent": ("finished_care", "responders")},
-        ratios=("responder_percent",), decimals={"responder_percent": 0}, keys=("month",),
-        by_site=lambda st: monthly_frame(st, ctx.measure), scope="history"))
+        ratios=("responder_percent",), decimals={"responder_percent": 0}, keys=("month",)))
     series = _Series(ctx, monthly)
     specs: list[tuple[str, str, Callable[[str], Any], str, bool]] = [
         (ctx.measure, f"Mean {m.label} before sessions",
@@ -199,14 +198,9 @@ class _Series:
         # sessions), so that no month is taken for the same count by its name
         names = {c: _cell_name(kind, c) for c in cols}
 
-        def of(st: Any) -> pd.DataFrame:
-            frame = monthly_frame(st, ctx.measure, grain) if kind == "monthly" else \
-                _ae_counts(st, grain)
-            return frame.rename(columns=names)
-
         table = Table(f"chart_{key}_{grain}", f"Counts of the chart '{key}' by {grain}.",
                       self.frame(grain, kind).rename(columns=names),
-                      counts=tuple(names.values()), keys=(grain,), scope="history", by_site=of)
+                      counts=tuple(names.values()), keys=(grain,))
         ctx.add_table(Section("chart", ""), table)  # in the ledger, not in the report
         self.tables[(kind, grain)] = table
         if grain != "month":
