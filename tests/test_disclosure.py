@@ -56,6 +56,40 @@ def test_ledger_refuses_a_false_sum():
         led.relate(led.add(10), [led.add(4), led.add(5)])
 
 
+def test_ledger_equations_in_the_hidden_cells_hold_for_the_true_counts():
+    """The sparse system the pinning check solves: one equation per sum that holds a hidden
+    cell of the component (a cell repeated in a sum counted twice, a sum whose hidden cells
+    cancel dropped), with the published counts on the right, satisfied by the true counts."""
+    rng = np.random.default_rng(7)
+    led = Ledger(5)
+    parts = [led.add(v) for v in [3, 2, *rng.integers(0, 12, size=28).tolist()]]
+    for _ in range(25):
+        pick = sorted(rng.choice(30, size=int(rng.integers(2, 6)), replace=False).tolist())
+        led.relate(led.add(sum(led.values[p] for p in pick)), [parts[p] for p in pick])
+    twice = led.add(8)
+    led.relate(twice, [parts[0], parts[0], parts[1]])
+    led.relate(parts[0], [parts[0]])                      # hidden on both sides: cancels
+    led.decide()
+    assert parts[0].id in led.status
+    cells, rels = led.component(parts[0].id)
+    a, b = led._system(cells, rels)
+    want = [(c, r) for r in rels if any(c := _coefficients(led, r, cells))]
+    assert len(want) < len(rels)                           # the cancelling sum is dropped
+    assert np.array_equal(a.toarray(), np.array([c for c, _ in want]))
+    assert np.allclose(a.toarray() @ np.array([led.values[h] for h in cells]), b)
+    row = [k for k, (_, r) in enumerate(want) if led.relations[r][0] == twice.id]
+    assert a.toarray()[row[0], cells.index(parts[0].id)] == 2
+
+
+def _coefficients(led: Ledger, r: int, cells: list[int]) -> list[float]:
+    total, parts = led.relations[r]
+    coef = [0.0] * len(cells)
+    for j, sign in [(total, -1.0)] + [(p, 1.0) for p in parts]:
+        if j in cells:
+            coef[cells.index(j)] += sign
+    return coef
+
+
 # ---------------------------------------------------------------------------- the attacker
 
 

@@ -107,6 +107,8 @@ class Ledger:
         self._decided = False
         self._rel_of: dict[int, list[int]] | None = None
         self._rel_count = 0
+        self._mat = None
+        self._mat_key: tuple = ()
         #: feasible values of hidden cells found while deciding (see _is_pinned)
         self._witness: list[dict[int, float]] = []
 
@@ -196,24 +198,44 @@ class Ledger:
         k = self.min_cell
         return (1, k - 1) if self.status[h] == "primary" else (k, None)
 
-    def _system(self, cells: list[int], rels: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        col = {h: k for k, h in enumerate(cells)}
-        rows, rhs = [], []
-        for r in rels:
-            total, parts = self.relations[r]
-            coef = np.zeros(len(cells))
-            const = 0.0
-            for j, sign in [(total, -1.0)] + [(p, 1.0) for p in parts]:
-                if j in col:
-                    coef[col[j]] += sign
-                else:
-                    const += sign * self.values[j]
-            if coef.any():
-                rows.append(coef)
-                rhs.append(-const)
-        if not rows:
-            return np.zeros((0, len(cells))), np.zeros(0)
-        return np.vstack(rows), np.array(rhs)
+    def _matrix(self):
+        """The sums as one sparse matrix (a row per sum: -1 for its total, +1 for each part;
+        cells × sums), built once per set of counts and sums."""
+        from scipy import sparse
+
+        key = (id(self.values), len(self.values), id(self.relations), len(self.relations))
+        if self._mat is None or self._mat_key != key:
+            rows, cols, data = [], [], []
+            for r, (total, parts) in enumerate(self.relations):
+                rows.append(r)
+                cols.append(total)
+                data.append(-1.0)
+                rows.extend([r] * len(parts))
+                cols.extend(parts)
+                data.extend([1.0] * len(parts))
+            mat = sparse.csr_array((data, (rows, cols)),
+                                   shape=(len(self.relations), len(self.values)))
+            mat.sum_duplicates()
+            self._mat, self._mat_key = mat, key
+        return self._mat
+
+    def _system(self, cells: list[int], rels: list[int]):
+        """The sums *rels* as equations in the hidden *cells* (a sparse matrix, one row per sum
+        that holds one of them, and its right-hand side from the published counts)."""
+        sub = self._matrix()[np.asarray(rels, dtype=np.int64)]
+        idx = np.asarray(cells, dtype=np.int64)
+        a = sub[:, idx]
+        a.eliminate_zeros()
+        published = np.asarray(self.values, dtype=float).copy()
+        published[idx] = 0.0
+        rhs = -(sub @ published)
+        keep = np.flatnonzero(np.diff(a.indptr) > 0)
+        return a[keep], rhs[keep]
+
+    @staticmethod
+    def _holds(a, col: int) -> bool:
+        """True when some equation of the sparse system *a* holds unknown *col*."""
+        return bool(np.any(a.indices == col))
 
     def interval(self, cell: Cell | int) -> tuple[float, float]:
         """The values *cell* could take given every published count and sum (min, max)."""
@@ -226,10 +248,11 @@ class Ledger:
         a_eq, b_eq = self._system(cells, rels)
         col = cells.index(i)
         low, high = self._bounds(i)
-        if not len(b_eq) or not a_eq[:, col].any():
+        if not len(b_eq) or not self._holds(a_eq, col):
             return (float(low), math.inf if high is None else float(high))
         if len(cells) == 1:  # one unknown: each sum gives its value
-            return (float(b_eq[a_eq[:, 0] != 0][0] / a_eq[a_eq[:, 0] != 0][0, 0]),) * 2
+            dense = a_eq.toarray()[:, 0]
+            return (float(b_eq[dense != 0][0] / dense[dense != 0][0]),) * 2
         c = np.zeros(len(cells))
         c[col] = 1.0
         bounds = [self._bounds(h) for h in cells]
@@ -254,7 +277,7 @@ class Ledger:
         cells, rels = self.component(i)
         a_eq, b_eq = self._system(cells, rels)
         col = cells.index(i)
-        if not len(b_eq) or not a_eq[:, col].any():
+        if not len(b_eq) or not self._holds(a_eq, col):
             low, high = self._bounds(i)
             return high is not None and high - low < 0.5
         bounds = [self._bounds(h) for h in cells]
