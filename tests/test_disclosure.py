@@ -81,6 +81,40 @@ def test_ledger_equations_in_the_hidden_cells_hold_for_the_true_counts():
     assert a.toarray()[row[0], cells.index(parts[0].id)] == 2
 
 
+def test_programme_kept_between_objectives_agrees_with_linprog():
+    """The disclosure check's programmes (one HiGHS model kept per system, re-solved with a
+    new objective) give scipy's linprog's least and greatest values, and say unbounded."""
+    from scipy import sparse
+
+    from mfr_outcomes.report.lp import Programme
+
+    rng = np.random.default_rng(11)
+    lp = Programme()
+    for trial in range(6):
+        n, m = 12, 7
+        a = (rng.random((m, n)) < 0.3).astype(float)
+        a[:, 0] = 1.0
+        truth = rng.integers(1, 9, size=n).astype(float)
+        b = a @ truth
+        bounds = [(1, 4) if t < 5 else (5, None) for t in truth]
+        key = ("system", trial)
+        for col in range(n):
+            for sense in (1.0, -1.0):
+                status, x, value = lp.solve(key, sparse.csr_array(a), b, bounds, col, sense)
+                c = np.zeros(n)
+                c[col] = sense
+                ref = linprog(c, A_eq=a, b_eq=b, bounds=bounds, method="highs")
+                if ref.status == 3:
+                    assert status == "unbounded" and value == -sense * np.inf
+                    continue
+                assert ref.status == 0 and status == "optimal"
+                assert value == pytest.approx(ref.x[col], abs=1e-7)
+                assert np.allclose(a @ x, b, atol=1e-7)
+    free = lp.solve(("free",), sparse.csr_array(np.array([[1.0, -1.0]])), np.array([0.0]),
+                    [(5, None), (5, None)], 0, -1.0)          # x0 = x1 >= 5: no greatest
+    assert free[0] == "unbounded" and free[2] == np.inf
+
+
 def _coefficients(led: Ledger, r: int, cells: list[int]) -> list[float]:
     total, parts = led.relations[r]
     coef = [0.0] * len(cells)

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mfr_outcomes.report.lp import Programme
+
 __all__ = [
     "SECONDARY_LABEL",
     "SECONDARY_NOTE",
@@ -109,6 +111,8 @@ class Ledger:
         self._rel_count = 0
         self._mat = None
         self._mat_key: tuple = ()
+        self._lp = Programme()
+        self._last: tuple = (None, None)
         #: feasible values of hidden cells found while deciding (see _is_pinned)
         self._witness: list[dict[int, float]] = []
 
@@ -239,13 +243,10 @@ class Ledger:
 
     def interval(self, cell: Cell | int) -> tuple[float, float]:
         """The values *cell* could take given every published count and sum (min, max)."""
-        from scipy.optimize import linprog
-
         i = cell.id if isinstance(cell, Cell) else int(cell)
         if i not in self.status:
             return (self.values[i], self.values[i])
-        cells, rels = self.component(i)
-        a_eq, b_eq = self._system(cells, rels)
+        key, (a_eq, b_eq, bounds), cells = self._programme(i)
         col = cells.index(i)
         low, high = self._bounds(i)
         if not len(b_eq) or not self._holds(a_eq, col):
@@ -253,14 +254,9 @@ class Ledger:
         if len(cells) == 1:  # one unknown: each sum gives its value
             dense = a_eq.toarray()[:, 0]
             return (float(b_eq[dense != 0][0] / dense[dense != 0][0]),) * 2
-        c = np.zeros(len(cells))
-        c[col] = 1.0
-        bounds = [self._bounds(h) for h in cells]
-        lo = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
-        hi = linprog(-c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
-        low = float(lo.fun) if lo.status == 0 else -math.inf
-        high = math.inf if hi.status == 3 else (float(-hi.fun) if hi.status == 0 else math.inf)
-        return (low, high)
+        lo = self._lp.solve(key, a_eq, b_eq, bounds, col, +1.0)[2]
+        hi = self._lp.solve(key, a_eq, b_eq, bounds, col, -1.0)[2]
+        return (-math.inf if math.isnan(lo) else lo, math.inf if math.isnan(hi) else hi)
 
     def _is_pinned(self, i: int) -> bool:
         """True when hidden cell *i* has a single feasible value (counts are whole numbers).
@@ -272,25 +268,32 @@ class Ledger:
         for w in self._witness:
             if abs(w.get(i, v) - v) >= 0.5:
                 return False
-        from scipy.optimize import linprog
-
-        cells, rels = self.component(i)
-        a_eq, b_eq = self._system(cells, rels)
+        key, (a_eq, b_eq, bounds), cells = self._programme(i)
         col = cells.index(i)
         if not len(b_eq) or not self._holds(a_eq, col):
             low, high = self._bounds(i)
             return high is not None and high - low < 0.5
-        bounds = [self._bounds(h) for h in cells]
-        for sign in (1.0, -1.0):
-            c = np.zeros(len(cells))
-            c[col] = sign
-            res = linprog(c, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
-            if res.status == 3:  # unbounded above
+        for sense in (1.0, -1.0):
+            status, x, value = self._lp.solve(key, a_eq, b_eq, bounds, col, sense)
+            if status == "unbounded":
                 return False
-            if res.status == 0 and abs(res.x[col] - v) >= 0.5:
-                self._witness.append(dict(zip(cells, res.x.tolist(), strict=True)))
+            if status == "optimal" and abs(value - v) >= 0.5:
+                self._witness.append(dict(zip(cells, x.tolist(), strict=True)))
                 return False
         return True
+
+    def _programme(self, i: int) -> tuple[tuple, tuple, list[int]]:
+        """The linear programme of hidden cell *i*'s part of the sums: its key (the same for
+        every cell of one part while nothing more is hidden), its system (equations and what
+        the labels say of each unknown) and its unknowns."""
+        cells, rels = self.component(i)
+        self._matrix()  # brings its key up to date
+        key = (self._mat_key, tuple(cells), tuple(rels),
+               tuple(self.status[h] == "primary" for h in cells))
+        if self._last[0] != key:
+            a_eq, b_eq = self._system(cells, rels)
+            self._last = (key, (a_eq, b_eq, [self._bounds(h) for h in cells]))
+        return key, self._last[1], cells
 
     def _frees(self, i: int, cells: list[int]) -> bool:
         """True when hiding *cells* (published now) would give hidden cell *i* a second
