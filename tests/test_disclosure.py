@@ -81,9 +81,10 @@ def test_ledger_equations_in_the_hidden_cells_hold_for_the_true_counts():
     assert a.toarray()[row[0], cells.index(parts[0].id)] == 2
 
 
-def test_programme_kept_between_objectives_agrees_with_linprog():
+def test_programme_kept_between_objectives_agrees_with_linprog(capfd):
     """The disclosure check's programmes (one HiGHS model kept per system, re-solved with a
-    new objective) give scipy's linprog's least and greatest values, and say unbounded."""
+    new objective) give scipy's linprog's least and greatest values, say unbounded, and print
+    nothing (HiGHS writes its banner to the process's standard output unless told first)."""
     from scipy import sparse
 
     from mfr_outcomes.report.lp import Programme
@@ -113,6 +114,8 @@ def test_programme_kept_between_objectives_agrees_with_linprog():
     free = lp.solve(("free",), sparse.csr_array(np.array([[1.0, -1.0]])), np.array([0.0]),
                     [(5, None), (5, None)], 0, -1.0)          # x0 = x1 >= 5: no greatest
     assert free[0] == "unbounded" and free[2] == np.inf
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
 
 
 def _coefficients(led: Ledger, r: int, cells: list[int]) -> list[float]:

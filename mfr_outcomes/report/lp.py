@@ -75,7 +75,9 @@ class Programme:
         import highspy
         from scipy import sparse
 
-        h = highspy.Highs()
+        # the core class: highspy.Highs sets a callback in its constructor, and HiGHS prints
+        # its banner on the first call that is not an option, before output_flag can be set
+        h = highspy._Highs()
         h.setOptionValue("output_flag", False)
         h.setOptionValue("parallel", "off")
         a = sparse.csc_array(a)
