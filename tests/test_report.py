@@ -278,6 +278,21 @@ def test_methods_record_seed_formulas_and_versions(site_report):
     assert {"python", "numpy", "pandas", "statsmodels"} <= set(software["package"])
 
 
+def test_each_caution_is_said_once_with_the_fits_it_arose_in(full_report):
+    """A warning of one fit reaches the report by its fit's label, by the part that fitted it
+    and by the sections around that part: it is one line naming the fit and the part, not one
+    line each."""
+    bodies = [c.split(": ", 1)[-1] for c in full_report.cautions]
+    assert len(bodies) == len(set(bodies)), full_report.cautions
+    singular = [c for c in full_report.cautions if "boundary (singular) fit" in c]
+    assert singular, full_report.cautions  # this study's therapist variance is zero
+    models = {t.name: t for t in full_report.sections["methods"].tables}["models"].frame
+    for c in singular:
+        places = c.split(": ", 1)[0].split("; ")
+        assert places[0] in set(models["model"]), c      # the fit, by its methods row
+        assert not any(p.endswith(" section") for p in places), c  # enclosing parts: nothing
+
+
 def test_trend_signals_are_sentences(full_report):
     sec = full_report.sections["trends"]
     lists = [b for k, b in sec.blocks if k == "list"]

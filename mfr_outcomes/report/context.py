@@ -123,14 +123,16 @@ class ReportContext:
         self._names = names
         self.ledger = Ledger(options.min_cell)
         self.failures: list[str] = []
-        self.cautions: list[str] = []
+        #: each caution once, with every part of the report it arose in (first seen first)
+        self._cautions: dict[str, list[str]] = {}
+        #: warnings said already, by identity: an enclosing part sees them again
+        self._said: dict[int, Warning] = {}
         self.fits: dict[str, Any] = {}
         self.models: list[dict[str, Any]] = []
         self.charts: list[dict[str, Any]] = []
         self.tables: dict[str, Table] = {}
         self._frames: dict[str, pd.DataFrame] = {}
         self._responders: pd.DataFrame | None = None
-        self._seen: set[str] = set()
 
     # -- scope
 
@@ -241,8 +243,11 @@ class ReportContext:
                 self.fail(section, f"{what} could not be produced: {self.safe(sentence(exc))}")
                 value = None
         for w in caught:
-            if issubclass(w.category, MfrWarning) or "Convergence" in w.category.__name__:
-                self.caution(f"{what}: {w.message}")
+            said = id(w.message) in self._said
+            if not said and (issubclass(w.category, MfrWarning)
+                             or "Convergence" in w.category.__name__):
+                self.caution(str(w.message), where=what)
+                self._said[id(w.message)] = w.message
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return value
 
@@ -251,17 +256,24 @@ class ReportContext:
         self.failures.append(f"{section.title} — {text}")
         log.warning("QI report: %s", text)
 
-    def caution(self, text: str) -> None:
-        raw = " ".join(str(text).split())
-        if raw not in self._seen:  # nested attempts see the same warning again
-            self._seen.add(raw)
-            self.cautions.append(self.safe(raw))
+    def caution(self, text: str, where: str | None = None) -> None:
+        """Say *text* under the methods' cautions, once: a warning seen again (by an
+        enclosing part, or by another fit) adds only its part, *where*, to the same line."""
+        places = self._cautions.setdefault(self.safe(" ".join(str(text).split())), [])
+        if where is not None and where not in places:
+            places.append(where)
+
+    @property
+    def cautions(self) -> list[str]:
+        """Each caution once, after the parts of the report it arose in."""
+        return [f"{self.safe('; '.join(places))}: {text}" if places else text
+                for text, places in self._cautions.items()]
 
     def fit_label(self, name: str, fit: Any) -> None:
         self.fits[name] = fit
         diag = getattr(fit, "diagnostics", None) or {}
         for text in diag.get("warnings", []) if isinstance(diag, dict) else []:
-            self.caution(f"{name}: {text}")
+            self.caution(text, where=name)
 
     def figure(self, sec: Section, name: str, draw: Callable[[], Any], caption: str,
                alt: str) -> bool:

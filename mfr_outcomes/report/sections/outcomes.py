@@ -390,7 +390,7 @@ def _binary(ctx: ReportContext, sec: Section) -> None:
     cautions = table.attrs["cautions"]
     name = "Yes/no reading (logistic GLMM)"
     for c in cautions:
-        ctx.caution(f"{name}: {c}")
+        ctx.caution(c, where=name)
     if cautions:  # shown here too, beside the numbers they qualify
         sec.para("Cautions of this model:")
         sec.items([ctx.safe(f"{c[0].upper()}{c[1:]}".replace(" trials)", " readings)"))

@@ -216,7 +216,7 @@ def _model(ctx: ReportContext, sec: Section, by_tech: Table, family: str) -> Non
                      + ("logistic" if family == "binomial" else "Poisson") + " regression")
     for n in notes:
         if n not in ae.glmm.diagnostics["warnings"]:
-            ctx.caution(f"{name}: {n}")
+            ctx.caution(n, where=name)
     if notes:  # shown here, beside the numbers they qualify
         sec.para("Cautions of this model:")
         sec.items([ctx.safe(f"{n[0].upper()}{n[1:]}.".replace("..", ".")) for n in notes])
