@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from mfr_outcomes.models import grammar as g
-from mfr_outcomes.models.design import ColumnCache, Design
+from mfr_outcomes.models.design import ColumnCache, Design, column_array
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
 from mfr_outcomes.models.threads import blas_threads
 
@@ -205,16 +205,16 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
     """Codes of a grouping factor (levels sorted as text; ``a:b`` labels joined by ':')."""
     parts = []
     for v in gvars:
-        s = df[v]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            parts.append(_sorted_str_codes(np.asarray(s.array.codes), s.dtype.categories))
-        elif isinstance(s.dtype, pd.StringDtype):
-            codes, uniq = _text_codes(s.array)
+        a = column_array(df, v)
+        if isinstance(a.dtype, pd.CategoricalDtype):
+            parts.append(_sorted_str_codes(np.asarray(a.codes), a.categories))
+        elif isinstance(a.dtype, pd.StringDtype):
+            codes, uniq = _text_codes(a)
             if len(gvars) == 1:
                 return codes, uniq
             parts.append((codes, np.asarray(uniq, dtype=object)))
         else:
-            parts.append(_sorted_str_codes(s.to_numpy()))
+            parts.append(_sorted_str_codes(a if isinstance(a, np.ndarray) else df[v].to_numpy()))
     if len(parts) == 1:
         codes, levels = parts[0]
         return codes.astype(np.int64), pd.Index(levels)
@@ -234,19 +234,21 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
     return rank[inverse.ravel()], pd.Index(labels[order])
 
 
-def _missing(s: pd.Series) -> np.ndarray:
-    """``s.isna().to_numpy()`` without the Series round trip (~40 µs a column in pandas 3)."""
-    dt = s.dtype
-    if isinstance(dt, np.dtype):
-        if dt.kind in "iub":
-            return np.zeros(len(s), dtype=bool)
-        if dt.kind in "fc":
-            return np.isnan(s.to_numpy())
-        return s.isna().to_numpy()
-    return np.asarray(s.array.isna(), dtype=bool)  # extension arrays: their own mask
+def _missing(a) -> np.ndarray:
+    """``frame[name].isna().to_numpy()`` from the column's array *a* (see
+    :meth:`ColumnCache.array`) without the Series round trip (~40 µs a column in pandas 3)."""
+    if isinstance(a, np.ndarray):
+        kind = a.dtype.kind
+        if kind in "iub":
+            return np.zeros(len(a), dtype=bool)
+        if kind in "fc":
+            return np.isnan(a)
+        return pd.isna(a)
+    return np.asarray(a.isna(), dtype=bool)  # extension arrays: their own mask
 
 
-def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str]) -> None:
+def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str],
+                   cols: ColumnCache) -> None:
     formula = parsed.formula
     resp = parsed.tree.response
     if isinstance(resp, g.Name) and resp.name not in data.columns:
@@ -257,9 +259,10 @@ def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str]) -
         raise ValueError(f"The formula {formula!r} names column(s) {missing_cols} that the data do "
                          f"not have (columns: {', '.join(map(str, data.columns))}).")
     for v in g.variables(resp):
-        col = data[v]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) or \
-                isinstance(col.dtype, pd.CategoricalDtype):
+        dt = cols.array(v).dtype
+        if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)) or \
+                isinstance(dt, pd.CategoricalDtype):
+            col = cols[v]
             what = "response" if isinstance(resp, g.Name) else "response's column"
             raise ValueError(f"The {what} {v!r} must be numeric; it has type {col.dtype} "
                              f"(first values: {list(col.head(3))}).")
@@ -277,25 +280,27 @@ def _split_offsets(terms: list) -> tuple[list, list]:
 
 
 def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str],
-                     cols: ColumnCache | None = None) -> pd.DataFrame:
+                     cols: ColumnCache) -> pd.DataFrame:
     """The rows used, with the factor columns coded as the model sees them (no other copy);
-    *cols*: the columns of *df* already looked up."""
+    *cols*: the columns of *df*."""
     changed: dict[str, object] = {}
-    get = cols if cols is not None else df
     for col in factor_vars:
-        s = get[col]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            codes = np.asarray(s.array.codes)
-            counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
-            unused = [c for c, k in zip(s.cat.categories, counts) if k == 0]
-            if unused:
+        a = cols.array(col)
+        dt = a.dtype
+        if isinstance(dt, pd.CategoricalDtype):
+            codes = np.asarray(a.codes)
+            counts = np.bincount(codes[codes >= 0], minlength=len(dt.categories))
+            if not counts.all():
+                unused = [c for c, k in zip(dt.categories, counts) if k == 0]
                 notes.append(f"level(s) {unused} of {col!r} have no data among the rows used and "
                              f"were dropped")
-                changed[col] = s.cat.remove_unused_categories()
-        elif pd.api.types.is_bool_dtype(s):
-            changed[col] = s.astype(int)
-        elif not pd.api.types.is_numeric_dtype(s):
-            codes, levels = _sorted_str_codes(s.to_numpy())
+                changed[col] = cols[col].cat.remove_unused_categories()
+        elif isinstance(dt, np.dtype) and dt.kind in "iuf":
+            continue  # numbers: as they are (the common case, without pandas' type tests)
+        elif pd.api.types.is_bool_dtype(dt):
+            changed[col] = cols[col].astype(int)
+        elif not pd.api.types.is_numeric_dtype(dt):
+            codes, levels = _sorted_str_codes(cols[col].to_numpy())
             changed[col] = pd.Categorical.from_codes(codes, categories=list(levels))
     if changed:
         df = df.copy(deep=False)
@@ -338,11 +343,11 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                          f"'(1 | patient_id)'; a mixed model needs at least one.")
     terms = _terms_of(formula) if type(formula) is str else _terms_of.__wrapped__(formula)
     used = list(terms.used)
-    _check_columns(data, parsed, used)
+    cols = ColumnCache(data)  # each column looked up once (see ColumnCache)
+    _check_columns(data, parsed, used, cols)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
-    cols = ColumnCache(data)  # each column looked up once (see ColumnCache)
-    na_cols = {c: _missing(cols[c]) for c in used}
+    na_cols = {c: _missing(cols.array(c)) for c in used}
     any_na = np.logical_or.reduce(list(na_cols.values()))
     if any_na.any():
         excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
@@ -353,8 +358,10 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
     notes: list[str] = []
-    df = _prepare_columns(df, list(terms.factor_vars), notes, cols if df is data else None)
     cols = cols if df is data else ColumnCache(df)
+    prepared = _prepare_columns(df, list(terms.factor_vars), notes, cols)
+    if prepared is not df:
+        df, cols = prepared, ColumnCache(prepared)
 
     design = _design(parsed, terms, cols)
     X = design.fixed_matrix(cols, full=True)  # refuses a transformation that is not finite
@@ -390,8 +397,11 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                                   correlated=layout.correlated))
     # lme4 (mkReTrms) orders terms by decreasing number of levels; the sort is stable.
     order = sorted(range(len(blocks)), key=lambda i: -blocks[i].n_levels)
-    blocks = [blocks[i] for i in order]
-    design = replace(design.with_random_order(order), notes=tuple(notes))
+    if order != list(range(len(blocks))):
+        blocks = [blocks[i] for i in order]
+        design = design.with_random_order(order)
+    if design.notes != tuple(notes):
+        design = replace(design, notes=tuple(notes))
     return ModelSpec(formula=formula, response=design.response_text, y=y, X=X,
                      fixed_names=names, blocks=blocks, data=df, excluded=excluded, design=design,
                      fixed_formula=parsed.fixed_formula, notes=notes, offset=offset,
@@ -443,17 +453,17 @@ def _design(parsed: ParsedFormula, terms: _Terms, cols: ColumnCache) -> Design:
     from it."""
     key: tuple | None = (parsed.formula,) if type(parsed.formula) is str else None
     for v in terms.factor_vars if key is not None else ():
-        dt = cols[v].dtype
+        dt = cols.array(v).dtype
         if isinstance(dt, pd.CategoricalDtype):
             if len(dt.categories) > _KEY_LEVELS:
                 key = None
                 break
-            key += (v, "category", dt.ordered, tuple(dt.categories),
-                    tuple(type(c).__name__ for c in dt.categories))
+            cats = cols.categories(v)
+            key += (v, "category", dt.ordered, cats, tuple(type(c).__name__ for c in cats))
         else:
             key += (v, dt)
     if key is not None:  # a grouping column's type matters only as bool or not (bool_columns)
-        key += tuple(pd.api.types.is_bool_dtype(cols[v]) for v in terms.group_only)
+        key += tuple(pd.api.types.is_bool_dtype(cols.array(v).dtype) for v in terms.group_only)
     design = _DESIGNS.get(key) if key is not None else None
     if design is not None:
         return design
