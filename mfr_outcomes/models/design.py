@@ -309,8 +309,9 @@ class ColumnCache:
         return s
 
     def array(self, name: str) -> np.ndarray | pd.api.extensions.ExtensionArray:
-        """The values of column *name*: a read-only ndarray for a NumPy dtype, else the
-        column's extension array (``Categorical``, ``ArrowStringArray``, ...)."""
+        """The values of column *name*: a read-only ndarray for numbers, booleans and
+        objects, else the array pandas keeps (``Categorical``, ``ArrowStringArray``,
+        ``DatetimeArray``, ...)."""
         a = self._arrays.get(name)
         if a is None:
             a = self._arrays[name] = _frame_array(self.frame, name)
