@@ -395,7 +395,9 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
 
     # Rows with missing values in any used variable are excluded, each with its reason.
     na_cols = {c: _missing(cols.array(c)) for c in used}
-    any_na = np.logical_or.reduce(list(na_cols.values()))
+    any_na = np.zeros(len(data), dtype=bool)
+    for mask in na_cols.values():  # (one call a column: reduce would stack them first)
+        np.logical_or(any_na, mask, out=any_na)
     if any_na.any():
         excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
         df = data.loc[~any_na]
