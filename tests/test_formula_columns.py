@@ -96,6 +96,9 @@ ID_SETS = {
     "width 1": list("bacab"),
     "width 3": ["k10", "k02", "k10", "a99", "k02"],
     "width 7 runs": [f"pat{i:04d}" for i in np.repeat(np.arange(30), 3)],
+    "width 5 runs": [f"P{i:04d}" for i in np.repeat(np.arange(2000, 0, -97), 5)],
+    "width 6, one row": ["abcdef"],
+    "width 3, two rows": ["abd", "abc"],
     "width 8": ["zz000001", "aa000002", "zz000001", "mm000003"],
     "width 9": ["p00000001", "p00000000", "p00000001"],
     "multi-byte and NUL, 2 bytes": ["é", "ab", "a\x00", "zz", "é", "a\x01"],
@@ -137,6 +140,13 @@ def test_fixed_width_keys_decline_missing_values_chunks_and_read_slices_at_their
     assert formula_mod._fixed_width_keys(part) is not None
     codes, levels = _text_codes(part)
     assert codes.tolist() == [1, 1, 0, 2] and list(levels) == ["a1", "b2", "x1"]
+    whole = pd.array([f"k{i % 13:04d}" for i in range(40)], dtype="str")
+    for part in (whole[3:], whole[7:12], whole[38:]):  # width 5: overlapping reads and the tail
+        assert formula_mod._fixed_width_keys(part) is not None
+        codes, levels = _text_codes(part)
+        want_codes, want_levels = pd.factorize(np.asarray(part, dtype=object), sort=True)
+        np.testing.assert_array_equal(codes, want_codes)
+        assert list(levels) == list(want_levels)
     small = pd.arrays.ArrowStringArray(pa.chunked_array([pa.array(["b", "a", "b"])]))
     assert formula_mod._fixed_width_keys(small) is not None  # 32-bit offsets
     assert _text_codes(small)[0].tolist() == [1, 0, 1]

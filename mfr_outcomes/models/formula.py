@@ -197,10 +197,19 @@ def _fixed_width_keys(arr) -> np.ndarray | None:
         return None
     if width in (1, 2, 4, 8):  # big-endian integers: integer order = byte order
         return np.frombuffer(bufs[2], dtype=f">u{width}", count=n, offset=start).astype(np.uint64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8, count=n * width, offset=start)
-    padded = np.zeros((n, 8), dtype=np.uint8)  # zeros after the text: the same in every row
-    padded[:, :width] = data.reshape(n, width)
-    return padded.view(">u8").ravel().astype(np.uint64)
+    # 3, 5, 6 or 7 bytes: eight bytes read from each row's start (rows overlap; the rows whose
+    # eight bytes run past the data are padded by hand), the bytes of the next rows shifted out
+    m = (n * width - 8) // width + 1 if n * width >= 8 else 0
+    keys = np.empty(n, dtype=np.uint64)
+    if m:
+        keys[:m] = np.ndarray((m,), dtype=">u8", buffer=bufs[2], offset=start,
+                              strides=(width,)) >> np.uint64(8 * (8 - width))
+    if m < n:
+        tail = np.zeros((n - m, 8), dtype=np.uint8)
+        tail[:, 8 - width:] = np.frombuffer(bufs[2], dtype=np.uint8, count=(n - m) * width,
+                                            offset=start + m * width).reshape(n - m, width)
+        keys[m:] = tail.view(">u8").ravel()
+    return keys
 
 
 def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
@@ -335,8 +344,9 @@ def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str],
         a = cols.array(col)
         dt = a.dtype
         if isinstance(dt, pd.CategoricalDtype):
-            codes = np.asarray(a.codes)
-            counts = np.bincount(codes[codes >= 0], minlength=len(dt.categories))
+            # codes + 1: missing values (-1) counted apart, without a masked copy (a code is
+            # below the largest its integer type holds, so + 1 does not overflow)
+            counts = np.bincount(np.asarray(a.codes) + 1, minlength=len(dt.categories) + 1)[1:]
             if not counts.all():
                 unused = [c for c, k in zip(dt.categories, counts) if k == 0]
                 notes.append(f"level(s) {unused} of {col!r} have no data among the rows used and "
