@@ -597,28 +597,34 @@ def _matrix(design: Design, cols, frame: pd.DataFrame, order: str = "F") -> np.n
                 cache[key] = vals
         return cache[key]
 
-    # Each column written in place (column-major X; row-major for the narrow Z of an engine).
+    # Each column written in place (column-major X; row-major for the narrow Z of an engine):
+    # a product of parts p0 p1 p2 ... as ((p0 p1) p2) ..., an indicator written as 1.0 / 0.0.
     X = np.empty((n, len(cols)), order=order)
-    mask = np.empty(n, dtype=bool)
+    masks = [np.empty(n, dtype=bool), np.empty(n, dtype=bool)]
+    factors = design.factors
     for j, col in enumerate(cols):
         out = X[:, j]
-        if not col.parts:
+        parts = col.parts
+        if not parts:
             out.fill(1.0)
             continue
-        first = True
-        for key, idx in col.parts:
-            arr = get(key)
-            if design.factors[key].kind == "categorical":
-                np.equal(arr, idx, out=mask)
-                if first:
-                    out[:] = mask
-                else:
-                    out *= mask
-            elif first:
-                out[:] = arr[:, idx]
+        if len(parts) == 1:
+            key, idx = parts[0]
+            if factors[key].kind == "categorical":
+                np.equal(get(key), idx, out=out)
             else:
-                out *= arr[:, idx]
-            first = False
+                out[:] = get(key)[:, idx]
+            continue
+        vals = []
+        for i, (key, idx) in enumerate(parts[:2]):
+            arr = get(key)
+            vals.append(np.equal(arr, idx, out=masks[i]) if factors[key].kind == "categorical"
+                        else arr[:, idx])
+        np.multiply(vals[0], vals[1], out=out)
+        for key, idx in parts[2:]:
+            arr = get(key)
+            out *= np.equal(arr, idx, out=masks[0]) if factors[key].kind == "categorical" \
+                else arr[:, idx]
     return X
 
 
