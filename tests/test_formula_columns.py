@@ -218,3 +218,17 @@ def test_a_fit_runs_in_one_blas_scope_and_restores_the_thread_counts(monkeypatch
     with pytest.raises(RuntimeError, match="inside the scope"):
         fit_mod.fit_mixed(d, "y ~ x + (1 | g)")
     assert current_limit() is None and counts() == before
+
+
+def test_a_column_used_twice_in_the_data_is_a_sentence():
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"y": rng.normal(size=40), "x": rng.normal(size=40),
+                      "g": np.repeat(np.arange(10), 4)})
+    for names in (["y", "x", "x", "g"], ["y", "y", "x", "g"], ["y", "x", "g", "g"]):
+        dd = pd.concat([d[c] for c in names], axis=1)
+        dd.columns = names
+        twice = [c for c in ("y", "x", "g") if names.count(c) > 1]
+        with pytest.raises(ValueError, match=rf"column\(s\) \['{twice[0]}'\] that appear more"):
+            build_spec(dd, "y ~ x + (1 | g)")
+    dd = pd.concat([d, d["x"].rename("unused"), d["x"].rename("unused")], axis=1)
+    assert build_spec(dd, "y ~ x + (1 | g)").n == 40  # a duplicated column the model does not use

@@ -314,6 +314,12 @@ def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str],
     if missing_cols:
         raise ValueError(f"The formula {formula!r} names column(s) {missing_cols} that the data do "
                          f"not have (columns: {', '.join(map(str, data.columns))}).")
+    if not data.columns.is_unique:
+        twice = [v for v in used if int((data.columns == v).sum()) > 1]
+        if twice:
+            raise ValueError(f"The formula {formula!r} uses column(s) {twice} that appear more "
+                             f"than once in the data; rename them so that each name is one "
+                             f"column.")
     for v in g.variables(resp):
         dt = cols.array(v).dtype
         if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)) or \
