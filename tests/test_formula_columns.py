@@ -232,3 +232,18 @@ def test_a_column_used_twice_in_the_data_is_a_sentence():
             build_spec(dd, "y ~ x + (1 | g)")
     dd = pd.concat([d, d["x"].rename("unused"), d["x"].rename("unused")], axis=1)
     assert build_spec(dd, "y ~ x + (1 | g)").n == 40  # a duplicated column the model does not use
+
+
+def test_a_blocks_number_of_levels_follows_its_levels():
+    from dataclasses import replace
+
+    from mfr_outcomes.models.spec import RandomBlock
+
+    b = RandomBlock("g", ["(Intercept)"], np.ones((4, 1)), np.array([0, 1, 1, 2]),
+                    pd.Index(pd.array(["a", "b", "c"], dtype="str")))
+    assert b.n_levels == 3 and b.n_levels == 3
+    b.levels = pd.Index(["a", "b"])
+    assert b.n_levels == 2
+    c = replace(b, levels=pd.Index(list("abcde")))
+    assert c.n_levels == 5 and b.n_levels == 2
+    assert replace(c, levels=b.levels).n_levels == 2
