@@ -26,8 +26,8 @@ import pandas as pd
 
 from mfr_outcomes.models import grammar as g
 
-__all__ = ["Factor", "Column", "FixedTerm", "RandomLayout", "Design", "poly_coefs", "poly_matrix",
-           "INTERCEPT"]
+__all__ = ["Factor", "Column", "FixedTerm", "RandomLayout", "Design", "ColumnCache", "column_array",
+           "poly_coefs", "poly_matrix", "INTERCEPT"]
 
 INTERCEPT = "(Intercept)"
 _MATH = {"log": np.log, "log10": np.log10, "log2": np.log2, "log1p": np.log1p, "exp": np.exp,
@@ -288,21 +288,41 @@ class ColumnCache:
     """A frame read column by column during one build, each column looked up once.
 
     pandas 3 builds a new Series on every ``frame[name]`` (~20 µs); a model's build reads the
-    same few columns 20-odd times. Offers what the builders read: ``[name]``, ``len``,
-    ``columns`` and ``index``; ``frame`` is the frame itself.
+    same few columns 20-odd times. Offers what the builders read: ``[name]`` (a Series),
+    :meth:`array` (the column's values without a Series, ~2 µs), :meth:`categories` (a
+    categorical column's levels as a tuple), ``len``, ``columns`` and ``index``; ``frame`` is
+    the frame itself.
     """
 
-    __slots__ = ("frame", "_cols")
+    __slots__ = ("frame", "_cols", "_arrays", "_cats")
 
     def __init__(self, frame: pd.DataFrame):
         self.frame = frame
         self._cols: dict = {}
+        self._arrays: dict = {}
+        self._cats: dict = {}
 
     def __getitem__(self, name: str) -> pd.Series:
         s = self._cols.get(name)
         if s is None:
             s = self._cols[name] = self.frame[name]
         return s
+
+    def array(self, name: str) -> np.ndarray | pd.api.extensions.ExtensionArray:
+        """The values of column *name*: a read-only ndarray for numbers, booleans and
+        objects, else the array pandas keeps (``Categorical``, ``ArrowStringArray``,
+        ``DatetimeArray``, ...)."""
+        a = self._arrays.get(name)
+        if a is None:
+            a = self._arrays[name] = _frame_array(self.frame, name)
+        return a
+
+    def categories(self, name: str) -> tuple:
+        """The categories of categorical column *name*, as a tuple of Python scalars."""
+        c = self._cats.get(name)
+        if c is None:
+            c = self._cats[name] = tuple(self.array(name).categories.tolist())
+        return c
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -314,6 +334,33 @@ class ColumnCache:
     @property
     def index(self) -> pd.Index:
         return self.frame.index
+
+
+def _frame_array(frame: pd.DataFrame, name: str):
+    """Column *name* of *frame* without building a Series (see :meth:`ColumnCache.array`).
+
+    pandas' ``DataFrame._get_column_array`` (the array a Series would wrap) where the name is
+    one column; a duplicated name, or a pandas without that method, goes through ``frame[name]``.
+    """
+    loc = frame.columns.get_loc(name)  # KeyError for an unknown column, as frame[name]
+    getter = getattr(frame, "_get_column_array", None)
+    if isinstance(loc, int) and getter is not None:
+        a = getter(loc)
+    else:
+        s = frame[name]
+        a = s.to_numpy() if isinstance(s.dtype, np.dtype) else s.array
+    if isinstance(a, np.ndarray):
+        a = a.view()
+        a.flags.writeable = False  # a view of the caller's frame: never written through
+    return a
+
+
+def column_array(frame, name: str):
+    """Column *name* of *frame* (a DataFrame or a :class:`ColumnCache`) as
+    :meth:`ColumnCache.array` gives it."""
+    if isinstance(frame, ColumnCache):
+        return frame.array(name)
+    return _frame_array(frame, name)
 
 
 def _is_categorical(s: pd.Series) -> bool:
@@ -440,6 +487,9 @@ def _num_name(f: Factor, j: int) -> str:
 
 # ------------------------------------------------------------------------------ evaluation
 def _column_values(frame: pd.DataFrame, name: str) -> np.ndarray:
+    a = column_array(frame, name)
+    if isinstance(a, np.ndarray) and a.dtype.kind in "iubf":
+        return a.astype(float)  # a copy (numbers and booleans are never categorical)
     s = frame[name]
     if _is_categorical(s):
         raise ValueError(f"Column {name!r} is categorical (values such as "
@@ -488,13 +538,16 @@ def _factor_values(f: Factor, frame: pd.DataFrame, factors: dict[str, Factor]) -
 
 def _codes(f: Factor, frame: pd.DataFrame) -> np.ndarray:
     """Level index of each row (-1 for a value that is not a level)."""
+    a = column_array(frame, f.variable)
+    if isinstance(a.dtype, pd.CategoricalDtype):
+        cats = a.categories
+        raw = np.asarray(a.codes)
+        if len(cats) == len(f.levels):
+            tc = frame.categories(f.variable) if isinstance(frame, ColumnCache) else \
+                tuple(cats.tolist())
+            if tc == f.levels and all(type(x) is type(y) for x, y in zip(tc, f.levels)):
+                return raw.astype(np.int64)  # the fitted levels, in order (the common case)
     s = frame[f.variable]
-    if isinstance(s.dtype, pd.CategoricalDtype):
-        cats = s.dtype.categories
-        raw = np.asarray(s.array.codes)
-        if len(cats) == len(f.levels) and all(a == b and type(a) is type(b)
-                                              for a, b in zip(cats, f.levels)):
-            return raw.astype(np.int64)  # the fitted levels, in order (the common case)
     levels = pd.Index(list(f.levels))
     if isinstance(s.dtype, pd.CategoricalDtype):
         if cats.equals(levels):
@@ -544,28 +597,34 @@ def _matrix(design: Design, cols, frame: pd.DataFrame, order: str = "F") -> np.n
                 cache[key] = vals
         return cache[key]
 
-    # Each column written in place (column-major X; row-major for the narrow Z of an engine).
+    # Each column written in place (column-major X; row-major for the narrow Z of an engine):
+    # a product of parts p0 p1 p2 ... as ((p0 p1) p2) ..., an indicator written as 1.0 / 0.0.
     X = np.empty((n, len(cols)), order=order)
-    mask = np.empty(n, dtype=bool)
+    masks = [np.empty(n, dtype=bool), np.empty(n, dtype=bool)]
+    factors = design.factors
     for j, col in enumerate(cols):
         out = X[:, j]
-        if not col.parts:
+        parts = col.parts
+        if not parts:
             out.fill(1.0)
             continue
-        first = True
-        for key, idx in col.parts:
-            arr = get(key)
-            if design.factors[key].kind == "categorical":
-                np.equal(arr, idx, out=mask)
-                if first:
-                    out[:] = mask
-                else:
-                    out *= mask
-            elif first:
-                out[:] = arr[:, idx]
+        if len(parts) == 1:
+            key, idx = parts[0]
+            if factors[key].kind == "categorical":
+                np.equal(get(key), idx, out=out)
             else:
-                out *= arr[:, idx]
-            first = False
+                out[:] = get(key)[:, idx]
+            continue
+        vals = []
+        for i, (key, idx) in enumerate(parts[:2]):
+            arr = get(key)
+            vals.append(np.equal(arr, idx, out=masks[i]) if factors[key].kind == "categorical"
+                        else arr[:, idx])
+        np.multiply(vals[0], vals[1], out=out)
+        for key, idx in parts[2:]:
+            arr = get(key)
+            out *= np.equal(arr, idx, out=masks[0]) if factors[key].kind == "categorical" \
+                else arr[:, idx]
     return X
 
 

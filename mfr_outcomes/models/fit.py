@@ -208,14 +208,16 @@ def fit_mixed(data: pd.DataFrame, formula: str, *, reml: bool = True, engine: st
                          f"model (family='binomial' or 'poisson'); a linear fit cannot use them "
                          f"(subtract an offset from the response instead, as "
                          f"'value - baseline ~ ...').")
-    caution = gaussian_response_caution(spec.y, spec.response)
-    if caution:
-        warnings.warn(caution, ModelWarning, stacklevel=2)
-    cautions = check_model(spec)
-    eng, reason = choose_engine(spec, engine)
-    result, check = fit_engine(eng, spec, reml, options=options)
-    return LinearMixedFit(spec, result, reml=reml, df_method=df_method, engine_reason=reason,
-                          data=data, options=options, optimum=check, cautions=cautions)
+    # one BLAS scope for the whole fit: the engines' own scopes inside it cost nothing
+    with blas_limits(spec):
+        caution = gaussian_response_caution(spec.y, spec.response)
+        if caution:
+            warnings.warn(caution, ModelWarning, stacklevel=2)
+        cautions = check_model(spec)
+        eng, reason = choose_engine(spec, engine)
+        result, check = fit_engine(eng, spec, reml, options=options)
+        return LinearMixedFit(spec, result, reml=reml, df_method=df_method, engine_reason=reason,
+                              data=data, options=options, optimum=check, cautions=cautions)
 
 
 class LinearMixedFit(MixedFitBase):

@@ -16,10 +16,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
+from scipy.linalg.lapack import dsyevd as _dsyevd
 
 from mfr_outcomes.models import grammar as g
-from mfr_outcomes.models.design import ColumnCache, Design
+from mfr_outcomes.models.design import ColumnCache, Design, column_array
 from mfr_outcomes.models.spec import ModelSpec, RandomBlock
 from mfr_outcomes.models.threads import blas_threads
 
@@ -169,10 +171,64 @@ def _sorted_str_codes(values: np.ndarray, categories: pd.Index | None = None
     return rank[codes], labels[order]
 
 
+def _fixed_width_keys(arr) -> np.ndarray | None:
+    """One uint64 a row whose order is the text's byte order (UTF-8 byte order is code-point
+    order, the order of Python's ``<`` and of Arrow's sort), when *arr* is Arrow-backed text in
+    one chunk, without missing values, every value of the same length of 1-8 bytes (ids such
+    as ``P001``); else None. Equal keys are equal texts."""
+    ca = arr.__arrow_array__() if isinstance(arr, pd.arrays.ArrowStringArray) else None
+    if ca is None or ca.num_chunks != 1:
+        return None
+    ch = ca.chunk(0)
+    n = len(ch)
+    if ch.null_count or n == 0:
+        return None
+    if pa.types.is_large_string(ch.type):
+        odt = np.int64
+    elif pa.types.is_string(ch.type):
+        odt = np.int32
+    else:
+        return None
+    bufs = ch.buffers()
+    off = np.frombuffer(bufs[1], dtype=odt, count=n + 1, offset=ch.offset * np.dtype(odt).itemsize)
+    start = int(off[0])
+    width = (int(off[-1]) - start) // n
+    if not 1 <= width <= 8 or (np.diff(off) != width).any():
+        return None
+    if width in (1, 2, 4, 8):  # big-endian integers: integer order = byte order
+        return np.frombuffer(bufs[2], dtype=f">u{width}", count=n, offset=start).astype(np.uint64)
+    # 3, 5, 6 or 7 bytes: eight bytes read from each row's start (rows overlap; the rows whose
+    # eight bytes run past the data are padded by hand), the bytes of the next rows shifted out
+    m = (n * width - 8) // width + 1 if n * width >= 8 else 0
+    keys = np.empty(n, dtype=np.uint64)
+    if m:
+        keys[:m] = np.ndarray((m,), dtype=">u8", buffer=bufs[2], offset=start,
+                              strides=(width,)) >> np.uint64(8 * (8 - width))
+    if m < n:
+        tail = np.zeros((n - m, 8), dtype=np.uint8)
+        tail[:, 8 - width:] = np.frombuffer(bufs[2], dtype=np.uint8, count=(n - m) * width,
+                                            offset=start + m * width).reshape(n - m, width)
+        keys[m:] = tail.view(">u8").ravel()
+    return keys
+
+
 def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
     """Codes and sorted levels of a text column. Rows of one group usually sit together (frames
     sorted by patient), so the column is cut into runs of equal values first and only the run
-    heads are factorised; when the heads are already strictly increasing they are the levels."""
+    heads are factorised; when the heads are already strictly increasing they are the levels.
+    Short ids of one length (:func:`_fixed_width_keys`) are compared as integers."""
+    keys = _fixed_width_keys(arr)
+    if keys is not None:
+        n = keys.size
+        change = np.empty(n, dtype=bool)
+        change[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=change[1:])
+        starts = np.flatnonzero(change)
+        heads = keys[starts]
+        if (heads[1:] > heads[:-1]).all():
+            return np.cumsum(change, dtype=np.int64) - 1, pd.Index(arr.take(starts))
+        _, firsts, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        return inverse.ravel().astype(np.int64), pd.Index(arr.take(firsts))
     n = len(arr)
     # Arrow-backed text without missing values: the comparisons in pyarrow.compute directly
     # (the same kernels pandas calls, without its wrapping: ~60 µs less at 2,000 rows)
@@ -205,16 +261,16 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
     """Codes of a grouping factor (levels sorted as text; ``a:b`` labels joined by ':')."""
     parts = []
     for v in gvars:
-        s = df[v]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            parts.append(_sorted_str_codes(np.asarray(s.array.codes), s.dtype.categories))
-        elif isinstance(s.dtype, pd.StringDtype):
-            codes, uniq = _text_codes(s.array)
+        a = column_array(df, v)
+        if isinstance(a.dtype, pd.CategoricalDtype):
+            parts.append(_sorted_str_codes(np.asarray(a.codes), a.categories))
+        elif isinstance(a.dtype, pd.StringDtype):
+            codes, uniq = _text_codes(a)
             if len(gvars) == 1:
                 return codes, uniq
             parts.append((codes, np.asarray(uniq, dtype=object)))
         else:
-            parts.append(_sorted_str_codes(s.to_numpy()))
+            parts.append(_sorted_str_codes(a if isinstance(a, np.ndarray) else df[v].to_numpy()))
     if len(parts) == 1:
         codes, levels = parts[0]
         return codes.astype(np.int64), pd.Index(levels)
@@ -234,19 +290,21 @@ def _group_codes(df: pd.DataFrame, gvars: tuple[str, ...]) -> tuple[np.ndarray, 
     return rank[inverse.ravel()], pd.Index(labels[order])
 
 
-def _missing(s: pd.Series) -> np.ndarray:
-    """``s.isna().to_numpy()`` without the Series round trip (~40 µs a column in pandas 3)."""
-    dt = s.dtype
-    if isinstance(dt, np.dtype):
-        if dt.kind in "iub":
-            return np.zeros(len(s), dtype=bool)
-        if dt.kind in "fc":
-            return np.isnan(s.to_numpy())
-        return s.isna().to_numpy()
-    return np.asarray(s.array.isna(), dtype=bool)  # extension arrays: their own mask
+def _missing(a) -> np.ndarray:
+    """``frame[name].isna().to_numpy()`` from the column's array *a* (see
+    :meth:`ColumnCache.array`) without the Series round trip (~40 µs a column in pandas 3)."""
+    if isinstance(a, np.ndarray):
+        kind = a.dtype.kind
+        if kind in "iub":
+            return np.zeros(len(a), dtype=bool)
+        if kind in "fc":
+            return np.isnan(a)
+        return pd.isna(a)
+    return np.asarray(a.isna(), dtype=bool)  # extension arrays: their own mask
 
 
-def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str]) -> None:
+def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str],
+                   cols: ColumnCache) -> None:
     formula = parsed.formula
     resp = parsed.tree.response
     if isinstance(resp, g.Name) and resp.name not in data.columns:
@@ -256,10 +314,17 @@ def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str]) -
     if missing_cols:
         raise ValueError(f"The formula {formula!r} names column(s) {missing_cols} that the data do "
                          f"not have (columns: {', '.join(map(str, data.columns))}).")
+    if not data.columns.is_unique:
+        twice = [v for v in used if int((data.columns == v).sum()) > 1]
+        if twice:
+            raise ValueError(f"The formula {formula!r} uses column(s) {twice} that appear more "
+                             f"than once in the data; rename them so that each name is one "
+                             f"column.")
     for v in g.variables(resp):
-        col = data[v]
-        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) or \
-                isinstance(col.dtype, pd.CategoricalDtype):
+        dt = cols.array(v).dtype
+        if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)) or \
+                isinstance(dt, pd.CategoricalDtype):
+            col = cols[v]
             what = "response" if isinstance(resp, g.Name) else "response's column"
             raise ValueError(f"The {what} {v!r} must be numeric; it has type {col.dtype} "
                              f"(first values: {list(col.head(3))}).")
@@ -277,25 +342,28 @@ def _split_offsets(terms: list) -> tuple[list, list]:
 
 
 def _prepare_columns(df: pd.DataFrame, factor_vars: list[str], notes: list[str],
-                     cols: ColumnCache | None = None) -> pd.DataFrame:
+                     cols: ColumnCache) -> pd.DataFrame:
     """The rows used, with the factor columns coded as the model sees them (no other copy);
-    *cols*: the columns of *df* already looked up."""
+    *cols*: the columns of *df*."""
     changed: dict[str, object] = {}
-    get = cols if cols is not None else df
     for col in factor_vars:
-        s = get[col]
-        if isinstance(s.dtype, pd.CategoricalDtype):
-            codes = np.asarray(s.array.codes)
-            counts = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories))
-            unused = [c for c, k in zip(s.cat.categories, counts) if k == 0]
-            if unused:
+        a = cols.array(col)
+        dt = a.dtype
+        if isinstance(dt, pd.CategoricalDtype):
+            # codes + 1: missing values (-1) counted apart, without a masked copy (a code is
+            # below the largest its integer type holds, so + 1 does not overflow)
+            counts = np.bincount(np.asarray(a.codes) + 1, minlength=len(dt.categories) + 1)[1:]
+            if not counts.all():
+                unused = [c for c, k in zip(dt.categories, counts) if k == 0]
                 notes.append(f"level(s) {unused} of {col!r} have no data among the rows used and "
                              f"were dropped")
-                changed[col] = s.cat.remove_unused_categories()
-        elif pd.api.types.is_bool_dtype(s):
-            changed[col] = s.astype(int)
-        elif not pd.api.types.is_numeric_dtype(s):
-            codes, levels = _sorted_str_codes(s.to_numpy())
+                changed[col] = cols[col].cat.remove_unused_categories()
+        elif isinstance(dt, np.dtype) and dt.kind in "iuf":
+            continue  # numbers: as they are (the common case, without pandas' type tests)
+        elif pd.api.types.is_bool_dtype(dt):
+            changed[col] = cols[col].astype(int)
+        elif not pd.api.types.is_numeric_dtype(dt):
+            codes, levels = _sorted_str_codes(cols[col].to_numpy())
             changed[col] = pd.Categorical.from_codes(codes, categories=list(levels))
     if changed:
         df = df.copy(deep=False)
@@ -338,12 +406,14 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                          f"'(1 | patient_id)'; a mixed model needs at least one.")
     terms = _terms_of(formula) if type(formula) is str else _terms_of.__wrapped__(formula)
     used = list(terms.used)
-    _check_columns(data, parsed, used)
+    cols = ColumnCache(data)  # each column looked up once (see ColumnCache)
+    _check_columns(data, parsed, used, cols)
 
     # Rows with missing values in any used variable are excluded, each with its reason.
-    cols = ColumnCache(data)  # each column looked up once (see ColumnCache)
-    na_cols = {c: _missing(cols[c]) for c in used}
-    any_na = np.logical_or.reduce(list(na_cols.values()))
+    na_cols = {c: _missing(cols.array(c)) for c in used}
+    any_na = np.zeros(len(data), dtype=bool)
+    for mask in na_cols.values():  # (one call a column: reduce would stack them first)
+        np.logical_or(any_na, mask, out=any_na)
     if any_na.any():
         excluded = _exclusion_reasons(pd.DataFrame(na_cols, index=data.index), any_na, used)
         df = data.loc[~any_na]
@@ -353,8 +423,10 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
     if len(df) == 0:
         raise ValueError(f"No row of the data has all of {used} present, so nothing can be fitted.")
     notes: list[str] = []
-    df = _prepare_columns(df, list(terms.factor_vars), notes, cols if df is data else None)
     cols = cols if df is data else ColumnCache(df)
+    prepared = _prepare_columns(df, list(terms.factor_vars), notes, cols)
+    if prepared is not df:
+        df, cols = prepared, ColumnCache(prepared)
 
     design = _design(parsed, terms, cols)
     X = design.fixed_matrix(cols, full=True)  # refuses a transformation that is not finite
@@ -390,8 +462,11 @@ def build_spec(data: pd.DataFrame, formula: str) -> ModelSpec:
                                   correlated=layout.correlated))
     # lme4 (mkReTrms) orders terms by decreasing number of levels; the sort is stable.
     order = sorted(range(len(blocks)), key=lambda i: -blocks[i].n_levels)
-    blocks = [blocks[i] for i in order]
-    design = replace(design.with_random_order(order), notes=tuple(notes))
+    if order != list(range(len(blocks))):
+        blocks = [blocks[i] for i in order]
+        design = design.with_random_order(order)
+    if design.notes != tuple(notes):
+        design = replace(design, notes=tuple(notes))
     return ModelSpec(formula=formula, response=design.response_text, y=y, X=X,
                      fixed_names=names, blocks=blocks, data=df, excluded=excluded, design=design,
                      fixed_formula=parsed.fixed_formula, notes=notes, offset=offset,
@@ -443,17 +518,17 @@ def _design(parsed: ParsedFormula, terms: _Terms, cols: ColumnCache) -> Design:
     from it."""
     key: tuple | None = (parsed.formula,) if type(parsed.formula) is str else None
     for v in terms.factor_vars if key is not None else ():
-        dt = cols[v].dtype
+        dt = cols.array(v).dtype
         if isinstance(dt, pd.CategoricalDtype):
             if len(dt.categories) > _KEY_LEVELS:
                 key = None
                 break
-            key += (v, "category", dt.ordered, tuple(dt.categories),
-                    tuple(type(c).__name__ for c in dt.categories))
+            cats = cols.categories(v)
+            key += (v, "category", dt.ordered, cats, tuple(type(c).__name__ for c in cats))
         else:
             key += (v, dt)
     if key is not None:  # a grouping column's type matters only as bool or not (bool_columns)
-        key += tuple(pd.api.types.is_bool_dtype(cols[v]) for v in terms.group_only)
+        key += tuple(pd.api.types.is_bool_dtype(cols.array(v).dtype) for v in terms.group_only)
     design = _DESIGNS.get(key) if key is not None else None
     if design is not None:
         return design
@@ -527,6 +602,16 @@ def dqrdc2_rank(X: np.ndarray, tol: float) -> tuple[int, np.ndarray]:
     return min(k - 1, n), piv
 
 
+_EPS = float(np.finfo(float).eps)
+
+
+def _eigvalsh(a: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of the symmetric *a* by LAPACK's ``dsyevd`` (NumPy's eigvalsh
+    adds ~6 µs of checks a call); NumPy's when LAPACK reports a failure."""
+    w, _, info = _dsyevd(a, compute_v=0, lower=1)
+    return w if info == 0 else np.linalg.eigvalsh(a)
+
+
 def lme4_kept_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     """Indices (ascending) of the fixed columns lme4 keeps (``chkRank.drop.cols``).
 
@@ -540,17 +625,17 @@ def lme4_kept_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
     n, p = X.shape
     if p == 0:
         return np.arange(0)
-    if X.flags.f_contiguous and n > 1000:
+    if X.flags.f_contiguous and n > 50_000:
         from scipy.linalg.blas import dsyrk
 
-        upper = dsyrk(1.0, X, trans=1)  # XᵀX: half the work of a general product
-        G = np.triu(upper) + np.triu(upper, 1).T
+        upper = dsyrk(1.0, X, trans=1)  # XᵀX: half the work of a general product (at 2,000
+        G = upper + np.triu(upper, 1).T  # rows it is no faster; its lower triangle is zero)
     else:
         G = X.T @ X
-    d = np.sqrt(np.diag(G))
+    d = np.sqrt(G.diagonal())
     if np.isfinite(G).all() and (d > 0).all():
-        lam = np.linalg.eigvalsh(G / np.outer(d, d))
-        if lam[0] >= max(1e-9, 1e3 * n * np.finfo(float).eps) * lam[-1]:
+        lam = _eigvalsh(G / np.outer(d, d))
+        if lam[0] >= max(1e-9, 1e3 * n * _EPS) * lam[-1]:
             return np.arange(p)
     rank, piv = dqrdc2_rank(X, tol)
     return np.sort(piv[:rank])

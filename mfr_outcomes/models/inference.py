@@ -55,11 +55,17 @@ def _table(L: np.ndarray, beta: np.ndarray, vcov: np.ndarray, df: np.ndarray, na
         stat = est / se
     df = np.asarray(df, dtype=float)
     finite = np.isfinite(df)
-    dfs = np.where(finite, df, 1.0)
-    p = np.where(finite, 2 * special.stdtr(dfs, -np.abs(stat)), 2 * special.ndtr(-np.abs(stat)))
-    q = np.where(finite, special.stdtrit(dfs, 0.5 + level / 2), special.ndtri(0.5 + level / 2))
+    if finite.all():  # t tests only (the usual case): the normal tails are not needed
+        p = 2 * special.stdtr(df, -np.abs(stat))
+        q = special.stdtrit(df, 0.5 + level / 2)
+    else:
+        dfs = np.where(finite, df, 1.0)
+        p = np.where(finite, 2 * special.stdtr(dfs, -np.abs(stat)),
+                     2 * special.ndtr(-np.abs(stat)))
+        q = np.where(finite, special.stdtrit(dfs, 0.5 + level / 2),
+                     special.ndtri(0.5 + level / 2))
     names = list(names)
-    values = np.vstack([est, se, df, stat, p, est - q * se, est + q * se])
+    values = np.array([est, se, df, stat, p, est - q * se, est + q * se])
     if _from_blocks is None or not all(isinstance(n, str) for n in names):
         return pd.DataFrame({"term": names, **dict(zip(_TABLE_COLUMNS[1:], values))})
     # the frame from its two blocks (strings, floats): the dict constructor's inference and

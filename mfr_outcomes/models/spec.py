@@ -54,7 +54,13 @@ class RandomBlock:
 
     @property
     def n_levels(self) -> int:
-        return len(self.levels)
+        # read a score of times a fit; len() of an Arrow-backed Index is three calls deep, so
+        # the count is kept beside the Index it was taken from (a new Index is counted anew)
+        lv = self.levels
+        kept = self.__dict__.get("_n_levels_of")
+        if kept is None or kept[0] is not lv:
+            kept = self.__dict__["_n_levels_of"] = (lv, len(lv))
+        return kept[1]
 
     @property
     def n_theta(self) -> int:

@@ -12,8 +12,6 @@ nothing (power simulations open one scope around thousands of fits).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["THREADED_DIM", "blas_threads", "current_limit"]
@@ -50,8 +48,43 @@ def current_limit() -> int | None:
     return getattr(_state, "limit", None)
 
 
-@contextmanager
-def blas_threads(dim: int = 0, *, threaded_dim: int = THREADED_DIM) -> Iterator[int | None]:
+class _Scope:
+    """The context manager :func:`blas_threads` returns (a class: a fit opens a dozen scopes,
+    and a generator-based context manager costs a few µs more each)."""
+
+    __slots__ = ("_dim", "_threaded_dim", "_libs", "_before")
+
+    def __init__(self, dim: int, threaded_dim: int):
+        self._dim = dim
+        self._threaded_dim = threaded_dim
+        self._libs: list | None = None
+        self._before: list[int] = []
+
+    def __enter__(self) -> int | None:
+        limit = getattr(_state, "limit", None)
+        if self._dim > self._threaded_dim or limit == 1:
+            # large blocks keep BLAS's threads; an enclosing one-thread scope already holds
+            return limit
+        libs = self._libs = _blas_libs()
+        before = self._before = [lib.get_num_threads() for lib in libs]
+        for lib, k in zip(libs, before):
+            if k != 1:
+                lib.set_num_threads(1)
+        _state.limit = 1
+        return 1
+
+    def __exit__(self, *exc: object) -> bool:
+        libs = self._libs
+        if libs is not None:
+            self._libs = None
+            _state.limit = None
+            for lib, k in zip(libs, self._before):
+                if k != 1:
+                    lib.set_num_threads(k)
+        return False
+
+
+def blas_threads(dim: int = 0, *, threaded_dim: int = THREADED_DIM) -> _Scope:
     """Run the enclosed code with one BLAS thread unless its dense blocks are large.
 
     Parameters
@@ -62,10 +95,10 @@ def blas_threads(dim: int = 0, *, threaded_dim: int = THREADED_DIM) -> Iterator[
     threaded_dim : int
         The dimension from which threads gain (default :data:`THREADED_DIM`).
 
-    Yields
-    ------
-    int or None
-        1 when BLAS runs on one thread in the scope, None when left alone.
+    Returns
+    -------
+    context manager
+        Entering it gives 1 when BLAS runs on one thread in the scope, None when left alone.
 
     Notes
     -----
@@ -73,23 +106,7 @@ def blas_threads(dim: int = 0, *, threaded_dim: int = THREADED_DIM) -> Iterator[
     products run on one thread; after the block BLAS has its previous thread count again
     (``tests/test_startup.py`` and the engines' tests exercise it).
     """
-    if dim > threaded_dim or current_limit() == 1:
-        # large blocks keep BLAS's threads; an enclosing one-thread scope already holds
-        yield current_limit()
-        return
-    libs = _blas_libs()
-    before = [lib.get_num_threads() for lib in libs]
-    for lib, k in zip(libs, before):
-        if k != 1:
-            lib.set_num_threads(1)
-    _state.limit = 1
-    try:
-        yield 1
-    finally:
-        _state.limit = None
-        for lib, k in zip(libs, before):
-            if k != 1:
-                lib.set_num_threads(k)
+    return _Scope(dim, threaded_dim)
 
 
 def blas_limits(spec):
