@@ -21,6 +21,7 @@ Same formulas as :func:`pooled2.core2` and :func:`pooled2.fg2`, to rounding (tes
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -45,23 +46,36 @@ class Sym2:
         m = p + 1
         self.K, self.p, self.n = K, p, n
         self.C = C
-        self.C3a = np.column_stack([C[:, 0, 0], C[:, 0, 1], C[:, 1, 1], np.ones(K)])
+        C3a = C.reshape(K, 4)[:, _C3A]  # c00, c01, c11, then a column of ones
+        C3a[:, 3] = 1.0
+        self.C3a = C3a
         self.count = count
         self.two_count_C = 2.0 * count[:, None, None] * C
-        om = omega.reshape(K, 4, m * m)
         o8 = np.zeros((K, 8, m * m))
-        o8[:, :4] = om
+        o8[:, :4] = omega.reshape(K, 4, m * m)
         self.omega8 = o8.reshape(8 * K, m * m)
-        up = om.reshape(K, 4, m, m) + om.reshape(K, 4, m, m).transpose(0, 1, 3, 2)
-        up[:, :, np.arange(m), np.arange(m)] *= 0.5  # the diagonal once
-        up *= np.triu(np.ones((m, m)))  # lower triangle 0: M⁻¹'s there is not computed
-        self.omega_up2 = 2.0 * up.reshape(4 * K, m * m)
+        om = omega.reshape(4 * K, m, m)
+        up = om + om.transpose(0, 2, 1)
+        up *= _fold(m)
+        self.omega_up2 = up.reshape(4 * K, m * m)
         XaXa = np.empty((m, m))
         XaXa[:p, :p] = XtX
         XaXa[:p, p] = XaXa[p, :p] = Xty0
         XaXa[p, p] = yty0
         self.XaXa = XaXa
-        self.flat = [int(i) for i in flat]
+        self.flat = flat.tolist()
+
+
+_C3A = np.array([0, 1, 3, 3])
+
+
+@functools.lru_cache(maxsize=16)
+def _fold(m: int) -> np.ndarray:
+    """2 above the diagonal, 1 on it, 0 below: (Ω + Ωᵀ) ⊙ this, contracted with a matrix's upper
+    triangle, is 2 Ω : W for a symmetric W (read-only, one a size)."""
+    f = np.triu(np.full((m, m), 2.0), 1) + np.eye(m)
+    f.flags.writeable = False
+    return f
 
 
 class State:
