@@ -169,3 +169,24 @@ def test_fit_equals_the_general_path_fit(monkeypatch) -> None:
     np.testing.assert_allclose(res.beta, ref.beta, rtol=1e-8, atol=1e-10)
     assert res.sigma == pytest.approx(ref.sigma, rel=1e-9)
     np.testing.assert_allclose(res.vcov_beta, ref.vcov_beta, rtol=1e-7)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_stacked_gradients_equal_the_general_stacked_formulas(reml) -> None:
+    """The start Hessian's gradients at several θ in one stacked pass, q = 2 closed forms, equal
+    pooled2's general stacked formulas and the one-at-a-time q = 2 gradients."""
+    P, *_ = _pooled(_clinic(160, 12), "value ~ session_number + post * x + (post | patient_id)")
+    thetas = np.vstack([THETAS[0], THETAS[1], THETAS[3],
+                        np.random.default_rng(2).normal(size=(3, 3))])
+    got = pooled_sym2.gradients(P.sym2, thetas, reml)
+    sym, P.sym2 = P.sym2, None
+    try:
+        want = pooled2.gradients(P, thetas, reml)
+    finally:
+        P.sym2 = sym
+    assert got is not None and want is not None
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10 * scale)
+    for th, g in zip(thetas, got):
+        one = pooled_sym2.evaluate(P.sym2, th, reml, True)[1]
+        np.testing.assert_allclose(g, one, rtol=1e-9, atol=1e-10 * scale)

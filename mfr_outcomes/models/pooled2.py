@@ -205,6 +205,8 @@ def gradients(P: Pooled2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
     :func:`core2` and :func:`fg2` stacked over the θ (one NumPy call where each θ took one): for
     the differences that start the optimiser's Hessian. None where XᵀV⁻¹X is singular, r² ≤ 0
     or a gradient is not finite at some θ."""
+    if P.sym2 is not None:
+        return pooled_sym2.gradients(P.sym2, thetas, reml)
     q, K, p = P.q, P.K, P.p
     m, qq = p + 1, q * q
     S = thetas.shape[0]

@@ -29,7 +29,7 @@ from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotri as _potri
 from scipy.linalg.lapack import dpotrs as _potrs
 
-__all__ = ["Sym2", "State", "evaluate", "pieces"]
+__all__ = ["Sym2", "State", "evaluate", "pieces", "gradients"]
 
 
 class Sym2:
@@ -159,3 +159,47 @@ def pieces(S2: Sym2, st: State) -> tuple[tuple, np.ndarray]:
     lam = np.array(st.lam).reshape(2, 2)
     XtKX = np.ascontiguousarray(st.M[:p, :p])
     return (st.logdet, st.pwrss, RX, beta0, lam, Ainv, N), XtKX
+
+
+def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
+    """The gradients of :func:`evaluate` at several θ (rows of *thetas*), every step stacked over
+    the θ (the differences that start the optimiser's Hessian); M⁻¹ by one stacked inverse. None
+    where M is singular, r² ≤ 0 or a gradient is not finite at some θ."""
+    S, K, p = thetas.shape[0], S2.K, S2.p
+    m = p + 1
+    MA, Rm = [], []
+    for th in thetas:
+        l00, l01, l10, l11 = _lambda(S2, th)
+        MA.append([[l00 * l00, l00 * l01, l01 * l01],
+                   [2.0 * l00 * l10, l00 * l11 + l10 * l01, 2.0 * l01 * l11],
+                   [l10 * l10, l10 * l11, l11 * l11],
+                   [1.0, 0.0, 1.0]])
+        c01 = -(l00 * l11 + l01 * l10)
+        Rm.append([[l01 * l01, l01 * l11, l01 * l11, l11 * l11, 0.0, l01, 0.0, l11],
+                   [-2.0 * l00 * l01, c01, c01, -2.0 * l10 * l11, -l01, -l00, -l11, -l10],
+                   [l00 * l00, l00 * l10, l00 * l10, l10 * l10, l00, 0.0, l10, 0.0]])
+    A3 = S2.C3a @ np.array(MA)  # (S, K, 3)
+    pr = A3 * A3[..., ::-1]
+    NU = A3 @ np.array(Rm)
+    NU /= (pr[..., 0] - pr[..., 1])[..., None]  # (S, K, 8)
+    M = S2.XaXa - (NU.reshape(S, 8 * K) @ S2.omega8).reshape(S, m, m)
+    try:
+        Minv = np.linalg.inv(M)
+    except np.linalg.LinAlgError:
+        return None
+    v = Minv[:, :, p]
+    pwrss = 1.0 / v[:, p]  # M⁻¹'s last diagonal is 1 / r²
+    if not np.all(pwrss > 0):
+        return None
+    n = S2.n
+    c = ((n - p - 1) if reml else n) * pwrss
+    half_w = v[:, :, None] * (c[:, None] * v)[:, None, :]
+    if reml:
+        half_w += Minv
+    T = (half_w.reshape(S, m * m) @ S2.omega_up2.T).reshape(S, K, 2, 2)
+    NU4 = NU.reshape(S, K, 2, 2, 2)
+    Q = S2.two_count_C - T
+    Q += S2.C @ (NU4[:, :, 0] @ T)
+    grad_m = Q.transpose(0, 2, 1, 3).reshape(S, 2, 2 * K) @ NU4[:, :, 1].reshape(S, 2 * K, 2)
+    out = grad_m.reshape(S, 4)[:, S2.flat]
+    return out if math.isfinite(float(out.sum())) else None
