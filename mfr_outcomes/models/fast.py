@@ -22,6 +22,7 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
+from scipy.linalg.lapack import dsyevd as _syevd
 
 from mfr_outcomes.models import batched, block_inference, pooled2
 from mfr_outcomes.models.moment_start import moment_theta
@@ -1445,10 +1446,14 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
     Hp = _start_hessian(grads, x, g) if grads is not None and x.size <= 3 else None
     if Hp is None:  # more θ, or a difference left the criterion's domain: the closed form
         Hp = batched._profiled(batched._core_one(pooled, x[None], reml), pooled, reml)[2][0]
-    w, V = np.linalg.eigh(Hp)
-    if not np.all(np.isfinite(w)):
+    if not math.isfinite(float(Hp.sum())):
         return None
-    w = np.maximum(np.abs(w), 1e-8 * max(float(np.max(np.abs(w))), 1e-12))
+    w, V, info = _syevd(Hp, compute_v=1, lower=1)  # NumPy's eigh, without its wrapper
+    if info != 0:
+        return None
+    wl = [abs(v) for v in w.tolist()]
+    floor = 1e-8 * max(max(wl), 1e-12)
+    w = np.array([max(v, floor) for v in wl])
     # the loop runs on Python floats: with a handful of θ, NumPy's per-call overhead on 3-vectors
     # cost more than the criterion's own evaluation (same formulas as NumPy's BFGS update)
     Hinv = ((V / w) @ V.T).tolist()
