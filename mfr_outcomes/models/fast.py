@@ -131,7 +131,8 @@ def layout_of(spec: ModelSpec) -> tuple[Layout | None, str]:
     first = {g: next(b for b in spec.blocks if b.group == g) for g in groups}
     for b in spec.blocks:
         f = first[b.group]
-        if b.n_levels != f.n_levels or not np.array_equal(b.codes, f.codes):
+        if b.n_levels != f.n_levels or (  # the same array needs no comparison
+                b.codes is not f.codes and not np.array_equal(b.codes, f.codes)):
             return None, f"blocks on '{b.group}' disagree about its levels"
     inner, outer = groups[0], None
     nmap = None
@@ -554,14 +555,15 @@ def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     b0 = None
     R, info = _potrf(stats.XtX, lower=0, clean=1)
     if info == 0 and R.shape[0]:
-        d = np.abs(R.diagonal())
-        if float(d.min()) > 1e-6 * float(d.max()):  # condition number of XᵀX below ~1e12
+        d = [abs(v) for v in R.diagonal().tolist()]
+        if min(d) > 1e-6 * max(d):  # condition number of XᵀX below ~1e12
             b0 = _potrs(R, stats.Xty, lower=0)[0]
     if b0 is None:
         b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
-    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
-    Xty0 = stats.Xty - stats.XtX @ b0
-    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
+    Zty0 = stats.Zty - b0 @ stats.ZtX  # Σ_p ZtX[a, p, g] b0[p]
+    XtXb = stats.XtX @ b0
+    Xty0 = stats.Xty - XtXb
+    yty0 = max(float(stats.yty - 2.0 * (b0 @ stats.Xty) + b0 @ XtXb), 0.0)
     return b0, Zty0, Xty0, yty0
 
 
