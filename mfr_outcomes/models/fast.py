@@ -560,10 +560,9 @@ def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
             b0 = _potrs(R, stats.Xty, lower=0)[0]
     if b0 is None:
         b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
-    Zty0 = stats.Zty - b0 @ stats.ZtX  # Σ_p ZtX[a, p, g] b0[p]
-    XtXb = stats.XtX @ b0
-    Xty0 = stats.Xty - XtXb
-    yty0 = max(float(stats.yty - 2.0 * (b0 @ stats.Xty) + b0 @ XtXb), 0.0)
+    Zty0 = stats.Zty - np.einsum("apg,p->ag", stats.ZtX, b0)
+    Xty0 = stats.Xty - stats.XtX @ b0
+    yty0 = max(float(stats.yty - 2.0 * b0 @ stats.Xty + b0 @ stats.XtX @ b0), 0.0)
     return b0, Zty0, Xty0, yty0
 
 
@@ -1480,6 +1479,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
     # cost more than the criterion's own evaluation (same formulas as NumPy's BFGS update)
     Hinv = ((V / w) @ V.T).tolist()
     k = x.size
+    dot = _dot3 if k == 3 else _dot  # (q = 2: the usual size) the same sums, unrolled
     x = x.tolist()
     g = np.asarray(g, dtype=float).tolist()
     rk = range(k)
@@ -1489,8 +1489,8 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         if max(map(abs, g)) < gtol:
             converged = True
             break
-        d = [-_dot(Hi, g) for Hi in Hinv]
-        if not _dot(g, d) < 0:
+        d = [-dot(Hi, g) for Hi in Hinv]
+        if not dot(g, d) < 0:
             Hinv = [[float(i == j) for j in rk] for i in rk]
             d = [-v for v in g]
         # a step of at most a quarter of the scale of θ: far from the optimum the criterion is
@@ -1502,7 +1502,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         big = max(map(abs, d))
         if big > cap:
             d = [v * (cap / big) for v in d]
-        slope = _dot(g, d)
+        slope = dot(g, d)
         t = 1.0
         for _ in range(50):
             xn = [x[j] + t * d[j] for j in rk]
@@ -1525,11 +1525,11 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         gn = np.asarray(gn, dtype=float).tolist()
         sv = [xn[j] - x[j] for j in rk]
         yv = [gn[j] - g[j] for j in rk]
-        sy = _dot(sv, yv)
-        if sy > 1e-12 * math.sqrt(_dot(sv, sv)) * math.sqrt(_dot(yv, yv)):
+        sy = dot(sv, yv)
+        if sy > 1e-12 * math.sqrt(dot(sv, sv)) * math.sqrt(dot(yv, yv)):
             rho = 1.0 / sy
-            Hy = [_dot(Hi, yv) for Hi in Hinv]
-            cc = rho * rho * _dot(yv, Hy) + rho
+            Hy = [dot(Hi, yv) for Hi in Hinv]
+            cc = rho * rho * dot(yv, Hy) + rho
             Hinv = [[Hinv[i][j] - rho * (sv[i] * Hy[j] + Hy[i] * sv[j]) + cc * sv[i] * sv[j]
                      for j in rk] for i in rk]
         small = abs(f - fn) <= 1e-15 * max(1.0, abs(f)) and max(map(abs, sv)) < 1e-10
@@ -1566,6 +1566,11 @@ def _dot(u: list, v: list) -> float:
     """Σ uᵢvᵢ of two short lists of floats (the terms in order, as the generator sum it replaces:
     the same value, a third of the interpreter's work)."""
     return sum(map(operator.mul, u, v))
+
+
+def _dot3(u: list, v: list) -> float:
+    """:func:`_dot` of two lists of three floats, unrolled (the same sum in the same order)."""
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
 
 
 def _moment_start(cl: _Classes, stats: Stats, lay: Layout) -> np.ndarray | None:
