@@ -415,3 +415,26 @@ def test_blas_threads_scope_is_one_thread_and_restored() -> None:
     assert counts() == before and current_limit() is None
     with blas_threads(dim=5000) as lim:
         assert lim is None and counts() == before
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pooled_omega_equals_the_sum_over_groups(seed):
+    """Σ over each class of the outer products (ZᵢᵀXa_i)[a] (ZᵢᵀXa_i)[b]ᵀ, as the classes' pooling
+    computes it (one-group classes in one call, the sort of the class keys reused), equals the
+    sum group by group; the sort reused is np.argsort of the class numbers, stable."""
+    rng = np.random.default_rng(seed)
+    key = rng.permutation(np.r_[np.repeat([3.0, 1.0, 2.0], [20, 15, 2]), 7.0, 5.0, 9.0, 4.0])
+    q, m, G = 2, 4, key.size  # four classes of one group, larger ones
+    ZXa = rng.normal(size=(q, m, G))
+    first, cls, count, order = fast._unique_first_inverse_counts(key, with_order=True)
+    np.testing.assert_array_equal(order, np.argsort(cls, kind="stable"))
+    assert (count == 1).sum() >= 2 and count.max() > 2
+    K = count.size
+    got = fast._pooled_omega(ZXa, cls, count, K, order)
+    want = np.zeros((K, q, q, m, m))
+    for g in range(G):
+        v = ZXa[:, :, g]
+        want[cls[g]] += v[:, None, :, None] * v[None, :, None, :]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fast._pooled_omega(ZXa, cls, count, K), want, rtol=1e-12,
+                               atol=1e-12)

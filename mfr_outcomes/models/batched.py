@@ -26,6 +26,7 @@ from scipy import sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
+from mfr_outcomes.models import varpar_one
 from mfr_outcomes.models.threads import blas_threads
 
 __all__ = ["BatchDesign", "BatchFit", "Pooled", "design_arrays", "response_sums", "pool",
@@ -721,6 +722,8 @@ def varpar_derivatives(P: Pooled, varpar: np.ndarray, reml: bool = True, core: d
     with blas_threads():
         if core is None:
             core = _core_one(P, varpar[None, :-1], reml)
+        if P.Om.shape[0] == 1 and varpar[-1] > 0:  # one study: σ's row in closed form
+            return varpar_one.derivatives(P, core, float(varpar[-1]), reml)
         bl = _blocks(P, core, varpar[-1:])
         H, g, Pm = _hessian(bl, P, reml)
         Phi = bl["Phi"][0]

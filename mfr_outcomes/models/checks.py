@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.linalg.lapack import dpotrf as _potrf
+from scipy.linalg.lapack import dpotrs as _potrs
+from scipy.linalg.lapack import dtrtrs as _trtrs
 
 from mfr_outcomes.models.dfmethods import richardson_hessian
 from mfr_outcomes.models.spec import EngineResult, ModelSpec, RandomBlock, theta_lower_bounds
@@ -239,13 +242,18 @@ def verify_optimum(spec: ModelSpec, result: EngineResult) -> OptimumCheck:
         out.converged = False
         out.messages.append("the gradient of the deviance cannot be evaluated")
         return out
-    gf, Hf = g[free], (H[np.ix_(free, free)] if finite_h else np.eye(int(free.sum())))
+    every = bool(free.all())  # the usual case: no copies
+    gf = g if every else g[free]
+    Hf = (H if every else H[np.ix_(free, free)]) if finite_h else np.eye(int(free.sum()))
     try:
         if not finite_h:
             raise np.linalg.LinAlgError("the Hessian cannot be evaluated")
-        R = np.linalg.cholesky(Hf).T  # H = R'R, as R's chol()
-        scgrad = np.linalg.solve(R, gf)
-        step = -np.linalg.solve(Hf, gf)
+        # LAPACK directly (a few k×k matrices: NumPy's linalg wrappers cost more than the work)
+        R, info = _potrf(Hf, lower=0, clean=1)  # H = R'R, as R's chol()
+        if info != 0:
+            raise np.linalg.LinAlgError("the Hessian is not positive definite")
+        scgrad = _trtrs(R, gf, lower=0)[0]  # R⁻¹ g, as R's solve(chol(H), g)
+        step = -_potrs(R, gf, lower=0)[0]
     except np.linalg.LinAlgError:
         scgrad = gf  # lme4: "unable to evaluate scaled gradient"; judge the raw gradient
         step = -gf / max(np.max(np.abs(np.diag(Hf))), 1.0)

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import sparse
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
+from scipy.linalg.lapack import dsyevd as _syevd
 
 from mfr_outcomes.models import batched, block_inference, pooled2
 from mfr_outcomes.models.moment_start import moment_theta
@@ -130,7 +131,8 @@ def layout_of(spec: ModelSpec) -> tuple[Layout | None, str]:
     first = {g: next(b for b in spec.blocks if b.group == g) for g in groups}
     for b in spec.blocks:
         f = first[b.group]
-        if b.n_levels != f.n_levels or not np.array_equal(b.codes, f.codes):
+        if b.n_levels != f.n_levels or (  # the same array needs no comparison
+                b.codes is not f.codes and not np.array_equal(b.codes, f.codes)):
             return None, f"blocks on '{b.group}' disagree about its levels"
     inner, outer = groups[0], None
     nmap = None
@@ -553,8 +555,8 @@ def _centred(stats: Stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     b0 = None
     R, info = _potrf(stats.XtX, lower=0, clean=1)
     if info == 0 and R.shape[0]:
-        d = np.abs(R.diagonal())
-        if float(d.min()) > 1e-6 * float(d.max()):  # condition number of XᵀX below ~1e12
+        d = [abs(v) for v in R.diagonal().tolist()]
+        if min(d) > 1e-6 * max(d):  # condition number of XᵀX below ~1e12
             b0 = _potrs(R, stats.Xty, lower=0)[0]
     if b0 is None:
         b0 = np.linalg.lstsq(stats.XtX, stats.Xty, rcond=None)[0]
@@ -572,10 +574,11 @@ def _projection(k: int) -> np.ndarray:
     return v
 
 
-def _unique_first_inverse_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _unique_first_inverse_counts(key: np.ndarray, with_order: bool = False) -> tuple:
     """``np.unique(key, return_index=True, return_inverse=True, return_counts=True)[1:]`` of a
     1-D array (the same stable sort, so the same first indices), in a third of its time: a
-    dozen calls instead of its general machinery (~50 µs at 200 groups)."""
+    dozen calls instead of its general machinery (~50 µs at 200 groups). *with_order* adds the
+    stable sort itself (the indices sorted by class: ``np.argsort(inverse, kind="stable")``)."""
     n = key.shape[0]
     order = np.argsort(key, kind="stable")
     sk = key[order]
@@ -585,7 +588,8 @@ def _unique_first_inverse_counts(key: np.ndarray) -> tuple[np.ndarray, np.ndarra
     starts = np.flatnonzero(head)
     inverse = np.empty(n, dtype=np.intp)
     inverse[order] = np.cumsum(head) - 1
-    return order[starts], inverse, np.diff(np.append(starts, n))
+    out = order[starts], inverse, np.diff(np.append(starts, n))
+    return out + (order,) if with_order else out
 
 
 def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
@@ -596,10 +600,11 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
     # classes by a 1-D key (a fixed random projection), verified exactly; np.unique(axis=0)
     # sorts rows lexicographically and is ~20x slower
     key = flat @ _projection(q * q)
-    first, cls, count = _unique_first_inverse_counts(key)
+    first, cls, count, order = _unique_first_inverse_counts(key, with_order=True)
     uniq = flat[first]
     if not np.array_equal(uniq[cls.ravel()], flat):
         uniq, cls, count = np.unique(flat, axis=0, return_inverse=True, return_counts=True)
+        order = None
     K = uniq.shape[0]
     # pooled evaluations cost ~K q² (p+1)² against ~30 G q p per group; the pooled outer
     # products take K q² (p+1)² doubles of memory
@@ -617,7 +622,7 @@ def _classes(stats: Stats, lay: Layout, max_classes: int | None = None
         return None
     b0, Zty0, Xty0, yty0 = _centred(stats)
     ZXa = np.concatenate([stats.ZtX, Zty0[:, None, :]], axis=1)  # (q, p+1, G)
-    omega_k = _pooled_omega(ZXa, cls, count, K)  # (K, q, q, p+1, p+1)
+    omega_k = _pooled_omega(ZXa, cls, count, K, order)  # (K, q, q, p+1, p+1)
     return _Classes(Ck=np.ascontiguousarray(uniq.reshape(K, q, q)), count=count.astype(float),
                     omega_flat=omega_k.reshape(K * q * q, (p + 1) ** 2),
                     omega_x_flat=omega_k[..., :p, :p].reshape(K * q * q, p * p).copy(),
@@ -650,17 +655,34 @@ class _NestedClasses:
     yty0: float  # |y − X b0|²
 
 
-def _pooled_omega(ZXa: np.ndarray, cls: np.ndarray, count: np.ndarray, K: int) -> np.ndarray:
-    """Σ over each class of (ZᵢᵀXa_i)[a] (ZᵢᵀXa_i)[b]ᵀ: (K, q, q, m, m) from ZXa (q, m, G)."""
+def _pooled_omega(ZXa: np.ndarray, cls: np.ndarray, count: np.ndarray, K: int,
+                  order: np.ndarray | None = None) -> np.ndarray:
+    """Σ over each class of (ZᵢᵀXa_i)[a] (ZᵢᵀXa_i)[b]ᵀ: (K, q, q, m, m) from ZXa (q, m, G).
+    *order*: the groups sorted by class, stably (``np.argsort(cls, kind="stable")``), when at
+    hand."""
     q, m, G = ZXa.shape
-    order = np.argsort(cls, kind="stable")
-    bounds = np.r_[0, np.cumsum(count)]
-    flat = ZXa.reshape(q * m, G)[:, order]  # groups of a class side by side
-    omega = np.empty((K, q, m, q, m))
-    for k in range(K):  # one product a class: every (a, b) block at once, symmetric (syrk)
-        sub = flat[:, bounds[k]:bounds[k + 1]]
-        omega[k] = (sub @ sub.T).reshape(q, m, q, m)
-    return omega.transpose(0, 1, 3, 2, 4)
+    qm = q * m
+    if order is None:
+        order = np.argsort(cls, kind="stable")
+    counts = count.tolist()
+    flat = ZXa.reshape(qm, G)[:, order]  # groups of a class side by side
+    omega = np.empty((K, qm, qm))
+    single = [k for k, c in enumerate(counts) if c == 1]
+    start = 0
+    starts = []
+    for c in counts:
+        starts.append(start)
+        start += c
+    if len(single) > 1:  # classes of one group: their outer products in one call
+        v = flat[:, [starts[k] for k in single]].T
+        omega[single] = v[:, :, None] * v[:, None, :]
+    for k in range(K):  # one product a class: every (a, b) block at once
+        c = counts[k]
+        if c == 1 and len(single) > 1:
+            continue
+        sub = flat[:, starts[k]:starts[k] + c]
+        np.matmul(sub, sub.T, out=omega[k])
+    return omega.reshape(K, q, m, q, m).transpose(0, 1, 3, 2, 4)
 
 
 def _nested_classes(stats: Stats, lay: Layout, uniq: np.ndarray, cls: np.ndarray,
@@ -1445,14 +1467,19 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
     Hp = _start_hessian(grads, x, g) if grads is not None and x.size <= 3 else None
     if Hp is None:  # more θ, or a difference left the criterion's domain: the closed form
         Hp = batched._profiled(batched._core_one(pooled, x[None], reml), pooled, reml)[2][0]
-    w, V = np.linalg.eigh(Hp)
-    if not np.all(np.isfinite(w)):
+    if not math.isfinite(float(Hp.sum())):
         return None
-    w = np.maximum(np.abs(w), 1e-8 * max(float(np.max(np.abs(w))), 1e-12))
+    w, V, info = _syevd(Hp, compute_v=1, lower=1)  # NumPy's eigh, without its wrapper
+    if info != 0:
+        return None
+    wl = [abs(v) for v in w.tolist()]
+    floor = 1e-8 * max(max(wl), 1e-12)
+    w = np.array([max(v, floor) for v in wl])
     # the loop runs on Python floats: with a handful of θ, NumPy's per-call overhead on 3-vectors
     # cost more than the criterion's own evaluation (same formulas as NumPy's BFGS update)
     Hinv = ((V / w) @ V.T).tolist()
     k = x.size
+    dot = _dot3 if k == 3 else _dot  # (q = 2: the usual size) the same sums, unrolled
     x = x.tolist()
     g = np.asarray(g, dtype=float).tolist()
     rk = range(k)
@@ -1462,8 +1489,8 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         if max(map(abs, g)) < gtol:
             converged = True
             break
-        d = [-_dot(Hi, g) for Hi in Hinv]
-        if not _dot(g, d) < 0:
+        d = [-dot(Hi, g) for Hi in Hinv]
+        if not dot(g, d) < 0:
             Hinv = [[float(i == j) for j in rk] for i in rk]
             d = [-v for v in g]
         # a step of at most a quarter of the scale of θ: far from the optimum the criterion is
@@ -1475,7 +1502,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         big = max(map(abs, d))
         if big > cap:
             d = [v * (cap / big) for v in d]
-        slope = _dot(g, d)
+        slope = dot(g, d)
         t = 1.0
         for _ in range(50):
             xn = [x[j] + t * d[j] for j in rk]
@@ -1498,11 +1525,11 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         gn = np.asarray(gn, dtype=float).tolist()
         sv = [xn[j] - x[j] for j in rk]
         yv = [gn[j] - g[j] for j in rk]
-        sy = _dot(sv, yv)
-        if sy > 1e-12 * math.sqrt(_dot(sv, sv)) * math.sqrt(_dot(yv, yv)):
+        sy = dot(sv, yv)
+        if sy > 1e-12 * math.sqrt(dot(sv, sv)) * math.sqrt(dot(yv, yv)):
             rho = 1.0 / sy
-            Hy = [_dot(Hi, yv) for Hi in Hinv]
-            cc = rho * rho * _dot(yv, Hy) + rho
+            Hy = [dot(Hi, yv) for Hi in Hinv]
+            cc = rho * rho * dot(yv, Hy) + rho
             Hinv = [[Hinv[i][j] - rho * (sv[i] * Hy[j] + Hy[i] * sv[j]) + cc * sv[i] * sv[j]
                      for j in rk] for i in rk]
         small = abs(f - fn) <= 1e-15 * max(1.0, abs(f)) and max(map(abs, sv)) < 1e-10
@@ -1539,6 +1566,11 @@ def _dot(u: list, v: list) -> float:
     """Σ uᵢvᵢ of two short lists of floats (the terms in order, as the generator sum it replaces:
     the same value, a third of the interpreter's work)."""
     return sum(map(operator.mul, u, v))
+
+
+def _dot3(u: list, v: list) -> float:
+    """:func:`_dot` of two lists of three floats, unrolled (the same sum in the same order)."""
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
 
 
 def _moment_start(cl: _Classes, stats: Stats, lay: Layout) -> np.ndarray | None:

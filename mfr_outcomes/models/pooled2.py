@@ -21,6 +21,8 @@ import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
+from mfr_outcomes.models import pooled_sym2
+
 __all__ = ["Pooled2", "pooled2", "core2", "fg2", "gradients", "kept_at"]
 
 
@@ -29,7 +31,7 @@ class Pooled2:
     count-weighted 2C, the flattened Ω, where θ goes in Λ, XᵀX, Xᵀ(y − X b0), |y − X b0|²."""
 
     __slots__ = ("C", "C4", "two_count_C", "count", "omega", "flat", "q", "K", "p", "n",
-                 "XtX", "Xty0", "yty0", "eye_flat", "eye_p", "last")
+                 "XtX", "Xty0", "yty0", "eye_flat", "eye_p", "last", "sym2")
 
     def __init__(self, cl, stats, flat: np.ndarray, q: int):
         K = cl.Ck.shape[0]
@@ -44,6 +46,9 @@ class Pooled2:
         self.eye_flat = np.eye(q).reshape(-1)
         self.eye_p = np.eye(stats.p)
         self.last: tuple | None = None  # (θ's bytes, core2 at θ): the optimiser's last point
+        # q = 2: the classes' 2×2 algebra folded into products by matrices of θ (pooled_sym2)
+        self.sym2 = (pooled_sym2.Sym2(self.C, self.count, self.omega, self.XtX, self.Xty0,
+                                      self.yty0, flat, self.n) if q == 2 else None)
 
 
 def pooled2(cl, stats, lay) -> Pooled2 | None:
@@ -75,8 +80,36 @@ def core2(P: Pooled2, theta) -> tuple | None:
     (as ``fast._pooled_core``). The pieces at the last θ are kept: the fit reads β̂, σ and
     Var(β̂) at the optimiser's last point, where they were just computed (read-only arrays)."""
     key = theta.tobytes() if type(theta) is np.ndarray else None
-    if key is not None and P.last is not None and P.last[0] == key:
+    last = P.last
+    if key is not None and last is not None and last[0] == key:
+        if last[1] is None:  # evaluated by the q = 2 path: its tuple built once, on demand
+            _keep(P, key, *pooled_sym2.pieces(P.sym2, last[3]), last[3])
         return P.last[1]
+    if P.sym2 is not None:
+        f, _, st = pooled_sym2.evaluate(P.sym2, theta, True, False)
+        if st is not None:
+            out, XtKX = pooled_sym2.pieces(P.sym2, st)
+            if key is not None:
+                _keep(P, key, out, XtKX, st)
+            return out
+        if f == math.inf:
+            return None  # else (r² ≤ 0 by rounding) the general formulas below
+    out = _core_general(P, theta)
+    if out is None:
+        return None
+    if key is not None:
+        _keep(P, key, out[0], out[1], None)
+    return out[0]
+
+
+def _keep(P: Pooled2, key: bytes, out: tuple, XtKX: np.ndarray, state) -> None:
+    for a in out[2:] + (XtKX,):
+        a.flags.writeable = False
+    P.last = (key, out, XtKX, state)
+
+
+def _core_general(P: Pooled2, theta) -> tuple[tuple, np.ndarray] | None:
+    """core2's tuple and XᵀV⁻¹X at θ by the general q×q formulas (Λ ⊗ Λ products)."""
     q, K, p = P.q, P.K, P.p
     lam = np.zeros(q * q)
     lam[P.flat] = theta
@@ -92,21 +125,19 @@ def core2(P: Pooled2, theta) -> tuple | None:
         return None
     RX, beta0, pwrss = solved
     logdet = float(P.count @ np.log(det))
-    XtKX = P.XtX - S[:p, :p]
-    for a in (RX, beta0, lam, Ainv, N, XtKX):
-        a.flags.writeable = False
-    out = logdet, pwrss, RX, beta0, lam, Ainv, N
-    P.last = (key, out, XtKX) if key is not None else None
-    return out
+    return (logdet, pwrss, RX, beta0, lam, Ainv, N), P.XtX - S[:p, :p]
 
 
 def kept_at(P: Pooled2, theta: np.ndarray) -> tuple | None:
-    """(core2's pieces, XᵀV⁻¹X) kept at θ when θ is the last θ :func:`core2` computed, else
-    None."""
+    """(core2's pieces, XᵀV⁻¹X) kept at θ when θ is the last θ :func:`core2` or :func:`fg2`
+    computed, else None."""
     last = P.last
-    if last is None or last[0] != np.asarray(theta, dtype=float).tobytes():
+    key = np.asarray(theta, dtype=float).tobytes()
+    if last is None or last[0] != key:
         return None
-    return last[1], last[2]
+    if last[1] is None:
+        _keep(P, key, *pooled_sym2.pieces(P.sym2, last[3]), last[3])
+    return P.last[1], P.last[2]
 
 
 def fixed_solve(XtX: np.ndarray, Xty0: np.ndarray, yty0: float, S: np.ndarray, p: int
@@ -135,6 +166,14 @@ def fg2(P: Pooled2, theta, reml: bool, logdet_rx, gradient: bool = True
     """Criterion and gradient in θ of the pooled classes (``fast._fg_classes``'s formulas):
     (inf, None) where the criterion is not finite, (f, None) when *gradient* is false.
     *logdet_rx* gives log|XᵀV⁻¹X| from R_X."""
+    if P.sym2 is not None:  # q = 2: the folded closed forms (pooled_sym2)
+        f, g, st = pooled_sym2.evaluate(P.sym2, theta, reml, gradient)
+        if f == math.inf:
+            return np.inf, None
+        if st is not None:
+            if type(theta) is np.ndarray:
+                P.last = (theta.tobytes(), None, None, st)
+            return f, g
     core = core2(P, theta)
     if core is None:
         return np.inf, None
@@ -166,6 +205,8 @@ def gradients(P: Pooled2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
     :func:`core2` and :func:`fg2` stacked over the θ (one NumPy call where each θ took one): for
     the differences that start the optimiser's Hessian. None where XᵀV⁻¹X is singular, r² ≤ 0
     or a gradient is not finite at some θ."""
+    if P.sym2 is not None:
+        return pooled_sym2.gradients(P.sym2, thetas, reml)
     q, K, p = P.q, P.K, P.p
     m, qq = p + 1, q * q
     S = thetas.shape[0]
