@@ -229,10 +229,12 @@ def _group_sums(values_t: np.ndarray, codes: np.ndarray, n_groups: int) -> np.nd
     """
     n = codes.shape[0]
     if 0 < n_groups <= n and values_t.shape[1] == n:
-        starts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
-        if starts.size == n_groups - 1 and codes[0] == 0 and (
-                n_groups == 1 or np.array_equal(codes[starts], np.arange(1, n_groups))):
-            return np.add.reduceat(values_t, np.r_[0, starts], axis=1)
+        head = np.empty(n, dtype=bool)  # the first row of each run
+        head[0] = True
+        np.not_equal(codes[1:], codes[:-1], out=head[1:])
+        first = np.flatnonzero(head)
+        if first.size == n_groups and np.array_equal(codes[first], np.arange(n_groups)):
+            return np.add.reduceat(values_t, first, axis=1)
     out = np.empty((values_t.shape[0], n_groups))
     for r in range(values_t.shape[0]):
         out[r] = np.bincount(codes, weights=values_t[r], minlength=n_groups)
@@ -275,8 +277,9 @@ def sufficient_statistics(spec_or_arrays, rows=None) -> Stats:
     oc = arrays.get("outer_codes")
     qt, p = Z.shape[1], X.shape[1]
     tri = [(a, b) for a in range(qt) for b in range(a, qt)]
-    # row products laid out one contiguous row per product (column-wise writes are ~10x slower)
-    XT, ZT = X.T, Z.T
+    # row products laid out one contiguous row per product (column-wise writes are ~10x slower);
+    # Z's columns as contiguous rows first (Z is usually row-major: a third off the products)
+    XT, ZT = X.T, np.ascontiguousarray(Z.T)
     wide = np.empty((qt * p + len(tri) + qt, y.shape[0]))
     for a in range(qt):
         np.multiply(ZT[a], XT, out=wide[a * p:(a + 1) * p])
