@@ -438,3 +438,27 @@ def test_pooled_omega_equals_the_sum_over_groups(seed):
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(fast._pooled_omega(ZXa, cls, count, K), want, rtol=1e-12,
                                atol=1e-12)
+
+
+def test_line_min_is_the_minimiser_of_the_interpolating_cubic() -> None:
+    # BFGS's backtracking step: exact for a cubic (its local minimiser, a closed form) and for a
+    # quadratic (the cubic through a quadratic's values and slopes is that quadratic)
+    rng = np.random.default_rng(41)
+    for _ in range(50):
+        a, b = rng.uniform(0.1, 2.0, 2)
+        c = -rng.uniform(0.1, 2.0)  # descent at 0
+        t = rng.uniform(0.5, 3.0)
+
+        def phi(s, a=a, b=b, c=c):
+            return a * s ** 3 + b * s ** 2 + c * s + 1.0
+
+        def dphi(s, a=a, b=b, c=c):
+            return 3 * a * s ** 2 + 2 * b * s + c
+
+        want = (-b + np.sqrt(b * b - 3 * a * c)) / (3 * a)  # the root of φ' with φ'' > 0
+        got = fast._line_min(phi(0.0), c, phi(t), dphi(t), t)
+        assert got == pytest.approx(want, rel=1e-9)
+        quad = fast._line_min(1.0, c, 1.0 + c * t + b * t * t, c + 2 * b * t, t)
+        assert quad == pytest.approx(-c / (2 * b), rel=1e-9)
+    # a slope that is not finite: the quadratic through f0, s0 and f1
+    assert fast._line_min(1.0, -1.0, 1.5, np.nan, 1.0) == pytest.approx(1.0 / 3.0)
