@@ -462,3 +462,49 @@ def test_line_min_is_the_minimiser_of_the_interpolating_cubic() -> None:
         assert quad == pytest.approx(-c / (2 * b), rel=1e-9)
     # a slope that is not finite: the quadratic through f0, s0 and f1
     assert fast._line_min(1.0, -1.0, 1.5, np.nan, 1.0) == pytest.approx(1.0 / 3.0)
+
+
+def _random_visits(seed: int, n_patients: int, slope_sd: float) -> pd.DataFrame:
+    """Patients with 2-6 sessions of a pre and a post measurement (a few pre-only), an
+    intercept, a post effect and a session trend varying by patient (*slope_sd* for post's)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_patients):
+        b0, b1, b2 = rng.normal(0.0, [1.0, slope_sd, 0.2])
+        for s in range(1, int(rng.integers(2, 7)) + 1):
+            for post in ((0,) if rng.random() < 0.1 else (0, 1)):
+                rows.append((f"p{i:03d}", s, post, 5.0 + b0 + (b1 - 0.6) * post
+                             + (b2 - 0.3) * s + rng.normal(0.0, 0.7)))
+    d = pd.DataFrame(rows, columns=["patient_id", "session_number", "post", "value"])
+    d["(Intercept)"] = 1.0
+    return d
+
+
+@pytest.mark.parametrize("terms", [["(Intercept)"], ["(Intercept)", "post"],
+                                   ["(Intercept)", "post", "session_number"]])
+@pytest.mark.parametrize("slope_sd", [0.5, 0.0])
+def test_pooled_quasi_newton_equals_general_path_on_random_designs(terms, slope_sd):
+    """The pooled path (classes, BFGS with its backtracking) against the per-group path
+    (L-BFGS-B) on random unbalanced designs, q = 1, 2, 3, with a patient post effect and with
+    none (a singular fit for q ≥ 2); and the statistics against sums group by group, with Z
+    row-major and column-major (the products read Z's columns as contiguous rows)."""
+    for seed in (3, 4):
+        d = _random_visits(seed, 60, slope_sd)
+        spec = spec_from(d, "value", ["(Intercept)", "post", "session_number"],
+                         [("patient_id", terms)])
+        pooled = ENGINE.fit(spec)
+        grouped = ENGINE.fit(spec, options={"compress": False})
+        assert pooled.n_classes is not None and grouped.n_classes is None
+        assert pooled.objective == pytest.approx(grouped.objective, rel=1e-10, abs=1e-8)
+        np.testing.assert_allclose(pooled.beta, grouped.beta, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(pooled.theta, grouped.theta, atol=2e-3)
+        lay, _ = fast.layout_of(spec)
+        Z = fast._z_all(spec, lay)
+        for Zo in (np.ascontiguousarray(Z), np.asfortranarray(Z)):
+            st = fast.sufficient_statistics({"y": spec.y, "X": spec.X, "Z": Zo,
+                                             "codes": lay.inner_codes, "n_groups": lay.n_inner})
+            for g in (0, 17, lay.n_inner - 1):
+                r = lay.inner_codes == g
+                np.testing.assert_allclose(st.ZtX[:, :, g], Z[r].T @ spec.X[r], rtol=1e-13)
+                np.testing.assert_allclose(st.ZtZ[:, :, g], Z[r].T @ Z[r], rtol=1e-13)
+                np.testing.assert_allclose(st.Zty[:, g], Z[r].T @ spec.y[r], rtol=1e-13)
