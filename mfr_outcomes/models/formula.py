@@ -218,7 +218,9 @@ def _arrow_levels(arr, rows: np.ndarray) -> pd.Index:
     *rows*: Arrow's take on the array's own data, wrapped in an array of *arr*'s dtype (pandas'
     ``take`` checks and converts the indices first: ~15 µs of a 200-patient fit)."""
     taken = arr.__arrow_array__().take(rows)
-    out = type(arr)(taken, dtype=arr.dtype) if _STR_ARRAY_TAKES_DTYPE else type(arr)(taken)
+    if _STR_ARRAY_TAKES_DTYPE:
+        return pd.Index(type(arr)(taken, dtype=arr.dtype), copy=False)
+    out = type(arr)(taken)
     if out.dtype != arr.dtype:  # a pandas whose constructor gives another string dtype
         return pd.Index(arr.take(rows))
     return pd.Index(out, copy=False)
