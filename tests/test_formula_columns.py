@@ -261,3 +261,13 @@ def test_column_cache_categories_are_pandas_levels_as_python_scalars(dtype: str)
     want = tuple(frame["f"].cat.categories.tolist())
     assert got == want
     assert [type(v) for v in got] == [type(v) for v in want]
+
+
+def test_is_bool_dtype_is_pandas_on_numpy_text_extension_and_categorical_dtypes():
+    dtypes = [np.dtype(t) for t in ("bool", "int8", "uint64", "float32", "complex128", "object",
+                                    "datetime64[ns]", "timedelta64[ns]", "U3")]
+    dtypes += [pd.StringDtype("pyarrow"), pd.StringDtype("python"), pd.Series(["a"]).dtype,
+               pd.BooleanDtype(), pd.Int64Dtype(), pd.CategoricalDtype([True, False]),
+               pd.CategoricalDtype(["a"]), pd.ArrowDtype(pa.bool_())]
+    for dt in dtypes:
+        assert formula_mod._is_bool_dtype(dt) == pd.api.types.is_bool_dtype(dt), dt
