@@ -271,3 +271,19 @@ def test_is_bool_dtype_is_pandas_on_numpy_text_extension_and_categorical_dtypes(
                pd.CategoricalDtype(["a"]), pd.ArrowDtype(pa.bool_())]
     for dt in dtypes:
         assert formula_mod._is_bool_dtype(dt) == pd.api.types.is_bool_dtype(dt), dt
+
+
+def test_theta_lower_bounds_by_block_dimensions_are_lme4s_and_a_copy_each_time():
+    """0 on each block's diagonal, -inf below it (column-major lower triangles, blocks in
+    order), kept by the blocks' dimensions: a caller's write reaches no other caller."""
+    from types import SimpleNamespace
+
+    from mfr_outcomes.models.spec import theta_lower_bounds
+
+    spec = SimpleNamespace(blocks=[SimpleNamespace(q=3), SimpleNamespace(q=1),
+                                   SimpleNamespace(q=2)])
+    want = [0.0, -np.inf, -np.inf, 0.0, -np.inf, 0.0, 0.0, 0.0, -np.inf, 0.0]
+    first = theta_lower_bounds(spec)
+    assert first.tolist() == want
+    first[:] = 7.0
+    assert theta_lower_bounds(spec).tolist() == want
