@@ -455,7 +455,7 @@ PHASES = [
     ("fit", "verify_optimum", "convergence check"),
     ("batched", "varpar_derivatives", "  Hessian and Jacobian in (θ, σ)"),
     ("dfmethods", "satterthwaite_data", "Satterthwaite set-up"),
-    ("inference", "_table", "table of fixed effects (DataFrame)"),
+    ("inference", "tidy_table", "table of fixed effects (DataFrame)"),
 ]
 
 

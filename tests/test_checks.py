@@ -190,6 +190,7 @@ def test_numerical_failure_in_the_summary_is_a_sentence(monkeypatch) -> None:
         raise np.linalg.LinAlgError("Eigenvalues did not converge")
 
     monkeypatch.setattr("mfr_outcomes.models.inference.contest_1d", broken)
+    monkeypatch.setattr("mfr_outcomes.models.inference.contest_1d_values", broken)
     text = fit.summary()
     assert "could not be computed (Eigenvalues did not converge)" in text
     assert "(Intercept)" in text  # the estimates are still shown

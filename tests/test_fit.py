@@ -48,6 +48,18 @@ def test_fixed_effects_columns_and_identities(fit) -> None:
     assert list(fit.coef.index) == ["(Intercept)", "Days"]
 
 
+def test_fixed_effects_is_the_identity_contrast_and_each_read_a_frame_of_its_own(sleep) -> None:
+    """The table is linear_contrast of the identity, bit for bit; a write to one read reaches
+    neither the next read nor the fit's numbers."""
+    fresh = fit_mixed(sleep, "Reaction ~ Days + (Days | Subject)", engine="pls")
+    first = fresh.fixed_effects
+    want = fresh.linear_contrast(np.eye(2), names=["(Intercept)", "Days"])
+    pd.testing.assert_frame_equal(first, want, check_exact=True)
+    first.loc[0, "estimate"] = -1.0
+    first.loc[1, "term"] = "changed"
+    pd.testing.assert_frame_equal(fresh.fixed_effects, want, check_exact=True)
+
+
 def test_linear_contrast_matrix_and_dict(fit) -> None:
     one = fit.linear_contrast({"Days": 1.0}, names=["Days"])
     row = fit.fixed_effects.iloc[1]

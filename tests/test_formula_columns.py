@@ -121,7 +121,8 @@ def test_fixed_width_ids_code_as_the_general_path_and_pandas(name: str, dtype: s
         np.testing.assert_array_equal(codes, want_codes)
         np.testing.assert_array_equal(codes, ref_codes)
         assert list(levels) == list(want_levels) == list(ref_levels)
-        assert levels.dtype == ref_levels.dtype
+        assert levels.dtype == ref_levels.dtype == arr.dtype
+        assert type(levels.array) is type(ref_levels.array)
     fast = formula_mod._fixed_width_keys(pd.array(values, dtype=dtype))
     widths = {len(v.encode()) for v in values}
     assert (fast is not None) == (dtype != "string[python]" and len(widths) == 1
@@ -247,3 +248,42 @@ def test_a_blocks_number_of_levels_follows_its_levels():
     c = replace(b, levels=pd.Index(list("abcde")))
     assert c.n_levels == 5 and b.n_levels == 2
     assert replace(c, levels=b.levels).n_levels == 2
+
+
+@pytest.mark.parametrize("dtype", ["str", "string[pyarrow]", "string[python]", "object", "int64"])
+def test_column_cache_categories_are_pandas_levels_as_python_scalars(dtype: str):
+    """ColumnCache.categories reads Arrow-backed text levels from Arrow: the same Python values,
+    in the same order, as pandas' ``tolist``."""
+    values = ["b", "a", "c", "a"] if dtype != "int64" else [3, 1, 2, 1]
+    levels = pd.Index(["c", "a", "b"] if dtype != "int64" else [3, 1, 2], dtype=dtype)
+    frame = pd.DataFrame({"f": pd.Categorical(pd.array(values, dtype=dtype), categories=levels)})
+    got = ColumnCache(frame).categories("f")
+    want = tuple(frame["f"].cat.categories.tolist())
+    assert got == want
+    assert [type(v) for v in got] == [type(v) for v in want]
+
+
+def test_is_bool_dtype_is_pandas_on_numpy_text_extension_and_categorical_dtypes():
+    dtypes = [np.dtype(t) for t in ("bool", "int8", "uint64", "float32", "complex128", "object",
+                                    "datetime64[ns]", "timedelta64[ns]", "U3")]
+    dtypes += [pd.StringDtype("pyarrow"), pd.StringDtype("python"), pd.Series(["a"]).dtype,
+               pd.BooleanDtype(), pd.Int64Dtype(), pd.CategoricalDtype([True, False]),
+               pd.CategoricalDtype(["a"]), pd.ArrowDtype(pa.bool_())]
+    for dt in dtypes:
+        assert formula_mod._is_bool_dtype(dt) == pd.api.types.is_bool_dtype(dt), dt
+
+
+def test_theta_lower_bounds_by_block_dimensions_are_lme4s_and_a_copy_each_time():
+    """0 on each block's diagonal, -inf below it (column-major lower triangles, blocks in
+    order), kept by the blocks' dimensions: a caller's write reaches no other caller."""
+    from types import SimpleNamespace
+
+    from mfr_outcomes.models.spec import theta_lower_bounds
+
+    spec = SimpleNamespace(blocks=[SimpleNamespace(q=3), SimpleNamespace(q=1),
+                                   SimpleNamespace(q=2)])
+    want = [0.0, -np.inf, -np.inf, 0.0, -np.inf, 0.0, 0.0, 0.0, -np.inf, 0.0]
+    first = theta_lower_bounds(spec)
+    assert first.tolist() == want
+    first[:] = 7.0
+    assert theta_lower_bounds(spec).tolist() == want

@@ -174,7 +174,10 @@ def satterthwaite_data(devfun: Callable[[np.ndarray], float],
     if zero.any():
         messages.append(f"the model may not have converged: the Hessian of the deviance in "
                         f"(θ, σ) has {int(zero.sum())} eigenvalue(s) close to zero")
-    A = 2.0 * (vec[:, pos] / ev[pos]) @ vec[:, pos].T
+    if pos.all():  # the usual case: the same products without copying by a mask
+        A = 2.0 * (vec / ev) @ vec.T
+    else:
+        A = 2.0 * (vec[:, pos] / ev[pos]) @ vec[:, pos].T
     jac = (richardson_jacobian(vcovfun, varpar) if jacobian is None
            else list(np.asarray(jacobian(varpar), dtype=float)))
     return SatterthwaiteData(np.asarray(vcov), A, jac, messages)

@@ -12,6 +12,7 @@ levels, as lme4 orders them, so that θ has lme4's order. Fixed-effect names are
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -212,6 +213,23 @@ def _fixed_width_keys(arr) -> np.ndarray | None:
     return keys
 
 
+def _arrow_levels(arr, rows: np.ndarray) -> pd.Index:
+    """``pd.Index(arr.take(rows))`` for an ``ArrowStringArray`` *arr* and valid row numbers
+    *rows*: Arrow's take on the array's own data, wrapped in an array of *arr*'s dtype (pandas'
+    ``take`` checks and converts the indices first: ~15 µs of a 200-patient fit)."""
+    taken = arr.__arrow_array__().take(rows)
+    if _STR_ARRAY_TAKES_DTYPE:
+        return pd.Index(type(arr)(taken, dtype=arr.dtype), copy=False)
+    out = type(arr)(taken)
+    if out.dtype != arr.dtype:  # a pandas whose constructor gives another string dtype
+        return pd.Index(arr.take(rows))
+    return pd.Index(out, copy=False)
+
+
+#: pandas 3's ArrowStringArray takes its dtype (NaN or NA semantics); pandas 2's sets its own
+_STR_ARRAY_TAKES_DTYPE = "dtype" in inspect.signature(pd.arrays.ArrowStringArray).parameters
+
+
 def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
     """Codes and sorted levels of a text column. Rows of one group usually sit together (frames
     sorted by patient), so the column is cut into runs of equal values first and only the run
@@ -226,9 +244,9 @@ def _text_codes(arr) -> tuple[np.ndarray, pd.Index]:
         starts = np.flatnonzero(change)
         heads = keys[starts]
         if (heads[1:] > heads[:-1]).all():
-            return np.cumsum(change, dtype=np.int64) - 1, pd.Index(arr.take(starts))
+            return np.cumsum(change, dtype=np.int64) - 1, _arrow_levels(arr, starts)
         _, firsts, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        return inverse.ravel().astype(np.int64), pd.Index(arr.take(firsts))
+        return inverse.ravel().astype(np.int64), _arrow_levels(arr, firsts)
     n = len(arr)
     # Arrow-backed text without missing values: the comparisons in pyarrow.compute directly
     # (the same kernels pandas calls, without its wrapping: ~60 µs less at 2,000 rows)
@@ -322,6 +340,8 @@ def _check_columns(data: pd.DataFrame, parsed: ParsedFormula, used: list[str],
                              f"column.")
     for v in g.variables(resp):
         dt = cols.array(v).dtype
+        if isinstance(dt, np.dtype) and dt.kind in "iufcb":
+            continue  # NumPy numbers and booleans (pandas' type tests say the same, slower)
         if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt)) or \
                 isinstance(dt, pd.CategoricalDtype):
             col = cols[v]
@@ -528,7 +548,7 @@ def _design(parsed: ParsedFormula, terms: _Terms, cols: ColumnCache) -> Design:
         else:
             key += (v, dt)
     if key is not None:  # a grouping column's type matters only as bool or not (bool_columns)
-        key += tuple(pd.api.types.is_bool_dtype(cols.array(v).dtype) for v in terms.group_only)
+        key += tuple(_is_bool_dtype(cols.array(v).dtype) for v in terms.group_only)
     design = _DESIGNS.get(key) if key is not None else None
     if design is not None:
         return design
@@ -539,6 +559,16 @@ def _design(parsed: ParsedFormula, terms: _Terms, cols: ColumnCache) -> Design:
             _DESIGNS.pop(next(iter(_DESIGNS)))
         _DESIGNS[key] = design
     return design
+
+
+def _is_bool_dtype(dt) -> bool:
+    """``pd.api.types.is_bool_dtype(dt)`` for a dtype, without pandas' tests for the common
+    NumPy and text dtypes (~4 µs a column)."""
+    if isinstance(dt, np.dtype):
+        return dt.kind == "b"
+    if isinstance(dt, pd.StringDtype):
+        return False
+    return pd.api.types.is_bool_dtype(dt)
 
 
 def _type_only(f, cols: ColumnCache) -> bool:

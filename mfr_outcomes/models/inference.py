@@ -27,6 +27,8 @@ from mfr_outcomes.models.spec import (
 __all__ = [
     "ComparableFit",
     "contest_1d",
+    "contest_1d_values",
+    "tidy_table",
     "contest_md",
     "compare",
     "confint_variance",
@@ -49,6 +51,13 @@ class ComparableFit(Protocol):
 
 def _table(L: np.ndarray, beta: np.ndarray, vcov: np.ndarray, df: np.ndarray, names: Sequence[str],
            level: float) -> pd.DataFrame:
+    return tidy_table(_test_values(L, beta, vcov, df, level), names)
+
+
+def _test_values(L: np.ndarray, beta: np.ndarray, vcov: np.ndarray, df: np.ndarray,
+                 level: float) -> np.ndarray:
+    """The t tests of the rows of L as a (7, k) array: one row a column of the table after
+    ``term`` (estimate, std_error, df, statistic, p_value, ci_low, ci_high)."""
     est = L @ beta
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", L, vcov, L), 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -64,8 +73,14 @@ def _table(L: np.ndarray, beta: np.ndarray, vcov: np.ndarray, df: np.ndarray, na
                      2 * special.ndtr(-np.abs(stat)))
         q = np.where(finite, special.stdtrit(dfs, 0.5 + level / 2),
                      special.ndtri(0.5 + level / 2))
+    return np.array([est, se, df, stat, p, est - q * se, est + q * se])
+
+
+def tidy_table(values: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """The tidy table (term, estimate, std_error, df, statistic, p_value, ci_low, ci_high) of
+    *values*, a (7, k) array as :func:`contest_1d_values` returns it, and k term *names*. The
+    frame takes *values* as its data (no copy): pass a copy of an array you keep."""
     names = list(names)
-    values = np.array([est, se, df, stat, p, est - q * se, est + q * se])
     if _from_blocks is None or not all(isinstance(n, str) for n in names):
         return pd.DataFrame({"term": names, **dict(zip(_TABLE_COLUMNS[1:], values))})
     # the frame from its two blocks (strings, floats): the dict constructor's inference and
@@ -103,6 +118,15 @@ def contest_1d(L: np.ndarray, beta: np.ndarray, dfm: DfMethod,
     if names is None:
         names = [f"contrast {i + 1}" for i in range(L.shape[0])]
     return _table(L, np.asarray(beta, float), dfm.vcov(), dfm.df(L), names, level)
+
+
+def contest_1d_values(L: np.ndarray, beta: np.ndarray, dfm: DfMethod,
+                      level: float = 0.95) -> np.ndarray:
+    """:func:`contest_1d`'s numbers without the frame: a (7, k) array for :func:`tidy_table`
+    (a fit keeps them and builds a new frame from a copy on each read, instead of copying a
+    frame)."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    return _test_values(L, np.asarray(beta, float), dfm.vcov(), dfm.df(L), level)
 
 
 def contest_md(L: np.ndarray, beta: np.ndarray, dfm: DfMethod, name: str = "") -> dict:

@@ -8,6 +8,7 @@ order of ``ModelSpec.blocks``. Diagonal elements of Λ have lower bound 0; off-d
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -100,10 +101,16 @@ class ModelSpec:
 
 def theta_lower_bounds(spec: ModelSpec) -> np.ndarray:
     """0 for diagonal elements of each Λ block, -inf for off-diagonal ones (lme4's lower)."""
+    return _lower_bounds(tuple(b.q for b in spec.blocks)).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _lower_bounds(qs: tuple[int, ...]) -> np.ndarray:
+    # by the blocks' dimensions (a fit asks three or four times; each caller gets a copy)
     out = []
-    for b in spec.blocks:
-        for j in range(b.q):  # column-major lower triangle
-            for i in range(j, b.q):
+    for q in qs:
+        for j in range(q):  # column-major lower triangle
+            for i in range(j, q):
                 out.append(0.0 if i == j else -np.inf)
     return np.asarray(out, dtype=float)
 
