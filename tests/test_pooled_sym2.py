@@ -119,7 +119,10 @@ def test_fg2_keeps_the_last_point_for_core2() -> None:
     a, b = np.array([1.0, -0.1, 0.3]), np.array([0.5, 0.2, 0.6])
     pooled2.fg2(P, a, True, fast._logdet_rx)
     first = pooled2.core2(P, a.copy())
-    assert pooled2.kept_at(P, a)[0] is first and not first[2].flags.writeable
+    kept = pooled2.kept_at(P, a)
+    assert kept.RX is first[2] and kept.N is first[6] and kept.Ainv is first[5]
+    assert kept.lam is first[4] and kept.beta0 is first[3] and kept.pwrss == first[1]
+    assert not first[2].flags.writeable and not kept.XtVX.flags.writeable
     want, _ = pooled2._core_general(P, a)
     np.testing.assert_allclose(first[3], want[3], rtol=1e-10)
     pooled2.fg2(P, b, True, fast._logdet_rx)

@@ -1378,7 +1378,7 @@ class FastEngine:
                     # at θ̂ the pieces of the optimiser's last evaluation are at hand
                     kept = None if p2 is None else pooled2.kept_at(p2, v[:-1])
                     core = None if kept is None else batched.core_of_pieces(
-                        pooled, kept[0][4], kept[0][6], kept[1], kept[0][3], kept[0][1])
+                        pooled, kept.lam, kept.N, kept.XtVX, kept.beta0, kept.pwrss)
                     with np.errstate(all="ignore"):
                         cache[key] = batched.varpar_derivatives(pooled, v, reml, core=core)
                 return cache[key]

@@ -16,6 +16,7 @@ vec(L X R) = (L ⊗ Rᵀ) vec(X)); the sums over classes of per-class products a
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf
@@ -23,7 +24,7 @@ from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models import pooled_sym2
 
-__all__ = ["Pooled2", "pooled2", "core2", "fg2", "gradients", "kept_at"]
+__all__ = ["Kept", "Pooled2", "pooled2", "core2", "fg2", "gradients", "kept_at"]
 
 
 class Pooled2:
@@ -128,16 +129,29 @@ def _core_general(P: Pooled2, theta) -> tuple[tuple, np.ndarray] | None:
     return (logdet, pwrss, RX, beta0, lam, Ainv, N), P.XtX - S[:p, :p]
 
 
-def kept_at(P: Pooled2, theta: np.ndarray) -> tuple | None:
-    """(core2's pieces, XᵀV⁻¹X) kept at θ when θ is the last θ :func:`core2` or :func:`fg2`
-    computed, else None."""
+class Kept(NamedTuple):
+    """:func:`core2`'s pieces at one θ, by name, and XᵀV⁻¹X there."""
+
+    logdet: float
+    pwrss: float
+    RX: np.ndarray
+    beta0: np.ndarray
+    lam: np.ndarray
+    Ainv: np.ndarray
+    N: np.ndarray
+    XtVX: np.ndarray
+
+
+def kept_at(P: Pooled2, theta: np.ndarray) -> Kept | None:
+    """The pieces kept at θ when θ is the last θ :func:`core2` or :func:`fg2` computed, else
+    None."""
     last = P.last
     key = np.asarray(theta, dtype=float).tobytes()
     if last is None or last[0] != key:
         return None
     if last[1] is None:
         _keep(P, key, *pooled_sym2.pieces(P.sym2, last[3]), last[3])
-    return P.last[1], P.last[2]
+    return Kept(*P.last[1], P.last[2])
 
 
 def fixed_solve(XtX: np.ndarray, Xty0: np.ndarray, yty0: float, S: np.ndarray, p: int
