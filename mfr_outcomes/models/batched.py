@@ -31,7 +31,7 @@ from mfr_outcomes.models.threads import blas_threads
 
 __all__ = ["BatchDesign", "BatchFit", "Pooled", "design_arrays", "response_sums", "pool",
            "pooled_from_classes", "fit_batch", "fit_pooled", "satterthwaite_df",
-           "varpar_derivatives", "deviance_varpar"]
+           "varpar_derivatives", "deviance_varpar", "unit_products"]
 
 
 class _Params:
@@ -346,7 +346,7 @@ def _blocks(P: Pooled, core: dict, sigma: np.ndarray) -> dict:
 
 
 @functools.lru_cache(maxsize=64)
-def _unit_products(theta_pos: tuple, q: int) -> tuple[np.ndarray, np.ndarray]:
+def unit_products(theta_pos: tuple, q: int) -> tuple[np.ndarray, np.ndarray]:
     """U_t (the unit matrix at θ_t's place in Λ) and U_iU_jᵀ + U_jU_iᵀ: constants of the model's
     layout (read-only, kept between calls)."""
     k = len(theta_pos)
@@ -366,7 +366,7 @@ def _derivs(bl: dict, P: Pooled) -> tuple:
     lam, sig = bl["lam"], bl["sigma"]
     S, q, k = lam.shape[0], P.q, len(P.theta_pos)
     s2 = (sig ** 2)[:, None, None, None]
-    U, UU2 = _unit_products(tuple(P.theta_pos), q)
+    U, UU2 = unit_products(tuple(P.theta_pos), q)
     E1 = np.zeros((S, k + 1, q, q))
     UL = _mm(U[None], _swap(lam)[:, None])  # U Λᵀ; its transpose is Λ Uᵀ (the same products)
     E1[:, :k] = s2 * (UL + _swap(UL))

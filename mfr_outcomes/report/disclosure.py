@@ -202,9 +202,9 @@ class Ledger:
         k = self.min_cell
         return (1, k - 1) if self.status[h] == "primary" else (k, None)
 
-    def _matrix(self):
+    def matrix(self):
         """The sums as one sparse matrix (a row per sum: -1 for its total, +1 for each part;
-        cells × sums), built once per set of counts and sums."""
+        sums × cells), built once per set of counts and sums."""
         from scipy import sparse
 
         key = (id(self.values), len(self.values), id(self.relations), len(self.relations))
@@ -226,7 +226,7 @@ class Ledger:
     def _system(self, cells: list[int], rels: list[int]):
         """The sums *rels* as equations in the hidden *cells* (a sparse matrix, one row per sum
         that holds one of them, and its right-hand side from the published counts)."""
-        sub = self._matrix()[np.asarray(rels, dtype=np.int64)]
+        sub = self.matrix()[np.asarray(rels, dtype=np.int64)]
         idx = np.asarray(cells, dtype=np.int64)
         a = sub[:, idx]
         a.eliminate_zeros()
@@ -287,7 +287,7 @@ class Ledger:
         every cell of one part while nothing more is hidden), its system (equations and what
         the labels say of each unknown) and its unknowns."""
         cells, rels = self.component(i)
-        self._matrix()  # brings its key up to date
+        self.matrix()  # brings its key up to date
         key = (self._mat_key, tuple(cells), tuple(rels),
                tuple(self.status[h] == "primary" for h in cells))
         if self._last[0] != key:

@@ -154,18 +154,13 @@ def _determined(led: Ledger, known: set[int]) -> set[int]:
         if row:
             parts.setdefault(find(row[0]), []).append(r)
     out: set[int] = set()
+    sums = led.matrix()
     for rel_ids in parts.values():
         cells = sorted({j for r in rel_ids for j in rows[r]})
-        col = {j: c for c, j in enumerate(cells)}
-        a = np.zeros((len(rel_ids), len(cells)))
-        for k, r in enumerate(rel_ids):
-            total, ps = led.relations[r]
-            for j, sign in [(total, -1.0)] + [(p, 1.0) for p in ps]:
-                if j in col:
-                    a[k, col[j]] += sign
+        a = sums[np.asarray(rel_ids)][:, np.asarray(cells)].toarray()
         basis = null_space(a)
         free = np.abs(basis).max(axis=1) if basis.size else np.zeros(len(cells))
-        out.update(j for j in cells if free[col[j]] < 1e-9)
+        out.update(j for j, f in zip(cells, free, strict=True) if f < 1e-9)
     return out
 
 
