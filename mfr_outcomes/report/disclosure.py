@@ -157,9 +157,6 @@ class Ledger:
 
     # -- deciding
 
-    def _hidden_ids(self) -> list[int]:
-        return sorted(self.status)
-
     def _relations_of(self) -> dict[int, list[int]]:
         """cell id -> the relations it is in (built once per set of relations)."""
         if self._rel_of is None or self._rel_count != len(self.relations):
