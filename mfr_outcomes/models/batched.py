@@ -17,7 +17,6 @@ in its batch: the same study gives the same fit in any batch.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -31,7 +30,7 @@ from mfr_outcomes.models.threads import blas_threads
 
 __all__ = ["BatchDesign", "BatchFit", "Pooled", "design_arrays", "response_sums", "pool",
            "pooled_from_classes", "fit_batch", "fit_pooled", "satterthwaite_df",
-           "varpar_derivatives", "deviance_varpar", "unit_products"]
+           "varpar_derivatives", "deviance_varpar"]
 
 
 class _Params:
@@ -345,28 +344,13 @@ def _blocks(P: Pooled, core: dict, sigma: np.ndarray) -> dict:
             "Ss": _mm(_mm(F, E2), _swap(F)).sum(axis=1), "sigma": sigma, "lam": core["lam"]}
 
 
-@functools.lru_cache(maxsize=64)
-def unit_products(theta_pos: tuple, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """U_t (the unit matrix at θ_t's place in Λ) and U_iU_jᵀ + U_jU_iᵀ: constants of the model's
-    layout (read-only, kept between calls)."""
-    k = len(theta_pos)
-    U = np.zeros((k, q, q))
-    for t, (r, c) in enumerate(theta_pos):
-        U[t, r, c] = 1.0
-    UU = U[:, None] @ _swap(U)[None]
-    UU2 = UU + _swap(UU)
-    U.flags.writeable = False
-    UU2.flags.writeable = False
-    return U, UU2
-
-
 def _derivs(bl: dict, P: Pooled) -> tuple:
     """First (S, k+1, q, q), (S, k+1) and second (S, k+1, k+1, q, q), (S, k+1, k+1) derivatives
     of V in varpar = (θ, σ) as ∂V = Z E Zᵀ + c V."""
     lam, sig = bl["lam"], bl["sigma"]
     S, q, k = lam.shape[0], P.q, len(P.theta_pos)
     s2 = (sig ** 2)[:, None, None, None]
-    U, UU2 = unit_products(tuple(P.theta_pos), q)
+    U, UU2 = varpar_one.unit_products(tuple(P.theta_pos), q)
     E1 = np.zeros((S, k + 1, q, q))
     UL = _mm(U[None], _swap(lam)[:, None])  # U Λᵀ; its transpose is Λ Uᵀ (the same products)
     E1[:, :k] = s2 * (UL + _swap(UL))

@@ -15,13 +15,28 @@ products with F ⊗ F (F = (I − CN)/σ²), every class at once.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotrs as _potrs
 
-from mfr_outcomes.models import batched
+__all__ = ["derivatives", "unit_products"]
 
-__all__ = ["derivatives"]
+
+@functools.lru_cache(maxsize=64)
+def unit_products(theta_pos: tuple, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """U_t (the unit matrix at θ_t's place in Λ) and U_iU_jᵀ + U_jU_iᵀ: constants of the model's
+    layout (read-only, kept between calls)."""
+    k = len(theta_pos)
+    U = np.zeros((k, q, q))
+    for t, (r, c) in enumerate(theta_pos):
+        U[t, r, c] = 1.0
+    UU = U[:, None] @ np.swapaxes(U, -1, -2)[None]
+    UU2 = UU + np.swapaxes(UU, -1, -2)
+    U.flags.writeable = False
+    UU2.flags.writeable = False
+    return U, UU2
 
 
 def derivatives(P, core: dict, sigma: float, reml: bool = True
@@ -44,7 +59,7 @@ def derivatives(P, core: dict, sigma: float, reml: bool = True
     w[p] = 1.0
     t = (Om.reshape(K * qq * m, m) @ w).reshape(K * qq, m)
     Oxe = t[:, :p]
-    U, UU2 = batched.unit_products(tuple(P.theta_pos), q)
+    U, UU2 = unit_products(tuple(P.theta_pos), q)
     UU2 = UU2.reshape(k * k, qq)
     CN = C @ core["N"][0]
     F = np.eye(q) - CN
