@@ -293,3 +293,28 @@ def test_glmer_allows_an_observation_level_random_effect() -> None:
     fe = fit.fixed_effects.set_index("term")["estimate"]
     for term, value in case["fixef"].items():
         assert fe[term] == pytest.approx(value, rel=1e-4)
+
+
+def test_probe_from_values_equals_the_probe_one_by_one() -> None:
+    """probe_inside_bounds fed the deviances at probe_points (the stacked pass) chooses the
+    same trial as when it evaluates them itself, in the same order, ties included."""
+    from mfr_outcomes.models.spec import probe_inside_bounds, probe_points
+
+    lower = np.array([0.0, -np.inf, 0.0])
+    rng = np.random.default_rng(7)
+    for theta in (np.array([0.8, 0.2, 0.0]), np.array([0.0, 0.3, 0.0]),
+                  np.array([0.0, 0.0, 0.0]), np.array([1.2, -0.4, 0.5])):
+        for _ in range(20):
+            table = {}
+
+            def f(t, table=table):
+                return table.setdefault(t.tobytes(), float(rng.integers(0, 4)))
+
+            pts = probe_points(theta, lower)
+            assert len(pts) == 4 * int(np.sum((lower == 0) & (theta <= 0)))
+            values = [f(t) for t in pts]
+            got = probe_inside_bounds(f, theta, 2.0, lower, values=values)
+            want = probe_inside_bounds(f, theta, 2.0, lower)
+            assert (got[0] is None) == (want[0] is None) and got[1] == want[1]
+            if got[0] is not None:
+                assert np.array_equal(got[0], want[0])

@@ -193,3 +193,35 @@ def test_stacked_gradients_equal_the_general_stacked_formulas(reml) -> None:
     for th, g in zip(thetas, got):
         one = pooled_sym2.evaluate(P.sym2, th, reml, True)[1]
         np.testing.assert_allclose(g, one, rtol=1e-9, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_stacked_criteria_equal_the_criterion_at_each_theta(seed, reml) -> None:
+    """The criterion at several θ in one stacked pass (the probe off a bound) equals the
+    general q×q formulas θ by θ, singular and mirrored θ included."""
+    P, *_ = _pooled(_clinic(90 + 30 * seed, seed),
+                    "value ~ session_number + post * x + (post | patient_id)")
+    rng = np.random.default_rng(seed)
+    thetas = np.array(THETAS + list(rng.normal(size=(4, 3))))
+    fs = pooled_sym2.criteria(P.sym2, thetas, reml)
+    assert fs is not None and fs.shape == (len(thetas),)
+    for th, f in zip(thetas, fs):
+        f_gen, _ = _general_fg(P, th, reml, gradient=False)
+        assert abs(f - f_gen) <= 1e-12 * max(1.0, abs(f_gen)), (th, f, f_gen)
+    assert pooled2.criteria(P, thetas, reml).tolist() == fs.tolist()
+
+
+def test_stacked_criteria_decline_where_some_theta_needs_the_one_by_one_path() -> None:
+    """A θ where M is not positive definite (a column of X that the random slope absorbs
+    exactly) makes the stacked pass decline (None): the caller then evaluates θ by θ."""
+    d = _clinic(60, 4, unbalanced=False)
+    P, *_ = _pooled(d, "value ~ session_number + post * x + (post | patient_id)")
+    good = np.array([[0.5, 0.1, 0.2]])
+    assert pooled_sym2.criteria(P.sym2, good, True) is not None
+    bad = P.sym2.XaXa.copy()
+    P.sym2.XaXa = -bad  # M = −(…) is never positive definite
+    try:
+        assert pooled_sym2.criteria(P.sym2, good, True) is None
+    finally:
+        P.sym2.XaXa = bad

@@ -30,6 +30,7 @@ from mfr_outcomes.models.spec import (
     EngineResult,
     ModelSpec,
     probe_inside_bounds,
+    probe_points,
     register_engine,
     theta_lower_bounds,
     theta_start,
@@ -1266,6 +1267,16 @@ class FastEngine:
             def grads(ths: np.ndarray) -> np.ndarray | None:
                 nev[0] += ths.shape[0]  # one gradient a θ
                 return pooled2.gradients(p2, ths, reml)
+
+        def criteria(points: list[np.ndarray]) -> list[float]:
+            """The criterion at several θ: one stacked pass where pooled2's q = 2 form
+            applies, else one by one."""
+            if points and p2 is not None:
+                fs = pooled2.criteria(p2, np.array(points), reml)
+                if fs is not None:
+                    nev[0] += len(points)
+                    return fs.tolist()
+            return [objective_only(t) for t in points]
         pooled = newton = None
         if isinstance(classes, _Classes) and analytic:
             # groups pooled by class: quasi-Newton from the Hessian at the start (the moment
@@ -1287,25 +1298,30 @@ class FastEngine:
                 for _ in range(4):  # a diagonal θ at (or next to) 0 may sit on a saddle
                     if newton is None:
                         break
-                    th0 = newton[0]
+                    th0, _, f_th0 = newton  # f_th0: the optimiser's last criterion, at θ0
                     tiny = (lower == 0.0) & (th0 < opts["boundary_tol"] * max(
                         1.0, float(np.max(np.abs(th0)))))
                     if not tiny.any():
                         break
                     snapped = np.where(tiny, 0.0, th0)
-                    f_th0 = objective_only(th0)
-                    best, _ = probe_inside_bounds(objective_only, snapped, f_th0, lower)
+                    # 0 itself first (its evaluation's pieces are kept for the fit's β̂ and
+                    # derivatives when it is taken), then the probe's trials in one stacked pass
+                    f_snapped = objective_only(snapped)
+                    best, _ = probe_inside_bounds(objective_only, snapped, f_th0, lower,
+                                                  values=criteria(probe_points(snapped, lower)))
                     if best is None:
                         # on the bound (θ within rounding of 0, as L-BFGS-B lands there): 0
                         # itself when it is no worse than the iterate to the criterion's rounding
-                        if objective_only(snapped) <= f_th0 + 1e-13 * max(1.0, abs(f_th0)):
-                            newton = (snapped, newton[1])
+                        if f_snapped <= f_th0 + 1e-13 * max(1.0, abs(f_th0)):
+                            newton = (snapped, newton[1], f_snapped)
+                        else:
+                            objective_only(th0)  # the fit reads its pieces at θ0 (kept)
                         break
                     newton = _quasi_newton(fg, pooled, best, reml, lay,
                                            min(int(opts["maxiter"]), 200), grads=grads)
         messages = []
         if newton is not None:
-            theta, n_iter = newton
+            theta, n_iter, _ = newton
             # the classes' evaluation (centred sums) gives β̂, σ and Var(β̂); the per-group pass
             # the conditional modes need runs when they are first read (_ModesOnDemand)
             ev = _pooled2_eval(classes, stats, lay, theta)
@@ -1450,8 +1466,9 @@ class _ModesOnDemand(EngineResult):
 
 def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxiter: int,
                   gtol: float = 1e-6, fg0: tuple | None = None, grads=None
-                  ) -> tuple[np.ndarray, int] | None:
-    """Minimise the profiled criterion by BFGS started from its Hessian at θ0, or None.
+                  ) -> tuple[np.ndarray, int, float] | None:
+    """Minimise the profiled criterion by BFGS started from its Hessian at θ0: (θ̂, iterations,
+    the criterion at θ̂), or None.
 
     The start's Hessian: forward differences of the analytic gradient for up to three θ (*grads*
     gives the gradients at several θ in one pass), else the closed form (``batched``); *fg0*
@@ -1547,7 +1564,7 @@ def _quasi_newton(fg, pooled, theta0: np.ndarray, reml: bool, lay: Layout, maxit
         if r == c and x[j] < 0:
             col = [i for i, (_, _, c2) in enumerate(lay.theta_pos) if c2 == c]
             x[col] = -x[col]
-    return x, it
+    return x, it, f
 
 
 def _line_min(f0: float, s0: float, f1: float, s1: float, t: float) -> float:

@@ -24,7 +24,7 @@ from scipy.linalg.lapack import dpotrs as _potrs
 
 from mfr_outcomes.models import pooled_sym2
 
-__all__ = ["Kept", "Pooled2", "pooled2", "core2", "fg2", "gradients", "kept_at"]
+__all__ = ["Kept", "Pooled2", "pooled2", "core2", "criteria", "fg2", "gradients", "kept_at"]
 
 
 class Pooled2:
@@ -212,6 +212,14 @@ def fg2(P: Pooled2, theta, reml: bool, logdet_rx, gradient: bool = True
     # Σₖ Qₖ Uₖ: rows (r) by the stacked (k, j) against (k, j) by columns (s)
     grad_m = Q.transpose(1, 0, 2).reshape(q, K * q) @ U.reshape(K * q, q)
     return f, grad_m.reshape(-1)[P.flat]
+
+
+def criteria(P: Pooled2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
+    """:func:`fg2`'s criterion at several θ at once (rows of *thetas*), or None where the
+    stacked form does not apply (q ≠ 2) or some θ needs the one-by-one path."""
+    if P.sym2 is None:
+        return None
+    return pooled_sym2.criteria(P.sym2, thetas, reml)
 
 
 def gradients(P: Pooled2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:

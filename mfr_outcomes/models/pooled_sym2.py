@@ -29,7 +29,7 @@ from scipy.linalg.lapack import dpotrf as _potrf
 from scipy.linalg.lapack import dpotri as _potri
 from scipy.linalg.lapack import dpotrs as _potrs
 
-__all__ = ["Sym2", "State", "evaluate", "pieces", "gradients"]
+__all__ = ["Sym2", "State", "criteria", "evaluate", "pieces", "gradients"]
 
 
 class Sym2:
@@ -161,12 +161,10 @@ def pieces(S2: Sym2, st: State) -> tuple[tuple, np.ndarray]:
     return (st.logdet, st.pwrss, RX, beta0, lam, Ainv, N), XtKX
 
 
-def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
-    """The gradients of :func:`evaluate` at several θ (rows of *thetas*), every step stacked over
-    the θ (the differences that start the optimiser's Hessian); M⁻¹ by one stacked inverse. None
-    where M is singular, r² ≤ 0 or a gradient is not finite at some θ."""
-    S, K, p = thetas.shape[0], S2.K, S2.p
-    m = p + 1
+def _stacked_nu(S2: Sym2, thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """det A (S, K), N and U (S, K, 8) and M (S, p+1, p+1) at several θ (rows of *thetas*):
+    :func:`evaluate`'s first steps, each one NumPy call over the stack."""
+    S, K, m = thetas.shape[0], S2.K, S2.p + 1
     MA, Rm = [], []
     for th in thetas:
         l00, l01, l10, l11 = _lambda(S2, th)
@@ -180,9 +178,44 @@ def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
                    [l00 * l00, l00 * l10, l00 * l10, l10 * l10, l00, 0.0, l10, 0.0]])
     A3 = S2.C3a @ np.array(MA)  # (S, K, 3)
     pr = A3 * A3[..., ::-1]
+    det = pr[..., 0] - pr[..., 1]
     NU = A3 @ np.array(Rm)
-    NU /= (pr[..., 0] - pr[..., 1])[..., None]  # (S, K, 8)
+    NU /= det[..., None]  # (S, K, 8)
     M = S2.XaXa - (NU.reshape(S, 8 * K) @ S2.omega8).reshape(S, m, m)
+    return det, NU, M
+
+
+def criteria(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
+    """:func:`evaluate`'s criterion at several θ at once (rows of *thetas*; inf where it is not
+    finite), every step stacked over the θ: the trial points of a probe off a bound of θ (see
+    ``spec.probe_inside_bounds``). None where some M is not positive definite or its last pivot
+    is not positive (the caller then evaluates θ by θ, which tells the cases apart)."""
+    det, _, M = _stacked_nu(S2, thetas)
+    try:
+        L = np.linalg.cholesky(M)
+    except np.linalg.LinAlgError:
+        return None
+    d = np.diagonal(L, axis1=1, axis2=2)
+    p, n = S2.p, S2.n
+    pwrss = d[:, p] * d[:, p]
+    if not np.all(pwrss > 0):
+        return None
+    nn = (n - p) if reml else n
+    with np.errstate(all="ignore"):
+        f = np.log(det) @ S2.count
+        f += nn * (1.0 + np.log(2.0 * np.pi * pwrss / nn))
+        if reml:
+            f += 2.0 * np.log(np.abs(d[:, :p])).sum(axis=1)
+    return np.where(np.isfinite(f), f, np.inf)
+
+
+def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
+    """The gradients of :func:`evaluate` at several θ (rows of *thetas*), every step stacked over
+    the θ (the differences that start the optimiser's Hessian); M⁻¹ by one stacked inverse. None
+    where M is singular, r² ≤ 0 or a gradient is not finite at some θ."""
+    S, K, p = thetas.shape[0], S2.K, S2.p
+    m = p + 1
+    _, NU, M = _stacked_nu(S2, thetas)
     try:
         Minv = np.linalg.inv(M)
     except np.linalg.LinAlgError:

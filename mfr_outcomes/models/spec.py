@@ -9,7 +9,7 @@ order of ``ModelSpec.blocks``. Diagonal elements of Λ have lower bound 0; off-d
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "theta_start",
     "block_lambda",
     "probe_inside_bounds",
+    "probe_points",
 ]
 
 
@@ -295,23 +296,36 @@ def register_engine(engine: Engine) -> Engine:
     return engine
 
 
+def probe_points(theta: np.ndarray, lower: np.ndarray) -> list[np.ndarray]:
+    """The trial points of :func:`probe_inside_bounds` at *theta*, in the order it tries them:
+    for each diagonal θ at 0, that θ moved to 1e-3, 1e-2, 0.1 and 0.5 of θ's scale."""
+    at_bound = np.flatnonzero((lower == 0.0) & (theta <= 0.0))
+    scale = max(float(np.max(np.abs(theta))), 1.0) if theta.size else 1.0
+    out = []
+    for k in at_bound:
+        for delta in (1e-3, 1e-2, 0.1, 0.5):
+            trial = theta.copy()
+            trial[k] = delta * scale
+            out.append(trial)
+    return out
+
+
 def probe_inside_bounds(f: Callable[[np.ndarray], float], theta: np.ndarray, f_theta: float,
-                        lower: np.ndarray) -> tuple[np.ndarray | None, float]:
+                        lower: np.ndarray, values: Sequence[float] | None = None
+                        ) -> tuple[np.ndarray | None, float]:
     """Look for a lower deviance just inside the bound of each diagonal θ that sits at 0.
 
     A diagonal θ at 0 is a stationary point in its own direction (the deviance depends on it
     through its square) even when the deviance falls away from it, so a gradient optimiser can
     stop there. Returns (the best trial point, its deviance), or (None, f_theta) when no trial is
-    lower; the caller restarts its optimiser from the point returned.
+    lower; the caller restarts its optimiser from the point returned. *values*, when given, are
+    the deviances at :func:`probe_points` (evaluated together by the caller); else *f* gives
+    them one by one.
     """
-    at_bound = np.flatnonzero((lower == 0.0) & (theta <= 0.0))
-    scale = max(float(np.max(np.abs(theta))), 1.0) if theta.size else 1.0
     best, best_f = None, f_theta
-    for k in at_bound:
-        for delta in (1e-3, 1e-2, 0.1, 0.5):
-            trial = theta.copy()
-            trial[k] = delta * scale
-            ft = f(trial)
-            if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
-                best, best_f = trial, ft
+    points = probe_points(theta, lower)
+    for i, trial in enumerate(points):
+        ft = f(trial) if values is None else values[i]
+        if ft < best_f - 1e-10 * max(1.0, abs(best_f)):
+            best, best_f = trial, ft
     return best, best_f
