@@ -212,16 +212,92 @@ def test_stacked_criteria_equal_the_criterion_at_each_theta(seed, reml) -> None:
     assert pooled2.criteria(P, thetas, reml).tolist() == fs.tolist()
 
 
-def test_stacked_criteria_decline_where_some_theta_needs_the_one_by_one_path() -> None:
-    """A θ where M is not positive definite (a column of X that the random slope absorbs
-    exactly) makes the stacked pass decline (None): the caller then evaluates θ by θ."""
-    d = _clinic(60, 4, unbalanced=False)
-    P, *_ = _pooled(d, "value ~ session_number + post * x + (post | patient_id)")
+def _sym2(P, *, negate_xtx: bool = False, kernel: bool = True) -> pooled_sym2.Sym2:
+    """A Sym2 of the same classes (XᵀX negated: M is never positive definite), with or without
+    the C kernel."""
+    S2 = pooled_sym2.Sym2(P.C, P.count, P.omega, -P.XtX if negate_xtx else P.XtX, P.Xty0,
+                          P.yty0, np.array(P.sym2.flat), P.n)
+    if not kernel:
+        S2.blob = None
+    return S2
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_stacked_criteria_decline_where_some_theta_needs_the_one_by_one_path(kernel) -> None:
+    """Where M is not positive definite the criterion is inf θ by θ, and the stacked pass
+    declines (None) or gives inf: the caller then evaluates θ by θ."""
+    if kernel and pooled_sym2.KERNEL is None:
+        pytest.skip("the C kernel is not built")
+    P, *_ = _pooled(_clinic(60, 4, unbalanced=False),
+                    "value ~ session_number + post * x + (post | patient_id)")
     good = np.array([[0.5, 0.1, 0.2]])
-    assert pooled_sym2.criteria(P.sym2, good, True) is not None
-    bad = P.sym2.XaXa.copy()
-    P.sym2.XaXa = -bad  # M = −(…) is never positive definite
-    try:
-        assert pooled_sym2.criteria(P.sym2, good, True) is None
-    finally:
-        P.sym2.XaXa = bad
+    assert pooled_sym2.criteria(_sym2(P, kernel=kernel), good, True) is not None
+    bad = _sym2(P, negate_xtx=True, kernel=kernel)
+    assert pooled_sym2.evaluate(bad, good[0], True, True)[0] == np.inf
+    fs = pooled_sym2.criteria(bad, good, True)
+    assert fs is None or fs.tolist() == [np.inf]
+    assert pooled_sym2.gradients(bad, good, True) is None or not kernel
+
+
+def test_the_c_kernel_is_built_where_a_c_compiler_is() -> None:
+    """make install compiles the kernel (hatch_build.py): on a machine with a C compiler a
+    missing kernel is a broken install step, not a silent fallback."""
+    import shutil
+    import sysconfig
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip("no C compiler: the package runs pure Python")
+    assert pooled_sym2.KERNEL is not None
+
+
+@pytest.mark.skipif(pooled_sym2.KERNEL is None, reason="the C kernel is not built")
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_c_kernel_equals_the_numpy_formulas(seed, reml) -> None:
+    """The C kernel's criterion, gradient and pieces (β̂, R_X, N, A⁻¹, XᵀV⁻¹X) equal the NumPy
+    version's to rounding at fixed and random θ (singular, zero and mirrored θ included), on
+    designs with one to three fixed-effect columns per random column and many classes."""
+    formula = ["value ~ session_number + post * x + (post | patient_id)",
+               "value ~ post + (post | patient_id)",
+               "value ~ session_number * post * x + (session_number | patient_id)",
+               "value ~ x + (post | patient_id)"][seed - 1]
+    P, *_ = _pooled(_clinic(50 + 60 * seed, 10 + seed), formula)
+    c, py = _sym2(P), _sym2(P, kernel=False)
+    assert c.blob is not None and py.blob is None
+    rng = np.random.default_rng(seed)
+    for th in THETAS + list(rng.normal(size=(6, 3)) * [1, 1, 0.3]):
+        for gradient in (True, False):
+            f1, g1, st1 = pooled_sym2.evaluate(c, th, reml, gradient)
+            f2, g2, st2 = pooled_sym2.evaluate(py, th, reml, gradient)
+            assert (st1 is None) == (st2 is None) and (g1 is None) == (g2 is None)
+            if st1 is None:
+                assert f1 == f2 or (np.isnan(f1) and np.isnan(f2))
+                continue
+            assert abs(f1 - f2) <= 1e-12 * max(1.0, abs(f2)), (th, f1, f2)
+            if gradient:
+                gs = max(1.0, float(np.abs(g2).max()))
+                np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-11 * gs)
+            (t1, x1), (t2, x2) = pooled_sym2.pieces(c, st1), pooled_sym2.pieces(py, st2)
+            assert t1[0] == pytest.approx(t2[0], rel=1e-13, abs=1e-12)
+            assert t1[1] == pytest.approx(t2[1], rel=1e-11)
+            for a, b in zip(t1[2:] + (x1,), t2[2:] + (x2,)):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * max(1.0, np.abs(b).max()))
+
+
+def test_fit_with_and_without_the_c_kernel_agree(monkeypatch) -> None:
+    """The whole fit (θ̂, β̂, df) with the kernel and with the NumPy formulas alone."""
+    from mfr_outcomes.models import fit_mixed
+
+    d = _clinic(150, 21)
+    formula = "value ~ session_number + post * x + (post | patient_id)"
+    calls = []
+    numpy_path = pooled_sym2._evaluate_py
+    monkeypatch.setattr(pooled_sym2, "_evaluate_py", lambda *a: calls.append(1) or numpy_path(*a))
+    a = fit_mixed(d, formula).fixed_effects
+    assert not calls or pooled_sym2.KERNEL is None
+    monkeypatch.setattr(pooled_sym2, "KERNEL", None)
+    b = fit_mixed(d, formula).fixed_effects
+    assert calls, "without the kernel the NumPy formulas run"
+    np.testing.assert_allclose(a["estimate"], b["estimate"], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(a["df"], b["df"], rtol=1e-5)

@@ -26,10 +26,17 @@ import math
 
 import numpy as np
 from scipy.linalg.lapack import dpotrf as _potrf
-from scipy.linalg.lapack import dpotri as _potri
 from scipy.linalg.lapack import dpotrs as _potrs
 
-__all__ = ["Sym2", "State", "criteria", "evaluate", "pieces", "gradients"]
+try:  # the C kernel (hatch_build.py compiles it at install; without a compiler: None)
+    from mfr_outcomes.models import _sym2c as KERNEL
+except ImportError:  # pragma: no cover - a pure-Python install
+    KERNEL = None
+
+#: the largest p + 1 the C kernel takes (its work arrays are on the stack)
+KERNEL_MAX_M = 40
+
+__all__ = ["KERNEL", "Sym2", "State", "criteria", "evaluate", "pieces", "gradients"]
 
 
 class Sym2:
@@ -38,7 +45,7 @@ class Sym2:
     of its (p+1)×(p+1) columns and doubled (for W's upper triangle), [X, y − X b0]'s sums."""
 
     __slots__ = ("C", "C3a", "two_count_C", "count", "omega8", "omega_up2", "XaXa", "flat",
-                 "K", "p", "n")
+                 "K", "p", "n", "eye", "flat_idx", "blob", "out_size")
 
     def __init__(self, C: np.ndarray, count: np.ndarray, omega: np.ndarray, XtX: np.ndarray,
                  Xty0: np.ndarray, yty0: float, flat: np.ndarray, n: int):
@@ -64,6 +71,15 @@ class Sym2:
         XaXa[p, p] = yty0
         self.XaXa = XaXa
         self.flat = flat.tolist()
+        self.flat_idx = np.array(self.flat, dtype=np.intp)  # indexing by an array: no list scan
+        self.eye = np.eye(m)
+        # the C kernel's constants in one contiguous buffer (its layout: _sym2c.c), or None
+        self.blob = None
+        self.out_size = 12 * K + 2 * m * m + 4
+        if KERNEL is not None and m <= KERNEL_MAX_M:
+            self.blob = np.concatenate([
+                C3a.ravel(), np.asarray(count, dtype=float), omega.reshape(-1), XaXa.ravel(),
+                self.omega_up2.ravel(), C.reshape(-1), self.two_count_C.reshape(-1)])
 
 
 _C3A = np.array([0, 1, 3, 3])
@@ -80,9 +96,22 @@ def _fold(m: int) -> np.ndarray:
 
 class State:
     """The pieces of one evaluation at θ: Λ's entries, A's entries (K, 3), det A, N and U
-    (K, 8), M and its Cholesky factor R (upper), log|L_θ|², r²."""
+    (K, 8), M and its Cholesky factor R (upper), log|L_θ|², r². From the C kernel the arrays
+    are read off its output buffer *buf* when first needed (:func:`pieces`)."""
 
-    __slots__ = ("lam", "A3", "det", "NU", "M", "R", "logdet", "pwrss")
+    __slots__ = ("lam", "A3", "det", "NU", "M", "R", "logdet", "pwrss", "buf")
+
+    def views(self, S2: Sym2) -> State:
+        """Set A3, det, NU, M and R as views of the kernel's output buffer (once)."""
+        if self.A3 is None:
+            K, m = S2.K, S2.p + 1
+            b = self.buf
+            self.A3 = b[:3 * K].reshape(K, 3)
+            self.det = b[3 * K:4 * K]
+            self.NU = b[4 * K:12 * K].reshape(K, 8)
+            self.M = b[12 * K:12 * K + m * m].reshape(m, m)
+            self.R = b[12 * K + m * m:12 * K + 2 * m * m].reshape(m, m)
+        return self
 
 
 def _lambda(S2: Sym2, theta) -> list[float]:
@@ -96,7 +125,25 @@ def evaluate(S2: Sym2, theta, reml: bool, gradient: bool
              ) -> tuple[float, np.ndarray | None, State | None]:
     """(criterion, gradient or None, pieces) at θ; (inf, None, None) where XᵀV⁻¹X is not
     positive definite or the criterion is not finite; (nan, None, None) where M's last pivot is
-    not positive (r² ≤ 0 by rounding: the caller takes the general path, which floors r²)."""
+    not positive (r² ≤ 0 by rounding: the caller takes the general path, which floors r²).
+    The C kernel where it was built (the same formulas in one call), else :func:`_evaluate_py`."""
+    if S2.blob is None:
+        return _evaluate_py(S2, theta, reml, gradient)
+    lam = _lambda(S2, theta)
+    out = np.empty(S2.out_size)
+    status, f, logdet, pwrss = KERNEL.evaluate(S2.blob, out, *lam, S2.n, S2.p, S2.K, reml,
+                                               gradient)
+    if status:
+        return (math.nan if status == 1 else math.inf), None, None
+    st = State()
+    st.lam, st.logdet, st.pwrss, st.buf = lam, logdet, pwrss, out
+    st.A3 = None
+    return f, (out[-4:][S2.flat_idx] if gradient else None), st
+
+
+def _evaluate_py(S2: Sym2, theta, reml: bool, gradient: bool
+                 ) -> tuple[float, np.ndarray | None, State | None]:
+    """:func:`evaluate` by NumPy and LAPACK calls (about 25 of them)."""
     l00, l01, l10, l11 = lam = _lambda(S2, theta)
     MA = np.array([[l00 * l00, l00 * l01, l01 * l01],
                    [2.0 * l00 * l10, l00 * l11 + l10 * l01, 2.0 * l01 * l11],
@@ -133,7 +180,9 @@ def evaluate(S2: Sym2, theta, reml: bool, gradient: bool
         lam, A3, det, NU, M, R, logdet, pwrss)
     if not gradient:
         return f, None, st
-    Minv = _potri(R, lower=0)[0]  # upper triangle of M⁻¹
+    # M⁻¹ by solving with the identity: a third of dpotri's time through SciPy's wrappers
+    # (≈ 3 against 8-10 µs at p + 1 = 10; the same matrix to rounding, both triangles)
+    Minv = _potrs(R, S2.eye, lower=0)[0]
     v = Minv[:, p]
     half_w = np.multiply.outer(v, ((nn - 1) if reml else n) * pwrss * v)
     if reml:
@@ -144,13 +193,15 @@ def evaluate(S2: Sym2, theta, reml: bool, gradient: bool
     Q = S2.two_count_C - T
     Q += S2.C @ (NU4[:, 0] @ T)  # 2 count C − F T, F = I − C N
     grad_m = Q.transpose(1, 0, 2).reshape(2, 2 * K) @ NU4[:, 1].reshape(2 * K, 2)
-    return f, grad_m.reshape(-1)[S2.flat], st
+    return f, grad_m.reshape(-1)[S2.flat_idx], st
 
 
 def pieces(S2: Sym2, st: State) -> tuple[tuple, np.ndarray]:
     """``pooled2.core2``'s tuple (log|L_θ|², r², R_X, β̂ − b0, Λ, A⁻¹, N) and XᵀV⁻¹X from an
     evaluation's pieces (β̂ − b0 by R_X as ``pooled2.fixed_solve``)."""
     p, K = S2.p, S2.K
+    if st.A3 is None:
+        st.views(S2)
     RX = np.array(st.R[:p, :p], order="F")
     beta0 = _potrs(RX, st.M[:p, p], lower=0)[0]
     a00, a01, a11 = st.A3[:, 0], st.A3[:, 1], st.A3[:, 2]
@@ -189,7 +240,11 @@ def criteria(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
     """:func:`evaluate`'s criterion at several θ at once (rows of *thetas*; inf where it is not
     finite), every step stacked over the θ: the trial points of a probe off a bound of θ (see
     ``spec.probe_inside_bounds``). None where some M is not positive definite or its last pivot
-    is not positive (the caller then evaluates θ by θ, which tells the cases apart)."""
+    is not positive (the caller then evaluates θ by θ, which tells the cases apart). With the C
+    kernel, θ by θ through it."""
+    if S2.blob is not None:
+        fs = [evaluate(S2, th, reml, False)[0] for th in thetas]
+        return None if any(math.isnan(f) for f in fs) else np.array(fs)
     det, _, M = _stacked_nu(S2, thetas)
     try:
         L = np.linalg.cholesky(M)
@@ -212,7 +267,14 @@ def criteria(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
 def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
     """The gradients of :func:`evaluate` at several θ (rows of *thetas*), every step stacked over
     the θ (the differences that start the optimiser's Hessian); M⁻¹ by one stacked inverse. None
-    where M is singular, r² ≤ 0 or a gradient is not finite at some θ."""
+    where M is singular, r² ≤ 0 or a gradient is not finite at some θ. With the C kernel, θ by
+    θ through it."""
+    if S2.blob is not None:
+        gs = [evaluate(S2, th, reml, True)[1] for th in thetas]
+        if any(g is None for g in gs):
+            return None
+        out = np.array(gs)
+        return out if math.isfinite(float(out.sum())) else None
     S, K, p = thetas.shape[0], S2.K, S2.p
     m = p + 1
     _, NU, M = _stacked_nu(S2, thetas)
@@ -234,5 +296,5 @@ def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
     Q = S2.two_count_C - T
     Q += S2.C @ (NU4[:, :, 0] @ T)
     grad_m = Q.transpose(0, 2, 1, 3).reshape(S, 2, 2 * K) @ NU4[:, :, 1].reshape(S, 2 * K, 2)
-    out = grad_m.reshape(S, 4)[:, S2.flat]
+    out = grad_m.reshape(S, 4)[:, S2.flat_idx]
     return out if math.isfinite(float(out.sum())) else None
