@@ -90,17 +90,22 @@ def same_crossed(a, b) -> None:
 
 
 def same_estimates(a, b) -> None:
-    """The optimum's criterion to 1e-8 relative, β to 1e-8; θ-dependent quantities (SE, df,
-    variances) to 1e-6 relative — where the optimiser stops on a flat criterion moves with
-    rounding in the sums (seen: 5.6e-8 relative on an SE of the registry's course fit) — and
-    BLUPs to 1e-6 with their levels."""
+    """The optimum's criterion to 1e-8 relative, β to 1e-8 plus 1e-5 of its standard error;
+    θ-dependent quantities to 1e-6 relative (SE, df) and 1e-5 (variances and correlations: the
+    same fit's correlation, -0.0651, 1.2e-6 apart) — where the optimiser stops on a
+    flat criterion moves with rounding in the sums (seen: 5.6e-8 relative on an SE of the
+    registry's course fit; β of the registry's leg-pain course fit 1.25e-7 apart on one machine,
+    its criterion equal to 3e-15 relative, within 1e-8 on earlier machines: BLAS kernels differ
+    by CPU) —
+    and BLUPs to 1e-6 with their levels."""
     assert b.result.objective == pytest.approx(a.result.objective, rel=1e-8)
     fa, fb = a.fixed_effects, b.fixed_effects
     assert fa["term"].tolist() == fb["term"].tolist()
-    np.testing.assert_allclose(fa["estimate"], fb["estimate"], rtol=0, atol=1e-8)
+    gap = np.abs(fa["estimate"].to_numpy() - fb["estimate"].to_numpy())
+    assert np.all(gap <= 1e-8 + 1e-5 * fa["std_error"].to_numpy()), gap
     np.testing.assert_allclose(fa[["std_error", "df"]], fb[["std_error", "df"]], rtol=1e-6)
     np.testing.assert_allclose(a.variance_components["variance"].astype(float),
-                               b.variance_components["variance"].astype(float), rtol=1e-6,
+                               b.variance_components["variance"].astype(float), rtol=1e-5,
                                atol=1e-8)
     assert a.nobs == b.nobs
     ra = a.random_effects().sort_values(["group", "term", "level"], ignore_index=True)
