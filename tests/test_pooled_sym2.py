@@ -198,8 +198,8 @@ def test_stacked_gradients_equal_the_general_stacked_formulas(reml) -> None:
 @pytest.mark.parametrize("reml", [True, False])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_stacked_criteria_equal_the_criterion_at_each_theta(seed, reml) -> None:
-    """The criterion at several θ in one stacked pass (the probe off a bound) equals the
-    general q×q formulas θ by θ, singular and mirrored θ included."""
+    """The criterion at several θ (the probe off a bound) equals the general q×q formulas θ by
+    θ, singular and mirrored θ included."""
     P, *_ = _pooled(_clinic(90 + 30 * seed, seed),
                     "value ~ session_number + post * x + (post | patient_id)")
     rng = np.random.default_rng(seed)

@@ -1269,8 +1269,8 @@ class FastEngine:
                 return pooled2.gradients(p2, ths, reml)
 
         def criteria(points: list[np.ndarray]) -> list[float]:
-            """The criterion at several θ: one stacked pass where pooled2's q = 2 form
-            applies, else one by one."""
+            """The criterion at several θ: pooled2's q = 2 form where it applies, else one by
+            one through objective_only."""
             if points and p2 is not None:
                 fs = pooled2.criteria(p2, np.array(points), reml)
                 if fs is not None:
@@ -1305,7 +1305,7 @@ class FastEngine:
                         break
                     snapped = np.where(tiny, 0.0, th0)
                     # 0 itself first (its evaluation's pieces are kept for the fit's β̂ and
-                    # derivatives when it is taken), then the probe's trials in one stacked pass
+                    # derivatives when it is taken), then the probe's trials together
                     f_snapped = objective_only(snapped)
                     best, _ = probe_inside_bounds(objective_only, snapped, f_th0, lower,
                                                   values=criteria(probe_points(snapped, lower)))

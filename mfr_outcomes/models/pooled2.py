@@ -215,8 +215,8 @@ def fg2(P: Pooled2, theta, reml: bool, logdet_rx, gradient: bool = True
 
 
 def criteria(P: Pooled2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
-    """:func:`fg2`'s criterion at several θ at once (rows of *thetas*), or None where the
-    stacked form does not apply (q ≠ 2) or some θ needs the one-by-one path."""
+    """:func:`fg2`'s criterion at several θ (rows of *thetas*) by the q = 2 form, or None where
+    it does not apply (q ≠ 2) or some θ needs the general path."""
     if P.sym2 is None:
         return None
     return pooled_sym2.criteria(P.sym2, thetas, reml)

@@ -141,22 +141,29 @@ def evaluate(S2: Sym2, theta, reml: bool, gradient: bool
     return f, (out[-4:][S2.flat_idx] if gradient else None), st
 
 
+def _coefficients(lam: list[float]) -> tuple[list, list]:
+    """MA (4×3: A's entries from [c00, c01, c11, 1]) and Rm (3×8: det(A) N and det(A) U from
+    [a00, a01, a11]) at Λ's entries, as nested lists (see the module's docstring)."""
+    l00, l01, l10, l11 = lam
+    c01 = -(l00 * l11 + l01 * l10)
+    return ([[l00 * l00, l00 * l01, l01 * l01],
+             [2.0 * l00 * l10, l00 * l11 + l10 * l01, 2.0 * l01 * l11],
+             [l10 * l10, l10 * l11, l11 * l11],
+             [1.0, 0.0, 1.0]],
+            [[l01 * l01, l01 * l11, l01 * l11, l11 * l11, 0.0, l01, 0.0, l11],
+             [-2.0 * l00 * l01, c01, c01, -2.0 * l10 * l11, -l01, -l00, -l11, -l10],
+             [l00 * l00, l00 * l10, l00 * l10, l10 * l10, l00, 0.0, l10, 0.0]])
+
+
 def _evaluate_py(S2: Sym2, theta, reml: bool, gradient: bool
                  ) -> tuple[float, np.ndarray | None, State | None]:
     """:func:`evaluate` by NumPy and LAPACK calls (about 25 of them)."""
-    l00, l01, l10, l11 = lam = _lambda(S2, theta)
-    MA = np.array([[l00 * l00, l00 * l01, l01 * l01],
-                   [2.0 * l00 * l10, l00 * l11 + l10 * l01, 2.0 * l01 * l11],
-                   [l10 * l10, l10 * l11, l11 * l11],
-                   [1.0, 0.0, 1.0]])
-    c01 = -(l00 * l11 + l01 * l10)
-    Rm = np.array([[l01 * l01, l01 * l11, l01 * l11, l11 * l11, 0.0, l01, 0.0, l11],
-                   [-2.0 * l00 * l01, c01, c01, -2.0 * l10 * l11, -l01, -l00, -l11, -l10],
-                   [l00 * l00, l00 * l10, l00 * l10, l10 * l10, l00, 0.0, l10, 0.0]])
-    A3 = S2.C3a @ MA  # (K, 3): a00, a01, a11 of every class
+    lam = _lambda(S2, theta)
+    MA, Rm = _coefficients(lam)
+    A3 = S2.C3a @ np.array(MA)  # (K, 3): a00, a01, a11 of every class
     pr = A3 * A3[:, ::-1]
     det = pr[:, 0] - pr[:, 1]
-    NU = A3 @ Rm
+    NU = A3 @ np.array(Rm)
     NU /= det[:, None]  # (K, 8): N = ΛA⁻¹Λᵀ, U = ΛA⁻¹ (row-major 2×2 each)
     p = S2.p
     M = S2.XaXa - (NU.reshape(-1) @ S2.omega8).reshape(p + 1, p + 1)
@@ -212,56 +219,26 @@ def pieces(S2: Sym2, st: State) -> tuple[tuple, np.ndarray]:
     return (st.logdet, st.pwrss, RX, beta0, lam, Ainv, N), XtKX
 
 
-def _stacked_nu(S2: Sym2, thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """det A (S, K), N and U (S, K, 8) and M (S, p+1, p+1) at several θ (rows of *thetas*):
+def _stacked_nu(S2: Sym2, thetas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N and U (S, K, 8) and M (S, p+1, p+1) at several θ (rows of *thetas*):
     :func:`evaluate`'s first steps, each one NumPy call over the stack."""
     S, K, m = thetas.shape[0], S2.K, S2.p + 1
-    MA, Rm = [], []
-    for th in thetas:
-        l00, l01, l10, l11 = _lambda(S2, th)
-        MA.append([[l00 * l00, l00 * l01, l01 * l01],
-                   [2.0 * l00 * l10, l00 * l11 + l10 * l01, 2.0 * l01 * l11],
-                   [l10 * l10, l10 * l11, l11 * l11],
-                   [1.0, 0.0, 1.0]])
-        c01 = -(l00 * l11 + l01 * l10)
-        Rm.append([[l01 * l01, l01 * l11, l01 * l11, l11 * l11, 0.0, l01, 0.0, l11],
-                   [-2.0 * l00 * l01, c01, c01, -2.0 * l10 * l11, -l01, -l00, -l11, -l10],
-                   [l00 * l00, l00 * l10, l00 * l10, l10 * l10, l00, 0.0, l10, 0.0]])
+    MA, Rm = zip(*(_coefficients(_lambda(S2, th)) for th in thetas))
     A3 = S2.C3a @ np.array(MA)  # (S, K, 3)
     pr = A3 * A3[..., ::-1]
-    det = pr[..., 0] - pr[..., 1]
     NU = A3 @ np.array(Rm)
-    NU /= det[..., None]  # (S, K, 8)
+    NU /= (pr[..., 0] - pr[..., 1])[..., None]  # (S, K, 8)
     M = S2.XaXa - (NU.reshape(S, 8 * K) @ S2.omega8).reshape(S, m, m)
-    return det, NU, M
+    return NU, M
 
 
 def criteria(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
-    """:func:`evaluate`'s criterion at several θ at once (rows of *thetas*; inf where it is not
-    finite), every step stacked over the θ: the trial points of a probe off a bound of θ (see
-    ``spec.probe_inside_bounds``). None where some M is not positive definite or its last pivot
-    is not positive (the caller then evaluates θ by θ, which tells the cases apart). With the C
-    kernel, θ by θ through it."""
-    if S2.blob is not None:
-        fs = [evaluate(S2, th, reml, False)[0] for th in thetas]
-        return None if any(math.isnan(f) for f in fs) else np.array(fs)
-    det, _, M = _stacked_nu(S2, thetas)
-    try:
-        L = np.linalg.cholesky(M)
-    except np.linalg.LinAlgError:
-        return None
-    d = np.diagonal(L, axis1=1, axis2=2)
-    p, n = S2.p, S2.n
-    pwrss = d[:, p] * d[:, p]
-    if not np.all(pwrss > 0):
-        return None
-    nn = (n - p) if reml else n
-    with np.errstate(all="ignore"):
-        f = np.log(det) @ S2.count
-        f += nn * (1.0 + np.log(2.0 * np.pi * pwrss / nn))
-        if reml:
-            f += 2.0 * np.log(np.abs(d[:, :p])).sum(axis=1)
-    return np.where(np.isfinite(f), f, np.inf)
+    """:func:`evaluate`'s criterion at several θ (rows of *thetas*; inf where it is not
+    finite): the trial points of a probe off a bound of θ (see ``spec.probe_inside_bounds``).
+    None where some θ's r² is not positive by rounding (the caller then takes the general path
+    θ by θ)."""
+    fs = [evaluate(S2, th, reml, False)[0] for th in thetas]
+    return None if any(math.isnan(f) for f in fs) else np.array(fs)
 
 
 def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
@@ -277,7 +254,7 @@ def gradients(S2: Sym2, thetas: np.ndarray, reml: bool) -> np.ndarray | None:
         return out if math.isfinite(float(out.sum())) else None
     S, K, p = thetas.shape[0], S2.K, S2.p
     m = p + 1
-    _, NU, M = _stacked_nu(S2, thetas)
+    NU, M = _stacked_nu(S2, thetas)
     try:
         Minv = np.linalg.inv(M)
     except np.linalg.LinAlgError:
