@@ -1,4 +1,5 @@
-"""How many threads the data layer uses, and two pieces of work run side by side.
+"""How many threads the data layer uses, and two pieces of work run side by side (in two
+threads, or, for the report's other scopes, in a child process: :func:`forked`).
 
 Reading and validating the three tables is split in two: patients and sessions in a second
 thread beside the readings in this one (``io._read_folder``, ``schema.validate_tables``). The
@@ -18,7 +19,7 @@ from typing import TypeVar
 
 from mfr_outcomes.warnings_ import MfrWarning
 
-__all__ = ["ENV", "load_threads", "beside"]
+__all__ = ["ENV", "load_threads", "beside", "forked"]
 
 #: The environment variable that sets the number of threads (1: serial).
 ENV = "MFR_OUTCOMES_THREADS"
@@ -83,3 +84,74 @@ def beside(first: Callable[[], A], second: Callable[[], B], threads: int) -> tup
     if failed is not None:
         raise failed
     return box["value"], b  # type: ignore[return-value]
+
+
+def forked(work: Callable[[], A], parallel: bool, *, timeout: float = 900.0) -> Callable[[], A]:
+    """Start *work* in a child process (``os.fork``) when *parallel*, and return a function
+    that gives its result: the child's, read back through a pipe, or, when the child failed,
+    could not start, or sent nothing for *timeout* seconds, ``work()`` run again in this
+    process (so its error, if it has one, is raised here with its own sentence, and a result is
+    always the serial order's). Without *parallel* (or without ``fork``) the returned function
+    is *work* itself, run when called.
+
+    The child runs only *work* with every warning ignored (it prints nothing), sends its
+    result pickled (from this process's own code, never from user text) and leaves with
+    ``os._exit``, so it never runs the parent's exit handlers nor flushes its buffers. Use it
+    for pure work on data already in memory: the child's copy of the parent's memory is
+    shared until written.
+    """
+    import pickle
+
+    if not parallel or not hasattr(os, "fork"):
+        return work
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return work
+    if pid == 0:  # the child
+        status = 1
+        try:
+            os.close(read_end)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                payload = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(write_end, view):]
+            status = 0
+        except BaseException:  # noqa: BLE001 - the parent runs the work again and raises
+            pass
+        finally:
+            os._exit(status)
+    os.close(write_end)
+
+    def collect() -> A:
+        import select
+        import signal
+        import time
+
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                ready, _, _ = select.select([read_end], [], [],
+                                            max(deadline - time.monotonic(), 0.0))
+                if not ready:  # the child hangs: stop it, and do the work here
+                    os.kill(pid, signal.SIGKILL)
+                    chunks = []
+                    break
+                chunk = os.read(read_end, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(read_end)
+            _, status = os.waitpid(pid, 0)
+        if status != 0 or not chunks:
+            return work()
+        return pickle.loads(b"".join(chunks))
+
+    return collect

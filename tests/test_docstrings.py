@@ -34,6 +34,7 @@ MODULES = {
     "mfr_outcomes.funnel": 1,
     "mfr_outcomes.report.context": 1,
     "mfr_outcomes.report.lp": 3,
+    "mfr_outcomes.report.scope": 3,
     "mfr_outcomes.report.fmt": 1,
     "mfr_outcomes.report.disclosure": 1,
     "mfr_outcomes.report.icons": 1,

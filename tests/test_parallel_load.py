@@ -270,3 +270,61 @@ def test_numbers_of_a_categorical_equal_numbers_of_its_text():
         text = pd.Series(cells_, dtype="str")
         pd.testing.assert_series_equal(numbers(text.astype("category"), decimal),
                                        numbers(text, decimal), check_exact=True)
+
+
+# ---------------------------------------------------------------------------- forked work
+
+
+def test_forked_work_runs_in_a_child_process_and_returns_its_result():
+    import os
+
+    collect = threads.forked(lambda: (os.getpid(), {"a": [1, 2]}), True)
+    pid, value = collect()
+    assert value == {"a": [1, 2]}
+    assert pid != os.getpid()  # it ran in the child
+    serial = threads.forked(lambda: os.getpid(), False)
+    assert serial() == os.getpid()
+
+
+def test_forked_work_that_fails_in_the_child_raises_its_own_error_here():
+    def work():
+        raise ValueError("a sentence naming the problem")
+
+    collect = threads.forked(work, True)
+    with pytest.raises(ValueError, match="a sentence naming the problem"):
+        collect()
+
+
+def test_forked_work_that_hangs_is_stopped_and_done_here():
+    import os
+    import time
+
+    parent = os.getpid()
+
+    def work():
+        if os.getpid() != parent:
+            time.sleep(60)  # the child hangs
+        return "done here"
+
+    t = time.perf_counter()
+    assert threads.forked(work, True, timeout=1.0)() == "done here"
+    assert time.perf_counter() - t < 30
+
+
+def test_a_report_is_the_same_with_its_other_scopes_built_in_a_child_or_here(monkeypatch,
+                                                                            tmp_path):
+    """A site's report of a quarter, every CSV and the HTML byte for byte, with the other
+    scopes' counts built in a child process (two threads) and in this one (one thread)."""
+    from mfr_outcomes.report import build_report
+
+    study = mfr.load_study(Path(__file__).resolve().parents[1] / "data" / "synthetic")
+    out = {}
+    for n in ("1", "2"):
+        monkeypatch.setenv(threads.ENV, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_report(study, tmp_path / n, site="site-2", period="2026Q3", min_cell=5)
+        out[n] = {p.relative_to(tmp_path / n): p.read_bytes()
+                  for p in sorted((tmp_path / n).rglob("*")) if p.is_file()}
+    assert len(out["1"]) > 10
+    assert out["1"] == out["2"]

@@ -477,6 +477,16 @@ def test_cli_report_writes_and_bad_values_exit_2(clinic, tmp_path, capsys, monke
     assert (out / "report.html").exists()
     assert str(out / "report.html") in captured.out
     assert "<10" in (out / "tables" / "cohort_baseline.csv").read_text(encoding="utf-8")
+    assert "take their share of one decision" in (out / "report.html").read_text(encoding="utf-8")
+    # the all-sites report deciding alone says so in its methods
+    code = main(["report", str(export), "--out", str(tmp_path / "alone"), "--column-map",
+                 str(clinic["map_path"]), "--dayfirst", "--min-cell", "10", "--seed", "4",
+                 "--all-sites-alone"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    html = (tmp_path / "alone" / "report.html").read_text(encoding="utf-8")
+    assert "The all-sites report decided what it hides on its own" in html
+    assert "take their share of one decision" not in html
 
     for args, fragment in (
         (["--period", "2026Q9"], "is not a quarter like 2026Q3"),

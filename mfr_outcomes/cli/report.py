@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="calculate control limits on these months only and freeze them")
     parser.add_argument("--name-therapists", action="store_true",
                         help="show therapist codes instead of stable pseudonyms (Therapist C)")
+    parser.add_argument("--all-sites-alone", action="store_true",
+                        help="the all-sites report decides what it hides by itself (faster, "
+                             "its charts keep every point) instead of together with the sites' "
+                             "reports; give it to every report of the study, and only when the "
+                             "sites' reports are not published beside it")
 
 
 def parse_targets(items: list[str]) -> dict[str, float]:
@@ -118,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                                   min_cell=args.min_cell, measure=args.measure, seed=args.seed,
                                   targets=targets, rebase=args.rebase or None,
                                   baseline=args.baseline,
-                                  name_therapists=args.name_therapists)
+                                  name_therapists=args.name_therapists,
+                                  all_sites_alone=args.all_sites_alone)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:

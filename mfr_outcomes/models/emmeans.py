@@ -68,7 +68,7 @@ def _factor_levels(fit: Any, var: str) -> list | None:
     cats = design.categories if design is not None else {}
     col = spec.data[var]
     if var in cats:
-        present = set(col.dropna().astype(str))
+        present = set(col.dropna().astype(str).unique())  # distinct first: millions of rows
         return [c for c in cats[var] if str(c) in present]
     if isinstance(col.dtype, pd.CategoricalDtype):
         return [c for c in col.cat.categories if (col == c).any()]

@@ -180,8 +180,8 @@ class ReportResult:
     family : dict
         Scope name (``"all sites"`` or a site) -> the decided ledger of that report of the
         study, for every scope this report built to decide its suppression across reports
-        (this report's alone for the all-sites report; every site's and the all-sites one
-        for a site's report).
+        (the all-sites one and every site's in a study with sites and ``min_cell`` above 1;
+        this report's alone otherwise, or for an all-sites report with ``all_sites_alone``).
     """
 
     html_path: Path

@@ -9,7 +9,8 @@ value, and CSV text cells cannot start a spreadsheet formula.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ from mfr_outcomes.report.publish import (
     resolve_later,
     write_csv,
 )
-from mfr_outcomes.report.scope import month_label, restrict_period, site_history
+from mfr_outcomes.report.scope import SiteRecords, month_label
 from mfr_outcomes.report.sections import SECTIONS
+from mfr_outcomes.threads import forked, load_threads
 
 __all__ = ["build_report"]
 
@@ -57,7 +59,7 @@ def _identifiers(study: Any) -> list[str]:
 def _options(study: Any, *, site: str | None, period: str | None, min_cell: int, measure: str,
              seed: int, targets: Mapping[str, float] | None, rebase: Sequence[str] | str | None,
              baseline: tuple[str, str] | str | None, name_therapists: bool,
-             scope_text: str, bounds: tuple | None) -> Options:
+             all_sites_alone: bool, scope_text: str, bounds: tuple | None) -> Options:
     if isinstance(rebase, str):
         rebase = [rebase]
     rebase = tuple(month_label(r, "rebase month") for r in (rebase or ()))
@@ -81,21 +83,7 @@ def _options(study: Any, *, site: str | None, period: str | None, min_cell: int,
             raise ValueError(f"target {key}={value!r} is not a finite number")
     return Options(measure=measure, min_cell=min_cell, seed=int(seed), site=site, period=bounds,
                    scope_text=scope_text, targets=clean, rebase=rebase, baseline=baseline,
-                   name_therapists=bool(name_therapists))
-
-
-def _other_sites(study: Any, site: str | None, period: str | None) -> list[tuple[Any, Any]]:
-    """(period study, history study) of every other site, for the cross-report rule."""
-    if site is None:
-        return []
-    out = []
-    for other in sorted(set(study.patients["site_id"].dropna().astype(str)) - {str(site)}):
-        try:
-            history, _, bounds = site_history(study, other, period)
-        except ValueError:  # no session of that site in the period: nothing to subtract
-            continue
-        out.append((restrict_period(history, bounds), history))
-    return out
+                   name_therapists=bool(name_therapists), all_sites_alone=bool(all_sites_alone))
 
 
 def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
@@ -103,7 +91,7 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
                  seed: int = 2026, targets: Mapping[str, float] | None = None,
                  rebase: Sequence[str] | str | None = None,
                  baseline: tuple[str, str] | str | None = None,
-                 name_therapists: bool = False) -> ReportResult:
+                 name_therapists: bool = False, all_sites_alone: bool = False) -> ReportResult:
     """Write the QI report of one clinic and period.
 
     Parameters
@@ -133,6 +121,15 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
         Limits calculated on this period only and frozen after it.
     name_therapists : bool
         Show therapist codes instead of stable pseudonyms ("Therapist C").
+    all_sites_alone : bool
+        The study's all-sites report decides what it hides by itself, as a report of a study
+        without sites (faster; its charts keep every point), and each site's report is
+        protected against what that all-sites report publishes. By default (False) every
+        report of a study with sites takes its share of one decision over the all-sites report
+        and every site's, so that no count one of them hides can be worked out from all of
+        them together. Give every report of a study and period the same value: use True only
+        when the all-sites report is published without the sites' reports, or when the
+        counts an attacker holding them all could pin (said in a caution) are acceptable.
 
     Returns
     -------
@@ -153,24 +150,27 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     if measure not in study.measures:
         raise ValueError(f"measure {measure!r} ({m.label}) is not in this study; measures "
                          f"present: {', '.join(study.measures) or 'none'}")
-    history, scope_text, bounds = site_history(study, site, period)
+    records = SiteRecords(study, period)
+    history, scope_text, bounds = records.history(site)
     options = _options(study, site=site, period=period, min_cell=int(min_cell), measure=measure,
                        seed=seed, targets=targets, rebase=rebase, baseline=baseline,
-                       name_therapists=name_therapists, scope_text=scope_text, bounds=bounds)
+                       name_therapists=name_therapists, all_sites_alone=all_sites_alone,
+                       scope_text=scope_text, bounds=bounds)
     out = Path(out_dir)
     _check_out(out)
     redactor, names = Redactor(_identifiers(study)), therapist_pseudonyms(study)
-    ctx, sections = _build_scope(history, options, redactor, names,
-                                 _other_sites(study, site, period), figures=True)
-    within, across, family = _decide(study, ctx, redactor, names)
+    # the other scopes' counts are built beside this scope's report (in a child process on
+    # a machine with two or more cores) and collected for the decision across reports
+    others = _other_scopes(records, options, redactor, names)
+    ctx, sections = _build_scope(history, options, redactor, names, records, figures=True)
+    within, across, family = _decide(records, ctx, others)
     if within:
         ctx.caution(f"{within} hidden count(s) are tied to other hidden counts only and "
                     f"could not be protected further.")
     if across:
         ctx.caution(f"{across} hidden count(s) of this report or of the all-sites report could "
                     f"be worked out from the all-sites report together with the sites' reports "
-                    f"(the all-sites report decides what it hides on its own) and could not be "
-                    f"protected further in this report.")
+                    f"and could not be protected further.")
     resolve_later(sections)
     csv_paths = _write_tables(ctx, sections, out)
     for sec in sections:
@@ -188,10 +188,12 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
 
 
 def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict[str, str],
-                 others: list[tuple[Any, Any]], *, figures: bool
+                 records: SiteRecords, *, figures: bool
                  ) -> tuple[ReportContext, list[Section]]:
     """Every section of one scope's report, its counts in the ledger (not yet decided)."""
-    ctx = ReportContext(history, options, redactor, other_sites=lambda: others, names=names,
+    site = options.site
+    ctx = ReportContext(history, options, redactor, other_sites=lambda: records.others(site),
+                        own_site=None if site is None else records.site(site), names=names,
                         figures=figures)
     sections = []
     for key, (title, build) in SECTIONS.items():
@@ -203,43 +205,63 @@ def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict
     return ctx, sections
 
 
-def _decide(study: Any, ctx: ReportContext, redactor: Redactor, names: dict[str, str]
-            ) -> tuple[int, int, dict[str, Any]]:
-    """Decide which counts *ctx*'s report hides. The all-sites report decides alone. A site's
-    report (``min_cell`` above 1) takes its share of the decision of every site of the study
-    against the all-sites report (see :mod:`mfr_outcomes.report.family`), the all-sites scope
-    and the other sites' scopes built without figures. Returns the number of hidden counts that
-    could not be protected within this report, the number that could not be protected across
-    reports (this report's, and the all-sites report's that the sites' counts would give away),
-    and the decided ledger of every scope by name (only this one's for the all-sites
-    report)."""
+def _other_scopes(records: SiteRecords, o: Options, redactor: Redactor, names: dict[str, str]
+                  ) -> Callable[[], list[Scope]] | None:
+    """The scopes other than *o*'s that its decision across reports needs (see
+    :func:`_decide`), built without figures, as a function giving them; None when the report
+    decides alone. The build starts at once in a child process when ``MFR_OUTCOMES_THREADS``
+    (or the machine's cores) allows two (:func:`~mfr_outcomes.threads.forked`); the scopes are
+    the same either way. Warnings of their fits are not this report's (each scope's own report
+    gives them) and are not shown."""
+    sites = records.sites()
+    if o.min_cell <= 1 or not sites or (o.site is None and o.all_sites_alone):
+        return None
+    own = None if o.site is None else str(o.site)
+
+    def build() -> list[Scope]:
+        out = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in [ALL_SITES, *sites]:
+                site = None if name == ALL_SITES else name
+                if site == own:
+                    continue
+                try:
+                    history, text, bounds = records.history(site)
+                except ValueError:  # no session of that site in the period: no such report
+                    continue
+                options = replace(o, site=site, scope_text=text, period=bounds)
+                other, _ = _build_scope(history, options, redactor, names, records,
+                                        figures=False)
+                other.release()
+                out.append(Scope(name, other.ledger, other.tables))
+        return out
+
+    return forked(build, load_threads() > 1)
+
+
+def _decide(records: SiteRecords, ctx: ReportContext,
+            others: Callable[[], list[Scope]] | None) -> tuple[int, int, dict[str, Any]]:
+    """Decide which counts *ctx*'s report hides. With ``min_cell`` above 1 and sites in the
+    study, every report of the study (the all-sites report and each site's) takes its share of
+    one decision over them all (see :mod:`mfr_outcomes.report.family`), with the other scopes
+    *others* gives; with ``all_sites_alone`` the all-sites report decides by itself (*others*
+    is None). Returns the number of hidden counts that could not be protected within this
+    report, the number that could not be protected across reports (this report's, and the
+    all-sites report's), and the decided ledger of every scope by name."""
     o = ctx.options
-    period = o.period[2] if o.period else None
-    sites = sorted(set(study.patients["site_id"].dropna().astype(str)))
-    if o.site is None or o.min_cell <= 1 or not sites:
+    if others is None:
         ctx.ledger.decide()
         return len(ctx.ledger.unprotected), 0, {ALL_SITES if o.site is None else str(o.site):
                                                 ctx.ledger}
-    scopes, own = [], None
-    for name in [ALL_SITES, *sites]:
-        site = None if name == ALL_SITES else name
-        if site == str(o.site):
-            scopes.append(Scope(name, ctx.ledger, ctx.tables))
-            own = scopes[-1]
-            continue
-        try:
-            history, text, bounds = site_history(study, site, period)
-        except ValueError:  # no session of that site in the period: no such report
-            continue
-        options = replace(o, site=site, scope_text=text, period=bounds)
-        other, _ = _build_scope(history, options, redactor, names,
-                                _other_sites(study, site, period), figures=False)
-        other.release()
-        scopes.append(Scope(name, other.ledger, other.tables))
-    decide_family(scopes)
+    own = Scope(ALL_SITES if o.site is None else str(o.site), ctx.ledger, ctx.tables)
+    by_name = {s.name: s for s in others()}
+    by_name[own.name] = own
+    scopes = [by_name[n] for n in [ALL_SITES, *records.sites()] if n in by_name]
+    decide_family(scopes, all_sites_alone=o.all_sites_alone)
     across = set(own.unprotected)
     within = set(own.ledger.unprotected) - across
-    if scopes[0].name == ALL_SITES:
+    if own is not scopes[0] and scopes[0].name == ALL_SITES:
         across |= {(ALL_SITES, i) for i in scopes[0].unprotected}
     return len(within), len(across), {s.name: s.ledger for s in scopes}
 

@@ -49,6 +49,9 @@ class Options:
     rebase: tuple[str, ...] = ()
     baseline: tuple[str, str] | None = None
     name_therapists: bool = False
+    #: The all-sites report of the study decides what it hides alone, not together with the
+    #: sites' reports (for a study whose site reports are not published).
+    all_sites_alone: bool = False
 
 
 def pseudonyms(ids: list[str], key: bytes | None = None) -> dict[str, str]:
@@ -102,7 +105,11 @@ class ReportContext:
     redactor : Redactor
         Identifiers of the whole source (patients, sessions, and those named in findings).
     other_sites : callable, optional
-        Returns (period study, history study) of every other site (the cross-report rule).
+        Returns every other site of the study (:class:`~mfr_outcomes.report.scope.OtherSite`:
+        its counts by period, for the charts' gaps).
+    own_site : OtherSite, optional
+        This scope's site in the report's shared records (:meth:`site_frame` then computes a
+        frame of its record once for every scope the report builds).
     names : dict, optional
         Therapist id -> pseudonym for the whole study (:func:`therapist_pseudonyms`), so that
         every report of the study names a therapist alike; by default, of this scope alone.
@@ -112,6 +119,7 @@ class ReportContext:
 
     def __init__(self, study: Any, options: Options, redactor: Redactor, *,
                  other_sites: Callable[[], list[Any]] | None = None,
+                 own_site: Any = None,
                  names: dict[str, str] | None = None, figures: bool = True) -> None:
         self.study = study
         #: False for the reports of the other scopes of a study, built only for their counts
@@ -120,6 +128,7 @@ class ReportContext:
         self.options = options
         self.redactor = redactor
         self.other_sites = other_sites or (lambda: [])
+        self.own_site = own_site
         self._names = names
         self.ledger = Ledger(options.min_cell)
         self.failures: list[str] = []
@@ -190,6 +199,13 @@ class ReportContext:
         if names is None or any(t not in names for t in ids):
             names = therapist_pseudonyms(self.study)
         return {t: names[t] for t in ids}
+
+    def site_frame(self, key: tuple, compute: Callable[[Any], Any]) -> Any:
+        """``compute(self.study)``, shared with the other scopes of the report that ask for
+        this site's frame *key* (the counts by period a site's chart gaps depend on)."""
+        if self.own_site is None:
+            return compute(self.study)
+        return self.own_site.frame(key, compute)
 
     def release(self) -> None:
         """Drop the frames, responders and fits cached while building (a scope built only for

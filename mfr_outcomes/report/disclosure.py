@@ -14,10 +14,10 @@ The rules (stated in the report's methods section and ``docs/report.md``):
   least k) — two linear programmes. While one is pinned to a single value, the smallest
   published non-zero count in a sum it belongs to whose hiding frees it is hidden too, shown
   as ``"suppressed"`` with a footnote.
-- **Across reports**: the all-sites report decides alone; a site's report takes the extra
-  suppression, decided for every site of the study together against the all-sites report's
-  published counts (:mod:`mfr_outcomes.report.family`), so that no sum across reports ("all
-  sites = the sum of the sites") recovers a count one of them hides.
+- **Across reports**: every report of a study with sites takes its share of one decision over
+  the all-sites report and every site's (:mod:`mfr_outcomes.report.family`), so that no sum
+  across reports ("all sites = the sum of the sites") recovers a count one of them hides; the
+  sites take the extra suppression first, the all-sites report only what they cannot.
 """
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ class Ledger:
         #: hidden, it protects nothing across reports, but it still protects against a reader of
         #: this report alone). Not carried into a combined ledger.
         self.last_resort: set[int] = set()
+        #: Cells chosen as complements only when no other candidate frees the count (in a
+        #: check across reports, the all-sites report's counts: its charts keep their points).
+        self.reluctant: set[int] = set()
         #: Hidden cells still pinned after every count around them was hidden (see decide).
         self.unprotected: list[int] = []
         self._decided = False
@@ -255,6 +258,11 @@ class Ledger:
         hi = self._lp.solve(key, a_eq, b_eq, bounds, col, -1.0)[2]
         return (-math.inf if math.isnan(lo) else lo, math.inf if math.isnan(hi) else hi)
 
+    def pinned(self, cell: Cell | int) -> bool:
+        """True when hidden *cell* has a single feasible value given everything published."""
+        i = cell.id if isinstance(cell, Cell) else int(cell)
+        return i in self.status and self._is_pinned(i)
+
     def _is_pinned(self, i: int) -> bool:
         """True when hidden cell *i* has a single feasible value (counts are whole numbers).
 
@@ -325,7 +333,8 @@ class Ledger:
                         cands.add(j)
             if cands:
                 # the smallest count whose hiding frees cell i (else the smallest count)
-                order = sorted(cands, key=lambda j: (j not in self.prefer, self._degree[j],
+                order = sorted(cands, key=lambda j: (j in self.reluctant, j not in self.prefer,
+                                                     self._degree[j],
                                                      self.rank.get(j, ("~",)),
                                                      self.values[j], j))
                 # hiding them all at once frees i at least as much as hiding any one of
@@ -375,9 +384,13 @@ class Ledger:
         self._protect(sorted(new))
         return sorted(set(self.status) - before)
 
-    def recheck(self, cells: Iterable[int]) -> list[int]:
+    def recheck(self, cells: Iterable[int], *, widen: bool = False) -> list[int]:
         """Check hidden *cells* again (after sums were added, or in a combined ledger) and
-        hide complements where one is pinned; returns the ids newly hidden."""
+        hide complements where one is pinned; returns the ids newly hidden.
+
+        With *widen*, a pinned cell's complements are a set found at once (see
+        :meth:`_freeing_set`) rather than one count at a time, :attr:`avoid` is ignored and
+        :attr:`reluctant` cells are hidden only where nothing else frees the cell."""
         if not self._decided:
             self.decide()
         before = set(self.status)
@@ -385,8 +398,95 @@ class Ledger:
         for total, parts in self.relations:
             for j in (total, *parts):
                 self._degree[j] = self._degree.get(j, 0) + 1
-        self._protect([i for i in cells if i in self.status])
+        self._protect([i for i in cells if i in self.status], widen=widen)
         return sorted(set(self.status) - before)
+
+    def _freeing_set(self, i: int) -> list[int] | None:
+        """Published counts whose hiding frees pinned cell *i*, or None when none would.
+
+        The counts the sums reach from *i* are taken a ring at a time (the counts in a sum
+        with *i*, then those in a sum with one of them, ...) until hiding them all frees *i*.
+        Of those, only the counts that the freeing solution moves off their true value need
+        hiding (the others can stay published: the solution still holds), and of these each
+        is tried for publishing again, :attr:`reluctant` ones first and larger ones next,
+        while *i* stays free. Every trial is one linear programme, over every count the sums
+        reach from *i*, in which a count left published is an unknown bounded to its true
+        value; hiding all of them is tried first (when that leaves *i* pinned, nothing
+        would free it)."""
+        reach, _ = self._reach(i, lambda j: j in self.status or self.values[j] > 0)
+        everything = sorted(j for j in reach if j not in self.status)
+        if not everything:
+            return None
+        trial = self._trials(i, everything)
+        if trial(everything) is None:  # pinned whatever is hidden
+            return None
+        rel_of = self._relations_of()
+        seen_rel: set[int] = set()
+        visited, frontier, cands = {i}, {i}, []
+        while frontier:
+            new, nxt = [], set()
+            for r in sorted({r for h in frontier for r in rel_of.get(h, ())} - seen_rel):
+                seen_rel.add(r)
+                total, parts = self.relations[r]
+                for j in dict.fromkeys((total, *parts)):
+                    if j in visited:
+                        continue
+                    visited.add(j)
+                    nxt.add(j)
+                    if j not in self.status and self.values[j] > 0:
+                        new.append(j)
+            frontier = nxt
+            if not new:
+                continue
+            cands.extend(new)
+            moved = trial(cands)
+            if moved is None:
+                continue
+            keep = sorted(moved, key=lambda j: (j not in self.reluctant, -self.values[j], j))
+            for j in list(keep):
+                if j not in keep:
+                    continue
+                rest = [h for h in keep if h != j]
+                fewer = trial(rest) if rest else None
+                if fewer is not None:  # a solution moving only cells of rest
+                    keep = [h for h in keep if h in set(fewer)]
+            return sorted(keep)
+        return None
+
+    def _trials(self, i: int, cands: list[int]):
+        """A function of a subset of *cands* (published counts): with that subset hidden, the
+        counts a solution giving pinned cell *i* another value moves off their true values, or
+        None when *i* stays pinned. One model serves every subset: a count of *cands* left
+        published is its unknown with both bounds at its true value."""
+        for j in cands:
+            self.status[j] = "secondary"
+        try:
+            key, (a_eq, b_eq, bounds), unknowns = self._programme(i)
+        finally:
+            for j in cands:
+                del self.status[j]
+        col = unknowns.index(i)
+        pos = {u: n for n, u in enumerate(unknowns)}
+        v = self.values[i]
+        if not len(b_eq) or not self._holds(a_eq, col):
+            return lambda subset: None
+
+        def trial(subset: list[int]) -> list[int] | None:
+            hidden = set(subset)
+            bnds = list(bounds)
+            for j in cands:
+                if j in pos and j not in hidden:
+                    bnds[pos[j]] = (self.values[j], self.values[j])
+            for sense in (1.0, -1.0):
+                status, x, value = self._lp.solve(key, a_eq, b_eq, bnds, col, sense)
+                if status == "unbounded":  # no solution to read: every hidden count counts
+                    return [j for j in subset if j in pos]
+                if status == "optimal" and abs(value - v) >= 0.5:
+                    return [j for j in subset
+                            if j in pos and abs(x[pos[j]] - self.values[j]) >= 0.5]
+            return None
+
+        return trial
 
     @classmethod
     def combine(cls, ledgers: Sequence[Ledger],
@@ -415,7 +515,7 @@ class Ledger:
         joint._decided = True
         return joint, offsets
 
-    def _protect(self, start: list[int]) -> None:
+    def _protect(self, start: list[int], widen: bool = False) -> None:
         related = set(self._degree)
         # hiding more cells only widens every interval, so a cell found free stays free: each
         # hidden cell is checked until it is free, and each new complement is checked once
@@ -425,6 +525,16 @@ class Ledger:
         while queue:
             i = queue.pop(0)
             if not self._is_pinned(i):
+                continue
+            if widen:
+                found = self._freeing_set(i)
+                if not found:
+                    if i not in self.unprotected:
+                        self.unprotected.append(i)
+                    continue
+                for j in found:
+                    self.status[j] = "secondary"
+                queue = found + queue
                 continue
             # with counts that may never be hidden (avoid), a cell can stay pinned however many
             # others are hidden: found first, so that no complement is hidden in vain

@@ -1,38 +1,49 @@
-"""Suppression across the reports of a study: the all-sites report decides alone, and the
-sites' reports take the extra suppression.
+"""Suppression across the reports of a study: one decision over the all-sites report and every
+site's report, of which each report publishes its share.
 
 The all-sites report and each site's report of one study (same period, same ``min_cell``)
 are read side by side by anyone who has them all: for every table, row and column they share,
 the all-sites count is the sum of the sites' counts. A count a site's report hides must not
 come back as the all-sites count minus the other sites' counts, and a count the all-sites
-report hides must not come back as the sum of the sites' counts.
+report hides must not come back as the sum of the sites' counts; nor may the labels close
+what the sums leave open (three sites showing "<5" under an all-sites 12 are each 4).
 
-**The all-sites report decides alone**, exactly as a report of a study without sites: it never
-builds another scope (it costs what one report costs, its charts keep their points), and its
-decision is the same whichever report computes it. **A site's report** builds the all-sites
-scope and every other site's scope (their counts, without figures) and decides:
+Every report of a study with sites (``min_cell`` above 1) builds every scope: its own, the
+all-sites one and every site's with a session in the period (the others' counts only, without
+figures), and decides them together:
 
-1. the all-sites ledger, alone; it is fixed from then on (nothing is ever added to it);
-2. each site's ledger (primary and complementary suppression), its complements first sought
-   among counts another site hides (two sites hiding the same count leave "all sites = sum of
-   sites" open) and never a count the all-sites report gives away (:func:`given_away`);
+1. the all-sites ledger, alone (primary and complementary suppression within the report);
+2. each site's ledger, its complements first sought among counts another site hides (two
+   sites hiding the same count leave "all sites = sum of sites" open) and never a count the
+   all-sites report gives away (:func:`given_away`);
 3. **pairing**: in every equation "all sites = sum of sites" with exactly one hidden non-zero
    member (the all-sites count included), the smallest published non-zero *site* member is
-   hidden too (never the all-sites count: it is fixed), and its report protects it, until no
-   equation has exactly one hidden member;
+   hidden too, and its report protects it, until no equation has exactly one hidden member;
 4. **the joint check**: the ledgers are combined, with those equations, into one linear
    programme; each hidden count tied to an equation across reports is solved for as an
-   attacker holding every report would, and complements (site counts only, never one given
-   away) are hidden until each keeps two or more feasible values. A count that stays pinned
-   with every count it reaches hidden is reported at once, not given complements in vain.
+   attacker holding every report would, and complements are hidden until each keeps two or
+   more feasible values: site counts first (never one given away); for a count that stays
+   pinned with every such site count hidden, a set of published counts of any report whose
+   hiding frees it, found by the linear programme and pruned, the all-sites report's counts
+   last (:meth:`Ledger.recheck` with ``widen``). Each report then protects what it was given
+   to hide; steps 3 and 4 repeat until nothing more is hidden.
+
+So the all-sites report hides a count only where no site count can protect one (on the
+shipped study 3 counts more than deciding alone; its charts keep their other points), and the
+sites take the rest of the extra suppression.
+
+With ``all_sites_alone`` the all-sites ledger is decided alone and fixed (step 4 never hides
+its counts): the rule for an all-sites report published without the sites' reports. The
+all-sites report then builds no other scope, and a site's report declares in a caution the
+counts an attacker holding every report could still pin.
 
 No count is hidden in advance because the same count is small in another site ("seeding"):
 pairing and the joint check hide what that would protect, and seeding hid about a quarter more
 of a site report's counts on the shipped study (328 against 260 of 1,105 over the four
 reports) and cost a third more time, with the same counts left unprotected.
 
-Every step is deterministic and sees only the counts of the whole study, so every site's
-report reaches the same decision for every site, and publishes its own share of it.
+Every step is deterministic and sees only the counts of the whole study, so every report
+reaches the same decision for every scope, and publishes its own share of it.
 """
 from __future__ import annotations
 
@@ -190,16 +201,18 @@ def _pair(scopes: Sequence[Scope], sums: list) -> dict[int, set[int]]:
     return new
 
 
-def decide_family(scopes: Sequence[Scope]) -> None:
+def decide_family(scopes: Sequence[Scope], *, all_sites_alone: bool = False) -> None:
     """Decide every scope's ledger (see the module docstring).
 
     ``scopes[0]`` is the all-sites scope (:data:`ALL_SITES`), the others its sites, in the
-    same order in every report of the study. The all-sites ledger is decided alone; on return
-    every ledger is decided, and a hidden count that could not be protected across reports is
-    listed in its scope's ``unprotected`` (the all-sites scope's too: a count of the all-sites
-    report that the sites' counts would give away).
+    same order in every report of the study. On return every ledger is decided, and a hidden
+    count that could not be protected across reports is listed in its scope's ``unprotected``.
+    With *all_sites_alone* the all-sites ledger is decided alone and never changed after (the
+    rule for an all-sites report published without site reports: a site's report of the same
+    study would then be protected only against what that all-sites report publishes).
     """
-    scopes[0].ledger.decide()
+    top = scopes[0].ledger
+    top.decide()
     sums = cross_sums(scopes)
     if not sums:
         for s in scopes[1:]:
@@ -207,29 +220,63 @@ def decide_family(scopes: Sequence[Scope]) -> None:
         return
     index = [_index(s) for s in scopes]
     keys = [{cid: key for key, cid in ix.items()} for ix in index]
-    for n in range(1, len(scopes)):
-        scopes[n].ledger.avoid = given_away(scopes, sums, n)
-        scopes[n].ledger.last_resort = set(scopes[n].ledger.avoid)
+    _given_away(scopes, sums)
     for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
         scopes[n].ledger.decide()
     _log.debug("each scope alone: %s", _hidden(scopes))
-    while True:  # pairing, and each site's complements, to a fixed point
+    for rnd in range(1, 10_000):
+        _pair_to_fixed_point(scopes, sums, index, keys)
+        _log.debug("round %d, after pairing: %s", rnd, _hidden(scopes))
+        if not _joint_check(scopes, sums, index, keys, all_sites_alone):
+            break
+        _log.debug("round %d, after the joint check: %s", rnd, _hidden(scopes))
+        _given_away(scopes, sums)
+    for s in scopes:
+        # a count found pinned within its report in an early round may be free since
+        own = [i for i in s.ledger.unprotected if s.ledger.pinned(i)]
+        s.ledger.unprotected = sorted(set(own) | set(s.unprotected))
+
+
+def _given_away(scopes: Sequence[Scope], sums: list) -> None:
+    """Each site's counts that the all-sites report gives away (as it stands now): never
+    complements, except as a last resort within the site's report."""
+    for n in range(1, len(scopes)):
+        scopes[n].ledger.avoid = given_away(scopes, sums, n)
+        scopes[n].ledger.last_resort = set(scopes[n].ledger.avoid)
+
+
+def _pair_to_fixed_point(scopes: Sequence[Scope], sums: list, index: list, keys: list) -> None:
+    """Pairing, and each site's complements, until no equation across reports has exactly one
+    hidden non-zero member that a site count could pair."""
+    while True:
         new = _pair(scopes, sums)
         if not new:
-            break
+            return
         for n, ids in sorted(new.items()):
             _prefer(scopes, index, keys, n)
             scopes[n].ledger.protect(sorted(ids), "cross-report")
-    _log.debug("after pairing: %s", _hidden(scopes))
+
+
+def _joint_check(scopes: Sequence[Scope], sums: list, index: list, keys: list,
+                 all_sites_alone: bool) -> bool:
+    """Step 4: every hidden count tied to an equation across reports, solved for as an
+    attacker holding every report would; complements from the sites' counts first, then
+    (unless *all_sites_alone*) from the all-sites report's for a count no site count frees.
+    Each report then protects what it was given to hide. Returns True when a report hid more
+    than the joint check found (another round is then needed)."""
     for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
     joint, offsets = Ledger.combine([s.ledger for s in scopes], sums)
-    # the all-sites decision is fixed: none of its counts is ever a complement
-    joint.avoid.update(range(offsets[0], offsets[0] + len(scopes[0].ledger.values)))
+    top = range(offsets[0], offsets[0] + len(scopes[0].ledger.values))
+    # the all-sites counts are complements of last resort (or never, when it decides alone)
+    joint.avoid.update(top)
     first_cross = len(joint.relations) - len(sums)
     # only counts tied to an equation across reports can be pinned by it: the others were
     # checked by their own report, against the same sums
+    # (a count its own report could not protect, with every count around it hidden, is left
+    # out: no count of another report can free it for a reader of that report alone)
+    pinned_within = {offsets[n] + i for n, s in enumerate(scopes) for i in s.ledger.unprotected}
     check, seen = [], set()
     for i in sorted(joint.status):
         if i in seen:
@@ -237,16 +284,34 @@ def decide_family(scopes: Sequence[Scope]) -> None:
         cells, rels = joint.component(i)
         seen.update(cells)
         if any(r >= first_cross for r in rels):
-            check.extend(cells)
+            check.extend(c for c in cells if c not in pinned_within)
     joint.recheck(sorted(check))
+    _log.debug("joint check, sites' complements: %d hidden, %d stuck", len(joint.status),
+               len(joint.unprotected))
+    if joint.unprotected and not all_sites_alone:
+        # pinned with every site count it reaches hidden (except those the all-sites report
+        # gives away): any published count may now be its complement, the all-sites
+        # report's last, each one hidden only when the linear programme shows it frees it
+        stuck = sorted(joint.unprotected)
+        joint.avoid, joint.reluctant, joint.unprotected = set(), set(top), []
+        joint.recheck(stuck, widen=True)
+        _log.debug("joint check, any complement: %d hidden, %d stuck", len(joint.status),
+                   len(joint.unprotected))
+    grew = False
     for n, s in enumerate(scopes):
         lo, hi = offsets[n], offsets[n] + len(s.ledger.values)
-        if n:
-            mine = sorted(i - lo for i in joint.status if lo <= i < hi)
-            s.ledger.protect([i for i in mine if i not in s.ledger.status], "cross-report")
+        mine = sorted(i - lo for i in joint.status if lo <= i < hi)
+        new = [i for i in mine if i not in s.ledger.status]
+        if new:
+            if n:
+                _prefer(scopes, index, keys, n)
+            # the joint check found every new count free with every report read together,
+            # so a reader of this report alone finds it free too: protect() records it, and
+            # hides more only if that did not hold (then another round checks the whole)
+            s.ledger.protect(new, "cross-report")
+            grew |= len(s.ledger.status) > len(mine)
         s.unprotected = sorted(i - lo for i in joint.unprotected if lo <= i < hi)
-        s.ledger.unprotected = sorted(set(s.ledger.unprotected) | set(s.unprotected))
-    _log.debug("after the joint check: %s", _hidden(scopes))
+    return grew
 
 
 def _hidden(scopes: Sequence[Scope]) -> str:

@@ -39,14 +39,15 @@ class Programme:
         self._key: Hashable = None
         self._model = None
         self._col: int | None = None
+        self._bounds: list[tuple[float, float | None]] = []
 
     def solve(self, key: Hashable, a, b: np.ndarray,
               bounds: Sequence[tuple[float, float | None]], col: int, sense: float
               ) -> tuple[str, np.ndarray | None, float]:
         """Minimise (``sense`` +1) or maximise (-1) unknown *col*.
 
-        *key* names the system (*a*, *b*, *bounds*): the same key reuses the model kept from
-        the last call. Returns ``(status, x, value)``: ``("optimal", solution, value)``,
+        *key* names the system (*a*, *b*): the same key reuses the model kept from the last
+        call, with only the bounds that differ changed. Returns ``(status, x, value)``: ``("optimal", solution, value)``,
         ``("unbounded", None, ±inf)``, or ``("failed", None, nan)`` (no solution found; the true
         counts are always feasible, so this is a numerical failure and callers stay on the
         safe side)."""
@@ -55,7 +56,15 @@ class Programme:
         h = self._model
         if key != self._key or h is None:
             h = self._model = self._build(a, b, bounds)
-            self._key, self._col = key, None
+            self._key, self._col, self._bounds = key, None, list(bounds)
+        elif bounds != self._bounds:
+            changed = [j for j, (new, old) in enumerate(zip(bounds, self._bounds, strict=True))
+                       if new != old]
+            lo = np.array([bounds[j][0] for j in changed], dtype=float)
+            hi = np.array([highspy.kHighsInf if bounds[j][1] is None else bounds[j][1]
+                           for j in changed], dtype=float)
+            h.changeColsBounds(len(changed), np.asarray(changed, dtype=np.int32), lo, hi)
+            self._bounds = list(bounds)
         if self._col is not None:
             h.changeColCost(self._col, 0.0)
         h.changeColCost(col, float(sense))

@@ -6,7 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["parse_period", "site_history", "restrict_period", "month_label"]
+__all__ = ["parse_period", "site_history", "restrict_period", "month_label", "SiteRecords",
+           "OtherSite"]
 
 _QUARTER = re.compile(r"^\s*(\d{4})\s*-?\s*[Qq]([1-4])\s*$")
 _MONTH = re.compile(r"^\s*(\d{4})-(\d{1,2})\s*$")
@@ -109,3 +110,85 @@ def restrict_period(study: Any, bounds: tuple | None) -> Any:
     sessions = study.sessions[(dates >= start) & (dates < end)]
     patients = study.patients[study.patients["patient_id"].isin(sessions["patient_id"])]
     return _study(study, patients, sessions)
+
+
+class SiteRecords:
+    """The record of every scope of one study up to the end of one period
+    (:func:`site_history`), built once for a report and shared by every scope it builds, and
+    small frames computed from a site's record, computed once (a site's report asks for every
+    other site's monthly counts, and a report that builds every site's scope would otherwise
+    rebuild each site's record and counts once per scope).
+
+    >>> import mfr_outcomes as mfr
+    >>> study, _ = mfr.synthetic.generate(n_patients=12, seed=1)
+    >>> records = SiteRecords(study, None)
+    >>> records.history("site-1")[0] is records.history("site-1")[0]
+    True
+    >>> [o.site for o in records.others("site-1")]
+    ['site-2', 'site-3']
+    """
+
+    def __init__(self, study: Any, period: str | None) -> None:
+        self.study, self.period = study, period
+        self._history: dict[str | None, Any] = {}
+        self._frames: dict[tuple, Any] = {}
+
+    def sites(self) -> list[str]:
+        return sorted(set(self.study.patients["site_id"].dropna().astype(str)))
+
+    def history(self, site: str | None) -> tuple[Any, str, tuple | None]:
+        """:func:`site_history` of *site* (None: all sites), built once; its ValueError (no
+        such site, no session in the period) is raised again on every call."""
+        key = None if site is None else str(site)
+        if key not in self._history:
+            try:
+                self._history[key] = site_history(self.study, site, self.period)
+            except ValueError as exc:
+                self._history[key] = exc
+        got = self._history[key]
+        if isinstance(got, ValueError):
+            raise got
+        return got
+
+    def others(self, site: str | None) -> list[OtherSite]:
+        """Every site but *site* with a session in the period (none for the all-sites scope:
+        its report subtracts nothing)."""
+        if site is None:
+            return []
+        out = []
+        for other in self.sites():
+            if other == str(site):
+                continue
+            try:
+                self.history(other)
+            except ValueError:  # no session of that site in the period: nothing to subtract
+                continue
+            out.append(OtherSite(self, other))
+        return out
+
+    def frame(self, site: str, key: tuple, compute: Any) -> Any:
+        """``compute(history of site)``, computed once per *key* (a copy each call: callers
+        may change it); what it raised is raised again."""
+        if (site, key) not in self._frames:
+            try:
+                self._frames[(site, key)] = compute(self.history(site)[0])
+            except Exception as exc:  # noqa: BLE001 - kept, and raised to every caller
+                self._frames[(site, key)] = exc
+        got = self._frames[(site, key)]
+        if isinstance(got, Exception):
+            raise got
+        return got.copy()
+
+    def site(self, site: str) -> OtherSite:
+        return OtherSite(self, str(site))
+
+
+class OtherSite:
+    """One site of the study as a scope's report sees it: its name and frames computed from
+    its record, once for the report (see :meth:`SiteRecords.frame`)."""
+
+    def __init__(self, records: SiteRecords, site: str) -> None:
+        self.records, self.site = records, site
+
+    def frame(self, key: tuple, compute: Any) -> Any:
+        return self.records.frame(self.site, key, compute)

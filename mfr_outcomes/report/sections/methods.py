@@ -31,11 +31,8 @@ def build(ctx: ReportContext, sec: Section) -> None:
         f"publishes (a table's total, 'all patients', rows read = used + excluded, readings = "
         f"pre + post, a count repeated in a sentence), it would let a small count be worked "
         f"out; every hidden count is checked by solving for it from everything published. "
-        f"The all-sites report decides what it hides on its own; in a site's report a count "
-        f"is also hidden when, with the all-sites report and the other sites' reports (each "
-        f"all-sites count is the sum of the sites' counts), it or a count one of them hides "
-        f"could be worked out. No patient or session identifier, and no value rejected by validation, appears "
-        f"in the report or its CSV files.")
+        f"{_across_rule(ctx)} No patient or session identifier, and no value rejected by "
+        f"validation, appears in the report or its CSV files.")
     rows = [_model_row(name, fit) for name, fit in ctx.fits.items()] + list(ctx.models)
     if rows:
         sec.para("Linear mixed models were fitted in lme4's parametrisation (REML unless "
@@ -47,6 +44,20 @@ def build(ctx: ReportContext, sec: Section) -> None:
         sec.para("No model was fitted for this report.")
     ctx.add_table(sec, Table("software", "Software versions.", software()))
     sec.later(lambda: _closing(ctx))
+
+
+def _across_rule(ctx: ReportContext) -> str:
+    """The rule across the reports of the study, as this report applied it."""
+    if ctx.options.all_sites_alone:
+        return ("The all-sites report decided what it hides on its own; in a site's report a "
+                "count is also hidden when, with the all-sites report and the other sites' "
+                "reports (each all-sites count is the sum of the sites' counts), it or a count "
+                "one of them hides could be worked out.")
+    return ("The all-sites report and every site's report of this study and period take their "
+            "share of one decision: a count is also hidden when, with all of these reports "
+            "together (each all-sites count is the sum of the sites' counts), it or a count one "
+            "of them hides could be worked out; the sites' reports hide the extra counts first, "
+            "the all-sites report only those no site's count can protect.")
 
 
 def _closing(ctx: ReportContext) -> list[tuple[str, Any]]:

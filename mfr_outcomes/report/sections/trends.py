@@ -70,7 +70,8 @@ def build(ctx: ReportContext, sec: Section) -> None:
     # publishes; the grain is chosen now, so that the counts of that grain are in the ledger.
     charts: list[_Deferred] = []
     sec.later(lambda: _summary(ctx, series, charts))  # first: it draws them
-    table = monthly_frame(ctx.study, ctx.measure)
+    table = ctx.site_frame(("monthly", ctx.measure, "month"),
+                           lambda st: monthly_frame(st, ctx.measure))
     monthly = ctx.add_table(sec, Table(
         "monthly", f"{m.label} by calendar month.", table,
         counts=("patients", "sessions", "n_pre", "n_paired", "finished_care", "responders"),
@@ -179,8 +180,11 @@ class _Series:
 
     def frame(self, grain: str, kind: str = "monthly") -> pd.DataFrame:
         if (kind, grain) not in self.frames:
-            self.frames[(kind, grain)] = monthly_frame(self.ctx.study, self.ctx.measure, grain) \
-                if kind == "monthly" else _ae_counts(self.ctx.study, grain)
+            measure = self.ctx.measure
+            self.frames[(kind, grain)] = self.ctx.site_frame(
+                ("monthly", measure, grain), lambda st: monthly_frame(st, measure, grain)) \
+                if kind == "monthly" else \
+                self.ctx.site_frame(("ae", grain), lambda st: _ae_counts(st, grain))
         return self.frames[(kind, grain)]
 
     def labels(self, grain: str) -> list[str]:
@@ -234,7 +238,7 @@ class _Series:
         t, k = self.frame(grain), self.ctx.min_cell
         ok = (t["finished_care"] >= k) & (t["responders"] >= k)
         ok &= ~t[grain].isin(_small_elsewhere(
-            self.ctx, ("finished_care", "responders"),
+            self.ctx, ("finished_care", "responders"), ("monthly", self.ctx.measure, grain),
             lambda st: monthly_frame(st, self.ctx.measure, grain), grain))
         ok &= self.published(grain, _PROPORTION["responders"])
         return (t["responders"].where(ok).to_numpy(dtype="float64"),
@@ -244,21 +248,23 @@ class _Series:
         counts, k = self.frame(grain, "ae"), self.ctx.min_cell
         ok = (counts["sessions"] >= k) & (counts["events"] >= k)
         ok &= ~counts[grain].isin(_small_elsewhere(
-            self.ctx, ("events", "sessions"), lambda st: _ae_counts(st, grain), grain))
+            self.ctx, ("events", "sessions"), ("ae", grain), lambda st: _ae_counts(st, grain),
+            grain))
         ok &= self.published(grain, _PROPORTION["adverse_events"], "ae")
         return (counts["events"].where(ok).to_numpy(dtype="float64"),
                 counts["sessions"].where(ok).to_numpy(dtype="float64"),
                 counts[grain].tolist())
 
 
-def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...],
+def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...], what: tuple,
                      frame_of: Callable[[Any], pd.DataFrame], key: str = "month") -> set[str]:
     """Periods (column *key*) in which another site's count of *columns* is small (from 1 to
-    min_cell − 1)."""
+    min_cell − 1). *frame_of* computes the counts from a site's record, once per site and
+    *what* for the whole report (see :class:`~mfr_outcomes.report.scope.SiteRecords`)."""
     out: set[str] = set()
-    for _, history in ctx.other_sites():
+    for site in ctx.other_sites():
         try:
-            other = frame_of(history)
+            other = site.frame(what, frame_of)
         except Exception:  # noqa: BLE001 - a site without this measure hides nothing here
             continue
         for col in columns:
