@@ -98,7 +98,9 @@ def forked(work: Callable[[], A], parallel: bool, *, timeout: float = 900.0) -> 
     result pickled (from this process's own code, never from user text) and leaves with
     ``os._exit``, so it never runs the parent's exit handlers nor flushes its buffers. Use it
     for pure work on data already in memory: the child's copy of the parent's memory is
-    shared until written.
+    shared until written. A caller that will not collect the result (it failed meanwhile)
+    calls the returned function's ``cancel`` (present, with the child's ``pid``, only when a
+    child was started).
     """
     import pickle
 
@@ -127,31 +129,52 @@ def forked(work: Callable[[], A], parallel: bool, *, timeout: float = 900.0) -> 
         finally:
             os._exit(status)
     os.close(write_end)
+    import signal
+
+    def reap(kill: bool) -> int:
+        """Close the pipe, stop the child when *kill*, and wait for it: its exit status."""
+        os.close(read_end)
+        if kill:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): judge by what came
+            return 0
 
     def collect() -> A:
         import select
-        import signal
         import time
 
         chunks: list[bytes] = []
         deadline = time.monotonic() + timeout
+        hung = False
         try:
             while True:
                 ready, _, _ = select.select([read_end], [], [],
                                             max(deadline - time.monotonic(), 0.0))
                 if not ready:  # the child hangs: stop it, and do the work here
-                    os.kill(pid, signal.SIGKILL)
-                    chunks = []
+                    hung, chunks = True, []
                     break
                 chunk = os.read(read_end, 1 << 20)
                 if not chunk:
                     break
                 chunks.append(chunk)
         finally:
-            os.close(read_end)
-            _, status = os.waitpid(pid, 0)
+            status = reap(hung)
         if status != 0 or not chunks:
             return work()
-        return pickle.loads(b"".join(chunks))
+        try:
+            return pickle.loads(b"".join(chunks))
+        except Exception:  # noqa: BLE001 - a cut message: do the work here
+            return work()
 
+    def cancel() -> None:
+        """Stop the child when its result will not be collected (the caller failed)."""
+        reap(True)
+
+    collect.cancel = cancel  # type: ignore[attr-defined]
+    collect.pid = pid  # type: ignore[attr-defined]
     return collect

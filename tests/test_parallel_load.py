@@ -280,6 +280,9 @@ def test_forked_work_runs_in_a_child_process_and_returns_its_result():
 
     collect = threads.forked(lambda: (os.getpid(), {"a": [1, 2]}), True)
     pid, value = collect()
+    assert pid == collect.pid
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped
     assert value == {"a": [1, 2]}
     assert pid != os.getpid()  # it ran in the child
     serial = threads.forked(lambda: os.getpid(), False)
@@ -328,3 +331,44 @@ def test_a_report_is_the_same_with_its_other_scopes_built_in_a_child_or_here(mon
                   for p in sorted((tmp_path / n).rglob("*")) if p.is_file()}
     assert len(out["1"]) > 10
     assert out["1"] == out["2"]
+
+
+def test_forked_work_not_collected_is_cancelled_without_a_child_left():
+    import os
+    import time
+
+    collect = threads.forked(lambda: b"x" * (1 << 22), True)  # more than a pipe holds
+    time.sleep(0.2)
+    collect.cancel()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(collect.pid, os.WNOHANG)  # the child is gone and reaped (not a zombie)
+
+
+def test_a_report_that_fails_leaves_no_child_behind(monkeypatch, tmp_path):
+    """The other scopes' child is stopped and reaped when the report's own scope fails."""
+    import os
+
+    import mfr_outcomes.report.builder as builder
+    from mfr_outcomes.report import build_report
+
+    started = []
+
+    def forked(work, parallel):
+        started.append(threads.forked(work, True))
+        return started[-1]
+
+    real = builder._build_scope
+
+    def build_scope(*args, figures, **kw):
+        if figures:  # this report's own scope, in this process
+            raise RuntimeError("the report's own scope failed")
+        return real(*args, figures=figures, **kw)
+
+    monkeypatch.setattr(builder, "forked", forked)
+    monkeypatch.setattr(builder, "_build_scope", build_scope)
+    study = mfr.load_study(Path(__file__).resolve().parents[1] / "data" / "synthetic")
+    with pytest.raises(RuntimeError, match="own scope failed"):
+        build_report(study, tmp_path / "out", site="site-1", min_cell=5)
+    assert len(started) == 1 and hasattr(started[0], "pid")
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started[0].pid, os.WNOHANG)

@@ -162,7 +162,11 @@ def build_report(study: Any, out_dir: str | Path, *, site: str | None = None,
     # the other scopes' counts are built beside this scope's report (in a child process on
     # a machine with two or more cores) and collected for the decision across reports
     others = _other_scopes(records, options, redactor, names)
-    ctx, sections = _build_scope(history, options, redactor, names, records, figures=True)
+    try:
+        ctx, sections = _build_scope(history, options, redactor, names, records, figures=True)
+    except BaseException:
+        getattr(others, "cancel", lambda: None)()  # no child left behind
+        raise
     within, across, family = _decide(records, ctx, others)
     if within:
         ctx.caution(f"{within} hidden count(s) are tied to other hidden counts only and "
