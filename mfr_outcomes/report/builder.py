@@ -195,9 +195,7 @@ def _build_scope(history: Any, options: Options, redactor: Redactor, names: dict
                  records: SiteRecords, *, figures: bool
                  ) -> tuple[ReportContext, list[Section]]:
     """Every section of one scope's report, its counts in the ledger (not yet decided)."""
-    site = options.site
-    ctx = ReportContext(history, options, redactor, other_sites=lambda: records.others(site),
-                        own_site=None if site is None else records.site(site), names=names,
+    ctx = ReportContext(history, options, redactor, records=records, names=names,
                         figures=figures)
     sections = []
     for key, (title, build) in SECTIONS.items():

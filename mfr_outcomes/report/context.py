@@ -104,12 +104,10 @@ class ReportContext:
     options : Options
     redactor : Redactor
         Identifiers of the whole source (patients, sessions, and those named in findings).
-    other_sites : callable, optional
-        Returns every other site of the study (:class:`~mfr_outcomes.report.scope.OtherSite`:
-        its counts by period, for the charts' gaps).
-    own_site : OtherSite, optional
-        This scope's site in the report's shared records (:meth:`site_frame` then computes a
-        frame of its record once for every scope the report builds).
+    records : SiteRecords, optional
+        Every site's record for the report (:class:`~mfr_outcomes.report.scope.SiteRecords`):
+        the other sites a site's chart gaps look at (:meth:`other_sites`), and frames of a
+        site's record computed once for every scope the report builds (:meth:`site_frame`).
     names : dict, optional
         Therapist id -> pseudonym for the whole study (:func:`therapist_pseudonyms`), so that
         every report of the study names a therapist alike; by default, of this scope alone.
@@ -118,8 +116,7 @@ class ReportContext:
     """
 
     def __init__(self, study: Any, options: Options, redactor: Redactor, *,
-                 other_sites: Callable[[], list[Any]] | None = None,
-                 own_site: Any = None,
+                 records: Any = None,
                  names: dict[str, str] | None = None, figures: bool = True) -> None:
         self.study = study
         #: False for the reports of the other scopes of a study, built only for their counts
@@ -127,8 +124,7 @@ class ReportContext:
         self.figures = figures
         self.options = options
         self.redactor = redactor
-        self.other_sites = other_sites or (lambda: [])
-        self.own_site = own_site
+        self.records = records
         self._names = names
         self.ledger = Ledger(options.min_cell)
         self.failures: list[str] = []
@@ -200,12 +196,20 @@ class ReportContext:
             names = therapist_pseudonyms(self.study)
         return {t: names[t] for t in ids}
 
-    def site_frame(self, key: tuple, compute: Callable[[Any], Any]) -> Any:
-        """``compute(self.study)``, shared with the other scopes of the report that ask for
-        this site's frame *key* (the counts by period a site's chart gaps depend on)."""
-        if self.own_site is None:
+    def other_sites(self) -> list[str]:
+        """The study's other sites with a session in the period (none for the all-sites
+        scope)."""
+        return [] if self.records is None else self.records.others(self.options.site)
+
+    def site_frame(self, key: tuple, compute: Callable[[Any], Any],
+                   site: str | None = None) -> Any:
+        """``compute`` of the record of *site* (by default this scope's: ``self.study``),
+        computed once per *key* for every scope of the report (the counts by period a site's
+        chart gaps depend on)."""
+        site = self.options.site if site is None else site
+        if self.records is None or site is None:
             return compute(self.study)
-        return self.own_site.frame(key, compute)
+        return self.records.frame(str(site), key, compute)
 
     def release(self) -> None:
         """Drop the frames, responders and fits cached while building (a scope built only for

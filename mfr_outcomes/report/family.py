@@ -220,7 +220,7 @@ def decide_family(scopes: Sequence[Scope], *, all_sites_alone: bool = False) -> 
         return
     index = [_index(s) for s in scopes]
     keys = [{cid: key for key, cid in ix.items()} for ix in index]
-    _given_away(scopes, sums)
+    _mark_given_away(scopes, sums)
     for n in range(1, len(scopes)):
         _prefer(scopes, index, keys, n)
         scopes[n].ledger.decide()
@@ -231,14 +231,14 @@ def decide_family(scopes: Sequence[Scope], *, all_sites_alone: bool = False) -> 
         if not _joint_check(scopes, sums, index, keys, all_sites_alone):
             break
         _log.debug("round %d, after the joint check: %s", rnd, _hidden(scopes))
-        _given_away(scopes, sums)
+        _mark_given_away(scopes, sums)
     for s in scopes:
         # a count found pinned within its report in an early round may be free since
         own = [i for i in s.ledger.unprotected if s.ledger.pinned(i)]
         s.ledger.unprotected = sorted(set(own) | set(s.unprotected))
 
 
-def _given_away(scopes: Sequence[Scope], sums: list) -> None:
+def _mark_given_away(scopes: Sequence[Scope], sums: list) -> None:
     """Each site's counts that the all-sites report gives away (as it stands now): never
     complements, except as a last resort within the site's report."""
     for n in range(1, len(scopes)):

@@ -47,7 +47,8 @@ class Programme:
         """Minimise (``sense`` +1) or maximise (-1) unknown *col*.
 
         *key* names the system (*a*, *b*): the same key reuses the model kept from the last
-        call, with only the bounds that differ changed. Returns ``(status, x, value)``: ``("optimal", solution, value)``,
+        call, with only the bounds that differ changed (the model keeps *bounds* itself, not a
+        copy: pass a new list to change them, never the same list changed). Returns ``(status, x, value)``: ``("optimal", solution, value)``,
         ``("unbounded", None, ±inf)``, or ``("failed", None, nan)`` (no solution found; the true
         counts are always feasible, so this is a numerical failure and callers stay on the
         safe side)."""
@@ -56,15 +57,15 @@ class Programme:
         h = self._model
         if key != self._key or h is None:
             h = self._model = self._build(a, b, bounds)
-            self._key, self._col, self._bounds = key, None, list(bounds)
-        elif bounds != self._bounds:
+            self._key, self._col, self._bounds = key, None, bounds
+        elif bounds is not self._bounds and bounds != self._bounds:
             changed = [j for j, (new, old) in enumerate(zip(bounds, self._bounds, strict=True))
                        if new != old]
             lo = np.array([bounds[j][0] for j in changed], dtype=float)
             hi = np.array([highspy.kHighsInf if bounds[j][1] is None else bounds[j][1]
                            for j in changed], dtype=float)
             h.changeColsBounds(len(changed), np.asarray(changed, dtype=np.int32), lo, hi)
-            self._bounds = list(bounds)
+            self._bounds = bounds
         if self._col is not None:
             h.changeColCost(self._col, 0.0)
         h.changeColCost(col, float(sense))

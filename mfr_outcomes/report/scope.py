@@ -6,8 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["parse_period", "site_history", "restrict_period", "month_label", "SiteRecords",
-           "OtherSite"]
+__all__ = ["parse_period", "site_history", "restrict_period", "month_label", "SiteRecords"]
 
 _QUARTER = re.compile(r"^\s*(\d{4})\s*-?\s*[Qq]([1-4])\s*$")
 _MONTH = re.compile(r"^\s*(\d{4})-(\d{1,2})\s*$")
@@ -124,7 +123,7 @@ class SiteRecords:
     >>> records = SiteRecords(study, None)
     >>> records.history("site-1")[0] is records.history("site-1")[0]
     True
-    >>> [o.site for o in records.others("site-1")]
+    >>> records.others("site-1")
     ['site-2', 'site-3']
     """
 
@@ -150,7 +149,7 @@ class SiteRecords:
             raise got
         return got
 
-    def others(self, site: str | None) -> list[OtherSite]:
+    def others(self, site: str | None) -> list[str]:
         """Every site but *site* with a session in the period (none for the all-sites scope:
         its report subtracts nothing)."""
         if site is None:
@@ -163,7 +162,7 @@ class SiteRecords:
                 self.history(other)
             except ValueError:  # no session of that site in the period: nothing to subtract
                 continue
-            out.append(OtherSite(self, other))
+            out.append(other)
         return out
 
     def frame(self, site: str, key: tuple, compute: Any) -> Any:
@@ -178,17 +177,3 @@ class SiteRecords:
         if isinstance(got, Exception):
             raise got
         return got.copy()
-
-    def site(self, site: str) -> OtherSite:
-        return OtherSite(self, str(site))
-
-
-class OtherSite:
-    """One site of the study as a scope's report sees it: its name and frames computed from
-    its record, once for the report (see :meth:`SiteRecords.frame`)."""
-
-    def __init__(self, records: SiteRecords, site: str) -> None:
-        self.records, self.site = records, site
-
-    def frame(self, key: tuple, compute: Any) -> Any:
-        return self.records.frame(self.site, key, compute)

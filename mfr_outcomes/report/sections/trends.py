@@ -264,7 +264,7 @@ def _small_elsewhere(ctx: ReportContext, columns: tuple[str, ...], what: tuple,
     out: set[str] = set()
     for site in ctx.other_sites():
         try:
-            other = site.frame(what, frame_of)
+            other = ctx.site_frame(what, frame_of, site)
         except Exception:  # noqa: BLE001 - a site without this measure hides nothing here
             continue
         for col in columns:
